@@ -1,0 +1,39 @@
+"""The quickstart: a periodic task publishes an order every second and a consumer handles it.
+
+Run it on the embedded memory broker (no Kafka needed) and stop it with Ctrl+C:
+
+    taskflow run examples.quickstart:app
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from taskflow import App, Context
+
+app = App("quickstart")
+order_ids = itertools.count(1)
+
+
+@dataclass
+class Order:
+    id: int
+    customer: str
+    amount_cents: int
+
+
+@app.every(seconds=1)
+async def place_order(ctx: Context) -> None:
+    """Publish one order; the customer is the key, so each customer's orders stay in order."""
+    number = next(order_ids)
+    order = Order(id=number, customer=f"customer-{number % 3}", amount_cents=1250)
+    await ctx.publish("orders", order, key=order.customer)
+
+
+@app.consume("orders")
+async def on_order(order: Order, ctx: Context) -> None:
+    """Handle an order: here, just log it."""
+    ctx.logger.info(
+        "order %d from %s: %.2f EUR", order.id, order.customer, order.amount_cents / 100
+    )

@@ -1,0 +1,78 @@
+"""taskflow: decorator-driven asyncio workers for Kafka consumers and periodic tasks.
+
+```python
+from taskflow import App, Context
+
+app = App("billing")
+
+@app.consume("orders")
+async def on_order(order: dict, ctx: Context) -> None: ...
+
+@app.every(minutes=5)
+async def cleanup(ctx: Context) -> None: ...
+```
+"""
+
+from __future__ import annotations
+
+from taskflow.app import App, State
+from taskflow.backoff import Backoff
+from taskflow.clock import Clock, SystemClock
+from taskflow.context import Context, Tick
+from taskflow.exceptions import (
+    AppLoadError,
+    BrokerError,
+    CommitError,
+    ConfigurationError,
+    DecodeError,
+    HandlerSignal,
+    HandlerSignatureError,
+    PublishError,
+    Reject,
+    Retry,
+    ShutdownError,
+    StateError,
+    TaskflowError,
+)
+from taskflow.handler import Handler, Job
+from taskflow.manager import Manager, ShutdownReport
+from taskflow.message import Message, TopicPartition
+from taskflow.middleware import Middleware
+from taskflow.schedule import Interval, Schedule
+from taskflow.types import Worker, WorkerState
+
+__all__ = [
+    "App",
+    "AppLoadError",
+    "Backoff",
+    "BrokerError",
+    "Clock",
+    "CommitError",
+    "ConfigurationError",
+    "Context",
+    "DecodeError",
+    "Handler",
+    "HandlerSignal",
+    "HandlerSignatureError",
+    "Interval",
+    "Job",
+    "Manager",
+    "Message",
+    "Middleware",
+    "PublishError",
+    "Reject",
+    "Retry",
+    "Schedule",
+    "ShutdownError",
+    "ShutdownReport",
+    "State",
+    "StateError",
+    "SystemClock",
+    "TaskflowError",
+    "Tick",
+    "TopicPartition",
+    "Worker",
+    "WorkerState",
+]
+
+__version__ = "0.1.0"

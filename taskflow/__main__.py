@@ -1,0 +1,5 @@
+"""``python -m taskflow`` is the ``taskflow`` command."""
+
+from taskflow.cli import main
+
+main()

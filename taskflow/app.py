@@ -1,0 +1,533 @@
+"""The App: what a service registers (consumers, periodic tasks, workers, lifespan) and publishes.
+
+Everything is done by an `add_*` method; the decorators (`consume`, `every`, `worker`,
+`on_startup`, `on_shutdown`) are sugar over them and return the function unchanged. The App holds
+registrations only; `taskflow.runner` builds the workers from them and runs them under a Manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from taskflow.backoff import Backoff
+from taskflow.clock import Clock, SystemClock
+from taskflow.codec import encode_headers, encode_key, encode_value
+from taskflow.exceptions import ConfigurationError, StateError
+from taskflow.handler import consumer_handler, handler_name, periodic_handler
+from taskflow.schedule import Schedule, interval
+from taskflow.specs import (
+    ConsumerSpec,
+    FunctionWorkerSpec,
+    MiddlewareFactory,
+    Ordering,
+    ScheduleSpec,
+)
+from taskflow.types import Worker
+
+if TYPE_CHECKING:
+    from taskflow.brokers.base import Broker
+
+__all__ = ["App", "Lifespan", "State"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+Lifespan = Callable[["App"], AbstractAsyncContextManager[None]]
+Hook = Callable[[], Awaitable[None]]
+
+DEFAULT_BROKER = "memory://"
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_ORDERINGS = ("partition", "key", "none")
+
+
+class State:
+    """An attribute namespace for resources opened at startup (the seed's ServiceContext).
+
+    Example:
+        ```python
+        @app.on_startup
+        async def open_db() -> None:
+            app.state.db = await connect()
+        ```
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"app.state has no {name!r}; set it in a startup hook or the lifespan"
+        ) from None
+
+
+class App:
+    """A taskflow application: a named set of consumers, periodic tasks and workers.
+
+    Args:
+        name: The app's name; also the default consumer group. Letters, digits, `.`, `_`, `-`.
+        broker: A broker URL (`memory://`, `kafka://host:port,…`) or a Broker object. Default:
+            `TASKFLOW_BROKER`, else the embedded memory broker.
+        redis_url: A Redis URL for idempotency and fleet scheduling. Default: `TASKFLOW_REDIS_URL`.
+        lifespan: A function taking the app and returning an async context manager that is
+            entered before workers start and exited after they stop.
+        middleware: App-wide middleware, outermost first.
+        shutdown_timeout: Seconds to let in-flight handlers and jobs finish on shutdown.
+        commit_interval: Seconds between offset commits while consuming.
+        clock: Where periodic tasks read the time; tests pass a `ManualClock`.
+
+    Example:
+        ```python
+        app = App("billing")
+
+        @app.consume("orders")
+        async def on_order(order: dict, ctx: Context) -> None: ...
+
+        @app.every(minutes=5)
+        async def cleanup(ctx: Context) -> None: ...
+        ```
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: str | Broker | None = None,
+        redis_url: str | None = None,
+        lifespan: Lifespan | None = None,
+        middleware: Sequence[MiddlewareFactory] = (),
+        shutdown_timeout: float | None = None,
+        commit_interval: float = 1.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigurationError(
+                f"an app name uses letters, digits, '.', '_' and '-', got {name!r}"
+            )
+        self.name = name
+        self.broker = broker
+        self.redis_url = (
+            redis_url if redis_url is not None else os.environ.get("TASKFLOW_REDIS_URL")
+        )
+        self.lifespan = lifespan
+        self.middleware: tuple[MiddlewareFactory, ...] = tuple(middleware)
+        self.shutdown_timeout = _shutdown_timeout(shutdown_timeout)
+        self.commit_interval = _non_negative("commit_interval", commit_interval)
+        self.clock: Clock = clock or SystemClock()
+        self.state = State()
+        self.consumers: list[ConsumerSpec] = []
+        self.schedules: list[ScheduleSpec] = []
+        self.function_workers: list[FunctionWorkerSpec] = []
+        self.workers: list[Worker] = []
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+        self._broker: Broker | None = None
+        if isinstance(broker, str):
+            _check_broker_url(broker)
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r})"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in effect: the argument, else `TASKFLOW_BROKER`, else `memory://`."""
+        if self.broker is not None and not isinstance(self.broker, str):
+            return self.broker.url
+        return self.broker or os.environ.get("TASKFLOW_BROKER") or DEFAULT_BROKER
+
+    @property
+    def running(self) -> bool:
+        """True between startup and shutdown."""
+        return self._broker is not None
+
+    def worker_names(self) -> list[str]:
+        """Every registered worker name, in registration order within each kind."""
+        return [
+            *(c.name for c in self.consumers),
+            *(s.name for s in self.schedules),
+            *(f.name for f in self.function_workers),
+            *(w.name for w in self.workers),
+        ]
+
+    # -- registration ----------------------------------------------------------------------
+
+    def add_consumer(
+        self,
+        handler: Callable[..., Any],
+        *topics: str,
+        group: str | None = None,
+        name: str | None = None,
+        ordering: Ordering = "partition",
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        retry: Backoff | None = None,
+        max_attempts: int | None = None,
+        dead_letter: str | None = None,
+        reject_on: Sequence[type[BaseException]] = (),
+        middleware: Sequence[MiddlewareFactory] = (),
+        max_buffered: int = 1000,
+    ) -> ConsumerSpec:
+        """Register a consumer of `topics` in a consumer group.
+
+        Args:
+            handler: `async def` or `def` taking one payload parameter (Message, bytes, str,
+                dict, list, a dataclass or a pydantic model) and optionally `ctx: Context`.
+            *topics: One or more topics, consumed by one group.
+            group: The consumer group; default the app name.
+            name: The worker name; default the function name.
+            ordering: "partition" (in order per partition), "key" (in order per key, keys
+                concurrent within a partition) or "none".
+            concurrency: Handlers running at once per partition in "key" and "none" modes
+                (default 16).
+            timeout: Seconds after which a handler is cancelled and counted as a failure.
+            retry: The backoff between attempts of a failing message (default 1 s doubling to 30 s).
+            max_attempts: Attempts before a failing message goes to `dead_letter` (default 5
+                when `dead_letter` is set). Without a dead-letter topic a failing message is
+                retried until it succeeds, so nothing is lost.
+            dead_letter: A topic for messages that exhaust their attempts or are rejected.
+            reject_on: Exception types that mean "reject": no retry, straight to the dead letters.
+            middleware: Middleware for this consumer only, inside the app-wide middleware.
+            max_buffered: Fetched records held per partition before it is paused.
+
+        Returns:
+            The registration.
+
+        Raises:
+            ConfigurationError: for any invalid option or a handler taskflow cannot call.
+        """
+        self._check_open()
+        spec = ConsumerSpec(
+            name=self._new_name(name or handler_name(handler)),
+            topics=_topics(topics),
+            group=_group(group or self.name),
+            func=handler,
+            handler=consumer_handler(handler),
+            ordering=_ordering(ordering),
+            concurrency=_concurrency(ordering, concurrency),
+            timeout=_timeout(timeout),
+            retry=retry or Backoff(),
+            max_attempts=_max_attempts(max_attempts, dead_letter),
+            dead_letter=_dead_letter(dead_letter, topics),
+            reject_on=_exception_types(reject_on),
+            middleware=tuple(middleware),
+            max_buffered=_positive_int("max_buffered", max_buffered),
+        )
+        self.consumers.append(spec)
+        return spec
+
+    def consume(self, *topics: str, **options: Any) -> Callable[[F], F]:
+        """Decorator form of `add_consumer`; returns the function unchanged.
+
+        Example:
+            ```python
+            @app.consume("orders", dead_letter="orders.DLQ")
+            async def on_order(order: dict, ctx: Context) -> None: ...
+            ```
+        """
+
+        def register(func: F) -> F:
+            self.add_consumer(func, *topics, **options)
+            return func
+
+        return register
+
+    def add_schedule(
+        self,
+        handler: Callable[..., Any],
+        schedule: Schedule | timedelta | float,
+        *,
+        name: str | None = None,
+        run_at_start: bool = False,
+        jitter: timedelta | float = 0,
+        timeout: float | None = None,
+        middleware: Sequence[MiddlewareFactory] = (),
+    ) -> ScheduleSpec:
+        """Register a periodic task.
+
+        Args:
+            handler: `async def` or `def` taking nothing or `ctx: Context`.
+            schedule: A `Schedule`, or a period (timedelta or seconds) on the epoch-aligned grid.
+            name: The worker name; default the function name.
+            run_at_start: Also run once as soon as the app starts.
+            jitter: Delay each run by a random amount up to this (less than the period), so
+                replicas do not all fire at once; the grid itself never moves.
+            timeout: Seconds after which a run is cancelled and logged as failed.
+            middleware: Middleware for this task only, inside the app-wide middleware.
+
+        Raises:
+            ConfigurationError: for any invalid option or a handler taskflow cannot call.
+        """
+        self._check_open()
+        if not isinstance(schedule, Schedule):
+            schedule = interval(schedule)
+        if not isinstance(run_at_start, bool):
+            raise ConfigurationError(f"run_at_start is True or False, got {run_at_start!r}")
+        spec = ScheduleSpec(
+            name=self._new_name(name or handler_name(handler)),
+            schedule=schedule,
+            func=handler,
+            handler=periodic_handler(handler),
+            run_at_start=run_at_start,
+            jitter=_jitter(jitter, schedule),
+            timeout=_timeout(timeout),
+            middleware=tuple(middleware),
+        )
+        self.schedules.append(spec)
+        return spec
+
+    def every(
+        self,
+        every: timedelta | float | None = None,
+        *,
+        seconds: float = 0,
+        minutes: float = 0,
+        hours: float = 0,
+        days: float = 0,
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Decorator: run the function periodically on the epoch-aligned grid.
+
+        Example:
+            ```python
+            @app.every(minutes=5, jitter=10)
+            async def cleanup(ctx: Context) -> None: ...
+            ```
+        """
+        schedule = interval(every, seconds=seconds, minutes=minutes, hours=hours, days=days)
+
+        def register(func: F) -> F:
+            self.add_schedule(func, schedule, **options)
+            return func
+
+        return register
+
+    def add_worker(self, worker: Worker) -> Worker:
+        """Register a custom worker: any object with `name`, `async start()` and `async stop()`."""
+        self._check_open()
+        if not isinstance(worker, Worker):
+            raise ConfigurationError(
+                f"{worker!r} is not a worker: it needs a name, async start() and async stop()"
+            )
+        self._new_name(worker.name)
+        self.workers.append(worker)
+        return worker
+
+    def worker(self, func: F) -> F:
+        """Decorator: run an `async def f(ctx)` as a worker for the app's lifetime.
+
+        It should return when `ctx.stopping` is set. If it raises, it is restarted with backoff.
+        """
+        self._check_open()
+        import inspect
+
+        if not inspect.iscoroutinefunction(func):
+            raise ConfigurationError(f"@app.worker needs an async def, got {func!r}")
+        self.function_workers.append(FunctionWorkerSpec(self._new_name(handler_name(func)), func))
+        return func
+
+    def on_startup(self, func: F) -> F:
+        """Register an async function to run before workers start (after the broker connects)."""
+        self._check_open()
+        self.startup_hooks.append(func)
+        return func
+
+    def on_shutdown(self, func: F) -> F:
+        """Register an async function to run after workers stop (before the broker closes)."""
+        self._check_open()
+        self.shutdown_hooks.append(func)
+        return func
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Publish a message and wait until the broker has it.
+
+        Args:
+            topic: The topic.
+            value: bytes, str (UTF-8), or anything JSON-serialisable (dataclasses and pydantic
+                models included).
+            key: The message key; messages with one key go to one partition, in order.
+            headers: Header names and values (str or bytes).
+
+        Raises:
+            StateError: when the app is not running.
+            PublishError: when the value cannot be encoded or the broker refuses it.
+        """
+        broker = self._broker
+        if broker is None:
+            raise StateError(
+                f"app {self.name!r} is not running: publish from a handler, a startup hook, "
+                "or inside `async with TestClient(app)`"
+            )
+        await broker.publish(
+            topic, encode_value(value), key=encode_key(key), headers=encode_headers(headers)
+        )
+
+    def attach(self, broker: Broker | None) -> None:
+        """Set (or clear) the running broker. Called by the runner, not by users."""
+        self._broker = broker
+
+    @asynccontextmanager
+    async def lifespan_context(self) -> AsyncIterator[None]:
+        """Run the lifespan and the startup hooks; on exit the shutdown hooks and lifespan exit."""
+        if self.lifespan is None:
+            await _run_hooks(self.startup_hooks)
+            try:
+                yield
+            finally:
+                await _run_hooks(self.shutdown_hooks)
+            return
+        async with self.lifespan(self):
+            await _run_hooks(self.startup_hooks)
+            try:
+                yield
+            finally:
+                await _run_hooks(self.shutdown_hooks)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.running:
+            raise StateError(f"app {self.name!r} is running: register everything before it starts")
+
+    def _new_name(self, name: str) -> str:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a worker name is a non-empty string, got {name!r}")
+        if name in self.worker_names():
+            raise ConfigurationError(
+                f"a worker named {name!r} is already registered; pass name= to tell them apart"
+            )
+        return name
+
+
+async def _run_hooks(hooks: Sequence[Hook]) -> None:
+    for hook in hooks:
+        await hook()
+
+
+def _check_broker_url(url: str) -> None:
+    from taskflow.brokers import broker_from_url
+
+    broker_from_url(url)
+
+
+def _shutdown_timeout(value: float | None) -> float:
+    if value is None:
+        raw = os.environ.get("TASKFLOW_SHUTDOWN_TIMEOUT")
+        if raw is None:
+            return DEFAULT_SHUTDOWN_TIMEOUT
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got {raw!r}"
+            ) from None
+    return _non_negative("shutdown_timeout", value)
+
+
+def _non_negative(option: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigurationError(f"{option} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _positive_int(option: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{option} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _topics(topics: Sequence[str]) -> tuple[str, ...]:
+    if not topics:
+        raise ConfigurationError("a consumer needs at least one topic: @app.consume('orders')")
+    for topic in topics:
+        if not isinstance(topic, str) or not _NAME.match(topic):
+            raise ConfigurationError(
+                f"a topic name uses letters, digits, '.', '_' and '-', got {topic!r}"
+            )
+    if len(set(topics)) != len(topics):
+        raise ConfigurationError(f"a topic is listed twice in {list(topics)}")
+    return tuple(topics)
+
+
+def _group(group: str) -> str:
+    if not isinstance(group, str) or not group:
+        raise ConfigurationError(f"a consumer group is a non-empty string, got {group!r}")
+    return group
+
+
+def _ordering(ordering: str) -> Ordering:
+    if ordering not in _ORDERINGS:
+        raise ConfigurationError(f"ordering is one of {', '.join(_ORDERINGS)}; got {ordering!r}")
+    return ordering  # type: ignore[return-value]
+
+
+def _concurrency(ordering: str, concurrency: int | None) -> int:
+    if concurrency is None:
+        return 1 if ordering == "partition" else 16
+    if ordering == "partition" and concurrency != 1:
+        raise ConfigurationError(
+            "concurrency applies to ordering='key' or 'none'; in 'partition' mode each partition "
+            "runs one handler at a time and partitions run concurrently"
+        )
+    return _positive_int("concurrency", concurrency)
+
+
+def _timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _max_attempts(max_attempts: int | None, dead_letter: str | None) -> int | None:
+    if max_attempts is None:
+        return 5 if dead_letter else None
+    if dead_letter is None:
+        raise ConfigurationError(
+            "max_attempts needs dead_letter=: without a dead-letter topic a failing message is "
+            "retried until it succeeds, so nothing is lost (raise Reject to skip one on purpose)"
+        )
+    return _positive_int("max_attempts", max_attempts)
+
+
+def _dead_letter(dead_letter: str | None, topics: Sequence[str]) -> str | None:
+    if dead_letter is None:
+        return None
+    if not isinstance(dead_letter, str) or not _NAME.match(dead_letter):
+        raise ConfigurationError(f"dead_letter is a topic name, got {dead_letter!r}")
+    if dead_letter in topics:
+        raise ConfigurationError(f"the dead-letter topic {dead_letter!r} is also consumed here")
+    return dead_letter
+
+
+def _exception_types(types: Sequence[type[BaseException]]) -> tuple[type[BaseException], ...]:
+    for kind in types:
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            raise ConfigurationError(f"reject_on takes exception classes, got {kind!r}")
+    return tuple(types)
+
+
+def _jitter(jitter: timedelta | float, schedule: Schedule) -> timedelta:
+    if isinstance(jitter, bool) or not isinstance(jitter, timedelta | int | float):
+        raise ConfigurationError(f"jitter is a timedelta or seconds, got {jitter!r}")
+    value = jitter if isinstance(jitter, timedelta) else timedelta(seconds=jitter)
+    if value < timedelta(0):
+        raise ConfigurationError(f"jitter cannot be negative, got {value}")
+    period = getattr(schedule, "period", None)
+    if isinstance(period, timedelta) and value >= period:
+        raise ConfigurationError(f"jitter ({value}) must be shorter than the period ({period})")
+    return value

@@ -1,0 +1,127 @@
+"""The broker seam: what the App and the consumer worker need from a message broker.
+
+Two brokers implement it: `memory://` (embedded, one process) and `kafka://` (aiokafka). The shape
+follows Kafka's consumer-group model, so an app behaves the same on both: topics with partitions,
+groups with committed offsets, explicit commits, rebalances announced to a listener, pause/resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from taskflow.message import Headers, Message, TopicPartition
+
+__all__ = [
+    "Broker",
+    "Consumer",
+    "ConsumerOptions",
+    "PartitionFacts",
+    "RebalanceListener",
+]
+
+
+class RebalanceListener(Protocol):
+    """Told when partitions leave or join a consumer. Each call completes before the change."""
+
+    async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        """Partitions are about to be taken away: finish or abandon their work and commit."""
+        ...
+
+    async def on_partitions_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        """Partitions now belong to this consumer; fetching starts at their committed offsets."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """Broker-independent consumer settings chosen by the worker."""
+
+    max_records: int = 500
+    auto_offset_reset: str = "earliest"
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFacts:
+    """Offsets of one assigned partition, for lag."""
+
+    committed: int | None
+    high_watermark: int | None
+
+
+class Consumer(Protocol):
+    """One member of a consumer group, subscribed to some topics."""
+
+    async def start(self) -> None:
+        """Join the group. Raises `BrokerError` when the broker cannot be reached."""
+        ...
+
+    async def stop(self) -> None:
+        """Leave the group. Does not commit: the worker commits before it stops."""
+        ...
+
+    async def getmany(self, timeout: float) -> Mapping[TopicPartition, Sequence[Message]]:
+        """Return fetched records by partition, waiting at most `timeout` seconds for some."""
+        ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit, per partition, the offset of the next record to read.
+
+        Raises `CommitError` when the group has moved on (a rebalance) or the broker refuses.
+        """
+        ...
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions currently assigned to this member."""
+        ...
+
+    def pause(self, partitions: Collection[TopicPartition]) -> None:
+        """Stop fetching these partitions until `resume`; the member stays in the group."""
+        ...
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None:
+        """Fetch these partitions again."""
+        ...
+
+    async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+        """Committed offset and high watermark of each assigned partition."""
+        ...
+
+
+class Broker(Protocol):
+    """A message broker: publishes records and makes group consumers."""
+
+    @property
+    def url(self) -> str:
+        """The broker URL, with any secret masked."""
+        ...
+
+    async def start(self) -> None:
+        """Connect (the producer). Raises `BrokerError` when the broker cannot be reached."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what is being published and disconnect."""
+        ...
+
+    async def publish(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> tuple[TopicPartition, int]:
+        """Publish one record and wait for the broker to acknowledge it.
+
+        Returns its partition and offset. Raises `PublishError` on failure.
+        """
+        ...
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        group: str,
+        listener: RebalanceListener,
+        options: ConsumerOptions,
+    ) -> Consumer:
+        """Make (not start) a consumer in `group` for `topics`."""
+        ...

@@ -1,0 +1,345 @@
+"""The embedded memory broker, `memory://`: Kafka's model inside one process.
+
+Topics have partitions; a key picks its partition with Kafka's own hash (murmur2), so a key lands on
+the same partition number as it would on Kafka; groups keep committed offsets; each partition is
+delivered in order to exactly one member of a group; members joining or leaving rebalance the group
+eagerly, calling each member's listener before its partitions move. Delivery is at-least-once:
+what a member fetched but did not commit is fetched again by the next owner.
+
+It is the default broker for development and the engine of `taskflow.testing.TestClient`. Messages
+live in memory for the life of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from aiokafka.partitioner import murmur2
+
+from taskflow.brokers.base import ConsumerOptions, PartitionFacts, RebalanceListener
+from taskflow.exceptions import CommitError, ConfigurationError, StateError
+from taskflow.message import Headers, Message, TopicPartition
+
+__all__ = ["MemoryBroker", "MemoryConsumer"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 4
+
+
+class _Topic:
+    __slots__ = ("logs", "name", "round_robin", "subscribers")
+
+    def __init__(self, name: str, partitions: int) -> None:
+        self.name = name
+        self.logs: list[list[Message]] = [[] for _ in range(partitions)]
+        self.subscribers: set[MemoryConsumer] = set()
+        self.round_robin = itertools.cycle(range(partitions))
+
+    def partition_for(self, key: bytes | None) -> int:
+        if key is None:
+            return next(self.round_robin)
+        hashed: int = murmur2(key)
+        return (hashed & 0x7FFFFFFF) % len(self.logs)
+
+
+class _Group:
+    """A consumer group: its members, their assignment and the committed offsets."""
+
+    def __init__(self, broker: MemoryBroker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.members: list[MemoryConsumer] = []
+        self.committed: dict[TopicPartition, int] = {}
+        self.lock = asyncio.Lock()
+        self.generation = 0
+
+    async def join(self, member: MemoryConsumer) -> None:
+        async with self.lock:
+            self.members.append(member)
+            await self._rebalance()
+
+    async def leave(self, member: MemoryConsumer) -> None:
+        async with self.lock:
+            if member in self.members:
+                await member.revoke_all()
+                self.members.remove(member)
+                await self._rebalance()
+
+    async def _rebalance(self) -> None:
+        self.generation += 1
+        for member in self.members:
+            await member.revoke_all()
+        plan: dict[MemoryConsumer, set[TopicPartition]] = {m: set() for m in self.members}
+        for topic in sorted({t for m in self.members for t in m.topics}):
+            takers = [m for m in self.members if topic in m.topics]
+            count = len(self.broker.topic(topic).logs)
+            for partition in range(count):
+                plan[takers[partition % len(takers)]].add(TopicPartition(topic, partition))
+        for member, partitions in plan.items():
+            await member.assign(frozenset(partitions))
+        logger.debug("group %s generation %d: %d members", self.name, self.generation, len(plan))
+
+
+class MemoryBroker:
+    """An in-process broker with Kafka's semantics.
+
+    Args:
+        partitions: How many partitions a topic gets when it is first used.
+
+    Example:
+        ```python
+        app = App("billing", broker="memory://?partitions=8")
+        ```
+    """
+
+    def __init__(self, partitions: int = DEFAULT_PARTITIONS) -> None:
+        if partitions < 1:
+            raise ConfigurationError(f"a topic needs at least one partition, got {partitions}")
+        self.partitions = partitions
+        self._topics: dict[str, _Topic] = {}
+        self._groups: dict[str, _Group] = {}
+        self._committed = asyncio.Condition()
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBroker:
+        """Build from ``memory://`` or ``memory://?partitions=N``."""
+        parts = urlsplit(url)
+        if parts.netloc or parts.path not in ("", "/"):
+            raise ConfigurationError(
+                f"a memory broker URL is memory:// or memory://?partitions=N, got {url!r}"
+            )
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"partitions"}
+        if unknown:
+            raise ConfigurationError(
+                f"unknown memory broker option {sorted(unknown)[0]!r} in {url!r}"
+            )
+        raw = query.get("partitions", [str(DEFAULT_PARTITIONS)])[-1]
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigurationError(f"partitions must be a positive whole number, got {raw!r}")
+        return cls(int(raw))
+
+    @property
+    def url(self) -> str:
+        return f"memory://?partitions={self.partitions}"
+
+    async def start(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to flush: a publish is complete when it returns."""
+
+    def topic(self, name: str) -> _Topic:
+        """Return topic `name`, creating it with the default partition count on first use."""
+        topic = self._topics.get(name)
+        if topic is None:
+            if not name:
+                raise ConfigurationError("a topic name cannot be empty")
+            topic = self._topics[name] = _Topic(name, self.partitions)
+        return topic
+
+    def create_topic(self, name: str, partitions: int) -> None:
+        """Create `name` with `partitions` partitions; an error if it exists with another count."""
+        existing = self._topics.get(name)
+        if existing is not None:
+            if len(existing.logs) != partitions:
+                raise StateError(f"topic {name!r} exists with {len(existing.logs)} partitions")
+            return
+        if partitions < 1:
+            raise ConfigurationError(f"a topic needs at least one partition, got {partitions}")
+        self._topics[name] = _Topic(name, partitions)
+
+    async def publish(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> tuple[TopicPartition, int]:
+        return self.append(topic, value, key=key, headers=headers)
+
+    def append(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> tuple[TopicPartition, int]:
+        """Publish without awaiting: the synchronous core of `publish`."""
+        target = self.topic(topic)
+        partition = target.partition_for(key)
+        log = target.logs[partition]
+        offset = len(log)
+        log.append(
+            Message(topic, partition, offset, key, value, headers, time.time_ns() // 1_000_000)
+        )
+        for subscriber in target.subscribers:
+            subscriber.wakeup.set()
+        return TopicPartition(topic, partition), offset
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        group: str,
+        listener: RebalanceListener,
+        options: ConsumerOptions,
+    ) -> MemoryConsumer:
+        if options.extra:
+            raise ConfigurationError(
+                f"the memory broker takes no consumer options, got {sorted(options.extra)}"
+            )
+        if options.auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigurationError(
+                f"auto_offset_reset is 'earliest' or 'latest', got {options.auto_offset_reset!r}"
+            )
+        if group not in self._groups:
+            self._groups[group] = _Group(self, group)
+        return MemoryConsumer(self, self._groups[group], topics, listener, options)
+
+    def end_offset(self, tp: TopicPartition) -> int:
+        """The offset the next record of `tp` will get."""
+        return len(self.topic(tp.topic).logs[tp.partition])
+
+    def committed(self, group: str, tp: TopicPartition) -> int | None:
+        """The offset `group` committed for `tp`, or None."""
+        known = self._groups.get(group)
+        return known.committed.get(tp) if known else None
+
+    def lag(self, group: str, topics: Collection[str]) -> int:
+        """Records in `topics` that `group` has not committed yet."""
+        total = 0
+        for name in topics:
+            for partition, log in enumerate(self.topic(name).logs):
+                total += len(log) - (self.committed(group, TopicPartition(name, partition)) or 0)
+        return total
+
+    async def wait_for_commit(self) -> None:
+        """Wait for the next commit by any group (for `TestClient.drain`)."""
+        async with self._committed:
+            await self._committed.wait()
+
+    async def _notify_commit(self) -> None:
+        async with self._committed:
+            self._committed.notify_all()
+
+
+class MemoryConsumer:
+    """A member of a memory broker group."""
+
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        group: _Group,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        options: ConsumerOptions,
+    ) -> None:
+        if not topics:
+            raise ConfigurationError("a consumer needs at least one topic")
+        self.broker = broker
+        self.group = group
+        self.topics = tuple(topics)
+        self.listener = listener
+        self.options = options
+        self.wakeup = asyncio.Event()
+        self._assigned: frozenset[TopicPartition] = frozenset()
+        self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._started = False
+
+    async def start(self) -> None:
+        for name in self.topics:
+            self.broker.topic(name).subscribers.add(self)
+        self._started = True
+        await self.group.join(self)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for name in self.topics:
+            self.broker.topic(name).subscribers.discard(self)
+        await self.group.leave(self)
+        self.wakeup.set()
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self._assigned
+
+    def pause(self, partitions: Collection[TopicPartition]) -> None:
+        self._paused.update(partitions)
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None:
+        self._paused.difference_update(partitions)
+        self.wakeup.set()
+
+    async def getmany(self, timeout: float) -> Mapping[TopicPartition, Sequence[Message]]:
+        batch = self._collect()
+        if batch or timeout <= 0 or not self._started:
+            return batch
+        self.wakeup.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.wakeup.wait()
+        except TimeoutError:
+            return {}
+        return self._collect()
+
+    def _collect(self) -> dict[TopicPartition, list[Message]]:
+        budget = self.options.max_records
+        batch: dict[TopicPartition, list[Message]] = {}
+        for tp, position in self._positions.items():
+            if tp in self._paused:
+                continue
+            log = self.broker.topic(tp.topic).logs[tp.partition]
+            if position < len(log):
+                records = log[position : position + budget]
+                batch[tp] = records
+                self._positions[tp] = position + len(records)
+                budget -= len(records)
+                if budget <= 0:
+                    break
+        return batch
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        foreign = [tp for tp in offsets if tp not in self._assigned]
+        if foreign:
+            raise CommitError(
+                f"group {self.group.name} rebalanced: {', '.join(map(str, foreign))} "
+                "is no longer assigned to this member"
+            )
+        self.group.committed.update(offsets)
+        await self.broker._notify_commit()
+
+    async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+        return {
+            tp: PartitionFacts(self.group.committed.get(tp), self.broker.end_offset(tp))
+            for tp in self._assigned
+        }
+
+    async def revoke_all(self) -> None:
+        """Called by the group: give up every partition, telling the listener first."""
+        if not self._assigned:
+            return
+        revoked = self._assigned
+        try:
+            await self.listener.on_partitions_revoked(revoked)
+        except Exception:
+            logger.exception("rebalance listener failed on revoke in group %s", self.group.name)
+        self._assigned = frozenset()
+        self._positions.clear()
+        self._paused.difference_update(revoked)
+
+    async def assign(self, partitions: frozenset[TopicPartition]) -> None:
+        """Called by the group: take `partitions`, starting at their committed offsets."""
+        self._assigned = partitions
+        for tp in sorted(partitions):
+            committed = self.group.committed.get(tp)
+            if committed is None:
+                latest = self.options.auto_offset_reset == "latest"
+                committed = self.broker.end_offset(tp) if latest else 0
+            self._positions[tp] = committed
+        if partitions:
+            try:
+                await self.listener.on_partitions_assigned(partitions)
+            except Exception:
+                logger.exception("rebalance listener failed on assign in group %s", self.group.name)
+        self.wakeup.set()

@@ -1,0 +1,181 @@
+"""Payload encoding and decoding: bytes on the wire, Python values in handlers.
+
+Decoders are chosen once, when a handler is registered, from its payload annotation; encoding is
+chosen per published value. JSON is the format for everything that is not bytes or text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError
+from taskflow.message import Headers, Message
+
+__all__ = ["Decoder", "decoder_for", "encode_headers", "encode_key", "encode_value"]
+
+Decoder = Callable[[Message], Any]
+
+ALLOWED = (
+    "Message, bytes, str, dict or list (JSON), a dataclass, or a pydantic model "
+    "(when pydantic is installed)"
+)
+
+
+def decoder_for(annotation: Any) -> Decoder:
+    """Return the function that turns a message into the value a handler's parameter asks for.
+
+    Raises:
+        HandlerSignatureError: when the annotation is not a payload type taskflow can decode.
+    """
+    if annotation is Message:
+        return _identity
+    if annotation is bytes:
+        return _raw
+    if annotation is str:
+        return _text
+    origin = typing.get_origin(annotation) or annotation
+    if origin is dict or origin is list:
+        return _json_of(origin)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return _dataclass_of(annotation)
+    if _is_pydantic_model(annotation):
+        return _pydantic_of(annotation)
+    raise HandlerSignatureError(f"payload type {_name(annotation)} is not supported; use {ALLOWED}")
+
+
+def _identity(message: Message) -> Message:
+    return message
+
+
+def _raw(message: Message) -> bytes:
+    return message.value
+
+
+def _text(message: Message) -> str:
+    try:
+        return message.value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"payload of {message} is not UTF-8 text: {exc}") from exc
+
+
+def _json(message: Message) -> Any:
+    try:
+        return json.loads(message.value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"payload of {message} is not valid JSON: {exc}") from exc
+
+
+def _json_of(kind: type) -> Decoder:
+    def decode(message: Message) -> Any:
+        value = _json(message)
+        if not isinstance(value, kind):
+            raise DecodeError(
+                f"payload of {message} is a JSON {type(value).__name__}, expected {kind.__name__}"
+            )
+        return value
+
+    return decode
+
+
+def _dataclass_of(cls: type) -> Decoder:
+    def decode(message: Message) -> Any:
+        fields = _json(message)
+        if not isinstance(fields, dict):
+            raise DecodeError(f"payload of {message} is not a JSON object for {cls.__name__}")
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise DecodeError(f"payload of {message} does not fit {cls.__name__}: {exc}") from exc
+
+    return decode
+
+
+def _is_pydantic_model(annotation: Any) -> bool:
+    try:
+        from pydantic import BaseModel
+    except ImportError:
+        return False
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _pydantic_of(model: Any) -> Decoder:
+    from pydantic import ValidationError
+
+    def decode(message: Message) -> Any:
+        try:
+            return model.model_validate_json(message.value)
+        except ValidationError as exc:
+            summary = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise DecodeError(
+                f"payload of {message} is not a valid {model.__name__}: {summary}"
+            ) from None
+
+    return decode
+
+
+def _name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not isinstance(annotation, types.GenericAlias):
+        return annotation.__qualname__
+    return repr(annotation)
+
+
+def encode_value(value: Any) -> bytes:
+    """Encode a published value: bytes as they are, str as UTF-8, anything else as JSON.
+
+    Dataclass instances and pydantic models are encoded as their JSON objects.
+
+    Raises:
+        PublishError: when the value cannot be encoded.
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    dump = getattr(value, "model_dump_json", None)
+    if callable(dump):
+        return str(dump()).encode("utf-8")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    try:
+        return json.dumps(value, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise PublishError(
+            f"cannot publish a {type(value).__name__}: values are bytes, str, or "
+            f"JSON-serialisable ({exc})"
+        ) from exc
+
+
+def encode_key(key: bytes | str | None) -> bytes | None:
+    """Encode a message key (str as UTF-8)."""
+    if key is None or isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    raise PublishError(f"a message key is bytes, str or None, got {type(key).__name__}")
+
+
+def encode_headers(
+    headers: Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]] | None,
+) -> Headers:
+    """Normalise headers to a tuple of (name, bytes) pairs."""
+    if not headers:
+        return ()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    out: list[tuple[str, bytes]] = []
+    for name, value in pairs:
+        if not isinstance(name, str):
+            raise PublishError(f"header names are str, got {type(name).__name__}")
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif not isinstance(value, bytes):
+            raise PublishError(f"header {name!r} must be str or bytes, got {type(value).__name__}")
+        out.append((name, value))
+    return tuple(out)

@@ -1,0 +1,102 @@
+"""The errors taskflow raises, and the two signals a handler may raise on purpose.
+
+Failures::
+
+    TaskflowError
+    ├── ConfigurationError        a bad option, URL, signature or registration; raised before start
+    │   └── HandlerSignatureError a handler taskflow cannot call
+    ├── AppLoadError              `module:app` cannot be imported or is not an App
+    ├── StateError                an operation that the current state does not allow
+    ├── BrokerError               the broker failed or cannot be reached
+    │   ├── PublishError          a message could not be published
+    │   └── CommitError           an offset commit was refused (the group moved on)
+    └── ShutdownError             workers had to be cancelled to meet the shutdown deadline
+
+Control flow (raised by handlers, never by taskflow on its own), kept apart from failures::
+
+    HandlerSignal
+    ├── Reject                    a business error: do not retry, dead-letter or skip
+    │   └── DecodeError           the payload cannot be decoded into the handler's type
+    └── Retry                     try this message again later
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AppLoadError",
+    "BrokerError",
+    "CommitError",
+    "ConfigurationError",
+    "DecodeError",
+    "HandlerSignal",
+    "HandlerSignatureError",
+    "PublishError",
+    "Reject",
+    "Retry",
+    "ShutdownError",
+    "StateError",
+    "TaskflowError",
+]
+
+
+class TaskflowError(Exception):
+    """Base class of every failure taskflow raises."""
+
+
+class ConfigurationError(TaskflowError, ValueError):
+    """An option, URL or registration is invalid; raised before anything starts."""
+
+
+class HandlerSignatureError(ConfigurationError, TypeError):
+    """A handler's signature is one taskflow cannot serve."""
+
+
+class AppLoadError(TaskflowError):
+    """A `module:attribute` reference does not lead to an App."""
+
+
+class StateError(TaskflowError, RuntimeError):
+    """An operation is not allowed in the current state (for example, publish before start)."""
+
+
+class BrokerError(TaskflowError):
+    """The broker failed or cannot be reached."""
+
+
+class PublishError(BrokerError):
+    """A message could not be published."""
+
+
+class ShutdownError(TaskflowError):
+    """Workers had to be cancelled because they did not finish within the shutdown timeout."""
+
+
+class HandlerSignal(Exception):
+    """Base class of the exceptions a handler raises on purpose to steer what happens next."""
+
+
+class Reject(HandlerSignal):
+    """The message is bad for business reasons: never retry it.
+
+    It goes to the dead-letter topic when one is configured, else it is logged and skipped.
+    """
+
+
+class DecodeError(Reject):
+    """The payload cannot be decoded into the type the handler asks for."""
+
+
+class Retry(HandlerSignal):
+    """Try this message again after the backoff, without logging a traceback.
+
+    Args:
+        reason: A short text for the log line.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CommitError(BrokerError):
+    """An offset commit was refused, usually because the group rebalanced meanwhile."""

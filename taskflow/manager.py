@@ -1,0 +1,232 @@
+"""The Manager: starts workers, restarts the ones that crash, and stops them all gracefully.
+
+Each worker runs under a supervisor task. A worker whose `start` raises is logged with its traceback
+and started again after a backoff (1 s doubling to 60 s, reset once it has run for a minute); the
+others keep running. Shutdown, on SIGINT/SIGTERM or `request_stop()`:
+
+1. `stopping` is set (handlers see `ctx.stopping`) and each worker's `stop()` is called, last
+   registered first;
+2. workers finish what they are doing, all within `shutdown_timeout` seconds in total;
+3. whatever is still running then is cancelled, and each cancelled worker is logged;
+4. `run()` returns a `ShutdownReport`: clean, or which workers had to be cancelled.
+
+A second signal skips the wait and cancels at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from taskflow.backoff import Backoff
+from taskflow.exceptions import ConfigurationError
+from taskflow.types import Worker, WorkerState
+
+__all__ = ["Manager", "ShutdownReport", "WorkerStatus"]
+
+logger = logging.getLogger(__name__)
+
+RESTART_BACKOFF = Backoff(initial=1.0, maximum=60.0, multiplier=2.0, jitter=0.0)
+CANCEL_GRACE = 5.0  # how long a cancelled worker may take to commit and close
+
+
+@dataclass(slots=True)
+class WorkerStatus:
+    """The Manager's record of one worker."""
+
+    worker: Worker
+    state: WorkerState = WorkerState.STOPPED
+    restarts: int = 0
+    last_error: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReport:
+    """How shutdown went."""
+
+    cancelled: tuple[str, ...] = ()
+    signal: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        """True when every worker finished without being cancelled."""
+        return not self.cancelled
+
+
+class Manager:
+    """Owns a set of workers for one run.
+
+    Args:
+        shutdown_timeout: Seconds that all workers together get to finish after shutdown begins.
+        restart_backoff: Waits between restarts of a crashing worker.
+        stopping: The event set when shutdown begins (shared with handlers as `ctx.stopping`).
+    """
+
+    def __init__(
+        self,
+        *,
+        shutdown_timeout: float = 30.0,
+        restart_backoff: Backoff = RESTART_BACKOFF,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        self.shutdown_timeout = shutdown_timeout
+        self.restart_backoff = restart_backoff
+        self.stopping = stopping or asyncio.Event()
+        self.statuses: dict[str, WorkerStatus] = {}
+        self.before_stop: list[Callable[[], object]] = []
+        self._stop_requested = asyncio.Event()
+        self._force = asyncio.Event()
+        self._signal: str | None = None
+
+    def register(self, worker: Worker) -> None:
+        """Add a worker; its name must be unique."""
+        if not isinstance(worker, Worker):
+            raise ConfigurationError(f"{worker!r} has no name, async start() and async stop()")
+        if worker.name in self.statuses:
+            raise ConfigurationError(f"a worker named {worker.name!r} is already registered")
+        self.statuses[worker.name] = WorkerStatus(worker)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def request_stop(self, reason: str | None = None) -> None:
+        """Begin graceful shutdown; a second request cancels what is left at once."""
+        if self._stop_requested.is_set():
+            if not self._force.is_set():
+                logger.warning("second stop request (%s): cancelling now", reason or "stop")
+                self._force.set()
+            return
+        self._signal = reason
+        logger.info(
+            "stop requested (%s): finishing in-flight work, at most %gs",
+            reason or "stop",
+            self.shutdown_timeout,
+        )
+        self._stop_requested.set()
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """Route SIGINT and SIGTERM to `request_stop`; returns a function that removes them."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+        def remove() -> None:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+        return remove
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> ShutdownReport:
+        """Start every worker, wait for a stop request, then shut down gracefully."""
+        if not self._stop_requested.is_set():
+            async with asyncio.TaskGroup() as group:
+                for status in self.statuses.values():
+                    status.state = WorkerState.STARTING
+                    status.task = group.create_task(
+                        self._supervise(status), name=f"worker:{status.worker.name}"
+                    )
+                await self._stop_requested.wait()
+                cancelled = await self._shutdown()
+        else:
+            cancelled = ()
+        return ShutdownReport(cancelled, self._signal)
+
+    async def _supervise(self, status: WorkerStatus) -> None:
+        worker, failures = status.worker, 0
+        while True:
+            started = time.monotonic()
+            status.state = WorkerState.RUNNING
+            try:
+                await worker.start()
+            except Exception as exc:
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                if self._stop_requested.is_set():
+                    status.state = WorkerState.FAILED
+                    logger.exception("worker %s failed while stopping", worker.name)
+                    return
+                ran_long = time.monotonic() - started > self.restart_backoff.maximum
+                failures = 1 if ran_long else failures + 1
+                delay = self.restart_backoff.delay(failures)
+                status.state = WorkerState.FAILED
+                logger.exception(
+                    "worker %s crashed; restarting in %.0fs (restart #%d)",
+                    worker.name,
+                    delay,
+                    status.restarts + 1,
+                )
+                if not await self._restart_after(status, delay):
+                    return
+                continue
+            status.state = WorkerState.STOPPED
+            if not self._stop_requested.is_set():
+                logger.info("worker %s finished on its own", worker.name)
+            return
+
+    async def _restart_after(self, status: WorkerStatus, delay: float) -> bool:
+        try:
+            async with asyncio.timeout(delay):
+                await self._stop_requested.wait()
+        except TimeoutError:
+            status.restarts += 1
+            status.state = WorkerState.RESTARTING
+            return True
+        status.state = WorkerState.STOPPED
+        return False
+
+    async def _shutdown(self) -> tuple[str, ...]:
+        deadline = time.monotonic() + self.shutdown_timeout
+        self.stopping.set()
+        for hook in self.before_stop:
+            hook()
+        for status in reversed(self.statuses.values()):
+            await self._ask_to_stop(status, deadline)
+        pending = {s.task for s in self.statuses.values() if s.task and not s.task.done()}
+        if pending:
+            await self._wait_or_force(pending, deadline)
+        left = [s for s in self.statuses.values() if s.task and not s.task.done()]
+        for status in left:
+            logger.error(
+                "worker %s did not finish within %gs: cancelling it",
+                status.worker.name,
+                self.shutdown_timeout,
+            )
+            assert status.task is not None
+            status.task.cancel()
+        if left:
+            await asyncio.wait({s.task for s in left if s.task}, timeout=CANCEL_GRACE)
+        for status in self.statuses.values():
+            if status.state is not WorkerState.FAILED:
+                status.state = WorkerState.STOPPED
+        return tuple(s.worker.name for s in left)
+
+    async def _ask_to_stop(self, status: WorkerStatus, deadline: float) -> None:
+        if status.task is None or status.task.done():
+            return
+        status.state = WorkerState.STOPPING
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                await status.worker.stop()
+        except TimeoutError:
+            logger.error("worker %s: stop() did not return in time", status.worker.name)
+        except Exception:
+            logger.exception("worker %s: stop() failed", status.worker.name)
+
+    async def _wait_or_force(self, pending: set[asyncio.Task[None]], deadline: float) -> None:
+        everything = asyncio.ensure_future(asyncio.wait(pending))
+        forced = asyncio.ensure_future(self._force.wait())
+        try:
+            await asyncio.wait(
+                {everything, forced},
+                timeout=max(deadline - time.monotonic(), 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            everything.cancel()
+            forced.cancel()

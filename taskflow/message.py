@@ -1,0 +1,72 @@
+"""Messages: what a consumer handler receives, and the coordinates of a partition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+__all__ = ["Headers", "Message", "TopicPartition"]
+
+Headers = tuple[tuple[str, bytes], ...]
+"""Kafka headers: an ordered sequence of (name, value) pairs; a name may repeat."""
+
+
+class TopicPartition(NamedTuple):
+    """One partition of one topic. Equal to aiokafka's `TopicPartition` with the same fields."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record as the broker delivered it.
+
+    Attributes:
+        topic: The topic it was read from.
+        partition: Its partition.
+        offset: Its offset within the partition.
+        key: The record key, or None.
+        value: The raw payload.
+        headers: The record headers, in order.
+        timestamp_ms: Milliseconds since the Unix epoch, as the broker stamped it.
+
+    Example:
+        ```python
+        @app.consume("orders")
+        async def on_order(message: Message) -> None:
+            print(message.topic, message.partition, message.offset, message.header("trace"))
+        ```
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+    timestamp_ms: int = 0
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        """The message's (topic, partition)."""
+        return TopicPartition(self.topic, self.partition)
+
+    @property
+    def timestamp(self) -> datetime:
+        """The broker timestamp as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+    def header(self, name: str) -> bytes | None:
+        """Return the last value of header `name`, or None when it is absent."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"

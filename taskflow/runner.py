@@ -1,0 +1,176 @@
+"""Running an App: connect the broker, enter the lifespan, build the workers, run the Manager.
+
+The order on the way up is broker, lifespan and startup hooks, workers; on the way down it is the
+reverse: workers drain, shutdown hooks and lifespan exit, then the broker flushes and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from taskflow.brokers import broker_from_url
+from taskflow.exceptions import BrokerError
+from taskflow.manager import Manager, ShutdownReport
+from taskflow.middleware import build_stack
+from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
+
+if TYPE_CHECKING:
+    from taskflow.app import App
+    from taskflow.brokers.base import Broker
+    from taskflow.types import Worker
+
+__all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "serve"]
+
+logger = logging.getLogger("taskflow")
+
+EXIT_CLEAN = 0
+EXIT_UNCLEAN = 1  # something had to be cancelled, or startup failed
+BROKER_CLOSE_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    """A running app: its broker, its workers, its Manager."""
+
+    app: App
+    broker: Broker
+    manager: Manager
+    workers: list[Worker] = field(default_factory=list)
+
+    def worker(self, name: str) -> Worker:
+        """The worker called `name`."""
+        for worker in self.workers:
+            if worker.name == name:
+                return worker
+        raise KeyError(name)
+
+
+def resolve_broker(app: App) -> Broker:
+    """The app's broker object, built from its URL when it was given one."""
+    if app.broker is not None and not isinstance(app.broker, str):
+        return app.broker
+    return broker_from_url(app.broker_url)
+
+
+def build_workers(
+    app: App, broker: Broker, stopping: asyncio.Event, *, commit_interval: float | None = None
+) -> list[Worker]:
+    """Build one worker per registration, with its middleware stack, in registration order."""
+    interval = app.commit_interval if commit_interval is None else commit_interval
+    workers: list[Worker] = [
+        ConsumerWorker(
+            spec,
+            app,
+            broker,
+            build_stack(spec.handler, (*app.middleware, *spec.middleware)),
+            stopping=stopping,
+            commit_interval=interval,
+        )
+        for spec in app.consumers
+    ]
+    workers += [
+        ScheduledWorker(
+            spec,
+            app,
+            build_stack(spec.handler, (*app.middleware, *spec.middleware)),
+            clock=app.clock,
+            stopping=stopping,
+        )
+        for spec in app.schedules
+    ]
+    workers += [FunctionWorker(spec, app) for spec in app.function_workers]
+    workers += app.workers
+    return workers
+
+
+@asynccontextmanager
+async def running(
+    app: App,
+    *,
+    broker: Broker | None = None,
+    commit_interval: float | None = None,
+    shutdown_timeout: float | None = None,
+    install_signal_handlers: bool = False,
+) -> AsyncIterator[Runtime]:
+    """Start the broker and lifespan and build the workers; yield the Runtime; then tear down.
+
+    The workers are not started: call `runtime.manager.run()`. With `install_signal_handlers`,
+    SIGINT and SIGTERM request a graceful stop from the very start, startup included.
+    """
+    broker = broker or resolve_broker(app)
+    if broker.url.startswith("memory:") and app.broker is None:
+        logger.info(
+            "using the embedded memory broker (%s); set --broker or TASKFLOW_BROKER to use Kafka",
+            broker.url,
+        )
+    stopping = asyncio.Event()
+    manager = Manager(
+        shutdown_timeout=app.shutdown_timeout if shutdown_timeout is None else shutdown_timeout,
+        stopping=stopping,
+    )
+    remove = manager.install_signal_handlers() if install_signal_handlers else None
+    try:
+        await broker.start()
+        app.attach(broker)
+        try:
+            async with app.lifespan_context():
+                workers = build_workers(app, broker, stopping, commit_interval=commit_interval)
+                for worker in workers:
+                    manager.register(worker)
+                yield Runtime(app, broker, manager, workers)
+        finally:
+            app.attach(None)
+            await _close(broker)
+    finally:
+        if remove is not None:
+            remove()
+
+
+async def _close(broker: Broker) -> None:
+    try:
+        async with asyncio.timeout(BROKER_CLOSE_TIMEOUT):
+            await broker.close()
+    except (TimeoutError, BrokerError) as exc:
+        logger.error("closing the broker failed: %s", exc or "timed out")
+
+
+async def serve(
+    app: App,
+    *,
+    install_signal_handlers: bool = True,
+    shutdown_timeout: float | None = None,
+    on_ready: Callable[[Runtime], object] | None = None,
+) -> ShutdownReport:
+    """Run `app` until SIGINT/SIGTERM (or `request_stop`), then shut down gracefully."""
+    async with running(
+        app, shutdown_timeout=shutdown_timeout, install_signal_handlers=install_signal_handlers
+    ) as runtime:
+        logger.info(
+            "app %s running %d worker(s): %s",
+            app.name,
+            len(runtime.workers),
+            ", ".join(w.name for w in runtime.workers) or "none",
+        )
+        if on_ready is not None:
+            on_ready(runtime)
+        report = await runtime.manager.run()
+    _log_report(app, report)
+    return report
+
+
+def _log_report(app: App, report: ShutdownReport) -> None:
+    if report.clean:
+        logger.info("app %s stopped cleanly", app.name)
+    else:
+        logger.error("app %s stopped after cancelling %s", app.name, ", ".join(report.cancelled))
+
+
+def run(app: App, *, shutdown_timeout: float | None = None) -> int:
+    """Run `app` in a new event loop until a signal; return the process exit code."""
+    report = asyncio.run(serve(app, shutdown_timeout=shutdown_timeout))
+    return EXIT_CLEAN if report.clean else EXIT_UNCLEAN

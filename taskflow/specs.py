@@ -1,0 +1,62 @@
+"""Registrations: frozen descriptions of what an App runs, made by `App.add_*`, read by workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from taskflow.backoff import Backoff
+
+if TYPE_CHECKING:
+    from taskflow.context import Context
+    from taskflow.handler import Handler
+    from taskflow.schedule import Schedule
+
+__all__ = ["ConsumerSpec", "FunctionWorkerSpec", "MiddlewareFactory", "Ordering", "ScheduleSpec"]
+
+Ordering = Literal["partition", "key", "none"]
+MiddlewareFactory = Callable[["Handler"], "Handler"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A consumer registration: which topics, which group, which handler, which policies."""
+
+    name: str
+    topics: tuple[str, ...]
+    group: str
+    func: Callable[..., Any]
+    handler: Handler
+    ordering: Ordering = "partition"
+    concurrency: int = 1
+    timeout: float | None = None
+    retry: Backoff = field(default_factory=Backoff)
+    max_attempts: int | None = None
+    dead_letter: str | None = None
+    reject_on: tuple[type[BaseException], ...] = ()
+    middleware: tuple[MiddlewareFactory, ...] = ()
+    max_buffered: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSpec:
+    """A periodic-task registration."""
+
+    name: str
+    schedule: Schedule
+    func: Callable[..., Any]
+    handler: Handler
+    run_at_start: bool = False
+    jitter: timedelta = timedelta(0)
+    timeout: float | None = None
+    middleware: tuple[MiddlewareFactory, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionWorkerSpec:
+    """A long-running async function registered with `@app.worker`; it runs until `ctx.stopping`."""
+
+    name: str
+    func: Callable[[Context], Any]

@@ -1,0 +1,229 @@
+"""The test kit: run an app in-process on the memory broker, and drive its clock.
+
+```python
+async def test_order_is_invoiced() -> None:
+    async with TestClient(app) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+        assert client.app.state.invoices == [1]
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from taskflow.app import App
+from taskflow.brokers.memory import MemoryBroker
+from taskflow.codec import encode_headers, encode_key, encode_value
+from taskflow.context import Tick
+from taskflow.exceptions import StateError
+from taskflow.manager import ShutdownReport
+from taskflow.message import TopicPartition
+from taskflow.runner import Runtime, running
+from taskflow.workers import ScheduledWorker
+
+__all__ = ["ManualClock", "TestClient"]
+
+
+class ManualClock:
+    """A clock that moves only when told to; sleepers wake when it passes their moment.
+
+    Args:
+        start: The initial time (aware); default 2026-01-01T00:00:00Z.
+
+    Example:
+        ```python
+        clock = ManualClock()
+        app = App("demo", clock=clock)
+        ...
+        await clock.advance(60)     # every sleeper due within the minute wakes, in order
+        ```
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        if self._now.tzinfo is None:
+            raise ValueError("ManualClock needs an aware start time")
+        self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
+        self._counter = itertools.count()
+        self._changed = asyncio.Event()
+
+    def now(self) -> datetime:
+        return self._now
+
+    async def sleep_until(self, moment: datetime) -> None:
+        if moment <= self._now:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (moment, next(self._counter), future))
+        self._changed.set()
+        await future
+
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are waiting on this clock."""
+        return sum(1 for _, _, future in self._sleepers if not future.done())
+
+    async def wait_for_sleepers(self, count: int = 1) -> None:
+        """Wait until at least `count` tasks are sleeping on this clock."""
+        while self.sleepers < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def next_wakeup(self) -> datetime | None:
+        """The earliest moment a sleeper waits for."""
+        self._drop_cancelled()
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def advance(self, seconds: float | timedelta) -> None:
+        """Move time forward, waking each sleeper in order and letting it run."""
+        step = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
+        await self.set(self._now + step)
+
+    async def set(self, moment: datetime) -> None:
+        """Move time to `moment` (not backwards), waking sleepers due by then in order."""
+        if moment < self._now:
+            raise ValueError("a ManualClock does not go back in time")
+        while (due := self.next_wakeup()) is not None and due <= moment:
+            self._now = max(self._now, due)
+            _, _, future = heapq.heappop(self._sleepers)
+            future.set_result(None)
+            await _let_run()
+        self._now = moment
+        await _let_run()
+
+    async def advance_to_next(self) -> datetime:
+        """Jump to the earliest sleeper's moment, wake it and let it run; return that moment."""
+        due = self.next_wakeup()
+        if due is None:
+            raise StateError("nothing is sleeping on this clock")
+        await self.set(due)
+        return due
+
+    def _drop_cancelled(self) -> None:
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+
+
+async def _let_run() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+class TestClient:
+    """Run an app in-process on a fresh memory broker for the length of an `async with` block.
+
+    On entry the broker starts, the lifespan and startup hooks run, and every worker starts; on exit
+    the app shuts down as it would on SIGTERM and `report` says how it went. Offsets are committed
+    as soon as a message is finished, so `drain` returns promptly.
+
+    Args:
+        app: The app under test. Its broker setting is ignored: the test kit uses memory.
+        partitions: Partitions per topic on the memory broker.
+        shutdown_timeout: Seconds to let work finish on exit (default: the app's).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self, app: App, *, partitions: int = 4, shutdown_timeout: float | None = None
+    ) -> None:
+        self.app = app
+        self.broker = MemoryBroker(partitions)
+        self.shutdown_timeout = shutdown_timeout
+        self.report: ShutdownReport | None = None
+        self._runtime: Runtime | None = None
+        self._context: Any = None
+        self._task: asyncio.Task[ShutdownReport] | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The running app's broker, workers and Manager."""
+        if self._runtime is None:
+            raise StateError("the TestClient is not running: use `async with TestClient(app)`")
+        return self._runtime
+
+    async def __aenter__(self) -> TestClient:
+        self._context = running(
+            self.app, broker=self.broker, commit_interval=0, shutdown_timeout=self.shutdown_timeout
+        )
+        self._runtime = await self._context.__aenter__()
+        self._task = asyncio.create_task(self._runtime.manager.run(), name="taskflow-testclient")
+        await _let_run()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        runtime, task = self.runtime, self._task
+        assert task is not None
+        runtime.manager.request_stop("test client exit")
+        try:
+            self.report = await task
+        finally:
+            self._runtime = None
+            await self._context.__aexit__(exc_type, exc, tb)
+
+    async def publish(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+    ) -> tuple[TopicPartition, int]:
+        """Publish as a producer outside the app would; returns the partition and offset."""
+        self.runtime  # noqa: B018 - raises when not running
+        return await self.broker.publish(
+            topic, encode_value(value), key=encode_key(key), headers=encode_headers(headers)
+        )
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every message in every consumed topic is handled and committed.
+
+        Raises:
+            TimeoutError: naming the groups still behind, when `timeout` passes first.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self._behind():
+                    await self.broker.wait_for_commit()
+        except TimeoutError:
+            behind = ", ".join(f"{group} ({lag} behind)" for group, lag in self._behind().items())
+            raise TimeoutError(f"drain timed out after {timeout}s: {behind}") from None
+
+    def _behind(self) -> dict[str, int]:
+        lags: dict[str, int] = {}
+        for spec in self.app.consumers:
+            lag = self.broker.lag(spec.group, spec.topics)
+            if lag:
+                lags[spec.group] = lags.get(spec.group, 0) + lag
+        return lags
+
+    def committed(self, group: str, topic: str, partition: int) -> int | None:
+        """The offset `group` has committed for one partition."""
+        return self.broker.committed(group, TopicPartition(topic, partition))
+
+    async def run_schedule(self, name: str) -> None:
+        """Run periodic task `name` once now, through its middleware; raises what it raises."""
+        tasks = {w.name: w for w in self.runtime.workers if isinstance(w, ScheduledWorker)}
+        worker = tasks.get(name)
+        if worker is None:
+            raise StateError(f"no periodic task {name!r}; the app has {sorted(tasks) or 'none'}")
+        await worker.run_once(Tick(name, self.app.clock.now()))
+
+    @property
+    def clock(self) -> Any:
+        """The app's clock (a `ManualClock` when the app was built with one)."""
+        return self.app.clock

@@ -1,0 +1,273 @@
+"""The consumer worker: one group member that fetches, dispatches per partition and commits.
+
+One fetch task keeps polling (a member that stops polling is thrown out of its group); records go to
+a `PartitionRunner` per assigned partition; a commit task commits, per partition, the lowest
+unfinished offset every `commit_interval`. An offset is committed only once its record is finished.
+On revoke and on stop, running handlers finish (within a budget), what they finished is committed
+explicitly, and buffered records are dropped, to be fetched again by the next owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from taskflow.brokers.base import ConsumerOptions
+from taskflow.context import WorkerLogger
+from taskflow.exceptions import BrokerError
+from taskflow.workers.partition import PartitionRunner
+from taskflow.workers.processing import Processor
+
+if TYPE_CHECKING:
+    from taskflow.app import App
+    from taskflow.brokers.base import Broker, Consumer
+    from taskflow.handler import Handler
+    from taskflow.message import TopicPartition
+    from taskflow.specs import ConsumerSpec
+
+__all__ = ["ConsumerFacts", "ConsumerWorker"]
+
+logger = logging.getLogger("taskflow.consumer")
+
+FETCH_TIMEOUT = 0.5
+FETCH_RETRY = 1.0
+REVOKE_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerFacts:
+    """What a consumer worker knows of itself, for health and metrics."""
+
+    assigned: frozenset[TopicPartition]
+    paused: frozenset[TopicPartition]
+    last_poll: float | None
+    in_flight: int
+    committed: dict[TopicPartition, int | None]
+    rebalances: int
+
+
+class ConsumerWorker:
+    """Consumes a registration's topics as one member of its group."""
+
+    kind = "consumer"
+
+    def __init__(
+        self,
+        spec: ConsumerSpec,
+        app: App,
+        broker: Broker,
+        handler: Handler,
+        *,
+        stopping: asyncio.Event,
+        commit_interval: float = 1.0,
+        revoke_timeout: float = REVOKE_TIMEOUT,
+        options: ConsumerOptions | None = None,
+    ) -> None:
+        self.spec = spec
+        self.broker = broker
+        self.commit_interval = commit_interval
+        self.revoke_timeout = revoke_timeout
+        self.options = options or ConsumerOptions()
+        self.log = WorkerLogger(logging.getLogger(app.name), spec.name)
+        self.processor = Processor(spec, app, broker, handler, stopping, self.log)
+        self.rebalances = 0
+        self.last_poll: float | None = None
+        self._stop = asyncio.Event()
+        self._commit_due = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._runners: dict[TopicPartition, PartitionRunner] = {}
+        self._paused: set[TopicPartition] = set()
+        self._epoch = 0
+        self._consumer: Consumer | None = None
+        self._task_group: asyncio.TaskGroup | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> str:
+        """One line for `taskflow info`."""
+        return f"consumes {', '.join(self.spec.topics)} as group {self.spec.group}"
+
+    # -- the Worker protocol ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stop.clear()
+        consumer = self.broker.consumer(
+            self.spec.topics, group=self.spec.group, listener=self, options=self.options
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._task_group, self._consumer = group, consumer
+                await consumer.start()
+                self.log.info(
+                    "→ consuming %s as group %s", ", ".join(self.spec.topics), self.spec.group
+                )
+                fetcher = group.create_task(self._fetch_loop(consumer), name=f"{self.name}:fetch")
+                committer = group.create_task(self._commit_loop(), name=f"{self.name}:commit")
+                await self._stop.wait()
+                fetcher.cancel()
+                await self._finish_all(timeout=None)
+                committer.cancel()
+        finally:
+            await self._leave(consumer)
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    # -- fetching --------------------------------------------------------------------------
+
+    async def _fetch_loop(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                batches = await consumer.getmany(FETCH_TIMEOUT)
+            except BrokerError as exc:
+                self.log.warning("fetch failed: %s; polling again in %.0fs", exc, FETCH_RETRY)
+                await asyncio.sleep(FETCH_RETRY)
+                continue
+            self.last_poll = time.monotonic()
+            for tp, records in batches.items():
+                runner = self._runners.get(tp)
+                if runner is not None:  # else revoked meanwhile: the next owner reads them again
+                    runner.feed(records)
+                    self._apply_backpressure(runner)
+
+    def _apply_backpressure(self, runner: PartitionRunner) -> None:
+        if runner.tp not in self._paused and runner.buffered >= self.spec.max_buffered:
+            self._paused.add(runner.tp)
+            assert self._consumer is not None
+            self._consumer.pause([runner.tp])
+
+    def _progress(self, runner: PartitionRunner) -> None:
+        self._commit_due.set()
+        if runner.tp in self._paused and runner.buffered <= self.spec.max_buffered // 2:
+            self._paused.discard(runner.tp)
+            if self._consumer is not None:
+                self._consumer.resume([runner.tp])
+
+    # -- committing ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._commit_due.wait()
+            self._commit_due.clear()
+            await self.commit()
+            if self.commit_interval:
+                await asyncio.sleep(self.commit_interval)
+
+    async def commit(self, runners: list[PartitionRunner] | None = None) -> None:
+        """Commit what the given runners (default: all) have finished since their last commit."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        chosen = list(self._runners.values()) if runners is None else runners
+        targets = {
+            r.tp: target
+            for r in chosen
+            if (target := r.tracker.commit_target) is not None and target != r.committed
+        }
+        if not targets:
+            return
+        async with self._commit_lock:
+            try:
+                await consumer.commit(targets)
+            except BrokerError as exc:
+                self.log.warning("commit of %s failed: %s", _offsets(targets), exc)
+                return
+        for runner in chosen:
+            if runner.tp in targets:
+                runner.committed = targets[runner.tp]
+        self.log.debug("committed %s", _offsets(targets))
+
+    # -- rebalancing (the RebalanceListener protocol) --------------------------------------
+
+    async def on_partitions_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        group = self._task_group
+        assert group is not None, "assignment before start"
+        self.rebalances += 1
+        for tp in sorted(assigned):
+            self._epoch += 1
+            runner = PartitionRunner(
+                tp,
+                self._epoch,
+                self.processor,
+                group,
+                ordering=self.spec.ordering,
+                concurrency=self.spec.concurrency,
+                on_progress=self._progress,
+            )
+            self._runners[tp] = runner
+        self.log.info("assigned %s", _partitions(assigned))
+
+    async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        runners = [r for tp in revoked if (r := self._runners.pop(tp, None)) is not None]
+        self._paused.difference_update(revoked)
+        await self._finish(runners, timeout=self.revoke_timeout)
+        self.log.info("revoked %s", _partitions(revoked))
+
+    # -- finishing -------------------------------------------------------------------------
+
+    async def _finish_all(self, timeout: float | None) -> None:
+        await self._finish(list(self._runners.values()), timeout=timeout)
+
+    async def _finish(self, runners: list[PartitionRunner], timeout: float | None) -> None:
+        """Close runners, let running handlers end within `timeout`, commit what they finished."""
+        for runner in runners:
+            runner.close()
+        try:
+            results = await asyncio.gather(*(r.wait_idle(timeout) for r in runners))
+            for runner, idle in zip(runners, results, strict=True):
+                if not idle:
+                    self.log.warning(
+                        "%s: handlers still running after %.0fs; cancelling %s",
+                        runner.tp,
+                        timeout or 0,
+                        ", ".join(map(str, runner.running)),
+                    )
+                    runner.cancel()
+        finally:
+            await self.commit(runners)
+
+    async def _leave(self, consumer: Consumer) -> None:
+        """Commit what is finished (also after a cancellation) and leave the group."""
+        with contextlib.suppress(Exception):
+            await self.commit()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await consumer.stop()
+        except TimeoutError:
+            self.log.error(
+                "leaving group %s took over %.0fs; gave up", self.spec.group, STOP_TIMEOUT
+            )
+        finally:
+            self._runners.clear()
+            self._paused.clear()
+            self._consumer = self._task_group = None
+        self.log.info("← stopped consuming")
+
+    # -- facts -----------------------------------------------------------------------------
+
+    def facts(self) -> ConsumerFacts:
+        """A snapshot for health checks and metrics."""
+        consumer = self._consumer
+        return ConsumerFacts(
+            assigned=consumer.assignment() if consumer else frozenset(),
+            paused=frozenset(self._paused),
+            last_poll=self.last_poll,
+            in_flight=sum(r.tracker.in_flight for r in self._runners.values()),
+            committed={tp: r.committed for tp, r in self._runners.items()},
+            rebalances=self.rebalances,
+        )
+
+
+def _partitions(tps: frozenset[TopicPartition]) -> str:
+    return ", ".join(map(str, sorted(tps))) or "nothing"
+
+
+def _offsets(targets: dict[TopicPartition, int]) -> str:
+    return ", ".join(f"{tp}@{offset}" for tp, offset in sorted(targets.items()))

@@ -1,0 +1,57 @@
+"""The offset tracker: what may be committed while a partition's work finishes out of order."""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["OffsetTracker"]
+
+
+class OffsetTracker:
+    """Tracks the records of one partition from dispatch to finish.
+
+    The commit target is the lowest offset not yet finished, or one past the last finished record
+    when everything dispatched is done: committing it never skips an unfinished record, even when
+    handlers finish out of order (key and none ordering).
+
+    One tracker belongs to one assignment of its partition (its `epoch`); a tracker of a revoked
+    assignment is dropped, so late work from it can never move a commit.
+    """
+
+    __slots__ = ("_finished", "_last", "_pending", "epoch")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._pending: deque[int] = deque()
+        self._finished: set[int] = set()
+        self._last: int | None = None  # the highest offset known done with nothing open below it
+
+    def dispatched(self, offset: int) -> None:
+        """Record that `offset` (greater than every earlier one) is being worked on."""
+        self._pending.append(offset)
+
+    def finished(self, offset: int) -> None:
+        """Record that `offset` is done: handled, skipped or dead-lettered."""
+        pending = self._pending
+        if not pending or pending[0] != offset:
+            self._finished.add(offset)
+            return
+        pending.popleft()
+        last = offset
+        finished = self._finished
+        while finished and pending and pending[0] in finished:
+            last = pending.popleft()
+            finished.discard(last)
+        self._last = last
+
+    @property
+    def commit_target(self) -> int | None:
+        """The offset to commit (the next one to read after a restart), or None if none is known."""
+        if self._pending:
+            return self._pending[0]
+        return None if self._last is None else self._last + 1
+
+    @property
+    def in_flight(self) -> int:
+        """Records dispatched and not finished."""
+        return len(self._pending)

@@ -1,0 +1,189 @@
+"""One assigned partition of a consumer: dispatch in the ordering mode, and track offsets.
+
+Records are spread over *lanes*; a lane runs its records one after another in one task. The ordering
+mode picks the lane of a record:
+
+- ``partition``: one lane, so the partition runs in offset order;
+- ``key``: one lane per key (a record without a key gets a lane of its own), up to `concurrency`
+  lanes at once, so each key runs in offset order and different keys overlap;
+- ``none``: a lane per record, up to `concurrency` at once.
+
+Whatever the mode, the `OffsetTracker` makes the commit target the lowest unfinished offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
+
+from taskflow.workers.offsets import OffsetTracker
+
+if TYPE_CHECKING:
+    from taskflow.message import Message, TopicPartition
+    from taskflow.workers.processing import Processor
+
+__all__ = ["PartitionRunner"]
+
+logger = logging.getLogger("taskflow.consumer")
+
+LaneOf = Callable[["Message"], Hashable]
+
+
+def lane_function(ordering: str) -> LaneOf:
+    """How records of a partition are grouped into lanes that run in order."""
+    if ordering == "partition":
+        return _one_lane
+    if ordering == "key":
+        return _key_lane
+    return _own_lane
+
+
+def _one_lane(message: Message) -> Hashable:
+    return None
+
+
+def _key_lane(message: Message) -> Hashable:
+    return message.key if message.key is not None else ("offset", message.offset)
+
+
+def _own_lane(message: Message) -> Hashable:
+    return message.offset
+
+
+class PartitionRunner:
+    """Runs the records of one partition for one assignment epoch."""
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        processor: Processor,
+        task_group: asyncio.TaskGroup,
+        *,
+        ordering: str,
+        concurrency: int,
+        on_progress: Callable[[PartitionRunner], None],
+    ) -> None:
+        self.tp = tp
+        self.tracker = OffsetTracker(epoch)
+        self.processor = processor
+        self.task_group = task_group
+        self.concurrency = concurrency
+        self.on_progress = on_progress
+        self.lane_of = lane_function(ordering)
+        self.committed: int | None = None
+        self.closed = False
+        self._waiting: deque[Message] = deque()
+        self._lanes: dict[Hashable, deque[Message]] = {}
+        self._running: dict[Hashable, Message] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Records fetched and not finished (waiting, queued in a lane, or running)."""
+        return self.tracker.in_flight + len(self._waiting)
+
+    @property
+    def running(self) -> list[Message]:
+        """The records whose handlers are running now."""
+        return list(self._running.values())
+
+    def feed(self, records: Sequence[Message]) -> None:
+        """Take fetched records, in offset order, and start what the concurrency allows."""
+        if self.closed:
+            return
+        self._waiting.extend(records)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        waiting, lanes, tracker = self._waiting, self._lanes, self.tracker
+        while waiting:
+            message = waiting[0]
+            lane = self.lane_of(message)
+            queue = lanes.get(lane)
+            if queue is None:
+                if len(lanes) >= self.concurrency:
+                    return  # the head waits for a free lane; order within the partition holds
+                queue = lanes[lane] = deque()
+                self._start_lane(lane, queue)
+            waiting.popleft()
+            tracker.dispatched(message.offset)
+            queue.append(message)
+
+    def _start_lane(self, lane: Hashable, queue: deque[Message]) -> None:
+        self._idle.clear()
+        task = self.task_group.create_task(self._run_lane(lane, queue), name=f"{self.tp}:{lane!r}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _run_lane(self, lane: Hashable, queue: deque[Message]) -> None:
+        running, tracker, process = self._running, self.tracker, self.processor.process
+        try:
+            while queue and not self.closed:
+                message = queue.popleft()
+                running[lane] = message
+                finished = await process(message, self._pause)
+                del running[lane]
+                if not finished:
+                    return
+                tracker.finished(message.offset)
+                self.on_progress(self)
+        except asyncio.CancelledError:
+            if lane in running:
+                logger.warning(
+                    "cancelled handler %s for %s: not committed, it will be redelivered",
+                    self.processor.spec.name,
+                    running.pop(lane),
+                )
+            raise
+        finally:
+            del self._lanes[lane]
+            if not self._lanes:
+                self._idle.set()
+            if not self.closed:
+                self._dispatch()
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait before a retry; False when the partition closes meanwhile (give the record up)."""
+        if self.closed:
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self._closed.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop dispatching: running handlers finish, the rest is dropped (redelivered later)."""
+        self.closed = True
+        self._closed.set()
+        self._waiting.clear()
+        for queue in self._lanes.values():
+            queue.clear()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait for running handlers to finish; True if they did within `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def cancel(self) -> None:
+        """Cancel the handlers still running (after `close` and a failed `wait_idle`)."""
+        for task in self._tasks:
+            task.cancel()

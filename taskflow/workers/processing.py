@@ -1,0 +1,187 @@
+"""Running one message through its handler under the error policy of the registration.
+
+The policy, after the seed's: a handler that raises is retried with backoff and its partition (or
+key) waits meanwhile; a `Reject` (or an exception in `reject_on`, or a payload that cannot be
+decoded) is never retried; it goes to the dead-letter topic when there is one, else it is logged and
+skipped. A message that exhausts `max_attempts` goes to the dead-letter topic. Cancellation,
+KeyboardInterrupt, SystemExit and MemoryError propagate and are never dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from taskflow.context import Context, WorkerLogger
+from taskflow.exceptions import BrokerError, Reject, Retry
+
+if TYPE_CHECKING:
+    from taskflow.app import App
+    from taskflow.brokers.base import Broker
+    from taskflow.handler import Handler
+    from taskflow.message import Headers, Message
+    from taskflow.specs import ConsumerSpec
+
+__all__ = ["Processor", "dead_letter_headers"]
+
+logger = logging.getLogger("taskflow.consumer")
+
+HEADER_PREFIX = "taskflow-"
+_TRACEBACK_LIMIT = 2000
+
+# Wait up to `seconds`; return False when the wait was cut short because the work must stop.
+Pause = Callable[[float], Awaitable[bool]]
+
+
+class Processor:
+    """Calls the handler stack for a message and applies retries, rejects and dead letters."""
+
+    def __init__(
+        self,
+        spec: ConsumerSpec,
+        app: App,
+        broker: Broker,
+        handler: Handler,
+        stopping: asyncio.Event,
+        log: WorkerLogger,
+    ) -> None:
+        self.spec = spec
+        self.app = app
+        self.broker = broker
+        self.handler = handler
+        self.stopping = stopping
+        self.log = log
+        self.rng = random.Random()
+        self.reject_on: tuple[type[BaseException], ...] = (Reject, *spec.reject_on)
+
+    async def process(self, message: Message, pause: Pause) -> bool:
+        """Handle `message` until it is finished (True) or `pause` says to give up (False)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._call(message)
+                return True
+            except self.reject_on as exc:
+                return await self._reject(message, exc, attempt, pause)
+            except MemoryError:
+                raise
+            except Exception as exc:
+                if self.spec.dead_letter and attempt >= (self.spec.max_attempts or 1):
+                    return await self._dead_letter(message, exc, attempt, "exhausted", pause)
+                delay = self.spec.retry.delay(attempt, self.rng)
+                self._log_failure(message, exc, attempt, delay)
+                if not await pause(delay):
+                    return False
+
+    async def _call(self, message: Message) -> None:
+        ctx = Context(self.app, self.spec.name, self.log, self.stopping, message=message)
+        timeout = self.spec.timeout
+        if timeout is None:
+            await self.handler(message, ctx)
+            return
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                await self.handler(message, ctx)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise HandlerTimeout(f"handler ran past its timeout of {timeout:g}s") from exc
+            raise
+
+    def _log_failure(self, message: Message, exc: Exception, attempt: int, delay: float) -> None:
+        if isinstance(exc, Retry):
+            self.log.info(
+                "↻ %s attempt %d: retry requested (%s); again in %.1fs",
+                message,
+                attempt,
+                exc.reason or "no reason given",
+                delay,
+            )
+            return
+        self.log.warning(
+            "✗ %s attempt %d failed: %s: %s; retrying in %.1fs",
+            message,
+            attempt,
+            type(exc).__name__,
+            exc,
+            delay,
+            exc_info=exc if attempt == 1 else None,
+        )
+
+    async def _reject(
+        self, message: Message, exc: BaseException, attempt: int, pause: Pause
+    ) -> bool:
+        if self.spec.dead_letter:
+            return await self._dead_letter(message, exc, attempt, "rejected", pause)
+        self.log.warning("⊘ %s rejected and skipped: %s: %s", message, type(exc).__name__, exc)
+        return True
+
+    async def _dead_letter(
+        self, message: Message, exc: BaseException, attempt: int, reason: str, pause: Pause
+    ) -> bool:
+        topic = self.spec.dead_letter
+        assert topic is not None
+        headers = message.headers + dead_letter_headers(
+            message, self.spec.group, exc, attempt, reason
+        )
+        failures = 0
+        while True:
+            try:
+                await self.broker.publish(topic, message.value, key=message.key, headers=headers)
+            except BrokerError as error:
+                failures += 1
+                delay = self.spec.retry.delay(failures, self.rng)
+                self.log.error(
+                    "dead-lettering %s to %s failed: %s; again in %.1fs",
+                    message,
+                    topic,
+                    error,
+                    delay,
+                )
+                if not await pause(delay):
+                    return False
+                continue
+            self.log.warning(
+                "☠ %s %s after %d attempt(s) (%s: %s); sent to %s",
+                message,
+                reason,
+                attempt,
+                type(exc).__name__,
+                exc,
+                topic,
+            )
+            return True
+
+
+class HandlerTimeout(Exception):
+    """A handler ran past its registration's `timeout` and was cancelled."""
+
+
+def dead_letter_headers(
+    message: Message, group: str, exc: BaseException, attempts: int, reason: str
+) -> Headers:
+    """The `taskflow-` headers that say where a dead letter came from and why."""
+    fields = {
+        "original-topic": message.topic,
+        "original-partition": str(message.partition),
+        "original-offset": str(message.offset),
+        "original-timestamp": str(message.timestamp_ms),
+        "consumer-group": group,
+        "attempts": str(attempts),
+        "reason": reason,
+        "exception-type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "exception-message": str(exc)[:_TRACEBACK_LIMIT],
+        "traceback": _short_traceback(exc),
+    }
+    return tuple((HEADER_PREFIX + name, value.encode("utf-8")) for name, value in fields.items())
+
+
+def _short_traceback(exc: BaseException) -> str:
+    lines = traceback.format_exception(exc, limit=-5)
+    text = "".join(lines)
+    return text if len(text) <= _TRACEBACK_LIMIT else "…" + text[-_TRACEBACK_LIMIT:]
