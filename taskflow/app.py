@@ -7,10 +7,11 @@ registrations only; `taskflow.runner` builds the workers from them and runs them
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,7 +44,8 @@ Hook = Callable[[], Awaitable[None]]
 
 DEFAULT_BROKER = "memory://"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_NAME = re.compile(r"[A-Za-z0-9._-]+")  # used with fullmatch: `$` would let "x\n" through
+_MAX_TOPIC = 249  # Kafka's limit on a topic name
 _ORDERINGS = ("partition", "key", "none")
 
 
@@ -71,6 +73,9 @@ class App:
         name: The app's name; also the default consumer group. Letters, digits, `.`, `_`, `-`.
         broker: A broker URL (`memory://`, `kafka://host:port,…`) or a Broker object. Default:
             `TASKFLOW_BROKER`, else the embedded memory broker.
+        broker_options: Options for the broker built from the URL; for Kafka, any aiokafka
+            consumer or producer option (security_protocol, sasl_*, ssl_context, client_id, …),
+            over the `TASKFLOW_KAFKA_<OPTION>` environment variables.
         redis_url: A Redis URL for idempotency and fleet scheduling. Default: `TASKFLOW_REDIS_URL`.
         lifespan: A function taking the app and returning an async context manager that is
             entered before workers start and exited after they stop.
@@ -96,6 +101,7 @@ class App:
         name: str,
         *,
         broker: str | Broker | None = None,
+        broker_options: Mapping[str, Any] | None = None,
         redis_url: str | None = None,
         lifespan: Lifespan | None = None,
         middleware: Sequence[MiddlewareFactory] = (),
@@ -103,17 +109,18 @@ class App:
         commit_interval: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
                 f"an app name uses letters, digits, '.', '_' and '-', got {name!r}"
             )
         self.name = name
         self.broker = broker
+        self.broker_options: dict[str, Any] = dict(broker_options or {})
         self.redis_url = (
             redis_url if redis_url is not None else os.environ.get("TASKFLOW_REDIS_URL")
         )
         self.lifespan = lifespan
-        self.middleware: tuple[MiddlewareFactory, ...] = tuple(middleware)
+        self.middleware = _middleware(middleware)
         self.shutdown_timeout = _shutdown_timeout(shutdown_timeout)
         self.commit_interval = _non_negative("commit_interval", commit_interval)
         self.clock: Clock = clock or SystemClock()
@@ -126,7 +133,7 @@ class App:
         self.shutdown_hooks: list[Hook] = []
         self._broker: Broker | None = None
         if isinstance(broker, str):
-            _check_broker_url(broker)
+            _check_broker_url(broker, self.broker_options)
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -202,19 +209,19 @@ class App:
         """
         self._check_open()
         spec = ConsumerSpec(
-            name=self._new_name(name or handler_name(handler)),
+            name=self._new_name(handler_name(handler) if name is None else name),
             topics=_topics(topics),
-            group=_group(group or self.name),
+            group=_group(self.name if group is None else group),
             func=handler,
             handler=consumer_handler(handler),
             ordering=_ordering(ordering),
             concurrency=_concurrency(ordering, concurrency),
             timeout=_timeout(timeout),
-            retry=retry or Backoff(),
+            retry=_retry(retry),
             max_attempts=_max_attempts(max_attempts, dead_letter),
             dead_letter=_dead_letter(dead_letter, topics),
             reject_on=_exception_types(reject_on),
-            middleware=tuple(middleware),
+            middleware=_middleware(middleware),
             max_buffered=_positive_int("max_buffered", max_buffered),
         )
         self.consumers.append(spec)
@@ -268,14 +275,14 @@ class App:
         if not isinstance(run_at_start, bool):
             raise ConfigurationError(f"run_at_start is True or False, got {run_at_start!r}")
         spec = ScheduleSpec(
-            name=self._new_name(name or handler_name(handler)),
+            name=self._new_name(handler_name(handler) if name is None else name),
             schedule=schedule,
             func=handler,
             handler=periodic_handler(handler),
             run_at_start=run_at_start,
             jitter=_jitter(jitter, schedule),
             timeout=_timeout(timeout),
-            middleware=tuple(middleware),
+            middleware=_middleware(middleware),
         )
         self.schedules.append(spec)
         return spec
@@ -323,8 +330,6 @@ class App:
         It should return when `ctx.stopping` is set. If it raises, it is restarted with backoff.
         """
         self._check_open()
-        import inspect
-
         if not inspect.iscoroutinefunction(func):
             raise ConfigurationError(f"@app.worker needs an async def, got {func!r}")
         self.function_workers.append(FunctionWorkerSpec(self._new_name(handler_name(func)), func))
@@ -333,12 +338,14 @@ class App:
     def on_startup(self, func: F) -> F:
         """Register an async function to run before workers start (after the broker connects)."""
         self._check_open()
+        _check_hook("on_startup", func)
         self.startup_hooks.append(func)
         return func
 
     def on_shutdown(self, func: F) -> F:
         """Register an async function to run after workers stop (before the broker closes)."""
         self._check_open()
+        _check_hook("on_shutdown", func)
         self.shutdown_hooks.append(func)
         return func
 
@@ -417,10 +424,10 @@ async def _run_hooks(hooks: Sequence[Hook]) -> None:
         await hook()
 
 
-def _check_broker_url(url: str) -> None:
+def _check_broker_url(url: str, options: Mapping[str, Any]) -> None:
     from taskflow.brokers import broker_from_url
 
-    broker_from_url(url)
+    broker_from_url(url, options)
 
 
 def _shutdown_timeout(value: float | None) -> float:
@@ -453,9 +460,10 @@ def _topics(topics: Sequence[str]) -> tuple[str, ...]:
     if not topics:
         raise ConfigurationError("a consumer needs at least one topic: @app.consume('orders')")
     for topic in topics:
-        if not isinstance(topic, str) or not _NAME.match(topic):
+        if not _is_topic(topic):
             raise ConfigurationError(
-                f"a topic name uses letters, digits, '.', '_' and '-', got {topic!r}"
+                f"a topic name uses letters, digits, '.', '_' and '-' (at most {_MAX_TOPIC}, "
+                f"not '.' or '..'), got {topic!r}"
             )
     if len(set(topics)) != len(topics):
         raise ConfigurationError(f"a topic is listed twice in {list(topics)}")
@@ -466,6 +474,38 @@ def _group(group: str) -> str:
     if not isinstance(group, str) or not group:
         raise ConfigurationError(f"a consumer group is a non-empty string, got {group!r}")
     return group
+
+
+def _is_topic(topic: object) -> bool:
+    return (
+        isinstance(topic, str)
+        and _NAME.fullmatch(topic) is not None
+        and len(topic) <= _MAX_TOPIC
+        and topic not in (".", "..")
+    )
+
+
+def _retry(retry: Backoff | None) -> Backoff:
+    if retry is None:
+        return Backoff()
+    if not isinstance(retry, Backoff):
+        raise ConfigurationError(f"retry is a Backoff, got {retry!r}")
+    return retry
+
+
+def _middleware(middleware: Sequence[MiddlewareFactory]) -> tuple[MiddlewareFactory, ...]:
+    if not isinstance(middleware, Iterable):
+        raise ConfigurationError(f"middleware is a sequence of middleware, got {middleware!r}")
+    factories = tuple(middleware)
+    for factory in factories:
+        if not callable(factory):
+            raise ConfigurationError(f"middleware {factory!r} is not callable")
+    return factories
+
+
+def _check_hook(kind: str, func: object) -> None:
+    if not inspect.iscoroutinefunction(func):
+        raise ConfigurationError(f"@app.{kind} needs an async def, got {func!r}")
 
 
 def _ordering(ordering: str) -> Ordering:
@@ -507,7 +547,7 @@ def _max_attempts(max_attempts: int | None, dead_letter: str | None) -> int | No
 def _dead_letter(dead_letter: str | None, topics: Sequence[str]) -> str | None:
     if dead_letter is None:
         return None
-    if not isinstance(dead_letter, str) or not _NAME.match(dead_letter):
+    if not _is_topic(dead_letter):
         raise ConfigurationError(f"dead_letter is a topic name, got {dead_letter!r}")
     if dead_letter in topics:
         raise ConfigurationError(f"the dead-letter topic {dead_letter!r} is also consumed here")
@@ -515,6 +555,8 @@ def _dead_letter(dead_letter: str | None, topics: Sequence[str]) -> str | None:
 
 
 def _exception_types(types: Sequence[type[BaseException]]) -> tuple[type[BaseException], ...]:
+    if isinstance(types, type) or not isinstance(types, Iterable):
+        raise ConfigurationError(f"reject_on takes a sequence of exception classes, got {types!r}")
     for kind in types:
         if not (isinstance(kind, type) and issubclass(kind, Exception)):
             raise ConfigurationError(f"reject_on takes exception classes, got {kind!r}")
@@ -524,7 +566,10 @@ def _exception_types(types: Sequence[type[BaseException]]) -> tuple[type[BaseExc
 def _jitter(jitter: timedelta | float, schedule: Schedule) -> timedelta:
     if isinstance(jitter, bool) or not isinstance(jitter, timedelta | int | float):
         raise ConfigurationError(f"jitter is a timedelta or seconds, got {jitter!r}")
-    value = jitter if isinstance(jitter, timedelta) else timedelta(seconds=jitter)
+    try:
+        value = jitter if isinstance(jitter, timedelta) else timedelta(seconds=jitter)
+    except (ValueError, OverflowError):  # NaN or infinity
+        raise ConfigurationError(f"jitter is a finite number of seconds, got {jitter!r}") from None
     if value < timedelta(0):
         raise ConfigurationError(f"jitter cannot be negative, got {value}")
     period = getattr(schedule, "period", None)

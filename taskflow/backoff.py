@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -29,11 +30,16 @@ class Backoff:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
+        for option in ("initial", "maximum", "multiplier", "jitter"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"backoff {option} is a number, got {value!r}")
+        if not 0 < self.initial <= self.maximum < math.inf:
             raise ConfigurationError(
-                f"backoff needs 0 < initial <= maximum, got {self.initial} and {self.maximum}"
+                f"backoff needs 0 < initial <= maximum (finite), got {self.initial} and "
+                f"{self.maximum}"
             )
-        if self.multiplier < 1:
+        if not self.multiplier >= 1:  # written so that NaN fails too
             raise ConfigurationError(f"backoff multiplier must be >= 1, got {self.multiplier}")
         if not 0 <= self.jitter < 1:
             raise ConfigurationError(f"backoff jitter is a fraction in [0, 1), got {self.jitter}")
@@ -41,7 +47,10 @@ class Backoff:
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the `failures`-th consecutive failure (1-based)."""
         exponent = min(max(failures - 1, 0), 64)
-        base = min(self.initial * self.multiplier**exponent, self.maximum)
+        try:
+            base = min(self.initial * self.multiplier**exponent, self.maximum)
+        except OverflowError:  # a huge multiplier: the wait is long past the maximum anyway
+            base = self.maximum
         if not self.jitter:
             return base
         spread = (rng or random).uniform(-self.jitter, self.jitter)

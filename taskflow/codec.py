@@ -10,7 +10,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError
@@ -66,7 +66,7 @@ def _text(message: Message) -> str:
 def _json(message: Message) -> Any:
     try:
         return json.loads(message.value)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise DecodeError(f"payload of {message} is not valid JSON: {exc}") from exc
 
 
@@ -89,7 +89,7 @@ def _dataclass_of(cls: type) -> Decoder:
             raise DecodeError(f"payload of {message} is not a JSON object for {cls.__name__}")
         try:
             return cls(**fields)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # a field mismatch, or __post_init__ refusing it
             raise DecodeError(f"payload of {message} does not fit {cls.__name__}: {exc}") from exc
 
     return decode
@@ -139,14 +139,15 @@ def encode_value(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
-    dump = getattr(value, "model_dump_json", None)
+    dump = None if isinstance(value, type) else getattr(value, "model_dump_json", None)
     if callable(dump):
         return str(dump()).encode("utf-8")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     try:
-        return json.dumps(value, separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+        # allow_nan=False: NaN and Infinity are not JSON, and other consumers would refuse them
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
         raise PublishError(
             f"cannot publish a {type(value).__name__}: values are bytes, str, or "
             f"JSON-serialisable ({exc})"
@@ -157,6 +158,8 @@ def encode_key(key: bytes | str | None) -> bytes | None:
     """Encode a message key (str as UTF-8)."""
     if key is None or isinstance(key, bytes):
         return key
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
     if isinstance(key, str):
         return key.encode("utf-8")
     raise PublishError(f"a message key is bytes, str or None, got {type(key).__name__}")
@@ -165,12 +168,22 @@ def encode_key(key: bytes | str | None) -> bytes | None:
 def encode_headers(
     headers: Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]] | None,
 ) -> Headers:
-    """Normalise headers to a tuple of (name, bytes) pairs."""
+    """Normalise headers to a tuple of (name, bytes) pairs.
+
+    Raises:
+        PublishError: when the headers are not a mapping or pairs of a str name and a str or
+            bytes value.
+    """
     if not headers:
         return ()
+    if isinstance(headers, str | bytes) or not isinstance(headers, Iterable):
+        raise PublishError(f"headers are a mapping or (name, value) pairs, got {headers!r}")
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     out: list[tuple[str, bytes]] = []
-    for name, value in pairs:
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise PublishError(f"a header is a (name, value) pair, got {pair!r}")
+        name, value = pair
         if not isinstance(name, str):
             raise PublishError(f"header names are str, got {type(name).__name__}")
         if isinstance(value, str):

@@ -46,6 +46,8 @@ class _Shape:
 
 def handler_name(func: Callable[..., Any]) -> str:
     """The default worker name of a handler: its function name."""
+    while isinstance(func, functools.partial):
+        func = func.func
     name = getattr(func, "__name__", None) or type(func).__name__
     return str(name)
 
@@ -69,35 +71,56 @@ def periodic_handler(func: Callable[..., Any]) -> Handler:
 
 
 def _inspect(func: Callable[..., Any], *, with_payload: bool) -> _Shape:
-    where = _describe(func)
     if not callable(func):
-        raise HandlerSignatureError(f"{where} is not callable")
-    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
-        raise HandlerSignatureError(f"{where} is a generator; a handler returns nothing")
+        raise HandlerSignatureError(
+            f"handler {func!r} is not callable; a handler is an `async def` or `def` function, "
+            "or an object with a `__call__` method"
+        )
+    where, code = _describe(func), _code_of(func)
+    if inspect.isasyncgenfunction(code) or inspect.isgeneratorfunction(code):
+        raise HandlerSignatureError(
+            f"{where} is a generator; a handler is an `async def` or `def` that returns nothing"
+        )
     try:
         signature = inspect.signature(func)
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(code)
     except (NameError, TypeError, ValueError) as exc:
-        raise HandlerSignatureError(f"cannot read the signature of {where}: {exc}") from exc
+        raise HandlerSignatureError(
+            f"cannot read the signature of {where}: {exc}; import the names its annotations use "
+            "at module level (not only under TYPE_CHECKING)"
+        ) from exc
     decode, wants_ctx, ctx_keyword = None, False, None
+    skipped_positional = False  # an optional positional parameter left at its default
     for param in signature.parameters.values():
         annotation = hints.get(param.name, param.annotation)
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise HandlerSignatureError(f"{where} takes *args or **kwargs; {_rules(with_payload)}")
         if annotation is Context or (annotation is param.empty and param.name in _CONTEXT_NAMES):
             if wants_ctx:
-                raise HandlerSignatureError(f"{where} asks for the Context twice")
+                raise HandlerSignatureError(
+                    f"{where} asks for the Context twice; {_rules(with_payload)}"
+                )
             wants_ctx = True
-            ctx_keyword = param.name if param.kind is param.KEYWORD_ONLY else None
+            if param.kind is not param.POSITIONAL_ONLY:
+                ctx_keyword = param.name  # by name, so no optional parameter before it takes it
+            elif skipped_positional:
+                raise HandlerSignatureError(
+                    f"{where} takes the Context positional-only after an optional parameter; "
+                    f"move it before the optional ones or drop the '/'"
+                )
             continue
         if param.default is not param.empty:
-            continue  # an optional parameter of the user's own; leave it at its default
+            # an optional parameter of the user's own; leave it at its default
+            skipped_positional |= param.kind is not param.KEYWORD_ONLY
+            continue
         if not with_payload or decode is not None or param.kind is param.KEYWORD_ONLY:
             raise HandlerSignatureError(
                 f"{where} has an unexpected parameter {param.name!r}; {_rules(with_payload)}"
             )
         if wants_ctx:
-            raise HandlerSignatureError(f"{where} must take the payload before the Context")
+            raise HandlerSignatureError(
+                f"{where} must take the payload before the Context; {_rules(with_payload)}"
+            )
         if annotation is param.empty:
             raise HandlerSignatureError(
                 f"{where}: annotate the payload parameter {param.name!r} with one of {ALLOWED}"
@@ -106,7 +129,7 @@ def _inspect(func: Callable[..., Any], *, with_payload: bool) -> _Shape:
             decode = decoder_for(annotation)
         except HandlerSignatureError as exc:
             raise HandlerSignatureError(f"{where}: {exc}") from None
-    return _Shape(decode, ctx_keyword, wants_ctx, _is_async(func))
+    return _Shape(decode, ctx_keyword, wants_ctx, inspect.iscoroutinefunction(code))
 
 
 def _rules(with_payload: bool) -> str:
@@ -115,17 +138,23 @@ def _rules(with_payload: bool) -> str:
     return "a periodic task takes no parameters or only `ctx: Context`"
 
 
-def _describe(func: Any) -> str:
-    module = getattr(func, "__module__", None)
-    name = getattr(func, "__qualname__", None) or repr(func)
-    return f"handler {module}.{name}" if module else f"handler {name}"
-
-
-def _is_async(func: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(func):
-        return True
+def _code_of(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The function whose code and annotations say how `func` is called."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type):
+        return func
     call = getattr(type(func), "__call__", None)  # noqa: B004 - a callable object's method
-    return not inspect.isfunction(func) and inspect.iscoroutinefunction(call)
+    return func if call is None else cast(Callable[..., Any], call)
+
+
+def _describe(func: Any) -> str:
+    while isinstance(func, functools.partial):
+        func = func.func
+    owner = func if hasattr(func, "__qualname__") else type(func)
+    module = getattr(owner, "__module__", None)
+    name = owner.__qualname__ if owner is func else f"{owner.__qualname__} object"
+    return f"handler {module}.{name}" if module else f"handler {name}"
 
 
 def _adapt(func: Callable[..., Any], shape: _Shape) -> Handler:
@@ -167,6 +196,9 @@ def _adapt(func: Callable[..., Any], shape: _Shape) -> Handler:
 def _in_thread(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(func)
     async def run(*args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(func, *args, **kwargs)
+        result = await asyncio.to_thread(func, *args, **kwargs)
+        if inspect.isawaitable(result):  # a plain def wrapping a coroutine function
+            return await result
+        return result
 
     return run

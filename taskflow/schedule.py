@@ -46,12 +46,14 @@ class Interval:
     period: timedelta
 
     def __post_init__(self) -> None:
+        if not isinstance(self.period, timedelta):
+            raise ConfigurationError(f"a schedule period is a timedelta, got {self.period!r}")
         if self.period <= timedelta(0):
             raise ConfigurationError(f"a schedule period must be positive, got {self.period}")
 
     def next_after(self, moment: datetime) -> datetime:
         if moment.tzinfo is None:
-            raise ValueError("next_after() needs an aware datetime")
+            raise ValueError(f"next_after() needs an aware datetime, got the naive {moment}")
         step = self.period // _MICROSECOND
         elapsed = (moment - EPOCH) // _MICROSECOND
         return EPOCH + _MICROSECOND * ((elapsed // step + 1) * step)
@@ -71,20 +73,37 @@ def interval(
     """Build an `Interval` from a timedelta, a number of seconds, or unit keywords (which add up).
 
     Raises:
-        ConfigurationError: when no period, both forms, or a non-positive period is given.
+        ConfigurationError: when no period, both forms, a non-number, or a non-positive or
+            non-finite period is given.
     """
-    units = timedelta(seconds=seconds, minutes=minutes, hours=hours, days=days)
-    if every is not None and units:
+    given = {"seconds": seconds, "minutes": minutes, "hours": hours, "days": days}
+    for unit, amount in given.items():
+        if not _is_number(amount):
+            raise ConfigurationError(f"{unit}= is a number, got {amount!r}")
+    if every is not None and any(given.values()):
         raise ConfigurationError("give the period either positionally or with seconds=/minutes=/…")
     if every is None:
-        if not units:
+        if not any(given.values()):
             raise ConfigurationError(
                 "a periodic task needs a period: every(seconds=…) or a timedelta"
             )
-        return Interval(units)
-    if isinstance(every, bool) or not isinstance(every, timedelta | int | float):
+        return Interval(_timedelta(**given))
+    if isinstance(every, timedelta):
+        return Interval(every)
+    if not _is_number(every):
         raise ConfigurationError(f"a period is a timedelta or a number of seconds, got {every!r}")
-    return Interval(every if isinstance(every, timedelta) else timedelta(seconds=every))
+    return Interval(_timedelta(seconds=every))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _timedelta(**units: float) -> timedelta:
+    try:
+        return timedelta(**units)
+    except (ValueError, OverflowError) as exc:  # NaN, infinity, beyond timedelta's range
+        raise ConfigurationError(f"a period must be a finite length of time: {exc}") from None
 
 
 def _short(period: timedelta) -> str:
@@ -92,4 +111,5 @@ def _short(period: timedelta) -> str:
     for size, unit in ((86_400_000_000, "d"), (3_600_000_000, "h"), (60_000_000, "m")):
         if micros % size == 0:
             return f"{micros // size}{unit}"
-    return f"{period.total_seconds():g}s"
+    whole, fraction = divmod(micros, 1_000_000)
+    return f"{whole}.{fraction:06d}".rstrip("0").rstrip(".") + "s"  # exact, unlike float formats

@@ -33,7 +33,9 @@ class OffsetTracker:
     def finished(self, offset: int) -> None:
         """Record that `offset` is done: handled, skipped or dead-lettered."""
         pending = self._pending
-        if not pending or pending[0] != offset:
+        if not pending or offset < pending[0]:
+            return  # finished twice, or never dispatched: keeping it would only leak
+        if offset != pending[0]:
             self._finished.add(offset)
             return
         pending.popleft()
@@ -53,5 +55,9 @@ class OffsetTracker:
 
     @property
     def in_flight(self) -> int:
-        """Records dispatched and not finished."""
+        """Records dispatched and not yet covered by the commit target.
+
+        That is the unfinished records plus those finished after the lowest unfinished one: what a
+        restart would deliver again. Bounding it bounds that redelivery.
+        """
         return len(self._pending)

@@ -1,0 +1,356 @@
+"""Kafka through aiokafka: `kafka://host:port[,host:port…]`.
+
+One shared producer publishes (acks=all, idempotent) for the whole app; each consumer registration
+gets its own aiokafka consumer with auto-commit off, committing explicit per-partition offsets.
+
+Connection options (security protocol, SASL, SSL, client id, or any other aiokafka consumer or
+producer option) come from ``App(broker_options={...})`` and from ``TASKFLOW_KAFKA_<OPTION>``
+environment variables (the code wins over the environment). Each option goes to the client(s)
+whose constructor takes it; an option neither takes is refused with a clear error before start.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import os
+import ssl
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from taskflow.brokers.base import ConsumerOptions, PartitionFacts, RebalanceListener
+from taskflow.exceptions import BrokerError, CommitError, ConfigurationError, PublishError
+from taskflow.message import Headers, Message, TopicPartition
+
+__all__ = ["KafkaBroker", "KafkaConsumer", "kafka_options_from_env"]
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "TASKFLOW_KAFKA_"
+# Set by taskflow itself: a user value would break its delivery guarantees or its decoding.
+_RESERVED = {
+    "bootstrap_servers": "give the servers in the URL: kafka://host:port,host:port",
+    "group_id": "pass group= to @app.consume",
+    "enable_auto_commit": "taskflow commits explicitly, after each message is finished",
+    "key_deserializer": "taskflow decodes payloads from the handler's annotation",
+    "value_deserializer": "taskflow decodes payloads from the handler's annotation",
+    "key_serializer": "taskflow encodes values in app.publish",
+    "value_serializer": "taskflow encodes values in app.publish",
+    "loop": "aiokafka uses the running loop",
+    "topics": "pass topics to @app.consume",
+    "max_poll_records": "set max_records on the consumer registration",
+}
+_SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+_CONSUMER_PARAMS = set(inspect.signature(AIOKafkaConsumer.__init__).parameters) - {"self"}
+_PRODUCER_PARAMS = set(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
+_PRODUCER_DEFAULTS = {"acks": "all", "enable_idempotence": True}
+
+
+def parse_bootstrap(url: str) -> list[str]:
+    """The ``host:port`` list of a ``kafka://`` URL.
+
+    Raises:
+        ConfigurationError: when the URL has no servers, a bad port, a path or a query.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "kafka" or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"a Kafka broker URL is kafka://host:port[,host:port…], got {url!r}; pass options "
+            "with App(broker_options=...) or TASKFLOW_KAFKA_* variables"
+        )
+    servers = [s.strip() for s in parts.netloc.split(",") if s.strip()]
+    if not servers:
+        raise ConfigurationError(f"no Kafka servers in {url!r}: use kafka://host:port")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"{server!r} in {url!r} is not host:port with a valid port")
+    return servers
+
+
+def kafka_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Collect ``TASKFLOW_KAFKA_<OPTION>`` variables as aiokafka options, typed like defaults."""
+    env = os.environ if environ is None else environ
+    options: dict[str, Any] = {}
+    for name, raw in env.items():
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            option = name[len(ENV_PREFIX) :].lower()
+            options[option] = _typed(option, raw, name)
+    return options
+
+
+def _typed(option: str, raw: str, variable: str) -> Any:
+    default = _default_of(option)
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = type(default).__name__
+        raise ConfigurationError(f"{variable} must be a {kind}, got {raw!r}") from None
+    return raw
+
+
+def _default_of(option: str) -> Any:
+    for cls in (AIOKafkaConsumer, AIOKafkaProducer):
+        param = inspect.signature(cls.__init__).parameters.get(option)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return None
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route each option to the consumer, the producer or both; refuse the unknown and reserved.
+
+    Raises:
+        ConfigurationError: naming the option and, where one is close, the option meant.
+    """
+    consumer: dict[str, Any] = {}
+    producer: dict[str, Any] = dict(_PRODUCER_DEFAULTS)
+    options = dict(options)
+    ssl_files = {k: options.pop(k) for k in _SSL_FILES if k in options}
+    if ssl_files and "ssl_context" not in options:
+        options["ssl_context"] = _ssl_context(ssl_files)
+    for name, value in options.items():
+        if name in _RESERVED:
+            raise ConfigurationError(f"Kafka option {name!r} is set by taskflow: {_RESERVED[name]}")
+        in_consumer, in_producer = name in _CONSUMER_PARAMS, name in _PRODUCER_PARAMS
+        if not (in_consumer or in_producer):
+            raise ConfigurationError(f"unknown Kafka option {name!r}{_suggestion(name)}")
+        if in_consumer:
+            consumer[name] = value
+        if in_producer:
+            producer[name] = value
+    return consumer, producer
+
+
+def _suggestion(name: str) -> str:
+    known = sorted((_CONSUMER_PARAMS | _PRODUCER_PARAMS | set(_SSL_FILES)) - set(_RESERVED))
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else "; see the aiokafka client options"
+
+
+def _ssl_context(files: Mapping[str, Any]) -> ssl.SSLContext:
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=files.get("ssl_cafile"),
+            certfile=files.get("ssl_certfile"),
+            keyfile=files.get("ssl_keyfile"),
+            password=files.get("ssl_password"),
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot build the Kafka SSL context: {exc}") from exc
+    return context
+
+
+class KafkaBroker:
+    """Kafka, through one shared aiokafka producer and an aiokafka consumer per registration.
+
+    Args:
+        bootstrap_servers: ``host:port`` strings.
+        options: aiokafka options for the consumers and/or the producer (see module docs).
+
+    Example:
+        ```python
+        app = App(
+            "billing",
+            broker="kafka://broker-1:9092,broker-2:9092",
+            broker_options={"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                            "sasl_plain_username": "billing", "sasl_plain_password": secret},
+        )
+        ```
+    """
+
+    def __init__(self, bootstrap_servers: Sequence[str], options: Mapping[str, Any] | None = None):
+        self.bootstrap_servers = list(bootstrap_servers)
+        self.consumer_options, self.producer_options = split_options(options or {})
+        self._producer: AIOKafkaProducer | None = None
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> KafkaBroker:
+        """Build from ``kafka://host:port[,…]``, with `options` over the environment's."""
+        merged = {**kafka_options_from_env(), **(options or {})}
+        return cls(parse_bootstrap(url), merged)
+
+    @property
+    def url(self) -> str:
+        return "kafka://" + ",".join(self.bootstrap_servers)
+
+    async def start(self) -> None:
+        producer = _build(AIOKafkaProducer, self.bootstrap_servers, self.producer_options)
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await _quietly_stop(producer)
+            raise BrokerError(f"cannot reach Kafka at {self.url}: {exc}") from exc
+        self._producer = producer
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await producer.stop()  # flushes what is still being sent
+            except KafkaError as exc:
+                raise BrokerError(f"flushing the Kafka producer failed: {exc}") from exc
+
+    async def publish(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> tuple[TopicPartition, int]:
+        producer = self._producer
+        if producer is None:
+            raise PublishError("the Kafka producer is not started")
+        try:
+            meta = await producer.send_and_wait(topic, value, key=key, headers=list(headers))
+        except KafkaError as exc:
+            raise PublishError(f"publishing to {topic!r} failed: {exc}") from exc
+        return TopicPartition(meta.topic, meta.partition), meta.offset
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        group: str,
+        listener: RebalanceListener,
+        options: ConsumerOptions,
+    ) -> KafkaConsumer:
+        extra = dict(options.extra)
+        for name in extra:
+            if name in _RESERVED or name not in _CONSUMER_PARAMS:
+                raise ConfigurationError(f"{name!r} is not a Kafka consumer option taskflow allows")
+        settings = {
+            **self.consumer_options,
+            **extra,
+            "group_id": group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": options.auto_offset_reset,
+            "max_poll_records": options.max_records,
+        }
+        return KafkaConsumer(self.bootstrap_servers, topics, settings, listener)
+
+
+def _build(cls: Any, servers: list[str], settings: Mapping[str, Any]) -> Any:
+    try:
+        return cls(bootstrap_servers=servers, **settings)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigurationError(f"invalid Kafka option for {cls.__name__}: {exc}") from exc
+
+
+async def _quietly_stop(client: Any) -> None:
+    try:
+        await client.stop()
+    except Exception:  # already failing: the first error is the one worth reporting
+        logger.debug("stopping a failed Kafka client raised", exc_info=True)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Translates aiokafka's rebalance callbacks to taskflow's listener."""
+
+    def __init__(self, listener: RebalanceListener) -> None:
+        self.listener = listener
+
+    async def on_partitions_revoked(self, revoked: Collection[KafkaTopicPartition]) -> None:
+        if revoked:
+            await self.listener.on_partitions_revoked(_ours(revoked))
+
+    async def on_partitions_assigned(self, assigned: Collection[KafkaTopicPartition]) -> None:
+        if assigned:
+            await self.listener.on_partitions_assigned(_ours(assigned))
+
+
+class KafkaConsumer:
+    """One aiokafka group consumer behind taskflow's Consumer protocol."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        topics: Sequence[str],
+        settings: Mapping[str, Any],
+        listener: RebalanceListener,
+    ) -> None:
+        self.servers = servers
+        self.topics = tuple(topics)
+        self.settings = dict(settings)
+        self.listener = _Listener(listener)
+        self._consumer: AIOKafkaConsumer | None = None
+
+    @property
+    def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise BrokerError("the Kafka consumer is not started")
+        return self._consumer
+
+    async def start(self) -> None:
+        consumer = _build(AIOKafkaConsumer, self.servers, self.settings)
+        consumer.subscribe(topics=list(self.topics), listener=self.listener)
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await _quietly_stop(consumer)
+            raise BrokerError(f"cannot reach Kafka at {','.join(self.servers)}: {exc}") from exc
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def getmany(self, timeout: float) -> Mapping[TopicPartition, Sequence[Message]]:
+        try:
+            fetched = await self._client.getmany(timeout_ms=int(timeout * 1000))
+        except KafkaConnectionError as exc:
+            raise BrokerError(f"fetching failed: {exc}") from exc
+        except KafkaError as exc:
+            raise BrokerError(f"fetching failed: {type(exc).__name__}: {exc}") from exc
+        return {
+            TopicPartition(tp.topic, tp.partition): [
+                Message(
+                    r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp
+                )
+                for r in records
+            ]
+            for tp, records in fetched.items()
+        }
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            await self._client.commit({KafkaTopicPartition(*tp): o for tp, o in offsets.items()})
+        except KafkaError as exc:
+            raise CommitError(f"{type(exc).__name__}: {exc}") from exc
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        if self._consumer is None:
+            return frozenset()
+        return _ours(self._consumer.assignment())
+
+    def pause(self, partitions: Collection[TopicPartition]) -> None:
+        self._client.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None:
+        self._client.resume(*(KafkaTopicPartition(*tp) for tp in partitions))
+
+    async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+        client = self._client
+        facts: dict[TopicPartition, PartitionFacts] = {}
+        for tp in client.assignment():
+            try:
+                committed = await client.committed(tp)
+            except KafkaError:
+                committed = None
+            facts[TopicPartition(*tp)] = PartitionFacts(committed, client.highwater(tp))
+        return facts
+
+
+def _ours(partitions: Collection[KafkaTopicPartition]) -> frozenset[TopicPartition]:
+    return frozenset(TopicPartition(tp.topic, tp.partition) for tp in partitions)

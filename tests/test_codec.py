@@ -1,0 +1,248 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+import pydantic
+import pytest
+
+from taskflow.codec import decoder_for, encode_headers, encode_key, encode_value
+from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError, Reject
+from taskflow.message import Message
+
+
+@dataclasses.dataclass
+class Order:
+    id: int
+    customer: str
+
+
+@dataclasses.dataclass
+class Positive:
+    amount: int
+
+    def __post_init__(self) -> None:
+        if self.amount <= 0:
+            raise ValueError("amount must be positive")
+
+
+class Invoice(pydantic.BaseModel):
+    id: int
+    total: float
+
+
+def message(value: bytes) -> Message:
+    return Message(topic="orders", partition=2, offset=41, key=None, value=value)
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def test_a_message_parameter_gets_the_message_itself() -> None:
+    msg = message(b"\xff raw")
+
+    assert decoder_for(Message)(msg) is msg
+
+
+def test_a_bytes_parameter_gets_the_raw_payload() -> None:
+    assert decoder_for(bytes)(message(b"\xff\x00raw")) == b"\xff\x00raw"
+
+
+def test_a_str_parameter_gets_the_payload_as_utf8_text() -> None:
+    assert decoder_for(str)(message("héllo".encode())) == "héllo"
+
+
+def test_a_dict_parameter_gets_the_json_object() -> None:
+    assert decoder_for(dict)(message(b'{"id": 1, "tags": ["a"]}')) == {"id": 1, "tags": ["a"]}
+
+
+@pytest.mark.parametrize("annotation", [dict[str, int], typing.Dict[str, int]], ids=repr)  # noqa: UP006
+def test_a_parameterised_dict_parameter_gets_the_json_object(annotation: Any) -> None:
+    assert decoder_for(annotation)(message(b'{"a": 1}')) == {"a": 1}
+
+
+@pytest.mark.parametrize("annotation", [list, list[int]], ids=repr)
+def test_a_list_parameter_gets_the_json_array(annotation: Any) -> None:
+    assert decoder_for(annotation)(message(b"[1, 2, 3]")) == [1, 2, 3]
+
+
+def test_a_dataclass_parameter_gets_an_instance_built_from_the_json_object() -> None:
+    assert decoder_for(Order)(message(b'{"id": 7, "customer": "ada"}')) == Order(7, "ada")
+
+
+def test_a_pydantic_parameter_gets_a_validated_model() -> None:
+    invoice = decoder_for(Invoice)(message(b'{"id": "7", "total": 9.5}'))
+
+    assert invoice == Invoice(id=7, total=9.5)
+
+
+def test_a_decode_error_is_a_reject_so_it_is_never_retried() -> None:
+    assert issubclass(DecodeError, Reject)
+
+
+@pytest.mark.parametrize("annotation", [dict, list, Order, Invoice], ids=repr)
+def test_invalid_json_is_a_decode_error_naming_the_message(annotation: Any) -> None:
+    with pytest.raises(DecodeError, match=r"orders\[2\]@41"):
+        decoder_for(annotation)(message(b'{"id": 1'))
+
+
+def test_deeply_nested_json_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        decoder_for(list)(message(b"[" * 100_000 + b"]" * 100_000))
+
+
+@pytest.mark.parametrize(
+    ("annotation", "payload", "found"),
+    [(dict, b"[1]", "list"), (list, b'{"a": 1}', "dict"), (dict, b'"text"', "str")],
+)
+def test_json_of_the_wrong_type_is_a_decode_error(
+    annotation: type, payload: bytes, found: str
+) -> None:
+    with pytest.raises(DecodeError, match=f"is a JSON {found}, expected {annotation.__name__}"):
+        decoder_for(annotation)(message(payload))
+
+
+@pytest.mark.parametrize("annotation", [str, dict], ids=repr)
+def test_a_payload_that_is_not_utf8_is_a_decode_error(annotation: type) -> None:
+    with pytest.raises(DecodeError):
+        decoder_for(annotation)(message(b'{"a": "\xff\xfe"}'))
+
+
+def test_a_str_decode_error_says_the_payload_is_not_utf8() -> None:
+    with pytest.raises(DecodeError, match="not UTF-8 text"):
+        decoder_for(str)(message(b"\xff\xfe"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"id": 7}', b'{"id": 7, "customer": "ada", "extra": 1}', b"[7, 1]"],
+    ids=["missing field", "unknown field", "not an object"],
+)
+def test_a_payload_that_does_not_fit_the_dataclass_is_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError, match="Order"):
+        decoder_for(Order)(message(payload))
+
+
+def test_a_dataclass_refusing_the_payload_in_post_init_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="amount must be positive"):
+        decoder_for(Positive)(message(b'{"amount": -1}'))
+
+
+def test_a_pydantic_validation_failure_is_a_decode_error_naming_the_field() -> None:
+    with pytest.raises(DecodeError, match=r"not a valid Invoice: total: .*number"):
+        decoder_for(Invoice)(message(b'{"id": 1, "total": "lots"}'))
+
+
+@pytest.mark.parametrize("annotation", [int, set, tuple[int], Any, Order | None], ids=repr)
+def test_an_unsupported_annotation_is_a_signature_error_listing_what_is_allowed(
+    annotation: Any,
+) -> None:
+    with pytest.raises(HandlerSignatureError, match="is not supported; use Message, bytes, str"):
+        decoder_for(annotation)
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [b"\xff\x00", bytearray(b"\xff\x00"), memoryview(b"\xff\x00")])
+def test_bytes_are_published_as_they_are(value: Any) -> None:
+    assert encode_value(value) == b"\xff\x00"
+
+
+def test_text_is_published_as_utf8() -> None:
+    assert encode_value("héllo") == "héllo".encode()
+
+
+@pytest.mark.parametrize("value", [{"id": 1, "tags": ["a"]}, [1, "two", None], 3, None])
+def test_json_values_are_published_as_compact_json(value: Any) -> None:
+    encoded = encode_value(value)
+
+    assert json.loads(encoded) == value
+    assert b" " not in encoded
+
+
+def test_a_dataclass_is_published_as_its_json_object() -> None:
+    assert json.loads(encode_value(Order(7, "ada"))) == {"id": 7, "customer": "ada"}
+
+
+def test_a_pydantic_model_is_published_as_its_json_object() -> None:
+    assert json.loads(encode_value(Invoice(id=7, total=9.5))) == {"id": 7, "total": 9.5}
+
+
+def test_what_is_published_decodes_back_into_the_same_type() -> None:
+    assert decoder_for(Order)(message(encode_value(Order(7, "ada")))) == Order(7, "ada")
+    assert decoder_for(Invoice)(message(encode_value(Invoice(id=1, total=2)))) == Invoice(
+        id=1, total=2
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [object(), {1, 2}, {"when": dataclasses}, {"x": float("nan")}, [float("inf")], Invoice],
+    ids=["object", "set", "module", "nan", "inf", "model class"],
+)
+def test_a_value_that_is_not_json_serialisable_is_a_publish_error(value: Any) -> None:
+    with pytest.raises(PublishError, match="cannot publish a"):
+        encode_value(value)
+
+
+def test_a_self_referencing_value_is_a_publish_error() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+
+    with pytest.raises(PublishError):
+        encode_value(loop)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"), [(None, None), (b"k\xff", b"k\xff"), ("clé", "clé".encode())]
+)
+def test_a_key_is_bytes_text_as_utf8_or_none(key: Any, expected: bytes | None) -> None:
+    assert encode_key(key) == expected
+
+
+@pytest.mark.parametrize("key", [42, {"id": 1}], ids=repr)
+def test_a_key_of_another_type_is_a_publish_error(key: Any) -> None:
+    with pytest.raises(PublishError, match="key is bytes, str or None"):
+        encode_key(key)
+
+
+def test_headers_from_a_mapping_become_name_and_bytes_pairs() -> None:
+    assert encode_headers({"trace": "abc", "raw": b"\x00"}) == (
+        ("trace", b"abc"),
+        ("raw", b"\x00"),
+    )
+
+
+def test_headers_from_pairs_keep_their_order_and_repeats() -> None:
+    assert encode_headers([("a", "1"), ("b", b"2"), ("a", "3")]) == (
+        ("a", b"1"),
+        ("b", b"2"),
+        ("a", b"3"),
+    )
+
+
+@pytest.mark.parametrize("headers", [None, {}, []], ids=repr)
+def test_no_headers_are_an_empty_tuple(headers: Any) -> None:
+    assert encode_headers(headers) == ()
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({1: "x"}, "header names are str, got int"),
+        ([(b"trace", "x")], "header names are str, got bytes"),
+        ({"trace": 42}, "header 'trace' must be str or bytes, got int"),
+        ({"trace": None}, "header 'trace' must be str or bytes, got NoneType"),
+        ([("trace",)], r"a header is a \(name, value\) pair"),
+        (["ab"], r"a header is a \(name, value\) pair"),
+        ("trace=x", r"headers are a mapping or \(name, value\) pairs"),
+        (42, r"headers are a mapping or \(name, value\) pairs"),
+    ],
+    ids=repr,
+)
+def test_bad_headers_are_a_publish_error(headers: Any, message: str) -> None:
+    with pytest.raises(PublishError, match=message):
+        encode_headers(headers)
