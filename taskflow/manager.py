@@ -11,6 +11,15 @@ others keep running. Shutdown, on SIGINT/SIGTERM or `request_stop()`:
 4. `run()` returns a `ShutdownReport`: clean, or which workers had to be cancelled.
 
 A second signal skips the wait and cancels at once.
+
+A worker's state (`Manager.statuses[name].state`) moves through:
+
+- ``stopped``: registered and not run yet, or `start` has returned (also after a cancellation);
+- ``starting``: `run()` has begun and the worker's `start` has not been called yet;
+- ``running``: `start` is running;
+- ``restarting``: `start` raised; the worker waits out its backoff before `start` is called again;
+- ``stopping``: shutdown began and the worker was asked to `stop`;
+- ``failed``: `start` raised during shutdown, so it is not restarted.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from taskflow.backoff import Backoff
@@ -154,9 +163,9 @@ class Manager:
                 ran_long = time.monotonic() - started > self.restart_backoff.maximum
                 failures = 1 if ran_long else failures + 1
                 delay = self.restart_backoff.delay(failures)
-                status.state = WorkerState.FAILED
+                status.state = WorkerState.RESTARTING
                 logger.exception(
-                    "worker %s crashed; restarting in %.0fs (restart #%d)",
+                    "worker %s crashed; restarting in %.3gs (restart #%d)",
                     worker.name,
                     delay,
                     status.restarts + 1,
@@ -175,7 +184,6 @@ class Manager:
                 await self._stop_requested.wait()
         except TimeoutError:
             status.restarts += 1
-            status.state = WorkerState.RESTARTING
             return True
         status.state = WorkerState.STOPPED
         return False
@@ -186,6 +194,8 @@ class Manager:
         for hook in self.before_stop:
             hook()
         for status in reversed(self.statuses.values()):
+            if self._force.is_set():
+                break
             await self._ask_to_stop(status, deadline)
         pending = {s.task for s in self.statuses.values() if s.task and not s.task.done()}
         if pending:
@@ -210,16 +220,16 @@ class Manager:
         if status.task is None or status.task.done():
             return
         status.state = WorkerState.STOPPING
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                await status.worker.stop()
-        except TimeoutError:
+        call = asyncio.ensure_future(status.worker.stop())
+        if not await self._wait_or_force({call}, deadline):
+            call.cancel()
             logger.error("worker %s: stop() did not return in time", status.worker.name)
-        except Exception:
-            logger.exception("worker %s: stop() failed", status.worker.name)
+        elif (error := call.exception()) is not None:
+            logger.error("worker %s: stop() failed", status.worker.name, exc_info=error)
 
-    async def _wait_or_force(self, pending: set[asyncio.Task[None]], deadline: float) -> None:
-        everything = asyncio.ensure_future(asyncio.wait(pending))
+    async def _wait_or_force(self, work: Collection[asyncio.Future[None]], deadline: float) -> bool:
+        """Wait for all of `work` until the deadline or a second stop request; True if it ended."""
+        everything = asyncio.ensure_future(asyncio.wait(work))
         forced = asyncio.ensure_future(self._force.wait())
         try:
             await asyncio.wait(
@@ -230,3 +240,4 @@ class Manager:
         finally:
             everything.cancel()
             forced.cancel()
+        return all(future.done() for future in work)

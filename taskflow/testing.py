@@ -53,7 +53,8 @@ class ManualClock:
             raise ValueError("ManualClock needs an aware start time")
         self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._counter = itertools.count()
-        self._changed = asyncio.Event()
+        # Futures, not an Event: a clock made at import time serves every test's own event loop.
+        self._watchers: list[asyncio.Future[None]] = []
 
     def now(self) -> datetime:
         return self._now
@@ -64,7 +65,10 @@ class ManualClock:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (moment, next(self._counter), future))
-        self._changed.set()
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
         await future
 
     @property
@@ -75,8 +79,9 @@ class ManualClock:
     async def wait_for_sleepers(self, count: int = 1) -> None:
         """Wait until at least `count` tasks are sleeping on this clock."""
         while self.sleepers < count:
-            self._changed.clear()
-            await self._changed.wait()
+            watcher: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._watchers.append(watcher)
+            await watcher
 
     def next_wakeup(self) -> datetime | None:
         """The earliest moment a sleeper waits for."""
@@ -113,9 +118,20 @@ class ManualClock:
             heapq.heappop(self._sleepers)
 
 
+_SETTLE_TURNS = 1000  # a task that never waits must not hang the test: give up after this
+_BLIND_TURNS = 20  # on a loop that does not show its ready queue
+
+
 async def _let_run() -> None:
-    for _ in range(3):
+    """Let the tasks that were woken run until each waits again (on I/O, a timer or an event).
+
+    On asyncio's own loops the ready queue tells when that is; elsewhere a fixed number of turns.
+    """
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    for _ in range(_SETTLE_TURNS if ready is not None else _BLIND_TURNS):
         await asyncio.sleep(0)
+        if ready is not None and not ready:
+            return
 
 
 class TestClient:

@@ -114,7 +114,7 @@ class MemoryBroker:
             raise ConfigurationError(
                 f"a memory broker URL is memory:// or memory://?partitions=N, got {url!r}"
             )
-        query = parse_qs(parts.query)
+        query = parse_qs(parts.query, keep_blank_values=True)
         unknown = set(query) - {"partitions"}
         if unknown:
             raise ConfigurationError(

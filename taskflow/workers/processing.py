@@ -96,7 +96,7 @@ class Processor:
     def _log_failure(self, message: Message, exc: Exception, attempt: int, delay: float) -> None:
         if isinstance(exc, Retry):
             self.log.info(
-                "↻ %s attempt %d: retry requested (%s); again in %.1fs",
+                "↻ %s attempt %d: retry requested (%s); again in %.3gs",
                 message,
                 attempt,
                 exc.reason or "no reason given",
@@ -104,7 +104,7 @@ class Processor:
             )
             return
         self.log.warning(
-            "✗ %s attempt %d failed: %s: %s; retrying in %.1fs",
+            "✗ %s attempt %d failed: %s: %s; retrying in %.3gs",
             message,
             attempt,
             type(exc).__name__,
@@ -137,7 +137,7 @@ class Processor:
                 failures += 1
                 delay = self.spec.retry.delay(failures, self.rng)
                 self.log.error(
-                    "dead-lettering %s to %s failed: %s; again in %.1fs",
+                    "dead-lettering %s to %s failed: %s; again in %.3gs",
                     message,
                     topic,
                     error,

@@ -53,6 +53,7 @@ class ScheduledWorker:
         self.skipped = 0
         self.last_tick: datetime | None = None
         self._stop = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
         self._job: asyncio.Task[None] | None = None
 
     @property
@@ -73,23 +74,29 @@ class ScheduledWorker:
     # -- the Worker protocol ---------------------------------------------------------------
 
     async def start(self) -> None:
-        self._stop.clear()
         self.log.info("→ scheduled %s", self.spec.schedule.describe())
         try:
             async with asyncio.TaskGroup() as group:
                 if self.spec.run_at_start:
                     self._launch(group, Tick(self.name, self.clock.now()))
-                while not self._stop.is_set():
-                    tick = self.next_tick()
-                    if not await self._wait_until(tick + self._jitter()):
-                        break
-                    self.last_tick = tick
-                    self._launch(group, Tick(self.name, tick))
+                if not self._stop.is_set():  # else stop() came first: nothing to wait for
+                    self._ticker = group.create_task(self._tick(group), name=f"{self.name}:ticks")
         finally:
+            self._ticker = None
             self.log.info("← stopped scheduling")
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._ticker is not None:
+            self._ticker.cancel()  # it only ever waits on the clock; a running job is not touched
+
+    async def _tick(self, group: asyncio.TaskGroup) -> None:
+        """Wait for each grid tick (plus jitter) and launch its run; ends when cancelled by stop."""
+        while True:
+            tick = self.next_tick()
+            await self.clock.sleep_until(tick + self._jitter())
+            self.last_tick = tick
+            self._launch(group, Tick(self.name, tick))
 
     # -- running ---------------------------------------------------------------------------
 
@@ -146,18 +153,6 @@ class ScheduledWorker:
     def _jitter(self) -> timedelta:
         jitter = self.spec.jitter
         return jitter * self.rng.random() if jitter else jitter
-
-    async def _wait_until(self, moment: datetime) -> bool:
-        """Sleep on the clock until `moment`; False when stopped first."""
-        sleeper = asyncio.ensure_future(self.clock.sleep_until(moment))
-        stopper = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in (sleeper, stopper):
-                waiter.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
-        return not self._stop.is_set()
 
 
 class JobTimeout(Exception):
