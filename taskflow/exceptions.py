@@ -7,6 +7,7 @@ Failures::
     │   └── HandlerSignatureError a handler taskflow cannot call
     ├── AppLoadError              `module:app` cannot be imported or is not an App
     ├── StateError                an operation that the current state does not allow
+    ├── HandlerTimeout            a handler or periodic run went past its timeout= and was cancelled
     ├── BrokerError               the broker failed or cannot be reached
     │   ├── PublishError          a message could not be published
     │   └── CommitError           an offset commit was refused (the group moved on)
@@ -30,6 +31,7 @@ __all__ = [
     "DecodeError",
     "HandlerSignal",
     "HandlerSignatureError",
+    "HandlerTimeout",
     "PublishError",
     "Reject",
     "Retry",
@@ -57,6 +59,10 @@ class AppLoadError(TaskflowError):
 
 class StateError(TaskflowError, RuntimeError):
     """An operation is not allowed in the current state (for example, publish before start)."""
+
+
+class HandlerTimeout(TaskflowError):
+    """A handler or periodic run went past its `timeout=` and was cancelled; counts as a failure."""
 
 
 class BrokerError(TaskflowError):

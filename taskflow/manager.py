@@ -1,14 +1,14 @@
 """The Manager: starts workers, restarts the ones that crash, and stops them all gracefully.
 
 Each worker runs under a supervisor task. A worker whose `start` raises is logged with its traceback
-and started again after a backoff (1 s doubling to 60 s, reset once it has run for a minute); the
-others keep running. Shutdown, on SIGINT/SIGTERM or `request_stop()`:
+and started again after a backoff (1 s doubling to 60 s, reset once it has run for longer than the
+longest backoff); the others keep running. Shutdown, on SIGINT/SIGTERM or `request_stop()`:
 
 1. `stopping` is set (handlers see `ctx.stopping`) and each worker's `stop()` is called, last
    registered first;
 2. workers finish what they are doing, all within `shutdown_timeout` seconds in total;
 3. whatever is still running then is cancelled, and each cancelled worker is logged;
-4. `run()` returns a `ShutdownReport`: clean, or which workers had to be cancelled.
+4. `run()` returns a `ShutdownReport`: clean, or which workers were cancelled or failed.
 
 A second signal skips the wait and cancels at once.
 
@@ -59,12 +59,13 @@ class ShutdownReport:
     """How shutdown went."""
 
     cancelled: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
     signal: str | None = None
 
     @property
     def clean(self) -> bool:
-        """True when every worker finished without being cancelled."""
-        return not self.cancelled
+        """True when every worker finished by itself: none cancelled, none failed while stopping."""
+        return not self.cancelled and not self.failed
 
 
 class Manager:
@@ -145,7 +146,10 @@ class Manager:
                 cancelled = await self._shutdown()
         else:
             cancelled = ()
-        return ShutdownReport(cancelled, self._signal)
+        failed = tuple(
+            name for name, status in self.statuses.items() if status.state is WorkerState.FAILED
+        )
+        return ShutdownReport(cancelled, failed, self._signal)
 
     async def _supervise(self, status: WorkerStatus) -> None:
         worker, failures = status.worker, 0

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from taskflow.context import Context, WorkerLogger
-from taskflow.exceptions import BrokerError, Reject, Retry
+from taskflow.exceptions import BrokerError, HandlerTimeout, Reject, Retry
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -156,10 +156,6 @@ class Processor:
                 topic,
             )
             return True
-
-
-class HandlerTimeout(Exception):
-    """A handler ran past its registration's `timeout` and was cancelled."""
 
 
 def dead_letter_headers(

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from taskflow.context import Context, Tick, WorkerLogger
+from taskflow.exceptions import HandlerTimeout
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -145,7 +146,7 @@ class ScheduledWorker:
                 await self.handler(tick, ctx)
         except TimeoutError as exc:
             if scope.expired():
-                raise JobTimeout(f"run exceeded its timeout of {timeout:g}s") from exc
+                raise HandlerTimeout(f"run exceeded its timeout of {timeout:g}s") from exc
             raise
 
     # -- waiting ---------------------------------------------------------------------------
@@ -153,10 +154,6 @@ class ScheduledWorker:
     def _jitter(self) -> timedelta:
         jitter = self.spec.jitter
         return jitter * self.rng.random() if jitter else jitter
-
-
-class JobTimeout(Exception):
-    """A periodic run went past its `timeout` and was cancelled."""
 
 
 def _ms(started: float) -> str:
