@@ -11,6 +11,7 @@ whose constructor takes it; an option neither takes is refused with a clear erro
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import inspect
 import logging
@@ -303,8 +304,19 @@ class KafkaConsumer:
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        if consumer is None:
+            return
+        task = asyncio.current_task()
+        try:
             await consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's stop() can raise a CancelledError of its own when the broker is gone;
+            # only a cancellation of this task may travel on as one.
+            if task is not None and task.cancelling():
+                raise
+            raise BrokerError("leaving the group failed: the broker is unreachable") from None
+        except KafkaError as exc:
+            raise BrokerError(f"leaving the group failed: {exc}") from exc
 
     async def getmany(self, timeout: float) -> Mapping[TopicPartition, Sequence[Message]]:
         try:

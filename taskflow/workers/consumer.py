@@ -37,6 +37,7 @@ FETCH_TIMEOUT = 0.5
 FETCH_RETRY = 1.0
 REVOKE_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+COMMIT_TIMEOUT = 10.0  # a commit blocks while the broker is down; give up and commit later
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +176,13 @@ class ConsumerWorker:
             return
         async with self._commit_lock:
             try:
-                await consumer.commit(targets)
-            except BrokerError as exc:
-                self.log.warning("commit of %s failed: %s", _offsets(targets), exc)
+                async with asyncio.timeout(COMMIT_TIMEOUT):
+                    await consumer.commit(targets)
+            except (BrokerError, TimeoutError) as exc:
+                reason = (
+                    exc if isinstance(exc, BrokerError) else f"no answer in {COMMIT_TIMEOUT:g}s"
+                )
+                self.log.warning("commit of %s failed: %s", _offsets(targets), reason)
                 return
         for runner in chosen:
             if runner.tp in targets:
@@ -244,6 +249,8 @@ class ConsumerWorker:
             self.log.error(
                 "leaving group %s took over %.0fs; gave up", self.spec.group, STOP_TIMEOUT
             )
+        except BrokerError as exc:
+            self.log.error("leaving group %s failed: %s", self.spec.group, exc)
         finally:
             self._runners.clear()
             self._paused.clear()
