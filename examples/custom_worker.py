@@ -1,0 +1,46 @@
+"""A custom worker, written like the Go design's MyCustomWorker, beside a periodic task.
+
+taskflow run examples.custom_worker:app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from taskflow import App, Context
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Logs a heartbeat every `every` seconds until it is stopped."""
+
+    def __init__(self, name: str = "heartbeat", every: float = 1.0) -> None:
+        self.name = name
+        self.every = every
+        self.beats = 0
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Do the work until stop() is called; if this raises, the Manager restarts it."""
+        self._stopping.clear()
+        while not self._stopping.is_set():
+            self.beats += 1
+            logger.info("heartbeat %d", self.beats)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.every)
+
+    async def stop(self) -> None:
+        """Ask start() to return; it wakes at once instead of finishing its sleep."""
+        self._stopping.set()
+
+
+app = App("custom-worker")
+app.add_worker(Heartbeat())
+
+
+@app.every(seconds=5)
+async def report(ctx: Context) -> None:
+    ctx.logger.info("still here at %s", ctx.scheduled_at)
