@@ -2,4 +2,4 @@
 
 from taskflow.cli import main
 
-main()
+main(prog_name="taskflow")

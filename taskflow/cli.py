@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -25,6 +26,8 @@ from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, serve
 __all__ = ["load_app", "main"]
 
 EXIT_USAGE = 2
+
+logger = logging.getLogger("taskflow")
 
 
 def load_app(reference: str, app_dir: str = ".") -> App:
@@ -44,9 +47,10 @@ def load_app(reference: str, app_dir: str = ".") -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
             raise AppLoadError(
-                f"cannot import module {module_name!r} (looked in {directory})"
+                f"cannot import module {module_name!r} from {directory}: check the name, "
+                "or pass --app-dir"
             ) from exc
         raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
     except Exception as exc:
@@ -58,29 +62,30 @@ def load_app(reference: str, app_dir: str = ".") -> App:
 
 def _resolve(module: object, module_name: str, attribute: str) -> App:
     target: Any = module
+    reference = f"{module_name}:{attribute}"
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise AppLoadError(f"module {module_name!r} has no attribute {attribute!r}")
         target = getattr(target, part)
     if isinstance(target, App):
         return target
-    if callable(target):
-        try:
-            made = target()
-        except TaskflowError:
-            raise
-        except Exception as exc:
-            raise AppLoadError(
-                f"calling {module_name}:{attribute}() failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        if isinstance(made, App):
-            return made
+    if not callable(target):
         raise AppLoadError(
-            f"{module_name}:{attribute}() returned a {type(made).__name__}, not a taskflow App"
+            f"{reference} is {_a(target)}, not a taskflow App or a function returning one"
         )
-    raise AppLoadError(
-        f"{module_name}:{attribute} is a {type(target).__name__}, not a taskflow App"
-    )
+    try:
+        made = target()
+    except Exception as exc:
+        raise AppLoadError(f"calling {reference}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(made, App):
+        raise AppLoadError(f"{reference}() returned {_a(made)}, not a taskflow App")
+    return made
+
+
+def _a(value: object) -> str:
+    """'an int', 'a dict': the type of `value` with its article."""
+    kind = type(value).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def _fail(message: str, debug: bool) -> NoReturn:
@@ -104,29 +109,38 @@ def _configure(
 ) -> Callable[[App], None]:
     def apply(app: App) -> None:
         if broker is not None:
-            from taskflow.brokers import broker_from_url
-
-            broker_from_url(broker)
+            _check_broker_url(broker, app)
             app.broker = broker
         elif isinstance(app.broker, str) or app.broker is None:
-            from taskflow.brokers import broker_from_url
-
-            broker_from_url(app.broker_url)
+            _check_broker_url(app.broker_url, app)
         if redis is not None:
             app.redis_url = redis
         if timeout is not None:
-            if timeout < 0:
-                raise ConfigurationError(f"--shutdown-timeout must be >= 0, got {timeout}")
+            if not timeout >= 0:  # also refuses NaN
+                raise ConfigurationError(
+                    f"--shutdown-timeout must be a number of seconds >= 0, got {timeout:g}"
+                )
             app.shutdown_timeout = timeout
 
     return apply
+
+
+def _check_broker_url(url: str, app: App) -> None:
+    from taskflow.brokers import broker_from_url
+
+    try:
+        broker_from_url(url, app.broker_options)
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # urlsplit's own complaints, e.g. "Invalid IPv6 URL"
+        raise ConfigurationError(f"malformed broker URL {url!r}: {exc}") from exc
 
 
 _app_dir = click.option(
     "--app-dir",
     default=".",
     show_default=True,
-    type=click.Path(file_okay=False),
+    type=click.Path(exists=True, file_okay=False),
     help="Directory added to sys.path before importing the app.",
 )
 _broker = click.option(
@@ -156,7 +170,10 @@ def main() -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @click.option(
-    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"], case_sensitive=False),
 )
 @click.option(
     "--shutdown-timeout", type=float, help="Seconds to finish in-flight work on shutdown."
@@ -177,16 +194,20 @@ def run(
     Exit code 0 after a clean shutdown, 1 when work had to be cancelled or startup failed, 2 for a
     usage error.
     """
-    logfmt.configure(log_level, "json" if log_format == "json" else "text")
+    logfmt.configure(log_level, "json" if log_format.lower() == "json" else "text")
     app = _prepare(app_ref, app_dir, debug, _configure(broker, redis, shutdown_timeout))
     try:
         report = asyncio.run(serve(app))
     except ConfigurationError as exc:
         _fail(str(exc), debug)
     except TaskflowError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
+        logger.error("app %s did not run: %s", app.name, exc, exc_info=exc if debug else None)
+        sys.exit(EXIT_UNCLEAN)
+    except asyncio.CancelledError:
+        logger.error("app %s: a second signal cancelled its startup or teardown", app.name)
+        sys.exit(EXIT_UNCLEAN)
+    except Exception:
+        logger.exception("app %s failed", app.name)
         sys.exit(EXIT_UNCLEAN)
     sys.exit(EXIT_CLEAN if report.clean else EXIT_UNCLEAN)
 

@@ -43,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and key not in entry and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -51,9 +51,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
-    """Send every log record at `level` and above to stderr in the chosen format."""
+    """Send every log record at `level` and above to stderr in the chosen format.
+
+    Python warnings are logged too (logger `py.warnings`), so with `json` every line is JSON.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ def resolve_broker(app: App) -> Broker:
     """The app's broker object, built from its URL when it was given one."""
     if app.broker is not None and not isinstance(app.broker, str):
         return app.broker
-    return broker_from_url(app.broker_url)
+    return broker_from_url(app.broker_url, app.broker_options)
 
 
 def build_workers(
@@ -100,7 +101,9 @@ async def running(
     """Start the broker and lifespan and build the workers; yield the Runtime; then tear down.
 
     The workers are not started: call `runtime.manager.run()`. With `install_signal_handlers`,
-    SIGINT and SIGTERM request a graceful stop from the very start, startup included.
+    SIGINT and SIGTERM request a graceful stop from the very start, startup included; a second
+    signal while no worker is running (a startup or shutdown hook hangs, say) cancels the task
+    that entered this context, so the process can always be stopped.
     """
     broker = broker or resolve_broker(app)
     if broker.url.startswith("memory:") and app.broker is None:
@@ -113,7 +116,7 @@ async def running(
         shutdown_timeout=app.shutdown_timeout if shutdown_timeout is None else shutdown_timeout,
         stopping=stopping,
     )
-    remove = manager.install_signal_handlers() if install_signal_handlers else None
+    remove = _install_signal_handlers(manager) if install_signal_handlers else None
     try:
         await broker.start()
         app.attach(broker)
@@ -129,6 +132,38 @@ async def running(
     finally:
         if remove is not None:
             remove()
+
+
+def _install_signal_handlers(manager: Manager) -> Callable[[], None]:
+    """Route SIGINT and SIGTERM to the manager; returns a function that removes them.
+
+    While workers run, the manager handles a second signal itself (it cancels them). Outside that
+    time nothing would listen to it, so a second signal cancels the task running the app.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    received = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal received
+        received += 1
+        manager.request_stop(sig.name)
+        workers_running = any(
+            status.task is not None and not status.task.done()
+            for status in manager.statuses.values()
+        )
+        if received > 1 and not workers_running and task is not None:
+            task.cancel(f"second {sig.name}")
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    def remove() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+    return remove
 
 
 async def _close(broker: Broker) -> None:

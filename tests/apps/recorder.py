@@ -3,12 +3,14 @@
 Configured by environment variables, so one module serves every scenario:
 
 - ``RECORDER_TOPICS``: comma-separated topics (default ``events``);
+- ``RECORDER_GROUP``: the consumer group (default the app name, ``recorder``);
 - ``RECORDER_OUT``: the file each handled message is appended to, one line
   ``<pid> <topic> <partition> <offset> <key> <value>``;
 - ``RECORDER_STARTED``: optional file where ``<pid> <topic> <partition> <offset>`` is appended
   when a handler starts (so a test can tell what was in flight at a kill);
 - ``RECORDER_ORDERING`` / ``RECORDER_CONCURRENCY``: the ordering mode and concurrency;
 - ``RECORDER_DELAY_MS``: each handler sleeps a random 0..N ms (default 0);
+- ``RECORDER_MIN_DELAY_MS``: the least it sleeps (default 0; equal to the above for a fixed delay);
 - ``RECORDER_FAIL_VALUE``: a handler for this exact value always raises;
 - ``RECORDER_DLQ`` / ``RECORDER_MAX_ATTEMPTS``: the dead-letter topic and attempts;
 - ``RECORDER_RETRY_MS``: the initial retry backoff (default 50 ms);
@@ -30,11 +32,13 @@ app = App("recorder")
 
 _topics = os.environ.get("RECORDER_TOPICS", "events").split(",")
 _delay_ms = int(os.environ.get("RECORDER_DELAY_MS", "0"))
+_min_delay_ms = int(os.environ.get("RECORDER_MIN_DELAY_MS", "0"))
 _fail_value = os.environ.get("RECORDER_FAIL_VALUE", "").encode() or None
 _out = os.open(os.environ["RECORDER_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 _started_path = os.environ.get("RECORDER_STARTED")
 _started = os.open(_started_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT) if _started_path else None
 _options: dict[str, Any] = {
+    "group": os.environ.get("RECORDER_GROUP") or None,
     "ordering": os.environ.get("RECORDER_ORDERING", "partition"),
     "retry": Backoff(initial=int(os.environ.get("RECORDER_RETRY_MS", "50")) / 1000, maximum=1),
 }
@@ -53,7 +57,7 @@ async def record(message: Message) -> None:
     if _started is not None:
         os.write(_started, f"{_line(message)}\n".encode())
     if _delay_ms:
-        await asyncio.sleep(random.uniform(0, _delay_ms) / 1000)
+        await asyncio.sleep(random.uniform(_min_delay_ms, _delay_ms) / 1000)
     if _fail_value is not None and message.value == _fail_value:
         raise RuntimeError(f"cannot handle {message.value!r}")
     key = (message.key or b"-").decode()

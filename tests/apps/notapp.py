@@ -1,0 +1,3 @@
+"""A module whose `app` is not a taskflow App."""
+
+app = 42

@@ -1,0 +1,510 @@
+"""The command line, run as a real process: bad input, `info`, signals, draining, log formats.
+
+Every test starts `python -m taskflow` (once the `taskflow` console script) from the repository
+root with the apps in `tests/apps`, and waits for log lines rather than for time to pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TASKFLOW = [sys.executable, "-m", "taskflow"]
+PROCESS_TIMEOUT = 20.0  # no subprocess may outlive this
+LOG_TIMEOUT = 10.0  # how long to wait for an expected log line
+IDLE = "tests.apps.idle:app"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name != "PYTHONPATH" and not name.startswith("TASKFLOW_")
+    }
+    env.update(PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def taskflow(*args: str, command: list[str] = TASKFLOW) -> subprocess.CompletedProcess[str]:
+    """Run a taskflow command to completion."""
+    return subprocess.run(
+        [*command, *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        encoding="utf-8",
+        timeout=PROCESS_TIMEOUT,
+        check=False,
+    )
+
+
+class Running:
+    """A `taskflow run` process; a thread reads its stderr lines as they come."""
+
+    def __init__(self, *args: str, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [*TASKFLOW, "run", *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+        )
+        self.lines: list[str] = []
+        self._unread: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._unread.put(line.rstrip("\n"))
+        self._unread.put(None)
+
+    def wait_for(self, *wanted: str, timeout: float = LOG_TIMEOUT) -> None:
+        """Wait until each of `wanted` has appeared in stderr; fail after `timeout` or at EOF."""
+        missing = [w for w in wanted if not any(w in line for line in self.lines)]
+        deadline = time.monotonic() + timeout
+        while missing and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._unread.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                self._unread.put(None)
+                break
+            self.lines.append(line)
+            missing = [w for w in missing if w not in line]
+        if missing:
+            raise AssertionError(
+                f"no line with {missing} within {timeout}s; stderr so far:\n{self.log}"
+            )
+
+    def send(self, sig: signal.Signals) -> float:
+        """Send `sig`; return when, on the monotonic clock."""
+        sent = time.monotonic()
+        self.proc.send_signal(sig)
+        return sent
+
+    def exit(self, timeout: float = PROCESS_TIMEOUT) -> int:
+        """Wait for the process to end and read the rest of stderr; return the exit code."""
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        while (line := self._unread.get()) is not None:
+            self.lines.append(line)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def close(self) -> None:
+        """Kill the process if it still runs, and release its pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(PROCESS_TIMEOUT)
+        self._reader.join(PROCESS_TIMEOUT)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., Running]]:
+    """Start `taskflow run ARGS` with extra environment variables; killed after the test."""
+    started: list[Running] = []
+
+    def start(*args: str, **env: str) -> Running:
+        process = Running(*args, env=_env(**env))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+def _marks(path: Path) -> dict[str, float]:
+    """The handler's `started`/`finished` marks and their times."""
+    if not path.exists():
+        return {}
+    return {
+        event: float(t)
+        for event, t in (line.split() for line in path.read_text().split("\n") if line)
+    }
+
+
+# -- bad input: one line, exit 2, a traceback only with --debug ------------------------------
+
+BAD_INPUT = [
+    pytest.param(["run", "tests.apps.idle"], "expected module:attribute", id="no-colon"),
+    pytest.param(
+        ["run", "tests.apps.nosuch:app"],
+        "cannot import module 'tests.apps.nosuch' from ",
+        id="no-module",
+    ),
+    pytest.param(
+        ["run", "tests.apps.raises:app"],
+        "importing 'tests.apps.raises' failed: RuntimeError: boom at import",
+        id="import-raises",
+    ),
+    pytest.param(
+        ["run", "tests.apps.idle:nope"],
+        "module 'tests.apps.idle' has no attribute 'nope'",
+        id="no-attribute",
+    ),
+    pytest.param(
+        ["run", "tests.apps.notapp:app"],
+        "tests.apps.notapp:app is an int, not a taskflow App",
+        id="not-an-app",
+    ),
+    pytest.param(
+        ["run", "tests.apps.factory:broken"],
+        "calling tests.apps.factory:broken() failed: RuntimeError: the factory is broken",
+        id="factory-raises",
+    ),
+    pytest.param(
+        ["run", "tests.apps.factory:not_an_app"],
+        "tests.apps.factory:not_an_app() returned a dict, not a taskflow App",
+        id="factory-returns-dict",
+    ),
+    pytest.param(
+        ["run", IDLE, "--broker", "nats://x"],
+        "unsupported broker URL 'nats://x'",
+        id="broker-scheme",
+    ),
+    pytest.param(
+        ["run", IDLE, "--broker", "memory://?partitions=0"],
+        "partitions must be a positive whole number",
+        id="broker-partitions",
+    ),
+    pytest.param(
+        ["run", IDLE, "--broker", "memory://["], "malformed broker URL", id="broker-malformed"
+    ),
+    pytest.param(["run", IDLE, "--broker", "kafka://"], "no Kafka servers", id="broker-kafka"),
+    pytest.param(
+        ["run", IDLE, "--shutdown-timeout", "-1"],
+        "--shutdown-timeout must be a number of seconds >= 0, got -1",
+        id="timeout-negative",
+    ),
+    pytest.param(
+        ["run", IDLE, "--shutdown-timeout", "nan"],
+        "--shutdown-timeout must be a number of seconds >= 0, got nan",
+        id="timeout-nan",
+    ),
+    pytest.param(
+        ["info", "tests.apps.factory:broken"], "calling tests.apps.factory:broken()", id="info"
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+    result = taskflow(*args)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: ")
+    assert message in line
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_debug_adds_the_traceback(args: list[str], message: str) -> None:
+    result = taskflow(*args, "--debug")
+
+    assert result.returncode == 2
+    assert "Traceback (most recent call last):" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("Error: ")
+    assert message in last
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shutdown-timeout", "soon"], "Invalid value for '--shutdown-timeout'"),
+        (["--log-format", "xml"], "Invalid value for '--log-format'"),
+        (["--log-level", "LOUD"], "Invalid value for '--log-level'"),
+        (["--app-dir", "/no/such/dir"], "Invalid value for '--app-dir'"),
+    ],
+)
+def test_bad_option_values_are_click_usage_errors(args: list[str], message: str) -> None:
+    result = taskflow("run", IDLE, *args)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith("Usage: taskflow run ")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1
+    assert message in errors[0]
+
+
+def test_a_missing_import_inside_the_app_is_not_called_a_missing_app(tmp_path: Path) -> None:
+    # `reports` imports `report`, a prefix of its own name: the error names the real culprit.
+    (tmp_path / "reports.py").write_text("import report\n")
+
+    result = taskflow("run", "reports:app", "--app-dir", str(tmp_path))
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "Error: importing 'reports' failed: No module named 'report'"
+    ]
+
+
+def test_an_unreachable_broker_ends_with_one_error_and_exit_code_1() -> None:
+    result = taskflow("run", IDLE, "--broker", "kafka://127.0.0.1:1")
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "ERROR taskflow app idle did not run: cannot reach Kafka" in result.stderr
+
+
+# -- finding the app -------------------------------------------------------------------------
+
+
+def test_app_dir_makes_a_module_elsewhere_importable(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere_app.py").write_text(
+        "from taskflow import App\n\napp = App('elsewhere')\n"
+    )
+
+    found = taskflow("info", "elsewhere_app:app", "--app-dir", str(tmp_path))
+    not_found = taskflow("info", "elsewhere_app:app")
+
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith("app elsewhere ")
+    assert not_found.returncode == 2
+    assert "cannot import module 'elsewhere_app'" in not_found.stderr
+
+
+def test_info_lists_every_worker() -> None:
+    result = taskflow("info", "tests.apps.workers:app")
+
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header == "app kinds  broker memory://  shutdown timeout 30s"
+    consumer, periodic, function_worker, custom = (row.split() for row in rows)
+    assert consumer == [
+        "consumer", "on_money", "topics", "orders,", "refunds", "group", "billing",
+        "ordering", "partition",
+    ]  # fmt: skip
+    assert periodic[:3] == ["periodic", "report", "every"]
+    assert periodic[3:5] == ["15m", "next"]
+    next_run = datetime.fromisoformat(periodic[5])
+    now = datetime.now(UTC)
+    assert now - timedelta(seconds=5) < next_run <= now + timedelta(minutes=15)
+    assert next_run.minute % 15 == 0
+    assert next_run.second == 0
+    assert function_worker == ["worker", "watcher"]
+    assert custom == ["worker", "heartbeat", "(Heartbeat)"]
+
+
+def test_info_accepts_a_factory_and_a_broker() -> None:
+    result = taskflow("info", "tests.apps.factory:create_app", "--broker", "memory://?partitions=2")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("app made  broker memory://?partitions=2 ")
+    assert "  periodic  tidy  every 5m  next " in result.stdout
+
+
+def test_help_and_version() -> None:
+    helped = taskflow("--help")
+    version = taskflow("--version")
+
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("Usage: taskflow [OPTIONS] COMMAND [ARGS]...")
+    assert "  run " in helped.stdout
+    assert "  info " in helped.stdout
+    assert version.returncode == 0
+    assert version.stdout.strip() == "taskflow, version 0.1.0"
+
+
+def test_the_console_script_works() -> None:
+    script = Path(sys.executable).with_name("taskflow")
+
+    result = taskflow("info", IDLE, command=[str(script)])
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("app idle ")
+
+
+# -- signals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_an_idle_app_at_once(
+    start: Callable[..., Running], sig: signal.Signals
+) -> None:
+    app = start(IDLE)
+    app.wait_for(
+        "app idle running 2 worker(s): listen, hourly",
+        "[hourly] → scheduled every 1h",
+        "[listen] → consuming silence as group listeners",
+    )
+
+    sent = app.send(sig)
+    code = app.exit()
+    took = time.monotonic() - sent
+
+    assert code == 0, app.log
+    assert took < 1.0, f"{sig.name} to exit took {took:.2f}s"
+    assert f"stop requested ({sig.name})" in app.log
+    assert app.lines[-1].endswith("app idle stopped cleanly")
+    assert "Traceback" not in app.log
+
+
+def test_a_busy_handler_finishes_before_the_app_exits(
+    start: Callable[..., Running], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    app = start("tests.apps.slow:app", TASKFLOW_TEST_MARKS=str(marks), TASKFLOW_TEST_SECONDS="1")
+    app.wait_for("[on_job] handling job 1")
+
+    sent_at = time.time()
+    app.send(signal.SIGTERM)
+    code = app.exit()
+
+    assert code == 0, app.log
+    times = _marks(marks)
+    assert times["started"] < sent_at < times["finished"]
+    assert app.lines[-1].endswith("app slow stopped cleanly")
+    assert "cancel" not in app.log
+
+
+def test_a_handler_past_the_shutdown_timeout_is_cancelled_and_named(
+    start: Callable[..., Running], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    app = start(
+        "tests.apps.slow:app",
+        "--shutdown-timeout",
+        "0.5",
+        TASKFLOW_TEST_MARKS=str(marks),
+        TASKFLOW_TEST_SECONDS="30",
+    )
+    app.wait_for("[on_job] handling job 1")
+
+    sent = app.send(signal.SIGTERM)
+    code = app.exit()
+    took = time.monotonic() - sent
+
+    assert code == 1, app.log
+    assert 0.5 <= took < 10
+    assert "finished" not in _marks(marks)
+    assert "cancelled handler on_job for jobs[0]@0" in app.log
+    assert app.lines[-1].endswith("app slow stopped after cancelling on_job")
+
+
+def test_a_second_signal_cancels_the_drain_at_once(
+    start: Callable[..., Running], tmp_path: Path
+) -> None:
+    app = start(
+        "tests.apps.slow:app",
+        "--shutdown-timeout",
+        "20",
+        TASKFLOW_TEST_MARKS=str(tmp_path / "marks"),
+        TASKFLOW_TEST_SECONDS="30",
+    )
+    app.wait_for("[on_job] handling job 1")
+
+    first = app.send(signal.SIGTERM)
+    app.wait_for("stop requested (SIGTERM)")
+    app.send(signal.SIGTERM)
+    code = app.exit()
+    took = time.monotonic() - first
+
+    assert code == 1, app.log
+    assert took < 10, f"exit took {took:.1f}s of a 20s shutdown timeout"
+    assert "second stop request (SIGTERM): cancelling now" in app.log
+    assert "cancelled handler on_job for jobs[0]@0" in app.log
+
+
+@pytest.mark.parametrize("phase", ["startup", "shutdown"])
+def test_a_second_signal_ends_a_hanging_hook(start: Callable[..., Running], phase: str) -> None:
+    app = start("tests.apps.hanging:app", TASKFLOW_TEST_HANG=phase)
+    if phase == "startup":
+        app.wait_for("hanging in startup")
+        app.send(signal.SIGTERM)
+    else:
+        app.wait_for("app hanging running 1 worker(s)")
+        app.send(signal.SIGTERM)
+        app.wait_for("hanging in shutdown")
+    app.wait_for("stop requested (SIGTERM)")
+
+    sent = app.send(signal.SIGINT)
+    code = app.exit()
+    took = time.monotonic() - sent
+
+    assert code == 1, app.log
+    assert took < 5
+    assert "a second signal cancelled its startup or teardown" in app.lines[-1]
+    assert "Traceback" not in app.log
+
+
+# -- the quickstart and the log formats ------------------------------------------------------
+
+
+def test_the_quickstart_publishes_and_consumes(start: Callable[..., Running]) -> None:
+    app = start("examples.quickstart:app")
+    app.wait_for("app quickstart running 2 worker(s): on_order, place_order")
+
+    app.wait_for(
+        "[place_order] ✓ place_order@", "[on_order] order 1 from customer-1: 12.50 EUR", timeout=3
+    )
+    app.send(signal.SIGINT)
+    code = app.exit()
+
+    assert code == 0, app.log
+    assert app.lines[-1].endswith("app quickstart stopped cleanly")
+
+
+def test_json_logs_are_one_object_per_line(start: Callable[..., Running]) -> None:
+    app = start("tests.apps.chatter:app", "--log-format", "json")
+    app.wait_for("chatter warning line")
+    app.send(signal.SIGTERM)
+    code = app.exit()
+
+    assert code == 0, app.log
+    entries = [json.loads(line) for line in app.lines]
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= entry.keys()
+        datetime.fromisoformat(entry["time"])
+    by_message = {entry["message"]: entry for entry in entries}
+    said = by_message["chatter warning line"]
+    assert (said["level"], said["logger"], said["worker"]) == ("WARNING", "chatter", "chatter")
+    assert by_message["chatter info line"]["worker"] == "chatter"
+    assert "worker" not in by_message["app chatter stopped cleanly"]
+    assert "chatter debug line" not in by_message
+
+
+@pytest.mark.parametrize(
+    ("level", "shown", "hidden"),
+    [
+        ("WARNING", {"WARNING"}, {"DEBUG", "INFO"}),
+        ("debug", {"DEBUG", "INFO", "WARNING"}, set()),
+    ],
+)
+def test_log_level_filters_lines(
+    start: Callable[..., Running], level: str, shown: set[str], hidden: set[str]
+) -> None:
+    app = start("tests.apps.chatter:app", "--log-level", level, "--log-format", "json")
+    app.wait_for("chatter warning line")
+    app.send(signal.SIGTERM)
+    code = app.exit()
+
+    assert code == 0, app.log
+    levels = {json.loads(line)["level"] for line in app.lines}
+    assert shown <= levels
+    assert not hidden & levels
