@@ -205,12 +205,13 @@ class Manager:
         if pending:
             await self._wait_or_force(pending, deadline)
         left = [s for s in self.statuses.values() if s.task and not s.task.done()]
+        why = (
+            "a second stop request came"
+            if self._force.is_set()
+            else f"it did not finish within {self.shutdown_timeout:g}s"
+        )
         for status in left:
-            logger.error(
-                "worker %s did not finish within %gs: cancelling it",
-                status.worker.name,
-                self.shutdown_timeout,
-            )
+            logger.error("cancelling worker %s: %s", status.worker.name, why)
             assert status.task is not None
             status.task.cancel()
         if left:

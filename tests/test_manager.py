@@ -221,7 +221,7 @@ async def test_a_worker_that_ignores_stop_is_cancelled_at_the_deadline(
     assert not report.clean
     assert stubborn.asked_to_stop.is_set()
     assert stubborn.cancelled
-    assert "worker stubborn did not finish within 0.1s: cancelling it" in caplog.text
+    assert "cancelling worker stubborn: it did not finish within 0.1s" in caplog.text
     assert "polite" not in report.cancelled
     assert manager.statuses["stubborn"].state is WorkerState.STOPPED
 
@@ -241,7 +241,7 @@ async def test_a_second_stop_request_cancels_at_once(caplog: pytest.LogCaptureFi
     assert report.cancelled == ("stubborn",)
     assert report.signal == "SIGINT"
     assert "second stop request (SIGINT): cancelling now" in caplog.text
-    assert "worker stubborn did not finish within 60s: cancelling it" in caplog.text
+    assert "cancelling worker stubborn: a second stop request came" in caplog.text
 
 
 class OneShot:

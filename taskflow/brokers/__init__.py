@@ -34,7 +34,10 @@ def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broke
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"a broker URL is a string, got {url!r}")
-    scheme = urlsplit(url).scheme if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme if "://" in url else ""
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed broker URL {url!r}: {exc}") from None
     if scheme == "memory":
         if options:
             raise ConfigurationError(

@@ -251,7 +251,7 @@ async def test_a_job_running_past_the_shutdown_timeout_is_cancelled_and_logged(
         assert started.is_set()
     assert client.report is not None
     assert client.report.cancelled == ("endless",)
-    assert "worker endless did not finish within 0.1s: cancelling it" in caplog.text
+    assert "cancelling worker endless: it did not finish within 0.1s" in caplog.text
     assert "cancelled run endless@2026-01-01T00:00:01+00:00 after" in caplog.text
 
 
