@@ -48,10 +48,14 @@ def main() -> None:
     for number in range(1, args.rounds + 1):
         total, consume_only = asyncio.run(one_round(args.messages, args.partitions))
         totals.append(total)
-        print(f"round {number}: {total:>10,.0f} msg/s publish→handled→committed "
-              f"({consume_only:,.0f} msg/s consuming alone)")
-    print(f"median: {statistics.median(totals):,.0f} msg/s over {args.rounds} rounds of "
-          f"{args.messages:,} messages (target: at least 50,000 msg/s on one core)")
+        print(
+            f"round {number}: {total:>10,.0f} msg/s publish→handled→committed "
+            f"({consume_only:,.0f} msg/s consuming alone)"
+        )
+    print(
+        f"median: {statistics.median(totals):,.0f} msg/s over {args.rounds} rounds of "
+        f"{args.messages:,} messages (target: at least 50,000 msg/s on one core)"
+    )
 
 
 if __name__ == "__main__":
