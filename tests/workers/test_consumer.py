@@ -526,5 +526,5 @@ async def test_a_handler_running_past_the_shutdown_timeout_is_cancelled_and_not_
     assert client.report is not None
     assert client.report.cancelled == ("ship",)
     assert not client.report.clean
-    assert "worker ship did not finish within 0.1s: cancelling it" in caplog.text
+    assert "cancelling worker ship: it did not finish within 0.1s" in caplog.text
     assert "cancelled handler ship for orders[0]@1: not committed" in caplog.text
