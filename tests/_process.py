@@ -29,6 +29,7 @@ class AppProcess:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.env.pop("PYTHONPATH", None)
+        self.env.pop("PYTHONASYNCIODEBUG", None)  # the child runs as in production
         self.env["PYTHONUNBUFFERED"] = "1"
         self.lines: list[str] = []
         self._changed = threading.Condition()

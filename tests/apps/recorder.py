@@ -11,6 +11,8 @@ Configured by environment variables, so one module serves every scenario:
 - ``RECORDER_ORDERING`` / ``RECORDER_CONCURRENCY``: the ordering mode and concurrency;
 - ``RECORDER_DELAY_MS``: each handler sleeps a random 0..N ms (default 0);
 - ``RECORDER_MIN_DELAY_MS``: the least it sleeps (default 0; equal to the above for a fixed delay);
+- ``RECORDER_SLOW_EVERY`` / ``RECORDER_SLOW_MS``: a message whose offset is a multiple of N sleeps
+  this long instead (so some handlers stay busy while later ones finish);
 - ``RECORDER_FAIL_VALUE``: a handler for this exact value always raises;
 - ``RECORDER_DLQ`` / ``RECORDER_MAX_ATTEMPTS``: the dead-letter topic and attempts;
 - ``RECORDER_RETRY_MS``: the initial retry backoff (default 50 ms);
@@ -33,6 +35,8 @@ app = App("recorder")
 _topics = os.environ.get("RECORDER_TOPICS", "events").split(",")
 _delay_ms = int(os.environ.get("RECORDER_DELAY_MS", "0"))
 _min_delay_ms = int(os.environ.get("RECORDER_MIN_DELAY_MS", "0"))
+_slow_every = int(os.environ.get("RECORDER_SLOW_EVERY", "0"))
+_slow_ms = int(os.environ.get("RECORDER_SLOW_MS", "0"))
 _fail_value = os.environ.get("RECORDER_FAIL_VALUE", "").encode() or None
 _out = os.open(os.environ["RECORDER_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 _started_path = os.environ.get("RECORDER_STARTED")
@@ -56,7 +60,9 @@ def _line(message: Message) -> str:
 async def record(message: Message) -> None:
     if _started is not None:
         os.write(_started, f"{_line(message)}\n".encode())
-    if _delay_ms:
+    if _slow_every and message.offset % _slow_every == 0:
+        await asyncio.sleep(_slow_ms / 1000)
+    elif _delay_ms:
         await asyncio.sleep(random.uniform(_min_delay_ms, _delay_ms) / 1000)
     if _fail_value is not None and message.value == _fail_value:
         raise RuntimeError(f"cannot handle {message.value!r}")
