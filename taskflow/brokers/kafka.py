@@ -7,6 +7,9 @@ Connection options (security protocol, SASL, SSL, client id, or any other aiokaf
 producer option) come from ``App(broker_options={...})`` and from ``TASKFLOW_KAFKA_<OPTION>``
 environment variables (the code wins over the environment). Each option goes to the client(s)
 whose constructor takes it; an option neither takes is refused with a clear error before start.
+A bad value is refused before start where taskflow can tell, else when the client is built.
+
+A record with a null value (a tombstone) or a header with a null value reaches handlers as ``b""``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = ["KafkaBroker", "KafkaConsumer", "kafka_options_from_env"]
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "TASKFLOW_KAFKA_"
+FACTS_TIMEOUT = 5.0  # for committed offsets, which aiokafka waits for while the broker is down
 # Set by taskflow itself: a user value would break its delivery guarantees or its decoding.
 _RESERVED = {
     "bootstrap_servers": "give the servers in the URL: kafka://host:port,host:port",
@@ -46,12 +50,27 @@ _RESERVED = {
     "value_serializer": "taskflow encodes values in app.publish",
     "loop": "aiokafka uses the running loop",
     "topics": "pass topics to @app.consume",
-    "max_poll_records": "set max_records on the consumer registration",
+    "max_poll_records": "bound what is fetched ahead with max_buffered= on @app.consume",
 }
 _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
 _CONSUMER_PARAMS = set(inspect.signature(AIOKafkaConsumer.__init__).parameters) - {"self"}
 _PRODUCER_PARAMS = set(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
 _PRODUCER_DEFAULTS = {"acks": "all", "enable_idempotence": True}
+# Options whose aiokafka default (None) does not tell their type; `acks` has its own parser.
+_ENV_TYPES: dict[str, Any] = {"rebalance_timeout_ms": 0}
+# Values aiokafka checks only when a consumer starts (in each worker): checked here instead.
+_CHOICES = {
+    "auto_offset_reset": ("earliest", "latest", "none"),
+    "isolation_level": ("read_uncommitted", "read_committed"),
+}
+_KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+# Objects, not text: they can only be given in code.
+_NOT_FROM_ENV = (
+    "ssl_context",
+    "partitioner",
+    "partition_assignment_strategy",
+    "sasl_oauth_token_provider",
+)
 
 
 def parse_bootstrap(url: str) -> list[str]:
@@ -60,18 +79,34 @@ def parse_bootstrap(url: str) -> list[str]:
     Raises:
         ConfigurationError: when the URL has no servers, a bad port, a path or a query.
     """
-    parts = urlsplit(url)
+    usage = f"a Kafka broker URL is kafka://host:port[,host:port…], got {url!r}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # urlsplit's own complaints, e.g. "Invalid IPv6 URL"
+        raise ConfigurationError(f"{usage}: {exc}") from exc
     if parts.scheme != "kafka" or parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigurationError(
-            f"a Kafka broker URL is kafka://host:port[,host:port…], got {url!r}; pass options "
-            "with App(broker_options=...) or TASKFLOW_KAFKA_* variables"
+            f"{usage}; pass options with App(broker_options=...) or TASKFLOW_KAFKA_* variables"
+        )
+    if "@" in parts.netloc:
+        # Never echo the URL here: the part before "@" is most likely a password.
+        raise ConfigurationError(
+            "a Kafka broker URL takes no credentials: give them as broker_options "
+            "(sasl_plain_username, sasl_plain_password) or TASKFLOW_KAFKA_SASL_PLAIN_* variables"
         )
     servers = [s.strip() for s in parts.netloc.split(",") if s.strip()]
     if not servers:
         raise ConfigurationError(f"no Kafka servers in {url!r}: use kafka://host:port")
     for server in servers:
         host, sep, port = server.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        bracketed = host.startswith("[") and host.endswith("]")  # an IPv6 address
+        if (
+            not sep
+            or not host
+            or (":" in host and not bracketed)
+            or not (port.isascii() and port.isdigit())
+            or not 0 < int(port) < 65536
+        ):
             raise ConfigurationError(f"{server!r} in {url!r} is not host:port with a valid port")
     return servers
 
@@ -88,7 +123,13 @@ def kafka_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str
 
 
 def _typed(option: str, raw: str, variable: str) -> Any:
-    default = _default_of(option)
+    if option in _NOT_FROM_ENV:
+        raise ConfigurationError(
+            f"{variable}: {option} is an object, not text; pass it in App(broker_options=...)"
+        )
+    if option == "acks":
+        return _acks(raw, variable)
+    default = _ENV_TYPES.get(option, _default_of(option))
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -99,9 +140,18 @@ def _typed(option: str, raw: str, variable: str) -> Any:
         if isinstance(default, float):
             return float(raw)
     except ValueError:
-        kind = type(default).__name__
-        raise ConfigurationError(f"{variable} must be a {kind}, got {raw!r}") from None
+        kind = _KINDS[type(default)]
+        raise ConfigurationError(f"{variable} must be {kind}, got {raw!r}") from None
     return raw
+
+
+def _acks(raw: str, variable: str) -> str | int:
+    value = raw.strip().lower()
+    if value == "all":
+        return "all"
+    if value not in ("0", "1", "-1"):
+        raise ConfigurationError(f"{variable} must be all, 0, 1 or -1, got {raw!r}")
+    return int(value)
 
 
 def _default_of(option: str) -> Any:
@@ -130,6 +180,10 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
         in_consumer, in_producer = name in _CONSUMER_PARAMS, name in _PRODUCER_PARAMS
         if not (in_consumer or in_producer):
             raise ConfigurationError(f"unknown Kafka option {name!r}{_suggestion(name)}")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ConfigurationError(
+                f"Kafka option {name!r} is one of {', '.join(_CHOICES[name])}, got {value!r}"
+            )
         if in_consumer:
             consumer[name] = value
         if in_producer:
@@ -193,9 +247,21 @@ class KafkaBroker:
         producer = _build(AIOKafkaProducer, self.bootstrap_servers, self.producer_options)
         try:
             await producer.start()
-        except KafkaError as exc:
+        except KafkaConnectionError as exc:
             await _quietly_stop(producer)
             raise BrokerError(f"cannot reach Kafka at {self.url}: {exc}") from exc
+        except KafkaError as exc:
+            await _quietly_stop(producer)
+            hint = ""
+            if self.producer_options.get("enable_idempotence"):
+                hint = (
+                    "; if this broker does not support idempotent producers, set "
+                    "enable_idempotence=False (TASKFLOW_KAFKA_ENABLE_IDEMPOTENCE=false)"
+                )
+            raise BrokerError(
+                f"Kafka at {self.url} refused to start the producer: "
+                f"{type(exc).__name__}: {exc}{hint}"
+            ) from exc
         self._producer = producer
 
     async def close(self) -> None:
@@ -231,11 +297,11 @@ class KafkaBroker:
             if name in _RESERVED or name not in _CONSUMER_PARAMS:
                 raise ConfigurationError(f"{name!r} is not a Kafka consumer option taskflow allows")
         settings = {
+            "auto_offset_reset": options.auto_offset_reset,  # unless the user chose one
             **self.consumer_options,
             **extra,
             "group_id": group,
             "enable_auto_commit": False,
-            "auto_offset_reset": options.auto_offset_reset,
             "max_poll_records": options.max_records,
         }
         return KafkaConsumer(self.bootstrap_servers, topics, settings, listener)
@@ -244,7 +310,8 @@ class KafkaBroker:
 def _build(cls: Any, servers: list[str], settings: Mapping[str, Any]) -> Any:
     try:
         return cls(bootstrap_servers=servers, **settings)
-    except (TypeError, ValueError, AssertionError) as exc:
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        # RuntimeError: a compression_type whose library is not installed.
         raise ConfigurationError(f"invalid Kafka option for {cls.__name__}: {exc}") from exc
 
 
@@ -300,6 +367,9 @@ class KafkaConsumer:
         except KafkaError as exc:
             await _quietly_stop(consumer)
             raise BrokerError(f"cannot reach Kafka at {','.join(self.servers)}: {exc}") from exc
+        except (TypeError, ValueError, AssertionError) as exc:  # options aiokafka checks late
+            await _quietly_stop(consumer)
+            raise ConfigurationError(f"invalid Kafka consumer option: {exc}") from exc
         self._consumer = consumer
 
     async def stop(self) -> None:
@@ -307,16 +377,22 @@ class KafkaConsumer:
         if consumer is None:
             return
         task = asyncio.current_task()
+        # Counted before: stop() also runs while this task is being cancelled (the worker leaves
+        # the group on its way out), and that earlier cancellation is not one that hit stop().
+        cancels = task.cancelling() if task is not None else 0
         try:
             await consumer.stop()
         except asyncio.CancelledError:
-            # aiokafka's stop() can raise a CancelledError of its own when the broker is gone;
-            # only a cancellation of this task may travel on as one.
-            if task is not None and task.cancelling():
+            # aiokafka's stop() raises a CancelledError of its own when the broker is gone (its
+            # fetcher awaits the fetches it cancelled); only a new cancellation of this task may
+            # travel on as one.
+            await _close_client(consumer)
+            if task is not None and task.cancelling() > cancels:
                 raise
-            raise BrokerError("leaving the group failed: the broker is unreachable") from None
+            raise BrokerError(f"Kafka at {','.join(self.servers)} is unreachable") from None
         except KafkaError as exc:
-            raise BrokerError(f"leaving the group failed: {exc}") from exc
+            await _close_client(consumer)
+            raise BrokerError(f"{type(exc).__name__}: {exc}") from exc
 
     async def getmany(self, timeout: float) -> Mapping[TopicPartition, Sequence[Message]]:
         try:
@@ -326,12 +402,7 @@ class KafkaConsumer:
         except KafkaError as exc:
             raise BrokerError(f"fetching failed: {type(exc).__name__}: {exc}") from exc
         return {
-            TopicPartition(tp.topic, tp.partition): [
-                Message(
-                    r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp
-                )
-                for r in records
-            ]
+            TopicPartition(tp.topic, tp.partition): [_message(r) for r in records]
             for tp, records in fetched.items()
         }
 
@@ -353,15 +424,55 @@ class KafkaConsumer:
         self._client.resume(*(KafkaTopicPartition(*tp) for tp in partitions))
 
     async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+        """Committed offsets come from the broker: unknown (None) when it does not answer in time.
+
+        Partitions revoked while the committed offsets are asked for are left out.
+        """
         client = self._client
-        facts: dict[TopicPartition, PartitionFacts] = {}
-        for tp in client.assignment():
-            try:
-                committed = await client.committed(tp)
-            except KafkaError:
-                committed = None
-            facts[TopicPartition(*tp)] = PartitionFacts(committed, client.highwater(tp))
-        return facts
+        assigned = client.assignment()
+        committed = await asyncio.gather(*(self._committed(client, tp) for tp in assigned))
+        still = client.assignment()
+        return {
+            TopicPartition(*tp): PartitionFacts(offset, client.highwater(tp))
+            for tp, offset in zip(assigned, committed, strict=True)
+            if tp in still
+        }
+
+    @staticmethod
+    async def _committed(client: AIOKafkaConsumer, tp: KafkaTopicPartition) -> int | None:
+        # aiokafka's committed() retries for as long as the broker is unreachable.
+        try:
+            async with asyncio.timeout(FACTS_TIMEOUT):
+                offset: int | None = await client.committed(tp)
+        except (KafkaError, TimeoutError):
+            return None
+        return offset
+
+
+def _message(record: Any) -> Message:
+    return Message(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        b"" if record.value is None else record.value,
+        tuple((name, b"" if value is None else value) for name, value in record.headers),
+        record.timestamp,
+    )
+
+
+async def _close_client(consumer: AIOKafkaConsumer) -> None:
+    """Close the connections of a consumer whose stop() failed half-way.
+
+    aiokafka's stop() closes its client last, so a failure before that leaves the connections
+    and the metadata task running (and logging) for as long as the process lives.
+    """
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        try:
+            await client.close()
+        except Exception:  # the failure of stop() is the one worth reporting
+            logger.debug("closing a Kafka consumer's connections raised", exc_info=True)
 
 
 def _ours(partitions: Collection[KafkaTopicPartition]) -> frozenset[TopicPartition]:
