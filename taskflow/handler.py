@@ -113,6 +113,11 @@ def _inspect(func: Callable[..., Any], *, with_payload: bool) -> _Shape:
             # an optional parameter of the user's own; leave it at its default
             skipped_positional |= param.kind is not param.KEYWORD_ONLY
             continue
+        if param.name in _CONTEXT_NAMES and (decode is not None or not with_payload):
+            raise HandlerSignatureError(
+                f"{where}: annotate the parameter {param.name!r} as `Context` "
+                f"(from taskflow import Context) to receive the context"
+            )
         if not with_payload or decode is not None or param.kind is param.KEYWORD_ONLY:
             raise HandlerSignatureError(
                 f"{where} has an unexpected parameter {param.name!r}; {_rules(with_payload)}"

@@ -50,6 +50,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RepeatFilter(logging.Filter):
+    """Let one of each repeated library message through per `window` seconds.
+
+    aiokafka logs the same connection error many times a second while a broker is down; one line
+    per window, with a count of what was held back, tells the operator as much.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka",), window: float = 10.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.window = window
+        self._seen: dict[tuple[str, int, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, record.msg)
+        first, held = self._seen.get(key, (float("-inf"), 0))
+        if record.created - first < self.window:
+            self._seen[key] = (first, held + 1)
+            return False
+        self._seen[key] = (record.created, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like this in the last {self.window:g}s)"
+        return True
+
+
 def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
     """Send every log record at `level` and above to stderr in the chosen format.
 
@@ -57,6 +84,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

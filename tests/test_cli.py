@@ -7,6 +7,7 @@ root with the apps in `tests/apps`, and waits for log lines rather than for time
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -508,3 +509,21 @@ def test_log_level_filters_lines(
     levels = {json.loads(line)["level"] for line in app.lines}
     assert shown <= levels
     assert not hidden & levels
+
+
+def test_repeated_library_errors_are_held_back_to_one_line_per_window() -> None:
+    from taskflow.logfmt import RepeatFilter
+
+    repeat = RepeatFilter(window=10)
+
+    def record(name: str, created: float) -> logging.LogRecord:
+        entry = logging.LogRecord(name, logging.ERROR, __file__, 1, "Unable to connect", (), None)
+        entry.created = created
+        return entry
+
+    shown = [repeat.filter(record("aiokafka.conn", t)) for t in (0.0, 1.0, 2.0, 9.9)]
+    assert shown == [True, False, False, False]
+    later = record("aiokafka.conn", 10.5)
+    assert repeat.filter(later)
+    assert later.getMessage() == "Unable to connect (3 more like this in the last 10s)"
+    assert all(repeat.filter(record("taskflow.consumer", t)) for t in (0.0, 0.1, 0.2))

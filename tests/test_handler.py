@@ -360,3 +360,17 @@ def test_a_periodic_task_taking_args_is_refused() -> None:
 
     with pytest.raises(HandlerSignatureError, match=r"takes \*args.*a periodic task takes"):
         periodic_handler(cleanup)
+
+
+def test_a_ctx_parameter_with_another_annotation_says_to_annotate_it_context() -> None:
+    async def handler(order: dict, ctx: object) -> None: ...
+
+    with pytest.raises(HandlerSignatureError, match="annotate the parameter 'ctx' as `Context`"):
+        consumer_handler(handler)
+
+
+def test_a_periodic_ctx_parameter_with_another_annotation_says_to_annotate_it() -> None:
+    async def job(ctx: int) -> None: ...
+
+    with pytest.raises(HandlerSignatureError, match="annotate the parameter 'ctx' as `Context`"):
+        periodic_handler(job)

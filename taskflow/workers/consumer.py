@@ -10,7 +10,6 @@ explicitly, and buffered records are dropped, to be fetched again by the next ow
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ FETCH_TIMEOUT = 0.5
 FETCH_RETRY = 1.0
 REVOKE_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+CANCELLED_LEAVE_BUDGET = 4.0  # below the Manager's CANCEL_GRACE
 COMMIT_TIMEOUT = 10.0  # a commit blocks while the broker is down; give up and commit later
 
 
@@ -161,8 +161,14 @@ class ConsumerWorker:
             if self.commit_interval:
                 await asyncio.sleep(self.commit_interval)
 
-    async def commit(self, runners: list[PartitionRunner] | None = None) -> None:
-        """Commit what the given runners (default: all) have finished since their last commit."""
+    async def commit(
+        self, runners: list[PartitionRunner] | None = None, *, timeout: float = COMMIT_TIMEOUT
+    ) -> None:
+        """Commit what the given runners (default: all) have finished since their last commit.
+
+        A commit that fails is logged and tried again after `commit_interval`, so an idle
+        partition's finished work is committed once the broker answers again.
+        """
         consumer = self._consumer
         if consumer is None:
             return
@@ -176,13 +182,12 @@ class ConsumerWorker:
             return
         async with self._commit_lock:
             try:
-                async with asyncio.timeout(COMMIT_TIMEOUT):
+                async with asyncio.timeout(timeout):
                     await consumer.commit(targets)
             except (BrokerError, TimeoutError) as exc:
-                reason = (
-                    exc if isinstance(exc, BrokerError) else f"no answer in {COMMIT_TIMEOUT:g}s"
-                )
+                reason = exc if isinstance(exc, BrokerError) else f"no answer in {timeout:g}s"
                 self.log.warning("commit of %s failed: %s", _offsets(targets), reason)
+                self._commit_due.set()
                 return
         for runner in chosen:
             if runner.tp in targets:
@@ -239,23 +244,33 @@ class ConsumerWorker:
             await self.commit(runners)
 
     async def _leave(self, consumer: Consumer) -> None:
-        """Commit what is finished (also after a cancellation) and leave the group."""
-        with contextlib.suppress(Exception):
-            await self.commit()
+        """Commit what is finished (also after a cancellation) and leave the group.
+
+        After a cancellation (the shutdown deadline passed) both steps together stay within
+        `CANCELLED_LEAVE_BUDGET`, inside the grace the Manager gives a cancelled worker.
+        """
+        task = asyncio.current_task()
+        cancelled = task is not None and task.cancelling() > 0
+        commit_budget = CANCELLED_LEAVE_BUDGET / 2 if cancelled else COMMIT_TIMEOUT
+        stop_budget = CANCELLED_LEAVE_BUDGET / 2 if cancelled else STOP_TIMEOUT
         try:
-            async with asyncio.timeout(STOP_TIMEOUT):
+            await self.commit(timeout=commit_budget)
+        finally:
+            await self._stop_consumer(consumer, stop_budget)
+        self.log.info("← stopped consuming")
+
+    async def _stop_consumer(self, consumer: Consumer, budget: float) -> None:
+        try:
+            async with asyncio.timeout(budget):
                 await consumer.stop()
         except TimeoutError:
-            self.log.error(
-                "leaving group %s took over %.0fs; gave up", self.spec.group, STOP_TIMEOUT
-            )
+            self.log.error("leaving group %s took over %gs; gave up", self.spec.group, budget)
         except BrokerError as exc:
             self.log.error("leaving group %s failed: %s", self.spec.group, exc)
         finally:
             self._runners.clear()
             self._paused.clear()
             self._consumer = self._task_group = None
-        self.log.info("← stopped consuming")
 
     # -- facts -----------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import os
 import random
 from typing import Any
 
-from taskflow import App, Backoff, Message
+from taskflow import App, Backoff, Context, Message
 
 app = App("recorder")
 
@@ -73,7 +73,7 @@ async def record(message: Message) -> None:
 if os.environ.get("RECORDER_PAYLOAD") == "dict":
 
     @app.consume(*_topics, **_options)
-    async def on_event(event: dict[str, Any], ctx: Any) -> None:
+    async def on_event(event: dict[str, Any], ctx: Context) -> None:
         assert ctx.message is not None
         await record(ctx.message)
 
