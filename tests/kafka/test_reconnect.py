@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN
-from taskflow.workers.consumer import COMMIT_TIMEOUT, STOP_TIMEOUT
+from taskflow.manager import CANCEL_GRACE
+from taskflow.runner import BROKER_CLOSE_TIMEOUT, EXIT_CLEAN, EXIT_UNCLEAN
+from taskflow.workers.consumer import CANCELLED_LEAVE_BUDGET
 from tests._process import AppProcess, count_lines, wait_until
 from tests._tansu import TansuBroker, committed_offsets, create_topic
 from tests.kafka.conftest import KAFKA_ENV
@@ -26,7 +27,9 @@ WAIT = 30.0  # seconds: the bound of every wait
 SHUTDOWN_TIMEOUT = 2.0
 # Past the shutdown timeout, a worker may still spend a commit timeout on its last commit and a
 # stop timeout on leaving its group; the rest is process start-up and teardown.
-SHUTDOWN_BOUND = SHUTDOWN_TIMEOUT + COMMIT_TIMEOUT + STOP_TIMEOUT + 5.0
+# Past the deadline a cancelled worker gets CANCEL_GRACE to commit and leave, then the producer
+# gets BROKER_CLOSE_TIMEOUT to flush; 5 s spare for a slow machine.
+SHUTDOWN_BOUND = SHUTDOWN_TIMEOUT + CANCEL_GRACE + BROKER_CLOSE_TIMEOUT + 5.0
 # aiokafka's log line when a connection to the broker fails: the app has seen the broker go.
 BROKER_GONE = r"Unable connect to node"
 
@@ -166,7 +169,8 @@ async def test_sigterm_with_the_broker_down_and_offsets_to_commit(
     assert time.monotonic() - signalled < SHUTDOWN_BOUND
     assert code == EXIT_UNCLEAN  # the worker was cancelled at the deadline, mid-commit
     offsets = ", ".join(f"{topic}[{p}]@1" for p in range(4))
-    assert f"commit of {offsets} failed: no answer in {COMMIT_TIMEOUT:g}s" in app.log
+    budget = CANCELLED_LEAVE_BUDGET / 2
+    assert f"commit of {offsets} failed: no answer in {budget:g}s" in app.log
     port = own_broker.port
     assert f"leaving group stopping failed: Kafka at 127.0.0.1:{port} is unreachable" in app.log
     assert "← stopped consuming" in app.log
