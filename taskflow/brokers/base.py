@@ -50,6 +50,13 @@ class PartitionFacts:
     committed: int | None
     high_watermark: int | None
 
+    @property
+    def lag(self) -> int | None:
+        """Records not yet committed, when both offsets are known."""
+        if self.committed is None or self.high_watermark is None:
+            return None
+        return max(self.high_watermark - self.committed, 0)
+
 
 class Consumer(Protocol):
     """One member of a consumer group, subscribed to some topics."""

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from taskflow.brokers.base import ConsumerOptions
+from taskflow.brokers.base import ConsumerOptions, PartitionFacts
 from taskflow.context import WorkerLogger
 from taskflow.exceptions import BrokerError
 from taskflow.workers.partition import PartitionRunner
@@ -285,6 +285,11 @@ class ConsumerWorker:
             committed={tp: r.committed for tp, r in self._runners.items()},
             rebalances=self.rebalances,
         )
+
+    async def partition_facts(self) -> dict[TopicPartition, PartitionFacts]:
+        """Committed offset, high watermark and lag of each assigned partition, from the broker."""
+        consumer = self._consumer
+        return await consumer.facts() if consumer is not None else {}
 
 
 def _partitions(tps: frozenset[TopicPartition]) -> str:

@@ -528,3 +528,31 @@ async def test_a_handler_running_past_the_shutdown_timeout_is_cancelled_and_not_
     assert not client.report.clean
     assert "cancelling worker ship: it did not finish within 0.1s" in caplog.text
     assert "cancelled handler ship for orders[0]@1: not committed" in caplog.text
+
+
+async def test_partition_facts_report_committed_offsets_high_watermarks_and_lag() -> None:
+    app = App("facts")
+    release = asyncio.Event()
+
+    @app.consume("orders")
+    async def hold(message: Message) -> None:
+        if message.value == b"hold":
+            await release.wait()
+
+    async with TestClient(app, partitions=1) as client:
+        worker = consumer_worker(client, "hold")
+        await client.publish("orders", b"first")
+        await client.publish("orders", b"hold")
+        await client.publish("orders", b"after")
+        while client.committed("facts", "orders", 0) != 1:
+            await client.broker.wait_for_commit()
+
+        facts = await worker.partition_facts()
+
+        assert facts[TopicPartition("orders", 0)].committed == 1
+        assert facts[TopicPartition("orders", 0)].high_watermark == 3
+        assert facts[TopicPartition("orders", 0)].lag == 2
+        assert worker.facts().in_flight == 2  # the held message and the one queued behind it
+        release.set()
+        await client.drain()
+        assert (await worker.partition_facts())[TopicPartition("orders", 0)].lag == 0
