@@ -33,7 +33,7 @@ def decoder_for(annotation: Any) -> Decoder:
         HandlerSignatureError: when the annotation is not a payload type taskflow can decode.
     """
     if annotation is Message:
-        return _identity
+        return identity
     if annotation is bytes:
         return _raw
     if annotation is str:
@@ -48,7 +48,8 @@ def decoder_for(annotation: Any) -> Decoder:
     raise HandlerSignatureError(f"payload type {_name(annotation)} is not supported; use {ALLOWED}")
 
 
-def _identity(message: Message) -> Message:
+def identity(message: Message) -> Message:
+    """The decoder of a `Message` parameter: the message itself."""
     return message
 
 
@@ -139,6 +140,11 @@ def encode_value(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
+    if isinstance(value, Message):
+        raise PublishError(
+            f"cannot publish a Message itself ({value}): publish its value, e.g. "
+            "ctx.publish(topic, message.value, key=message.key, headers=message.headers)"
+        )
     dump = None if isinstance(value, type) else getattr(value, "model_dump_json", None)
     if callable(dump):
         return str(dump()).encode("utf-8")

@@ -16,12 +16,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, cast
 
-from taskflow.codec import ALLOWED, Decoder, decoder_for
+from taskflow.codec import ALLOWED, Decoder, decoder_for, identity
 from taskflow.context import Context, Tick
 from taskflow.exceptions import HandlerSignatureError
 from taskflow.message import Message
 
-__all__ = ["Handler", "Job", "consumer_handler", "handler_name", "periodic_handler"]
+__all__ = [
+    "Handler",
+    "Job",
+    "consumer_handler",
+    "handler_name",
+    "ignores_ctx",
+    "periodic_handler",
+]
 
 Job: TypeAlias = Message | Tick
 """What a handler is run for: a consumed message or a scheduled tick."""
@@ -163,39 +170,63 @@ def _describe(func: Any) -> str:
 
 
 def _adapt(func: Callable[..., Any], shape: _Shape) -> Handler:
+    """Build the (job, ctx) caller. Each returns the user's awaitable rather than awaiting it,
+    so a message costs one coroutine frame, the user's own."""
     target = func if shape.is_async else _in_thread(func)
     decode = shape.decode
     if shape.ctx_keyword is not None:
         name = shape.ctx_keyword
 
-        async def call_keyword(job: Job, ctx: Context) -> None:
+        def call_keyword(job: Job, ctx: Context) -> Awaitable[None]:
             args = (decode(cast(Message, job)),) if decode else ()
-            await target(*args, **{name: ctx})
+            return cast(Awaitable[None], target(*args, **{name: ctx}))
 
         return call_keyword
     if decode is not None and shape.wants_ctx:
+        if decode is identity and shape.is_async:
+            return cast(Handler, func)  # already (message, ctx): nothing to adapt
 
-        async def call_payload_ctx(job: Job, ctx: Context) -> None:
-            await target(decode(cast(Message, job)), ctx)
+        def call_payload_ctx(job: Job, ctx: Context) -> Awaitable[None]:
+            return cast(Awaitable[None], target(decode(cast(Message, job)), ctx))
 
         return call_payload_ctx
+    if decode is identity:
+
+        def call_message(job: Job, ctx: Context) -> Awaitable[None]:
+            return cast(Awaitable[None], target(job))
+
+        return _ignoring_ctx(call_message)
     if decode is not None:
 
-        async def call_payload(job: Job, ctx: Context) -> None:
-            await target(decode(cast(Message, job)))
+        def call_payload(job: Job, ctx: Context) -> Awaitable[None]:
+            return cast(Awaitable[None], target(decode(cast(Message, job))))
 
-        return call_payload
+        return _ignoring_ctx(call_payload)
     if shape.wants_ctx:
 
-        async def call_ctx(job: Job, ctx: Context) -> None:
-            await target(ctx)
+        def call_ctx(job: Job, ctx: Context) -> Awaitable[None]:
+            return cast(Awaitable[None], target(ctx))
 
         return call_ctx
 
-    async def call_bare(job: Job, ctx: Context) -> None:
-        await target()
+    def call_bare(job: Job, ctx: Context) -> Awaitable[None]:
+        return cast(Awaitable[None], target())
 
-    return call_bare
+    return _ignoring_ctx(call_bare)
+
+
+def _ignoring_ctx(handler: Handler) -> Handler:
+    handler.taskflow_ignores_ctx = True  # type: ignore[attr-defined]
+    return handler
+
+
+def ignores_ctx(handler: Handler) -> bool:
+    """True when `handler` is an adapted user function that never looks at its Context.
+
+    The consumer then need not build one per message. Any middleware hides the mark (it might
+    read the Context), so a wrapped stack always gets a fresh Context.
+    """
+    return bool(getattr(handler, "taskflow_ignores_ctx", False))
 
 
 def _in_thread(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -22,16 +21,19 @@ class TopicPartition(NamedTuple):
         return f"{self.topic}[{self.partition}]"
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One record as the broker delivered it.
+class Message(NamedTuple):
+    """One record as the broker delivered it. Immutable.
+
+    A named tuple rather than a dataclass: one is built per record on the hot path, and a tuple
+    is built several times faster. Compare messages by their coordinates, not with ``==``
+    against plain tuples.
 
     Attributes:
         topic: The topic it was read from.
         partition: Its partition.
         offset: Its offset within the partition.
         key: The record key, or None.
-        value: The raw payload.
+        value: The raw payload (``b""`` for a Kafka tombstone).
         headers: The record headers, in order.
         timestamp_ms: Milliseconds since the Unix epoch, as the broker stamped it.
 

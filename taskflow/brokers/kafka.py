@@ -402,7 +402,7 @@ class KafkaConsumer:
         except KafkaError as exc:
             raise BrokerError(f"fetching failed: {type(exc).__name__}: {exc}") from exc
         return {
-            TopicPartition(tp.topic, tp.partition): [_message(r) for r in records]
+            TopicPartition(tp.topic, tp.partition): _messages(records)
             for tp, records in fetched.items()
         }
 
@@ -449,16 +449,36 @@ class KafkaConsumer:
         return offset
 
 
-def _message(record: Any) -> Message:
-    return Message(
-        record.topic,
-        record.partition,
-        record.offset,
-        record.key,
-        b"" if record.value is None else record.value,
-        tuple((name, b"" if value is None else value) for name, value in record.headers),
-        record.timestamp,
-    )
+_new_tuple = tuple.__new__
+
+
+def _messages(records: Sequence[Any]) -> list[Message]:
+    """aiokafka records as taskflow Messages: the per-record cost of the Kafka broker.
+
+    Built with ``tuple.__new__`` (a Message is a named tuple), which skips the generated
+    ``__new__``; a null value (a tombstone) or a null header value becomes ``b""``. (An
+    ``attrgetter`` of the seven fields measured slower than the plain attribute reads.)
+    """
+    new = _new_tuple
+    return [
+        new(
+            Message,
+            (
+                r.topic,
+                r.partition,
+                r.offset,
+                r.key,
+                b"" if r.value is None else r.value,
+                _headers(r.headers) if r.headers else (),
+                r.timestamp,
+            ),
+        )
+        for r in records
+    ]
+
+
+def _headers(headers: Sequence[tuple[str, bytes | None]]) -> Headers:
+    return tuple((name, b"" if value is None else value) for name, value in headers)
 
 
 async def _close_client(consumer: AIOKafkaConsumer) -> None:

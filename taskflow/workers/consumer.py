@@ -137,19 +137,24 @@ class ConsumerWorker:
                 if runner is not None:  # else revoked meanwhile: the next owner reads them again
                     runner.feed(records)
                     self._apply_backpressure(runner)
+            # Let the lanes run before fetching more: a consumer's buffered records are handed
+            # out without waiting, and a loop that never yields would fill every partition to
+            # its bound, pause it, and make aiokafka throw its prefetched records away.
+            await asyncio.sleep(0)
 
     def _apply_backpressure(self, runner: PartitionRunner) -> None:
-        if runner.tp not in self._paused and runner.buffered >= self.spec.max_buffered:
+        if not runner.paused and runner.buffered >= self.spec.max_buffered:
+            runner.paused = True
             self._paused.add(runner.tp)
             assert self._consumer is not None
             self._consumer.pause([runner.tp])
 
-    def _progress(self, runner: PartitionRunner) -> None:
-        self._commit_due.set()
-        if runner.tp in self._paused and runner.buffered <= self.spec.max_buffered // 2:
-            self._paused.discard(runner.tp)
-            if self._consumer is not None:
-                self._consumer.resume([runner.tp])
+    def _resume(self, runner: PartitionRunner) -> None:
+        """Called by a runner that was paused once it has drained below its low-water mark."""
+        runner.paused = False
+        self._paused.discard(runner.tp)
+        if self._consumer is not None:
+            self._consumer.resume([runner.tp])
 
     # -- committing ------------------------------------------------------------------------
 
@@ -209,8 +214,10 @@ class ConsumerWorker:
                 group,
                 ordering=self.spec.ordering,
                 concurrency=self.spec.concurrency,
-                on_progress=self._progress,
+                progress=self._commit_due,
+                on_drained=self._resume,
             )
+            runner.resume_below = self.spec.max_buffered // 2
             self._runners[tp] = runner
         self.log.info("assigned %s", _partitions(assigned))
 

@@ -8,7 +8,12 @@ mode picks the lane of a record:
   lanes at once, so each key runs in offset order and different keys overlap;
 - ``none``: a lane per record, up to `concurrency` at once.
 
-Whatever the mode, the `OffsetTracker` makes the commit target the lowest unfinished offset.
+Whatever the mode, the commit target is the lowest unfinished offset: an `OffsetTracker` keeps it
+when records may finish out of order, a `SequentialTracker` (two numbers) in partition mode.
+
+This is the per-message path, so it is written for speed: partition mode hands a fetched batch to
+its lane in one step, a lane awaits the handler directly and only calls into the error policy when
+a handler raises, and progress is reported by setting an event.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
-from taskflow.workers.offsets import OffsetTracker
+from taskflow.workers.offsets import OffsetTracker, SequentialTracker
 
 if TYPE_CHECKING:
     from taskflow.message import Message, TopicPartition
@@ -65,16 +70,23 @@ class PartitionRunner:
         *,
         ordering: str,
         concurrency: int,
-        on_progress: Callable[[PartitionRunner], None],
+        progress: asyncio.Event,
+        on_drained: Callable[[PartitionRunner], None],
     ) -> None:
         self.tp = tp
-        self.tracker = OffsetTracker(epoch)
+        self.sequential = ordering == "partition"
+        self.tracker: OffsetTracker | SequentialTracker = (
+            SequentialTracker(epoch) if self.sequential else OffsetTracker(epoch)
+        )
         self.processor = processor
         self.task_group = task_group
         self.concurrency = concurrency
-        self.on_progress = on_progress
+        self.progress = progress
+        self.on_drained = on_drained
         self.lane_of = lane_function(ordering)
         self.committed: int | None = None
+        self.paused = False  # set by the worker when it pauses fetching for backpressure
+        self.resume_below = 0
         self.closed = False
         self._waiting: deque[Message] = deque()
         self._lanes: dict[Hashable, deque[Message]] = {}
@@ -98,10 +110,22 @@ class PartitionRunner:
 
     def feed(self, records: Sequence[Message]) -> None:
         """Take fetched records, in offset order, and start what the concurrency allows."""
-        if self.closed:
+        if self.closed or not records:
+            return
+        if self.sequential:
+            self._feed_lane(records)
             return
         self._waiting.extend(records)
         self._dispatch()
+
+    def _feed_lane(self, records: Sequence[Message]) -> None:
+        queue = self._lanes.get(None)
+        if queue is None:
+            queue = self._lanes[None] = deque()
+            self._start_lane(None, queue)
+        assert isinstance(self.tracker, SequentialTracker)
+        self.tracker.dispatched_run(records[0].offset, len(records))
+        queue.extend(records)
 
     def _dispatch(self) -> None:
         waiting, lanes, tracker = self._waiting, self._lanes, self.tracker
@@ -127,30 +151,43 @@ class PartitionRunner:
     # -- running ---------------------------------------------------------------------------
 
     async def _run_lane(self, lane: Hashable, queue: deque[Message]) -> None:
-        running, tracker, process = self._running, self.tracker, self.processor.process
+        running, tracker, processor = self._running, self.tracker, self.processor
+        first_try, progress = processor.first_try, self.progress
+        # The common case, called inline: no timeout, and a handler that ignores its Context.
+        direct = processor.handler if processor.direct else None
+        shared_ctx = processor.shared_ctx
+        message: Message | None = None
         try:
             while queue and not self.closed:
                 message = queue.popleft()
                 running[lane] = message
-                finished = await process(message, self._pause)
+                try:
+                    if direct is not None:
+                        await direct(message, shared_ctx)  # type: ignore[arg-type]
+                    else:
+                        await first_try(message)
+                except Exception as exc:
+                    if not await processor.recover(message, exc, self._pause):
+                        return  # closed while retrying: left unfinished, so never committed
                 del running[lane]
-                if not finished:
-                    return
                 tracker.finished(message.offset)
-                self.on_progress(self)
+                progress.set()
+                if self.paused and self.buffered <= self.resume_below:
+                    self.on_drained(self)
         except asyncio.CancelledError:
-            if lane in running:
+            if running.pop(lane, None) is not None:
                 logger.warning(
                     "cancelled handler %s for %s: not committed, it will be redelivered",
-                    self.processor.spec.name,
-                    running.pop(lane),
+                    processor.spec.name,
+                    message,
                 )
             raise
         finally:
+            running.pop(lane, None)
             del self._lanes[lane]
             if not self._lanes:
                 self._idle.set()
-            if not self.closed:
+            if not self.closed and self._waiting:
                 self._dispatch()
 
     async def _pause(self, seconds: float) -> bool:

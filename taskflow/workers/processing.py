@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from taskflow.context import Context, WorkerLogger
 from taskflow.exceptions import BrokerError, HandlerTimeout, Reject, Retry
+from taskflow.handler import ignores_ctx
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -57,26 +58,56 @@ class Processor:
         self.log = log
         self.rng = random.Random()
         self.reject_on: tuple[type[BaseException], ...] = (Reject, *spec.reject_on)
+        # A handler that never reads its Context can share one instead of getting one per message.
+        self.shared_ctx = Context(app, spec.name, log, stopping) if ignores_ctx(handler) else None
+        # Then, with no timeout either, a lane may call the handler itself: see `first_try`.
+        self.direct = self.shared_ctx is not None and spec.timeout is None
+
+    def first_try(self, message: Message) -> Awaitable[None]:
+        """Start the first attempt at `message`: the fast path, the handler and nothing else.
+
+        If it raises, hand the exception to `recover`.
+        """
+        if self.spec.timeout is not None:
+            return self._call(message)
+        ctx = self.shared_ctx or Context(
+            self.app, self.spec.name, self.log, self.stopping, message=message
+        )
+        return self.handler(message, ctx)
 
     async def process(self, message: Message, pause: Pause) -> bool:
         """Handle `message` until it is finished (True) or `pause` says to give up (False)."""
-        attempt = 0
+        try:
+            await self.first_try(message)
+        except Exception as exc:
+            return await self.recover(message, exc, pause)
+        return True
+
+    async def recover(self, message: Message, exc: Exception, pause: Pause) -> bool:
+        """Apply the error policy after attempt 1 raised `exc`; retry until finished or given up.
+
+        Returns True once the message is finished (handled, skipped or dead-lettered), False
+        when `pause` says to stop waiting (the partition is closing): then it is not finished.
+        """
+        attempt = 1
         while True:
+            if isinstance(exc, MemoryError):
+                raise exc
+            if isinstance(exc, self.reject_on):
+                return await self._reject(message, exc, attempt, pause)
+            if self.spec.dead_letter and attempt >= (self.spec.max_attempts or 1):
+                return await self._dead_letter(message, exc, attempt, "exhausted", pause)
+            delay = self.spec.retry.delay(attempt, self.rng)
+            self._log_failure(message, exc, attempt, delay)
+            if not await pause(delay):
+                return False
             attempt += 1
             try:
                 await self._call(message)
+            except Exception as failure:
+                exc = failure
+            else:
                 return True
-            except self.reject_on as exc:
-                return await self._reject(message, exc, attempt, pause)
-            except MemoryError:
-                raise
-            except Exception as exc:
-                if self.spec.dead_letter and attempt >= (self.spec.max_attempts or 1):
-                    return await self._dead_letter(message, exc, attempt, "exhausted", pause)
-                delay = self.spec.retry.delay(attempt, self.rng)
-                self._log_failure(message, exc, attempt, delay)
-                if not await pause(delay):
-                    return False
 
     async def _call(self, message: Message) -> None:
         ctx = Context(self.app, self.spec.name, self.log, self.stopping, message=message)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskflow.workers.offsets import OffsetTracker
+from taskflow.workers.offsets import OffsetTracker, SequentialTracker
 
 
 def tracker_with(*offsets: int, epoch: int = 1) -> OffsetTracker:
@@ -133,3 +133,26 @@ def test_the_target_never_passes_an_unfinished_record(work: tuple[list[int], lis
 
     assert tracker.commit_target == offsets[-1] + 1
     assert tracker.in_flight == 0
+
+
+def test_sequential_tracker_commits_one_past_the_last_finished_record() -> None:
+    tracker = SequentialTracker(epoch=1)
+    assert tracker.commit_target is None
+    tracker.dispatched_run(10, 3)  # offsets 10, 11 and 13 (12 was compacted away)
+    assert tracker.commit_target == 10  # nothing finished: where this assignment started
+    assert tracker.in_flight == 3
+    tracker.finished(10)
+    tracker.finished(11)
+    assert tracker.commit_target == 12
+    assert tracker.in_flight == 1
+    tracker.finished(13)
+    assert tracker.commit_target == 14
+    assert tracker.in_flight == 0
+
+
+def test_sequential_tracker_never_moves_past_an_unfinished_record() -> None:
+    tracker = SequentialTracker(epoch=1)
+    tracker.dispatched(5)
+    tracker.dispatched(6)
+    tracker.finished(5)
+    assert tracker.commit_target == 6  # 6 is still running: a restart starts there
