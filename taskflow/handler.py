@@ -18,12 +18,13 @@ from typing import Any, Protocol, TypeAlias, cast
 
 from taskflow.codec import ALLOWED, Decoder, decoder_for, identity
 from taskflow.context import Context, Tick
-from taskflow.exceptions import HandlerSignatureError
+from taskflow.exceptions import HandlerSignatureError, HandlerTimeout
 from taskflow.message import Message
 
 __all__ = [
     "Handler",
     "Job",
+    "call_with_timeout",
     "consumer_handler",
     "handler_name",
     "ignores_ctx",
@@ -49,6 +50,28 @@ class _Shape:
     ctx_keyword: str | None  # the name to pass ctx by, when it is keyword-only
     wants_ctx: bool
     is_async: bool
+
+
+async def call_with_timeout(
+    handler: Handler, job: Job, ctx: Context, timeout: float | None
+) -> None:
+    """Await `handler(job, ctx)`, cancelling it after `timeout` seconds (None: no limit).
+
+    Raises:
+        HandlerTimeout: when the timeout expired; a TimeoutError the handler raised itself
+            passes through unchanged.
+    """
+    if timeout is None:
+        await handler(job, ctx)
+        return
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            await handler(job, ctx)
+    except TimeoutError as exc:
+        if scope.expired():
+            raise HandlerTimeout(f"ran past its timeout of {timeout:g}s") from exc
+        raise
 
 
 def handler_name(func: Callable[..., Any]) -> str:

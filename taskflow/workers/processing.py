@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from taskflow.context import Context, WorkerLogger
-from taskflow.exceptions import BrokerError, HandlerTimeout, Reject, Retry
-from taskflow.handler import ignores_ctx
+from taskflow.exceptions import BrokerError, Reject, Retry
+from taskflow.handler import call_with_timeout, ignores_ctx
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -111,18 +111,7 @@ class Processor:
 
     async def _call(self, message: Message) -> None:
         ctx = Context(self.app, self.spec.name, self.log, self.stopping, message=message)
-        timeout = self.spec.timeout
-        if timeout is None:
-            await self.handler(message, ctx)
-            return
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                await self.handler(message, ctx)
-        except TimeoutError as exc:
-            if scope.expired():
-                raise HandlerTimeout(f"handler ran past its timeout of {timeout:g}s") from exc
-            raise
+        await call_with_timeout(self.handler, message, ctx, self.spec.timeout)
 
     def _log_failure(self, message: Message, exc: Exception, attempt: int, delay: float) -> None:
         if isinstance(exc, Retry):

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from taskflow.context import Context, Tick, WorkerLogger
-from taskflow.exceptions import HandlerTimeout
+from taskflow.handler import call_with_timeout
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -136,18 +136,7 @@ class ScheduledWorker:
             self.log.info("✓ %s ● %s (%.0fms late)", tick, _ms(started), late * 1000)
 
     async def _call(self, tick: Tick, ctx: Context) -> None:
-        timeout = self.spec.timeout
-        if timeout is None:
-            await self.handler(tick, ctx)
-            return
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                await self.handler(tick, ctx)
-        except TimeoutError as exc:
-            if scope.expired():
-                raise HandlerTimeout(f"run exceeded its timeout of {timeout:g}s") from exc
-            raise
+        await call_with_timeout(self.handler, tick, ctx, self.spec.timeout)
 
     # -- waiting ---------------------------------------------------------------------------
 

@@ -387,7 +387,7 @@ async def test_a_handler_past_its_timeout_counts_as_a_failed_attempt(
         assert client.committed("shop", "orders", 0) == 1
     assert attempts == [7, 7]
     assert (
-        "✗ orders[0]@0 attempt 1 failed: HandlerTimeout: handler ran past its timeout of 0.05s"
+        "✗ orders[0]@0 attempt 1 failed: HandlerTimeout: ran past its timeout of 0.05s"
         in caplog.text
     )
 

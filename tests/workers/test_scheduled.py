@@ -189,7 +189,7 @@ async def test_a_run_past_its_timeout_is_cancelled_and_logged(
 
     (failure,) = [r for r in caplog.records if "failed after" in r.getMessage()]
     assert failure.exc_info is not None
-    assert str(failure.exc_info[1]) == "run exceeded its timeout of 0.05s"
+    assert str(failure.exc_info[1]) == "ran past its timeout of 0.05s"
 
 
 async def test_jitter_delays_the_run_but_not_its_grid_time() -> None:
