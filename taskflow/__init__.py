@@ -33,12 +33,14 @@ from taskflow.exceptions import (
     Retry,
     ShutdownError,
     StateError,
+    StoreError,
     TaskflowError,
 )
 from taskflow.handler import Handler, Job
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.message import Message, TopicPartition
 from taskflow.middleware import Middleware
+from taskflow.ratelimit import RateLimit
 from taskflow.schedule import Interval, Schedule
 from taskflow.types import Worker, WorkerState
 
@@ -62,6 +64,7 @@ __all__ = [
     "Message",
     "Middleware",
     "PublishError",
+    "RateLimit",
     "Reject",
     "Retry",
     "Schedule",
@@ -69,6 +72,7 @@ __all__ = [
     "ShutdownReport",
     "State",
     "StateError",
+    "StoreError",
     "SystemClock",
     "TaskflowError",
     "Tick",

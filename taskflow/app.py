@@ -21,12 +21,16 @@ from taskflow.clock import Clock, SystemClock
 from taskflow.codec import encode_headers, encode_key, encode_value
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.handler import consumer_handler, handler_name, periodic_handler
+from taskflow.middleware.telemetry import with_trace_context
+from taskflow.ratelimit import RateLimit
+from taskflow.ratelimit import rate_limit as parse_rate_limit
 from taskflow.schedule import Schedule, interval
 from taskflow.specs import (
     ConsumerSpec,
     FunctionWorkerSpec,
     MiddlewareFactory,
     Ordering,
+    RateLimitScope,
     ScheduleSpec,
 )
 from taskflow.types import Worker
@@ -83,6 +87,8 @@ class App:
         shutdown_timeout: Seconds to let in-flight handlers and jobs finish on shutdown.
         commit_interval: Seconds between offset commits while consuming.
         clock: Where periodic tasks read the time; tests pass a `ManualClock`.
+        tracer_provider: The OpenTelemetry TracerProvider for spans; default the global one.
+        meter_provider: The OpenTelemetry MeterProvider for metrics; default the global one.
 
     Example:
         ```python
@@ -108,6 +114,8 @@ class App:
         shutdown_timeout: float | None = None,
         commit_interval: float = 1.0,
         clock: Clock | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -124,6 +132,8 @@ class App:
         self.shutdown_timeout = _shutdown_timeout(shutdown_timeout)
         self.commit_interval = _non_negative("commit_interval", commit_interval)
         self.clock: Clock = clock or SystemClock()
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
         self.state = State()
         self.consumers: list[ConsumerSpec] = []
         self.schedules: list[ScheduleSpec] = []
@@ -178,6 +188,8 @@ class App:
         reject_on: Sequence[type[BaseException]] = (),
         middleware: Sequence[MiddlewareFactory] = (),
         max_buffered: int = 1000,
+        rate_limit: RateLimit | str | None = None,
+        rate_limit_scope: RateLimitScope = "local",
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -200,6 +212,10 @@ class App:
             reject_on: Exception types that mean "reject": no retry, straight to the dead letters.
             middleware: Middleware for this consumer only, inside the app-wide middleware.
             max_buffered: Fetched records held per partition before it is paused.
+            rate_limit: At most this many handler runs, e.g. ``"100/s"``, ``"30/m"`` or a
+                `RateLimit`; smooth, with backpressure while waiting.
+            rate_limit_scope: ``"local"`` (per process) or ``"global"`` (shared by every replica
+                through Redis).
 
         Returns:
             The registration.
@@ -223,6 +239,8 @@ class App:
             reject_on=_exception_types(reject_on),
             middleware=_middleware(middleware),
             max_buffered=_positive_int("max_buffered", max_buffered),
+            rate_limit=None if rate_limit is None else parse_rate_limit(rate_limit),
+            rate_limit_scope=_scope(rate_limit_scope, rate_limit),
         )
         self.consumers.append(spec)
         return spec
@@ -379,7 +397,10 @@ class App:
                 "or inside `async with TestClient(app)`"
             )
         await broker.publish(
-            topic, encode_value(value), key=encode_key(key), headers=encode_headers(headers)
+            topic,
+            encode_value(value),
+            key=encode_key(key),
+            headers=with_trace_context(encode_headers(headers)),
         )
 
     def attach(self, broker: Broker | None) -> None:
@@ -576,3 +597,11 @@ def _jitter(jitter: timedelta | float, schedule: Schedule) -> timedelta:
     if isinstance(period, timedelta) and value >= period:
         raise ConfigurationError(f"jitter ({value}) must be shorter than the period ({period})")
     return value
+
+
+def _scope(scope: str, limit: RateLimit | str | None) -> RateLimitScope:
+    if scope not in ("local", "global"):
+        raise ConfigurationError(f"rate_limit_scope is 'local' or 'global', got {scope!r}")
+    if scope == "global" and limit is None:
+        raise ConfigurationError("rate_limit_scope='global' needs a rate_limit= to share")
+    return scope  # type: ignore[return-value]

@@ -8,6 +8,7 @@ Failures::
     ├── AppLoadError              `module:app` cannot be imported or is not an App
     ├── StateError                an operation that the current state does not allow
     ├── HandlerTimeout            a handler or periodic run went past its timeout= and was cancelled
+    ├── StoreError                Redis (the store) failed or cannot be reached
     ├── BrokerError               the broker failed or cannot be reached
     │   ├── PublishError          a message could not be published
     │   └── CommitError           an offset commit was refused (the group moved on)
@@ -37,6 +38,7 @@ __all__ = [
     "Retry",
     "ShutdownError",
     "StateError",
+    "StoreError",
     "TaskflowError",
 ]
 
@@ -63,6 +65,10 @@ class StateError(TaskflowError, RuntimeError):
 
 class HandlerTimeout(TaskflowError):
     """A handler or periodic run went past its `timeout=` and was cancelled; counts as a failure."""
+
+
+class StoreError(TaskflowError):
+    """Redis, taskflow's store for idempotency, shared rate limits and fleet schedules, failed."""
 
 
 class BrokerError(TaskflowError):

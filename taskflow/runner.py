@@ -13,16 +13,23 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from taskflow.brokers import broker_from_url
-from taskflow.exceptions import BrokerError
+from taskflow.exceptions import BrokerError, ConfigurationError, StoreError
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import build_stack
+from taskflow.middleware.builtin import Resources, layers_for
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
 
 if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.brokers.base import Broker
+    from taskflow.handler import Handler
+    from taskflow.specs import ConsumerSpec, ScheduleSpec
     from taskflow.types import Worker
 
 __all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "serve"]
@@ -42,6 +49,7 @@ class Runtime:
     broker: Broker
     manager: Manager
     workers: list[Worker] = field(default_factory=list)
+    redis: Redis | None = None
 
     def worker(self, name: str) -> Worker:
         """The worker called `name`."""
@@ -59,16 +67,31 @@ def resolve_broker(app: App) -> Broker:
 
 
 def build_workers(
-    app: App, broker: Broker, stopping: asyncio.Event, *, commit_interval: float | None = None
+    app: App,
+    broker: Broker,
+    stopping: asyncio.Event,
+    *,
+    commit_interval: float | None = None,
+    resources: Resources | None = None,
 ) -> list[Worker]:
-    """Build one worker per registration, with its middleware stack, in registration order."""
+    """Build one worker per registration, with its middleware stack, in registration order.
+
+    Raises:
+        ConfigurationError: when a registration needs a resource that is not configured.
+    """
     interval = app.commit_interval if commit_interval is None else commit_interval
+    resources = resources or Resources(app.name)
+
+    def stack(spec: ConsumerSpec | ScheduleSpec) -> Handler:
+        layers = (*app.middleware, *layers_for(spec, resources), *spec.middleware)
+        return build_stack(spec.handler, layers)
+
     workers: list[Worker] = [
         ConsumerWorker(
             spec,
             app,
             broker,
-            build_stack(spec.handler, (*app.middleware, *spec.middleware)),
+            stack(spec),
             stopping=stopping,
             commit_interval=interval,
         )
@@ -78,7 +101,7 @@ def build_workers(
         ScheduledWorker(
             spec,
             app,
-            build_stack(spec.handler, (*app.middleware, *spec.middleware)),
+            stack(spec),
             clock=app.clock,
             stopping=stopping,
         )
@@ -118,20 +141,54 @@ async def running(
     )
     remove = _install_signal_handlers(manager) if install_signal_handlers else None
     try:
-        await broker.start()
-        app.attach(broker)
-        try:
-            async with app.lifespan_context():
-                workers = build_workers(app, broker, stopping, commit_interval=commit_interval)
-                for worker in workers:
-                    manager.register(worker)
-                yield Runtime(app, broker, manager, workers)
-        finally:
-            app.attach(None)
-            await _close(broker)
+        async with _redis(app.redis_url) as redis:
+            resources = Resources(app.name, redis, app.tracer_provider, app.meter_provider)
+            build_workers(app, broker, stopping, resources=resources)  # refuse bad config early
+            await broker.start()
+            app.attach(broker)
+            try:
+                async with app.lifespan_context():
+                    workers = build_workers(
+                        app, broker, stopping, commit_interval=commit_interval, resources=resources
+                    )
+                    for worker in workers:
+                        manager.register(worker)
+                    yield Runtime(app, broker, manager, workers, redis)
+            finally:
+                app.attach(None)
+                await _close(broker)
     finally:
         if remove is not None:
             remove()
+
+
+@asynccontextmanager
+async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
+    """A Redis client for `url`, checked with a PING before anything starts; None without a URL."""
+    if not url:
+        yield None
+        return
+    try:
+        client = Redis.from_url(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed Redis URL: {exc}") from None
+    try:
+        try:
+            await client.ping()
+        except RedisError as exc:
+            raise StoreError(f"cannot reach Redis at {_masked(url)}: {exc}") from exc
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _masked(url: str) -> str:
+    """`url` with its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 def _install_signal_handlers(manager: Manager) -> Callable[[], None]:

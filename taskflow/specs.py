@@ -12,11 +12,20 @@ from taskflow.backoff import Backoff
 if TYPE_CHECKING:
     from taskflow.context import Context
     from taskflow.handler import Handler
+    from taskflow.ratelimit import RateLimit
     from taskflow.schedule import Schedule
 
-__all__ = ["ConsumerSpec", "FunctionWorkerSpec", "MiddlewareFactory", "Ordering", "ScheduleSpec"]
+__all__ = [
+    "ConsumerSpec",
+    "FunctionWorkerSpec",
+    "MiddlewareFactory",
+    "Ordering",
+    "RateLimitScope",
+    "ScheduleSpec",
+]
 
 Ordering = Literal["partition", "key", "none"]
+RateLimitScope = Literal["local", "global"]
 MiddlewareFactory = Callable[["Handler"], "Handler"]
 
 
@@ -38,6 +47,8 @@ class ConsumerSpec:
     reject_on: tuple[type[BaseException], ...] = ()
     middleware: tuple[MiddlewareFactory, ...] = ()
     max_buffered: int = 1000
+    rate_limit: RateLimit | None = None
+    rate_limit_scope: RateLimitScope = "local"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,184 @@
+"""Rate limiting: at most `rate_limit` handler runs, per process or shared by every replica.
+
+Both scopes are smooth: runs are spaced one *emission interval* (1/rate) apart, with a small
+tolerance of `TOLERANCE` seconds so that a timer firing a millisecond late does not slow the
+long-run rate down. After idle the limit does not refill into a burst: the first second after a
+pause runs at most `rate * (1 s + TOLERANCE) + 1` handlers, never twice the rate.
+
+- ``local``: one `aiolimiter.AsyncLimiter` per registration, shared by its partitions' lanes.
+- ``global``: GCRA (the generic cell rate algorithm) in one Lua script that reads Redis server
+  time, so every replica shares the limit whatever its own clock says. The script keeps one
+  number, the theoretical arrival time, at ``taskflow:ratelimit:{app}:{consumer}``, and answers
+  how long to wait; the middleware sleeps that long and asks again.
+
+A lane waiting here does not take its next record, so its partition's buffer fills up to
+`max_buffered` and the consumer pauses it while it keeps polling: the backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiolimiter import AsyncLimiter
+from redis.exceptions import RedisError
+
+from taskflow.exceptions import StoreError
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
+    from taskflow.context import Context
+    from taskflow.handler import Handler, Job
+    from taskflow.middleware.builtin import Resources
+    from taskflow.specs import ConsumerSpec, MiddlewareFactory
+
+__all__ = ["GlobalRateLimit", "LocalRateLimit", "rate_limit_key", "rate_limit_layer"]
+
+logger = logging.getLogger("taskflow.ratelimit")
+
+TOLERANCE = 0.01
+"""Seconds a run may come early, so timer and network jitter do not drag the rate down."""
+
+# GCRA on Redis server time. KEYS[1]: the key. ARGV[1]: the emission interval, ARGV[2]: the
+# tolerance, both in microseconds. Returns 0 when the run may go (and books it), else the
+# microseconds to wait. The key expires once its arrival time has passed: then it means nothing.
+GCRA_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = now
+local stored = redis.call('GET', KEYS[1])
+if stored then
+    tat = math.max(tonumber(stored), now)
+end
+local allow_at = tat - tolerance
+if now < allow_at then
+    return math.ceil(allow_at - now)
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX',
+    math.max(1, math.ceil((new_tat - now) / 1000)))
+return 0
+"""
+
+
+def rate_limit_key(app_name: str, consumer: str) -> str:
+    """The Redis key of a global limit: one per app and consumer, whatever the replica."""
+    return f"taskflow:ratelimit:{app_name}:{consumer}"
+
+
+def rate_limit_layer(spec: ConsumerSpec, resources: Resources) -> MiddlewareFactory:
+    """The middleware factory for `spec.rate_limit`, in its scope.
+
+    One limiter (or one registered script) per call, shared by every middleware it builds.
+    """
+    limit = spec.rate_limit
+    assert limit is not None, "rate_limit_layer needs a spec with a rate_limit"
+    rate = limit.per_second
+    if spec.rate_limit_scope == "global":
+        assert resources.redis is not None, "layers_for refuses a global limit without Redis"
+        script = resources.redis.register_script(GCRA_SCRIPT)
+        return functools.partial(
+            GlobalRateLimit,
+            script=script,
+            key=rate_limit_key(resources.app_name, spec.name),
+            rate=rate,
+            name=spec.name,
+        )
+    return functools.partial(LocalRateLimit, limiter=smooth_limiter(rate))
+
+
+def smooth_limiter(rate: float) -> AsyncLimiter:
+    """An AsyncLimiter for `rate` per second that holds at most `TOLERANCE` seconds of credit.
+
+    `AsyncLimiter(rate, 1)` would let a full second's worth through at once after idle (twice
+    the rate over that second); a bucket of one run plus the tolerance does not.
+    """
+    capacity = 1 + TOLERANCE * rate
+    return AsyncLimiter(capacity, capacity / rate)
+
+
+class LocalRateLimit:
+    """Waits for the registration's in-process limiter before each run.
+
+    Attributes:
+        waits: Runs that had to wait.
+        waited_seconds: Total seconds those runs waited.
+    """
+
+    def __init__(self, app: Handler, *, limiter: AsyncLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.waits = 0
+        self.waited_seconds = 0.0
+
+    async def __call__(self, job: Job, ctx: Context) -> None:
+        limiter = self.limiter
+        if limiter.has_capacity():
+            await limiter.acquire()
+        else:
+            started = time.monotonic()
+            await limiter.acquire()
+            self.waits += 1
+            self.waited_seconds += time.monotonic() - started
+        await self.app(job, ctx)
+
+
+class GlobalRateLimit:
+    """Asks Redis (GCRA on server time) before each run, and sleeps as long as it says.
+
+    A Redis failure raises `StoreError`: the run does not happen, so the consumer's error policy
+    retries the message later; it is never skipped.
+
+    Attributes:
+        waits: Runs that had to wait.
+        waited_seconds: Total seconds those runs waited.
+    """
+
+    def __init__(
+        self, app: Handler, *, script: AsyncScript, key: str, rate: float, name: str = ""
+    ) -> None:
+        self.app = app
+        self.script = script
+        self.key = key
+        self.name = name or key
+        self.args = (1_000_000 / rate, TOLERANCE * 1_000_000)
+        self.waits = 0
+        self.waited_seconds = 0.0
+        self.failing = False
+
+    async def __call__(self, job: Job, ctx: Context) -> None:
+        wait = await self._ask()
+        if wait > 0:
+            started = time.monotonic()
+            while wait > 0:
+                await asyncio.sleep(wait)
+                wait = await self._ask()
+            self.waits += 1
+            self.waited_seconds += time.monotonic() - started
+        await self.app(job, ctx)
+
+    async def _ask(self) -> float:
+        """Book a run now (0.0), or the seconds to wait before asking again."""
+        try:
+            micros = await self.script(keys=[self.key], args=self.args)
+        except RedisError as exc:
+            if not self.failing:
+                self.failing = True
+                logger.error(
+                    "%s: the shared rate limit at %s is unavailable (%s); "
+                    "messages are retried until Redis answers",
+                    self.name,
+                    self.key,
+                    exc,
+                )
+            raise StoreError(f"shared rate limit {self.key} unavailable: {exc}") from exc
+        if self.failing:
+            self.failing = False
+            logger.info("%s: the shared rate limit at %s answers again", self.name, self.key)
+        return int(micros) / 1_000_000

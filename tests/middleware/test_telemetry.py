@@ -1,0 +1,457 @@
+"""OpenTelemetry: spans and metrics as the SDK's in-memory exporter and reader see them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, Metric
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from taskflow import App, Backoff, Context, Message, Reject, Tick
+from taskflow.handler import ignores_ctx
+from taskflow.middleware.builtin import Resources, layers_for
+from taskflow.middleware.telemetry import PROCESS_BUCKETS, with_trace_context
+from taskflow.testing import ManualClock, TestClient
+from taskflow.workers import ConsumerWorker, ScheduledWorker
+
+FAST = Backoff(initial=0.001, maximum=0.001, jitter=0)
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+PARENT_ID = 0x00F067AA0BA902B7
+TRACEPARENT = f"00-{TRACE_ID:032x}-{PARENT_ID:016x}-01"
+
+
+@dataclass
+class Telemetry:
+    spans: InMemorySpanExporter
+    reader: InMemoryMetricReader
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+
+    def app(self, name: str = "billing", **options: Any) -> App:
+        return App(
+            name,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            **options,
+        )
+
+    def finished(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.spans.get_finished_spans() if span.name == name]
+
+    def metrics(self) -> dict[str, Metric]:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return {
+            metric.name: metric
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            if scope.scope.name == "taskflow"
+            for metric in scope.metrics
+        }
+
+
+@pytest.fixture
+def otel() -> Iterator[Telemetry]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    yield Telemetry(exporter, reader, tracer_provider, meter_provider)
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+
+# -- consumer spans -------------------------------------------------------------------------
+
+
+async def test_each_message_gets_a_consumer_span_with_the_messaging_conventions(
+    otel: Telemetry,
+) -> None:
+    app = otel.app()
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        pass
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1}, key="customer-7")
+        await client.drain()
+
+    (span,) = otel.finished("process orders")
+    assert span.kind is SpanKind.CONSUMER
+    assert span.parent is None  # no traceparent header: a trace of its own
+    assert span.status.status_code is StatusCode.UNSET
+    assert dict(span.attributes or {}) == {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": "orders",
+        "messaging.consumer.group.name": "billing",
+        "messaging.destination.partition.id": "0",
+        "messaging.kafka.offset": 0,
+        "messaging.kafka.message.key": "customer-7",
+        "messaging.message.id": "orders-0-0",
+        "messaging.message.body.size": len(b'{"id":1}'),
+        "taskflow.attempt": 1,
+    }
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.name == "taskflow"
+
+
+async def test_a_binary_key_is_left_out_and_a_message_id_header_is_the_message_id(
+    otel: Telemetry,
+) -> None:
+    app = otel.app()
+
+    @app.consume("orders")
+    async def on_order(message: Message) -> None:
+        pass
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", b"x", key=b"\xff\xfe", headers={"message-id": "order-42"})
+        await client.drain()
+
+    (span,) = otel.finished("process orders")
+    attributes = dict(span.attributes or {})
+    assert "messaging.kafka.message.key" not in attributes
+    assert attributes["messaging.message.id"] == "order-42"
+
+
+async def test_the_span_is_parented_on_the_producers_traceparent_header(otel: Telemetry) -> None:
+    app = otel.app()
+    seen: list[trace.SpanContext] = []
+
+    @app.consume("orders")
+    async def on_order(message: Message) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+
+    async with TestClient(app) as client:
+        await client.publish("orders", b"{}", headers={"traceparent": TRACEPARENT})
+        await client.drain()
+
+    (span,) = otel.finished("process orders")
+    assert span.parent is not None
+    assert span.parent.is_remote
+    assert (span.parent.trace_id, span.parent.span_id) == (TRACE_ID, PARENT_ID)
+    assert span.context is not None
+    assert span.context.trace_id == TRACE_ID
+    assert seen == [span.context]  # the handler runs inside the span
+
+
+async def test_publishing_from_a_handler_carries_its_span_to_the_next_consumer(
+    otel: Telemetry,
+) -> None:
+    app = otel.app()
+    tracer = otel.tracer_provider.get_tracer("test")
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        await ctx.publish("invoices", order)
+        with tracer.start_as_current_span("send receipts"):
+            await ctx.app.publish("receipts", order)
+
+    @app.consume("invoices", "receipts", name="downstream", group="accounting")
+    async def downstream(message: Message) -> None:
+        pass
+
+    async with TestClient(app) as client:
+        await client.publish("orders", {"id": 1}, headers={"traceparent": TRACEPARENT})
+        await client.drain()
+
+    (order,) = otel.finished("process orders")
+    (invoice,) = otel.finished("process invoices")
+    (send,) = otel.finished("send receipts")
+    (receipt,) = otel.finished("process receipts")
+    assert order.context is not None
+    assert send.context is not None
+    assert invoice.parent is not None
+    assert receipt.parent is not None
+    assert invoice.parent.span_id == order.context.span_id
+    assert receipt.parent.span_id == send.context.span_id
+    assert {invoice.context.trace_id, receipt.context.trace_id} == {TRACE_ID}  # type: ignore[union-attr]
+    assert dict(invoice.attributes or {})["messaging.consumer.group.name"] == "accounting"
+
+
+def test_publish_headers_get_the_trace_context_only_inside_a_span(otel: Telemetry) -> None:
+    tracer = otel.tracer_provider.get_tracer("test")
+    assert with_trace_context((("a", b"1"),)) == (("a", b"1"),)
+    with tracer.start_as_current_span("send") as span:
+        headers = dict(with_trace_context((("a", b"1"),)))
+        own = (("traceparent", TRACEPARENT.encode()),)
+        assert with_trace_context(own) == own  # a traceparent the caller set is kept
+    context = span.get_span_context()
+    assert headers["a"] == b"1"
+    assert (
+        headers["traceparent"]
+        == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}".encode()
+    )
+
+
+async def test_a_failing_attempt_is_an_error_span_and_says_what_happens_next(
+    otel: Telemetry,
+) -> None:
+    app = otel.app()
+
+    @app.consume("orders", retry=FAST, dead_letter="orders.DLQ", max_attempts=2)
+    async def on_order(order: dict[str, int]) -> None:
+        raise RuntimeError("database is down")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+
+    first, second = sorted(otel.finished("process orders"), key=lambda s: s.start_time or 0)
+    for attempt, span in enumerate((first, second), start=1):
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == "RuntimeError: database is down"
+        attributes = dict(span.attributes or {})
+        assert attributes["error.type"] == "RuntimeError"
+        assert attributes["taskflow.attempt"] == attempt
+    assert [e.name for e in first.events] == ["exception", "taskflow.retry"]
+    assert [e.name for e in second.events] == ["exception", "taskflow.dead_letter"]
+    assert dict(second.events[1].attributes or {}) == {
+        "taskflow.dead_letter.topic": "orders.DLQ",
+        "taskflow.dead_letter.reason": "exhausted",
+    }
+
+
+async def test_a_retry_that_succeeds_ends_with_an_ok_span(otel: Telemetry) -> None:
+    app = otel.app()
+    calls: list[int] = []
+
+    @app.consume("orders", retry=FAST)
+    async def on_order(order: dict[str, int]) -> None:
+        calls.append(order["id"])
+        if len(calls) == 1:
+            raise RuntimeError("flaky")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.publish("orders", {"id": 2})
+        await client.drain()
+
+    spans = sorted(otel.finished("process orders"), key=lambda s: s.start_time or 0)
+    attempts = [
+        (
+            dict(s.attributes or {})["messaging.kafka.offset"],
+            dict(s.attributes or {})["taskflow.attempt"],
+        )
+        for s in spans
+    ]
+    assert attempts == [(0, 1), (0, 2), (1, 1)]
+    assert [s.status.status_code for s in spans] == [
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+        StatusCode.UNSET,
+    ]
+
+
+async def test_rejects_and_undecodable_payloads_are_recorded_as_such(otel: Telemetry) -> None:
+    app = otel.app()
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        raise Reject("unknown customer")
+
+    @app.consume("payments", dead_letter="payments.DLQ")
+    async def on_payment(payment: dict[str, int]) -> None:
+        pass
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.publish("payments", b"not json")
+        await client.drain()
+
+    (order,) = otel.finished("process orders")
+    (payment,) = otel.finished("process payments")
+    assert dict(order.attributes or {})["error.type"] == "taskflow.exceptions.Reject"
+    assert [e.name for e in order.events] == ["exception", "taskflow.reject"]
+    assert dict(payment.attributes or {})["error.type"] == "taskflow.exceptions.DecodeError"
+    assert dict(payment.events[-1].attributes or {}) == {
+        "taskflow.dead_letter.topic": "payments.DLQ",
+        "taskflow.dead_letter.reason": "rejected",
+    }
+
+
+# -- consumer metrics -----------------------------------------------------------------------
+
+
+async def test_consumer_metrics_follow_the_messaging_conventions(otel: Telemetry) -> None:
+    app = otel.app()
+
+    @app.consume("orders", retry=FAST, dead_letter="orders.DLQ", max_attempts=2)
+    async def on_order(order: dict[str, int]) -> None:
+        if order["id"] == 2:
+            raise ValueError("bad order")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.publish("orders", {"id": 2})
+        await client.drain()
+
+    metrics = otel.metrics()
+    base = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": "orders",
+        "messaging.consumer.group.name": "billing",
+        "messaging.destination.partition.id": "0",
+    }
+    failed = {**base, "error.type": "ValueError"}
+
+    duration = metrics["messaging.process.duration"]
+    assert duration.unit == "s"
+    points = {
+        frozenset(p.attributes.items()): p  # type: ignore[union-attr]
+        for p in duration.data.data_points
+    }
+    ok, bad = points[frozenset(base.items())], points[frozenset(failed.items())]
+    assert isinstance(ok, HistogramDataPoint)
+    assert isinstance(bad, HistogramDataPoint)
+    assert tuple(ok.explicit_bounds) == PROCESS_BUCKETS
+    assert (ok.count, bad.count) == (1, 2)  # two attempts at the failing message
+
+    consumed = metrics["messaging.client.consumed.messages"]
+    assert consumed.unit == "{message}"
+    counts = {
+        frozenset(p.attributes.items()): p.value  # type: ignore[union-attr]
+        for p in consumed.data.data_points
+    }
+    assert counts == {frozenset(base.items()): 1, frozenset(failed.items()): 1}  # once each
+
+
+# -- periodic tasks -------------------------------------------------------------------------
+
+
+async def test_a_periodic_run_gets_a_span_and_metrics(otel: Telemetry) -> None:
+    clock = ManualClock()
+    app = otel.app(clock=clock)
+
+    @app.every(minutes=5)
+    async def cleanup(ctx: Context) -> None:
+        pass
+
+    @app.every(minutes=5)
+    async def broken() -> None:
+        raise OSError("disk full")
+
+    async with TestClient(app) as client:
+        await client.run_schedule("cleanup")
+        with pytest.raises(OSError, match="disk full"):
+            await client.run_schedule("broken")
+        (worker,) = (w for w in client.runtime.workers if w.name == "cleanup")
+        assert isinstance(worker, ScheduledWorker)
+        await worker.run_once(Tick("cleanup", clock.now() - timedelta(seconds=3)))
+
+    first, late = sorted(otel.finished("run cleanup"), key=lambda s: s.start_time or 0)
+    assert first.kind is SpanKind.INTERNAL
+    assert dict(first.attributes or {}) == {
+        "taskflow.periodic.task": "cleanup",
+        "taskflow.periodic.scheduled_at": "2026-01-01T00:00:00+00:00",
+        "taskflow.periodic.lateness": 0.0,
+    }
+    assert dict(late.attributes or {})["taskflow.periodic.lateness"] == 3.0
+    (failed,) = otel.finished("run broken")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert dict(failed.attributes or {})["error.type"] == "OSError"
+
+    metrics = otel.metrics()
+    runs = {
+        frozenset(p.attributes.items()): p.value  # type: ignore[union-attr]
+        for p in metrics["taskflow.periodic.runs"].data.data_points
+    }
+    assert runs == {
+        frozenset(
+            {"taskflow.periodic.task": "cleanup", "taskflow.periodic.outcome": "success"}.items()
+        ): 2,
+        frozenset(
+            {
+                "taskflow.periodic.task": "broken",
+                "taskflow.periodic.outcome": "failure",
+                "error.type": "OSError",
+            }.items()
+        ): 1,
+    }
+    assert metrics["taskflow.periodic.duration"].unit == "s"
+    lateness = metrics["taskflow.periodic.lateness"]
+    assert lateness.unit == "s"
+    (point,) = (
+        p
+        for p in lateness.data.data_points
+        if p.attributes == {"taskflow.periodic.task": "cleanup"}
+    )
+    assert isinstance(point, HistogramDataPoint)
+    assert (point.count, point.sum, point.max) == (2, 3.0, 3.0)
+
+
+# -- off unless set up ----------------------------------------------------------------------
+
+
+async def test_without_an_sdk_no_layer_is_added_and_the_fast_path_stays() -> None:
+    assert not isinstance(trace.get_tracer_provider(), TracerProvider)  # nothing set globally
+    app = App("billing")
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        pass
+
+    @app.every(minutes=5)
+    async def cleanup() -> None:
+        pass
+
+    assert layers_for(app.consumers[0], Resources(app.name)) == []
+    assert layers_for(app.schedules[0], Resources(app.name)) == []
+    async with TestClient(app) as client:
+        (worker,) = (w for w in client.runtime.workers if isinstance(w, ConsumerWorker))
+        assert ignores_ctx(worker.processor.handler)
+        assert worker.processor.shared_ctx is not None
+
+
+async def test_with_an_sdk_the_layer_is_outermost(otel: Telemetry) -> None:
+    app = otel.app()
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        pass
+
+    async with TestClient(app) as client:
+        (worker,) = (w for w in client.runtime.workers if isinstance(w, ConsumerWorker))
+        assert type(worker.processor.handler).__name__ == "ConsumerTelemetry"
+        assert worker.processor.shared_ctx is None
+
+
+def test_no_op_providers_on_the_app_leave_telemetry_off() -> None:
+    app = App(
+        "billing",
+        tracer_provider=trace.NoOpTracerProvider(),
+        meter_provider=NoOpMeterProvider(),
+    )
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        pass
+
+    resources = Resources(app.name, None, app.tracer_provider, app.meter_provider)
+    assert layers_for(app.consumers[0], resources) == []
+
+
+def test_a_meter_provider_alone_turns_it_on(otel: Telemetry) -> None:
+    app = App("billing", meter_provider=otel.meter_provider)
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        pass
+
+    resources = Resources(app.name, None, app.tracer_provider, app.meter_provider)
+    assert len(layers_for(app.consumers[0], resources)) == 1

@@ -1,0 +1,52 @@
+"""The runner: what it opens before workers start, and what it refuses."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from taskflow import App, ConfigurationError, StoreError
+from taskflow.runner import running
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_an_unreachable_redis_is_refused_before_any_worker_starts() -> None:
+    app = App("needs-redis", redis_url=f"redis://:s3cret@127.0.0.1:{closed_port()}/0")
+    started = []
+
+    @app.on_startup
+    async def note() -> None:
+        started.append(True)
+
+    with pytest.raises(StoreError, match=r"cannot reach Redis at redis://:\*\*\*@127\.0\.0\.1"):
+        async with running(app):
+            pass
+    assert started == []  # not even the startup hooks ran
+
+
+async def test_a_malformed_redis_url_is_a_configuration_error() -> None:
+    app = App("bad-redis", redis_url="http://127.0.0.1:6379")
+    with pytest.raises(ConfigurationError, match="malformed Redis URL"):
+        async with running(app):
+            pass
+
+
+@pytest.mark.redis
+async def test_a_configured_redis_is_open_while_the_app_runs() -> None:
+    app = App("with-redis", redis_url=REDIS_URL)
+    async with running(app) as runtime:
+        assert runtime.redis is not None
+        assert await runtime.redis.ping()
+
+
+async def test_no_redis_url_means_no_redis() -> None:
+    async with running(App("no-redis", redis_url="")) as runtime:
+        assert runtime.redis is None
