@@ -19,7 +19,8 @@ Control flow (raised by handlers, never by taskflow on its own), kept apart from
     HandlerSignal
     ├── Reject                    a business error: do not retry, dead-letter or skip
     │   └── DecodeError           the payload cannot be decoded into the handler's type
-    └── Retry                     try this message again later
+    ├── Retry                     try this message again later (counts as an attempt)
+    └── Defer                     not now: try again later, without counting an attempt
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "CommitError",
     "ConfigurationError",
     "DecodeError",
+    "Defer",
     "HandlerSignal",
     "HandlerSignatureError",
     "HandlerTimeout",
@@ -108,6 +110,26 @@ class Retry(HandlerSignal):
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Defer(HandlerSignal):
+    """Not now: leave the message unfinished and run it again after `delay` seconds.
+
+    Unlike a failure or `Retry`, it does not count as an attempt, so it never sends a message to
+    the dead-letter topic, and it is logged without a traceback. Middleware raises it when a
+    message cannot run yet through no fault of its own: its store is unreachable, another
+    replica holds its claim, or shutdown began while it waited. On shutdown the message is left
+    unfinished, so it is not committed and comes again.
+
+    Args:
+        reason: A short text for the log line.
+        delay: Seconds to wait before trying again.
+    """
+
+    def __init__(self, reason: str = "", delay: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
 
 
 class CommitError(BrokerError):

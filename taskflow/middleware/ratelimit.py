@@ -21,12 +21,13 @@ import asyncio
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
 from redis.exceptions import RedisError
 
-from taskflow.exceptions import StoreError
+from taskflow.exceptions import Defer
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["GlobalRateLimit", "LocalRateLimit", "rate_limit_key", "rate_limit_layer"]
 
 logger = logging.getLogger("taskflow.ratelimit")
+
+STORE_RETRY = 1.0
+"""Seconds before a message deferred by a Redis outage is tried again."""
 
 TOLERANCE = 0.01
 """Seconds a run may come early, so timer and network jitter do not drag the rate down."""
@@ -65,6 +69,23 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX',
     math.max(1, math.ceil((new_tat - now) / 1000)))
 return 0
 """
+
+
+async def unless_stopping(wait: Coroutine[Any, Any, Any], stopping: asyncio.Event) -> None:
+    """Await `wait`, unless shutdown begins first: then raise `Defer`, leaving the message
+    unfinished (not committed, delivered again) instead of holding up the drain."""
+    waiter = asyncio.ensure_future(wait)
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not waiter.done():
+            waiter.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
+    if not waiter.done() or waiter.cancelled():
+        raise Defer("shutting down while waiting for the rate limit")
+    waiter.result()
 
 
 def rate_limit_key(app_name: str, consumer: str) -> str:
@@ -123,7 +144,7 @@ class LocalRateLimit:
             await limiter.acquire()
         else:
             started = time.monotonic()
-            await limiter.acquire()
+            await unless_stopping(limiter.acquire(), ctx.stopping)
             self.waits += 1
             self.waited_seconds += time.monotonic() - started
         await self.app(job, ctx)
@@ -132,8 +153,8 @@ class LocalRateLimit:
 class GlobalRateLimit:
     """Asks Redis (GCRA on server time) before each run, and sleeps as long as it says.
 
-    A Redis failure raises `StoreError`: the run does not happen, so the consumer's error policy
-    retries the message later; it is never skipped.
+    A Redis failure raises `Defer`: the run does not happen and is tried again after
+    `STORE_RETRY` seconds, without counting as an attempt, so an outage never dead-letters.
 
     Attributes:
         waits: Runs that had to wait.
@@ -157,7 +178,7 @@ class GlobalRateLimit:
         if wait > 0:
             started = time.monotonic()
             while wait > 0:
-                await asyncio.sleep(wait)
+                await unless_stopping(asyncio.sleep(wait), ctx.stopping)
                 wait = await self._ask()
             self.waits += 1
             self.waited_seconds += time.monotonic() - started
@@ -177,7 +198,7 @@ class GlobalRateLimit:
                     self.key,
                     exc,
                 )
-            raise StoreError(f"shared rate limit {self.key} unavailable: {exc}") from exc
+            raise Defer(f"shared rate limit {self.key} unavailable: {exc}", STORE_RETRY) from exc
         if self.failing:
             self.failing = False
             logger.info("%s: the shared rate limit at %s answers again", self.name, self.key)

@@ -24,7 +24,7 @@ from opentelemetry.metrics._internal import _ProxyMeterProvider
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from taskflow.exceptions import Reject
+from taskflow.exceptions import Defer, Reject
 from taskflow.middleware import Middleware
 from taskflow.specs import ConsumerSpec
 
@@ -190,6 +190,12 @@ class ConsumerTelemetry:
         started = time.perf_counter()
         try:
             await self.app(job, ctx)
+        except Defer as signal:
+            # Not a failure: the message did not run and will run again (see Defer).
+            span.add_event(
+                "taskflow.defer", {"taskflow.reason": signal.reason, "taskflow.delay": signal.delay}
+            )
+            raise
         except BaseException as exc:
             kind = error_type(exc)
             metric_attributes["error.type"] = kind

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from taskflow.context import Context, WorkerLogger
-from taskflow.exceptions import BrokerError, Reject, Retry
+from taskflow.exceptions import BrokerError, Defer, Reject, Retry
 from taskflow.handler import call_with_timeout, ignores_ctx
 
 if TYPE_CHECKING:
@@ -86,22 +86,30 @@ class Processor:
     async def recover(self, message: Message, exc: Exception, pause: Pause) -> bool:
         """Apply the error policy after attempt 1 raised `exc`; retry until finished or given up.
 
+        A `Defer` waits its delay and runs the message again without counting an attempt.
+
         Returns True once the message is finished (handled, skipped or dead-lettered), False
         when `pause` says to stop waiting (the partition is closing): then it is not finished.
         """
-        attempt = 1
+        attempt, deferred = 1, False
         while True:
             if isinstance(exc, MemoryError):
                 raise exc
-            if isinstance(exc, self.reject_on):
-                return await self._reject(message, exc, attempt, pause)
-            if self.spec.dead_letter and attempt >= (self.spec.max_attempts or 1):
-                return await self._dead_letter(message, exc, attempt, "exhausted", pause)
-            delay = self.spec.retry.delay(attempt, self.rng)
-            self._log_failure(message, exc, attempt, delay)
-            if not await pause(delay):
-                return False
-            attempt += 1
+            if isinstance(exc, Defer):
+                self._log_deferral(message, exc, first=not deferred)
+                deferred = True
+                if not await pause(exc.delay):
+                    return False
+            else:
+                if isinstance(exc, self.reject_on):
+                    return await self._reject(message, exc, attempt, pause)
+                if self.spec.dead_letter and attempt >= (self.spec.max_attempts or 1):
+                    return await self._dead_letter(message, exc, attempt, "exhausted", pause)
+                delay = self.spec.retry.delay(attempt, self.rng)
+                self._log_failure(message, exc, attempt, delay)
+                if not await pause(delay):
+                    return False
+                attempt += 1
             try:
                 await self._call(message)
             except Exception as failure:
@@ -112,6 +120,15 @@ class Processor:
     async def _call(self, message: Message) -> None:
         ctx = Context(self.app, self.spec.name, self.log, self.stopping, message=message)
         await call_with_timeout(self.handler, message, ctx, self.spec.timeout)
+
+    def _log_deferral(self, message: Message, signal: Defer, *, first: bool) -> None:
+        self.log.log(
+            logging.INFO if first else logging.DEBUG,
+            "⏸ %s deferred (%s); again in %.3gs",
+            message,
+            signal.reason or "no reason given",
+            signal.delay,
+        )
 
     def _log_failure(self, message: Message, exc: Exception, attempt: int, delay: float) -> None:
         if isinstance(exc, Retry):

@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from taskflow import App, Backoff, ConfigurationError, Message
+from taskflow import App, Backoff, ConfigurationError, Context, Message
+from taskflow.context import WorkerLogger
 from taskflow.message import TopicPartition
 from taskflow.middleware.ratelimit import (
     GCRA_SCRIPT,
@@ -147,14 +148,17 @@ async def test_a_global_limit_is_smooth_and_kept_under_its_key(redis: Redis) -> 
 
     key = rate_limit_key("shop", "on_order")
     limit = GlobalRateLimit(handler, script=script, key=key, rate=RATE)  # type: ignore[arg-type]
+    ctx = Context(
+        App("shop"), "on_order", WorkerLogger(logging.getLogger("t"), "on_order"), asyncio.Event()
+    )
     for _ in range(3):
-        await limit(None, None)  # type: ignore[arg-type]
+        await limit(None, ctx)  # type: ignore[arg-type]
     await asyncio.sleep(1.0)  # idle: a refilling bucket would now allow a second's worth at once
     runs.clear()
     waits, waited = limit.waits, limit.waited_seconds
     started = time.monotonic()
     for _ in range(5):
-        await limit(None, None)  # type: ignore[arg-type]
+        await limit(None, ctx)  # type: ignore[arg-type]
     assert runs[0] - started < 0.01  # the first run after idle goes at once ...
     gaps = [b - a for a, b in itertools.pairwise(runs)]
     assert min(gaps) >= 1 / RATE - TOLERANCE - 0.002  # ... and the rest are spaced, no burst
@@ -320,3 +324,22 @@ def test_bad_rate_limits_are_refused_at_registration(
         app.add_consumer(on_event, "events", **options)  # type: ignore[arg-type]
     assert str(caught.value).startswith(message)
     assert app.consumers == []
+
+
+async def test_shutdown_does_not_wait_for_a_slow_limit() -> None:
+    app = App("slow-limit")
+    handled: list[int] = []
+
+    @app.consume("orders", rate_limit="1/m")
+    async def on_order(message: Message) -> None:
+        handled.append(message.offset)
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", b"first")
+        await client.publish("orders", b"second")  # its turn would come a minute later
+        while client.committed("slow-limit", "orders", 0) != 1:
+            await client.broker.wait_for_commit()
+    assert handled == [0]
+    assert client.report is not None
+    assert client.report.clean  # no cancellation: the waiting message was deferred
+    assert client.committed("slow-limit", "orders", 0) == 1  # the second comes again later

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import pytest
 
-from taskflow import App, Backoff, Context, Message, Reject, TopicPartition
+from taskflow import App, Backoff, Context, Defer, Message, Reject, TopicPartition
 from taskflow.testing import TestClient
 from taskflow.workers import ConsumerWorker
 
@@ -556,3 +556,44 @@ async def test_partition_facts_report_committed_offsets_high_watermarks_and_lag(
         release.set()
         await client.drain()
         assert (await worker.partition_facts())[TopicPartition("orders", 0)].lag == 0
+
+
+async def test_a_deferred_message_is_run_again_without_counting_an_attempt() -> None:
+    app = App("defer")
+    calls: list[int] = []
+
+    @app.consume("orders", dead_letter="orders.DLQ", max_attempts=1)
+    async def flaky_store(message: Message) -> None:
+        calls.append(message.offset)
+        if len(calls) <= 3:
+            raise Defer("the store is down", delay=0.01)
+
+    dead: list[Message] = []
+
+    @app.consume("orders.DLQ", group="watch")
+    async def watch(message: Message) -> None:
+        dead.append(message)
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", b"x")
+        await client.drain()
+    assert calls == [0, 0, 0, 0]  # three deferrals, then it ran
+    assert dead == []  # max_attempts=1, yet never dead-lettered: a deferral is not an attempt
+    assert client.committed("defer", "orders", 0) == 1
+
+
+async def test_a_message_deferred_at_shutdown_is_left_uncommitted() -> None:
+    app = App("defer-stop")
+    tried = asyncio.Event()
+
+    @app.consume("orders")
+    async def never_now(message: Message) -> None:
+        tried.set()
+        raise Defer("not now", delay=60)
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", b"x")
+        await tried.wait()
+    assert client.report is not None
+    assert client.report.clean  # shutdown did not wait out the 60 s delay
+    assert client.committed("defer-stop", "orders", 0) in (None, 0)
