@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from taskflow import logfmt
+from taskflow import logfmt, otel
 from taskflow.app import App
 from taskflow.exceptions import AppLoadError, ConfigurationError, TaskflowError
 from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, serve
@@ -197,6 +197,10 @@ def run(
     logfmt.configure(log_level, "json" if log_format.lower() == "json" else "text")
     app = _prepare(app_ref, app_dir, debug, _configure(broker, redis, shutdown_timeout))
     try:
+        flush_telemetry = otel.configure_from_env(app.name)
+    except ConfigurationError as exc:
+        _fail(str(exc), debug)
+    try:
         report = asyncio.run(serve(app))
     except ConfigurationError as exc:
         _fail(str(exc), debug)
@@ -209,6 +213,9 @@ def run(
     except Exception:
         logger.exception("app %s failed", app.name)
         sys.exit(EXIT_UNCLEAN)
+    finally:
+        if flush_telemetry is not None:
+            flush_telemetry()
     sys.exit(EXIT_CLEAN if report.clean else EXIT_UNCLEAN)
 
 

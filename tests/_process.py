@@ -24,8 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 class AppProcess:
     """One ``python -m taskflow run`` child with its log captured."""
 
-    def __init__(self, app_ref: str, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        app_ref: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        stdout: Path | None = None,
+    ) -> None:
         self.app_ref = app_ref
+        self.stdout = stdout
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.env.pop("PYTHONPATH", None)
@@ -38,15 +45,20 @@ class AppProcess:
 
     def start(self) -> Self:
         command = [sys.executable, "-m", "taskflow", "run", self.app_ref, *self.args]
-        self._proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        out = self.stdout.open("wb") if self.stdout else None
+        try:
+            self._proc = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out or subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child has its own copy
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
