@@ -57,6 +57,8 @@ class Context:
         message: The message being handled (consumers), else None.
         tick: The scheduled run (periodic tasks), else None.
         stopping: Set when shutdown begins; long handlers may watch it to finish early.
+        attempt: Which attempt at the message this is: 1, then 2 after a failure, and so on (a
+            `Defer` does not count).
 
     Example:
         ```python
@@ -67,7 +69,7 @@ class Context:
         ```
     """
 
-    __slots__ = ("app", "logger", "message", "stopping", "tick", "worker")
+    __slots__ = ("app", "attempt", "logger", "message", "stopping", "tick", "worker")
 
     def __init__(
         self,
@@ -78,12 +80,14 @@ class Context:
         *,
         message: Message | None = None,
         tick: Tick | None = None,
+        attempt: int = 1,
     ) -> None:
         self.app = app
         self.worker = worker
         self.logger = logger
         self.stopping = stopping
         self.message = message
+        self.attempt = attempt
         self.tick = tick
 
     @property

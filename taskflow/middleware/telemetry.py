@@ -56,8 +56,6 @@ PROCESS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
 PERIODIC_BUCKETS: Final = (*PROCESS_BUCKETS, 30, 60, 120, 300, 600, 1800, 3600)
 LATENESS_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
-# Failure attempts remembered per consumer, to number the attempts at a message; see `_attempt`.
-_MAX_TRACKED = 10_000
 _NO_PROVIDER = (
     trace.ProxyTracerProvider,
     trace.NoOpTracerProvider,
@@ -165,13 +163,10 @@ class ConsumerTelemetry:
             unit="{message}",
             description="Number of messages that were delivered to the application.",
         )
-        # Failed attempts so far per (topic, partition, offset); see `_attempt`.
-        self.failures: dict[tuple[str, int, int], int] = {}
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         message = cast("Message", job)
-        coordinates = (message.topic, message.partition, message.offset)
-        attempt = self.failures.get(coordinates, 0) + 1 if self.failures else 1
+        attempt = ctx.attempt
         metric_attributes: dict[str, Any] = {
             "messaging.system": "kafka",
             "messaging.operation.name": "process",
@@ -201,11 +196,8 @@ class ConsumerTelemetry:
             metric_attributes["error.type"] = kind
             _fail(span, exc, kind)
             if isinstance(exc, Exception):
-                self._after_failure(span, coordinates, exc, attempt)
+                self._after_failure(span, exc, attempt)
             raise
-        else:
-            if attempt > 1:
-                self.failures.pop(coordinates, None)
         finally:
             self.duration.record(time.perf_counter() - started, metric_attributes)
             if attempt == 1:  # a retry is not a new delivery
@@ -229,39 +221,22 @@ class ConsumerTelemetry:
                 attributes["messaging.kafka.message.key"] = message.key.decode("utf-8")
         return attributes
 
-    def _after_failure(
-        self, span: Span, coordinates: tuple[str, int, int], exc: Exception, attempt: int
-    ) -> None:
+    def _after_failure(self, span: Span, exc: Exception, attempt: int) -> None:
         """Say in the span what the error policy (`workers/processing.py`) does next.
 
         It mirrors that policy: a rejection is dead-lettered or skipped, an attempt at the limit
         is dead-lettered, anything else is retried (the next attempt is a span of its own).
         """
         if isinstance(exc, self.reject_on):
-            self.failures.pop(coordinates, None)
             if self.dead_letter:
                 span.add_event("taskflow.dead_letter", _dead_letter(self.dead_letter, "rejected"))
             else:
                 span.add_event("taskflow.reject")
             return
         if self.dead_letter and attempt >= self.max_attempts:
-            self.failures.pop(coordinates, None)
             span.add_event("taskflow.dead_letter", _dead_letter(self.dead_letter, "exhausted"))
             return
         span.add_event("taskflow.retry", {"taskflow.attempt": attempt})
-        self._remember(coordinates, attempt)
-
-    def _remember(self, coordinates: tuple[str, int, int], failures: int) -> None:
-        """Note that the message at `coordinates` failed `failures` times.
-
-        The Context does not carry the attempt number, so it is counted here. A message whose
-        partition was revoked while it waited for a retry never comes back to clear its entry:
-        the oldest entries go once there are too many.
-        """
-        self.failures.pop(coordinates, None)
-        self.failures[coordinates] = failures
-        if len(self.failures) > _MAX_TRACKED:
-            del self.failures[next(iter(self.failures))]
 
 
 class PeriodicTelemetry:

@@ -111,14 +111,16 @@ class Processor:
                     return False
                 attempt += 1
             try:
-                await self._call(message)
+                await self._call(message, attempt)
             except Exception as failure:
                 exc = failure
             else:
                 return True
 
-    async def _call(self, message: Message) -> None:
-        ctx = Context(self.app, self.spec.name, self.log, self.stopping, message=message)
+    async def _call(self, message: Message, attempt: int = 1) -> None:
+        ctx = Context(
+            self.app, self.spec.name, self.log, self.stopping, message=message, attempt=attempt
+        )
         await call_with_timeout(self.handler, message, ctx, self.spec.timeout)
 
     def _log_deferral(self, message: Message, signal: Defer, *, first: bool) -> None:

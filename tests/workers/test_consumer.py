@@ -597,3 +597,19 @@ async def test_a_message_deferred_at_shutdown_is_left_uncommitted() -> None:
     assert client.report is not None
     assert client.report.clean  # shutdown did not wait out the 60 s delay
     assert client.committed("defer-stop", "orders", 0) in (None, 0)
+
+
+async def test_ctx_attempt_counts_the_attempts_at_a_message() -> None:
+    app = App("attempts")
+    seen: list[int] = []
+
+    @app.consume("orders", retry=Backoff(initial=0.001, maximum=0.002))
+    async def flaky(message: Message, ctx: Context) -> None:
+        seen.append(ctx.attempt)
+        if len(seen) < 3:
+            raise RuntimeError("not yet")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", b"x")
+        await client.drain()
+    assert seen == [1, 2, 3]
