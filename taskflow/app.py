@@ -26,13 +26,18 @@ from taskflow.ratelimit import RateLimit
 from taskflow.ratelimit import rate_limit as parse_rate_limit
 from taskflow.schedule import Schedule, interval
 from taskflow.specs import (
+    DEFAULT_LEASE,
+    DEFAULT_RETENTION,
     ConsumerSpec,
     FunctionWorkerSpec,
+    IdempotencyKey,
     MiddlewareFactory,
+    OnStoreError,
     Ordering,
     RateLimitScope,
     ScheduleSpec,
 )
+from taskflow.stores.base import IdempotencyStore
 from taskflow.types import Worker
 
 if TYPE_CHECKING:
@@ -89,6 +94,9 @@ class App:
         clock: Where periodic tasks read the time; tests pass a `ManualClock`.
         tracer_provider: The OpenTelemetry TracerProvider for spans; default the global one.
         meter_provider: The OpenTelemetry MeterProvider for metrics; default the global one.
+        idempotent: The default of `idempotent=` for every consumer and periodic task.
+        idempotency_store: Where idempotency claims live instead of Redis, e.g.
+            `MemoryIdempotencyStore()` for tests and single-process dev.
 
     Example:
         ```python
@@ -116,6 +124,8 @@ class App:
         clock: Clock | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        idempotent: bool = False,
+        idempotency_store: IdempotencyStore | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -134,6 +144,8 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        self.idempotent = _idempotent(idempotent, False)
+        self.idempotency_store = _idempotency_store(idempotency_store)
         self.state = State()
         self.consumers: list[ConsumerSpec] = []
         self.schedules: list[ScheduleSpec] = []
@@ -190,6 +202,11 @@ class App:
         max_buffered: int = 1000,
         rate_limit: RateLimit | str | None = None,
         rate_limit_scope: RateLimitScope = "local",
+        idempotent: bool | None = None,
+        idempotency_key: IdempotencyKey | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -216,6 +233,17 @@ class App:
                 `RateLimit`; smooth, with backpressure while waiting.
             rate_limit_scope: ``"local"`` (per process) or ``"global"`` (shared by every replica
                 through Redis).
+            idempotent: Run each message's handler to completion at most once, across
+                replicas and redeliveries (default: the App's `idempotent`). Needs Redis or the
+                App's `idempotency_store`.
+            idempotency_key: A function of the Message giving its identity (str or bytes);
+                default the `idempotency-key` header, else ``topic:partition:offset``. Keys are
+                always scoped by the consumer group.
+            idempotency_lease: How long a claim lasts unless renewed (renewed while the handler
+                runs); a message claimed by a worker that died is run again after it.
+            idempotency_retention: How long a done mark is kept (default 7 days).
+            on_store_error: When the store fails: ``"fail"`` (do not run or commit; try again
+                later) or ``"proceed"`` (run without a claim and log it).
 
         Returns:
             The registration.
@@ -224,6 +252,7 @@ class App:
             ConfigurationError: for any invalid option or a handler taskflow cannot call.
         """
         self._check_open()
+        idempotent = _idempotent(idempotent, self.idempotent)
         spec = ConsumerSpec(
             name=self._new_name(handler_name(handler) if name is None else name),
             topics=_topics(topics),
@@ -241,6 +270,12 @@ class App:
             max_buffered=_positive_int("max_buffered", max_buffered),
             rate_limit=None if rate_limit is None else parse_rate_limit(rate_limit),
             rate_limit_scope=_scope(rate_limit_scope, rate_limit),
+            idempotent=idempotent,
+            idempotency_key=_idempotency_key(idempotency_key, idempotent),
+            idempotency_lease=_seconds("idempotency_lease", idempotency_lease),
+            idempotency_retention=_seconds("idempotency_retention", idempotency_retention),
+            idempotency_store=self.idempotency_store,
+            on_store_error=_on_store_error(on_store_error),
         )
         self.consumers.append(spec)
         return spec
@@ -271,6 +306,10 @@ class App:
         jitter: timedelta | float = 0,
         timeout: float | None = None,
         middleware: Sequence[MiddlewareFactory] = (),
+        idempotent: bool | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
     ) -> ScheduleSpec:
         """Register a periodic task.
 
@@ -283,6 +322,12 @@ class App:
                 replicas do not all fire at once; the grid itself never moves.
             timeout: Seconds after which a run is cancelled and logged as failed.
             middleware: Middleware for this task only, inside the app-wide middleware.
+            idempotent: Run each scheduled tick at most once, across replicas (default: the
+                App's `idempotent`); keyed on the task's name and the tick.
+            idempotency_lease: How long a claim on a tick lasts unless renewed.
+            idempotency_retention: How long a done tick is remembered (default 7 days).
+            on_store_error: When the store fails: ``"fail"`` (skip the run, logged as failed)
+                or ``"proceed"`` (run without a claim and log it).
 
         Raises:
             ConfigurationError: for any invalid option or a handler taskflow cannot call.
@@ -301,6 +346,11 @@ class App:
             jitter=_jitter(jitter, schedule),
             timeout=_timeout(timeout),
             middleware=_middleware(middleware),
+            idempotent=_idempotent(idempotent, self.idempotent),
+            idempotency_lease=_seconds("idempotency_lease", idempotency_lease),
+            idempotency_retention=_seconds("idempotency_retention", idempotency_retention),
+            idempotency_store=self.idempotency_store,
+            on_store_error=_on_store_error(on_store_error),
         )
         self.schedules.append(spec)
         return spec
@@ -605,3 +655,49 @@ def _scope(scope: str, limit: RateLimit | str | None) -> RateLimitScope:
     if scope == "global" and limit is None:
         raise ConfigurationError("rate_limit_scope='global' needs a rate_limit= to share")
     return scope  # type: ignore[return-value]
+
+
+def _idempotent(value: bool | None, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"idempotent is True or False, got {value!r}")
+    return value
+
+
+def _idempotency_key(key: IdempotencyKey | None, idempotent: bool) -> IdempotencyKey | None:
+    if key is None:
+        return None
+    if not callable(key):
+        raise ConfigurationError(
+            f"idempotency_key is a function taking the Message and returning its key, got {key!r}"
+        )
+    if not idempotent:
+        raise ConfigurationError("idempotency_key= needs idempotent=True (here or on the App)")
+    return key
+
+
+def _idempotency_store(store: IdempotencyStore | None) -> IdempotencyStore | None:
+    if store is not None and not isinstance(store, IdempotencyStore):
+        raise ConfigurationError(
+            f"idempotency_store needs async claim, complete, release, extend and remaining, "
+            f"as MemoryIdempotencyStore has; got {store!r}"
+        )
+    return store
+
+
+def _seconds(option: str, value: timedelta | float) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds < float("inf")
+    ):
+        raise ConfigurationError(f"{option} must be a positive number of seconds, got {value!r}")
+    return float(seconds)
+
+
+def _on_store_error(value: str) -> OnStoreError:
+    if value not in ("fail", "proceed"):
+        raise ConfigurationError(f"on_store_error is 'fail' or 'proceed', got {value!r}")
+    return value  # type: ignore[return-value]

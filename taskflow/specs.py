@@ -12,13 +12,17 @@ from taskflow.backoff import Backoff
 if TYPE_CHECKING:
     from taskflow.context import Context
     from taskflow.handler import Handler
+    from taskflow.message import Message
     from taskflow.ratelimit import RateLimit
     from taskflow.schedule import Schedule
+    from taskflow.stores.base import IdempotencyStore
 
 __all__ = [
     "ConsumerSpec",
     "FunctionWorkerSpec",
+    "IdempotencyKey",
     "MiddlewareFactory",
+    "OnStoreError",
     "Ordering",
     "RateLimitScope",
     "ScheduleSpec",
@@ -27,6 +31,13 @@ __all__ = [
 Ordering = Literal["partition", "key", "none"]
 RateLimitScope = Literal["local", "global"]
 MiddlewareFactory = Callable[["Handler"], "Handler"]
+OnStoreError = Literal["fail", "proceed"]
+IdempotencyKey = Callable[["Message"], "str | bytes | None"]
+
+DEFAULT_LEASE = 30.0
+"""Seconds an idempotency claim lasts unless renewed; renewed every third of it while running."""
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+"""Seconds a done mark is kept, so a duplicate within that time is skipped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,12 @@ class ConsumerSpec:
     max_buffered: int = 1000
     rate_limit: RateLimit | None = None
     rate_limit_scope: RateLimitScope = "local"
+    idempotent: bool = False
+    idempotency_key: IdempotencyKey | None = None
+    idempotency_lease: float = DEFAULT_LEASE
+    idempotency_retention: float = DEFAULT_RETENTION
+    idempotency_store: IdempotencyStore | None = None
+    on_store_error: OnStoreError = "fail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +80,11 @@ class ScheduleSpec:
     jitter: timedelta = timedelta(0)
     timeout: float | None = None
     middleware: tuple[MiddlewareFactory, ...] = ()
+    idempotent: bool = False
+    idempotency_lease: float = DEFAULT_LEASE
+    idempotency_retention: float = DEFAULT_RETENTION
+    idempotency_store: IdempotencyStore | None = None
+    on_store_error: OnStoreError = "fail"
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,4 +52,14 @@ def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[
                 "configure one with App(redis_url=...), --redis or TASKFLOW_REDIS_URL"
             )
         layers.append(rate_limit_layer(spec, resources))
+    if spec.idempotent:  # innermost: a claim is held only while the handler itself runs
+        from taskflow.middleware.idempotency import idempotency_layer
+
+        if spec.idempotency_store is None and resources.redis is None:
+            raise ConfigurationError(
+                f"{spec.name}: idempotent=True keeps its claims in Redis; configure one with "
+                "App(redis_url=...), --redis or TASKFLOW_REDIS_URL, or pass "
+                "App(idempotency_store=MemoryIdempotencyStore()) for tests and single-process dev"
+            )
+        layers.append(idempotency_layer(spec, resources))
     return layers

@@ -1,0 +1,228 @@
+"""Idempotency stores: the Redis store and the in-process one answer claims the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from taskflow import StoreError
+from taskflow.stores import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    Outcome,
+    RedisIdempotencyStore,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+LEASE = 0.2  # Redis leases run on the server's clock: short, so expiry tests stay quick
+KEY = "taskflow:idem:billing:order-1"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Harness:
+    store: IdempotencyStore
+    expire: Callable[[float], Awaitable[None]]
+    """Let `seconds` pass on the store's clock."""
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    if request.param == "memory":
+        clock = FakeClock()
+
+        async def advance(seconds: float) -> None:
+            clock.now += seconds
+
+        yield Harness(MemoryIdempotencyStore(clock), advance)
+        return
+    client = Redis.from_url(REDIS_URL)
+    await client.flushdb()
+
+    async def wait(seconds: float) -> None:
+        await asyncio.sleep(seconds)  # Redis expires keys on its own clock; nothing to wait on
+
+    try:
+        yield Harness(RedisIdempotencyStore(client), wait)
+    finally:
+        await client.aclose()
+
+
+async def test_a_free_key_is_claimed_and_then_in_progress_for_others(harness: Harness) -> None:
+    store = harness.store
+
+    assert await store.claim(KEY, "a", LEASE) is Outcome.CLAIMED
+    assert await store.claim(KEY, "b", LEASE) is Outcome.IN_PROGRESS
+    assert await store.claim(KEY, "a", LEASE) is Outcome.IN_PROGRESS  # a claim is not re-entrant
+    assert 0 < await store.remaining(KEY) <= LEASE + 1e-9
+
+
+async def test_a_completed_key_is_done_for_everyone_until_its_retention_ends(
+    harness: Harness,
+) -> None:
+    store = harness.store
+    await store.claim(KEY, "a", LEASE)
+
+    assert await store.complete(KEY, "a", retention=3 * LEASE) is True
+    assert await store.claim(KEY, "b", LEASE) is Outcome.DONE
+    assert await store.claim(KEY, "a", LEASE) is Outcome.DONE
+    assert LEASE < await store.remaining(KEY) <= 3 * LEASE + 1e-9
+    await harness.expire(LEASE * 1.5)
+    assert await store.claim(KEY, "b", LEASE) is Outcome.DONE  # past the lease, within retention
+    await harness.expire(LEASE * 2)
+    assert await store.claim(KEY, "b", LEASE) is Outcome.CLAIMED  # retention over: forgotten
+
+
+async def test_a_released_key_can_be_claimed_again_at_once(harness: Harness) -> None:
+    store = harness.store
+    await store.claim(KEY, "a", LEASE)
+
+    assert await store.release(KEY, "a") is True
+    assert await store.remaining(KEY) == 0.0
+    assert await store.claim(KEY, "b", LEASE) is Outcome.CLAIMED
+
+
+async def test_only_the_owner_can_complete_release_or_extend(harness: Harness) -> None:
+    store = harness.store
+    await store.claim(KEY, "a", LEASE)
+
+    assert await store.complete(KEY, "b", 60) is False
+    assert await store.release(KEY, "b") is False
+    assert await store.extend(KEY, "b", 60) is False
+    assert await store.claim(KEY, "c", LEASE) is Outcome.IN_PROGRESS  # a's claim is untouched
+    assert await store.remaining(KEY) <= LEASE + 1e-9
+    assert await store.complete(KEY, "a", 60) is True
+
+
+async def test_an_extended_lease_outlives_the_original(harness: Harness) -> None:
+    store = harness.store
+    await store.claim(KEY, "a", LEASE)
+
+    assert await store.extend(KEY, "a", 4 * LEASE) is True
+    await harness.expire(LEASE * 1.5)
+    assert await store.claim(KEY, "b", LEASE) is Outcome.IN_PROGRESS
+    assert await store.complete(KEY, "a", 60) is True
+
+
+async def test_a_lost_lease_never_touches_the_new_owners_claim(harness: Harness) -> None:
+    store = harness.store
+    await store.claim(KEY, "a", LEASE)
+    await harness.expire(LEASE * 1.5)  # a stalls past its lease
+
+    assert await store.claim(KEY, "b", LEASE * 3) is Outcome.CLAIMED
+    assert await store.extend(KEY, "a", 60) is False
+    assert await store.complete(KEY, "a", 60) is False
+    assert await store.release(KEY, "a") is False
+    assert await store.claim(KEY, "c", LEASE) is Outcome.IN_PROGRESS  # still b's
+    assert await store.complete(KEY, "b", 60) is True
+    assert await store.claim(KEY, "c", LEASE) is Outcome.DONE
+
+
+async def test_a_claim_that_is_never_completed_expires_with_its_lease(harness: Harness) -> None:
+    store = harness.store
+    await store.claim(KEY, "crashed", LEASE)
+    await harness.expire(LEASE * 1.5)
+
+    assert await store.remaining(KEY) == 0.0
+    assert await store.claim(KEY, "next", LEASE) is Outcome.CLAIMED
+
+
+async def test_keys_are_independent(harness: Harness) -> None:
+    store = harness.store
+    await store.claim(KEY, "a", LEASE)
+    await store.complete(KEY, "a", 60)
+
+    assert await store.claim(KEY + "-2", "a", LEASE) is Outcome.CLAIMED
+
+
+async def test_both_stores_satisfy_the_protocol(harness: Harness) -> None:
+    assert isinstance(harness.store, IdempotencyStore)
+
+
+# -- Redis only ------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_keeps_the_owner_then_a_done_mark_with_the_retention_as_expiry() -> None:
+    client = Redis.from_url(REDIS_URL)
+    await client.flushdb()
+    try:
+        store = RedisIdempotencyStore(client)
+        await store.claim(KEY, "host:1:abc:7", 30)
+        assert await client.get(KEY) == b"host:1:abc:7"
+        assert 29_000 < await client.pttl(KEY) <= 30_000
+
+        await store.complete(KEY, "host:1:abc:7", 7 * 24 * 3600)
+        assert await client.get(KEY) == b"done:host:1:abc:7"
+        assert 7 * 24 * 3600 * 1000 - 5000 < await client.pttl(KEY) <= 7 * 24 * 3600 * 1000
+    finally:
+        await client.aclose()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_an_unreachable_redis_raises_store_error_from_every_call() -> None:
+    client = Redis(port=closed_port(), retry=Retry(NoBackoff(), 0))
+    store = RedisIdempotencyStore(client)
+    try:
+        calls = [
+            store.claim(KEY, "a", 1),
+            store.complete(KEY, "a", 1),
+            store.release(KEY, "a"),
+            store.extend(KEY, "a", 1),
+            store.remaining(KEY),
+        ]
+        for call in calls:
+            with pytest.raises(StoreError, match=KEY):
+                await call
+    finally:
+        await client.aclose()
+
+
+# -- memory only -----------------------------------------------------------------------------
+
+
+async def test_the_memory_store_says_once_that_it_is_in_process_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryIdempotencyStore()
+    with caplog.at_level(logging.WARNING, logger="taskflow.idempotency"):
+        await store.claim("k1", "a", 1)
+        await store.claim("k2", "a", 1)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "taskflow.idempotency"]
+    assert len(lines) == 1
+    assert "in-process store" in lines[0]
+    assert "not shared with other processes" in lines[0]
+
+
+async def test_the_memory_store_forgets_expired_keys() -> None:
+    clock = FakeClock()
+    store = MemoryIdempotencyStore(clock)
+    for i in range(1500):
+        await store.claim(f"k{i}", "a", 1)
+    clock.now += 2
+    for i in range(1500, 2000):  # passes a sweep
+        await store.claim(f"k{i}", "a", 1)
+
+    assert len(store) == 500
+    assert len(store._entries) < 1000
