@@ -39,6 +39,7 @@ logger = logging.getLogger("taskflow")
 EXIT_CLEAN = 0
 EXIT_UNCLEAN = 1  # something had to be cancelled, or startup failed
 BROKER_CLOSE_TIMEOUT = 10.0
+REDIS_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
@@ -169,7 +170,11 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
         yield None
         return
     try:
-        client = Redis.from_url(url)
+        # Explicit, so outage behaviour does not change with redis-py's defaults: a hung Redis
+        # fails a call after REDIS_TIMEOUT, and the middleware defers the message.
+        client = Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
     except ValueError as exc:
         raise ConfigurationError(f"malformed Redis URL: {exc}") from None
     try:
