@@ -62,6 +62,11 @@ HEADER = "idempotency-key"
 STORE_RETRY = 1.0
 """Seconds before a message deferred by a store failure is tried again."""
 
+DEFER_POLL = 1.0
+"""The longest a message claimed elsewhere waits before asking again: a holder that finishes
+early hands over within this, not at the end of its lease."""
+
+_MAX_UNANSWERED = 10_000
 _MIN_DEFER = 0.01  # a claim about to expire: look again almost at once, without spinning
 # Owner tokens: unique per claim across replicas and restarts, and readable in Redis.
 _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -172,13 +177,22 @@ class Idempotency:
         self.name = name
         self.runs = self.skipped = self.deferred = self.unguarded = self.lost = 0
         self.failing = False
+        self._unanswered: dict[str, str] = {}  # key -> the owner of a claim that got no answer
+
+    def _remember_unanswered(self, key: str, owner: str) -> None:
+        self._unanswered[key] = owner
+        if len(self._unanswered) > _MAX_UNANSWERED:  # keys of revoked partitions never return
+            del self._unanswered[next(iter(self._unanswered))]
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         key = self.key_for(job)
-        owner = new_owner()
+        # After a failed claim, try again as the same owner: the claim may have reached Redis
+        # even though its answer did not, and then only that owner can take it back.
+        owner = self._unanswered.pop(key, None) or new_owner()
         try:
             outcome = await self.store.claim(key, owner, self.lease)
         except StoreError as exc:
+            self._remember_unanswered(key, owner)
             await self._without_store(job, ctx, exc)
             return
         self._store_answers()
@@ -261,7 +275,7 @@ class Idempotency:
             left = await self.store.remaining(key)
         except StoreError:
             return self.lease
-        return max(_MIN_DEFER, min(left, self.lease))
+        return max(_MIN_DEFER, min(left, self.lease, DEFER_POLL))
 
     async def _without_store(self, job: Job, ctx: Context, exc: StoreError) -> None:
         """The claim failed: run unguarded ("proceed"), or do not run at all ("fail")."""

@@ -58,7 +58,7 @@ class MemoryIdempotencyStore:
         if self._claims % _SWEEP_EVERY == 0:
             self._sweep()
         value = self._value(key)
-        if value is None:
+        if value is None or value == owner:  # free, or our own earlier claim
             self._entries[key] = (owner, self.clock() + lease)
             return Outcome.CLAIMED
         return Outcome.DONE if value.startswith(_DONE) else Outcome.IN_PROGRESS

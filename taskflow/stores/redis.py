@@ -84,7 +84,10 @@ class RedisIdempotencyStore:
         return f"RedisIdempotencyStore({self.client!r})"
 
     async def claim(self, key: str, owner: str, lease: float) -> Outcome:
-        """Claim `key` for `owner` for `lease` seconds, unless it is done or claimed."""
+        """Claim `key` for `owner` for `lease` seconds, unless it is done or claimed by another.
+
+        A key already claimed by `owner` itself counts as claimed (and its lease is renewed).
+        """
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.set(key, owner, nx=True, px=_ms(lease))
@@ -94,8 +97,14 @@ class RedisIdempotencyStore:
             raise StoreError(f"claiming {key} failed: {exc}") from exc
         if claimed:
             return Outcome.CLAIMED
-        if _text(value).startswith(DONE_PREFIX):
+        text = _text(value)
+        if text.startswith(DONE_PREFIX):
             return Outcome.DONE
+        if text == owner:
+            # Our own earlier claim, which timed out on the way back yet landed: it is still ours.
+            if not await self.extend(key, owner, lease):
+                return Outcome.IN_PROGRESS
+            return Outcome.CLAIMED
         return Outcome.IN_PROGRESS
 
     async def complete(self, key: str, owner: str, retention: float) -> bool:

@@ -121,20 +121,7 @@ async def wait_for_commits(bootstrap: str, topic: str, ends: dict[int, int]) -> 
         raise AssertionError(f"committed {committed}, expected {ends}") from None
 
 
-@pytest.mark.parametrize(
-    "outage",
-    [
-        "killed",
-        pytest.param(
-            "hung",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a claim that timed out lands when Redis wakes and holds its message for a "
-                "lease (bug: Idempotency makes a new owner per attempt)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("outage", ["killed", "hung"])
 async def test_redis_down_for_10_s_loses_nothing_and_the_app_resumes_by_itself(
     outage: str, redis_server: RedisServer, bootstrap: str, unique: str, tmp_path: Path
 ) -> None:

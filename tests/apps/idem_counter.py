@@ -1,0 +1,74 @@
+"""A consumer whose side effect is a Redis counter per message id, for the idempotency crash tests.
+
+The message's value is its id (and, with ``IDEM_IDEMPOTENT=1``, its idempotency key). For each
+message the handler, on the Redis of ``TASKFLOW_REDIS_URL``:
+
+1. appends ``<pid> <id>`` to the list ``{prefix}started`` (so a test can count handlers running at
+   a kill);
+2. sleeps a random 0..``IDEM_DELAY_MS`` ms (at least ``IDEM_MIN_DELAY_MS``);
+3. in one MULTI, increments the field ``<id>`` of the hash ``{prefix}counts`` (the side effect) and
+   appends ``<pid> <id>`` to the list ``{prefix}finished``.
+
+Configured by environment variables:
+
+- ``IDEM_TOPIC``, ``IDEM_GROUP``: the topic and the consumer group;
+- ``IDEM_PREFIX``: the prefix of the Redis keys above (default empty);
+- ``IDEM_IDEMPOTENT``: ``1`` to switch idempotency on, keyed on the value (default ``1``);
+- ``IDEM_LEASE``: the idempotency lease in seconds (default 30);
+- ``IDEM_ORDERING`` / ``IDEM_CONCURRENCY``: the ordering mode and its concurrency;
+- ``IDEM_DELAY_MS`` / ``IDEM_MIN_DELAY_MS``: the handler's random sleep (default 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+from redis.asyncio import Redis
+
+from taskflow import App, Message
+
+app = App("idem-counter")
+
+_prefix = os.environ.get("IDEM_PREFIX", "")
+_delay_ms = int(os.environ.get("IDEM_DELAY_MS", "0"))
+_min_delay_ms = int(os.environ.get("IDEM_MIN_DELAY_MS", "0"))
+_idempotent = os.environ.get("IDEM_IDEMPOTENT", "1") == "1"
+_options: dict[str, Any] = {
+    "group": os.environ["IDEM_GROUP"],
+    "ordering": os.environ.get("IDEM_ORDERING", "partition"),
+    "idempotent": _idempotent,
+}
+if _idempotent:
+    _options["idempotency_key"] = lambda message: message.value
+    _options["idempotency_lease"] = float(os.environ.get("IDEM_LEASE", "30"))
+if "IDEM_CONCURRENCY" in os.environ:
+    _options["concurrency"] = int(os.environ["IDEM_CONCURRENCY"])
+
+_redis: Redis | None = None
+
+
+def redis() -> Redis:
+    """The handler's own client, made on first use inside the app's event loop."""
+    global _redis
+    if _redis is None:
+        _redis = Redis.from_url(os.environ["TASKFLOW_REDIS_URL"])
+    return _redis
+
+
+async def count(message: Message) -> None:
+    ident = message.value.decode()
+    mark = f"{os.getpid()} {ident}"
+    client = redis()
+    await client.rpush(f"{_prefix}started", mark)
+    if _delay_ms:
+        await asyncio.sleep(random.uniform(_min_delay_ms, _delay_ms) / 1000)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hincrby(f"{_prefix}counts", ident, 1)
+        pipe.rpush(f"{_prefix}finished", mark)
+        await pipe.execute()
+
+
+app.add_consumer(count, os.environ["IDEM_TOPIC"], name="on_event", **_options)
