@@ -1,8 +1,25 @@
-"""Shared test set-up: asyncio debug mode for every loop the tests create."""
+"""Shared test set-up: asyncio debug mode for every loop, and the tests' own Redis database."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from tests._redis import REDIS_URL
 
 # Read when each event loop is created: slow callbacks and never-awaited coroutines get reported.
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A client of the tests' Redis database, flushed before the test."""
+    client = Redis.from_url(REDIS_URL)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()

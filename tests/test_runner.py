@@ -8,8 +8,7 @@ import pytest
 
 from taskflow import App, ConfigurationError, StoreError
 from taskflow.runner import running
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
+from tests._redis import REDIS_URL
 
 
 def closed_port() -> int:

@@ -20,7 +20,6 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -28,28 +27,17 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from tests._process import AppProcess
+from tests._redis import REDIS_URL
 from tests._tansu import committed_offsets
 
 pytestmark = pytest.mark.redis
 
 COUNTER = "tests.apps.idem_counter:app"
-REDIS_URL = "redis://127.0.0.1:6379/15"
 APP_CLIENT = "idem-counter"  # the Redis client name of every connection the app makes
 PARTITIONS = 4
 MESSAGES = 20_000
 KILLS = 5
 LEASE = 3.0  # short, so a message held by a killed app's claim is taken over soon after a restart
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    """Database 15, flushed before the test."""
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

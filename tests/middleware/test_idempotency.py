@@ -21,20 +21,9 @@ from taskflow.middleware.idempotency import Idempotency
 from taskflow.stores import MemoryIdempotencyStore, Outcome, RedisIdempotencyStore
 from taskflow.testing import ManualClock, TestClient
 from taskflow.workers import ConsumerWorker
+from tests._redis import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 FAST = Backoff(initial=0.01, maximum=0.01, jitter=0)
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    """Database 15, flushed before the test."""
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def recording_app(

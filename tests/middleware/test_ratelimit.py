@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,20 +29,9 @@ from taskflow.middleware.ratelimit import (
 from taskflow.testing import TestClient
 from taskflow.workers import ConsumerWorker
 from tests._process import AppProcess, count_lines, wait_until
+from tests._redis import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 RATE = 50
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    """Database 15, flushed before the test."""
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def recording_app(name: str, **options: object) -> tuple[App, list[tuple[float, int]]]:

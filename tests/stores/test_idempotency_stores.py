@@ -20,8 +20,8 @@ from taskflow.stores import (
     Outcome,
     RedisIdempotencyStore,
 )
+from tests._redis import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 LEASE = 0.2  # Redis leases run on the server's clock: short, so expiry tests stay quick
 KEY = "taskflow:idem:billing:order-1"
 
