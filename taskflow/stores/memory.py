@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from taskflow.stores.base import Outcome
+from taskflow.stores.base import Claim, Outcome
 
 __all__ = ["MemoryIdempotencyStore"]
 
@@ -88,6 +88,18 @@ class MemoryIdempotencyStore:
         """Seconds left before `key`'s claim or done mark expires; 0.0 when there is none."""
         entry = self._entries.get(key)
         return max(0.0, entry[1] - self.clock()) if entry else 0.0
+
+    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[Outcome]:
+        """`claim` each of `keys` for `owner`; the outcomes in key order."""
+        return [await self.claim(key, owner, lease) for key in keys]
+
+    async def complete_many(self, claims: Sequence[Claim], retention: float) -> list[bool]:
+        """`complete` each (key, owner) claim; False where it was lost."""
+        return [await self.complete(key, owner, retention) for key, owner in claims]
+
+    async def release_many(self, claims: Sequence[Claim]) -> list[bool]:
+        """`release` each (key, owner) claim; False where it was not theirs."""
+        return [await self.release(key, owner) for key, owner in claims]
 
     def _sweep(self) -> None:
         now = self.clock()

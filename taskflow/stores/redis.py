@@ -5,21 +5,30 @@ once completed (with the retention as its expiry). `claim` is ``SET key owner NX
 ``GET`` in one MULTI, so it is one round trip and tells a done mark from a live claim atomically.
 `complete`, `release` and `extend` are one Lua script each that first checks the key still holds
 the caller's token, so a worker whose lease ran out never overwrites the next owner's claim.
+The `*_many` forms send the same commands for many keys in one pipeline: one round trip.
+
+`complete_with` writes a handler's own Redis effects together with the done mark: ``WATCH key``,
+check the key still holds the owner's token, then ``MULTI``, the effects, the done mark,
+``EXEC``. If the claim changed hands in between, EXEC applies nothing.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from taskflow.exceptions import StoreError
 from taskflow.stores.base import Outcome
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
     from redis.commands.core import AsyncScript
+
+    from taskflow.stores.base import Claim
 
 __all__ = ["DONE_PREFIX", "RedisIdempotencyStore"]
 
@@ -83,6 +92,17 @@ class RedisIdempotencyStore:
     def __repr__(self) -> str:
         return f"RedisIdempotencyStore({self.client!r})"
 
+    async def ping(self) -> None:
+        """Check that Redis answers; the app calls this before any worker starts.
+
+        Raises:
+            StoreError: when it does not.
+        """
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            raise StoreError(f"the idempotency store's Redis does not answer: {exc}") from exc
+
     async def claim(self, key: str, owner: str, lease: float) -> Outcome:
         """Claim `key` for `owner` for `lease` seconds, unless it is done or claimed by another.
 
@@ -95,17 +115,69 @@ class RedisIdempotencyStore:
                 claimed, value = await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"claiming {key} failed: {exc}") from exc
-        if claimed:
-            return Outcome.CLAIMED
-        text = _text(value)
-        if text.startswith(DONE_PREFIX):
-            return Outcome.DONE
-        if text == owner:
+        outcome = _outcome(claimed, value, owner)
+        if outcome is _OWN:
             # Our own earlier claim, which timed out on the way back yet landed: it is still ours.
-            if not await self.extend(key, owner, lease):
-                return Outcome.IN_PROGRESS
-            return Outcome.CLAIMED
-        return Outcome.IN_PROGRESS
+            return Outcome.CLAIMED if await self.extend(key, owner, lease) else Outcome.IN_PROGRESS
+        return outcome
+
+    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[Outcome]:
+        """`claim` each of `keys` for `owner`, in one round trip; the outcomes in key order."""
+        if not keys:
+            return []
+        px = _ms(lease)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for key in keys:  # by hand: redis-py's set() checks its options on every call
+                    pipe.execute_command("SET", key, owner, "NX", "PX", px)
+                    pipe.execute_command("GET", key)
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"claiming {len(keys)} key(s) failed: {exc}") from exc
+        outcomes = [_outcome(c, v, owner) for c, v in zip(replies[::2], replies[1::2], strict=True)]
+        own = [key for key, outcome in zip(keys, outcomes, strict=True) if outcome is _OWN]
+        if own:  # rare: a batch claimed again after its answer was lost
+            kept = {key for key in own if await self.extend(key, owner, lease)}
+            outcomes = [
+                (Outcome.CLAIMED if key in kept else Outcome.IN_PROGRESS) if o is _OWN else o
+                for key, o in zip(keys, outcomes, strict=True)
+            ]
+        return outcomes
+
+    async def complete_many(self, claims: Sequence[Claim], retention: float) -> list[bool]:
+        """`complete` each (key, owner) claim, in one round trip; False where it was lost."""
+        return await self._run_many(self._complete, "completing", claims, _ms(retention))
+
+    async def release_many(self, claims: Sequence[Claim]) -> list[bool]:
+        """`release` each (key, owner) claim, in one round trip; False where it was not theirs."""
+        return await self._run_many(self._release, "releasing", claims)
+
+    def transaction(self) -> Pipeline:
+        """A fresh pipeline for a handler's effects; `complete_with` executes it."""
+        return self.client.pipeline(transaction=True)
+
+    async def complete_with(
+        self, key: str, owner: str, retention: float, effects: Pipeline
+    ) -> bool:
+        """Apply `effects` and mark `owner`'s claim done, atomically; False (nothing applied)
+        when the claim was lost."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                if _text(await pipe.get(key)) != owner:
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]
+                for args, options in effects.command_stack:
+                    pipe.execute_command(*args, **options)
+                pipe.set(key, DONE_PREFIX + owner, px=_ms(retention))
+                await pipe.execute()
+        except WatchError:
+            return False  # the key changed after the check: the lease ran out meanwhile
+        except RedisError as exc:
+            raise StoreError(f"completing {key} with its effects failed: {exc}") from exc
+        finally:
+            await effects.reset()  # type: ignore[no-untyped-call]
+        return True
 
     async def complete(self, key: str, owner: str, retention: float) -> bool:
         """Mark `owner`'s claim done for `retention` seconds; False when the claim was lost."""
@@ -133,6 +205,44 @@ class RedisIdempotencyStore:
         except RedisError as exc:
             raise StoreError(f"{doing} {key} failed: {exc}") from exc
         return bool(result)
+
+    async def _run_many(
+        self, script: AsyncScript, doing: str, claims: Sequence[Claim], *args: str | int
+    ) -> list[bool]:
+        if not claims:
+            return []
+        try:
+            try:
+                return await self._evalsha_many(script, claims, args)
+            except NoScriptError:  # Redis restarted, or its scripts were flushed: load it again
+                await self.client.script_load(script.script)
+                return await self._evalsha_many(script, claims, args)
+        except RedisError as exc:
+            raise StoreError(f"{doing} {len(claims)} key(s) failed: {exc}") from exc
+
+    async def _evalsha_many(
+        self, script: AsyncScript, claims: Sequence[Claim], args: tuple[str | int, ...]
+    ) -> list[bool]:
+        # EVALSHA queued by hand: a script object on a pipeline costs a SCRIPT EXISTS round
+        # trip per batch, and this path runs once per batch of done marks.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, owner in claims:
+                pipe.execute_command("EVALSHA", script.sha, 1, key, owner, *args)
+            results = await pipe.execute()
+        return [bool(result) for result in results]
+
+
+_OWN: Any = object()  # a claim found holding the claimer's own token: see `claim`
+
+
+def _outcome(claimed: object, value: bytes | str | None, owner: str) -> Outcome:
+    """What ``SET NX`` and the ``GET`` after it found (or `_OWN`)."""
+    if claimed:
+        return Outcome.CLAIMED
+    text = _text(value)
+    if text.startswith(DONE_PREFIX):
+        return Outcome.DONE
+    return _OWN if text == owner else Outcome.IN_PROGRESS
 
 
 def _text(value: bytes | str | None) -> str:

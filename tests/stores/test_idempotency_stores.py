@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -200,9 +201,18 @@ async def test_an_unreachable_redis_raises_store_error_from_every_call() -> None
             store.release(KEY, "a"),
             store.extend(KEY, "a", 1),
             store.remaining(KEY),
+            store.complete_with(KEY, "a", 1, store.transaction()),
         ]
         for call in calls:
             with pytest.raises(StoreError, match=KEY):
+                await call
+        batches = [
+            store.claim_many([KEY], "a", 1),
+            store.complete_many([(KEY, "a")], 1),
+            store.release_many([(KEY, "a")]),
+        ]
+        for call in batches:
+            with pytest.raises(StoreError, match=r"1 key\(s\) failed"):
                 await call
     finally:
         await client.aclose()
@@ -236,3 +246,117 @@ async def test_the_memory_store_forgets_expired_keys() -> None:
 
     assert len(store) == 500
     assert len(store._entries) < 1000
+
+
+async def test_a_batch_claim_answers_each_key_as_a_single_claim_would(harness: Harness) -> None:
+    store = harness.store
+    await store.claim("done", "x", LEASE)
+    await store.complete("done", "x", 60)
+    await store.claim("held", "y", LEASE)
+
+    outcomes = await store.claim_many(["free", "done", "held"], "a", LEASE)
+
+    assert outcomes == [Outcome.CLAIMED, Outcome.DONE, Outcome.IN_PROGRESS]
+    assert await store.claim("free", "b", LEASE) is Outcome.IN_PROGRESS  # now a's
+    assert await store.claim_many([], "a", LEASE) == []
+
+
+async def test_a_batch_claimed_again_by_its_owner_after_a_lost_answer_is_still_its_own(
+    harness: Harness,
+) -> None:
+    store = harness.store
+    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [Outcome.CLAIMED] * 2
+
+    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [Outcome.CLAIMED] * 2
+    assert await store.claim_many(["k1"], "b", LEASE) == [Outcome.IN_PROGRESS]
+
+
+async def test_batch_completions_and_releases_are_owner_checked_per_key(harness: Harness) -> None:
+    store = harness.store
+    await store.claim_many(["k1", "k2", "k3"], "a", LEASE)
+
+    assert await store.complete_many([("k1", "a"), ("k2", "b")], 60) == [True, False]
+    assert await store.release_many([("k2", "b"), ("k3", "a")]) == [False, True]
+    assert await store.claim_many(["k1", "k2", "k3"], "c", LEASE) == [
+        Outcome.DONE,
+        Outcome.IN_PROGRESS,  # still a's: b could neither complete nor release it
+        Outcome.CLAIMED,
+    ]
+    assert await store.complete_many([], 60) == []
+    assert await store.release_many([]) == []
+
+
+# -- effects written with the done mark (Redis only) -----------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis: Redis) -> RedisIdempotencyStore:
+    return RedisIdempotencyStore(redis)
+
+
+@pytest.mark.redis
+async def test_effects_land_with_the_done_mark(
+    redis: Redis, redis_store: RedisIdempotencyStore
+) -> None:
+    await redis_store.claim(KEY, "a", 5)
+    effects = redis_store.transaction()
+    effects.incr("effect:count")
+    effects.hset("effect:hash", "field", "value")
+
+    assert await redis_store.complete_with(KEY, "a", 60, effects) is True
+    assert await redis.get("effect:count") == b"1"
+    assert await redis.hget("effect:hash", "field") == b"value"
+    assert await redis.get(KEY) == b"done:a"
+
+
+@pytest.mark.redis
+async def test_effects_of_a_lost_claim_are_dropped(
+    redis: Redis, redis_store: RedisIdempotencyStore
+) -> None:
+    await redis_store.claim(KEY, "a", LEASE)
+    await asyncio.sleep(LEASE * 1.5)  # a stalls past its lease, and b takes the key over
+    assert await redis_store.claim(KEY, "b", 5) is Outcome.CLAIMED
+    effects = redis_store.transaction()
+    effects.incr("effect:count")
+
+    assert await redis_store.complete_with(KEY, "a", 60, effects) is False
+    assert await redis.get("effect:count") is None
+    assert await redis.get(KEY) == b"b"  # b's claim untouched
+
+
+@pytest.mark.redis
+async def test_effects_are_dropped_when_the_key_changes_between_check_and_write(
+    redis: Redis, redis_store: RedisIdempotencyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The WATCH: the key passes the owner check, then changes before EXEC (here, another client
+    # takes it over in that gap), and EXEC must apply nothing.
+    await redis_store.claim(KEY, "a", 5)
+    other = Redis.from_url(REDIS_URL)
+    effects = redis_store.transaction()
+    effects.incr("effect:count")
+    real_get = Pipeline.get
+
+    async def get_then_interfere(self: Pipeline, name: str) -> object:
+        value = await real_get(self, name)
+        await other.set(KEY, "b", px=5000)
+        return value
+
+    monkeypatch.setattr(Pipeline, "get", get_then_interfere)
+    try:
+        assert await redis_store.complete_with(KEY, "a", 60, effects) is False
+    finally:
+        monkeypatch.undo()
+        await other.aclose()
+    assert await redis.get("effect:count") is None
+    assert await redis.get(KEY) == b"b"
+
+
+@pytest.mark.redis
+async def test_batch_writes_still_work_after_redis_forgets_its_scripts(
+    redis: Redis, redis_store: RedisIdempotencyStore
+) -> None:
+    await redis_store.claim_many(["k1", "k2"], "a", 5)
+    await redis.script_flush()  # as after a Redis restart
+
+    assert await redis_store.complete_many([("k1", "a"), ("k2", "b")], 60) == [True, False]
+    assert await redis.get("k1") == b"done:a"
