@@ -17,6 +17,7 @@ __all__ = [
     "Broker",
     "Consumer",
     "ConsumerOptions",
+    "FetchPosition",
     "PartitionFacts",
     "RebalanceListener",
 ]
@@ -58,6 +59,16 @@ class PartitionFacts:
         return max(self.high_watermark - self.committed, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class FetchPosition:
+    """Where a consumer is in one assigned partition, as it knows without asking the broker."""
+
+    position: int | None
+    """The offset of the next record it will hand out; None until known."""
+    high_watermark: int | None
+    """The offset the next record written to the partition will get, as of the last fetch."""
+
+
 class Consumer(Protocol):
     """One member of a consumer group, subscribed to some topics."""
 
@@ -94,6 +105,14 @@ class Consumer(Protocol):
 
     async def facts(self) -> dict[TopicPartition, PartitionFacts]:
         """Committed offset and high watermark of each assigned partition."""
+        ...
+
+    def positions(self) -> dict[TopicPartition, FetchPosition]:
+        """Fetch position and last known high watermark of each assigned partition.
+
+        Local knowledge only, never a request: cheap enough for every metrics collection, which
+        may call it from another thread.
+        """
         ...
 
 

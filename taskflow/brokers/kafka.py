@@ -29,7 +29,12 @@ from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from taskflow.brokers.base import ConsumerOptions, PartitionFacts, RebalanceListener
+from taskflow.brokers.base import (
+    ConsumerOptions,
+    FetchPosition,
+    PartitionFacts,
+    RebalanceListener,
+)
 from taskflow.exceptions import BrokerError, CommitError, ConfigurationError, PublishError
 from taskflow.message import Headers, Message, TopicPartition
 
@@ -438,6 +443,23 @@ class KafkaConsumer:
             if tp in still
         }
 
+    def positions(self) -> dict[TopicPartition, FetchPosition]:
+        """Read from the partition states aiokafka's fetcher keeps (what `highwater()` reads).
+
+        Its public `position()` is a coroutine that may wait for the broker, so the states are
+        read directly; a rebalance that replaces them meanwhile gives an empty answer.
+        """
+        try:
+            assignment = self._client._subscription.subscription.assignment
+            states = [(tp, assignment.state_value(tp)) for tp in assignment.tps]
+        except (AttributeError, BrokerError):  # not started, or no assignment right now
+            return {}
+        return {
+            TopicPartition(*tp): FetchPosition(_position(state), state.highwater)
+            for tp, state in states
+            if state is not None
+        }
+
     @staticmethod
     async def _committed(client: AIOKafkaConsumer, tp: KafkaTopicPartition) -> int | None:
         # aiokafka's committed() retries for as long as the broker is unreachable.
@@ -447,6 +469,13 @@ class KafkaConsumer:
         except (KafkaError, TimeoutError):
             return None
         return offset
+
+
+def _position(state: Any) -> int | None:
+    try:
+        return int(state.position) if state.has_valid_position else None
+    except AssertionError:  # reset between the two reads
+        return None
 
 
 _new_tuple = tuple.__new__

@@ -21,7 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiokafka.partitioner import murmur2
 
-from taskflow.brokers.base import ConsumerOptions, PartitionFacts, RebalanceListener
+from taskflow.brokers.base import (
+    ConsumerOptions,
+    FetchPosition,
+    PartitionFacts,
+    RebalanceListener,
+)
 from taskflow.exceptions import CommitError, ConfigurationError, StateError
 from taskflow.message import Headers, Message, TopicPartition
 
@@ -313,6 +318,12 @@ class MemoryConsumer:
         return {
             tp: PartitionFacts(self.group.committed.get(tp), self.broker.end_offset(tp))
             for tp in self._assigned
+        }
+
+    def positions(self) -> dict[TopicPartition, FetchPosition]:
+        return {
+            tp: FetchPosition(position, self.broker.end_offset(tp))
+            for tp, position in self._positions.copy().items()
         }
 
     async def revoke_all(self) -> None:

@@ -17,16 +17,44 @@ app = App("billing", middleware=[Middleware(Timing)])
 
 The stack is built once, when the app starts: app-wide middleware outermost, in the order given,
 then the registration's own, then the handler.
+
+A middleware of a consumer may also be `BatchAware`: it then sees each fetched batch before any
+of its messages runs, so per-message work against a remote store can go out in one round trip
+(the idempotency middleware claims a whole batch at once this way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from taskflow.handler import Handler
 
-__all__ = ["Middleware", "build_stack"]
+if TYPE_CHECKING:
+    from taskflow.message import Message, TopicPartition
+
+__all__ = ["BatchAware", "Middleware", "build_stack"]
+
+
+@runtime_checkable
+class BatchAware(Protocol):
+    """A consumer middleware that also sees fetched batches, partitions leaving, and the commit.
+
+    The consumer calls these from its fetch loop and its rebalance and shutdown steps; none of
+    them may raise for a store failure (the per-message path must still work without them).
+    """
+
+    async def prefetch(self, messages: Sequence[Message]) -> None:
+        """Called with each fetched batch (all partitions), before any of its messages runs."""
+        ...
+
+    async def flush(self) -> None:
+        """Called before partitions are committed on revoke and stop: finish deferred writes."""
+        ...
+
+    async def discard(self, partitions: Collection[TopicPartition]) -> None:
+        """Called when partitions leave this consumer: drop what `prefetch` holds for them."""
+        ...
 
 
 class Middleware:
@@ -56,8 +84,20 @@ class Middleware:
         return f"Middleware({', '.join([name, *options])})"
 
 
-def build_stack(handler: Handler, layers: Iterable[Callable[[Handler], Handler]]) -> Handler:
-    """Wrap `handler` so that the first of `layers` is the outermost."""
+def build_stack(
+    handler: Handler,
+    layers: Iterable[Callable[[Handler], Handler]],
+    batch_aware: list[BatchAware] | None = None,
+) -> Handler:
+    """Wrap `handler` so that the first of `layers` is the outermost.
+
+    Args:
+        handler: The innermost handler.
+        layers: Middleware factories, outermost first.
+        batch_aware: When given, every built layer that is `BatchAware` is appended to it.
+    """
     for layer in reversed(list(layers)):
         handler = layer(handler)
+        if batch_aware is not None and isinstance(handler, BatchAware):
+            batch_aware.append(handler)
     return handler

@@ -1,8 +1,8 @@
 """The built-in middleware a registration switches on, in their documented order.
 
-From the outside in: app-wide middleware, then the built-ins below, then the registration's own
-middleware, then the handler. Built-ins get what they need (a Redis client, providers) from
-`Resources`, never from the app or a worker.
+From the outside in: app-wide middleware, then the built-ins below (telemetry, rate limit,
+idempotency, timeout), then the registration's own middleware, then the handler. Built-ins get
+what they need (a Redis client, providers) from `Resources`, never from the app or a worker.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskflow.exceptions import ConfigurationError
+from taskflow.middleware import Middleware
 from taskflow.specs import ConsumerSpec
 
 if TYPE_CHECKING:
@@ -62,4 +63,9 @@ def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[
                 "App(idempotency_store=MemoryIdempotencyStore()) for tests and single-process dev"
             )
         layers.append(idempotency_layer(spec, resources))
+    if isinstance(spec, ConsumerSpec) and spec.timeout is not None:
+        # Innermost: it times the handler (and the registration's middleware), not the waits.
+        from taskflow.middleware.timeout import Timeout
+
+        layers.append(Middleware(Timeout, seconds=spec.timeout))
     return layers

@@ -8,7 +8,10 @@ a handler stack keeps its fast path (`taskflow.handler.ignores_ctx`).
 
 Per consumed message, one `process {topic}` span of kind CONSUMER, parented on the producer's
 context from the message's W3C `traceparent` header; per periodic run, one `run {task}` span of
-kind INTERNAL. See docs/observability.md for every attribute and metric.
+kind INTERNAL; per `App.publish`, one `send {topic}` span of kind PRODUCER whose context the
+message carries. What the error policy does after a failed attempt is the policy's own decision
+(`taskflow.policy`), recorded as a span event. See docs/observability.md for every attribute and
+metric; the metrics read from the workers' own counts are in `taskflow.workers.instruments`.
 """
 
 from __future__ import annotations
@@ -24,25 +27,31 @@ from opentelemetry.metrics._internal import _ProxyMeterProvider
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from taskflow.exceptions import Defer, Reject
+from taskflow.exceptions import Defer
 from taskflow.middleware import Middleware
+from taskflow.policy import DEFER, RETRY, SKIP, Decision, ErrorPolicy
 from taskflow.specs import ConsumerSpec
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Counter, Histogram, Meter
+    from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
     from opentelemetry.trace import Span, Tracer
 
+    from taskflow.brokers.base import Broker
     from taskflow.context import Context, Tick
     from taskflow.handler import Handler, Job
-    from taskflow.message import Headers, Message
+    from taskflow.message import Headers, Message, TopicPartition
     from taskflow.middleware.builtin import Resources
     from taskflow.specs import MiddlewareFactory, ScheduleSpec
 
 __all__ = [
     "ConsumerTelemetry",
     "PeriodicTelemetry",
+    "error_type",
+    "meter_provider",
+    "publish_tracer",
     "telemetry_enabled",
     "telemetry_layer",
+    "traced_publish",
     "with_trace_context",
 ]
 
@@ -71,6 +80,23 @@ def telemetry_enabled(resources: Resources) -> bool:
         resources.meter_provider or metrics.get_meter_provider(),
     )
     return any(not isinstance(provider, _NO_PROVIDER) for provider in providers)
+
+
+def meter_provider(resources: Resources) -> MeterProvider | None:
+    """The real meter provider in effect (the App's, else the global one), or None."""
+    provider = resources.meter_provider or metrics.get_meter_provider()
+    return None if isinstance(provider, _NO_PROVIDER) else cast("MeterProvider", provider)
+
+
+def publish_tracer(tracer_provider: Any) -> Tracer | None:
+    """The tracer of `send` spans: `tracer_provider`'s, else the global provider's.
+
+    None when that provider is the API's proxy or no-op: then `App.publish` opens no span.
+    """
+    provider = tracer_provider or trace.get_tracer_provider()
+    if isinstance(provider, _NO_PROVIDER):
+        return None
+    return cast("Tracer", provider.get_tracer(SCOPE))
 
 
 def telemetry_layer(
@@ -118,9 +144,61 @@ class _HeaderGetter(Getter["Headers"]):
 _GETTER: Final = _HeaderGetter()
 
 
-def error_type(exc: BaseException) -> str:
-    """The `error.type` of an exception: its class, qualified unless it is a builtin."""
-    kind = type(exc)
+async def traced_publish(
+    tracer: Tracer, broker: Broker, topic: str, value: bytes, *, key: bytes | None, headers: Headers
+) -> tuple[TopicPartition, int]:
+    """Publish through `broker` inside a `send {topic}` span of kind PRODUCER.
+
+    The span is a child of the current one (or starts a trace), and the message's headers carry
+    its context, so the consumer's `process` span becomes its child; a `traceparent` the caller
+    put in `headers` is kept.
+    """
+    with tracer.start_as_current_span(
+        f"send {topic}",
+        kind=SpanKind.PRODUCER,
+        attributes=_send_attributes(topic, value, key, headers),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            tp, offset = await broker.publish(
+                topic, value, key=key, headers=with_trace_context(headers)
+            )
+        except BaseException as exc:
+            _fail(span, exc, error_type(exc))
+            raise
+        span.set_attribute("messaging.destination.partition.id", str(tp.partition))
+        span.set_attribute("messaging.kafka.offset", offset)
+        return tp, offset
+
+
+def _send_attributes(
+    topic: str, value: bytes, key: bytes | None, headers: Headers
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        "messaging.message.body.size": len(value),
+    }
+    _add_text(attributes, "messaging.kafka.message.key", key)
+    for name, header in headers:
+        if name == MESSAGE_ID_HEADER:
+            _add_text(attributes, "messaging.message.id", header)
+    return attributes
+
+
+def _add_text(attributes: dict[str, Any], name: str, value: bytes | None) -> None:
+    """Set `name` to `value` decoded, when it is UTF-8 text (binary values are left out)."""
+    if value is not None:
+        with contextlib.suppress(UnicodeDecodeError):
+            attributes[name] = value.decode("utf-8")
+
+
+def error_type(exc: BaseException | type[BaseException]) -> str:
+    """The `error.type` of an exception (or its class): the class, qualified unless a builtin."""
+    kind = exc if isinstance(exc, type) else type(exc)
     if kind is asyncio.CancelledError:
         return "asyncio.CancelledError"
     if kind.__module__ == "builtins":
@@ -141,17 +219,15 @@ class ConsumerTelemetry:
         app: The next handler.
         tracer: Where spans go.
         meter: Where the metrics go.
-        spec: The consumer's registration: its group and error policy, to say in the span what
-            happens after a failed attempt.
+        spec: The consumer's registration: its group, and its error policy, whose decision
+            after a failed attempt the span records.
     """
 
     def __init__(self, app: Handler, *, tracer: Tracer, meter: Meter, spec: ConsumerSpec) -> None:
         self.app = app
         self.tracer = tracer
         self.group = spec.group
-        self.reject_on: tuple[type[BaseException], ...] = (Reject, *spec.reject_on)
-        self.dead_letter = spec.dead_letter
-        self.max_attempts = spec.max_attempts or 1
+        self.policy = ErrorPolicy.of(spec)
         self.duration: Histogram = meter.create_histogram(
             "messaging.process.duration",
             unit="s",
@@ -163,17 +239,27 @@ class ConsumerTelemetry:
             unit="{message}",
             description="Number of messages that were delivered to the application.",
         )
+        # The metric attributes of each partition, made once: they are the same for every
+        # message of it, and this runs per message.
+        self._attributes: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def _partition_attributes(self, topic: str, partition: int) -> dict[str, Any]:
+        attributes = self._attributes[(topic, partition)] = {
+            "messaging.system": "kafka",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": topic,
+            "messaging.consumer.group.name": self.group,
+            "messaging.destination.partition.id": str(partition),
+        }
+        return attributes
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         message = cast("Message", job)
         attempt = ctx.attempt
-        metric_attributes: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": message.topic,
-            "messaging.consumer.group.name": self.group,
-            "messaging.destination.partition.id": str(message.partition),
-        }
+        metric_attributes = self._attributes.get(
+            (message.topic, message.partition)
+        ) or self._partition_attributes(message.topic, message.partition)
+        delivered = attempt == 1  # a retry is not a new delivery, nor a deferred run
         parent = propagate.extract(message.headers, getter=_GETTER)
         span = self.tracer.start_span(
             f"process {message.topic}",
@@ -185,22 +271,24 @@ class ConsumerTelemetry:
         started = time.perf_counter()
         try:
             await self.app(job, ctx)
-        except Defer as signal:
-            # Not a failure: the message did not run and will run again (see Defer).
-            span.add_event(
-                "taskflow.defer", {"taskflow.reason": signal.reason, "taskflow.delay": signal.delay}
-            )
-            raise
         except BaseException as exc:
+            decision = self.policy.after_failure(exc, attempt)
+            if decision == DEFER:  # not a failure: the message did not run and will run again
+                delivered = False
+                signal = cast("Defer", exc)
+                span.add_event(
+                    "taskflow.defer",
+                    {"taskflow.reason": signal.reason, "taskflow.delay": signal.delay},
+                )
+                raise
             kind = error_type(exc)
-            metric_attributes["error.type"] = kind
+            metric_attributes = {**metric_attributes, "error.type": kind}
             _fail(span, exc, kind)
-            if isinstance(exc, Exception):
-                self._after_failure(span, exc, attempt)
+            self._record_decision(span, decision, attempt)
             raise
         finally:
             self.duration.record(time.perf_counter() - started, metric_attributes)
-            if attempt == 1:  # a retry is not a new delivery
+            if delivered:
                 self.consumed.add(1, metric_attributes)
             detach(token)
             span.end()
@@ -216,27 +304,26 @@ class ConsumerTelemetry:
             "messaging.message.body.size": len(message.value),
             "taskflow.attempt": attempt,
         }
-        if message.key is not None:
-            with contextlib.suppress(UnicodeDecodeError):  # a binary key is left out
-                attributes["messaging.kafka.message.key"] = message.key.decode("utf-8")
+        _add_text(attributes, "messaging.kafka.message.key", message.key)
         return attributes
 
-    def _after_failure(self, span: Span, exc: Exception, attempt: int) -> None:
-        """Say in the span what the error policy (`workers/processing.py`) does next.
+    def _record_decision(self, span: Span, decision: Decision, attempt: int) -> None:
+        """Say in the span what the error policy decided: the Processor acts on the same call.
 
-        It mirrors that policy: a rejection is dead-lettered or skipped, an attempt at the limit
-        is dead-lettered, anything else is retried (the next attempt is a span of its own).
+        A retry is a span of its own; a cancellation (`raise`) gets no event.
         """
-        if isinstance(exc, self.reject_on):
-            if self.dead_letter:
-                span.add_event("taskflow.dead_letter", _dead_letter(self.dead_letter, "rejected"))
-            else:
-                span.add_event("taskflow.reject")
-            return
-        if self.dead_letter and attempt >= self.max_attempts:
-            span.add_event("taskflow.dead_letter", _dead_letter(self.dead_letter, "exhausted"))
-            return
-        span.add_event("taskflow.retry", {"taskflow.attempt": attempt})
+        if decision == RETRY:
+            span.add_event("taskflow.retry", {"taskflow.attempt": attempt})
+        elif decision == SKIP:
+            span.add_event("taskflow.reject")
+        elif decision.action == "dead_letter":
+            span.add_event(
+                "taskflow.dead_letter",
+                {
+                    "taskflow.dead_letter.topic": self.policy.dead_letter or "",
+                    "taskflow.dead_letter.reason": decision.reason or "",
+                },
+            )
 
 
 class PeriodicTelemetry:
@@ -307,7 +394,3 @@ def _message_id(message: Message) -> str:
         except UnicodeDecodeError:
             pass
     return f"{message.topic}-{message.partition}-{message.offset}"
-
-
-def _dead_letter(topic: str, reason: str) -> dict[str, str]:
-    return {"taskflow.dead_letter.topic": topic, "taskflow.dead_letter.reason": reason}

@@ -5,6 +5,9 @@ a `PartitionRunner` per assigned partition; a commit task commits, per partition
 unfinished offset every `commit_interval`. An offset is committed only once its record is finished.
 On revoke and on stop, running handlers finish (within a budget), what they finished is committed
 explicitly, and buffered records are dropped, to be fetched again by the next owner.
+
+`BatchAware` middleware (idempotency) sees each fetched batch before its records are handed out,
+is flushed before a revoke or stop commits, and is told which partitions left.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,13 +26,16 @@ from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from taskflow.app import App
     from taskflow.brokers.base import Broker, Consumer
     from taskflow.handler import Handler
-    from taskflow.message import TopicPartition
+    from taskflow.message import Message, TopicPartition
+    from taskflow.middleware import BatchAware
     from taskflow.specs import ConsumerSpec
 
-__all__ = ["ConsumerFacts", "ConsumerWorker"]
+__all__ = ["ConsumerFacts", "ConsumerWorker", "PartitionProgress"]
 
 logger = logging.getLogger("taskflow.consumer")
 
@@ -52,6 +59,18 @@ class ConsumerFacts:
     rebalances: int
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionProgress:
+    """How far a consumer is with one assigned partition, from what it knows locally."""
+
+    lag: int | None
+    """Records not finished yet, up to the high watermark of the last fetch; None if unknown."""
+    in_flight: int
+    """Records fetched and not finished (waiting, queued in a lane, or running)."""
+    committed: int | None
+    """The offset last committed by this consumer, or None."""
+
+
 class ConsumerWorker:
     """Consumes a registration's topics as one member of its group."""
 
@@ -68,8 +87,10 @@ class ConsumerWorker:
         commit_interval: float = 1.0,
         revoke_timeout: float = REVOKE_TIMEOUT,
         options: ConsumerOptions | None = None,
+        batch_aware: Sequence[BatchAware] = (),
     ) -> None:
         self.spec = spec
+        self.batch_aware = tuple(batch_aware)
         self.broker = broker
         self.commit_interval = commit_interval
         self.revoke_timeout = revoke_timeout
@@ -132,6 +153,8 @@ class ConsumerWorker:
                 await asyncio.sleep(FETCH_RETRY)
                 continue
             self.last_poll = time.monotonic()
+            if self.batch_aware and batches:
+                await self._prefetch(batches)
             for tp, records in batches.items():
                 runner = self._runners.get(tp)
                 if runner is not None:  # else revoked meanwhile: the next owner reads them again
@@ -141,6 +164,33 @@ class ConsumerWorker:
             # out without waiting, and a loop that never yields would fill every partition to
             # its bound, pause it, and make aiokafka throw its prefetched records away.
             await asyncio.sleep(0)
+
+    async def _prefetch(self, batches: Mapping[TopicPartition, Sequence[Message]]) -> None:
+        """Show the batch to `BatchAware` middleware, then drop what it holds for partitions
+        revoked meanwhile (their records are not handed out)."""
+        records = [m for tp, batch in batches.items() if tp in self._runners for m in batch]
+        for middleware in self.batch_aware:
+            try:
+                await middleware.prefetch(records)
+            except Exception:
+                self.log.exception("%r failed to prefetch a batch; its messages run one by one")
+        gone = [tp for tp in batches if tp not in self._runners]
+        if gone:
+            await self._discard(gone)
+
+    async def _discard(self, partitions: Sequence[TopicPartition]) -> None:
+        for middleware in self.batch_aware:
+            try:
+                await middleware.discard(partitions)
+            except Exception:
+                self.log.exception("%r failed to discard %s", middleware, _partitions(partitions))
+
+    async def _flush(self) -> None:
+        for middleware in self.batch_aware:
+            try:
+                await middleware.flush()
+            except Exception:
+                self.log.exception("%r failed to flush", middleware)
 
     def _apply_backpressure(self, runner: PartitionRunner) -> None:
         if not runner.paused and runner.buffered >= self.spec.max_buffered:
@@ -248,6 +298,9 @@ class ConsumerWorker:
                     )
                     runner.cancel()
         finally:
+            if self.batch_aware:
+                await self._flush()
+                await self._discard([r.tp for r in runners])
             await self.commit(runners)
 
     async def _leave(self, consumer: Consumer) -> None:
@@ -293,13 +346,39 @@ class ConsumerWorker:
             rebalances=self.rebalances,
         )
 
+    def progress(self) -> dict[TopicPartition, PartitionProgress]:
+        """Lag, records in flight and committed offset of each assigned partition, without a
+        broker request: safe to call from a metrics callback on another thread.
+
+        The lag is the high watermark as of the partition's last fetch minus the lowest offset
+        not finished yet (the one committed next; before any record of the partition arrived,
+        the fetch position). It is None until the partition has been fetched once.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        runners = self._runners.copy()
+        progress = {}
+        for tp, fetched in consumer.positions().items():
+            runner = runners.get(tp)
+            try:  # the runner may change under a reader on another thread: skip it this time
+                unfinished = runner.tracker.commit_target if runner is not None else None
+                in_flight = runner.buffered if runner is not None else 0
+            except (IndexError, RuntimeError):
+                continue
+            start = fetched.position if unfinished is None else unfinished
+            high = fetched.high_watermark
+            lag = None if start is None or high is None else max(high - start, 0)
+            progress[tp] = PartitionProgress(lag, in_flight, runner.committed if runner else None)
+        return progress
+
     async def partition_facts(self) -> dict[TopicPartition, PartitionFacts]:
         """Committed offset, high watermark and lag of each assigned partition, from the broker."""
         consumer = self._consumer
         return await consumer.facts() if consumer is not None else {}
 
 
-def _partitions(tps: frozenset[TopicPartition]) -> str:
+def _partitions(tps: Collection[TopicPartition]) -> str:
     return ", ".join(map(str, sorted(tps))) or "nothing"
 
 

@@ -1,10 +1,13 @@
 """Running one message through its handler under the error policy of the registration.
 
-The policy, after the seed's: a handler that raises is retried with backoff and its partition (or
-key) waits meanwhile; a `Reject` (or an exception in `reject_on`, or a payload that cannot be
-decoded) is never retried; it goes to the dead-letter topic when there is one, else it is logged and
-skipped. A message that exhausts `max_attempts` goes to the dead-letter topic. Cancellation,
-KeyboardInterrupt, SystemExit and MemoryError propagate and are never dead-lettered.
+The policy (`taskflow.policy`), after the seed's: a handler that raises is retried with backoff and
+its partition (or key) waits meanwhile; a `Reject` (or an exception in `reject_on`, or a payload
+that cannot be decoded) is never retried; it goes to the dead-letter topic when there is one, else
+it is logged and skipped. A message that exhausts `max_attempts` goes to the dead-letter topic.
+Cancellation, KeyboardInterrupt, SystemExit and MemoryError propagate and are never dead-lettered.
+
+The Processor counts what it decided (`outcomes`), by topic and exception type, for the observable
+metrics; that happens on the failure path only.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from taskflow.context import Context, WorkerLogger
-from taskflow.exceptions import BrokerError, Defer, Reject, Retry
-from taskflow.handler import call_with_timeout, ignores_ctx
+from taskflow.exceptions import BrokerError, Defer, Retry
+from taskflow.handler import ignores_ctx
+from taskflow.policy import DEFER, RAISE, RETRY, SKIP, Decision, ErrorPolicy
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -36,6 +40,8 @@ _TRACEBACK_LIMIT = 2000
 
 # Wait up to `seconds`; return False when the wait was cut short because the work must stop.
 Pause = Callable[[float], Awaitable[bool]]
+# What was decided after a failed attempt (not DEFER), on which topic, for which exception type.
+Outcome = tuple[Decision, str, type[BaseException]]
 
 
 class Processor:
@@ -57,19 +63,20 @@ class Processor:
         self.stopping = stopping
         self.log = log
         self.rng = random.Random()
-        self.reject_on: tuple[type[BaseException], ...] = (Reject, *spec.reject_on)
+        self.policy = ErrorPolicy.of(spec)
+        # How often each outcome was applied: retries, skips and dead letters (once acknowledged).
+        self.outcomes: dict[Outcome, int] = {}
         # A handler that never reads its Context can share one instead of getting one per message.
         self.shared_ctx = Context(app, spec.name, log, stopping) if ignores_ctx(handler) else None
-        # Then, with no timeout either, a lane may call the handler itself: see `first_try`.
-        self.direct = self.shared_ctx is not None and spec.timeout is None
+        # Then a lane may call the handler itself. (A timeout is a middleware layer, so a handler
+        # with one never gets here: see `taskflow.middleware.timeout`.)
+        self.direct = self.shared_ctx is not None
 
     def first_try(self, message: Message) -> Awaitable[None]:
         """Start the first attempt at `message`: the fast path, the handler and nothing else.
 
         If it raises, hand the exception to `recover`.
         """
-        if self.spec.timeout is not None:
-            return self._call(message)
         ctx = self.shared_ctx or Context(
             self.app, self.spec.name, self.log, self.stopping, message=message
         )
@@ -93,23 +100,24 @@ class Processor:
         """
         attempt, deferred = 1, False
         while True:
-            if isinstance(exc, MemoryError):
+            decision = self.policy.after_failure(exc, attempt)
+            if decision == RAISE:
                 raise exc
-            if isinstance(exc, Defer):
+            if decision == DEFER:
+                assert isinstance(exc, Defer)
                 self._log_deferral(message, exc, first=not deferred)
                 deferred = True
                 if not await pause(exc.delay):
                     return False
-            else:
-                if isinstance(exc, self.reject_on):
-                    return await self._reject(message, exc, attempt, pause)
-                if self.spec.dead_letter and attempt >= (self.spec.max_attempts or 1):
-                    return await self._dead_letter(message, exc, attempt, "exhausted", pause)
+            elif decision == RETRY:
                 delay = self.spec.retry.delay(attempt, self.rng)
                 self._log_failure(message, exc, attempt, delay)
+                self._count(decision, message, exc)
                 if not await pause(delay):
                     return False
                 attempt += 1
+            else:
+                return await self._give_up(message, exc, attempt, decision, pause)
             try:
                 await self._call(message, attempt)
             except Exception as failure:
@@ -121,7 +129,7 @@ class Processor:
         ctx = Context(
             self.app, self.spec.name, self.log, self.stopping, message=message, attempt=attempt
         )
-        await call_with_timeout(self.handler, message, ctx, self.spec.timeout)
+        await self.handler(message, ctx)
 
     def _log_deferral(self, message: Message, signal: Defer, *, first: bool) -> None:
         self.log.log(
@@ -152,12 +160,19 @@ class Processor:
             exc_info=exc if attempt == 1 else None,
         )
 
-    async def _reject(
-        self, message: Message, exc: BaseException, attempt: int, pause: Pause
+    def _count(self, decision: Decision, message: Message, exc: BaseException) -> None:
+        key = (decision, message.topic, type(exc))
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    async def _give_up(
+        self, message: Message, exc: BaseException, attempt: int, decision: Decision, pause: Pause
     ) -> bool:
-        if self.spec.dead_letter:
-            return await self._dead_letter(message, exc, attempt, "rejected", pause)
-        self.log.warning("⊘ %s rejected and skipped: %s: %s", message, type(exc).__name__, exc)
+        """Skip or dead-letter `message`, as `decision` says; False if stopped meanwhile."""
+        if decision == SKIP:
+            self.log.warning("⊘ %s rejected and skipped: %s: %s", message, type(exc).__name__, exc)
+        elif not await self._dead_letter(message, exc, attempt, decision.reason or "", pause):
+            return False
+        self._count(decision, message, exc)
         return True
 
     async def _dead_letter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,12 +18,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from taskflow import App, Backoff, Context, Message, Reject, Tick
+from taskflow import App, Backoff, Context, Defer, Message, Middleware, PublishError, Reject, Tick
 from taskflow.handler import ignores_ctx
 from taskflow.middleware.builtin import Resources, layers_for
-from taskflow.middleware.telemetry import PROCESS_BUCKETS, with_trace_context
+from taskflow.middleware.telemetry import PROCESS_BUCKETS, meter_provider, with_trace_context
 from taskflow.testing import ManualClock, TestClient
-from taskflow.workers import ConsumerWorker, ScheduledWorker
+from taskflow.workers import ConsumerWorker, ScheduledWorker, instruments
 
 FAST = Backoff(initial=0.001, maximum=0.001, jitter=0)
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -149,7 +150,16 @@ async def test_the_span_is_parented_on_the_producers_traceparent_header(otel: Te
     assert seen == [span.context]  # the handler runs inside the span
 
 
-async def test_publishing_from_a_handler_carries_its_span_to_the_next_consumer(
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+async def test_publishing_from_a_handler_goes_through_a_producer_span_to_the_next_consumer(
     otel: Telemetry,
 ) -> None:
     app = otel.app()
@@ -158,7 +168,7 @@ async def test_publishing_from_a_handler_carries_its_span_to_the_next_consumer(
     @app.consume("orders")
     async def on_order(order: dict[str, int], ctx: Context) -> None:
         await ctx.publish("invoices", order)
-        with tracer.start_as_current_span("send receipts"):
+        with tracer.start_as_current_span("shipping"):
             await ctx.app.publish("receipts", order)
 
     @app.consume("invoices", "receipts", name="downstream", group="accounting")
@@ -170,17 +180,123 @@ async def test_publishing_from_a_handler_carries_its_span_to_the_next_consumer(
         await client.drain()
 
     (order,) = otel.finished("process orders")
+    (send_invoice,) = otel.finished("send invoices")
     (invoice,) = otel.finished("process invoices")
-    (send,) = otel.finished("send receipts")
+    (shipping,) = otel.finished("shipping")
+    (send_receipt,) = otel.finished("send receipts")
     (receipt,) = otel.finished("process receipts")
-    assert order.context is not None
-    assert send.context is not None
-    assert invoice.parent is not None
-    assert receipt.parent is not None
-    assert invoice.parent.span_id == order.context.span_id
-    assert receipt.parent.span_id == send.context.span_id
-    assert {invoice.context.trace_id, receipt.context.trace_id} == {TRACE_ID}  # type: ignore[union-attr]
+    # process orders → send invoices → process invoices
+    assert parent_of(send_invoice) == span_id(order)
+    assert parent_of(invoice) == span_id(send_invoice)
+    # process orders → shipping → send receipts → process receipts
+    assert parent_of(shipping) == span_id(order)
+    assert parent_of(send_receipt) == span_id(shipping)
+    assert parent_of(receipt) == span_id(send_receipt)
+    traces = {s.context.trace_id for s in (send_invoice, invoice, send_receipt, receipt)}  # type: ignore[union-attr]
+    assert traces == {TRACE_ID}
     assert dict(invoice.attributes or {})["messaging.consumer.group.name"] == "accounting"
+
+
+async def test_a_producer_span_follows_the_messaging_conventions(otel: Telemetry) -> None:
+    app = otel.app()
+
+    @app.consume("invoices")
+    async def on_invoice(message: Message) -> None:
+        pass
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("invoices", b"first")  # offset 0, from outside the app
+        await app.publish("invoices", {"id": 7}, key="customer-7", headers={"message-id": "i-7"})
+        await client.drain()
+
+    (send,) = otel.finished("send invoices")
+    assert send.kind is SpanKind.PRODUCER
+    assert send.parent is None  # published outside any span: a trace of its own
+    assert send.status.status_code is StatusCode.UNSET
+    assert dict(send.attributes or {}) == {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": "invoices",
+        "messaging.destination.partition.id": "0",
+        "messaging.kafka.offset": 1,
+        "messaging.kafka.message.key": "customer-7",
+        "messaging.message.id": "i-7",
+        "messaging.message.body.size": len(b'{"id":7}'),
+    }
+    assert send.instrumentation_scope is not None
+    assert send.instrumentation_scope.name == "taskflow"
+    first, second = sorted(otel.finished("process invoices"), key=lambda s: s.start_time or 0)
+    assert first.parent is None  # no traceparent header
+    assert parent_of(second) == span_id(send)
+    assert second.context is not None
+    assert second.context.trace_id == send.context.trace_id  # type: ignore[union-attr]
+
+
+async def test_a_traceparent_the_caller_set_is_kept(otel: Telemetry) -> None:
+    app = otel.app()
+    seen: list[bytes | None] = []
+
+    @app.consume("invoices")
+    async def on_invoice(message: Message) -> None:
+        seen.append(message.header("traceparent"))
+
+    async with TestClient(app) as client:
+        await app.publish("invoices", b"x", headers={"traceparent": TRACEPARENT})
+        await client.drain()
+
+    assert seen == [TRACEPARENT.encode()]
+    (send,) = otel.finished("send invoices")
+    (process,) = otel.finished("process invoices")
+    assert (process.parent.trace_id, process.parent.span_id) == (TRACE_ID, PARENT_ID)  # type: ignore[union-attr]
+    assert send.context is not None
+    assert send.context.trace_id != TRACE_ID
+
+
+async def test_a_failed_publish_is_an_error_producer_span(
+    otel: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = otel.app()
+
+    async with TestClient(app) as client:
+
+        async def refuse(topic: str, value: bytes, **options: Any) -> None:
+            raise PublishError("the broker refused it")
+
+        monkeypatch.setattr(client.broker, "publish", refuse)
+        with pytest.raises(PublishError, match="refused"):
+            await app.publish("invoices", b"x")
+
+    (send,) = otel.finished("send invoices")
+    assert send.status.status_code is StatusCode.ERROR
+    assert send.status.description == "PublishError: the broker refused it"
+    attributes = dict(send.attributes or {})
+    assert attributes["error.type"] == "taskflow.exceptions.PublishError"
+    assert "messaging.destination.partition.id" not in attributes  # never acknowledged
+    assert [e.name for e in send.events] == ["exception"]
+
+
+async def test_without_an_sdk_publish_opens_no_span_but_carries_the_current_one(
+    otel: Telemetry,
+) -> None:
+    app = App("billing")  # no providers, and none set globally
+    seen: list[bytes | None] = []
+    tracer = otel.tracer_provider.get_tracer("test")
+
+    @app.consume("invoices")
+    async def on_invoice(message: Message) -> None:
+        seen.append(message.header("traceparent"))
+
+    async with TestClient(app, partitions=1) as client:
+        await app.publish("invoices", b"outside")
+        with tracer.start_as_current_span("caller") as caller:
+            await app.publish("invoices", b"inside")
+        await client.drain()
+
+    context = caller.get_span_context()
+    traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    assert seen == [None, traceparent.encode()]
+    assert [s.name for s in otel.spans.get_finished_spans()] == ["caller"]
 
 
 def test_publish_headers_get_the_trace_context_only_inside_a_span(otel: Telemetry) -> None:
@@ -331,7 +447,166 @@ async def test_consumer_metrics_follow_the_messaging_conventions(otel: Telemetry
     assert counts == {frozenset(base.items()): 1, frozenset(failed.items()): 1}  # once each
 
 
+async def test_a_deferred_message_is_consumed_once_when_it_finally_runs(otel: Telemetry) -> None:
+    app = otel.app()
+    runs: list[int] = []
+
+    class NotYet:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+            self.deferrals = 0
+
+        async def __call__(self, job: Any, ctx: Context) -> None:
+            if self.deferrals < 2:
+                self.deferrals += 1
+                raise Defer("not now", 0.01)
+            await self.app(job, ctx)
+
+    @app.consume("orders", middleware=[Middleware(NotYet)])
+    async def on_order(order: dict[str, int]) -> None:
+        runs.append(order["id"])
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+
+    assert runs == [1]
+    assert sum(values(otel.metrics()["messaging.client.consumed.messages"]).values()) == 1
+    assert len(otel.finished("process orders")) == 3  # each call has its span
+
+
+def values(metric: Metric) -> dict[frozenset[tuple[str, Any]], Any]:
+    """A metric's data points, by their attribute set."""
+    return {
+        frozenset((p.attributes or {}).items()): p.value  # type: ignore[union-attr]
+        for p in metric.data.data_points
+    }
+
+
+def of(**attributes: Any) -> frozenset[tuple[str, Any]]:
+    return frozenset({k.replace("__", "."): v for k, v in attributes.items()}.items())
+
+
+ORDERS = {"messaging.destination.name": "orders", "messaging.consumer.group.name": "billing"}
+
+
+async def test_retries_dead_letters_and_rejects_are_counted_as_the_policy_decided(
+    otel: Telemetry,
+) -> None:
+    app = otel.app()
+
+    @app.consume("orders", retry=FAST, dead_letter="orders.DLQ", max_attempts=3)
+    async def on_order(order: dict[str, str]) -> None:
+        if order["fail"] == "crash":
+            raise RuntimeError("database is down")
+        if order["fail"] == "reject":
+            raise Reject("unknown customer")
+
+    @app.consume("payments", retry=FAST)
+    async def on_payment(payment: dict[str, int]) -> None:
+        raise Reject("duplicate payment")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"fail": "crash"})  # three attempts, then dead-lettered
+        await client.publish("orders", {"fail": "reject"})  # dead-lettered at once
+        await client.publish("orders", b"not json")  # undecodable: dead-lettered at once
+        await client.publish("orders", {"fail": ""})
+        await client.publish("payments", {"id": 1})  # rejected, no dead-letter topic: skipped
+        await client.drain()
+        metrics = otel.metrics()  # read while the app runs: these come from its workers
+
+    retries = metrics["taskflow.consumer.retries"]
+    assert retries.unit == "{retry}"
+    assert values(retries) == {of(**ORDERS, error__type="RuntimeError"): 2}
+    dead_letters = metrics["taskflow.consumer.dead_letters"]
+    assert dead_letters.unit == "{message}"
+    reason = "taskflow.dead_letter.reason"
+    assert values(dead_letters) == {
+        of(**ORDERS, error__type="RuntimeError", **{reason: "exhausted"}): 1,
+        of(**ORDERS, error__type="taskflow.exceptions.Reject", **{reason: "rejected"}): 1,
+        of(**ORDERS, error__type="taskflow.exceptions.DecodeError", **{reason: "rejected"}): 1,
+    }
+    assert values(metrics["taskflow.consumer.rejected"]) == {
+        of(
+            messaging__destination__name="payments",
+            messaging__consumer__group__name="billing",
+            error__type="taskflow.exceptions.Reject",
+        ): 1
+    }
+    # The spans say the same, from the same decision.
+    events = [
+        e.name for s in otel.finished("process orders") for e in s.events if e.name != "exception"
+    ]
+    assert sorted(events) == ["taskflow.dead_letter"] * 3 + ["taskflow.retry"] * 2
+
+
+async def test_lag_and_in_flight_come_from_what_the_consumer_knows(otel: Telemetry) -> None:
+    app = otel.app()
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        started.set()
+        await release.wait()
+
+    async with TestClient(app, partitions=2) as client:
+        sent = [await client.publish("orders", {"n": n}, key="same") for n in range(6)]
+        (busy,) = {tp.partition for tp, _ in sent}  # one key, one partition
+        await started.wait()
+        metrics = otel.metrics()
+        lag, in_flight = metrics["taskflow.consumer.lag"], metrics["taskflow.consumer.in_flight"]
+        assert (lag.unit, in_flight.unit) == ("{message}", "{message}")
+        partition = {**ORDERS, "messaging.destination.partition.id": str(busy)}
+        idle = {**ORDERS, "messaging.destination.partition.id": str(1 - busy)}
+        assert values(lag) == {of(**partition): 6, of(**idle): 0}  # the first is not finished
+        assert values(in_flight) == {of(**partition): 6, of(**idle): 0}
+
+        release.set()
+        await client.drain()
+        metrics = otel.metrics()
+        assert values(metrics["taskflow.consumer.lag"]) == {of(**partition): 0, of(**idle): 0}
+        assert values(metrics["taskflow.consumer.in_flight"]) == {
+            of(**partition): 0,
+            of(**idle): 0,
+        }
+
+
+async def test_the_instruments_read_only_the_running_workers(otel: Telemetry) -> None:
+    app = otel.app()
+
+    @app.consume("orders", retry=FAST)
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        if ctx.attempt == 1:
+            raise RuntimeError("flaky")
+
+    for run in (1, 2):  # the same providers twice: the instruments are registered once
+        async with TestClient(app, partitions=1) as client:
+            await client.publish("orders", {"run": run})
+            await client.drain()
+            retries = values(otel.metrics()["taskflow.consumer.retries"])
+            assert retries == {of(**ORDERS, error__type="RuntimeError"): 1}
+    assert "taskflow.consumer.retries" not in otel.metrics()  # stopped: nothing to read
+
+
 # -- periodic tasks -------------------------------------------------------------------------
+
+
+async def test_skipped_periodic_runs_are_counted(otel: Telemetry) -> None:
+    clock = ManualClock()
+    app = otel.app(clock=clock)
+    release = asyncio.Event()
+
+    @app.every(seconds=1)
+    async def slow() -> None:
+        await release.wait()
+
+    async with TestClient(app):
+        await clock.advance(3)  # runs at 1; the ticks at 2 and 3 find it still running
+        skipped = otel.metrics()["taskflow.periodic.skipped"]
+        release.set()
+    assert skipped.unit == "{run}"
+    assert values(skipped) == {of(taskflow__periodic__task="slow"): 2}
 
 
 async def test_a_periodic_run_gets_a_span_and_metrics(otel: Telemetry) -> None:
@@ -429,6 +704,19 @@ async def test_with_an_sdk_the_layer_is_outermost(otel: Telemetry) -> None:
         (worker,) = (w for w in client.runtime.workers if isinstance(w, ConsumerWorker))
         assert type(worker.processor.handler).__name__ == "ConsumerTelemetry"
         assert worker.processor.shared_ctx is None
+
+
+async def test_without_a_meter_provider_no_instrument_is_registered(otel: Telemetry) -> None:
+    app = App("billing", tracer_provider=otel.tracer_provider)  # traces only
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int]) -> None:
+        pass
+
+    assert meter_provider(Resources(app.name, None, app.tracer_provider, None)) is None
+    before = len(instruments._BY_PROVIDER)
+    async with TestClient(app):
+        assert len(instruments._BY_PROVIDER) == before
 
 
 def test_no_op_providers_on_the_app_leave_telemetry_off() -> None:

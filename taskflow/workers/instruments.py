@@ -1,0 +1,210 @@
+"""Observable OpenTelemetry instruments: what running workers count themselves, read on collection.
+
+The per-attempt metrics are recorded by the telemetry middleware. These come from what the workers
+keep anyway: the error policy's outcomes (`Processor.outcomes`), skipped periodic runs
+(`ScheduledWorker.skipped`), and each consumer's local view of its partitions (lag, records in
+flight). Callbacks read them only when the SDK collects, so they cost nothing per message. A
+callback may run on the SDK's export thread: it only reads, and copies a dict in one step before
+walking it.
+
+The SDK keeps the first callbacks registered under a name, so each MeterProvider gets one set of
+instruments, which reads every set of workers that `observe` has lent it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from taskflow.middleware.telemetry import SCOPE, error_type, meter_provider
+from taskflow.workers.consumer import ConsumerWorker
+from taskflow.workers.scheduled import ScheduledWorker
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
+
+    from taskflow.message import TopicPartition
+    from taskflow.middleware.builtin import Resources
+    from taskflow.types import Worker
+
+__all__ = ["PartitionView", "WorkerInstruments", "observe", "partition_views"]
+
+Attributes = dict[str, Any]
+
+
+class WorkerInstruments:
+    """The observable instruments of one meter, reading every set of workers added to them.
+
+    Args:
+        meter: Where the instruments are registered (scope `taskflow`).
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._running: dict[int, tuple[Worker, ...]] = {}
+        self._tokens = itertools.count()
+        meter.create_observable_counter(
+            "taskflow.consumer.retries",
+            [self._retries],
+            unit="{retry}",
+            description="Failed attempts at a message that the error policy retries.",
+        )
+        meter.create_observable_counter(
+            "taskflow.consumer.dead_letters",
+            [self._dead_letters],
+            unit="{message}",
+            description="Messages sent to a dead-letter topic (counted once acknowledged).",
+        )
+        meter.create_observable_counter(
+            "taskflow.consumer.rejected",
+            [self._rejected],
+            unit="{message}",
+            description="Rejected messages skipped for want of a dead-letter topic.",
+        )
+        meter.create_observable_gauge(
+            "taskflow.consumer.lag",
+            [self._lag],
+            unit="{message}",
+            description="High watermark of the last fetch minus the lowest unfinished offset.",
+        )
+        meter.create_observable_up_down_counter(
+            "taskflow.consumer.in_flight",
+            [self._in_flight],
+            unit="{message}",
+            description="Records fetched and not yet finished (waiting, queued or running).",
+        )
+        meter.create_observable_counter(
+            "taskflow.periodic.skipped",
+            [self._skipped],
+            unit="{run}",
+            description="Ticks of a periodic task skipped because its previous run was going.",
+        )
+
+    def add(self, workers: Sequence[Worker]) -> int:
+        """Read `workers` from now on; returns a token for `remove`."""
+        token = next(self._tokens)
+        self._running[token] = tuple(workers)
+        return token
+
+    def remove(self, token: int) -> None:
+        """Stop reading the workers added under `token`."""
+        self._running.pop(token, None)
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def _workers(self) -> Iterator[Worker]:
+        for workers in tuple(self._running.values()):
+            yield from workers
+
+    def _consumers(self) -> Iterator[ConsumerWorker]:
+        return (w for w in self._workers() if isinstance(w, ConsumerWorker))
+
+    def _retries(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._outcomes("retry")
+
+    def _dead_letters(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._outcomes("dead_letter")
+
+    def _rejected(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._outcomes("skip")
+
+    def _outcomes(self, action: str) -> list[Observation]:
+        """The counts of one policy action, summed per attribute set over every consumer."""
+        totals: dict[frozenset[tuple[str, Any]], int] = {}
+        for worker in self._consumers():
+            for (decision, topic, kind), count in worker.processor.outcomes.copy().items():
+                if decision.action != action:
+                    continue
+                attributes = {
+                    "messaging.destination.name": topic,
+                    "messaging.consumer.group.name": worker.spec.group,
+                    "error.type": error_type(kind),
+                }
+                if decision.reason is not None:
+                    attributes["taskflow.dead_letter.reason"] = decision.reason
+                key = frozenset(attributes.items())
+                totals[key] = totals.get(key, 0) + count
+        return [Observation(count, dict(key)) for key, count in totals.items()]
+
+    def _lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(view.lag, view.attributes)
+            for worker in self._consumers()
+            for view in partition_views(worker)
+            if view.lag is not None
+        ]
+
+    def _in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(view.in_flight, view.attributes)
+            for worker in self._consumers()
+            for view in partition_views(worker)
+        ]
+
+    def _skipped(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(worker.skipped, {"taskflow.periodic.task": worker.name})
+            for worker in self._workers()
+            if isinstance(worker, ScheduledWorker)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionView:
+    """What a consumer worker knows, locally, of one partition it consumes."""
+
+    attributes: Attributes
+    """The partition's metric attributes: topic, partition and consumer group."""
+    lag: int | None
+    """Records not finished yet, up to the high watermark of the last fetch; None if unknown."""
+    in_flight: int
+    """Records fetched and not finished."""
+
+
+def partition_views(worker: ConsumerWorker) -> list[PartitionView]:
+    """Lag and records in flight of each partition `worker` consumes, without a broker request.
+
+    The lag is the partition's high watermark as of its last fetch minus the lowest offset the
+    worker has not finished (the one it commits next; before it has any record of the partition,
+    its fetch position). Unknown (None) until the partition has been fetched once.
+    """
+    return [
+        PartitionView(_partition_attributes(tp, worker.spec.group), done.lag, done.in_flight)
+        for tp, done in worker.progress().items()
+    ]
+
+
+def _partition_attributes(tp: TopicPartition, group: str) -> Attributes:
+    return {
+        "messaging.destination.name": tp.topic,
+        "messaging.destination.partition.id": str(tp.partition),
+        "messaging.consumer.group.name": group,
+    }
+
+
+_BY_PROVIDER: weakref.WeakKeyDictionary[Any, WorkerInstruments] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def observe(workers: Sequence[Worker], resources: Resources) -> Iterator[None]:
+    """Let the observable instruments read `workers` inside the block, when a meter is set up.
+
+    Without a real MeterProvider (the App's, else the global one) nothing is registered.
+    """
+    provider = meter_provider(resources)
+    if provider is None:
+        yield
+        return
+    instruments = _BY_PROVIDER.get(provider)
+    if instruments is None:
+        instruments = _BY_PROVIDER[provider] = WorkerInstruments(provider.get_meter(SCOPE))
+    token = instruments.add(workers)
+    try:
+        yield
+    finally:
+        instruments.remove(token)
