@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from taskflow.exceptions import StateError
 from taskflow.message import Message
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
+
+    from redis.asyncio.client import Pipeline
 
     from taskflow.app import App, State
 
@@ -69,7 +72,17 @@ class Context:
         ```
     """
 
-    __slots__ = ("app", "attempt", "logger", "message", "stopping", "tick", "worker")
+    __slots__ = (
+        "_open_transaction",
+        "_transaction",
+        "app",
+        "attempt",
+        "logger",
+        "message",
+        "stopping",
+        "tick",
+        "worker",
+    )
 
     def __init__(
         self,
@@ -89,6 +102,8 @@ class Context:
         self.message = message
         self.attempt = attempt
         self.tick = tick
+        self._open_transaction: Callable[[], Pipeline] | None = None
+        self._transaction: Pipeline | None = None
 
     @property
     def state(self) -> State:
@@ -99,6 +114,46 @@ class Context:
     def scheduled_at(self) -> datetime | None:
         """For a periodic task, the grid time of this run; else None."""
         return self.tick.scheduled_at if self.tick else None
+
+    @property
+    def transaction(self) -> Pipeline:
+        """Redis commands written together with this message's done mark, or not at all.
+
+        With ``idempotent=True`` on the Redis store, the commands a handler queues here (without
+        awaiting them) are applied in one MULTI/EXEC with the message's done mark, after the
+        handler returns, and only if this worker still holds the message's claim. A handler that
+        raises, or whose claim was lost, applies none of them. So an effect kept in the same
+        Redis happens exactly once, even across crashes and rebalances.
+
+        Example:
+            ```python
+            @app.consume("payments", idempotent=True)
+            async def on_payment(payment: dict, ctx: Context) -> None:
+                ctx.transaction.hincrby("balances", payment["account"], payment["amount"])
+            ```
+
+        Raises:
+            StateError: when the handler does not run under an idempotency claim on Redis.
+        """
+        if self._transaction is None:
+            if self._open_transaction is None:
+                raise StateError(
+                    f"{self.worker}: ctx.transaction needs idempotent=True with the Redis "
+                    "idempotency store (App(redis_url=...)); it is the claim that makes its "
+                    "commands apply once"
+                )
+            self._transaction = self._open_transaction()
+        return self._transaction
+
+    def _offer_transaction(self, open_transaction: Callable[[], Pipeline]) -> None:
+        """Let the handler open `transaction` (called by the idempotency middleware)."""
+        self._open_transaction = open_transaction
+
+    def _take_transaction(self) -> Pipeline | None:
+        """The transaction the handler opened, if it did; it cannot be opened again after."""
+        transaction, self._transaction = self._transaction, None
+        self._open_transaction = None
+        return transaction
 
     async def publish(
         self,

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
+import yaml
 
-from examples import custom_worker, quickstart
-from taskflow.testing import TestClient
+from examples import (
+    billing,
+    custom_worker,
+    fastapi_service,
+    middleware,
+    quickstart,
+    reports,
+    topics_and_groups,
+)
+from taskflow.http import SERVER_CLOSE_TIMEOUT
+from taskflow.manager import CANCEL_GRACE
+from taskflow.runner import BROKER_CLOSE_TIMEOUT
+from taskflow.testing import ManualClock, TestClient
+from tests._process import ROOT
 
 
 async def test_quickstart_places_and_handles_an_order(caplog: pytest.LogCaptureFixture) -> None:
@@ -22,6 +45,24 @@ async def test_quickstart_places_and_handles_an_order(caplog: pytest.LogCaptureF
     assert handled[0].endswith("12.50 EUR")
 
 
+# --8<-- [start:billing]
+async def test_an_order_is_invoiced_and_a_bad_one_dead_lettered() -> None:
+    async with TestClient(billing.app) as client:
+        await client.publish("orders", {"id": 7, "customer": "c1"}, key="c1")
+        await client.publish("orders", b"not json", key="c2")
+        await client.drain()  # every message handled (or dead-lettered) and committed
+        await client.run_schedule("cleanup")  # a periodic task, run now
+        invoices = [m for log in client.broker.topic("invoices").logs for m in log]
+        dead = [m for log in client.broker.topic("orders.DLQ").logs for m in log]
+    assert [(m.key, m.value) for m in invoices] == [(b"c1", b'{"order":7}')]
+    assert [m.header("taskflow-reason") for m in dead] == [b"rejected"]
+    assert client.report is not None
+    assert client.report.clean  # the shutdown cancelled nothing
+
+
+# --8<-- [end:billing]
+
+
 async def test_custom_worker_beats_and_stops_at_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     heartbeat = custom_worker.app.workers[0]
@@ -32,3 +73,147 @@ async def test_custom_worker_beats_and_stops_at_once(caplog: pytest.LogCaptureFi
     assert client.report.clean
     assert heartbeat.beats >= 1
     assert "heartbeat 1" in caplog.text
+
+
+async def test_middleware_example_times_handlers_and_rejects_a_message_without_tenant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with TestClient(middleware.app) as client:
+        await client.run_schedule("place_order")
+        await client.drain()
+        dead = client.broker.topic("orders.dlq").logs
+    assert client.report is not None
+    assert client.report.clean
+    assert "order 1 for tenant acme" in caplog.text
+    assert "order 2" not in caplog.text
+    letters = [m for log in dead for m in log]
+    placed = caplog.text.count("order 1 for tenant acme")  # at start, and once more here
+    assert placed >= 2
+    assert len(letters) == placed
+    assert {m.header("taskflow-reason") for m in letters} == {b"rejected"}
+    assert {m.header("taskflow-exception-message") for m in letters} == {b"no tenant header"}
+
+
+# --8<-- [start:groups]
+async def test_two_groups_on_one_topic_each_get_every_message() -> None:
+    app = topics_and_groups.app  # its simulated traffic may add events for user-0 and user-1
+    async with TestClient(app) as client:
+        for n in (101, 102, 103):
+            await client.publish("order-events", {"id": n, "user": "ada"}, key="ada")
+        await client.publish("refund-events", {"order": 102}, key="ada")
+        await client.publish("user-events", {"user": "ada", "action": "login"}, key="ada")
+        await client.drain()  # every group has handled and committed everything
+        assert [n for n in app.state.orders if n > 100] == [101, 102, 103]  # one key: in order
+        assert ("refund-events", b'{"order":102}') in app.state.ledger
+        assert app.state.actions["ada"] == ["login"]
+        published = sum(len(log) for log in client.broker.topic("order-events").logs)
+        for group in ("order-event-consumer-group", "ledger"):
+            committed = [client.committed(group, "order-events", p) or 0 for p in range(4)]
+            assert sum(committed) == published >= 3
+    assert client.report is not None
+    assert client.report.clean
+
+
+# --8<-- [end:groups]
+
+
+# --8<-- [start:clock]
+async def test_reports_run_on_their_ticks_when_the_clock_moves() -> None:
+    clock = ManualClock(datetime(2026, 3, 2, 6, 30, tzinfo=UTC))  # a Monday, 07:30 in Berlin
+    app = reports.create_app(clock)
+    async with TestClient(app):
+        await clock.wait_for_sleepers(2)  # both tasks wait for their next tick
+        await clock.advance(timedelta(hours=3))  # to 09:30 UTC: each tick runs, in order
+        runs = sorted(app.state.runs, key=lambda run: (run[1], run[0]))
+    assert runs == [
+        ("hourly", datetime(2026, 3, 2, 7, tzinfo=UTC)),
+        ("hourly", datetime(2026, 3, 2, 8, tzinfo=UTC)),
+        ("morning", datetime(2026, 3, 2, 8, tzinfo=UTC)),  # 09:00 in Berlin (UTC+1)
+        ("hourly", datetime(2026, 3, 2, 9, tzinfo=UTC)),
+    ]
+
+
+# --8<-- [end:clock]
+
+
+async def test_fastapi_service_publishes_from_the_api_and_welcomes_in_the_worker() -> None:
+    api = fastapi_service.api
+    transport = httpx.ASGITransport(app=api)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        runtime = api.state.workers
+        async with asyncio.timeout(5):  # as a readiness probe would: ask until it says yes
+            while True:
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.01)
+        response = await http.post("/signups", json={"email": "ada@example.com"})
+        assert response.status_code == 202
+        async with asyncio.timeout(10):
+            while runtime.broker.lag("signups", ["signups"]):
+                await runtime.broker.wait_for_commit()
+        assert (await http.get("/welcomed")).json() == ["ada@example.com"]
+    assert runtime.manager.stop_requested
+    assert {s.state.value for s in runtime.manager.statuses.values()} == {"stopped"}
+
+
+def test_fastapi_service_under_uvicorn_drains_its_workers_on_sigterm() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "examples.fastapi_service"]
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TASKFLOW_BROKER", "PYTHONASYNCIODEBUG")
+    }
+    env["PORT"] = str(port)
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=2) as http:
+            deadline = time.monotonic() + 20
+            while True:  # another process: poll until it answers
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "uvicorn did not become ready"
+                time.sleep(0.1)
+            assert http.post("/signups", json={"email": "bob@example.com"}).status_code == 202
+            deadline = time.monotonic() + 10
+            while http.get("/welcomed").json() != ["bob@example.com"]:
+                assert time.monotonic() < deadline, "the signup was not handled"
+                time.sleep(0.05)
+        server.send_signal(signal.SIGTERM)
+        _, log = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert "welcomed bob@example.com" in log
+    assert "workers of signups stopped cleanly" in log
+    assert log.index("Waiting for application shutdown") < log.index("stopped cleanly")
+
+
+def test_kubernetes_manifest_gives_the_drain_time_to_finish() -> None:
+    manifest = yaml.safe_load((ROOT / "examples/deploy/kubernetes.yaml").read_text())
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    shutdown_timeout = float(env["TASKFLOW_SHUTDOWN_TIMEOUT"])
+    # What follows the deadline: cancelled work commits and leaves, the producer flushes, the
+    # operations endpoint closes (the shutdown hooks come on top).
+    after_deadline = CANCEL_GRACE + BROKER_CLOSE_TIMEOUT + SERVER_CLOSE_TIMEOUT
+    assert pod["terminationGracePeriodSeconds"] >= shutdown_timeout + after_deadline + 10
+    port = int(env["TASKFLOW_HTTP_PORT"])
+    assert container["ports"] == [{"name": "ops", "containerPort": port}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    assert container["args"][:3] == ["taskflow", "run", "examples.orders:app"]
+    dockerfile = (ROOT / "examples/deploy/Dockerfile").read_text()
+    cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))
+    assert json.loads(cmd.removeprefix("CMD ")) == container["args"]  # exec form: PID 1 is taskflow

@@ -22,23 +22,29 @@ a periodic run (not run; logged as failed); ``"proceed"`` runs the handler ungua
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from taskflow.context import Tick
 from taskflow.exceptions import Defer, StoreError
-from taskflow.message import Message
+from taskflow.message import Message, TopicPartition
+from taskflow.middleware.telemetry import SCOPE, meter_provider
 from taskflow.specs import ConsumerSpec
-from taskflow.stores.base import Outcome
+from taskflow.stores.base import Outcome, TransactionalStore
 from taskflow.stores.redis import RedisIdempotencyStore
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter
+    from redis.asyncio.client import Pipeline
+
     from taskflow.context import Context
     from taskflow.handler import Handler, Job
     from taskflow.middleware.builtin import Resources
@@ -66,6 +72,16 @@ DEFER_POLL = 1.0
 """The longest a message claimed elsewhere waits before asking again: a holder that finishes
 early hands over within this, not at the end of its lease."""
 
+FLUSH_TIMEOUT = 5.0
+"""The longest a revoke or shutdown waits for done marks still on their way to the store."""
+
+_ATTRIBUTE = {
+    "ran": "runs",
+    "skipped": "skipped",
+    "deferred": "deferred",
+    "unguarded": "unguarded",
+    "lost": "lost",
+}
 _MAX_UNANSWERED = 10_000
 _MIN_DEFER = 0.01  # a claim about to expire: look again almost at once, without spinning
 # Owner tokens: unique per claim across replicas and restarts, and readable in Redis.
@@ -122,8 +138,19 @@ def idempotency_layer(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -
         key_for = consumer_key(spec.group, spec.idempotency_key)
     else:
         key_for = periodic_key(resources.app_name)
+    provider = meter_provider(resources)
+    outcomes = None
+    if provider is not None:
+        outcomes = provider.get_meter(SCOPE).create_counter(
+            "taskflow.idempotency.outcomes",
+            unit="{job}",
+            description="What idempotency did with each job: ran, skipped (done, or periodic "
+            "running elsewhere), deferred (claimed elsewhere), unguarded (store down, "
+            "proceed), lost (the claim ran out under a running handler).",
+        )
     return functools.partial(
         Idempotency,
+        outcomes=outcomes,
         store=store,
         key_for=key_for,
         lease=spec.idempotency_lease,
@@ -144,8 +171,10 @@ class Idempotency:
         lease: Seconds a claim lasts unless renewed.
         retention: Seconds a done mark is kept.
         on_store_error: ``"fail"`` (do not run) or ``"proceed"`` (run unguarded).
-        periodic: True for a periodic task: a tick done or in progress elsewhere is skipped.
+        periodic: True for a periodic task: a tick done or in progress elsewhere is skipped, and
+            done marks are written before the run ends (there are no batches to share them).
         name: The registration's name, for log lines.
+        outcomes: The counter `taskflow.idempotency.outcomes`, when telemetry is on.
 
     Attributes:
         runs: Handlers run under a claim and completed.
@@ -166,8 +195,10 @@ class Idempotency:
         on_store_error: OnStoreError = "fail",
         periodic: bool = False,
         name: str = "",
+        outcomes: Counter | None = None,
     ) -> None:
         self.app = app
+        self.outcomes = outcomes
         self.store = store
         self.key_for = key_for
         self.lease = lease
@@ -177,60 +208,122 @@ class Idempotency:
         self.name = name
         self.runs = self.skipped = self.deferred = self.unguarded = self.lost = 0
         self.failing = False
+        self.transactional = isinstance(store, TransactionalStore)
         self._unanswered: dict[str, str] = {}  # key -> the owner of a claim that got no answer
+        self._prefetched: dict[str, _Prefetched] = {}
+        self._marks = _DoneMarks(self)
+
+    def _note(self, outcome: str) -> None:
+        """Count an outcome: in the attribute of its name, and in the metric when there is one."""
+        attribute = _ATTRIBUTE[outcome]
+        setattr(self, attribute, getattr(self, attribute) + 1)
+        if self.outcomes is not None:
+            self.outcomes.add(
+                1, {"taskflow.worker": self.name, "taskflow.idempotency.outcome": outcome}
+            )
 
     def _remember_unanswered(self, key: str, owner: str) -> None:
         self._unanswered[key] = owner
         if len(self._unanswered) > _MAX_UNANSWERED:  # keys of revoked partitions never return
             del self._unanswered[next(iter(self._unanswered))]
 
+    # -- one job ---------------------------------------------------------------------------
+
     async def __call__(self, job: Job, ctx: Context) -> None:
         key = self.key_for(job)
+        if key in self._marks:  # it ran here a moment ago; its done mark is on its way
+            self._skip(job, ctx, key, "already done")
+            return
+        prefetched = self._prefetched.pop(key, None) if self._prefetched else None
+        try:
+            if prefetched is None:
+                owner, outcome, claimed_at = await self._claim(key)
+            else:
+                owner, outcome, claimed_at = await self._reuse(key, prefetched)
+        except _Unanswered as unanswered:
+            await self._without_store(job, ctx, unanswered.error)
+            return
+        if outcome is Outcome.CLAIMED:
+            await self._run_claimed(job, ctx, key, owner, claimed_at)
+        elif outcome is Outcome.DONE:
+            self._skip(job, ctx, key, "already done")
+        elif self.periodic:
+            self._skip(job, ctx, key, "is running elsewhere")
+        else:
+            self._note("deferred")
+            raise Defer(f"claimed by another worker ({key})", await self._lease_left(key))
+
+    async def _claim(self, key: str) -> tuple[str, Outcome, float]:
         # After a failed claim, try again as the same owner: the claim may have reached Redis
         # even though its answer did not, and then only that owner can take it back.
         owner = self._unanswered.pop(key, None) or new_owner()
+        claimed_at = time.monotonic()
         try:
             outcome = await self.store.claim(key, owner, self.lease)
         except StoreError as exc:
             self._remember_unanswered(key, owner)
-            await self._without_store(job, ctx, exc)
-            return
+            raise _Unanswered(exc) from exc
         self._store_answers()
-        if outcome is Outcome.CLAIMED:
-            await self._run_claimed(job, ctx, key, owner)
-        elif outcome is Outcome.DONE:
-            self.skipped += 1
-            ctx.logger.info("⏭ %s already done (%s); skipped", job, key)
-        elif self.periodic:
-            self.skipped += 1
-            ctx.logger.info("⏭ %s is running elsewhere (%s); skipped", job, key)
-        else:
-            self.deferred += 1
-            raise Defer(f"claimed by another worker ({key})", await self._lease_left(key))
+        return owner, outcome, claimed_at
 
-    async def _run_claimed(self, job: Job, ctx: Context, key: str, owner: str) -> None:
-        renewal = asyncio.create_task(self._renew(job, ctx, key, owner), name=f"renew {key}")
+    async def _reuse(self, key: str, prefetched: _Prefetched) -> tuple[str, Outcome, float]:
+        """The outcome a batch claim found, while it can still be trusted."""
+        owner, outcome, claimed_at, _ = prefetched
+        if outcome is not Outcome.CLAIMED or time.monotonic() - claimed_at < self.lease / 3:
+            return owner, outcome, claimed_at
+        # It waited in the buffer for a third of its lease, when a renewal is due: renew it
+        # before running on it.
+        renewed_at = time.monotonic()
+        try:
+            kept = await self.store.extend(key, owner, self.lease)
+        except StoreError as exc:
+            self._remember_unanswered(key, owner)
+            raise _Unanswered(exc) from exc
+        return (owner, outcome, renewed_at) if kept else await self._claim(key)
+
+    def _skip(self, job: Job, ctx: Context, key: str, why: str) -> None:
+        self._note("skipped")
+        ctx.logger.info("⏭ %s %s (%s); skipped", job, why, key)
+
+    async def _run_claimed(
+        self, job: Job, ctx: Context, key: str, owner: str, claimed_at: float
+    ) -> None:
+        renewal = _Renewal(self, job, ctx, key, owner, claimed_at)
+        if self.transactional:
+            ctx._offer_transaction(cast("TransactionalStore", self.store).transaction)
         try:
             await self.app(job, ctx)
         except BaseException:
-            await _cancel(renewal)
+            ctx._take_transaction()  # its effects are dropped with the failure
+            await renewal.stop()
             await self._release(job, ctx, key, owner)
             raise
-        await _cancel(renewal)
-        await self._complete(job, ctx, key, owner)
-        self.runs += 1
+        await renewal.stop()
+        effects = ctx._take_transaction() if self.transactional else None
+        if effects is not None:
+            await self._complete_with(job, ctx, key, owner, effects)
+        elif self.periodic:
+            await self._complete(job, ctx, key, owner)
+        else:
+            self._marks.add(key, owner)
+        self._note("ran")
 
-    async def _renew(self, job: Job, ctx: Context, key: str, owner: str) -> None:
-        """Extend the lease every third of it until cancelled, or until the claim is lost."""
-        while True:
-            await asyncio.sleep(self.lease / 3)
+    async def _renew(
+        self, job: Job, ctx: Context, key: str, owner: str, stop: asyncio.Event
+    ) -> None:
+        """Extend the lease now and every third of it until `stop` is set or the claim is lost.
+
+        It is stopped by an event, never cancelled: redis-py can swallow a cancellation that
+        lands during a command (redis/redis-py#2028), which would leave this loop running.
+        """
+        while not stop.is_set():
             try:
                 kept = await self.store.extend(key, owner, self.lease)
             except StoreError as exc:
                 ctx.logger.warning("renewing the claim on %s failed (%s); trying again", job, exc)
-                continue
+                kept = True
             if not kept:
-                self.lost += 1
+                self._note("lost")
                 # The handler is not cancelled: stopping it half-way could do more harm than a
                 # second run, which the next owner's done mark then keeps from happening again.
                 ctx.logger.error(
@@ -240,6 +333,9 @@ class Idempotency:
                     key,
                 )
                 return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease / 3):
+                    await stop.wait()
 
     async def _complete(self, job: Job, ctx: Context, key: str, owner: str) -> None:
         try:
@@ -253,12 +349,30 @@ class Idempotency:
             )
             return
         if not done:
-            self.lost += 1
-            ctx.logger.error(
-                "%s ran, but its claim (%s) had been lost: another worker may have run it too",
-                job,
+            self._lost(key, f"{job} ran, but its claim ({key}) had been lost")
+
+    async def _complete_with(
+        self, job: Job, ctx: Context, key: str, owner: str, effects: Pipeline
+    ) -> None:
+        """Write the handler's effects with the done mark; a failure goes to the error policy."""
+        store = cast("TransactionalStore", self.store)
+        try:
+            done = await store.complete_with(key, owner, self.retention, effects)
+        except StoreError:
+            # Whether the EXEC landed is unknown; releasing would be wrong if it did. The claim
+            # runs out, and then the done mark (if it landed) or a new claim decides.
+            ctx.logger.error("%s ran but its effects and done mark may not be written", job)
+            raise
+        if not done:
+            self._lost(
                 key,
+                f"{job} ran, but its claim ({key}) had been lost: its effects were "
+                "dropped, and the worker holding the claim applies its own",
             )
+
+    def _lost(self, key: str, what: str) -> None:
+        self._note("lost")
+        logger.error("%s: %s; another worker may have run it too", self.name, what)
 
     async def _release(self, job: Job, ctx: Context, key: str, owner: str) -> None:
         try:
@@ -290,7 +404,7 @@ class Idempotency:
                 "%s: the idempotency store is unavailable (%s); %s", self.name, exc, action
             )
         if self.on_store_error == "proceed":
-            self.unguarded += 1
+            self._note("unguarded")
             ctx.logger.warning("%s runs without an idempotency claim: %s", job, exc)
             await self.app(job, ctx)
             return
@@ -303,7 +417,174 @@ class Idempotency:
             self.failing = False
             logger.info("%s: the idempotency store answers again", self.name)
 
+    # -- batches (the BatchAware protocol) -------------------------------------------------
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async def prefetch(self, messages: Sequence[Message]) -> None:
+        """Claim the keys of a fetched batch in one round trip, for its messages to use."""
+        wanted: dict[str, TopicPartition] = {}
+        for message in messages:
+            try:
+                key = self.key_for(message)
+            except Exception:  # its own run raises it again, to the error policy
+                continue
+            if key not in self._prefetched and key not in self._marks:
+                wanted.setdefault(key, TopicPartition(message.topic, message.partition))
+        if not wanted:
+            return
+        owner = new_owner()
+        claimed_at = time.monotonic()
+        try:
+            outcomes = await self.store.claim_many(list(wanted), owner, self.lease)
+        except StoreError:
+            for key in wanted:  # each message claims on its own, as this owner, and reports it
+                self._remember_unanswered(key, owner)
+            return
+        self._store_answers()
+        for (key, tp), outcome in zip(wanted.items(), outcomes, strict=True):
+            if outcome is not Outcome.IN_PROGRESS:  # that one asks again when its turn comes
+                self._prefetched[key] = _Prefetched(owner, outcome, claimed_at, tp)
+
+    async def flush(self) -> None:
+        """Wait until the done marks of handlers that ran are written (or given up)."""
+        await self._marks.flush()
+
+    async def discard(self, partitions: Collection[TopicPartition]) -> None:
+        """Release the batch claims of messages of `partitions` that will not run here."""
+        leaving = set(partitions)
+        dropped = [(key, entry) for key, entry in self._prefetched.items() if entry.tp in leaving]
+        for key, _ in dropped:
+            del self._prefetched[key]
+        claims = [(key, e.owner) for key, e in dropped if e.outcome is Outcome.CLAIMED]
+        try:
+            await self.store.release_many(claims)
+        except StoreError as exc:
+            logger.warning(
+                "%s: releasing %d claims of revoked partitions failed (%s); they can be claimed "
+                "again after the lease",
+                self.name,
+                len(claims),
+                exc,
+            )
+
+
+class _Prefetched(NamedTuple):
+    owner: str
+    outcome: Outcome
+    claimed_at: float  # time.monotonic() when the claim was sent
+    tp: TopicPartition
+
+
+class _Unanswered(Exception):
+    """The store did not answer a claim."""
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Renewal:
+    """Renews a claim while its handler runs, starting a third of a lease after the claim.
+
+    Most handlers end well before that, so the common case costs one timer and no task.
+    """
+
+    __slots__ = ("handle", "stopping", "task")
+
+    def __init__(
+        self, owner: Idempotency, job: Job, ctx: Context, key: str, token: str, claimed_at: float
+    ) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.stopping = asyncio.Event()
+
+        def start() -> None:
+            renew = owner._renew(job, ctx, key, token, self.stopping)
+            self.task = asyncio.create_task(renew, name=f"renew {key}")
+
+        delay = max(0.0, owner.lease / 3 - (time.monotonic() - claimed_at))
+        self.handle = asyncio.get_running_loop().call_later(delay, start)
+
+    async def stop(self) -> None:
+        """Stop renewing; waits for a renewal on its way to the store (a bounded call)."""
+        self.handle.cancel()
+        if self.task is not None:
+            self.stopping.set()
+            await self.task
+
+
+class _DoneMarks:
+    """Done marks of handlers that ran, written in batches while the next messages run.
+
+    A consumer's lane does not wait for its message's done mark: the mark goes into the next
+    batch, and one batch at a time is on its way to the store, so marks are written about as
+    fast as a round trip allows. A message that ran here counts as done at once (`in`). A crash
+    loses the marks on their way, as it would lose one a lane was waiting for.
+    """
+
+    def __init__(self, middleware: Idempotency) -> None:
+        self.middleware = middleware
+        self.waiting: dict[str, tuple[str, float]] = {}  # key: (owner, when it ran)
+        self.sending: dict[str, tuple[str, float]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.waiting or key in self.sending
+
+    def add(self, key: str, owner: str) -> None:
+        self.waiting[key] = (owner, time.monotonic())
+        if self.task is None:
+            self.task = asyncio.create_task(self._write(), name=f"done marks {key}")
+
+    async def flush(self) -> None:
+        task = self.task
+        if task is None:
+            return
+        try:
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()  # it may finish its current write first; see `Idempotency._renew`
+            logger.error(
+                "%s: %d done marks were not written within %gs; those messages may run again "
+                "after their lease",
+                self.middleware.name,
+                len(self.waiting) + len(self.sending),
+                FLUSH_TIMEOUT,
+            )
+            self.waiting.clear()
+            self.sending.clear()
+
+    async def _write(self) -> None:
+        try:
+            while self.waiting:
+                self.sending, self.waiting = self.waiting, {}
+                await self._send(self.sending)
+                self.sending = {}
+        finally:
+            self.task = None
+
+    async def _send(self, marks: dict[str, tuple[str, float]]) -> None:
+        middleware = self.middleware
+        claims = [(key, owner) for key, (owner, _) in marks.items()]
+        try:
+            results = await middleware.store.complete_many(claims, middleware.retention)
+        except StoreError as exc:
+            self._keep_for_retry(marks, exc)
+            await asyncio.sleep(STORE_RETRY)
+            return
+        for (key, _), done in zip(claims, results, strict=True):
+            if not done:
+                middleware._lost(key, f"a message ran, but its claim ({key}) had been lost")
+
+    def _keep_for_retry(self, marks: dict[str, tuple[str, float]], exc: StoreError) -> None:
+        """Put back the marks whose claims may still hold; the rest are given up, and said so."""
+        expiry = time.monotonic() - self.middleware.lease
+        kept = {key: mark for key, mark in marks.items() if mark[1] > expiry}
+        self.waiting = {**kept, **self.waiting}
+        given_up = len(marks) - len(kept)
+        logger.error(
+            "%s: writing %d done marks failed (%s); retrying%s",
+            self.middleware.name,
+            len(marks),
+            exc,
+            f", and gave up {given_up} whose lease ran out: they may run again" if given_up else "",
+        )

@@ -7,7 +7,8 @@ message the handler, on the Redis of ``TASKFLOW_REDIS_URL``:
    a kill);
 2. sleeps a random 0..``IDEM_DELAY_MS`` ms (at least ``IDEM_MIN_DELAY_MS``);
 3. in one MULTI, increments the field ``<id>`` of the hash ``{prefix}counts`` (the side effect) and
-   appends ``<pid> <id>`` to the list ``{prefix}finished``.
+   appends ``<pid> <id>`` to the list ``{prefix}finished``; with ``IDEM_TRANSACTION=1`` that MULTI
+   is `Context.transaction`, which taskflow applies together with the message's done mark.
 
 Configured by environment variables:
 
@@ -16,7 +17,8 @@ Configured by environment variables:
 - ``IDEM_IDEMPOTENT``: ``1`` to switch idempotency on, keyed on the value (default ``1``);
 - ``IDEM_LEASE``: the idempotency lease in seconds (default 30);
 - ``IDEM_ORDERING`` / ``IDEM_CONCURRENCY``: the ordering mode and its concurrency;
-- ``IDEM_DELAY_MS`` / ``IDEM_MIN_DELAY_MS``: the handler's random sleep (default 0).
+- ``IDEM_DELAY_MS`` / ``IDEM_MIN_DELAY_MS``: the handler's random sleep (default 0);
+- ``IDEM_TRANSACTION``: ``1`` to write the effects through ``ctx.transaction`` (default ``0``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from taskflow import App, Message
+from taskflow import App, Context, Message
 
 app = App("idem-counter")
 
@@ -36,6 +38,7 @@ _prefix = os.environ.get("IDEM_PREFIX", "")
 _delay_ms = int(os.environ.get("IDEM_DELAY_MS", "0"))
 _min_delay_ms = int(os.environ.get("IDEM_MIN_DELAY_MS", "0"))
 _idempotent = os.environ.get("IDEM_IDEMPOTENT", "1") == "1"
+_transaction = os.environ.get("IDEM_TRANSACTION", "0") == "1"
 _options: dict[str, Any] = {
     "group": os.environ["IDEM_GROUP"],
     "ordering": os.environ.get("IDEM_ORDERING", "partition"),
@@ -58,13 +61,17 @@ def redis() -> Redis:
     return _redis
 
 
-async def count(message: Message) -> None:
+async def count(message: Message, ctx: Context) -> None:
     ident = message.value.decode()
     mark = f"{os.getpid()} {ident}"
     client = redis()
     await client.rpush(f"{_prefix}started", mark)
     if _delay_ms:
         await asyncio.sleep(random.uniform(_min_delay_ms, _delay_ms) / 1000)
+    if _transaction:
+        ctx.transaction.hincrby(f"{_prefix}counts", ident, 1)
+        ctx.transaction.rpush(f"{_prefix}finished", mark)
+        return
     async with client.pipeline(transaction=True) as pipe:
         pipe.hincrby(f"{_prefix}counts", ident, 1)
         pipe.rpush(f"{_prefix}finished", mark)

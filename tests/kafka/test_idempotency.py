@@ -6,6 +6,8 @@ appends a "started" mark, and with the count a "finished" mark. The scenarios:
 - SIGKILLed at 5 random moments and restarted each time, an idempotent app loses nothing, and
   counts a message twice only for a handler that was running at a kill: it had started and its
   done mark was not written. The same run without idempotency shows how many more were repeated.
+- The same with the counter written through `Context.transaction`, which lands with the done mark:
+  every counter ends at exactly 1.
 - Two replicas of one group with slow handlers, racing for the same messages after rebalances
   (one joins; then the other stalls, is thrown out of the group with its handlers running, and
   comes back), never both run a message's handler to completion.
@@ -70,7 +72,8 @@ async def until_counted(
         for app in apps:
             assert app.proc.poll() is None, f"the app exited ({app.proc.returncode}):\n{app.log}"
         if time.monotonic() > deadline:
-            raise AssertionError(f"{counted} ids counted after {timeout}s, not {at_least}")
+            logs = "\n".join(app.log[-3000:] for app in apps)
+            raise AssertionError(f"{counted} ids counted after {timeout}s, not {at_least}:\n{logs}")
         await asyncio.sleep(0.02)
 
 
@@ -194,6 +197,37 @@ async def test_sigkilled_five_times_repeats_only_handlers_running_at_the_kills(
         f"\nSIGKILL x{KILLS}, {MESSAGES} messages: idempotent {idem.repeated} id(s) counted twice "
         f"(handlers cut by the kills {idem.cut}); without idempotency {plain.repeated} id(s) "
         f"counted more than once, {plain.extra} extra runs (handlers cut {plain.cut})"
+    )
+
+
+@pytest.mark.timeout(240)
+async def test_sigkilled_five_times_effects_written_with_the_done_mark_happen_exactly_once(
+    redis: Redis,
+    counter_env: dict[str, str],
+    unique: str,
+    bootstrap: str,
+    topic: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    watermarks = await produce_ids(producer, topic, MESSAGES)
+    env = {
+        **counter_env,
+        "IDEM_GROUP": f"{unique}-once",
+        "IDEM_PREFIX": "once:",
+        "IDEM_IDEMPOTENT": "1",
+        "IDEM_TRANSACTION": "1",
+    }
+
+    run = await crash_run(redis, env, bootstrap, topic, random.Random())
+
+    assert set(run.counts) == set(range(MESSAGES)), "a message was lost"
+    assert set(run.counts.values()) == {1}, f"{run.repeated} id(s) counted more than once"
+    assert run.done == MESSAGES
+    assert run.committed == watermarks
+    assert await redis.llen("once:finished") == MESSAGES  # the other effect, exactly once too
+    print(
+        f"\nSIGKILL x{KILLS}, {MESSAGES} messages, effects in ctx.transaction: every id counted "
+        f"exactly once (handlers cut by the kills {run.cut})"
     )
 
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 import taskflow.middleware.idempotency as idempotency
-from taskflow import App, Backoff, ConfigurationError, Context, Message
+from taskflow import App, Backoff, ConfigurationError, Context, Message, StateError, StoreError
 from taskflow.middleware.idempotency import Idempotency
 from taskflow.stores import MemoryIdempotencyStore, Outcome, RedisIdempotencyStore
 from taskflow.testing import ManualClock, TestClient
@@ -181,6 +184,229 @@ async def test_a_message_claimed_elsewhere_is_deferred_then_runs_after_the_lease
     assert (await redis.get("taskflow:idem:racing:id-5")).startswith(b"done:")
 
 
+# -- batches -----------------------------------------------------------------------------------
+
+
+class CountingStore(RedisIdempotencyStore):
+    """The Redis store, counting how often each kind of call goes to Redis."""
+
+    def __init__(self, client: Redis) -> None:
+        super().__init__(client)
+        self.calls: Counter[str] = Counter()
+
+    async def claim(self, key: str, owner: str, lease: float) -> Outcome:
+        self.calls["claim"] += 1
+        return await super().claim(key, owner, lease)
+
+    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[Outcome]:
+        self.calls["claim_many"] += 1
+        return await super().claim_many(keys, owner, lease)
+
+    async def complete(self, key: str, owner: str, retention: float) -> bool:
+        self.calls["complete"] += 1
+        return await super().complete(key, owner, retention)
+
+    async def complete_many(
+        self, claims: Sequence[tuple[str, str]], retention: float
+    ) -> list[bool]:
+        self.calls["complete_many"] += 1
+        return await super().complete_many(claims, retention)
+
+
+@pytest.mark.redis
+async def test_a_fetched_batch_is_claimed_in_one_round_trip_and_marked_done_in_few(
+    redis: Redis,
+) -> None:
+    store = CountingStore(redis)
+    app, handled = recording_app("batch", {"idempotency_store": store}, idempotent=True)
+    client = TestClient(app, partitions=1)
+    for value in range(200):  # waiting before the consumer starts: its first fetch takes them all
+        client.broker.append(
+            "events", str(value).encode(), headers=(("idempotency-key", b"%d" % value),)
+        )
+    async with client:
+        await client.drain()
+        await middleware_of(client).flush()
+
+    assert handled == list(range(200))
+    assert store.calls["claim_many"] == 1
+    assert store.calls["claim"] == 0
+    assert store.calls["complete"] == 0
+    assert 1 <= store.calls["complete_many"] <= 20  # marks pile up while one batch is on its way
+    values = await redis.mget([f"taskflow:idem:batch:{value}" for value in range(200)])
+    assert all(value is not None and value.startswith(b"done:") for value in values)
+
+
+@pytest.mark.redis
+async def test_messages_left_unrun_at_shutdown_give_their_batch_claims_back(redis: Redis) -> None:
+    app = App("unrun", redis_url=REDIS_URL)
+    started = asyncio.Event()
+    handled: list[int] = []
+
+    async def on_event(message: Message) -> None:
+        handled.append(int(message.value))
+        started.set()
+        await asyncio.sleep(0.2)
+
+    app.add_consumer(on_event, "events", idempotent=True)
+    client = TestClient(app, partitions=1)
+    for value in range(10):
+        client.broker.append(
+            "events", str(value).encode(), headers=(("idempotency-key", b"%d" % value),)
+        )
+    async with client:
+        await started.wait()  # the first runs; the other nine wait in the partition's lane
+
+    assert handled == [0]
+    assert (await redis.get("taskflow:idem:unrun:0")).startswith(b"done:")
+    # The next owner of the partition can claim the rest at once, not after the lease.
+    assert await redis.exists(*[f"taskflow:idem:unrun:{value}" for value in range(1, 10)]) == 0
+
+
+@pytest.mark.redis
+async def test_a_duplicate_right_behind_its_twin_is_skipped_before_the_done_mark_lands(
+    redis: Redis,
+) -> None:
+    app, handled = recording_app("twins", {"redis_url": REDIS_URL}, idempotent=True)
+    client = TestClient(app, partitions=1)
+    for value in (1, 2, 3):
+        client.broker.append("events", str(value).encode(), headers=(("idempotency-key", b"same"),))
+    with flagged("twins", "deferred") as deferred:
+        async with client:
+            await client.drain()
+            assert middleware_of(client).skipped == 2
+
+    assert handled == [1]
+    assert deferred.messages == []  # never waited on a claim of its own
+
+
+# -- effects written with the done mark --------------------------------------------------------
+
+
+def counting_app(name: str, fail_first: bool = False) -> tuple[App, list[int]]:
+    """A consumer that counts each message in the Redis hash `counts` through ctx.transaction."""
+    app = App(name, redis_url=REDIS_URL)
+    attempts: list[int] = []
+
+    async def on_event(message: Message, ctx: Context) -> None:
+        attempts.append(int(message.value))
+        ctx.transaction.hincrby("counts", message.value.decode(), 1)
+        ctx.transaction.rpush("order", message.value)
+        if fail_first and len(attempts) == 1:
+            raise RuntimeError("downstream hiccup after queueing the effects")
+
+    app.add_consumer(on_event, "events", idempotent=True, retry=FAST)
+    return app, attempts
+
+
+@pytest.mark.redis
+async def test_effects_queued_on_the_transaction_land_with_the_done_mark(redis: Redis) -> None:
+    app, attempts = counting_app("effects")
+    async with TestClient(app, partitions=1) as client:
+        for value in (1, 2, 3):
+            await client.publish("events", value, headers={"idempotency-key": f"id-{value}"})
+        await client.publish("events", 1, headers={"idempotency-key": "id-1"})  # a duplicate
+        await client.drain()
+
+    assert attempts == [1, 2, 3]
+    assert await redis.hgetall("counts") == {b"1": b"1", b"2": b"1", b"3": b"1"}
+    assert await redis.lrange("order", 0, -1) == [b"1", b"2", b"3"]
+    for value in (1, 2, 3):
+        assert (await redis.get(f"taskflow:idem:effects:id-{value}")).startswith(b"done:")
+
+
+@pytest.mark.redis
+async def test_effects_of_a_failed_attempt_are_dropped_and_the_retry_applies_its_own(
+    redis: Redis,
+) -> None:
+    app, attempts = counting_app("retried", fail_first=True)
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("events", 7, headers={"idempotency-key": "id-7"})
+        await client.drain()
+
+    assert attempts == [7, 7]
+    assert await redis.hgetall("counts") == {b"7": b"1"}
+
+
+@pytest.mark.redis
+async def test_effects_of_a_handler_whose_claim_was_lost_are_dropped(redis: Redis) -> None:
+    app = App("stolen", redis_url=REDIS_URL)
+
+    async def on_event(message: Message, ctx: Context) -> None:
+        ctx.transaction.incr("effect")
+        # Meanwhile the lease ran out and another replica claimed the message.
+        await redis.set("taskflow:idem:stolen:id-1", "other-replica:1", px=60_000)
+
+    app.add_consumer(on_event, "events", idempotent=True)
+    with flagged("taskflow.idempotency", "its effects were dropped", logging.ERROR) as flag:
+        async with TestClient(app, partitions=1) as client:
+            await client.publish("events", 1, headers={"idempotency-key": "id-1"})
+            await client.drain()
+            assert middleware_of(client).lost == 1
+
+    assert await redis.get("effect") is None
+    assert await redis.get("taskflow:idem:stolen:id-1") == b"other-replica:1"
+    assert len(flag.messages) == 1
+
+
+async def test_the_transaction_needs_an_idempotent_registration_on_redis() -> None:
+    app = App("plain", idempotency_store=MemoryIdempotencyStore())
+    errors: list[str] = []
+
+    async def on_event(message: Message, ctx: Context) -> None:
+        try:
+            ctx.transaction.incr("effect")
+        except StateError as exc:
+            errors.append(str(exc))
+
+    app.add_consumer(on_event, "events", name="plain_consumer")
+    app.add_consumer(on_event, "events", name="memory_consumer", group="other", idempotent=True)
+    async with TestClient(app) as client:
+        await client.publish("events", 1)
+        await client.drain()
+
+    expected = (
+        "{}: ctx.transaction needs idempotent=True with the Redis idempotency store "
+        "(App(redis_url=...)); it is the claim that makes its commands apply once"
+    )
+    assert sorted(errors) == sorted(
+        [expected.format("plain_consumer"), expected.format("memory_consumer")]
+    )
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+async def test_each_outcome_is_counted_in_a_metric_when_telemetry_is_on() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    app = App("counted", idempotency_store=MemoryIdempotencyStore(), meter_provider=provider)
+
+    async def on_event(message: Message) -> None:
+        pass
+
+    app.add_consumer(on_event, "events", idempotent=True)
+    try:
+        async with TestClient(app, partitions=1) as client:
+            for value in (1, 2, 1, 1):
+                await client.publish("events", value, headers={"idempotency-key": f"id-{value}"})
+            await client.drain()
+        data = reader.get_metrics_data()
+    finally:
+        provider.shutdown()
+
+    points = {
+        point.attributes["taskflow.idempotency.outcome"]: point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "taskflow.idempotency.outcomes"
+        for point in metric.data.data_points
+        if point.attributes["taskflow.worker"] == "on_event"
+    }
+    assert points == {"ran": 2, "skipped": 2}
+
+
 # -- the lease while a handler runs ----------------------------------------------------------
 
 
@@ -245,12 +471,28 @@ async def unreachable() -> AsyncIterator[RedisIdempotencyStore]:
         await client.aclose()
 
 
+class DownAfterStart(RedisIdempotencyStore):
+    """A store whose Redis answered the start-up check and went away right after."""
+
+    async def ping(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def down_after_start() -> AsyncIterator[RedisIdempotencyStore]:
+    client = Redis(port=closed_port(), retry=Retry(NoBackoff(), 0))
+    try:
+        yield DownAfterStart(client)
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.redis
 async def test_with_fail_a_store_outage_runs_and_commits_nothing_and_loses_nothing(
-    redis: Redis, unreachable: RedisIdempotencyStore, monkeypatch: pytest.MonkeyPatch
+    redis: Redis, down_after_start: RedisIdempotencyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(idempotency, "STORE_RETRY", 0.05)
-    app, handled = recording_app("outage", {"idempotency_store": unreachable}, idempotent=True)
+    app, handled = recording_app("outage", {"idempotency_store": down_after_start}, idempotent=True)
     with flagged("taskflow.idempotency", "unavailable", logging.ERROR) as flag:
         async with TestClient(app, partitions=1) as client:
             await client.publish("events", 1, headers={"idempotency-key": "a"})
@@ -270,10 +512,13 @@ async def test_with_fail_a_store_outage_runs_and_commits_nothing_and_loses_nothi
 
 
 async def test_with_proceed_a_store_outage_runs_the_handler_and_logs_it(
-    unreachable: RedisIdempotencyStore,
+    down_after_start: RedisIdempotencyStore,
 ) -> None:
     app, handled = recording_app(
-        "proceed", {"idempotency_store": unreachable}, idempotent=True, on_store_error="proceed"
+        "proceed",
+        {"idempotency_store": down_after_start},
+        idempotent=True,
+        on_store_error="proceed",
     )
     with flagged("proceed", "runs without an idempotency claim", logging.WARNING) as flag:
         async with TestClient(app) as client:
@@ -338,6 +583,22 @@ async def test_the_app_wide_switch_covers_consumers_and_periodic_tasks() -> None
 
 
 # -- configuration ---------------------------------------------------------------------------
+
+
+async def test_an_explicit_redis_store_that_does_not_answer_stops_the_app_before_it_starts(
+    unreachable: RedisIdempotencyStore,
+) -> None:
+    app, _ = recording_app("dead-store", {"idempotency_store": unreachable}, idempotent=True)
+    started: list[bool] = []
+
+    @app.on_startup
+    async def note() -> None:
+        started.append(True)
+
+    with pytest.raises(StoreError, match="the idempotency store's Redis does not answer"):
+        async with TestClient(app):
+            pass
+    assert started == []
 
 
 async def test_idempotency_without_a_store_is_refused_before_anything_starts() -> None:
