@@ -56,13 +56,15 @@ def rate_limit(value: RateLimit | str) -> RateLimit:
     `RateLimit` through.
 
     Raises:
-        ConfigurationError: naming the accepted forms.
+        ConfigurationError: naming the accepted forms; or, for a count of zero, saying so.
     """
     if isinstance(value, RateLimit):
         return value
     if isinstance(value, str) and (match := _TEXT.fullmatch(value.lower())):
         count, unit = match.groups()
         if unit in _UNITS:
+            if float(count) == 0:
+                raise ConfigurationError(f"a rate limit count must be positive, got {value!r}")
             return RateLimit(float(count), per=timedelta(seconds=_UNITS[unit]))
     raise ConfigurationError(
         f"unknown rate limit {value!r}: write '100/s', '30/m' or '1000/h', "

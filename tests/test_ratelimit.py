@@ -48,30 +48,42 @@ def test_the_default_period_is_one_second() -> None:
     assert RateLimit(100) == rate_limit("100/s")
 
 
-UNKNOWN = "unknown rate limit {!r}: write '100/s', '30/m' or '1000/h', or pass RateLimit"
-
-
 @pytest.mark.parametrize(
     "value",
-    ["100", "/s", "100/", "100/d", "100/day", "-5/s", "1e3/s", ".5/s", "100 per s", "", 100, None],
+    [
+        "100",
+        "/s",
+        "100/",
+        "abc",
+        "100/d",
+        "100/day",
+        "100/fortnight",
+        "100/ms",
+        "100/hs",
+        "-5/s",
+        "1e3/s",
+        ".5/s",
+        "100 per s",
+        "",
+        100,
+        None,
+        timedelta(seconds=1),
+    ],
 )
-def test_unknown_forms_are_refused_naming_the_accepted_ones(value: object) -> None:
+def test_unknown_forms_are_refused_in_one_sentence_naming_the_accepted_ones(value: object) -> None:
     with pytest.raises(ConfigurationError) as caught:
         rate_limit(value)  # type: ignore[arg-type]
-    assert str(caught.value).startswith(UNKNOWN.format(value))
+    assert str(caught.value) == (
+        f"unknown rate limit {value!r}: write '100/s', '30/m' or '1000/h', "
+        "or pass RateLimit(count, per=timedelta(...))"
+    )
 
 
-@pytest.mark.parametrize("text", ["100/ms", "100/hs", "100/d"])
-def test_units_that_are_not_seconds_minutes_or_hours_are_refused(text: str) -> None:
-    with pytest.raises(ConfigurationError, match="unknown rate limit"):
+@pytest.mark.parametrize("text", ["0/s", "0.0/m", "00/h"])
+def test_a_zero_count_is_refused_as_written(text: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
         rate_limit(text)
-
-
-def test_a_zero_count_is_refused() -> None:
-    with pytest.raises(
-        ConfigurationError, match=r"^a rate limit count must be positive, got 0\.0$"
-    ):
-        rate_limit("0/s")
+    assert str(caught.value) == f"a rate limit count must be positive, got {text!r}"
 
 
 @pytest.mark.parametrize("count", [0, -1, math.nan, math.inf])

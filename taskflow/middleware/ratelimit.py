@@ -2,8 +2,9 @@
 
 Both scopes are smooth: runs are spaced one *emission interval* (1/rate) apart, with a small
 tolerance of `TOLERANCE` seconds so that a timer firing a millisecond late does not slow the
-long-run rate down. After idle the limit does not refill into a burst: the first second after a
-pause runs at most `rate * (1 s + TOLERANCE) + 1` handlers, never twice the rate.
+long-run rate down. After idle the limit does not refill into a burst: no run goes more than
+`TOLERANCE` ahead of evenly spaced runs, so the first second after a pause runs at most
+`rate * (1 s + TOLERANCE) + 1` handlers, never twice the rate.
 
 - ``local``: one `aiolimiter.AsyncLimiter` per registration, shared by its partitions' lanes.
 - ``global``: GCRA (the generic cell rate algorithm) in one Lua script that reads Redis server
@@ -13,6 +14,10 @@ pause runs at most `rate * (1 s + TOLERANCE) + 1` handlers, never twice the rate
 
 A lane waiting here does not take its next record, so its partition's buffer fills up to
 `max_buffered` and the consumer pauses it while it keeps polling: the backpressure.
+
+With telemetry on (`telemetry_enabled`), a run that had to wait adds a `taskflow.rate_limit.wait`
+event to the current span (the telemetry middleware's, which is outermost) and records the wait in
+the `taskflow.ratelimit.wait` histogram. With telemetry off nothing is built for it.
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 from aiolimiter import AsyncLimiter
+from opentelemetry import metrics, trace
 from redis.exceptions import RedisError
 
 from taskflow.exceptions import Defer
+from taskflow.middleware.telemetry import SCOPE, telemetry_enabled
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Histogram
     from redis.commands.core import AsyncScript
 
     from taskflow.context import Context
@@ -37,7 +45,13 @@ if TYPE_CHECKING:
     from taskflow.middleware.builtin import Resources
     from taskflow.specs import ConsumerSpec, MiddlewareFactory
 
-__all__ = ["GlobalRateLimit", "LocalRateLimit", "rate_limit_key", "rate_limit_layer"]
+__all__ = [
+    "GlobalRateLimit",
+    "LocalRateLimit",
+    "WaitTelemetry",
+    "rate_limit_key",
+    "rate_limit_layer",
+]
 
 logger = logging.getLogger("taskflow.ratelimit")
 
@@ -46,6 +60,16 @@ STORE_RETRY = 1.0
 
 TOLERANCE = 0.01
 """Seconds a run may come early, so timer and network jitter do not drag the rate down."""
+
+WAIT_EVENT: Final = "taskflow.rate_limit.wait"
+WAIT_METRIC: Final = "taskflow.ratelimit.wait"
+# From one interval of a fast limit (1 ms at 1000/s) to the hour of a "1/h" one.
+WAIT_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+)  # fmt: skip
+
+Report = Callable[[float], None]
+"""Told the seconds a run waited for its limit, once the wait is over."""
 
 # GCRA on Redis server time. KEYS[1]: the key. ARGV[1]: the emission interval, ARGV[2]: the
 # tolerance, both in microseconds. Returns 0 when the run may go (and books it), else the
@@ -101,6 +125,7 @@ def rate_limit_layer(spec: ConsumerSpec, resources: Resources) -> MiddlewareFact
     limit = spec.rate_limit
     assert limit is not None, "rate_limit_layer needs a spec with a rate_limit"
     rate = limit.per_second
+    report = WaitTelemetry.for_spec(spec, resources) if telemetry_enabled(resources) else None
     if spec.rate_limit_scope == "global":
         assert resources.redis is not None, "layers_for refuses a global limit without Redis"
         script = resources.redis.register_script(GCRA_SCRIPT)
@@ -110,8 +135,9 @@ def rate_limit_layer(spec: ConsumerSpec, resources: Resources) -> MiddlewareFact
             key=rate_limit_key(resources.app_name, spec.name),
             rate=rate,
             name=spec.name,
+            report=report,
         )
-    return functools.partial(LocalRateLimit, limiter=smooth_limiter(rate))
+    return functools.partial(LocalRateLimit, limiter=smooth_limiter(rate), report=report)
 
 
 def smooth_limiter(rate: float) -> AsyncLimiter:
@@ -124,17 +150,63 @@ def smooth_limiter(rate: float) -> AsyncLimiter:
     return AsyncLimiter(capacity, capacity / rate)
 
 
+class WaitTelemetry:
+    """Reports a run's wait for its limit: a span event and a histogram recording.
+
+    The event goes on the span that is current while the limiter runs: the telemetry
+    middleware's `process {topic}` span, since that middleware is outermost.
+
+    Args:
+        histogram: The `taskflow.ratelimit.wait` histogram.
+        worker: The consumer's worker name.
+        scope: ``"local"`` or ``"global"``.
+    """
+
+    __slots__ = ("attributes", "histogram")
+
+    def __init__(self, histogram: Histogram, *, worker: str, scope: str) -> None:
+        self.histogram = histogram
+        self.attributes = {"taskflow.worker": worker, "taskflow.rate_limit.scope": scope}
+
+    @classmethod
+    def for_spec(cls, spec: ConsumerSpec, resources: Resources) -> WaitTelemetry:
+        """The reporter of one registration, on the meter provider in effect."""
+        meter = (resources.meter_provider or metrics.get_meter_provider()).get_meter(SCOPE)
+        histogram = meter.create_histogram(
+            WAIT_METRIC,
+            unit="s",
+            description="Seconds a run waited for its rate limit; only runs that waited.",
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
+        )
+        return cls(histogram, worker=spec.name, scope=spec.rate_limit_scope)
+
+    def __call__(self, seconds: float) -> None:
+        trace.get_current_span().add_event(
+            WAIT_EVENT, {**self.attributes, "taskflow.rate_limit.waited": seconds}
+        )
+        self.histogram.record(seconds, self.attributes)
+
+
 class LocalRateLimit:
     """Waits for the registration's in-process limiter before each run.
+
+    Args:
+        app: The next handler.
+        limiter: The registration's limiter, shared by all its middleware.
+        report: Called with the seconds waited by each run that had to wait (telemetry);
+            None when telemetry is off.
 
     Attributes:
         waits: Runs that had to wait.
         waited_seconds: Total seconds those runs waited.
     """
 
-    def __init__(self, app: Handler, *, limiter: AsyncLimiter) -> None:
+    def __init__(
+        self, app: Handler, *, limiter: AsyncLimiter, report: Report | None = None
+    ) -> None:
         self.app = app
         self.limiter = limiter
+        self.report = report
         self.waits = 0
         self.waited_seconds = 0.0
 
@@ -145,9 +217,14 @@ class LocalRateLimit:
         else:
             started = time.monotonic()
             await unless_stopping(limiter.acquire(), ctx.stopping)
-            self.waits += 1
-            self.waited_seconds += time.monotonic() - started
+            self._waited(time.monotonic() - started)
         await self.app(job, ctx)
+
+    def _waited(self, seconds: float) -> None:
+        self.waits += 1
+        self.waited_seconds += seconds
+        if self.report is not None:
+            self.report(seconds)
 
 
 class GlobalRateLimit:
@@ -156,18 +233,35 @@ class GlobalRateLimit:
     A Redis failure raises `Defer`: the run does not happen and is tried again after
     `STORE_RETRY` seconds, without counting as an attempt, so an outage never dead-letters.
 
+    Args:
+        app: The next handler.
+        script: The registered `GCRA_SCRIPT`.
+        key: The limit's Redis key (`rate_limit_key`).
+        rate: Runs per second.
+        name: The worker name, for log lines (default the key).
+        report: Called with the seconds waited by each run that had to wait (telemetry);
+            None when telemetry is off.
+
     Attributes:
         waits: Runs that had to wait.
         waited_seconds: Total seconds those runs waited.
     """
 
     def __init__(
-        self, app: Handler, *, script: AsyncScript, key: str, rate: float, name: str = ""
+        self,
+        app: Handler,
+        *,
+        script: AsyncScript,
+        key: str,
+        rate: float,
+        name: str = "",
+        report: Report | None = None,
     ) -> None:
         self.app = app
         self.script = script
         self.key = key
         self.name = name or key
+        self.report = report
         self.args = (1_000_000 / rate, TOLERANCE * 1_000_000)
         self.waits = 0
         self.waited_seconds = 0.0
@@ -180,9 +274,14 @@ class GlobalRateLimit:
             while wait > 0:
                 await unless_stopping(asyncio.sleep(wait), ctx.stopping)
                 wait = await self._ask()
-            self.waits += 1
-            self.waited_seconds += time.monotonic() - started
+            self._waited(time.monotonic() - started)
         await self.app(job, ctx)
+
+    def _waited(self, seconds: float) -> None:
+        self.waits += 1
+        self.waited_seconds += seconds
+        if self.report is not None:
+            self.report(seconds)
 
     async def _ask(self) -> float:
         """Book a run now (0.0), or the seconds to wait before asking again."""
