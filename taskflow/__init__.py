@@ -10,6 +10,9 @@ async def on_order(order: dict, ctx: Context) -> None: ...
 
 @app.every(minutes=5)
 async def cleanup(ctx: Context) -> None: ...
+
+@app.cron("0 3 * * *", tz="Europe/Berlin")
+async def nightly(ctx: Context) -> None: ...
 ```
 """
 
@@ -42,7 +45,7 @@ from taskflow.manager import Manager, ShutdownReport
 from taskflow.message import Message, TopicPartition
 from taskflow.middleware import Middleware
 from taskflow.ratelimit import RateLimit
-from taskflow.schedule import Interval, Schedule
+from taskflow.schedule import Cron, Interval, Schedule
 from taskflow.types import Worker, WorkerState
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "CommitError",
     "ConfigurationError",
     "Context",
+    "Cron",
     "DecodeError",
     "Defer",
     "Handler",

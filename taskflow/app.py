@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from datetime import timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskflow.backoff import Backoff
@@ -21,13 +21,15 @@ from taskflow.clock import Clock, SystemClock
 from taskflow.codec import encode_headers, encode_key, encode_value
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.handler import consumer_handler, handler_name, periodic_handler
-from taskflow.middleware.telemetry import with_trace_context
+from taskflow.middleware.telemetry import publish_tracer, traced_publish, with_trace_context
 from taskflow.ratelimit import RateLimit
 from taskflow.ratelimit import rate_limit as parse_rate_limit
-from taskflow.schedule import Schedule, interval
+from taskflow.schedule import Cron, Schedule, interval
 from taskflow.specs import (
+    DEFAULT_GRACE,
     DEFAULT_LEASE,
     DEFAULT_RETENTION,
+    CatchUp,
     ConsumerSpec,
     FunctionWorkerSpec,
     IdempotencyKey,
@@ -41,6 +43,8 @@ from taskflow.stores.base import IdempotencyStore
 from taskflow.types import Worker
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from taskflow.brokers.base import Broker
 
 __all__ = ["App", "Lifespan", "State"]
@@ -55,6 +59,7 @@ DEFAULT_BROKER = "memory://"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 _NAME = re.compile(r"[A-Za-z0-9._-]+")  # used with fullmatch: `$` would let "x\n" through
 _MAX_TOPIC = 249  # Kafka's limit on a topic name
+_MAX_PORT = 65535
 _ORDERINGS = ("partition", "key", "none")
 
 
@@ -97,6 +102,8 @@ class App:
         idempotent: The default of `idempotent=` for every consumer and periodic task.
         idempotency_store: Where idempotency claims live instead of Redis, e.g.
             `MemoryIdempotencyStore()` for tests and single-process dev.
+        http_port: Serve /healthz, /readyz, /metrics and /status on this TCP port while the app
+            runs (0 picks a free one). Default: `TASKFLOW_HTTP_PORT`, else no endpoint.
 
     Example:
         ```python
@@ -126,6 +133,7 @@ class App:
         meter_provider: Any = None,
         idempotent: bool = False,
         idempotency_store: IdempotencyStore | None = None,
+        http_port: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -146,6 +154,7 @@ class App:
         self.meter_provider = meter_provider
         self.idempotent = _idempotent(idempotent, False)
         self.idempotency_store = _idempotency_store(idempotency_store)
+        self.http_port = _http_port(http_port)
         self.state = State()
         self.consumers: list[ConsumerSpec] = []
         self.schedules: list[ScheduleSpec] = []
@@ -154,6 +163,7 @@ class App:
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
         self._broker: Broker | None = None
+        self._tracer: Tracer | None = None  # of `send` spans, while running with telemetry on
         if isinstance(broker, str):
             _check_broker_url(broker, self.broker_options)
 
@@ -299,9 +309,13 @@ class App:
     def add_schedule(
         self,
         handler: Callable[..., Any],
-        schedule: Schedule | timedelta | float,
+        schedule: Schedule | timedelta | float | str,
         *,
         name: str | None = None,
+        fleet: bool = True,
+        catch_up: CatchUp = "none",
+        grace: timedelta | float = DEFAULT_GRACE,
+        lease: timedelta | float = DEFAULT_LEASE,
         run_at_start: bool = False,
         jitter: timedelta | float = 0,
         timeout: float | None = None,
@@ -313,11 +327,23 @@ class App:
     ) -> ScheduleSpec:
         """Register a periodic task.
 
+        With Redis configured, each tick runs on exactly one replica of the fleet, and a run never
+        overlaps another run of the task on any replica; see the scheduling guide.
+
         Args:
             handler: `async def` or `def` taking nothing or `ctx: Context`.
-            schedule: A `Schedule`, or a period (timedelta or seconds) on the epoch-aligned grid.
+            schedule: A `Schedule` (such as a `Cron`), a cron expression in UTC, or a period
+                (timedelta or seconds) on the epoch-aligned grid.
             name: The worker name; default the function name.
-            run_at_start: Also run once as soon as the app starts.
+            fleet: With Redis, run each tick once across the fleet (the default); False runs it
+                on every replica.
+            catch_up: Ticks missed while every replica was down: ``"none"`` (the default),
+                ``"latest"`` (run the last one) or ``"all"`` (run each, in order), at start.
+            grace: How old a missed tick may be and still be caught up (default 1 hour).
+            lease: Seconds a run's hold on the task lasts unless renewed (renewed every third
+                of it while the run goes on); a replica that dies mid-run blocks the task for
+                at most this long.
+            run_at_start: Also run once as soon as the app starts (on each replica that starts).
             jitter: Delay each run by a random amount up to this (less than the period), so
                 replicas do not all fire at once; the grid itself never moves.
             timeout: Seconds after which a run is cancelled and logged as failed.
@@ -333,12 +359,16 @@ class App:
             ConfigurationError: for any invalid option or a handler taskflow cannot call.
         """
         self._check_open()
-        if not isinstance(schedule, Schedule):
+        name = self._new_name(handler_name(handler) if name is None else name)
+        if isinstance(schedule, str):
+            schedule = Cron(schedule, hash_id=f"{self.name}:{name}")
+        elif not isinstance(schedule, Schedule):
             schedule = interval(schedule)
         if not isinstance(run_at_start, bool):
             raise ConfigurationError(f"run_at_start is True or False, got {run_at_start!r}")
+        fleet = _flag("fleet", fleet)
         spec = ScheduleSpec(
-            name=self._new_name(handler_name(handler) if name is None else name),
+            name=name,
             schedule=schedule,
             func=handler,
             handler=periodic_handler(handler),
@@ -351,6 +381,10 @@ class App:
             idempotency_retention=_seconds("idempotency_retention", idempotency_retention),
             idempotency_store=self.idempotency_store,
             on_store_error=_on_store_error(on_store_error),
+            fleet=fleet,
+            catch_up=_catch_up(catch_up, fleet),
+            grace=_seconds("grace", grace),
+            lease=_seconds("lease", lease),
         )
         self.schedules.append(spec)
         return spec
@@ -367,6 +401,8 @@ class App:
     ) -> Callable[[F], F]:
         """Decorator: run the function periodically on the epoch-aligned grid.
 
+        The options are those of `add_schedule`.
+
         Example:
             ```python
             @app.every(minutes=5, jitter=10)
@@ -376,6 +412,35 @@ class App:
         schedule = interval(every, seconds=seconds, minutes=minutes, hours=hours, days=days)
 
         def register(func: F) -> F:
+            self.add_schedule(func, schedule, **options)
+            return func
+
+        return register
+
+    def cron(
+        self, expr: str, *, tz: str | tzinfo = "UTC", hash_id: str | None = None, **options: Any
+    ) -> Callable[[F], F]:
+        """Decorator: run the function at the times a cron expression names, in time zone `tz`.
+
+        The expression and time zone are checked here. The options are those of `add_schedule`;
+        see `Cron` for the syntax and the behaviour across DST changes.
+
+        Args:
+            expr: A cron expression: five fields, a sixth for seconds, a seventh for the year.
+            tz: An IANA time zone name (or a tzinfo); default UTC.
+            hash_id: What ``H`` in the expression hashes; default ``app:task``.
+
+        Example:
+            ```python
+            @app.cron("*/5 * * * *", tz="Europe/Berlin")
+            async def report(ctx: Context) -> None: ...
+            ```
+        """
+        Cron(expr, tz=tz, hash_id=hash_id or self.name)  # refuse a bad expression or zone now
+
+        def register(func: F) -> F:
+            task = options.get("name") or handler_name(func)
+            schedule = Cron(expr, tz=tz, hash_id=hash_id or f"{self.name}:{task}")
             self.add_schedule(func, schedule, **options)
             return func
 
@@ -436,6 +501,10 @@ class App:
             key: The message key; messages with one key go to one partition, in order.
             headers: Header names and values (str or bytes).
 
+        With a tracer provider set up (see docs/observability.md), a `send {topic}` span of kind
+        PRODUCER covers the publish and the headers carry its context; otherwise they carry the
+        current span's context, if any.
+
         Raises:
             StateError: when the app is not running.
             PublishError: when the value cannot be encoded or the broker refuses it.
@@ -446,16 +515,22 @@ class App:
                 f"app {self.name!r} is not running: publish from a handler, a startup hook, "
                 "or inside `async with TestClient(app)`"
             )
-        await broker.publish(
-            topic,
-            encode_value(value),
-            key=encode_key(key),
-            headers=with_trace_context(encode_headers(headers)),
-        )
+        payload, raw_key = encode_value(value), encode_key(key)
+        raw_headers = encode_headers(headers)
+        if self._tracer is not None:
+            await traced_publish(
+                self._tracer, broker, topic, payload, key=raw_key, headers=raw_headers
+            )
+            return
+        await broker.publish(topic, payload, key=raw_key, headers=with_trace_context(raw_headers))
 
     def attach(self, broker: Broker | None) -> None:
-        """Set (or clear) the running broker. Called by the runner, not by users."""
+        """Set (or clear) the running broker. Called by the runner, not by users.
+
+        Whether `publish` opens spans is decided here, once, as for the consumers' telemetry.
+        """
         self._broker = broker
+        self._tracer = publish_tracer(self.tracer_provider) if broker is not None else None
 
     @asynccontextmanager
     async def lifespan_context(self) -> AsyncIterator[None]:
@@ -513,6 +588,24 @@ def _shutdown_timeout(value: float | None) -> float:
                 f"TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got {raw!r}"
             ) from None
     return _non_negative("shutdown_timeout", value)
+
+
+def _http_port(value: int | None) -> int | None:
+    if value is None:
+        raw = os.environ.get("TASKFLOW_HTTP_PORT", "").strip()
+        if not raw:
+            return None
+        value = int(raw) if raw.isascii() and raw.isdigit() else None
+        if value is None or value > _MAX_PORT:
+            raise ConfigurationError(
+                f"TASKFLOW_HTTP_PORT must be a port number from 0 to {_MAX_PORT}, got {raw!r}"
+            )
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_PORT:
+        raise ConfigurationError(
+            f"http_port must be a port number from 0 to {_MAX_PORT} (0 picks a free one), "
+            f"got {value!r}"
+        )
+    return value
 
 
 def _non_negative(option: str, value: float) -> float:
@@ -695,6 +788,22 @@ def _seconds(option: str, value: timedelta | float) -> float:
     ):
         raise ConfigurationError(f"{option} must be a positive number of seconds, got {value!r}")
     return float(seconds)
+
+
+def _flag(option: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{option} is True or False, got {value!r}")
+    return value
+
+
+def _catch_up(value: str, fleet: bool) -> CatchUp:
+    if value not in ("none", "latest", "all"):
+        raise ConfigurationError(f"catch_up is 'none', 'latest' or 'all', got {value!r}")
+    if value != "none" and not fleet:
+        raise ConfigurationError(
+            "catch_up= needs fleet=True: the fleet's records in Redis tell which ticks were missed"
+        )
+    return value  # type: ignore[return-value]
 
 
 def _on_store_error(value: str) -> OnStoreError:

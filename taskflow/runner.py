@@ -1,7 +1,9 @@
 """Running an App: connect the broker, enter the lifespan, build the workers, run the Manager.
 
-The order on the way up is broker, lifespan and startup hooks, workers; on the way down it is the
-reverse: workers drain, shutdown hooks and lifespan exit, then the broker flushes and closes.
+The order on the way up is the operations endpoint (with `http_port`), Redis, broker, lifespan and
+startup hooks, workers; on the way down it is the reverse: workers drain, shutdown hooks and
+lifespan exit, the broker flushes and closes, and the operations endpoint closes last (it stops
+accepting connections, and /readyz answers 503, before any worker is asked to stop).
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from redis.exceptions import RedisError
 from taskflow.brokers import broker_from_url
 from taskflow.exceptions import BrokerError, ConfigurationError, StoreError
 from taskflow.manager import Manager, ShutdownReport
-from taskflow.middleware import build_stack
+from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
+from taskflow.workers.instruments import observe
 
 if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.brokers.base import Broker
     from taskflow.handler import Handler
+    from taskflow.http import Operations
     from taskflow.specs import ConsumerSpec, ScheduleSpec
     from taskflow.types import Worker
 
@@ -51,6 +55,7 @@ class Runtime:
     manager: Manager
     workers: list[Worker] = field(default_factory=list)
     redis: Redis | None = None
+    http: Operations | None = None  # the operations endpoint; `http.port` is the real port
 
     def worker(self, name: str) -> Worker:
         """The worker called `name`."""
@@ -83,21 +88,26 @@ def build_workers(
     interval = app.commit_interval if commit_interval is None else commit_interval
     resources = resources or Resources(app.name)
 
-    def stack(spec: ConsumerSpec | ScheduleSpec) -> Handler:
+    def stack(
+        spec: ConsumerSpec | ScheduleSpec, batch_aware: list[BatchAware] | None = None
+    ) -> Handler:
         layers = (*app.middleware, *layers_for(spec, resources), *spec.middleware)
-        return build_stack(spec.handler, layers)
+        return build_stack(spec.handler, layers, batch_aware)
 
-    workers: list[Worker] = [
-        ConsumerWorker(
+    def consumer(spec: ConsumerSpec) -> ConsumerWorker:
+        batch_aware: list[BatchAware] = []
+        handler = stack(spec, batch_aware)
+        return ConsumerWorker(
             spec,
             app,
             broker,
-            stack(spec),
+            handler,
             stopping=stopping,
             commit_interval=interval,
+            batch_aware=batch_aware,
         )
-        for spec in app.consumers
-    ]
+
+    workers: list[Worker] = [consumer(spec) for spec in app.consumers]
     workers += [
         ScheduledWorker(
             spec,
@@ -105,6 +115,7 @@ def build_workers(
             stack(spec),
             clock=app.clock,
             stopping=stopping,
+            redis=resources.redis,
         )
         for spec in app.schedules
     ]
@@ -142,9 +153,11 @@ async def running(
     )
     remove = _install_signal_handlers(manager) if install_signal_handlers else None
     try:
-        async with _redis(app.redis_url) as redis:
-            resources = Resources(app.name, redis, app.tracer_provider, app.meter_provider)
+        async with _operations(app) as http, _redis(app.redis_url) as redis:
+            meter_provider = app.meter_provider if http is None else http.meter_provider
+            resources = Resources(app.name, redis, app.tracer_provider, meter_provider)
             build_workers(app, broker, stopping, resources=resources)  # refuse bad config early
+            await _check_stores(app)
             await broker.start()
             app.attach(broker)
             try:
@@ -154,13 +167,33 @@ async def running(
                     )
                     for worker in workers:
                         manager.register(worker)
-                    yield Runtime(app, broker, manager, workers, redis)
+                    with observe(workers, resources):  # the observable metrics, when set up
+                        runtime = Runtime(app, broker, manager, workers, redis, http=http)
+                        if http is not None:
+                            http.attach(runtime)
+                        yield runtime
             finally:
                 app.attach(None)
                 await _close(broker)
     finally:
         if remove is not None:
             remove()
+
+
+@asynccontextmanager
+async def _operations(app: App) -> AsyncIterator[Operations | None]:
+    """The operations endpoint, listening, when the app has an `http_port`; else None.
+
+    It opens first, so a port that is taken stops the app before anything starts, and closes
+    last; it stops accepting connections before any worker is asked to stop.
+    """
+    if app.http_port is None:
+        yield None
+        return
+    from taskflow.http import Operations  # aiohttp and Prometheus only when asked for
+
+    async with Operations(app, port=app.http_port) as http:
+        yield http
 
 
 @asynccontextmanager
@@ -185,6 +218,20 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
         yield client
     finally:
         await client.aclose()
+
+
+async def _check_stores(app: App) -> None:
+    """Ask each idempotency store the app was given whether it answers, before anything starts.
+
+    Raises:
+        StoreError: saying which store did not answer.
+    """
+    specs: list[ConsumerSpec | ScheduleSpec] = [*app.consumers, *app.schedules]
+    stores = {id(s.idempotency_store): s.idempotency_store for s in specs if s.idempotent}
+    for store in stores.values():
+        ping = getattr(store, "ping", None)
+        if store is not None and ping is not None:
+            await ping()
 
 
 def _masked(url: str) -> str:

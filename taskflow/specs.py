@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from taskflow.stores.base import IdempotencyStore
 
 __all__ = [
+    "CatchUp",
     "ConsumerSpec",
     "FunctionWorkerSpec",
     "IdempotencyKey",
@@ -33,11 +34,14 @@ RateLimitScope = Literal["local", "global"]
 MiddlewareFactory = Callable[["Handler"], "Handler"]
 OnStoreError = Literal["fail", "proceed"]
 IdempotencyKey = Callable[["Message"], "str | bytes | None"]
+CatchUp = Literal["none", "latest", "all"]
 
 DEFAULT_LEASE = 30.0
 """Seconds an idempotency claim lasts unless renewed; renewed every third of it while running."""
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 """Seconds a done mark is kept, so a duplicate within that time is skipped."""
+DEFAULT_GRACE = 3600.0
+"""Seconds back that a periodic task's missed ticks are caught up (with `catch_up=`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,8 @@ class ConsumerSpec:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleSpec:
-    """A periodic-task registration."""
+    """A periodic-task registration; `fleet`, `catch_up`, `grace` and `lease` (seconds) are the
+    fleet-wide scheduling options of `App.add_schedule`."""
 
     name: str
     schedule: Schedule
@@ -85,6 +90,10 @@ class ScheduleSpec:
     idempotency_retention: float = DEFAULT_RETENTION
     idempotency_store: IdempotencyStore | None = None
     on_store_error: OnStoreError = "fail"
+    fleet: bool = True
+    catch_up: CatchUp = "none"
+    grace: float = DEFAULT_GRACE
+    lease: float = DEFAULT_LEASE
 
 
 @dataclass(frozen=True, slots=True)

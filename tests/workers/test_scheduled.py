@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -301,3 +302,50 @@ async def test_a_stopped_worker_stops_waiting_on_the_clock() -> None:
         assert clock.sleepers == 1
     assert clock.sleepers == 0
     assert clock.next_wakeup() is None
+
+
+# -- cron across DST changes, on a driven clock --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("day_start", "hourly", "at_half_past_two"),
+    [
+        (  # spring forward: 02:00 -> 03:00
+            datetime(2026, 3, 28, 23, tzinfo=UTC),
+            ["00", "01", "03", "04", "05", "06"],  # six hours: 02:00 does not exist
+            ["2026-03-29T03:00:00+02:00"],  # 02:30 does not exist: it fires when the gap ends
+        ),
+        (  # fall back: 03:00 -> 02:00
+            datetime(2026, 10, 24, 22, tzinfo=UTC),
+            ["00", "01", "02", "02", "03", "04"],  # six hours: 02:00 happens twice
+            ["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00"],  # both 02:30s
+        ),
+    ],
+    ids=["spring-forward", "fall-back"],
+)
+async def test_cron_tasks_fire_across_a_dst_change_as_croniter_documents(
+    day_start: datetime, hourly: list[str], at_half_past_two: list[str]
+) -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    clock = ManualClock(day_start - timedelta(minutes=1))  # just before local midnight
+    app = App("dst", clock=clock, redis_url="")
+    fired: dict[str, list[datetime]] = {"hourly": [], "nightly": []}
+
+    @app.cron("0 * * * *", tz="Europe/Berlin")
+    async def hourly_job(ctx: Context) -> None:
+        assert ctx.scheduled_at == clock.now()  # each fires at its tick
+        fired["hourly"].append(clock.now())
+
+    @app.cron("30 2 * * *", tz="Europe/Berlin")
+    async def nightly(ctx: Context) -> None:
+        fired["nightly"].append(clock.now())
+
+    async with TestClient(app):
+        await clock.advance(timedelta(hours=6))
+
+    local = [moment.astimezone(berlin) for moment in fired["hourly"]]
+    assert [f"{moment:%H}" for moment in local] == hourly
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(fired["hourly"]))
+    assert [moment.astimezone(berlin).isoformat() for moment in fired["nightly"]] == (
+        at_half_past_two
+    )
