@@ -10,6 +10,10 @@ longest backoff); the others keep running. Shutdown, on SIGINT/SIGTERM or `reque
 3. whatever is still running then is cancelled, and each cancelled worker is logged;
 4. `run()` returns a `ShutdownReport`: clean, or which workers were cancelled or failed.
 
+`stop_requested` is true from the moment a stop is requested (readiness turns it into a 503 at
+once); the `before_stop` hooks run, in order and awaited when they return an awaitable, after
+`stopping` is set and before the first worker is asked to stop.
+
 A second signal skips the wait and cancels at once.
 
 A worker's state (`Manager.statuses[name].state`) moves through:
@@ -25,6 +29,7 @@ A worker's state (`Manager.statuses[name].state`) moves through:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import time
@@ -88,6 +93,7 @@ class Manager:
         self.restart_backoff = restart_backoff
         self.stopping = stopping or asyncio.Event()
         self.statuses: dict[str, WorkerStatus] = {}
+        # Called once shutdown begins, before workers are asked to stop; awaited if awaitable.
         self.before_stop: list[Callable[[], object]] = []
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
@@ -102,6 +108,11 @@ class Manager:
         self.statuses[worker.name] = WorkerStatus(worker)
 
     # -- stopping --------------------------------------------------------------------------
+
+    @property
+    def stop_requested(self) -> bool:
+        """True from the first stop request (or signal) on."""
+        return self._stop_requested.is_set()
 
     def request_stop(self, reason: str | None = None) -> None:
         """Begin graceful shutdown; a second request cancels what is left at once."""
@@ -196,7 +207,9 @@ class Manager:
         deadline = time.monotonic() + self.shutdown_timeout
         self.stopping.set()
         for hook in self.before_stop:
-            hook()
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
         for status in reversed(self.statuses.values()):
             if self._force.is_set():
                 break

@@ -25,6 +25,7 @@ from taskflow.exceptions import BrokerError, ConfigurationError, StoreError
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
+from taskflow.middleware.timeout import Watchdog
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
 from taskflow.workers.instruments import observe
 
@@ -56,6 +57,7 @@ class Runtime:
     workers: list[Worker] = field(default_factory=list)
     redis: Redis | None = None
     http: Operations | None = None  # the operations endpoint; `http.port` is the real port
+    watchdog: Watchdog | None = None  # the handler calls running under a timeout
 
     def worker(self, name: str) -> Worker:
         """The worker called `name`."""
@@ -155,7 +157,8 @@ async def running(
     try:
         async with _operations(app) as http, _redis(app.redis_url) as redis:
             meter_provider = app.meter_provider if http is None else http.meter_provider
-            resources = Resources(app.name, redis, app.tracer_provider, meter_provider)
+            watchdog = Watchdog()
+            resources = Resources(app.name, redis, app.tracer_provider, meter_provider, watchdog)
             build_workers(app, broker, stopping, resources=resources)  # refuse bad config early
             await _check_stores(app)
             await broker.start()
@@ -168,7 +171,9 @@ async def running(
                     for worker in workers:
                         manager.register(worker)
                     with observe(workers, resources):  # the observable metrics, when set up
-                        runtime = Runtime(app, broker, manager, workers, redis, http=http)
+                        runtime = Runtime(
+                            app, broker, manager, workers, redis, http=http, watchdog=watchdog
+                        )
                         if http is not None:
                             http.attach(runtime)
                         yield runtime

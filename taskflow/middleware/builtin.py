@@ -17,6 +17,7 @@ from taskflow.specs import ConsumerSpec
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from taskflow.middleware.timeout import Watchdog
     from taskflow.specs import MiddlewareFactory, ScheduleSpec
 
 __all__ = ["Resources", "layers_for"]
@@ -30,6 +31,7 @@ class Resources:
     redis: Redis | None = None
     tracer_provider: Any = None
     meter_provider: Any = None
+    watchdog: Watchdog | None = None
 
 
 def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[MiddlewareFactory]:
@@ -63,9 +65,11 @@ def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[
                 "App(idempotency_store=MemoryIdempotencyStore()) for tests and single-process dev"
             )
         layers.append(idempotency_layer(spec, resources))
-    if isinstance(spec, ConsumerSpec) and spec.timeout is not None:
+    if spec.timeout is not None:
         # Innermost: it times the handler (and the registration's middleware), not the waits.
         from taskflow.middleware.timeout import Timeout
 
-        layers.append(Middleware(Timeout, seconds=spec.timeout))
+        layers.append(
+            Middleware(Timeout, seconds=spec.timeout, watchdog=resources.watchdog, worker=spec.name)
+        )
     return layers

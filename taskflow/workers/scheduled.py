@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from taskflow.context import Context, Tick, WorkerLogger
 from taskflow.exceptions import StoreError
-from taskflow.handler import call_with_timeout
 from taskflow.stores.schedule import RedisScheduleStore, TickClaim, new_owner
 
 if TYPE_CHECKING:
@@ -114,6 +113,11 @@ class ScheduledWorker:
     def describe(self) -> str:
         """One line for `taskflow info`."""
         return f"runs {self.spec.schedule.describe()}, next at {self.next_tick().isoformat()}"
+
+    @property
+    def running(self) -> bool:
+        """True while a run of this task is going on in this process."""
+        return self._job is not None and not self._job.done()
 
     def next_tick(self) -> datetime:
         """The time of the next tick."""
@@ -217,7 +221,7 @@ class ScheduledWorker:
         return "ok"
 
     async def _call(self, tick: Tick, ctx: Context) -> None:
-        await call_with_timeout(self.handler, tick, ctx, self.spec.timeout)
+        await self.handler(tick, ctx)  # a timeout= is a layer of the stack: middleware/timeout.py
 
     def _late(self, tick: Tick) -> float:
         return (self.clock.now() - tick.scheduled_at).total_seconds()
