@@ -5,6 +5,7 @@ Run it on the embedded memory broker (no Kafka needed) and stop it with Ctrl+C:
     taskflow run examples.quickstart:app
 """
 
+# --8<-- [start:app]
 from __future__ import annotations
 
 import itertools
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 from taskflow import App, Context
 
 app = App("quickstart")
-order_ids = itertools.count(1)
 
 
 @dataclass
@@ -21,6 +21,25 @@ class Order:
     id: int
     customer: str
     amount_cents: int
+
+
+# --8<-- [end:app]
+
+
+# --8<-- [start:consumer]
+@app.consume("orders")
+async def on_order(order: Order, ctx: Context) -> None:
+    """Handle an order: here, just log it."""
+    ctx.logger.info(
+        "order %d from %s: %.2f EUR", order.id, order.customer, order.amount_cents / 100
+    )
+
+
+# --8<-- [end:consumer]
+
+
+# --8<-- [start:periodic]
+order_ids = itertools.count(1)
 
 
 @app.every(seconds=1)
@@ -31,9 +50,4 @@ async def place_order(ctx: Context) -> None:
     await ctx.publish("orders", order, key=order.customer)
 
 
-@app.consume("orders")
-async def on_order(order: Order, ctx: Context) -> None:
-    """Handle an order: here, just log it."""
-    ctx.logger.info(
-        "order %d from %s: %.2f EUR", order.id, order.customer, order.amount_cents / 100
-    )
+# --8<-- [end:periodic]

@@ -33,8 +33,10 @@ class SystemClock:
     """The wall clock (UTC), waiting on the event loop's timer."""
 
     def now(self) -> datetime:
+        """Return the current time as an aware UTC datetime."""
         return datetime.now(UTC)
 
     async def sleep_until(self, moment: datetime) -> None:
+        """Return once `now()` is at or after `moment`."""
         while (delay := (moment - self.now()).total_seconds()) > 0:  # noqa: ASYNC110 - a timer
             await asyncio.sleep(min(delay, _MAX_NAP))

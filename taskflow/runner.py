@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from taskflow.specs import ConsumerSpec, ScheduleSpec
     from taskflow.types import Worker
 
-__all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "serve"]
+__all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "running", "serve"]
 
 logger = logging.getLogger("taskflow")
 

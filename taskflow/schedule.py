@@ -63,6 +63,7 @@ class Interval:
             raise ConfigurationError(f"a schedule period must be positive, got {self.period}")
 
     def next_after(self, moment: datetime) -> datetime:
+        """Return the first fire time strictly after `moment` (an aware datetime), in UTC."""
         if moment.tzinfo is None:
             raise ValueError(f"next_after() needs an aware datetime, got the naive {moment}")
         step = self.period // _MICROSECOND
@@ -70,6 +71,7 @@ class Interval:
         return EPOCH + _MICROSECOND * ((elapsed // step + 1) * step)
 
     def describe(self) -> str:
+        """Return a short description, such as ``every 5m``."""
         return f"every {_short(self.period)}"
 
 
@@ -121,6 +123,7 @@ class Cron:
         return _uses(self.expr, "h")
 
     def next_after(self, moment: datetime) -> datetime:
+        """Return the first fire time strictly after `moment` (an aware datetime), in UTC."""
         if moment.tzinfo is None:
             raise ValueError(f"next_after() needs an aware datetime, got the naive {moment}")
         local = moment.astimezone(self.tz)
@@ -128,6 +131,7 @@ class Cron:
         return fire.astimezone(UTC)
 
     def describe(self) -> str:
+        """Return a short description, such as ``cron '*/5 * * * *' in Europe/Berlin``."""
         return f"cron {self.expr!r} in {self.tz}"
 
 

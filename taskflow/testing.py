@@ -57,9 +57,11 @@ class ManualClock:
         self._watchers: list[asyncio.Future[None]] = []
 
     def now(self) -> datetime:
+        """Return the clock's current time."""
         return self._now
 
     async def sleep_until(self, moment: datetime) -> None:
+        """Return once the clock has been moved to `moment` or past it."""
         if moment <= self._now:
             await asyncio.sleep(0)
             return

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from unittest.mock import AsyncMock
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from examples import (
     reports,
     topics_and_groups,
 )
+from taskflow import Context
 from taskflow.http import SERVER_CLOSE_TIMEOUT
 from taskflow.manager import CANCEL_GRACE
 from taskflow.runner import BROKER_CLOSE_TIMEOUT
@@ -61,6 +63,16 @@ async def test_an_order_is_invoiced_and_a_bad_one_dead_lettered() -> None:
 
 
 # --8<-- [end:billing]
+
+
+# --8<-- [start:direct]
+async def test_an_invoice_is_published_for_an_order() -> None:
+    ctx = AsyncMock(spec=Context)
+    await billing.on_order({"id": 7, "customer": "c1"}, ctx)
+    ctx.publish.assert_awaited_once_with("invoices", {"order": 7}, key="c1")
+
+
+# --8<-- [end:direct]
 
 
 async def test_custom_worker_beats_and_stops_at_once(caplog: pytest.LogCaptureFixture) -> None:
