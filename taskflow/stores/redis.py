@@ -63,7 +63,7 @@ return 1
 """
 
 
-def _ms(seconds: float) -> int:
+def millis(seconds: float) -> int:
     """Whole milliseconds for PX and PEXPIRE, at least 1."""
     return max(1, math.ceil(round(seconds * 1000, 3)))  # round: 0.6 s is 600 ms, not 601
 
@@ -110,7 +110,7 @@ class RedisIdempotencyStore:
         """
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(key, owner, nx=True, px=_ms(lease))
+                pipe.set(key, owner, nx=True, px=millis(lease))
                 pipe.get(key)
                 claimed, value = await pipe.execute()
         except RedisError as exc:
@@ -125,7 +125,7 @@ class RedisIdempotencyStore:
         """`claim` each of `keys` for `owner`, in one round trip; the outcomes in key order."""
         if not keys:
             return []
-        px = _ms(lease)
+        px = millis(lease)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 for key in keys:  # by hand: redis-py's set() checks its options on every call
@@ -146,7 +146,7 @@ class RedisIdempotencyStore:
 
     async def complete_many(self, claims: Sequence[Claim], retention: float) -> list[bool]:
         """`complete` each (key, owner) claim, in one round trip; False where it was lost."""
-        return await self._run_many(self._complete, "completing", claims, _ms(retention))
+        return await self._run_many(self._complete, "completing", claims, millis(retention))
 
     async def release_many(self, claims: Sequence[Claim]) -> list[bool]:
         """`release` each (key, owner) claim, in one round trip; False where it was not theirs."""
@@ -164,12 +164,12 @@ class RedisIdempotencyStore:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(key)
-                if _text(await pipe.get(key)) != owner:
+                if as_text(await pipe.get(key)) != owner:
                     return False
                 pipe.multi()  # type: ignore[no-untyped-call]
                 for args, options in effects.command_stack:
                     pipe.execute_command(*args, **options)
-                pipe.set(key, DONE_PREFIX + owner, px=_ms(retention))
+                pipe.set(key, DONE_PREFIX + owner, px=millis(retention))
                 await pipe.execute()
         except WatchError:
             return False  # the key changed after the check: the lease ran out meanwhile
@@ -181,7 +181,7 @@ class RedisIdempotencyStore:
 
     async def complete(self, key: str, owner: str, retention: float) -> bool:
         """Mark `owner`'s claim done for `retention` seconds; False when the claim was lost."""
-        return await self._run(self._complete, "completing", key, owner, _ms(retention))
+        return await self._run(self._complete, "completing", key, owner, millis(retention))
 
     async def release(self, key: str, owner: str) -> bool:
         """Drop `owner`'s claim so `key` can be claimed again; False when it was not theirs."""
@@ -189,7 +189,7 @@ class RedisIdempotencyStore:
 
     async def extend(self, key: str, owner: str, lease: float) -> bool:
         """Renew `owner`'s claim for `lease` seconds from now; False when the claim was lost."""
-        return await self._run(self._extend, "extending", key, owner, _ms(lease))
+        return await self._run(self._extend, "extending", key, owner, millis(lease))
 
     async def remaining(self, key: str) -> float:
         """Seconds left before `key`'s claim or done mark expires; 0.0 when there is none."""
@@ -239,13 +239,14 @@ def _outcome(claimed: object, value: bytes | str | None, owner: str) -> Outcome:
     """What ``SET NX`` and the ``GET`` after it found (or `_OWN`)."""
     if claimed:
         return Outcome.CLAIMED
-    text = _text(value)
+    text = as_text(value)
     if text.startswith(DONE_PREFIX):
         return Outcome.DONE
     return _OWN if text == owner else Outcome.IN_PROGRESS
 
 
-def _text(value: bytes | str | None) -> str:
+def as_text(value: bytes | str | None) -> str:
+    """A Redis reply as text: '' for none, bytes decoded as UTF-8."""
     if value is None:
         return ""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

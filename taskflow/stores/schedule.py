@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import math
 import os
 import socket
 import uuid
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from taskflow.exceptions import StoreError
+from taskflow.stores.redis import EXTEND_SCRIPT, RELEASE_SCRIPT, as_text, millis
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -64,13 +64,7 @@ return {1, ARGV[1]}
 """
 
 # KEYS[1]: the lease. ARGV[1]: the owner. ARGV[2]: the lease in ms. 1 when renewed.
-RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return 0
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
+RENEW_SCRIPT = EXTEND_SCRIPT  # the idempotency store's owner-checked PEXPIRE
 
 # KEYS: the lease, the last-run hash. ARGV: owner, '1' to release the lease, tick (ISO),
 # replica, outcome, duration. Records the outcome if the last run is still this one; returns 1
@@ -90,14 +84,6 @@ end
 return 0
 """
 
-# KEYS[1]: the lease. ARGV[1]: the owner. 1 when released.
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return 0
-end
-redis.call('DEL', KEYS[1])
-return 1
-"""
 
 _REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 _TAG = uuid.uuid4().hex[:8]  # tells apart two processes that reuse a host name and pid
@@ -144,17 +130,6 @@ def epoch(moment: datetime) -> str:
 def new_owner() -> str:
     """A fresh owner token for one run: ``host:pid:tag:n``."""
     return f"{_REPLICA}:{_TAG}:{next(_runs)}"
-
-
-def _ms(seconds: float) -> int:
-    """Whole milliseconds for PX and PEXPIRE, at least 1."""
-    return max(1, math.ceil(round(seconds * 1000, 3)))
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class RedisScheduleStore:
@@ -209,10 +184,10 @@ class RedisScheduleStore:
         who holds it: the claimer (ELSEWHERE), the lease holder (BUSY) or `owner` (RUN).
         """
         keys = [self.claim_key(task, tick), *self._keys(task, "running", "last", "next")]
-        args: list[str | int] = [owner, _ms(ttl), _ms(lease), _iso(tick), _iso(started)]
+        args: list[str | int] = [owner, millis(ttl), millis(lease), _iso(tick), _iso(started)]
         args += [_iso(next_tick), self.replica]
         reply = await self._call(self._claim, f"claiming {keys[0]}", keys, args)
-        found, holder = int(reply[0]), _text(reply[1] if len(reply) > 1 else None)
+        found, holder = int(reply[0]), as_text(reply[1] if len(reply) > 1 else None)
         return (TickClaim.ELSEWHERE, TickClaim.RUN, TickClaim.BUSY)[found], holder
 
     async def acquire(self, task: str, owner: str, lease: float) -> str | None:
@@ -220,17 +195,17 @@ class RedisScheduleStore:
         key = self.key(task, "running")
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(key, owner, nx=True, px=_ms(lease))
+                pipe.set(key, owner, nx=True, px=millis(lease))
                 pipe.get(key)
                 taken, holder = await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"taking the lease {key} failed: {exc}") from exc
-        return None if taken else _text(holder)
+        return None if taken else as_text(holder)
 
     async def renew(self, task: str, owner: str, lease: float) -> bool:
         """Extend `owner`'s lease to `lease` seconds from now; False when it was lost."""
         key = self.key(task, "running")
-        return bool(await self._call(self._renew, f"renewing {key}", [key], [owner, _ms(lease)]))
+        return bool(await self._call(self._renew, f"renewing {key}", [key], [owner, millis(lease)]))
 
     async def finish(
         self,
@@ -272,7 +247,7 @@ class RedisScheduleStore:
             value = await self.client.get(key)
         except RedisError as exc:
             raise StoreError(f"reading {key} failed: {exc}") from exc
-        return None if value is None else _text(value)
+        return None if value is None else as_text(value)
 
     async def last_run(self, task: str) -> LastRun | None:
         """The last run of `task`, or None when it never ran (or Redis forgot)."""
@@ -281,7 +256,7 @@ class RedisScheduleStore:
             raw = await self.client.hgetall(key)
         except RedisError as exc:
             raise StoreError(f"reading {key} failed: {exc}") from exc
-        fields = {_text(name): _text(value) for name, value in raw.items()}
+        fields = {as_text(name): as_text(value) for name, value in raw.items()}
         if "tick" not in fields:
             return None
         duration = fields.get("duration")
@@ -300,7 +275,7 @@ class RedisScheduleStore:
             value = await self.client.get(key)
         except RedisError as exc:
             raise StoreError(f"reading {key} failed: {exc}") from exc
-        return None if value is None else datetime.fromisoformat(_text(value))
+        return None if value is None else datetime.fromisoformat(as_text(value))
 
     def _keys(self, task: str, *suffixes: str) -> list[str]:
         return [self.key(task, suffix) for suffix in suffixes]

@@ -14,6 +14,7 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -61,6 +62,24 @@ def app_env(bootstrap: str) -> dict[str, str]:
 def unique() -> str:
     """A name no other test uses (for topics and groups)."""
     return f"t{os.getpid()}-{next(_names)}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """The file a recorder app (tests/apps/recorder.py) appends each handled message to."""
+    return tmp_path / "handled.txt"
+
+
+@pytest.fixture
+def env(app_env: dict[str, str], topic: str, unique: str, out: Path) -> dict[str, str]:
+    """A recorder in its own group, with a small random delay so the stream is mid-way."""
+    return {
+        **app_env,
+        "RECORDER_TOPICS": topic,
+        "RECORDER_GROUP": f"{unique}-group",
+        "RECORDER_OUT": str(out),
+        "RECORDER_DELAY_MS": "1",
+    }
 
 
 @pytest.fixture

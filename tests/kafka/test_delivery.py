@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests._process import AppProcess, count_lines, wait_until
@@ -148,23 +147,6 @@ async def wait_assigned(*apps: AppProcess, timeout: float = 30.0) -> None:
 
 def all_handled(out: Path, expected: set[Position]) -> Callable[[], bool]:
     return lambda: count_lines(out) >= len(expected) and positions(read_handled(out)) >= expected
-
-
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    return tmp_path / "handled.txt"
-
-
-@pytest.fixture
-def env(app_env: dict[str, str], topic: str, unique: str, out: Path) -> dict[str, str]:
-    """A recorder in its own group, with a small random delay so the stream is mid-way."""
-    return {
-        **app_env,
-        "RECORDER_TOPICS": topic,
-        "RECORDER_GROUP": f"{unique}-group",
-        "RECORDER_OUT": str(out),
-        "RECORDER_DELAY_MS": "1",
-    }
 
 
 async def wait_committed(
