@@ -1,6 +1,6 @@
 """The App: what a service registers (consumers, periodic tasks, workers, lifespan) and publishes.
 
-Everything is done by an `add_*` method; the decorators (`consume`, `every`, `worker`,
+Everything is done by an `add_*` method; the decorators (`consume`, `every`, `cron`, `worker`,
 `on_startup`, `on_shutdown`) are sugar over them and return the function unchanged. The App holds
 registrations only; `taskflow.runner` builds the workers from them and runs them under a Manager.
 """
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from taskflow.backoff import Backoff
 from taskflow.clock import Clock, SystemClock
 from taskflow.codec import encode_headers, encode_key, encode_value
+from taskflow.config import DEFAULT_BROKER, Settings
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.handler import consumer_handler, handler_name, periodic_handler
 from taskflow.middleware.telemetry import publish_tracer, traced_publish, with_trace_context
@@ -55,11 +56,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 Lifespan = Callable[["App"], AbstractAsyncContextManager[None]]
 Hook = Callable[[], Awaitable[None]]
 
-DEFAULT_BROKER = "memory://"
-DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 _NAME = re.compile(r"[A-Za-z0-9._-]+")  # used with fullmatch: `$` would let "x\n" through
 _MAX_TOPIC = 249  # Kafka's limit on a topic name
-_MAX_PORT = 65535
 _ORDERINGS = ("partition", "key", "none")
 
 
@@ -79,31 +77,41 @@ class State:
             f"app.state has no {name!r}; set it in a startup hook or the lifespan"
         ) from None
 
+    def __setattr__(self, name: str, value: Any) -> None:  # typed: any name may be set
+        super().__setattr__(name, value)
+
 
 class App:
     """A taskflow application: a named set of consumers, periodic tasks and workers.
 
     Args:
         name: The app's name; also the default consumer group. Letters, digits, `.`, `_`, `-`.
-        broker: A broker URL (`memory://`, `kafka://host:port,…`) or a Broker object. Default:
-            `TASKFLOW_BROKER`, else the embedded memory broker.
+        broker: A broker URL (`memory://`, `kafka://host:port,…`) or a Broker object; default
+            the embedded memory broker.
         broker_options: Options for the broker built from the URL; for Kafka, any aiokafka
-            consumer or producer option (security_protocol, sasl_*, ssl_context, client_id, …),
-            over the `TASKFLOW_KAFKA_<OPTION>` environment variables.
-        redis_url: A Redis URL for idempotency and fleet scheduling. Default: `TASKFLOW_REDIS_URL`.
+            consumer or producer option (security_protocol, sasl_*, ssl_context, client_id, …).
+        redis_url: A Redis URL for idempotency and fleet scheduling.
         lifespan: A function taking the app and returning an async context manager that is
             entered before workers start and exited after they stop.
         middleware: App-wide middleware, outermost first.
-        shutdown_timeout: Seconds to let in-flight handlers and jobs finish on shutdown.
-        commit_interval: Seconds between offset commits while consuming.
+        shutdown_timeout: Seconds to let in-flight handlers and jobs finish on shutdown
+            (default 30).
+        commit_interval: Seconds between offset commits while consuming (default 1).
         clock: Where periodic tasks read the time; tests pass a `ManualClock`.
         tracer_provider: The OpenTelemetry TracerProvider for spans; default the global one.
         meter_provider: The OpenTelemetry MeterProvider for metrics; default the global one.
-        idempotent: The default of `idempotent=` for every consumer and periodic task.
+        idempotent: The default of `idempotent=` for every consumer and periodic task (default
+            False).
         idempotency_store: Where idempotency claims live instead of Redis, e.g.
             `MemoryIdempotencyStore()` for tests and single-process dev.
         http_port: Serve /healthz, /readyz, /metrics and /status on this TCP port while the app
-            runs (0 picks a free one). Default: `TASKFLOW_HTTP_PORT`, else no endpoint.
+            runs (0 picks a free one); default no endpoint.
+
+    Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
+    which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
+    `TASKFLOW_REDIS_URL`, `TASKFLOW_SHUTDOWN_TIMEOUT`, `TASKFLOW_COMMIT_INTERVAL`,
+    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`); a `taskflow` flag wins over both. `settings`
+    says where each value came from. See the configuration guide.
 
     Example:
         ```python
@@ -127,11 +135,11 @@ class App:
         lifespan: Lifespan | None = None,
         middleware: Sequence[MiddlewareFactory] = (),
         shutdown_timeout: float | None = None,
-        commit_interval: float = 1.0,
+        commit_interval: float | None = None,
         clock: Clock | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
-        idempotent: bool = False,
+        idempotent: bool | None = None,
         idempotency_store: IdempotencyStore | None = None,
         http_port: int | None = None,
     ) -> None:
@@ -140,21 +148,33 @@ class App:
                 f"an app name uses letters, digits, '.', '_' and '-', got {name!r}"
             )
         self.name = name
-        self.broker = broker
-        self.broker_options: dict[str, Any] = dict(broker_options or {})
-        self.redis_url = (
-            redis_url if redis_url is not None else os.environ.get("TASKFLOW_REDIS_URL")
+        settings = Settings.resolve(
+            {
+                "broker": broker,
+                "broker_options": broker_options,
+                "redis_url": redis_url,
+                "shutdown_timeout": shutdown_timeout,
+                "commit_interval": commit_interval,
+                "idempotent": idempotent,
+                "http_port": http_port,
+            },
+            kafka_parser=_kafka_options,
         )
+        self.settings = settings
+        """The options in effect when the App was made, and where each came from."""
+        self.broker: str | Broker | None = settings.broker
+        self.broker_options: dict[str, Any] = dict(settings.broker_options)
+        self.redis_url: str | None = settings.redis_url
         self.lifespan = lifespan
         self.middleware = _middleware(middleware)
-        self.shutdown_timeout = _shutdown_timeout(shutdown_timeout)
-        self.commit_interval = _non_negative("commit_interval", commit_interval)
+        self.shutdown_timeout = settings.shutdown_timeout
+        self.commit_interval = settings.commit_interval
         self.clock: Clock = clock or SystemClock()
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.idempotent = _idempotent(idempotent, False)
+        self.idempotent = settings.idempotent
         self.idempotency_store = _idempotency_store(idempotency_store)
-        self.http_port = _http_port(http_port)
+        self.http_port = settings.http_port
         self.state = State()
         self.consumers: list[ConsumerSpec] = []
         self.schedules: list[ScheduleSpec] = []
@@ -164,8 +184,8 @@ class App:
         self.shutdown_hooks: list[Hook] = []
         self._broker: Broker | None = None
         self._tracer: Tracer | None = None  # of `send` spans, while running with telemetry on
-        if isinstance(broker, str):
-            _check_broker_url(broker, self.broker_options)
+        if isinstance(self.broker, str):
+            _check_broker_url(self.broker, self.broker_options, settings)
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -174,7 +194,7 @@ class App:
 
     @property
     def broker_url(self) -> str:
-        """The broker URL in effect: the argument, else `TASKFLOW_BROKER`, else `memory://`."""
+        """The broker URL in effect: `TASKFLOW_BROKER`, else the argument, else `memory://`."""
         if self.broker is not None and not isinstance(self.broker, str):
             return self.broker.url
         return self.broker or os.environ.get("TASKFLOW_BROKER") or DEFAULT_BROKER
@@ -570,48 +590,23 @@ async def _run_hooks(hooks: Sequence[Hook]) -> None:
         await hook()
 
 
-def _check_broker_url(url: str, options: Mapping[str, Any]) -> None:
+def _check_broker_url(url: str, options: Mapping[str, Any], settings: Settings) -> None:
+    """Refuse a bad broker URL or option now, saying which variable gave it if one did."""
     from taskflow.brokers import broker_from_url
 
-    broker_from_url(url, options)
+    try:
+        broker_from_url(url, options)
+    except ConfigurationError as exc:
+        if settings.sources.get("broker") == "env":
+            raise ConfigurationError(f"TASKFLOW_BROKER: {exc}") from exc
+        raise
 
 
-def _shutdown_timeout(value: float | None) -> float:
-    if value is None:
-        raw = os.environ.get("TASKFLOW_SHUTDOWN_TIMEOUT")
-        if raw is None:
-            return DEFAULT_SHUTDOWN_TIMEOUT
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigurationError(
-                f"TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got {raw!r}"
-            ) from None
-    return _non_negative("shutdown_timeout", value)
+def _kafka_options(environ: Mapping[str, str]) -> Mapping[str, Any]:
+    """The `TASKFLOW_KAFKA_<OPTION>` variables as typed aiokafka options (Kafka apps only)."""
+    from taskflow.brokers.kafka import kafka_options_from_env
 
-
-def _http_port(value: int | None) -> int | None:
-    if value is None:
-        raw = os.environ.get("TASKFLOW_HTTP_PORT", "").strip()
-        if not raw:
-            return None
-        value = int(raw) if raw.isascii() and raw.isdigit() else None
-        if value is None or value > _MAX_PORT:
-            raise ConfigurationError(
-                f"TASKFLOW_HTTP_PORT must be a port number from 0 to {_MAX_PORT}, got {raw!r}"
-            )
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_PORT:
-        raise ConfigurationError(
-            f"http_port must be a port number from 0 to {_MAX_PORT} (0 picks a free one), "
-            f"got {value!r}"
-        )
-    return value
-
-
-def _non_negative(option: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigurationError(f"{option} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+    return kafka_options_from_env(environ)
 
 
 def _positive_int(option: str, value: int) -> int:

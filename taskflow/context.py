@@ -40,13 +40,22 @@ class Tick:
 class WorkerLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger that tags each record with its worker (`record.worker`) and prefixes the text."""
 
-    def __init__(self, logger: logging.Logger, worker: str) -> None:
+    def __init__(
+        self, logger: logging.Logger, worker: str, job: Message | Tick | None = None
+    ) -> None:
         super().__init__(logger, {"worker": worker})
         self.worker = worker
+        self.tags: dict[str, Any] = {"worker": worker}
+        if job is not None:  # JSON logs then carry its topic, partition and offset (or tick)
+            self.tags["taskflow_job"] = job
+
+    def bind(self, job: Message | Tick | None) -> WorkerLogger:
+        """This logger, also tagging each record with the message or tick being handled."""
+        return WorkerLogger(self.logger, self.worker, job) if job is not None else self
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = kwargs.get("extra")
-        kwargs["extra"] = {"worker": self.worker, **extra} if extra else {"worker": self.worker}
+        kwargs["extra"] = {**self.tags, **extra} if extra else self.tags
         return msg, kwargs
 
 
@@ -73,11 +82,12 @@ class Context:
     """
 
     __slots__ = (
+        "_bound_logger",
+        "_logger",
         "_open_transaction",
         "_transaction",
         "app",
         "attempt",
-        "logger",
         "message",
         "stopping",
         "tick",
@@ -97,13 +107,21 @@ class Context:
     ) -> None:
         self.app = app
         self.worker = worker
-        self.logger = logger
+        self._logger = logger
+        self._bound_logger: WorkerLogger | None = None
         self.stopping = stopping
         self.message = message
         self.attempt = attempt
         self.tick = tick
         self._open_transaction: Callable[[], Pipeline] | None = None
         self._transaction: Pipeline | None = None
+
+    @property
+    def logger(self) -> WorkerLogger:
+        """A logger bound to the worker and to the message or tick being handled."""
+        if self._bound_logger is None:
+            self._bound_logger = self._logger.bind(self.message or self.tick)
+        return self._bound_logger
 
     @property
     def state(self) -> State:

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskflow.brokers import broker_from_url
+from taskflow.config import mask_url
 from taskflow.exceptions import BrokerError, ConfigurationError, StoreError
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
@@ -155,7 +155,7 @@ async def running(
     )
     remove = _install_signal_handlers(manager) if install_signal_handlers else None
     try:
-        async with _operations(app) as http, _redis(app.redis_url) as redis:
+        async with _operations(app) as http, redis_client(app.redis_url) as redis:
             meter_provider = app.meter_provider if http is None else http.meter_provider
             watchdog = Watchdog()
             resources = Resources(app.name, redis, app.tracer_provider, meter_provider, watchdog)
@@ -202,7 +202,7 @@ async def _operations(app: App) -> AsyncIterator[Operations | None]:
 
 
 @asynccontextmanager
-async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
+async def redis_client(url: str | None) -> AsyncIterator[Redis | None]:
     """A Redis client for `url`, checked with a PING before anything starts; None without a URL."""
     if not url:
         yield None
@@ -219,7 +219,7 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
         try:
             await client.ping()
         except RedisError as exc:
-            raise StoreError(f"cannot reach Redis at {_masked(url)}: {exc}") from exc
+            raise StoreError(f"cannot reach Redis at {mask_url(url)}: {exc}") from exc
         yield client
     finally:
         await client.aclose()
@@ -237,15 +237,6 @@ async def _check_stores(app: App) -> None:
         ping = getattr(store, "ping", None)
         if store is not None and ping is not None:
             await ping()
-
-
-def _masked(url: str) -> str:
-    """`url` with its password, if any, replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _install_signal_handlers(manager: Manager) -> Callable[[], None]:

@@ -368,16 +368,21 @@ def test_the_environment_names_the_broker_when_the_app_does_not(
     assert App("billing").broker_url == "memory://?partitions=2"
 
 
-def test_the_broker_argument_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_wins_over_the_broker_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The deployment decides where the broker is; the code's argument is the default.
     monkeypatch.setenv("TASKFLOW_BROKER", "memory://?partitions=2")
 
-    assert App("billing", broker="memory://?partitions=8").broker_url == "memory://?partitions=8"
+    assert App("billing", broker="memory://?partitions=8").broker_url == "memory://?partitions=2"
 
 
-def test_a_broker_object_gives_its_own_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TASKFLOW_BROKER", "memory://?partitions=2")
-
+def test_a_broker_object_gives_its_own_url() -> None:
     assert App("billing", broker=MemoryBroker(partitions=3)).broker_url == MemoryBroker(3).url
+
+
+def test_the_environment_replaces_a_broker_object_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKFLOW_BROKER", "memory://?partitions=2")
+
+    assert App("billing", broker=MemoryBroker(partitions=3)).broker_url == "memory://?partitions=2"
 
 
 @pytest.mark.parametrize(
@@ -404,20 +409,20 @@ def test_the_environment_sets_the_shutdown_timeout(monkeypatch: pytest.MonkeyPat
     assert App("billing").shutdown_timeout == 12.5
 
 
-def test_the_shutdown_timeout_argument_wins_over_the_environment(
+def test_the_environment_wins_over_the_shutdown_timeout_argument(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TASKFLOW_SHUTDOWN_TIMEOUT", "12.5")
 
-    assert App("billing", shutdown_timeout=3).shutdown_timeout == 3.0
+    assert App("billing", shutdown_timeout=3).shutdown_timeout == 12.5
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
         ("soon", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got 'soon'"),
-        ("-1", "shutdown_timeout must be a number of seconds >= 0"),
-        ("nan", "shutdown_timeout must be a number of seconds >= 0"),
+        ("-1", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds >= 0, got '-1'"),
+        ("nan", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds >= 0, got 'nan'"),
     ],
 )
 def test_an_invalid_shutdown_timeout_in_the_environment_is_refused(

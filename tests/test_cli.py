@@ -1,4 +1,5 @@
-"""The command line, run as a real process: bad input, `info`, signals, draining, log formats.
+"""The command line, run as a real process: bad input, `info`, signals, draining, log formats,
+settings from flags and the environment, `trigger` and `send`.
 
 Every test starts `python -m taskflow` (once the `taskflow` console script) from the repository
 root with the apps in `tests/apps`, and waits for log lines rather than for time to pass.
@@ -20,6 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from redis import Redis
+
+from tests._process import wait_until
+from tests._redis import REDIS_URL
 
 REPO = Path(__file__).resolve().parent.parent
 TASKFLOW = [sys.executable, "-m", "taskflow"]
@@ -38,12 +43,15 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def taskflow(*args: str, command: list[str] = TASKFLOW) -> subprocess.CompletedProcess[str]:
-    """Run a taskflow command to completion."""
+def taskflow(
+    *args: str, command: list[str] = TASKFLOW, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a taskflow command to completion, with extra environment variables."""
     return subprocess.run(
         [*command, *args],
         cwd=REPO,
-        env=_env(),
+        env=_env(**env),
+        input=stdin,
         capture_output=True,
         encoding="utf-8",
         timeout=PROCESS_TIMEOUT,
@@ -294,7 +302,8 @@ def test_info_lists_every_worker() -> None:
     result = taskflow("info", "tests.apps.workers:app")
 
     assert result.returncode == 0, result.stderr
-    header, *rows = result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    header, *rows = lines[: lines.index("settings")]
     assert header == "app kinds  broker memory://  shutdown timeout 30s"
     consumer, periodic, function_worker, custom = (row.split() for row in rows)
     assert consumer == [
@@ -326,8 +335,8 @@ def test_help_and_version() -> None:
 
     assert helped.returncode == 0
     assert helped.stdout.startswith("Usage: taskflow [OPTIONS] COMMAND [ARGS]...")
-    assert "  run " in helped.stdout
-    assert "  info " in helped.stdout
+    for command in ("run", "info", "trigger", "send"):
+        assert f"  {command} " in helped.stdout
     assert version.returncode == 0
     assert version.stdout.strip() == "taskflow, version 0.1.0"
 
@@ -527,3 +536,367 @@ def test_repeated_library_errors_are_held_back_to_one_line_per_window() -> None:
     assert repeat.filter(later)
     assert later.getMessage() == "Unable to connect (3 more like this in the last 10s)"
     assert all(repeat.filter(record("taskflow.consumer", t)) for t in (0.0, 0.1, 0.2))
+
+
+# -- settings: flags over the environment over the code, secrets masked ---------------------------
+
+
+def _settings_rows(stdout: str) -> dict[str, list[str]]:
+    lines = stdout.splitlines()
+    return {line.split()[0]: line.split()[1:] for line in lines[lines.index("settings") + 1 :]}
+
+
+def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> None:
+    result = taskflow(
+        "info",
+        "tests.apps.ops_settings:app",
+        "--http-port",
+        "9000",
+        TASKFLOW_REDIS_URL="redis://:env-secret@127.0.0.1:6379/0",
+        TASKFLOW_SHUTDOWN_TIMEOUT="20",
+        TASKFLOW_KAFKA_SASL_PLAIN_PASSWORD="env-secret",
+        TASKFLOW_KAFKA_CLIENT_ID="ops",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "app settings  broker kafka://code-broker:9092  shutdown timeout 20s\n"
+    )
+    assert _settings_rows(result.stdout) == {
+        "broker": ["kafka://code-broker:9092", "code", "App(broker=...)"],
+        "redis_url": ["redis://:***@127.0.0.1:6379/0", "env", "TASKFLOW_REDIS_URL"],
+        "shutdown_timeout": ["20", "env", "TASKFLOW_SHUTDOWN_TIMEOUT"],
+        "commit_interval": ["1", "default"],
+        "idempotent": ["false", "default"],
+        "http_port": ["9000", "flag", "--http-port"],
+        "broker_options.client_id": ["ops", "env", "TASKFLOW_KAFKA_CLIENT_ID"],
+        "broker_options.sasl_mechanism": ["PLAIN", "code", "App(broker_options.sasl_mechanism)"],
+        "broker_options.sasl_plain_password": [
+            "***", "env", "TASKFLOW_KAFKA_SASL_PLAIN_PASSWORD"
+        ],
+        "broker_options.sasl_plain_username": [
+            "billing", "code", "App(broker_options.sasl_plain_username)"
+        ],
+        "broker_options.security_protocol": [
+            "SASL_PLAINTEXT", "code", "App(broker_options.security_protocol)"
+        ],
+    }  # fmt: skip
+    assert "secret" not in result.stdout + result.stderr
+
+
+def test_a_flag_wins_over_the_environment_which_wins_over_the_code() -> None:
+    app = "tests.apps.ops_settings:app"  # shutdown_timeout=10, http_port=8000 in code
+    env = {"TASKFLOW_SHUTDOWN_TIMEOUT": "20", "TASKFLOW_HTTP_PORT": "8100"}
+
+    code = taskflow("info", app)
+    from_env = taskflow("info", app, **env)
+    flags = taskflow("info", app, "--shutdown-timeout", "5", "--http-port", "0", **env)
+
+    for result in (code, from_env, flags):
+        assert result.returncode == 0, result.stderr
+    assert code.stdout.startswith(
+        "app settings  broker kafka://code-broker:9092  shutdown timeout 10s"
+    )
+    assert from_env.stdout.startswith(
+        "app settings  broker kafka://code-broker:9092  shutdown timeout 20s"
+    )
+    assert flags.stdout.startswith(
+        "app settings  broker kafka://code-broker:9092  shutdown timeout 5s"
+    )
+    rows = [_settings_rows(r.stdout) for r in (code, from_env, flags)]
+    assert [r["shutdown_timeout"] for r in rows] == [
+        ["10", "code", "App(shutdown_timeout=...)"],
+        ["20", "env", "TASKFLOW_SHUTDOWN_TIMEOUT"],
+        ["5", "flag", "--shutdown-timeout"],
+    ]
+    assert [r["http_port"] for r in rows] == [
+        ["8000", "code", "App(http_port=...)"],
+        ["8100", "env", "TASKFLOW_HTTP_PORT"],
+        ["0", "flag", "--http-port"],
+    ]  # fmt: skip
+
+
+def test_a_broker_from_the_environment_is_checked_with_the_codes_options() -> None:
+    result = taskflow("info", "tests.apps.ops_settings:app", TASKFLOW_BROKER="memory://")
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "Error: TASKFLOW_BROKER: the memory broker takes no broker_options: ['client_id', "
+        "'sasl_mechanism', 'sasl_plain_password', 'sasl_plain_username', 'security_protocol']"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "message"),
+    [
+        (
+            "run",
+            {"TASKFLOW_SHUTDOWN_TIMEOUT": "abc"},
+            "Error: TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got 'abc'",
+        ),
+        (
+            "info",
+            {"TASKFLOW_HTTP_PORT": "80a"},
+            "Error: TASKFLOW_HTTP_PORT must be a port number from 0 to 65535, got '80a'",
+        ),
+        (
+            "run",
+            {"TASKFLOW_BROKER": "nats://x"},
+            "Error: TASKFLOW_BROKER: unsupported broker URL 'nats://x': use memory:// or "
+            "kafka://host:port[,host:port…]",
+        ),
+        (
+            "info",
+            {"TASKFLOW_IDEMPOTENT": "maybe"},
+            "Error: TASKFLOW_IDEMPOTENT must be true or false, got 'maybe'",
+        ),
+        (
+            "info",
+            {"TASKFLOW_BROKER": "kafka://k:9092", "TASKFLOW_KAFKA_SESSION_TIMEOUT_MS": "soon"},
+            "Error: TASKFLOW_KAFKA_SESSION_TIMEOUT_MS must be an integer, got 'soon'",
+        ),
+    ],
+)
+def test_a_bad_variable_is_one_line_naming_it_and_exit_code_2(
+    command: str, env: dict[str, str], message: str
+) -> None:
+    result = taskflow(command, IDLE, **env)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message]
+
+
+def test_a_bad_log_format_variable_is_a_usage_error_naming_it() -> None:
+    result = taskflow("run", IDLE, TASKFLOW_LOG_FORMAT="xml")
+
+    assert result.returncode == 2
+    assert (
+        "Error: Invalid value for '--log-format' (env var: 'TASKFLOW_LOG_FORMAT'): 'xml' is not "
+        "one of 'text', 'json'." in result.stderr
+    )
+
+
+def test_the_log_format_comes_from_the_environment(start: Callable[..., Running]) -> None:
+    app = start("tests.apps.chatter:app", TASKFLOW_LOG_FORMAT="json")
+    app.wait_for("chatter warning line")
+    app.send(signal.SIGTERM)
+
+    assert app.exit() == 0, app.log
+    assert all(json.loads(line)["level"] for line in app.lines)
+
+
+# -- JSON lines say where they apply -----------------------------------------------------------
+
+
+def _entries(lines: list[str]) -> dict[str, dict[str, object]]:
+    return {entry["message"]: entry for entry in map(json.loads, lines)}
+
+
+def test_json_lines_about_a_message_carry_its_topic_partition_offset_and_trace(
+    start: Callable[..., Running],
+) -> None:
+    from tests.apps.ops_logs import TRACE_ID
+
+    app = start("tests.apps.ops_logs:app", "--log-format", "json")
+    app.wait_for("handled job 1")
+    app.send(signal.SIGTERM)
+
+    assert app.exit() == 0, app.log
+    entries = _entries(app.lines)
+    [failure] = [entry for message, entry in entries.items() if "attempt 1 failed" in message]
+    assert failure["worker"] == "on_job"
+    assert (failure["topic"], failure["offset"]) == ("jobs", 0)
+    assert isinstance(failure["partition"], int)
+    assert failure["trace_id"] == TRACE_ID  # from the message's traceparent header
+    assert "span_id" not in failure
+    started = entries["app logs running 1 worker(s): on_job"]
+    assert not {"topic", "partition", "offset", "trace_id", "span_id"} & started.keys()
+    handled = entries["handled job 1"]  # the handler's own line, through ctx.logger
+    assert (handled["worker"], handled["topic"], handled["offset"]) == ("on_job", "jobs", 0)
+    assert handled["trace_id"] == TRACE_ID
+
+
+def test_with_tracing_on_a_handlers_own_lines_carry_its_span_and_message(
+    start: Callable[..., Running],
+) -> None:
+    from tests.apps.ops_logs import TRACE_ID
+
+    app = start("tests.apps.ops_logs:app", "--log-format", "json", OTEL_TRACES_EXPORTER="console")
+    app.wait_for("handled job 1")
+    app.send(signal.SIGTERM)
+
+    assert app.exit() == 0, app.log
+    handled = _entries(app.lines)["handled job 1"]
+    assert (handled["worker"], handled["topic"], handled["offset"]) == ("on_job", "jobs", 0)
+    assert handled["trace_id"] == TRACE_ID  # the process span continues the producer's trace
+    assert isinstance(handled["span_id"], str)
+    assert len(handled["span_id"]) == 16
+
+
+def test_the_json_formatter_takes_the_current_span_and_the_tick() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from taskflow.context import Tick
+    from taskflow.logfmt import JsonFormatter
+
+    formatter = JsonFormatter()
+    tick = Tick("report", datetime(2026, 1, 1, tzinfo=UTC))
+
+    def line(msg: str, *args: object) -> dict[str, object]:
+        record = logging.LogRecord("billing", logging.INFO, __file__, 1, msg, args, None)
+        entry: dict[str, object] = json.loads(formatter.format(record))
+        return entry
+
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("work") as span:
+        inside = line("✓ %s done", tick)
+    outside = line("nothing to say")
+
+    context = span.get_span_context()
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+    assert inside["tick"] == "2026-01-01T00:00:00+00:00"
+    assert "topic" not in inside  # not a consumer's span
+    assert not {"trace_id", "span_id", "tick"} & outside.keys()
+
+
+# -- trigger -----------------------------------------------------------------------------------
+
+OPS = "tests.apps.ops_tasks:app"
+
+
+@pytest.fixture
+def ops_redis() -> Iterator[Redis]:
+    """The tests' Redis database, flushed, for the `ops_tasks` app's runs and the fleet's keys."""
+    client = Redis.from_url(REDIS_URL)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _ops(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return taskflow(*args, TASKFLOW_REDIS_URL=REDIS_URL, **env)
+
+
+@pytest.mark.redis
+def test_trigger_runs_a_task_once_and_info_shows_its_last_run(ops_redis: Redis) -> None:
+    result = _ops("trigger", OPS, "beat")
+
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    tick, ok, _in, took, how = line.split(" ", 4)
+    assert tick.startswith("beat@")
+    assert (ok, _in, how) == ("ok", "in", "(claimed through the fleet)")
+    assert took.endswith("ms")
+    assert len(ops_redis.lrange("ops:runs", 0, -1)) == 1
+
+    info = _ops("info", OPS)
+
+    assert info.returncode == 0, info.stderr
+    [beat] = [row for row in info.stdout.splitlines() if row.startswith("  periodic  beat ")]
+    last = beat.split("  last ")[1].split()
+    assert last[:3] == [tick.removeprefix("beat@"), "ok", "in"]
+    assert last[4] == "on"
+    assert "  periodic  local  every 1h  next " in info.stdout
+    assert "last not recorded (fleet=False)" in info.stdout
+
+
+@pytest.mark.redis
+def test_trigger_reports_a_failing_task_and_exits_1(ops_redis: Redis) -> None:
+    result = _ops("trigger", OPS, "broken")
+
+    assert result.returncode == 1
+    [line] = result.stdout.splitlines()
+    assert line.startswith("broken@")
+    assert " failed in " in line
+    assert line.endswith(": ValueError: boom (claimed through the fleet)")
+    assert 'raise ValueError("boom")' in result.stderr  # the traceback
+
+
+@pytest.mark.redis
+def test_trigger_of_an_unknown_task_names_the_tasks_and_exits_2(ops_redis: Redis) -> None:
+    result = _ops("trigger", OPS, "on_order")
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "Error: app ops has no periodic task 'on_order'; its periodic tasks: beat, broken, local"
+    ]
+
+
+def test_an_unreachable_redis_leaves_info_printed_with_last_runs_unknown_and_exit_code_1() -> None:
+    result = taskflow("info", OPS, TASKFLOW_REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
+
+    assert result.returncode == 1
+    assert "  periodic  beat  every 1h  next " in result.stdout
+    assert "  last unknown" in result.stdout
+    assert "redis_url         redis://:***@127.0.0.1:1/0  env" in result.stdout
+    [error] = result.stderr.splitlines()
+    assert error.startswith(
+        "Error: the periodic tasks' last runs are unknown: cannot reach Redis at "
+        "redis://:***@127.0.0.1:1/0: "
+    )
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_trigger_with_an_unreachable_redis_does_not_run_and_exits_1() -> None:
+    result = taskflow("trigger", OPS, "beat", TASKFLOW_REDIS_URL="redis://127.0.0.1:1/0")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "ERROR taskflow beat did not run: cannot reach Redis at redis://127.0.0.1:1/0" in (
+        result.stderr
+    )
+
+
+@pytest.mark.redis
+def test_two_triggers_at_once_run_the_task_once(ops_redis: Redis) -> None:
+    first = subprocess.Popen(
+        [*TASKFLOW, "trigger", OPS, "beat"],
+        cwd=REPO,
+        env=_env(TASKFLOW_REDIS_URL=REDIS_URL, OPS_HOLD="ops:hold"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+    )
+    try:
+        wait_until(
+            lambda: bool(ops_redis.exists("sched:ops:beat:running")), LOG_TIMEOUT, "the lease"
+        )
+        second = _ops("trigger", OPS, "beat")  # while the first run waits on `ops:hold`
+        ops_redis.rpush("ops:hold", "go")
+        out, err = first.communicate(timeout=PROCESS_TIMEOUT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+
+    assert first.returncode == 0, err
+    assert " ok in " in out
+    assert second.returncode == 1
+    [line] = second.stdout.splitlines()
+    assert line.endswith(")")
+    assert " not run: a run of beat is still going (" in line
+    assert len(ops_redis.lrange("ops:runs", 0, -1)) == 1
+
+
+# -- send --------------------------------------------------------------------------------------
+
+
+def test_send_refuses_the_memory_broker_with_one_line() -> None:
+    result = taskflow("send", IDLE, "orders", '{"id": 1}')
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "Error: the app's broker is memory://, which lives inside one process, so a message "
+        "sent from here reaches nobody: pass --broker kafka://host:port or set TASKFLOW_BROKER"
+    ]
+
+
+def test_send_refuses_a_header_without_a_value() -> None:
+    result = taskflow("send", IDLE, "orders", "x", "--header", "trace")
+
+    assert result.returncode == 2
+    assert "Invalid value for '--header': expected NAME=VALUE, got 'trace'" in result.stderr

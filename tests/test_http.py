@@ -402,10 +402,10 @@ def test_a_bad_http_port_is_refused(port: Any) -> None:
         App("bad-port", http_port=port)
 
 
-def test_the_port_comes_from_the_environment_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_port_comes_from_the_environment_over_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKFLOW_HTTP_PORT", "9100")
     assert App("env-port").http_port == 9100
-    assert App("code-port", http_port=9200).http_port == 9200
+    assert App("code-port", http_port=9200).http_port == 9100
     monkeypatch.setenv("TASKFLOW_HTTP_PORT", "")
     assert App("no-port").http_port is None
     monkeypatch.setenv("TASKFLOW_HTTP_PORT", "nine")

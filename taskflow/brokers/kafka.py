@@ -5,9 +5,10 @@ gets its own aiokafka consumer with auto-commit off, committing explicit per-par
 
 Connection options (security protocol, SASL, SSL, client id, or any other aiokafka consumer or
 producer option) come from ``App(broker_options={...})`` and from ``TASKFLOW_KAFKA_<OPTION>``
-environment variables (the code wins over the environment). Each option goes to the client(s)
-whose constructor takes it; an option neither takes is refused with a clear error before start.
-A bad value is refused before start where taskflow can tell, else when the client is built.
+environment variables (the environment wins over the code, as for every setting). Each option
+goes to the client(s) whose constructor takes it; an option neither takes is refused with a clear
+error before start. A bad value is refused before start where taskflow can tell, else when the
+client is built.
 
 A record with a null value (a tombstone) or a header with a null value reaches handlers as ``b""``.
 """
@@ -240,8 +241,8 @@ class KafkaBroker:
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> KafkaBroker:
-        """Build from ``kafka://host:port[,…]``, with `options` over the environment's."""
-        merged = {**kafka_options_from_env(), **(options or {})}
+        """Build from ``kafka://host:port[,…]``, with the environment's options over `options`."""
+        merged = {**(options or {}), **kafka_options_from_env()}
         return cls(parse_bootstrap(url), merged)
 
     @property

@@ -251,13 +251,14 @@ def test_a_badly_typed_environment_option_names_its_variable(
     assert complaint in str(caught.value)
 
 
-def test_code_options_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_options_win_over_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKFLOW_KAFKA_CLIENT_ID", "from-env")
     monkeypatch.setenv("TASKFLOW_KAFKA_LINGER_MS", "7")
-    broker = KafkaBroker.from_url("kafka://b:9092", {"client_id": "from-code"})
-    assert broker.consumer_options == {"client_id": "from-code"}
-    assert broker.producer_options["client_id"] == "from-code"
+    broker = KafkaBroker.from_url("kafka://b:9092", {"client_id": "from-code", "acks": 1})
+    assert broker.consumer_options == {"client_id": "from-env"}
+    assert broker.producer_options["client_id"] == "from-env"
     assert broker.producer_options["linger_ms"] == 7
+    assert broker.producer_options["acks"] == 1  # what the environment does not set stays
 
 
 def test_an_unknown_environment_option_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,488 @@
+"""Settings: the value in effect of each App option, and where it came from.
+
+Every App option that can be written as text has a ``TASKFLOW_*`` environment variable, and the
+ones an operator changes for one run also have a ``taskflow`` flag. One order holds for all::
+
+    CLI flag  >  TASKFLOW_* variable  >  App(...) argument  >  taskflow's default
+
+What the code passes is the app's default; the environment is the deployment's say over it, and a
+flag the operator's, for one run. An empty variable counts as unset. Kafka client options follow
+the same order one option at a time: ``TASKFLOW_KAFKA_<OPTION>`` over ``broker_options[option]``,
+for a ``kafka://`` broker only.
+
+Pure logic, no I/O: parsing and checking values (each error names the argument, variable or flag
+it came from), the order above, and masking secrets for display. `App.__init__` resolves its
+arguments and the environment; the CLI adds its flags; ``taskflow info`` shows `Settings.rows`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from taskflow.exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_BROKER",
+    "DEFAULT_COMMIT_INTERVAL",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "KAFKA_PREFIX",
+    "OPTIONS",
+    "Option",
+    "Setting",
+    "Settings",
+    "Source",
+    "mask_url",
+    "shown",
+]
+
+Source = Literal["flag", "env", "code", "default"]
+KafkaParser = Callable[[Mapping[str, str]], Mapping[str, Any]]
+"""Reads the ``TASKFLOW_KAFKA_*`` variables of an environment as typed aiokafka options."""
+
+DEFAULT_BROKER: Final = "memory://"
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
+DEFAULT_COMMIT_INTERVAL: Final = 1.0
+KAFKA_PREFIX: Final = "TASKFLOW_KAFKA_"
+MAX_PORT: Final = 65535
+MASK: Final = "***"
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Option and query parameter names whose values are never shown.
+_SECRET = re.compile(r"password|secret|token|credential|sasl_oauth", re.IGNORECASE)
+
+
+# -- checking values -----------------------------------------------------------------------
+#
+# Each check takes the value and the label of where it came from: the argument's name
+# (`shutdown_timeout`), the variable (`TASKFLOW_SHUTDOWN_TIMEOUT`) or the flag
+# (`--shutdown-timeout`), so that the error names what the person has to change.
+
+
+def _got(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def _seconds(value: Any, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigurationError(f"{label} must be a number of seconds >= 0, got {_got(value)}")
+    return float(value)
+
+
+def _seconds_text(text: str, variable: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{variable} must be a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise ConfigurationError(f"{variable} must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _port(value: Any, label: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PORT:
+        raise ConfigurationError(
+            f"{label} must be a port number from 0 to {MAX_PORT} (0 picks a free one), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _port_text(text: str, variable: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PORT:
+        raise ConfigurationError(
+            f"{variable} must be a port number from 0 to {MAX_PORT}, got {text!r}"
+        )
+    return int(text)
+
+
+def _flag(value: Any, label: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{label} is True or False, got {value!r}")
+    return value
+
+
+def _flag_text(text: str, variable: str) -> bool:
+    lowered = text.lower()
+    if lowered not in _TRUE + _FALSE:
+        raise ConfigurationError(f"{variable} must be true or false, got {text!r}")
+    return lowered in _TRUE
+
+
+def _broker(value: Any, label: str) -> Any:
+    """A URL, or (from code only) a Broker object: the App checks either when it is built."""
+    return value
+
+
+def _broker_text(text: str, variable: str) -> str:
+    return text
+
+
+def _redis_url(value: Any, label: str) -> str:
+    """A URL from code is only checked to be text here: the runner refuses a malformed one."""
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{label} is a Redis URL such as redis://localhost:6379/0, got {value!r}"
+        )
+    return value
+
+
+def _redis_url_text(text: str, variable: str) -> str:
+    if _scheme(text) not in _REDIS_SCHEMES:
+        raise ConfigurationError(
+            f"{variable} must be a redis://, rediss:// or unix:// URL, got {mask_url(text)!r}"
+        )
+    return text
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme.lower() if "://" in url else ""
+    except ValueError:
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One App option that the environment, and maybe a flag, can set.
+
+    Attributes:
+        name: The `App(...)` argument and attribute.
+        variable: Its environment variable.
+        flag: Its CLI flag, if it has one.
+        default: taskflow's default, used when nothing else gives a value.
+        check: Checks a value given in code or by a flag: ``check(value, label)``.
+        parse: Reads the variable's text: ``parse(text, variable)``.
+    """
+
+    name: str
+    variable: str
+    flag: str | None
+    default: Any
+    check: Callable[[Any, str], Any] = field(repr=False)
+    parse: Callable[[str, str], Any] = field(repr=False)
+
+
+OPTIONS: Final = (
+    Option("broker", "TASKFLOW_BROKER", "--broker", None, _broker, _broker_text),
+    Option("redis_url", "TASKFLOW_REDIS_URL", "--redis", None, _redis_url, _redis_url_text),
+    Option(
+        "shutdown_timeout",
+        "TASKFLOW_SHUTDOWN_TIMEOUT",
+        "--shutdown-timeout",
+        DEFAULT_SHUTDOWN_TIMEOUT,
+        _seconds,
+        _seconds_text,
+    ),
+    Option(
+        "commit_interval",
+        "TASKFLOW_COMMIT_INTERVAL",
+        None,
+        DEFAULT_COMMIT_INTERVAL,
+        _seconds,
+        _seconds_text,
+    ),
+    Option("idempotent", "TASKFLOW_IDEMPOTENT", None, False, _flag, _flag_text),
+    Option("http_port", "TASKFLOW_HTTP_PORT", "--http-port", None, _port, _port_text),
+)
+"""The options read from the environment, in the order `taskflow info` lists them."""
+
+_BY_NAME: Final = {option.name: option for option in OPTIONS}
+
+
+# -- showing values ------------------------------------------------------------------------
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password (and any secret query parameter) replaced by ``***``.
+
+    ``redis://:pw@host:6379/0`` becomes ``redis://:***@host:6379/0``; a user name without a
+    password (``redis://pw@host``, which some clients read as the password) is masked whole.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK if "@" in url else url
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    if query and _SECRET.search(query):
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{k}={MASK if _SECRET.search(k) else v}" for k, v in pairs)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as given: urlunsplit would turn memory:// into memory:
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def shown(name: str, value: Any) -> str:
+    """`value` of the setting `name` as `taskflow info` prints it, secrets masked."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if _SECRET.search(name):
+        return MASK
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else value
+    if isinstance(value, int):
+        return str(value)
+    url = getattr(value, "url", None)  # a Broker object
+    if isinstance(url, str):
+        return f"{mask_url(url)} ({type(value).__name__})"
+    return f"<{type(value).__name__}>"  # an SSLContext, a token provider: not text
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting as `taskflow info` shows it.
+
+    Attributes:
+        name: The option (``broker_options.<option>`` for a Kafka option).
+        value: The value in effect (not masked: use `shown`).
+        source: ``flag``, ``env``, ``code`` or ``default``.
+        origin: The flag or variable it came from, ``App(name=...)``, or ``""`` for a default.
+    """
+
+    name: str
+    value: Any
+    source: Source
+    origin: str
+
+    @property
+    def shown(self) -> str:
+        """The value as text, with any secret masked."""
+        return shown(self.name, self.value)
+
+
+# -- resolving -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Layers:
+    """What each source said, checked: the values the settings in effect are chosen from."""
+
+    code: Mapping[str, Any]
+    env: Mapping[str, Any]
+    flags: Mapping[str, Any]
+    code_options: Mapping[str, Any]
+    kafka_variables: Mapping[str, str]  # the raw TASKFLOW_KAFKA_* variables, read when needed
+    kafka_parser: KafkaParser | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The App options in effect and where each came from; see the module docstring.
+
+    Attributes:
+        broker: A broker URL, a Broker object given in code, or None for ``memory://``.
+        broker_options: The broker options: ``broker_options`` with, for Kafka, the
+            ``TASKFLOW_KAFKA_<OPTION>`` variables over it.
+        redis_url: The Redis URL, or None (``""`` in code also means no Redis).
+        shutdown_timeout: Seconds in-flight work may take to finish on shutdown.
+        commit_interval: Seconds between offset commits.
+        idempotent: The default of ``idempotent=`` for every registration.
+        http_port: The operations endpoint's port, or None for no endpoint.
+        sources: Where each option came from, by name (``broker_options.<option>`` too).
+    """
+
+    broker: Any = None
+    broker_options: Mapping[str, Any] = field(default_factory=dict)
+    redis_url: str | None = None
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    idempotent: bool = False
+    http_port: int | None = None
+    sources: Mapping[str, Source] = field(default_factory=dict)
+    _layers: _Layers | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def resolve(
+        cls,
+        code: Mapping[str, Any],
+        environ: Mapping[str, str] | None = None,
+        *,
+        kafka_parser: KafkaParser | None = None,
+    ) -> Settings:
+        """The settings from the App's arguments (`code`, None meaning "not given") and `environ`.
+
+        Args:
+            code: The App arguments by name: ``broker``, ``broker_options``, ``redis_url``,
+                ``shutdown_timeout``, ``commit_interval``, ``idempotent``, ``http_port``.
+            environ: The environment; default ``os.environ``.
+            kafka_parser: Reads ``TASKFLOW_KAFKA_*`` variables as typed options; without one
+                they are not read.
+
+        Raises:
+            ConfigurationError: for a bad argument or variable, naming it.
+        """
+        env = os.environ if environ is None else environ
+        unknown = set(code) - set(_BY_NAME) - {"broker_options"}
+        if unknown:
+            raise ConfigurationError(f"unknown App options {sorted(unknown)}")
+        given = {
+            name: _BY_NAME[name].check(value, name)
+            for name, value in code.items()
+            if name in _BY_NAME and value is not None
+        }
+        from_env = {}
+        for option in OPTIONS:
+            text = env.get(option.variable, "").strip()
+            if text:
+                from_env[option.name] = option.parse(text, option.variable)
+        layers = _Layers(
+            code=given,
+            env=from_env,
+            flags={},
+            code_options=_options(code.get("broker_options")),
+            kafka_variables={
+                name: raw
+                for name, raw in env.items()
+                if name.startswith(KAFKA_PREFIX) and len(name) > len(KAFKA_PREFIX)
+            },
+            kafka_parser=kafka_parser,
+        )
+        return _combine(layers)
+
+    def with_flags(self, flags: Mapping[str, Any]) -> Settings:
+        """These settings with CLI flags over them; a None flag was not given.
+
+        `flags` is keyed by option name (``broker``, ``redis_url``, ``shutdown_timeout``,
+        ``http_port``): only options that have a flag.
+
+        Raises:
+            ConfigurationError: for a bad flag value, naming the flag.
+        """
+        checked: dict[str, Any] = {}
+        for name, value in flags.items():
+            option = _BY_NAME.get(name)
+            if option is None or option.flag is None:
+                raise ConfigurationError(f"{name} has no CLI flag")
+            if isinstance(value, str):  # typed on a command line: read like the variable
+                checked[name] = option.parse(value, option.flag)
+            elif value is not None:
+                checked[name] = option.check(value, option.flag)
+        layers = self._layers_or_empty()
+        return _combine(replace(layers, flags={**layers.flags, **checked}))
+
+    def observe(self, current: Mapping[str, Any]) -> Settings:
+        """These settings with the values an app holds now, where code changed them since.
+
+        An attribute set after the App was made (``app.redis_url = ...`` in a factory) is code
+        that ran after the environment was read: it is kept as it is, and shown as ``code``.
+
+        Raises:
+            ConfigurationError: for a bad value, naming the attribute.
+        """
+        layers = self._layers_or_empty()
+        code, env = dict(layers.code), dict(layers.env)
+        for option in OPTIONS:
+            if option.name not in current:
+                continue
+            value = current[option.name]
+            if _same(value, getattr(self, option.name)):
+                continue
+            env.pop(option.name, None)
+            if value is None:
+                code.pop(option.name, None)
+            else:
+                code[option.name] = option.check(value, f"app.{option.name}")
+        options, variables = dict(layers.code_options), dict(layers.kafka_variables)
+        now = _options(current.get("broker_options", self.broker_options))
+        if now != dict(self.broker_options):
+            options = {}
+            for name, value in now.items():
+                key = f"broker_options.{name}"
+                if self.sources.get(key) == "env" and _same(value, self.broker_options.get(name)):
+                    continue  # still the variable's value
+                options[name] = value
+                variables.pop(KAFKA_PREFIX + name.upper(), None)  # code has the last word
+        return _combine(
+            replace(layers, code=code, env=env, code_options=options, kafka_variables=variables)
+        )
+
+    def rows(self) -> list[Setting]:
+        """Every setting, each broker option on its own row, in `OPTIONS` order."""
+        rows = [
+            Setting(o.name, getattr(self, o.name), *self._where(o.name, o.variable, o.flag))
+            for o in OPTIONS
+        ]
+        if rows[0].value is None:  # the broker's default
+            rows[0] = replace(rows[0], value=DEFAULT_BROKER)
+        for name in sorted(self.broker_options):
+            key = f"broker_options.{name}"
+            variable = KAFKA_PREFIX + name.upper()
+            rows.append(Setting(key, self.broker_options[name], *self._where(key, variable, None)))
+        return rows
+
+    def _where(self, name: str, variable: str, flag: str | None) -> tuple[Source, str]:
+        source = self.sources.get(name, "default")
+        if source == "flag":
+            return source, flag or ""
+        if source == "env":
+            return source, variable
+        if source == "code":
+            option = name.split(".", 1)
+            return source, f"App({option[0]}=...)" if len(option) == 1 else f"App({name})"
+        return source, ""
+
+    def _layers_or_empty(self) -> _Layers:
+        return self._layers or _Layers({}, {}, {}, {}, {}, None)
+
+
+def _combine(layers: _Layers) -> Settings:
+    """The settings in effect: for each option its flag, else its variable, else the code's
+    value, else the default."""
+    order: tuple[tuple[Source, Mapping[str, Any]], ...] = (
+        ("flag", layers.flags),
+        ("env", layers.env),
+        ("code", layers.code),
+    )
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for option in OPTIONS:
+        values[option.name], sources[option.name] = option.default, "default"
+        for source, layer in order:
+            if option.name in layer:
+                values[option.name], sources[option.name] = layer[option.name], source
+                break
+    options = dict(layers.code_options)
+    for name in options:
+        sources[f"broker_options.{name}"] = "code"
+    if _is_kafka(values["broker"]) and layers.kafka_variables and layers.kafka_parser:
+        for name, value in layers.kafka_parser(layers.kafka_variables).items():
+            options[name] = value
+            sources[f"broker_options.{name}"] = "env"
+    return Settings(broker_options=options, sources=sources, _layers=layers, **values)
+
+
+def _options(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigurationError(
+            f"broker_options is a mapping of option names to values, got {value!r}"
+        )
+    return dict(value)
+
+
+def _is_kafka(broker: Any) -> bool:
+    return isinstance(broker, str) and _scheme(broker) == "kafka"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, str | int | float | bool) or a is None:
+        return bool(a == b) and type(a) is type(b)
+    return a is b

@@ -1,0 +1,299 @@
+"""What the operator commands do: run a periodic task once now, read its runs, send a message.
+
+These back ``taskflow trigger``, ``taskflow info`` and ``taskflow send``. Each takes a loaded App,
+does the I/O and returns what happened; what to print is the CLI's business.
+
+`trigger` runs the app as ``taskflow run`` would up to its workers (Redis, the broker, the
+lifespan and the startup hooks, so ``ctx.state`` and ``ctx.publish`` work as in a replica) but
+starts none of them: it runs the one task's handler, through its middleware, once, here, then
+tears down. With Redis and ``fleet=True`` the run goes through the fleet's records
+(`taskflow.stores.schedule`): it claims a tick of its own (the moment of the trigger) and the
+task's lease, renewed while it runs, so it never overlaps a run of the task on any replica or
+another trigger; a tick that comes due meanwhile is skipped by the replica that claims it, as for
+any run still going; and the outcome becomes the task's last run. Without Redis (or with
+``fleet=False``) it just runs here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from taskflow.codec import encode_value
+from taskflow.context import Tick
+from taskflow.exceptions import ConfigurationError, StoreError
+from taskflow.runner import redis_client, resolve_broker, running
+from taskflow.stores.schedule import LastRun, RedisScheduleStore, TickClaim, new_owner
+from taskflow.workers.scheduled import CLAIM_MARGIN, ScheduledWorker
+
+if TYPE_CHECKING:
+    from taskflow.app import App
+    from taskflow.message import Headers, TopicPartition
+    from taskflow.specs import ScheduleSpec
+
+__all__ = [
+    "Outcome",
+    "Recorded",
+    "Triggered",
+    "periodic_task",
+    "recorded_runs",
+    "send",
+    "trigger",
+    "value_from_text",
+]
+
+logger = logging.getLogger("taskflow")
+
+Outcome = Literal["ok", "failed", "cancelled", "lost", "busy", "elsewhere"]
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule, as App.add_consumer checks it
+
+
+# -- trigger -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Triggered:
+    """How a triggered run went.
+
+    Attributes:
+        tick: The run: the task, and the moment it was triggered as its scheduled time.
+        outcome: ``ok``; ``failed`` (the handler raised: `error`); ``cancelled``; ``lost`` (its
+            lease was lost, so it was cancelled); ``busy`` (not run: a run of the task holds its
+            lease, `holder`); ``elsewhere`` (not run: another replica claimed the tick,
+            `holder`).
+        claimed: True when it went through the fleet's records in Redis.
+        duration: Seconds the run took; 0 when it did not run.
+        error: What the handler raised, for ``failed``.
+        holder: For ``busy`` the run holding the lease, for ``elsewhere`` the tick's claimer.
+    """
+
+    tick: Tick
+    outcome: Outcome
+    claimed: bool
+    duration: float = 0.0
+    error: BaseException | None = None
+    holder: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        """True when the handler was called."""
+        return self.outcome not in ("busy", "elsewhere")
+
+
+def periodic_task(app: App, name: str) -> ScheduleSpec:
+    """The periodic task called `name`.
+
+    Raises:
+        ConfigurationError: naming the app's periodic tasks, when it has none called so.
+    """
+    for spec in app.schedules:
+        if spec.name == name:
+            return spec
+    tasks = ", ".join(spec.name for spec in app.schedules)
+    choices = f"its periodic tasks: {tasks}" if tasks else "it has no periodic tasks"
+    raise ConfigurationError(f"app {app.name} has no periodic task {name!r}; {choices}")
+
+
+async def trigger(app: App, name: str, *, install_signal_handlers: bool = False) -> Triggered:
+    """Run the periodic task `name` once now; see the module docstring.
+
+    With `install_signal_handlers`, a first SIGINT or SIGTERM sets ``ctx.stopping`` (a long job
+    may finish early) and a second cancels the run.
+
+    Raises:
+        ConfigurationError: for an unknown task or an app that cannot start.
+        StoreError: when Redis does not answer the claim.
+        BrokerError: when the broker cannot be reached.
+    """
+    spec = periodic_task(app, name)
+    async with running(app, install_signal_handlers=install_signal_handlers) as runtime:
+        worker = runtime.worker(spec.name)
+        assert isinstance(worker, ScheduledWorker)
+        tick = Tick(spec.name, app.clock.now())
+        if runtime.redis is None or not spec.fleet:
+            return await _attempt(worker, tick, claimed=False)
+        return await _claimed(worker, RedisScheduleStore(runtime.redis, app.name), tick)
+
+
+async def _attempt(worker: ScheduledWorker, tick: Tick, *, claimed: bool) -> Triggered:
+    """Run the job for `tick` here; "ok", or "failed" with what it raised."""
+    started = time.perf_counter()
+    try:
+        await worker.run_once(tick)
+    except Exception as exc:
+        return Triggered(tick, "failed", claimed, time.perf_counter() - started, error=exc)
+    return Triggered(tick, "ok", claimed, time.perf_counter() - started)
+
+
+async def _claimed(worker: ScheduledWorker, store: RedisScheduleStore, tick: Tick) -> Triggered:
+    """Claim `tick` and the task's lease for the fleet, run it under the lease, record the end."""
+    spec, clock = worker.spec, worker.clock
+    owner, now = new_owner(), clock.now()
+    found, holder = await store.claim(
+        spec.name,
+        tick.scheduled_at,
+        owner,
+        ttl=spec.lease + CLAIM_MARGIN,  # the tick is this trigger's own: it only has to outlive it
+        lease=spec.lease,
+        started=now,
+        next_tick=spec.schedule.next_after(now),
+    )
+    if found is TickClaim.ELSEWHERE:
+        return Triggered(tick, "elsewhere", True, holder=holder)
+    if found is TickClaim.BUSY:
+        return Triggered(tick, "busy", True, holder=holder)
+    started = time.perf_counter()
+    outcome: Outcome = "cancelled"
+    try:
+        result = await _leased(worker, store, owner, tick)
+        outcome = result.outcome
+    finally:
+        duration = time.perf_counter() - started
+        try:
+            await store.finish(spec.name, owner, tick.scheduled_at, outcome, duration)
+        except StoreError as exc:
+            logger.warning("recording the end of %s failed (%s); its lease runs out", tick, exc)
+    return result
+
+
+async def _leased(
+    worker: ScheduledWorker, store: RedisScheduleStore, owner: str, tick: Tick
+) -> Triggered:
+    """Run `tick` while renewing `owner`'s lease every third of it; cancel the run if it is lost."""
+    spec, clock = worker.spec, worker.clock
+    length = timedelta(seconds=spec.lease)
+    lost = False
+
+    async def keep(job: asyncio.Task[Triggered]) -> None:
+        nonlocal lost
+        renewed = clock.now()
+        while True:
+            await clock.sleep_until(clock.now() + length / 3)
+            try:
+                kept = await store.renew(spec.name, owner, spec.lease)
+            except StoreError as exc:
+                if clock.now() - renewed < length:
+                    logger.warning("renewing the lease on %s failed (%s); trying again", tick, exc)
+                    continue
+                kept = False  # not renewed for a whole lease: a replica may hold it now
+            if kept:
+                renewed = clock.now()
+                continue
+            lost = True
+            logger.error(
+                "lost the lease on %s: a replica may run the task now, so this run is cancelled",
+                spec.name,
+            )
+            job.cancel()
+            return
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        job = group.create_task(_attempt(worker, tick, claimed=True), name=f"{spec.name}:run")
+        keeper = group.create_task(keep(job), name=f"{spec.name}:lease")
+        job.add_done_callback(lambda _: keeper.cancel())
+    if lost:
+        return Triggered(tick, "lost", True, time.perf_counter() - started)
+    return job.result()
+
+
+# -- info ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the fleet's records in Redis say about one periodic task.
+
+    Attributes:
+        last: Its last run (by a replica or a trigger), or None when it never ran.
+        next: Its next tick as the replicas last computed it, or None.
+    """
+
+    last: LastRun | None
+    next: datetime | None
+
+
+async def recorded_runs(app: App) -> dict[str, Recorded]:
+    """The last run and recorded next tick of each of the app's fleet periodic tasks.
+
+    Tasks with ``fleet=False`` keep no records and are left out; so is everything without Redis.
+
+    Raises:
+        StoreError: when Redis cannot be reached or does not answer.
+        ConfigurationError: for a malformed Redis URL.
+    """
+    tasks = [spec.name for spec in app.schedules if spec.fleet]
+    if not app.redis_url or not tasks:
+        return {}
+    async with redis_client(app.redis_url) as client:
+        assert client is not None
+        store = RedisScheduleStore(client, app.name)
+        return {
+            task: Recorded(await store.last_run(task), await store.next_run(task)) for task in tasks
+        }
+
+
+# -- send ----------------------------------------------------------------------------------
+
+
+def value_from_text(text: str, *, raw: bool = False) -> bytes:
+    """The payload ``taskflow send`` publishes for `text`.
+
+    When `text` parses as JSON (``42``, ``{"id": 1}``, ``"hi"``) its value is encoded as
+    `App.publish` encodes it (compact JSON; a string as its UTF-8 text); else `text` itself is
+    sent as UTF-8. With `raw`, always `text` itself.
+    """
+    if raw:
+        return text.encode("utf-8")
+    try:
+        value = json.loads(text, parse_constant=_not_json)
+    except ValueError:
+        return text.encode("utf-8")
+    return encode_value(value)
+
+
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")  # NaN and Infinity: send them as text
+
+
+async def send(
+    app: App,
+    topic: str,
+    value: bytes,
+    *,
+    key: bytes | None = None,
+    headers: Headers | Sequence[tuple[str, bytes]] = (),
+) -> tuple[TopicPartition, int]:
+    """Publish one message through the app's broker, from outside the app; its partition and
+    offset.
+
+    The broker is started for this message alone (no lifespan, no hooks) and closed after.
+
+    Raises:
+        ConfigurationError: for the memory broker (it lives inside one process, so nothing
+            would read the message) or a bad topic name.
+        BrokerError: when the broker cannot be reached or refuses the message.
+    """
+    if app.broker_url.startswith("memory:"):
+        raise ConfigurationError(
+            f"the app's broker is {app.broker_url}, which lives inside one process, so a message "
+            "sent from here reaches nobody: pass --broker kafka://host:port or set TASKFLOW_BROKER"
+        )
+    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise ConfigurationError(
+            "a topic name uses letters, digits, '.', '_' and '-' (at most 249, not '.' or '..'), "
+            f"got {topic!r}"
+        )
+    broker = resolve_broker(app)
+    await broker.start()
+    try:
+        return await broker.publish(topic, value, key=key, headers=tuple(headers))
+    finally:
+        await broker.close()

@@ -1,0 +1,94 @@
+"""`taskflow send` against a real Kafka-protocol broker: what lands is what was asked for."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+APP = "tests.apps.idle:app"  # any app: `send` uses only its broker
+
+
+async def taskflow_send(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> tuple[int, str, str]:
+    """Run ``taskflow send APP ARGS`` with the broker of `env`; its exit code, stdout and stderr."""
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "taskflow", "send", APP, *args],
+        cwd=ROOT,
+        env={**_base_env(), **env},
+        input=stdin,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
+
+
+async def record_at(bootstrap: str, where: str) -> ConsumerRecord:
+    """The record `send` reported as ``sent to topic[partition]@offset``."""
+    place, offset = where.removeprefix("sent to ").rsplit("@", 1)
+    topic, partition = place.removesuffix("]").rsplit("[", 1)
+    tp = TopicPartition(topic, int(partition))
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, int(offset))
+        return await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+
+
+async def test_send_publishes_json_with_its_key_and_headers(
+    app_env: dict[str, str], bootstrap: str, topic: str
+) -> None:
+    code, out, err = await taskflow_send(
+        app_env,
+        topic,
+        '{"id": 7, "total": 12.5}',
+        "--key",
+        "customer-1",
+        "--header",
+        "source=cli",
+        "--header",
+        "note=a=b",
+    )
+
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert line.startswith(f"sent to {topic}[")
+    record = await record_at(bootstrap, line)
+    assert record.value == b'{"id":7,"total":12.5}'
+    assert record.key == b"customer-1"
+    assert list(record.headers) == [("source", b"cli"), ("note", b"a=b")]
+
+
+async def test_send_raw_from_standard_input_sends_the_bytes_as_given(
+    app_env: dict[str, str], bootstrap: str, topic: str
+) -> None:
+    code, out, err = await taskflow_send(app_env, topic, "-", "--raw", stdin='{"id": 1}\n')
+
+    assert code == 0, err
+    record = await record_at(bootstrap, out.strip())
+    assert record.value == b'{"id": 1}\n'
+    assert record.key is None
+
+
+async def test_send_to_an_unreachable_broker_is_one_error_and_exit_code_1() -> None:
+    code, out, err = await taskflow_send({"TASKFLOW_BROKER": "kafka://127.0.0.1:1"}, "orders", "x")
+
+    assert code == 1
+    assert out == ""
+    assert err.splitlines()[-1].startswith("Error: cannot reach Kafka at kafka://127.0.0.1:1")
