@@ -242,12 +242,29 @@ def test_debug_adds_the_traceback(args: list[str], message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("mistake", "message"),
+    [("cron", "cron expression"), ("zone", "Europe/Atlantis")],
+)
+def test_a_bad_cron_expression_or_time_zone_is_one_line_and_exit_code_2(
+    mistake: str, message: str
+) -> None:
+    result = taskflow("run", "tests.apps.bad_schedules:app", BAD_SCHEDULE=mistake)
+
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: ")
+    assert message in line
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--shutdown-timeout", "soon"], "Invalid value for '--shutdown-timeout'"),
         (["--log-format", "xml"], "Invalid value for '--log-format'"),
         (["--log-level", "LOUD"], "Invalid value for '--log-level'"),
         (["--app-dir", "/no/such/dir"], "Invalid value for '--app-dir'"),
+        (["--http-port", "70000"], "Invalid value for '--http-port'"),
+        (["--http-port", "web"], "Invalid value for '--http-port'"),
     ],
 )
 def test_bad_option_values_are_click_usage_errors(args: list[str], message: str) -> None:
