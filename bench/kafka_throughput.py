@@ -1,21 +1,23 @@
-"""Kafka throughput: taskflow's consumer against a raw aiokafka loop, on one local Tansu broker.
+"""Kafka throughput: taskflow beside raw aiokafka loops doing the same work, on one local Tansu.
 
-Each round pre-produces N records (~200-byte JSON, keys spread over 1,000 keys) into a fresh
-4-partition topic, then one contender consumes that topic from the start in a fresh group:
+Every contender here runs in this one process (``suite.py`` runs each in a process of its own,
+beside FastStream and Faust): use this script to profile. The run starts a Tansu broker and a
+private redis-server, both on free ports, and produces N records (~200-byte JSON, keys spread over
+1,000 keys) once into a 4-partition topic. Then, in interleaved rounds (raw, raw-asyncfor,
+raw-redis, …, taskflow-all, raw, …), each contender reads that topic from the start in a fresh
+group; Redis is flushed before each contender that uses it. See `kafka_contenders` for what each
+contender does.
 
-* ``raw``: an ``AIOKafkaConsumer`` ``getmany`` loop (max_poll_records 500, auto-commit off) calling
-  an async no-op handler per record, committing ``{tp: last + 1}`` per partition at most once a
-  second (taskflow's default ``commit_interval``) and once at the end;
-* ``taskflow``: an App with one ``async def handler(msg: Message)`` consumer (partition ordering)
-  on ``kafka://``, run in-process with ``taskflow.runner.running`` + ``manager.run()``, stopped with
-  ``manager.request_stop()`` once every partition's end offset is committed.
+Per round: msg/s from the first record handed to a handler to the last one handled, and to the
+final commit; time from starting the contender to its first record. After each round the group's
+committed offsets must be the partition ends (at least what it handled, for a contender that
+reads only part of the topic). The table gives each contender's median and range,
+and the medians of its per-round ratios to its raw counterpart and to the plain raw loop. Then
+the contenders named by ``--profile`` run once under py-spy and once under cProfile; see
+`kafka_profile`.
 
-Both use the same consumer settings and the same handler body. Rounds are interleaved (raw,
-taskflow, raw, …). Per round: msg/s from the first record handed to a handler to the last one
-handled, and to the final commit; time from starting the contender to its first record. Then the
-taskflow contender runs once more under cProfile; the report goes to ``bench/profile-consume.txt``.
-
-    .venv/bin/python bench/kafka_throughput.py [--messages 200000] [--rounds 3] [--no-profile]
+    .venv/bin/python bench/kafka_throughput.py [--messages 100000] [--rounds 5]
+        [--contenders raw,taskflow,...] [--profile taskflow-idem] [--no-profile]
 """
 
 from __future__ import annotations
@@ -23,23 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import importlib.metadata
-import io
 import json
 import logging
 import os
 import platform
-import pstats
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +43,25 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # for tests._tansu; appended, so PYTHONPATH can pick the taskflow
 
 import aiokafka  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+import opentelemetry.sdk.version  # noqa: E402
+import redis  # noqa: E402
+from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from kafka_contenders import (  # noqa: E402
+    COMMIT_INTERVAL,
+    CONSUMER_SETTINGS,
+    CONTENDERS,
+    MAX_RECORDS,
+    PARTITIONS,
+    Result,
+    Setup,
+)
+from kafka_profile import profile_report  # noqa: E402
+from otel_setup import TRACING  # noqa: E402
+from raw_instrumented import redis_client  # noqa: E402
 
 import taskflow  # noqa: E402
-from taskflow import App, Message  # noqa: E402
-from taskflow.runner import running  # noqa: E402
+from tests._redis_server import RedisServer  # noqa: E402
 from tests._tansu import (  # noqa: E402
     TansuBroker,
     committed_offsets,
@@ -61,51 +69,9 @@ from tests._tansu import (  # noqa: E402
     resolve_tansu_binary,
 )
 
-PARTITIONS = 4
 KEYS = 1000
-MAX_RECORDS = 500  # taskflow's ConsumerOptions default, given to raw as max_poll_records
-COMMIT_INTERVAL = 1.0  # taskflow's default App(commit_interval=...)
-FETCH_TIMEOUT_MS = 500  # taskflow's FETCH_TIMEOUT
-# Shared by both contenders. Tansu holds a join for max(1 s, session_timeout / 2).
-CONSUMER_SETTINGS: dict[str, Any] = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
-PROFILE_PATH = ROOT / "bench" / "profile-consume.txt"
-
-
-@dataclass
-class Result:
-    contender: str
-    messages: int
-    startup: float  # contender start -> first record handled
-    handle_s: float  # first record handled -> last record handled
-    commit_s: float  # first record handled -> final commit done
-    group: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.handle_s
-
-    @property
-    def rate_committed(self) -> float:
-        return self.messages / self.commit_s
-
-
-class Counter:
-    """The shared handler body: count, and stamp the first and last record."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.count = 0
-        self.first = 0.0
-        self.last = 0.0
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count == 1:
-            self.first = time.perf_counter()
-        if self.count == self.expected:
-            self.last = time.perf_counter()
-            self.done.set()
+TARGETS = {"taskflow": 0.9, "taskflow-key16": 0.7, "taskflow-idem": 0.8, "taskflow-tracing": 0.8}
+BENCH = Path(__file__).resolve().parent
 
 
 # -- producing ---------------------------------------------------------------------------------
@@ -150,7 +116,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> dict[int, 
 
 
 async def drop_topic(bootstrap: str, topic: str) -> None:
-    """Free the broker's memory between rounds; best effort."""
+    """Free the broker's memory; best effort."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     with contextlib.suppress(Exception):
         async with asyncio.timeout(10):
@@ -160,142 +126,35 @@ async def drop_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
-# -- contenders --------------------------------------------------------------------------------
+# -- one round ---------------------------------------------------------------------------------
 
 
-async def run_raw(bootstrap: str, topic: str, ends: dict[int, int]) -> Result:
-    expected = sum(ends.values())
-    counter = Counter(expected)
-
-    async def handler(record: Any) -> None:
-        counter.hit()
-
-    group = f"raw-{uuid.uuid4().hex[:8]}"
-    started = time.perf_counter()
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=MAX_RECORDS,
-        **CONSUMER_SETTINGS,
-    )
-    await consumer.start()
+async def flush_redis(url: str) -> None:
+    client = redis_client(url)
     try:
-        pending: dict[TopicPartition, int] = {}
-        last_commit = time.monotonic()
-        while counter.count < expected:
-            batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
-            for tp, records in batches.items():
-                for record in records:
-                    await handler(record)
-                pending[tp] = records[-1].offset + 1
-            if pending and time.monotonic() - last_commit >= COMMIT_INTERVAL:
-                await consumer.commit(pending)
-                pending = {}
-                last_commit = time.monotonic()
-        if pending:
-            await consumer.commit(pending)
-        committed = time.perf_counter()
+        await client.flushall()
     finally:
-        await consumer.stop()
-    return Result(
-        "raw aiokafka",
-        expected,
-        counter.first - started,
-        counter.last - counter.first,
-        committed - counter.first,
-        group,
-    )
+        await client.aclose()
 
 
-async def run_taskflow(
-    bootstrap: str,
-    topic: str,
-    ends: dict[int, int],
-    observe: contextlib.AbstractContextManager[Any] | None = None,
-) -> Result:
-    """`observe` (a profiler) is entered just before the app starts and left once it stopped."""
-    expected = sum(ends.values())
-    counter = Counter(expected)
-    app = App(
-        "bench",
-        broker=f"kafka://{bootstrap}",
-        broker_options={**CONSUMER_SETTINGS, "enable_idempotence": False},
-        commit_interval=COMMIT_INTERVAL,
-    )
-
-    async def handler(msg: Message) -> None:
-        counter.hit()
-
-    group = f"tf-{uuid.uuid4().hex[:8]}"
-    app.add_consumer(handler, topic, group=group)
-    targets = {(topic, p): end for p, end in ends.items()}
-
-    with observe or contextlib.nullcontext():
-        started = time.perf_counter()
-        result, report = await _run_app(app, counter, targets, started, group)
-    if not report.clean:
-        raise RuntimeError(f"taskflow did not stop cleanly: {report}")
-    return result
-
-
-async def _run_app(
-    app: App, counter: Counter, targets: dict[tuple[str, int], int], started: float, group: str
-) -> tuple[Result, Any]:
-    async with running(app) as runtime:
-        run = asyncio.create_task(runtime.manager.run())
-        worker = runtime.worker("handler")
-        try:
-            async with asyncio.timeout(120):
-                await counter.done.wait()
-                while True:  # the commit loop commits at most once per commit_interval
-                    committed = worker.facts().committed  # type: ignore[attr-defined]
-                    if all(committed.get(tp) == end for tp, end in targets.items()):
-                        break
-                    await asyncio.sleep(0.002)
-            final_commit = time.perf_counter()
-        finally:
-            runtime.manager.request_stop("benchmark done")
-            report = await run
-    result = Result(
-        "taskflow",
-        counter.expected,
-        counter.first - started,
-        counter.last - counter.first,
-        final_commit - counter.first,
-        group,
-    )
-    return result, report
-
-
-CONTENDERS = {"raw": run_raw, "taskflow": run_taskflow}
-
-
-async def one_round(
-    bootstrap: str, name: str, number: int, values: list[bytes], label: str = "", **kwargs: Any
-) -> Result:
-    topic = f"bench-{name}-{number}-{uuid.uuid4().hex[:6]}"
-    await create_topic(bootstrap, topic, PARTITIONS)
+async def one_round(setup: Setup, name: str, title: str, **kwargs: Any) -> Result:
+    """Run contender `name` once over the whole topic and check what its group committed."""
+    contender = CONTENDERS[name]
+    if contender.uses_redis:
+        await flush_redis(setup.redis_url)
+    group = f"{name}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
-    ends = await produce(bootstrap, topic, values)
-    produced = time.perf_counter() - t0
-    if sum(ends.values()) != len(values):
-        raise RuntimeError(f"produced {sum(ends.values())} records, wanted {len(values)}")
-    t1 = time.perf_counter()
-    result = await CONTENDERS[name](bootstrap, topic, ends, **kwargs)
-    consumed = time.perf_counter() - t1
-    # what the group committed must be the partitions' ends
-    committed = await committed_offsets(bootstrap, result.group, topic, PARTITIONS)
-    if committed != {p: ends.get(p) for p in range(PARTITIONS)}:
-        raise RuntimeError(f"{name} committed {committed}, the ends are {ends}")
-    await drop_topic(bootstrap, topic)
-    title = label or f"round {number}"
+    result = await contender.load()(setup, group, **kwargs)
+    consumed = time.perf_counter() - t0
+    committed = await committed_offsets(setup.bootstrap, group, setup.topic, PARTITIONS)
+    if setup.whole and committed != {p: setup.ends.get(p) for p in range(PARTITIONS)}:
+        raise RuntimeError(f"{name} committed {committed}, the ends are {setup.ends}")
+    if sum(offset or 0 for offset in committed.values()) < setup.expected:
+        raise RuntimeError(f"{name} committed {committed}, less than it handled")
     print(
-        f"  {title} {result.contender:<13} {result.rate:>9,.0f} msg/s handled, "
-        f"{result.rate_committed:>9,.0f} msg/s to final commit, first record after "
-        f"{result.startup:.2f}s (produce {produced:.1f}s, consume {consumed:.1f}s)",
+        f"  {title} {name:<17}{result.rate:>9,.0f} msg/s handled, "
+        f"{result.rate_committed:>9,.0f} to final commit, first record after "
+        f"{result.startup:.2f}s (consume {consumed:.1f}s)",
         flush=True,
     )
     return result
@@ -312,14 +171,27 @@ def versions() -> str:
     except Exception as exc:  # informational only
         tansu = f"unknown ({exc})"
     try:
+        redis_server = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.split()[2]
+    except Exception as exc:  # informational only
+        redis_server = f"unknown ({exc})"
+    try:
         tf_version = importlib.metadata.version("taskflow")
     except importlib.metadata.PackageNotFoundError:
         tf_version = getattr(taskflow, "__version__", "?")
+    try:
+        importlib.metadata.version("hiredis")
+        parser = "hiredis parser"
+    except importlib.metadata.PackageNotFoundError:
+        parser = "pure-Python parser"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"python {platform.python_version()} ({platform.python_implementation()}), "
-        f"aiokafka {aiokafka.__version__}, taskflow {tf_version} "
-        f"({Path(taskflow.__file__).parent}), {tansu}, nproc {cpus}, {platform.machine()}"
+        f"aiokafka {aiokafka.__version__}, redis-py {redis.__version__} ({parser}), "
+        f"redis-server {redis_server}, opentelemetry-sdk {opentelemetry.sdk.version.__version__}, "
+        f"taskflow {tf_version} ({Path(taskflow.__file__).parent}), {tansu}, nproc {cpus}, "
+        f"{platform.machine()}"
     )
 
 
@@ -330,302 +202,85 @@ def load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {cpus} CPUs{warning}"
 
 
+def _ratios(rounds: list[Result], base: list[Result]) -> list[float]:
+    return [r.rate / b.rate for r, b in zip(rounds, base, strict=True)]
+
+
+def _ratio_cells(ratios: list[float]) -> str:
+    cell = f"{statistics.median(ratios):.2f}x"
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+    return f"{cell:>8} {spread:<10}"
+
+
 def table(results: dict[str, list[Result]]) -> str:
-    raw = results["raw"]
+    """One line per contender: median, range, ratios (medians of per-round ratios)."""
     lines = [
-        f"{'contender':<14}{'median msg/s':>14}{'min-max msg/s':>22}{'to commit msg/s':>17}"
-        f"{'ratio to raw':>14}{'ratio min-max':>15}{'first record':>14}",
+        f"{'contender':<18}{'median msg/s':>13}{'min-max msg/s':>20}  "
+        f"{'vs counterpart':<30}{'vs raw':<19}{'to commit':>10}{'1st record':>11}"
     ]
-    for rounds in results.values():
+    for name, rounds in results.items():
         rates = [r.rate for r in rounds]
-        ratios = [r.rate / b.rate for r, b in zip(rounds, raw, strict=False)]
+        counterpart = CONTENDERS[name].counterpart
+        if counterpart in results and counterpart != name:
+            versus = f"{_ratio_cells(_ratios(rounds, results[counterpart]))} {counterpart:<11}"
+        else:
+            versus = ""
+        plain = _ratio_cells(_ratios(rounds, results["raw"])) if "raw" in results else ""
         lines.append(
-            f"{rounds[0].contender:<14}{statistics.median(rates):>14,.0f}"
-            f"{f'{min(rates):,.0f}-{max(rates):,.0f}':>22}"
-            f"{statistics.median(r.rate_committed for r in rounds):>17,.0f}"
-            f"{f'{statistics.median(ratios):.2f}x':>14}"
-            f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>15}"
-            f"{f'{statistics.median(r.startup for r in rounds):.2f}s':>14}"
+            f"{name:<18}{statistics.median(rates):>13,.0f}"
+            f"{f'{min(rates):,.0f}-{max(rates):,.0f}':>20}  {versus:<30}{plain:<19}"
+            f"{statistics.median(r.rate_committed for r in rounds):>10,.0f}"
+            f"{f'{statistics.median(r.startup for r in rounds):.2f}s':>11}"
         )
     return "\n".join(lines)
 
 
+def verdicts(results: dict[str, list[Result]]) -> list[str]:
+    out = []
+    for name, target in TARGETS.items():
+        counterpart = CONTENDERS[name].counterpart
+        if name not in results or counterpart not in results:
+            continue
+        ratio = statistics.median(_ratios(results[name], results[counterpart]))
+        verdict = "met" if ratio >= target else "NOT met"
+        out.append(f"{name} / {counterpart} = {ratio:.3f}x (target ≥ {target:.2f}x): {verdict}")
+    return out
+
+
 # -- profiling ---------------------------------------------------------------------------------
 
-PYSPY_RATE = 1000  # samples per second
 
-
-class CProfiled(contextlib.AbstractContextManager["CProfiled"]):
-    """cProfile over everything the event loop runs (the app's tasks included)."""
-
-    def __init__(self) -> None:
-        self.profiler = cProfile.Profile()
-
-    def __enter__(self) -> CProfiled:
-        self.profiler.enable()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.profiler.disable()
-
-
-def pyspy_binary() -> str | None:
-    beside = Path(sys.executable).with_name("py-spy")
-    return str(beside) if beside.exists() else shutil.which("py-spy")
-
-
-class PySpied(contextlib.AbstractContextManager["PySpied"]):
-    """py-spy sampling this very process (on-CPU samples only) while the context is open."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.output = Path(tempfile.mkdtemp(prefix="taskflow-pyspy-")) / "samples.txt"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.error = ""
-
-    def __enter__(self) -> PySpied:
-        cmd = [self.binary, "record", "--pid", str(os.getpid()), "--rate", str(PYSPY_RATE)]
-        cmd += ["--format", "raw", "--output", str(self.output), "--nonblocking"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)  # let it attach (the group join that follows takes a second anyway)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            _, stderr = self.proc.communicate(timeout=30)
-            self.error = stderr.decode(errors="replace").strip()
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stacks(self) -> list[tuple[list[str], int]]:
-        if not self.output.exists():
-            return []
-        out = []
-        for line in self.output.read_text(encoding="utf-8", errors="replace").splitlines():
-            stack, _, count = line.rpartition(" ")
-            if stack and count.isdigit():
-                out.append((stack.split(";"), int(count)))
-        shutil.rmtree(self.output.parent, ignore_errors=True)
-        return out
-
-
-# Stages of the consume path; a sample counts for the first stage found walking from the leaf up.
-OWN_STAGES = [
-    "Message construction (kafka.py getmany → Message)",
-    "ConsumerWorker._fetch_loop + backpressure",
-    "PartitionRunner dispatch (feed, _dispatch, lane start)",
-    "PartitionRunner._run_lane loop",
-    "OffsetTracker (dispatched/finished)",
-    "Processor.process/_call",
-    "Context creation",
-    "handler adapter + decode (handler.py, codec.py)",
-    "on_progress (ConsumerWorker._progress, Event.set)",
-    "commit (commit loop, KafkaConsumer.commit)",
-    "other taskflow code",
-]
-OTHER_STAGES = [
-    "the no-op handler itself (bench code)",
-    "aiokafka: getmany, record decoding",
-    "aiokafka: network, heartbeat, other",
-    "asyncio event loop, other",
-]
-
-
-def _stage(frames: list[str]) -> str:
-    """The stage a sample belongs to (see OWN_STAGES, OTHER_STAGES)."""
-    below_aiokafka = False
-    for frame in reversed(frames):
-        name, _, where = frame.partition(" (")
-        if "kafka_throughput.py" in where and ("handler" in name or name.startswith("Counter.")):
-            return OTHER_STAGES[0]
-        if "<string>" in where:
-            continue  # a generated dataclass __init__: it belongs to its caller
-        if "taskflow/message.py" in where:
-            return OWN_STAGES[0]
-        if "aiokafka/" in where:
-            below_aiokafka = True
-            continue
-        if "taskflow/" not in where:
-            continue
-        if "brokers/kafka.py" in where:
-            if name.startswith(("KafkaConsumer.getmany.<locals>", "_message", "_headers")):
-                return OWN_STAGES[0]
-            if name == "KafkaConsumer.getmany":
-                return OTHER_STAGES[1] if below_aiokafka else OWN_STAGES[0]
-            if "commit" in name:
-                return OWN_STAGES[9]
-            return OWN_STAGES[10]
-        if "workers/consumer.py" in where:
-            if "_progress" in name:
-                return OWN_STAGES[8]
-            if "commit" in name:
-                return OWN_STAGES[9]
-            if "_fetch_loop" in name or "_apply_backpressure" in name:
-                return OWN_STAGES[1]
-            return OWN_STAGES[10]
-        if "workers/partition.py" in where:
-            return OWN_STAGES[3] if "_run_lane" in name else OWN_STAGES[2]
-        if "workers/offsets.py" in where:
-            return OWN_STAGES[4]
-        if "workers/processing.py" in where:
-            return OWN_STAGES[5]
-        if "taskflow/context.py" in where:
-            return OWN_STAGES[6]
-        if "taskflow/handler.py" in where or "taskflow/codec.py" in where:
-            return OWN_STAGES[7]
-        return OWN_STAGES[10]
-    return OTHER_STAGES[2] if below_aiokafka else OTHER_STAGES[3]
-
-
-def stage_table(stacks: list[tuple[list[str], int]], messages: int) -> tuple[str, str]:
-    counts: dict[str, int] = dict.fromkeys(OWN_STAGES + OTHER_STAGES, 0)
-    unsorted: dict[str, int] = {}  # what "other taskflow code" is made of
-    for frames, count in stacks:
-        stage = _stage(frames)
-        counts[stage] += count
-        if stage == OWN_STAGES[-1]:
-            frame = next(f for f in reversed(frames) if "taskflow/" in f)
-            unsorted[frame] = unsorted.get(frame, 0) + count
-    total = sum(counts.values()) or 1
-    per_msg = {stage: n / PYSPY_RATE / messages * 1e6 for stage, n in counts.items()}
-    lines = [f"  {'stage':<56}{'µs/msg':>8}{'share':>8}"]
-    for group, stages in (("taskflow's own code", OWN_STAGES), ("the rest", OTHER_STAGES)):
-        subtotal = sum(counts[s] for s in stages)
-        lines.append(
-            f"  {group + ':':<56}{subtotal / PYSPY_RATE / messages * 1e6:>8.2f}"
-            f"{100 * subtotal / total:>7.1f}%"
+async def profile(setup: Setup, name: str, medians: dict[str, float]) -> Path:
+    counterpart = CONTENDERS[name].counterpart
+    path = BENCH / CONTENDERS[name].profile_file
+    rates = {n: medians[n] for n in (name, counterpart) if n in medians}
+    compared = ""
+    if len(rates) == 2:
+        added = 1e6 / rates[name] - 1e6 / rates[counterpart]
+        compared = (
+            f"Unprofiled medians of this run: {counterpart} {rates[counterpart]:,.0f} msg/s "
+            f"({1e6 / rates[counterpart]:.2f} µs/msg), {name} {rates[name]:,.0f} msg/s "
+            f"({1e6 / rates[name]:.2f} µs/msg): {name} adds {added:+.2f} µs/msg, part CPU, "
+            "part waiting.\n"
         )
-        for stage in sorted(stages, key=counts.__getitem__, reverse=True):
-            lines.append(
-                f"    {stage:<54}{per_msg[stage]:>8.2f}{100 * counts[stage] / total:>7.1f}%"
-            )
-            if stage == OWN_STAGES[-1]:
-                for frame, n in sorted(unsorted.items(), key=lambda item: -item[1])[:3]:
-                    lines.append(f"      {n / PYSPY_RATE / messages * 1e6:.2f} in {frame}")
-    own = sorted(OWN_STAGES, key=counts.__getitem__, reverse=True)[:3]
-    own_total = sum(per_msg[s] for s in OWN_STAGES)
-    verdict = (
-        f"taskflow's own code costs {own_total:.2f} µs/msg on the CPU here "
-        f"({100 * sum(counts[s] for s in OWN_STAGES) / total:.0f}% of the round's on-CPU samples); "
-        "most of it: " + "; ".join(f"{s} {per_msg[s]:.2f}" for s in own) + "."
+    extra = {
+        "taskflow-idem": "idempotent=True on a private redis-server (loopback), ",
+        "taskflow-tracing": f"tracer_provider: {TRACING}, ",
+        "taskflow-key16": "ordering='key', concurrency=16, ",
+        "taskflow-all": "idempotency, traces, metrics, a rate limit and a timeout, ",
+    }.get(name, "")
+    header = (
+        f"{name}: where the time per message goes\n{versions()}\n{load()}\n"
+        f"{setup.expected:,} records, {PARTITIONS} partitions, {extra}a no-op "
+        "`async def handler(order: dict)` (JSON decoded by taskflow), kafka:// on a local "
+        f"Tansu.\n{compared}\n"
     )
-    return "\n".join(lines), verdict
 
+    async def run_round(observer: contextlib.AbstractContextManager[Any], label: str) -> Result:
+        return await one_round(setup, name, f"{label:<8}", observe=observer)
 
-# (label, file fragment, function name) of the per-message path, for the cProfile table
-HOT_PATH = [
-    ("KafkaConsumer.getmany (Message construction)", "brokers/kafka.py", "getmany"),
-    ("  <listcomp>/<dictcomp> in getmany", "brokers/kafka.py", "<listcomp>"),
-    ("  kafka.py _message (per record)", "brokers/kafka.py", "_message"),
-    ("  kafka.py _headers", "brokers/kafka.py", "_headers"),
-    ("  dataclass __init__ called from taskflow (Message)", "<string>", "__init__"),
-    ("  make_message", "taskflow/message.py", "make_message"),
-    ("ConsumerWorker._fetch_loop", "workers/consumer.py", "_fetch_loop"),
-    ("PartitionRunner.feed", "workers/partition.py", "feed"),
-    ("PartitionRunner._dispatch", "workers/partition.py", "_dispatch"),
-    ("PartitionRunner._run_lane", "workers/partition.py", "_run_lane"),
-    ("OffsetTracker.dispatched", "workers/offsets.py", "dispatched"),
-    ("OffsetTracker.finished", "workers/offsets.py", "finished"),
-    ("ConsumerWorker._progress (on_progress)", "workers/consumer.py", "_progress"),
-    ("Processor.process", "workers/processing.py", "process"),
-    ("Processor._call", "workers/processing.py", "_call"),
-    ("Context.__init__", "taskflow/context.py", "__init__"),
-    ("handler adapter call_payload", "taskflow/handler.py", "call_payload"),
-    ("codec _identity (decode)", "taskflow/codec.py", "_identity"),
-    ("the no-op handler (bench code)", "kafka_throughput.py", "handler"),
-    ("ConsumerWorker.commit", "workers/consumer.py", "commit"),
-    ("aiokafka AIOKafkaConsumer.getmany", "aiokafka/consumer/consumer.py", "getmany"),
-]
-
-
-def _find(stats: pstats.Stats, fragment: str, func: str) -> tuple[int, float, float] | None:
-    calls, tot, cum, found = 0, 0.0, 0.0, False
-    for (filename, _line, name), (_cc, nc, tt, ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if name != func or fragment not in filename:
-            continue
-        if filename == "<string>":  # generated dataclass code: count only taskflow's calls
-            for (caller_file, _l, _n), (_c, c_nc, c_tt, c_ct) in callers.items():
-                if "taskflow/" in caller_file:
-                    found, calls, tot, cum = True, calls + c_nc, tot + c_tt, cum + c_ct
-            continue
-        found = True
-        calls += nc
-        tot += tt
-        cum = max(cum, ct)
-    return (calls, tot, cum) if found else None
-
-
-def cprofile_section(profiler: cProfile.Profile, messages: int) -> str:
-    stats = pstats.Stats(profiler)
-    out = io.StringIO()
-    out.write(
-        "cProfile, per function (profiled µs per message; cProfile inflates call-heavy code, so\n"
-        "compare the rows with each other, not with the unprofiled rates):\n"
-    )
-    out.write(f"  {'function':<50}{'calls':>10}{'own µs':>9}{'incl µs':>9}\n")
-    for label, fragment, func in HOT_PATH:
-        found = _find(stats, fragment, func)
-        if found is not None:
-            calls, tot, cum = found
-            own, incl = tot / messages * 1e6, cum / messages * 1e6
-            out.write(f"  {label:<50}{calls:>10,}{own:>9.3f}{incl:>9.3f}\n")
-    relevant = r"taskflow/|aiokafka/|kafka_throughput|asyncio/|<string>|\{"
-    for sort in ("cumulative", "tottime"):
-        buffer = io.StringIO()
-        pstats.Stats(profiler, stream=buffer).sort_stats(sort).print_stats(relevant, 25)
-        text = buffer.getvalue()
-        start = text.find("   ncalls")
-        out.write(f"\n== cProfile: top 25 by {sort} (taskflow, aiokafka, asyncio, builtins) ==\n")
-        out.write(text[start:].rstrip() + "\n" if start >= 0 else text)
-    return out.getvalue()
-
-
-async def profile(bootstrap: str, values: list[bytes], plain: dict[str, float]) -> str:
-    head = io.StringIO()
-    head.write("taskflow consume hot path: where the time per message goes\n")
-    head.write(f"{versions()}\n{load()}\n")
-    head.write(
-        f"{len(values):,} records, {PARTITIONS} partitions, partition ordering, no-op "
-        "`async def handler(msg: Message)`, kafka:// on a local Tansu.\n"
-        f"Unprofiled medians of this run: raw aiokafka {plain['raw']:,.0f} msg/s "
-        f"({1e6 / plain['raw']:.2f} µs/msg), taskflow {plain['taskflow']:,.0f} msg/s "
-        f"({1e6 / plain['taskflow']:.2f} µs/msg): taskflow adds "
-        f"{1e6 / plain['taskflow'] - 1e6 / plain['raw']:+.2f} µs/msg, part CPU, part waiting.\n\n"
-    )
-    binary = pyspy_binary()
-    if binary is not None:
-        spied = PySpied(binary)
-        result = await one_round(bootstrap, "taskflow", 0, values, observe=spied, label="py-spy")
-        stacks = spied.stacks()
-        if stacks:
-            table_text, verdict = stage_table(stacks, result.messages)
-            head.write(
-                f"Sampled with py-spy ({PYSPY_RATE}/s, on-CPU samples only, over the whole "
-                f"taskflow round; {result.rate:,.0f} msg/s under sampling):\n{verdict}\n\n"
-                f"{table_text}\n\n"
-            )
-        else:
-            head.write(f"py-spy produced no samples ({spied.error or 'no output'}).\n\n")
-    else:
-        head.write(
-            "py-spy is not installed (.venv/bin/pip install py-spy for a sampled breakdown).\n\n"
-        )
-    profiled = CProfiled()
-    result = await one_round(bootstrap, "taskflow", 0, values, observe=profiled, label="cProfile")
-    head.write(f"Under cProfile: {result.rate:,.0f} msg/s.\n")
-    stats = pstats.Stats(profiled.profiler)
-    pauses = _find(stats, "brokers/kafka.py", "pause")
-    fetches = _find(stats, "brokers/kafka.py", "getmany")
-    head.write(
-        f"Backpressure: {pauses[0] if pauses else 0} pause() calls for "
-        f"{fetches[0] if fetches else 0} getmany() calls in that round (aiokafka drops a "
-        "paused partition's prefetched records; they are fetched again after resume()).\n"
-    )
-    head.write(cprofile_section(profiled.profiler, result.messages))
-    return head.getvalue()
+    path.write_text(await profile_report(header, run_round), encoding="utf-8")
+    return path
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -635,41 +290,75 @@ async def main_async(args: argparse.Namespace) -> None:
     print(versions(), flush=True)
     print(load(), flush=True)
     print(
-        f"{args.messages:,} records per round (~{len(make_values(1)[0])} B values, {KEYS} keys, "
-        f"{PARTITIONS} partitions), {args.rounds} interleaved rounds per contender, "
-        f"max_records {MAX_RECORDS}, commit interval {COMMIT_INTERVAL:g}s, {CONSUMER_SETTINGS}",
+        f"{args.messages:,} records (~{len(make_values(1)[0])} B values, {KEYS} keys, "
+        f"{PARTITIONS} partitions) produced once; {args.rounds} interleaved rounds per "
+        f"contender, each in a fresh group; max_records {MAX_RECORDS}, commit interval "
+        f"{COMMIT_INTERVAL:g}s, {CONSUMER_SETTINGS}",
         flush=True,
     )
-    values = make_values(args.messages)
+    if {"raw-tracing", "taskflow-tracing"} & set(args.contenders):
+        print(f"tracing: {TRACING}", flush=True)
     began = time.perf_counter()
-    with TansuBroker() as broker:
-        results: dict[str, list[Result]] = {"raw": [], "taskflow": []}
+    with TansuBroker() as broker, RedisServer() as redis_server:
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        await create_topic(broker.bootstrap, topic, PARTITIONS)
+        t0 = time.perf_counter()
+        ends = await produce(broker.bootstrap, topic, make_values(args.messages))
+        if sum(ends.values()) != args.messages:
+            raise RuntimeError(f"produced {sum(ends.values())} records, wanted {args.messages}")
+        print(f"produced in {time.perf_counter() - t0:.1f}s; redis at {redis_server.url}")
+        setup = Setup(broker.bootstrap, topic, ends, redis_server.url)
+        results: dict[str, list[Result]] = {name: [] for name in args.contenders}
         for number in range(1, args.rounds + 1):
-            for name in ("raw", "taskflow"):
-                results[name].append(await one_round(broker.bootstrap, name, number, values))
+            for name in args.contenders:
+                results[name].append(await one_round(setup, name, f"round {number}"))
+        took = time.perf_counter() - began
         print()
         print(table(results))
-        ratio = statistics.median(
-            t.rate / r.rate for t, r in zip(results["taskflow"], results["raw"], strict=True)
+        for line in verdicts(results):
+            print(line)
+        print(f"{load()}; rounds took {took:.0f}s")
+        medians = {name: statistics.median(r.rate for r in rs) for name, rs in results.items()}
+        for name in args.profile:
+            print(f"\nprofiling {name} (a round under py-spy if installed, one under cProfile)")
+            path = await profile(setup, name, medians)
+            print(f"profile written to {path}")
+        await drop_topic(broker.bootstrap, topic)
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONTENDERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender(s) {', '.join(unknown)}; pick from {', '.join(CONTENDERS)}"
         )
-        verdict = "met" if ratio >= 0.9 else "NOT met"
-        took = time.perf_counter() - began
-        print(f"taskflow / raw = {ratio:.2f}x (target ≥ 0.90x): {verdict}; rounds took {took:.0f}s")
-        if args.profile:
-            print("\nprofiling taskflow (a round under py-spy if installed, one under cProfile)")
-            plain = {name: statistics.median(r.rate for r in rs) for name, rs in results.items()}
-            PROFILE_PATH.write_text(
-                await profile(broker.bootstrap, values, plain), encoding="utf-8"
-            )
-            print(f"profile written to {PROFILE_PATH}")
+    return names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--messages", type=int, default=100_000, help="records in the topic")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per contender")
+    default = [name for name, contender in CONTENDERS.items() if not contender.optional]
+    parser.add_argument(
+        "--contenders",
+        type=_names,
+        default=default,
+        help=f"comma-separated, run in this order each round (default: {','.join(default)}; "
+        "also: raw-redis-lua)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=_names,
+        default=["taskflow-idem"],
+        help="comma-separated taskflow contenders to profile after the rounds "
+        "(default: taskflow-idem)",
+    )
+    parser.add_argument("--no-profile", dest="profile", action="store_const", const=[])
     args = parser.parse_args()
+    if [name for name in args.profile if not CONTENDERS[name].profile_file]:
+        parser.error("--profile takes taskflow contenders only")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     asyncio.run(main_async(args))
 
