@@ -100,8 +100,9 @@ async def lateness(tasks: int, seconds: float, *, freeze: bool = False) -> dict[
     """Run `tasks` one-second tasks for `seconds` on the real clock; the lateness figures.
 
     With `freeze`, `gc.freeze()` is called once the app runs: every object made at start moves
-    to the permanent generation, so a full collection no longer walks them. (An experiment:
-    taskflow does not do this itself.)
+    to the permanent generation, so a full collection no longer walks them. `taskflow run`
+    (`taskflow.runner.serve`) does this; an app run through `running()` in a process of its own
+    does not, which is what the run without `freeze` shows.
     """
     record: dict[str, list[tuple[datetime, float]]] = {}
     app = _periodic_app(tasks, record)
