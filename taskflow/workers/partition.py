@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from taskflow.workers.offsets import OffsetTracker, SequentialTracker
 
@@ -91,6 +91,8 @@ class PartitionRunner:
         self._waiting: deque[Message] = deque()
         self._lanes: dict[Hashable, deque[Message]] = {}
         self._running: dict[Hashable, Message] = {}
+        self._ready: deque[Hashable] = deque()  # lanes with records and no worker yet
+        self._workers = 0  # worker tasks alive (key and none modes)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         self._idle = asyncio.Event()
@@ -144,7 +146,19 @@ class PartitionRunner:
 
     def _start_lane(self, lane: Hashable, queue: deque[Message]) -> None:
         self._idle.clear()
-        task = self.task_group.create_task(self._run_lane(lane, queue), name=f"{self.tp}:{lane!r}")
+        if self.sequential:
+            self._spawn(self._run_lane(lane, queue), f"{self.tp}:{lane!r}")
+            return
+        # Key and none modes: a lane waits for a worker; a worker that finishes its lane takes
+        # the next ready one, so a task is started only when every worker is busy (a task per
+        # lane made one task per record when keys cycle: 3.5 us of event-loop work each).
+        self._ready.append(lane)
+        if self._workers < len(self._lanes):
+            self._workers += 1
+            self._spawn(self._run_worker(), f"{self.tp}:worker")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = self.task_group.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -190,6 +204,58 @@ class PartitionRunner:
             if not self.closed and self._waiting:
                 self._dispatch()
 
+    async def _run_worker(self) -> None:
+        """Run ready lanes one after another until none is ready (key and none modes)."""
+        try:
+            while self._ready and not self.closed:
+                lane = self._ready.popleft()
+                queue = self._lanes.get(lane)
+                if queue is not None and not await self._drain_lane(lane, queue):
+                    return
+        finally:
+            self._workers -= 1
+            if not self._lanes:
+                self._idle.set()
+
+    async def _drain_lane(self, lane: Hashable, queue: deque[Message]) -> bool:
+        """Run `lane`'s records in order; False when the partition closed meanwhile."""
+        running, tracker, processor = self._running, self.tracker, self.processor
+        first_try, progress = processor.first_try, self.progress
+        direct = processor.handler if processor.direct else None
+        shared_ctx = processor.shared_ctx
+        message: Message | None = None
+        try:
+            while queue and not self.closed:
+                message = queue.popleft()
+                running[lane] = message
+                try:
+                    if direct is not None:
+                        await direct(message, shared_ctx)  # type: ignore[arg-type]
+                    else:
+                        await first_try(message)
+                except Exception as exc:
+                    if not await processor.recover(message, exc, self._pause):
+                        return False  # closed while retrying: left unfinished, never committed
+                del running[lane]
+                tracker.finished(message.offset)
+                progress.set()
+                if self.paused and self.buffered <= self.resume_below:
+                    self.on_drained(self)
+        except asyncio.CancelledError:
+            if running.pop(lane, None) is not None:
+                logger.warning(
+                    "cancelled handler %s for %s: not committed, it will be redelivered",
+                    processor.spec.name,
+                    message,
+                )
+            raise
+        finally:
+            running.pop(lane, None)
+            del self._lanes[lane]
+            if not self.closed and self._waiting:
+                self._dispatch()  # new lanes go to `_ready`, for this worker to take next
+        return not self.closed
+
     async def _pause(self, seconds: float) -> bool:
         """Wait before a retry; False when the partition closes meanwhile (give the record up)."""
         if self.closed:
@@ -210,6 +276,11 @@ class PartitionRunner:
         self._waiting.clear()
         for queue in self._lanes.values():
             queue.clear()
+        for lane in self._ready:  # lanes no worker has taken: nothing of theirs runs now
+            self._lanes.pop(lane, None)
+        self._ready.clear()
+        if not self._lanes:
+            self._idle.set()
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait for running handlers to finish; True if they did within `timeout`."""
