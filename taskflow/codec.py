@@ -72,8 +72,12 @@ def _json(message: Message) -> Any:
 
 
 def _json_of(kind: type) -> Decoder:
+    # Per message: json.loads inlined rather than through `_json` (one call less, measured).
     def decode(message: Message) -> Any:
-        value = _json(message)
+        try:
+            value = json.loads(message.value)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise DecodeError(f"payload of {message} is not valid JSON: {exc}") from exc
         if not isinstance(value, kind):
             raise DecodeError(
                 f"payload of {message} is a JSON {type(value).__name__}, expected {kind.__name__}"
