@@ -165,44 +165,12 @@ class PartitionRunner:
     # -- running ---------------------------------------------------------------------------
 
     async def _run_lane(self, lane: Hashable, queue: deque[Message]) -> None:
-        running, tracker, processor = self._running, self.tracker, self.processor
-        first_try, progress = processor.first_try, self.progress
-        # The common case, called inline: no timeout, and a handler that ignores its Context.
-        direct = processor.handler if processor.direct else None
-        shared_ctx = processor.shared_ctx
-        message: Message | None = None
+        """Run the one lane of partition mode until its queue is empty."""
         try:
-            while queue and not self.closed:
-                message = queue.popleft()
-                running[lane] = message
-                try:
-                    if direct is not None:
-                        await direct(message, shared_ctx)  # type: ignore[arg-type]
-                    else:
-                        await first_try(message)
-                except Exception as exc:
-                    if not await processor.recover(message, exc, self._pause):
-                        return  # closed while retrying: left unfinished, so never committed
-                del running[lane]
-                tracker.finished(message.offset)
-                progress.set()
-                if self.paused and self.buffered <= self.resume_below:
-                    self.on_drained(self)
-        except asyncio.CancelledError:
-            if running.pop(lane, None) is not None:
-                logger.warning(
-                    "cancelled handler %s for %s: not committed, it will be redelivered",
-                    processor.spec.name,
-                    message,
-                )
-            raise
+            await self._drain_lane(lane, queue)
         finally:
-            running.pop(lane, None)
-            del self._lanes[lane]
             if not self._lanes:
                 self._idle.set()
-            if not self.closed and self._waiting:
-                self._dispatch()
 
     async def _run_worker(self) -> None:
         """Run ready lanes one after another until none is ready (key and none modes)."""
