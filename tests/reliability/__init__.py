@@ -1,0 +1,1 @@
+"""Misbehaving handlers, oversized records and bad configuration, run the way an operator meets them."""
