@@ -11,6 +11,8 @@ Failures::
     ├── StoreError                Redis (the store) failed or cannot be reached
     ├── BrokerError               the broker failed or cannot be reached
     │   ├── PublishError          a message could not be published
+    │   │   └── RecordRefused     the broker will never take this record (not authorised, bad topic)
+    │   │       └── RecordTooLarge  the record is over the producer's max_request_size
     │   └── CommitError           an offset commit was refused (the group moved on)
     └── ShutdownError             workers had to be cancelled to meet the shutdown deadline
 
@@ -36,6 +38,8 @@ __all__ = [
     "HandlerSignatureError",
     "HandlerTimeout",
     "PublishError",
+    "RecordRefused",
+    "RecordTooLarge",
     "Reject",
     "Retry",
     "ShutdownError",
@@ -79,6 +83,14 @@ class BrokerError(TaskflowError):
 
 class PublishError(BrokerError):
     """A message could not be published."""
+
+
+class RecordRefused(PublishError):
+    """The broker will never accept this record as it is, so publishing it again is useless."""
+
+
+class RecordTooLarge(RecordRefused):
+    """The record is larger than the producer's `max_request_size` or the broker's own limit."""
 
 
 class ShutdownError(TaskflowError):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from inspect import signature
 from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from taskflow.message import Headers, Message, TopicPartition
 
@@ -20,7 +24,21 @@ __all__ = [
     "FetchPosition",
     "PartitionFacts",
     "RebalanceListener",
+    "record_size",
 ]
+
+# The producer's default (1048576 in aiokafka), for the memory broker to enforce the same.
+DEFAULT_MAX_REQUEST_SIZE: int = signature(AIOKafkaProducer).parameters["max_request_size"].default
+
+
+def record_size(value: bytes, key: bytes | None, headers: Headers) -> int:
+    """The size of one record as a Kafka producer counts it against `max_request_size`.
+
+    Value, key, headers and the record batch's overhead, estimated as aiokafka does before it sends
+    (Kafka's record format, which the memory broker keeps too).
+    """
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers))
+    return size
 
 
 class RebalanceListener(Protocol):
@@ -124,6 +142,14 @@ class Broker(Protocol):
         """The broker URL, with any secret masked."""
         ...
 
+    @property
+    def max_request_size(self) -> int:
+        """The largest record `publish` takes, in bytes as `record_size` counts them.
+
+        A larger one raises `RecordTooLarge`. On Kafka: the producer's `max_request_size`.
+        """
+        ...
+
     async def start(self) -> None:
         """Connect (the producer). Raises `BrokerError` when the broker cannot be reached."""
         ...
@@ -137,7 +163,8 @@ class Broker(Protocol):
     ) -> tuple[TopicPartition, int]:
         """Publish one record and wait for the broker to acknowledge it.
 
-        Returns its partition and offset. Raises `PublishError` on failure.
+        Returns its partition and offset. Raises `PublishError` on failure: `RecordRefused` when
+        publishing it again cannot help (`RecordTooLarge` when it is too large).
         """
         ...
 

@@ -27,16 +27,36 @@ from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from taskflow.brokers.base import (
+    DEFAULT_MAX_REQUEST_SIZE,
     ConsumerOptions,
     FetchPosition,
     PartitionFacts,
     RebalanceListener,
 )
-from taskflow.exceptions import BrokerError, CommitError, ConfigurationError, PublishError
+from taskflow.exceptions import (
+    BrokerError,
+    CommitError,
+    ConfigurationError,
+    PublishError,
+    RecordRefused,
+    RecordTooLarge,
+)
 from taskflow.message import Headers, Message, TopicPartition
 
 __all__ = ["KafkaBroker", "KafkaConsumer", "kafka_options_from_env"]
@@ -62,6 +82,16 @@ _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
 _CONSUMER_PARAMS = set(inspect.signature(AIOKafkaConsumer.__init__).parameters) - {"self"}
 _PRODUCER_PARAMS = set(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
 _PRODUCER_DEFAULTS = {"acks": "all", "enable_idempotence": True}
+# What a producer or broker says of a record it will never accept; anything else may pass.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+_REFUSED = (
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    InvalidTopicError,
+    CorruptRecordException,
+    UnsupportedForMessageFormatError,
+    PolicyViolationError,
+)
 # Options whose aiokafka default (None) does not tell their type; `acks` has its own parser.
 _ENV_TYPES: dict[str, Any] = {"rebalance_timeout_ms": 0}
 # Values aiokafka checks only when a consumer starts (in each worker): checked here instead.
@@ -249,6 +279,11 @@ class KafkaBroker:
     def url(self) -> str:
         return "kafka://" + ",".join(self.bootstrap_servers)
 
+    @property
+    def max_request_size(self) -> int:
+        """The producer's `max_request_size` option (aiokafka's default: 1048576)."""
+        return int(self.producer_options.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE))
+
     async def start(self) -> None:
         producer = _build(AIOKafkaProducer, self.bootstrap_servers, self.producer_options)
         try:
@@ -286,6 +321,10 @@ class KafkaBroker:
             raise PublishError("the Kafka producer is not started")
         try:
             meta = await producer.send_and_wait(topic, value, key=key, headers=list(headers))
+        except _TOO_LARGE as exc:
+            raise RecordTooLarge(f"publishing to {topic!r} failed: {exc}") from exc
+        except _REFUSED as exc:
+            raise RecordRefused(f"publishing to {topic!r} failed: {exc}") from exc
         except KafkaError as exc:
             raise PublishError(f"publishing to {topic!r} failed: {exc}") from exc
         return TopicPartition(meta.topic, meta.partition), meta.offset

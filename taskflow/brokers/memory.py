@@ -4,7 +4,8 @@ Topics have partitions; a key picks its partition with Kafka's own hash (murmur2
 the same partition number as it would on Kafka; groups keep committed offsets; each partition is
 delivered in order to exactly one member of a group; members joining or leaving rebalance the group
 eagerly, calling each member's listener before its partitions move. Delivery is at-least-once:
-what a member fetched but did not commit is fetched again by the next owner.
+what a member fetched but did not commit is fetched again by the next owner. A record larger than
+Kafka's producer would send (`max_request_size`, 1048576 bytes by default) is refused as there.
 
 It is the default broker for development and the engine of `taskflow.testing.TestClient`. Messages
 live in memory for the life of the process.
@@ -22,12 +23,14 @@ from urllib.parse import parse_qs, urlsplit
 from aiokafka.partitioner import murmur2
 
 from taskflow.brokers.base import (
+    DEFAULT_MAX_REQUEST_SIZE,
     ConsumerOptions,
     FetchPosition,
     PartitionFacts,
     RebalanceListener,
+    record_size,
 )
-from taskflow.exceptions import CommitError, ConfigurationError, StateError
+from taskflow.exceptions import CommitError, ConfigurationError, RecordTooLarge, StateError
 from taskflow.message import Headers, Message, TopicPartition
 
 __all__ = ["MemoryBroker", "MemoryConsumer"]
@@ -96,6 +99,7 @@ class MemoryBroker:
 
     Args:
         partitions: How many partitions a topic gets when it is first used.
+        max_request_size: The largest record `publish` takes, counted as Kafka's producer does.
 
     Example:
         ```python
@@ -103,36 +107,41 @@ class MemoryBroker:
         ```
     """
 
-    def __init__(self, partitions: int = DEFAULT_PARTITIONS) -> None:
+    def __init__(
+        self, partitions: int = DEFAULT_PARTITIONS, max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    ) -> None:
         if partitions < 1:
             raise ConfigurationError(f"a topic needs at least one partition, got {partitions}")
+        if max_request_size < 1:
+            raise ConfigurationError(f"max_request_size must be positive, got {max_request_size}")
         self.partitions = partitions
+        self.max_request_size = max_request_size
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, _Group] = {}
         self._committed = asyncio.Condition()
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
-        """Build from ``memory://`` or ``memory://?partitions=N``."""
+        """Build from ``memory://``, ``memory://?partitions=N&max_request_size=BYTES``."""
         parts = urlsplit(url)
         if parts.netloc or parts.path not in ("", "/"):
             raise ConfigurationError(
                 f"a memory broker URL is memory:// or memory://?partitions=N, got {url!r}"
             )
         query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = set(query) - {"partitions"}
+        unknown = set(query) - {"partitions", "max_request_size"}
         if unknown:
             raise ConfigurationError(
                 f"unknown memory broker option {sorted(unknown)[0]!r} in {url!r}"
             )
-        raw = query.get("partitions", [str(DEFAULT_PARTITIONS)])[-1]
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigurationError(f"partitions must be a positive whole number, got {raw!r}")
-        return cls(int(raw))
+        partitions = _positive(query, "partitions", DEFAULT_PARTITIONS)
+        return cls(partitions, _positive(query, "max_request_size", DEFAULT_MAX_REQUEST_SIZE))
 
     @property
     def url(self) -> str:
-        return f"memory://?partitions={self.partitions}"
+        if self.max_request_size == DEFAULT_MAX_REQUEST_SIZE:
+            return f"memory://?partitions={self.partitions}"
+        return f"memory://?partitions={self.partitions}&max_request_size={self.max_request_size}"
 
     async def start(self) -> None:
         """Nothing to connect to."""
@@ -168,7 +177,17 @@ class MemoryBroker:
     def append(
         self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
     ) -> tuple[TopicPartition, int]:
-        """Publish without awaiting: the synchronous core of `publish`."""
+        """Publish without awaiting: the synchronous core of `publish`.
+
+        Raises:
+            RecordTooLarge: when the record is over `max_request_size`, as Kafka's producer says.
+        """
+        size = record_size(value, key, headers)
+        if size > self.max_request_size:
+            raise RecordTooLarge(
+                f"publishing to {topic!r} failed: the record is {size} bytes, over the "
+                f"max_request_size of {self.max_request_size}"
+            )
         target = self.topic(topic)
         partition = target.partition_for(key)
         log = target.logs[partition]
@@ -225,6 +244,13 @@ class MemoryBroker:
     async def _notify_commit(self) -> None:
         async with self._committed:
             self._committed.notify_all()
+
+
+def _positive(query: Mapping[str, list[str]], name: str, default: int) -> int:
+    raw = query.get(name, [str(default)])[-1]
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigurationError(f"{name} must be a positive whole number, got {raw!r}")
+    return int(raw)
 
 
 class MemoryConsumer:

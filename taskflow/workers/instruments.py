@@ -58,7 +58,10 @@ class WorkerInstruments:
             "taskflow.consumer.dead_letters",
             [self._dead_letters],
             unit="{message}",
-            description="Messages sent to a dead-letter topic (counted once acknowledged).",
+            description=(
+                "Messages given up on with a dead-letter topic: sent there (counted once "
+                "acknowledged), or skipped when their dead letter can never be written."
+            ),
         )
         meter.create_observable_counter(
             "taskflow.consumer.rejected",
@@ -117,7 +120,7 @@ class WorkerInstruments:
         """The counts of one policy action, summed per attribute set over every consumer."""
         totals: dict[frozenset[tuple[str, Any]], int] = {}
         for worker in self._consumers():
-            for (decision, topic, kind), count in worker.processor.outcomes.copy().items():
+            for (decision, topic, kind, fate), count in worker.processor.outcomes.copy().items():
                 if decision.action != action:
                     continue
                 attributes = {
@@ -127,6 +130,8 @@ class WorkerInstruments:
                 }
                 if decision.reason is not None:
                     attributes["taskflow.dead_letter.reason"] = decision.reason
+                if fate is not None:
+                    attributes["taskflow.dead_letter.outcome"] = fate
                 key = frozenset(attributes.items())
                 totals[key] = totals.get(key, 0) + count
         return [Observation(count, dict(key)) for key, count in totals.items()]

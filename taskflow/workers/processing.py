@@ -1,13 +1,18 @@
 """Running one message through its handler under the error policy of the registration.
 
-The policy (`taskflow.policy`), after the seed's: a handler that raises is retried with backoff and
+The policy (`taskflow.policy`): a handler that raises is retried with backoff and
 its partition (or key) waits meanwhile; a `Reject` (or an exception in `reject_on`, or a payload
 that cannot be decoded) is never retried; it goes to the dead-letter topic when there is one, else
 it is logged and skipped. A message that exhausts `max_attempts` goes to the dead-letter topic.
 Cancellation, KeyboardInterrupt, SystemExit and MemoryError propagate and are never dead-lettered.
 
-The Processor counts what it decided (`outcomes`), by topic and exception type, for the observable
-metrics; that happens on the failure path only.
+A dead letter is retried for as long as the broker may yet take it (it is down, a leader moves). One
+that is too large goes without the original's value (`taskflow.workers.dead_letter`); one the broker
+will never take (not authorised, an invalid topic) is skipped with an ERROR line, so that it never
+holds its partition.
+
+The Processor counts what it decided (`outcomes`), by topic and exception type, and what became of
+dead letters not written whole, for the observable metrics; that happens on the failure path only.
 """
 
 from __future__ import annotations
@@ -15,33 +20,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
 
 from taskflow.context import Context, WorkerLogger
-from taskflow.exceptions import BrokerError, Defer, Retry
+from taskflow.exceptions import BrokerError, Defer, RecordRefused, RecordTooLarge, Retry
 from taskflow.handler import ignores_ctx
 from taskflow.policy import DEFER, RAISE, RETRY, SKIP, Decision, ErrorPolicy
+from taskflow.workers.dead_letter import (
+    WHOLE,
+    DeadLetter,
+    dead_letter,
+    dead_letter_headers,
+    fitting,
+)
 
 if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.brokers.base import Broker
     from taskflow.handler import Handler
-    from taskflow.message import Headers, Message
+    from taskflow.message import Message
     from taskflow.specs import ConsumerSpec
 
-__all__ = ["Processor", "dead_letter_headers"]
+__all__ = ["DeadLetterFate", "Outcome", "Processor"]
 
 logger = logging.getLogger("taskflow.consumer")
 
-HEADER_PREFIX = "taskflow-"
-_TRACEBACK_LIMIT = 2000
-
 # Wait up to `seconds`; return False when the wait was cut short because the work must stop.
 Pause = Callable[[float], Awaitable[bool]]
-# What was decided after a failed attempt (not DEFER), on which topic, for which exception type.
-Outcome = tuple[Decision, str, type[BaseException]]
+# What became of a dead letter that was not written whole: sent without the value, or not at all.
+DeadLetterFate = Literal["value_omitted", "dropped"]
+VALUE_OMITTED: Final = "value_omitted"
+DROPPED: Final = "dropped"
+# What was decided after a failed attempt (not DEFER), on which topic, for which exception type,
+# and for a dead letter not written whole, what became of it.
+Outcome = tuple[Decision, str, type[BaseException], DeadLetterFate | None]
 
 
 class Processor:
@@ -160,8 +173,14 @@ class Processor:
             exc_info=exc if attempt == 1 else None,
         )
 
-    def _count(self, decision: Decision, message: Message, exc: BaseException) -> None:
-        key = (decision, message.topic, type(exc))
+    def _count(
+        self,
+        decision: Decision,
+        message: Message,
+        exc: BaseException,
+        fate: DeadLetterFate | None = None,
+    ) -> None:
+        key = (decision, message.topic, type(exc), fate)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
     async def _give_up(
@@ -170,23 +189,36 @@ class Processor:
         """Skip or dead-letter `message`, as `decision` says; False if stopped meanwhile."""
         if decision == SKIP:
             self.log.warning("⊘ %s rejected and skipped: %s: %s", message, type(exc).__name__, exc)
-        elif not await self._dead_letter(message, exc, attempt, decision.reason or "", pause):
-            return False
-        self._count(decision, message, exc)
-        return True
+            self._count(decision, message, exc)
+            return True
+        return await self._dead_letter(message, exc, attempt, decision, pause)
 
     async def _dead_letter(
-        self, message: Message, exc: BaseException, attempt: int, reason: str, pause: Pause
+        self, message: Message, exc: BaseException, attempt: int, decision: Decision, pause: Pause
     ) -> bool:
+        """Write the dead letter of `message`, retrying while the broker may yet take it.
+
+        Returns False if stopped meanwhile. A dead letter the broker will never take (a
+        `RecordRefused`) does not hold the partition: the message is skipped, in one ERROR line.
+        """
         topic = self.spec.dead_letter
         assert topic is not None
-        headers = message.headers + dead_letter_headers(
-            message, self.spec.group, exc, attempt, reason
-        )
+        ours = dead_letter_headers(message, self.spec.group, exc, attempt, decision.reason or "")
+        letter = fitting(message, ours, self.broker.max_request_size)
         failures = 0
         while True:
             try:
-                await self.broker.publish(topic, message.value, key=message.key, headers=headers)
+                await self.broker.publish(
+                    topic, letter.value, key=letter.key, headers=letter.headers
+                )
+            except RecordTooLarge as error:
+                if letter.smallest:
+                    return self._drop(message, exc, attempt, decision, error)
+                why = f"the broker refused the dead letter as too large: {error}"
+                letter = dead_letter(message, ours, letter.omits + 1, why)
+                continue
+            except RecordRefused as error:
+                return self._drop(message, exc, attempt, decision, error)
             except BrokerError as error:
                 failures += 1
                 delay = self.spec.retry.delay(failures, self.rng)
@@ -200,38 +232,55 @@ class Processor:
                 if not await pause(delay):
                     return False
                 continue
-            self.log.warning(
-                "☠ %s %s after %d attempt(s) (%s: %s); sent to %s",
-                message,
-                reason,
-                attempt,
-                type(exc).__name__,
-                exc,
-                topic,
-            )
+            self._sent(message, exc, attempt, decision, letter)
             return True
 
+    def _sent(
+        self,
+        message: Message,
+        exc: BaseException,
+        attempt: int,
+        decision: Decision,
+        letter: DeadLetter,
+    ) -> None:
+        shrunk = ""
+        if letter.omits != WHOLE:
+            shrunk = (
+                f" without its value ({len(message.value)} bytes"
+                f"{', key and headers' if letter.smallest else ''}): too large"
+            )
+        self.log.warning(
+            "☠ %s %s after %d attempt(s) (%s: %s); sent to %s%s",
+            message,
+            decision.reason,
+            attempt,
+            type(exc).__name__,
+            exc,
+            self.spec.dead_letter,
+            shrunk,
+        )
+        self._count(decision, message, exc, None if letter.omits == WHOLE else VALUE_OMITTED)
 
-def dead_letter_headers(
-    message: Message, group: str, exc: BaseException, attempts: int, reason: str
-) -> Headers:
-    """The `taskflow-` headers that say where a dead letter came from and why."""
-    fields = {
-        "original-topic": message.topic,
-        "original-partition": str(message.partition),
-        "original-offset": str(message.offset),
-        "original-timestamp": str(message.timestamp_ms),
-        "consumer-group": group,
-        "attempts": str(attempts),
-        "reason": reason,
-        "exception-type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "exception-message": str(exc)[:_TRACEBACK_LIMIT],
-        "traceback": _short_traceback(exc),
-    }
-    return tuple((HEADER_PREFIX + name, value.encode("utf-8")) for name, value in fields.items())
-
-
-def _short_traceback(exc: BaseException) -> str:
-    lines = traceback.format_exception(exc, limit=-5)
-    text = "".join(lines)
-    return text if len(text) <= _TRACEBACK_LIMIT else "…" + text[-_TRACEBACK_LIMIT:]
+    def _drop(
+        self,
+        message: Message,
+        exc: BaseException,
+        attempt: int,
+        decision: Decision,
+        error: BrokerError,
+    ) -> bool:
+        self.log.error(
+            "☠ %s %s after %d attempt(s) (%s: %s); its dead letter can never be written to %s "
+            "(%s: %s), so it is skipped: it stays in %s until retention removes it",
+            message,
+            decision.reason,
+            attempt,
+            type(exc).__name__,
+            exc,
+            self.spec.dead_letter,
+            type(error).__name__,
+            error,
+            message,
+        )
+        self._count(decision, message, exc, DROPPED)
+        return True

@@ -49,12 +49,12 @@ async def test_outcomes_are_counted_by_decision_topic_and_exception_type() -> No
         payments = consumer_worker(client, "on_payment").processor.outcomes
 
     assert orders == {
-        (RETRY, "orders", RuntimeError): 1,
-        (DEAD_LETTER_EXHAUSTED, "orders", RuntimeError): 1,
-        (DEAD_LETTER_REJECTED, "returns", Reject): 1,
-        (DEAD_LETTER_REJECTED, "returns", DecodeError): 1,
+        (RETRY, "orders", RuntimeError, None): 1,
+        (DEAD_LETTER_EXHAUSTED, "orders", RuntimeError, None): 1,
+        (DEAD_LETTER_REJECTED, "returns", Reject, None): 1,
+        (DEAD_LETTER_REJECTED, "returns", DecodeError, None): 1,
     }  # a Defer is no outcome: the message ran again and succeeded
-    assert payments == {(SKIP, "payments", Reject): 1}
+    assert payments == {(SKIP, "payments", Reject, None): 1}
 
 
 async def test_a_dead_letter_is_counted_once_the_broker_has_it(
@@ -83,4 +83,4 @@ async def test_a_dead_letter_is_counted_once_the_broker_has_it(
         outcomes = consumer_worker(client, "on_order").processor.outcomes
 
     assert refusals == 0
-    assert outcomes == {(DEAD_LETTER_REJECTED, "orders", Reject): 1}
+    assert outcomes == {(DEAD_LETTER_REJECTED, "orders", Reject, None): 1}

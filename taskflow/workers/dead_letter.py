@@ -1,0 +1,139 @@
+"""A dead letter: the record written to a dead-letter topic for a message the consumer gave up on.
+
+It keeps the original key, value and headers and adds `taskflow-` headers that say where the
+message came from and why it was given up. What taskflow adds is bounded (the exception message to
+`MESSAGE_LIMIT` bytes, the traceback to `TRACEBACK_LIMIT`), so it stays a few KiB.
+
+A dead letter must fit the producer's `max_request_size` like any record, and a message that was
+rejected may be as large as the broker allows. So when the whole dead letter is too large, the
+next smaller one leaves the value out and carries its size and SHA-256 instead
+(`taskflow-value-omitted` says why); the smallest also leaves out the key and the original headers.
+Each keeps where the original is (`taskflow-original-topic`, `-partition`, `-offset`), which is
+where its value can be read while the topic's retention keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from taskflow.brokers.base import record_size
+
+if TYPE_CHECKING:
+    from taskflow.message import Headers, Message
+
+__all__ = [
+    "MESSAGE_LIMIT",
+    "TRACEBACK_LIMIT",
+    "WHOLE",
+    "DeadLetter",
+    "dead_letter",
+    "dead_letter_headers",
+    "fitting",
+]
+
+HEADER_PREFIX = "taskflow-"
+MESSAGE_LIMIT: Final = 1024
+"""Bytes of the exception message kept in `taskflow-exception-message` (its start)."""
+TRACEBACK_LIMIT: Final = 4096
+"""Bytes of the traceback kept in `taskflow-traceback` (its end, which names the exception)."""
+_ELLIPSIS = "…".encode()
+
+# How much of the original a dead letter leaves out, from nothing to all that can be.
+WHOLE: Final = 0
+WITHOUT_VALUE: Final = 1
+BARE: Final = 2  # without the value, the key and the original headers
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-letter record, ready to publish."""
+
+    value: bytes
+    key: bytes | None
+    headers: Headers
+    omits: int
+    """`WHOLE`, or how much of the original it leaves out (`WITHOUT_VALUE`, then `BARE`)."""
+
+    @property
+    def size(self) -> int:
+        """Its size as the producer counts it against `max_request_size`."""
+        return record_size(self.value, self.key, self.headers)
+
+    @property
+    def smallest(self) -> bool:
+        """True when no smaller dead letter of the same message can be made."""
+        return self.omits == BARE
+
+
+def dead_letter(message: Message, ours: Headers, omits: int = WHOLE, why: str = "") -> DeadLetter:
+    """The dead letter of `message` with the `taskflow-` headers `ours`, leaving out `omits`.
+
+    `why` says, in the `taskflow-…-omitted` headers, why the original was not kept whole.
+    """
+    if omits == WHOLE:
+        return DeadLetter(message.value, message.key, message.headers + ours, WHOLE)
+    value = message.value
+    facts = (
+        *ours,
+        (HEADER_PREFIX + "value-omitted", why.encode()),
+        (HEADER_PREFIX + "original-size", str(len(value)).encode()),
+        (HEADER_PREFIX + "original-sha256", hashlib.sha256(value).hexdigest().encode()),
+    )
+    if omits == WITHOUT_VALUE:
+        return DeadLetter(b"", message.key, message.headers + facts, WITHOUT_VALUE)
+    if message.key is not None:
+        facts += ((HEADER_PREFIX + "key-omitted", why.encode()),)
+    if message.headers:
+        facts += ((HEADER_PREFIX + "headers-omitted", why.encode()),)
+    return DeadLetter(b"", None, facts, BARE)
+
+
+def fitting(message: Message, ours: Headers, limit: int) -> DeadLetter:
+    """The first dead letter of `message` that is at most `limit` bytes (else the smallest)."""
+    letter = dead_letter(message, ours)
+    size = letter.size
+    if size <= limit:
+        return letter
+    why = f"the whole dead letter is {size} bytes, over the producer's max_request_size {limit}"
+    letter = dead_letter(message, ours, WITHOUT_VALUE, why)
+    if letter.size <= limit:
+        return letter
+    return dead_letter(message, ours, BARE, why)
+
+
+def dead_letter_headers(
+    message: Message, group: str, exc: BaseException, attempts: int, reason: str
+) -> Headers:
+    """The `taskflow-` headers that say where a dead letter came from and why."""
+    fields = {
+        "original-topic": message.topic.encode(),
+        "original-partition": str(message.partition).encode(),
+        "original-offset": str(message.offset).encode(),
+        "original-timestamp": str(message.timestamp_ms).encode(),
+        "consumer-group": group.encode(),
+        "attempts": str(attempts).encode(),
+        "reason": reason.encode(),
+        "exception-type": f"{type(exc).__module__}.{type(exc).__qualname__}".encode(),
+        "exception-message": _head(str(exc), MESSAGE_LIMIT),
+        "traceback": _tail("".join(traceback.format_exception(exc, limit=-5)), TRACEBACK_LIMIT),
+    }
+    return tuple((HEADER_PREFIX + name, value) for name, value in fields.items())
+
+
+def _head(text: str, limit: int) -> bytes:
+    """`text` as UTF-8, cut to its first `limit` bytes (on a character boundary, marked `…`)."""
+    data = text.encode(errors="replace")
+    if len(data) <= limit:
+        return data
+    return data[: limit - len(_ELLIPSIS)].decode(errors="ignore").encode() + _ELLIPSIS
+
+
+def _tail(text: str, limit: int) -> bytes:
+    """`text` as UTF-8, cut to its last `limit` bytes (on a character boundary, marked `…`)."""
+    data = text.encode(errors="replace")
+    if len(data) <= limit:
+        return data
+    return _ELLIPSIS + data[len(data) - limit + len(_ELLIPSIS) :].decode(errors="ignore").encode()
