@@ -2,10 +2,16 @@
 
 Decoders are chosen once, when a handler is registered, from its payload annotation; encoding is
 chosen per published value. JSON is the format for everything that is not bytes or text.
+
+JSON is UTF-8 (RFC 8259), for every payload type that is JSON: a payload in another encoding
+(UTF-16 or UTF-32, which `json.loads` would otherwise guess from the bytes) or with invalid UTF-8 is
+a `DecodeError`. A UTF-8 byte order mark before the JSON is ignored, as RFC 8259 allows. The
+success path decodes UTF-8 and parses, nothing more; what went wrong is worked out only on failure.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import types
@@ -66,18 +72,46 @@ def _text(message: Message) -> str:
 
 def _json(message: Message) -> Any:
     try:
-        return json.loads(message.value)
+        return json.loads(message.value.decode())
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise DecodeError(f"payload of {message} is not valid JSON: {exc}") from exc
+        return _json_after(message, exc)
+
+
+def _json_after(message: Message, exc: Exception) -> Any:
+    """Parse a payload whose first reading failed with `exc`: without its BOM, or a DecodeError."""
+    if not message.value.startswith(codecs.BOM_UTF8):
+        raise _not_json(message, exc) from exc
+    try:
+        return json.loads(message.value[len(codecs.BOM_UTF8) :].decode())
+    except (ValueError, RecursionError) as again:
+        raise _not_json(message, again) from again
+
+
+def _not_json(message: Message, exc: Exception) -> DecodeError:
+    return _not_utf8(message) or DecodeError(f"payload of {message} is not valid JSON: {exc}")
+
+
+def _not_utf8(message: Message) -> DecodeError | None:
+    """The DecodeError of a payload that is not UTF-8, or None if it is."""
+    encoding = json.detect_encoding(message.value)  # UTF-16 and UTF-32 by their BOM or zero bytes
+    if not encoding.startswith("utf-8"):
+        return DecodeError(
+            f"payload of {message} is {encoding.upper()} text; JSON payloads must be UTF-8"
+        )
+    try:
+        message.value.decode()
+    except UnicodeDecodeError as exc:
+        return DecodeError(f"payload of {message} is not UTF-8, as JSON payloads must be: {exc}")
+    return None
 
 
 def _json_of(kind: type) -> Decoder:
     # Per message: json.loads inlined rather than through `_json` (one call less, measured).
     def decode(message: Message) -> Any:
         try:
-            value = json.loads(message.value)
+            value = json.loads(message.value.decode())
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            raise DecodeError(f"payload of {message} is not valid JSON: {exc}") from exc
+            value = _json_after(message, exc)
         if not isinstance(value, kind):
             raise DecodeError(
                 f"payload of {message} is a JSON {type(value).__name__}, expected {kind.__name__}"
@@ -115,13 +149,21 @@ def _pydantic_of(model: Any) -> Decoder:
         try:
             return model.model_validate_json(message.value)
         except ValidationError as exc:
-            summary = "; ".join(
-                f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise DecodeError(
-                f"payload of {message} is not a valid {model.__name__}: {summary}"
-            ) from None
+            failure = exc
+        value = message.value
+        if value.startswith(codecs.BOM_UTF8):
+            try:
+                return model.model_validate_json(value[len(codecs.BOM_UTF8) :])
+            except ValidationError as exc:
+                failure = exc
+        not_utf8 = _not_utf8(message)
+        if not_utf8 is not None:
+            raise not_utf8
+        summary = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}"
+            for err in failure.errors()
+        )
+        raise DecodeError(f"payload of {message} is not a valid {model.__name__}: {summary}")
 
     return decode
 

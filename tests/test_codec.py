@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import typing
@@ -108,6 +109,66 @@ def test_json_of_the_wrong_type_is_a_decode_error(
 def test_a_payload_that_is_not_utf8_is_a_decode_error(annotation: type) -> None:
     with pytest.raises(DecodeError):
         decoder_for(annotation)(message(b'{"a": "\xff\xfe"}'))
+
+
+@dataclasses.dataclass
+class Bill:
+    id: int
+    total: float
+
+
+JSON_TYPES = [dict, Bill, Invoice]
+OBJECT = '{"id": 7, "total": 1.5}'
+
+
+@pytest.mark.parametrize("annotation", JSON_TYPES, ids=repr)
+@pytest.mark.parametrize(
+    ("encoding", "name"),
+    [
+        ("utf-16", "UTF-16"),
+        ("utf-16-le", "UTF-16-LE"),
+        ("utf-16-be", "UTF-16-BE"),
+        ("utf-32", "UTF-32"),
+        ("utf-32-be", "UTF-32-BE"),
+    ],
+)
+def test_json_in_another_encoding_than_utf8_is_a_decode_error_naming_it(
+    annotation: type, encoding: str, name: str
+) -> None:
+    payload = OBJECT.encode(encoding)
+
+    with pytest.raises(DecodeError, match=f"is {name} text; JSON payloads must be UTF-8"):
+        decoder_for(annotation)(message(payload))
+
+
+@pytest.mark.parametrize("annotation", [*JSON_TYPES, list], ids=repr)
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"id": 7, "customer": "\xff"}', b'{"id": 7, "customer": "\xed\xa0\x80"}'],
+    ids=["invalid byte", "encoded surrogate"],
+)
+def test_json_with_bytes_that_are_not_utf8_is_a_decode_error(
+    annotation: type, payload: bytes
+) -> None:
+    with pytest.raises(DecodeError, match="is not UTF-8, as JSON payloads must be"):
+        decoder_for(annotation)(message(payload))
+
+
+@pytest.mark.parametrize("annotation", JSON_TYPES, ids=repr)
+def test_a_utf8_byte_order_mark_before_json_is_ignored(annotation: type) -> None:
+    plain = decoder_for(annotation)(message(OBJECT.encode()))
+
+    assert decoder_for(annotation)(message(codecs.BOM_UTF8 + OBJECT.encode())) == plain
+
+
+@pytest.mark.parametrize("annotation", JSON_TYPES, ids=repr)
+def test_only_one_byte_order_mark_is_ignored(annotation: type) -> None:
+    with pytest.raises(DecodeError):
+        decoder_for(annotation)(message(codecs.BOM_UTF8 * 2 + OBJECT.encode()))
+
+
+def test_a_str_parameter_gets_the_text_as_sent_byte_order_mark_included() -> None:
+    assert decoder_for(str)(message(codecs.BOM_UTF8 + b"hi")) == "\ufeffhi"
 
 
 def test_a_str_decode_error_says_the_payload_is_not_utf8() -> None:
