@@ -245,10 +245,8 @@ class Processor:
     ) -> None:
         shrunk = ""
         if letter.omits != WHOLE:
-            shrunk = (
-                f" without its value ({len(message.value)} bytes"
-                f"{', key and headers' if letter.smallest else ''}): too large"
-            )
+            rest = ", key and headers" if letter.smallest else ""
+            shrunk = f" without its value ({len(message.value)} bytes){rest}: too large"
         self.log.warning(
             "☠ %s %s after %d attempt(s) (%s: %s); sent to %s%s",
             message,
