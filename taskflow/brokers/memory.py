@@ -27,6 +27,7 @@ from taskflow.brokers.base import (
     PartitionFacts,
     RebalanceListener,
 )
+from taskflow.config import quoted, whole_number_text
 from taskflow.exceptions import CommitError, ConfigurationError, StateError
 from taskflow.message import Headers, Message, TopicPartition
 
@@ -35,6 +36,7 @@ __all__ = ["MemoryBroker", "MemoryConsumer"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
+MAX_PARTITIONS = 1024  # one process holds every partition of every topic in memory
 
 
 class _Topic:
@@ -117,18 +119,22 @@ class MemoryBroker:
         parts = urlsplit(url)
         if parts.netloc or parts.path not in ("", "/"):
             raise ConfigurationError(
-                f"a memory broker URL is memory:// or memory://?partitions=N, got {url!r}"
+                f"a memory broker URL is memory:// or memory://?partitions=N, got {quoted(url)}"
             )
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = set(query) - {"partitions"}
         if unknown:
             raise ConfigurationError(
-                f"unknown memory broker option {sorted(unknown)[0]!r} in {url!r}"
+                f"unknown memory broker option {quoted(sorted(unknown)[0])} in {quoted(url)}"
             )
         raw = query.get("partitions", [str(DEFAULT_PARTITIONS)])[-1]
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigurationError(f"partitions must be a positive whole number, got {raw!r}")
-        return cls(int(raw))
+        partitions = whole_number_text(raw)
+        if partitions is None or not 1 <= partitions <= MAX_PARTITIONS:
+            raise ConfigurationError(
+                f"partitions must be a positive whole number up to {MAX_PARTITIONS}, "
+                f"got {quoted(raw)}"
+            )
+        return cls(partitions)
 
     @property
     def url(self) -> str:
