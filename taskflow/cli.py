@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from click.core import ParameterSource
 
 from taskflow import logfmt, operations, otel, supervisor
 from taskflow.app import App
-from taskflow.config import Settings, mask_url
+from taskflow.config import Settings, mask_url, quoted, whole_number_text
 from taskflow.exceptions import (
     AppLoadError,
     BrokerError,
@@ -153,7 +154,7 @@ def _check_broker_url(url: str, settings: Settings) -> None:
     except ConfigurationError:
         raise
     except ValueError as exc:  # urlsplit's own complaints, e.g. "Invalid IPv6 URL"
-        raise ConfigurationError(f"malformed broker URL {url!r}: {exc}") from exc
+        raise ConfigurationError(f"malformed broker URL {quoted(url)}: {exc}") from exc
 
 
 _app_dir = click.option(
@@ -171,14 +172,17 @@ _broker = click.option(
 _redis = click.option(
     "--redis", help="Redis URL, e.g. redis://localhost:6379/0 (over TASKFLOW_REDIS_URL)."
 )
+# Typed as text: `Settings.with_flags` reads them as it reads their variables, with one sentence
+# for a bad value that names the flag and the values it takes.
 _shutdown_timeout = click.option(
     "--shutdown-timeout",
-    type=float,
-    help="Seconds to finish in-flight work on shutdown (over TASKFLOW_SHUTDOWN_TIMEOUT).",
+    metavar="SECONDS",
+    help="Seconds to finish in-flight work on shutdown, 0 to 86400 "
+    "(over TASKFLOW_SHUTDOWN_TIMEOUT).",
 )
 _http_port = click.option(
     "--http-port",
-    type=click.IntRange(0, 65535),
+    metavar="PORT",
     help="Serve /healthz, /readyz, /metrics and /status on this port; 0: any free port "
     "(over TASKFLOW_HTTP_PORT).",
 )
@@ -206,22 +210,55 @@ def _configure_logging(level: str, fmt: str) -> None:
     logfmt.configure(level, "json" if fmt.lower() == "json" else "text")
 
 
-class _ProcessCount(click.ParamType[int]):
-    """A whole number >= 1, or ``auto``: one per CPU this process may run on."""
+_QUOTED = re.compile(r"'([^'\n]*)'")
 
-    name = "N|auto"
+
+class _OneLine(click.ClickException):
+    """A bad option value: one line on stderr and exit code 2, like every configuration error."""
+
+    exit_code = EXIT_USAGE
+
+
+class _Command(click.Command):
+    """A command whose bad option values (a flag's or its variable's) are one line, no usage."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.BadParameter as exc:
+            # click quotes the value it refuses: shown as taskflow shows any refused value.
+            message = _QUOTED.sub(lambda m: quoted(m[1]), exc.format_message())
+            raise _OneLine(message) from exc
+
+
+class _WholeNumber(click.ParamType[int]):
+    """A whole number from `low` to `high`, or (with `auto`) ``auto``: one per usable CPU."""
+
+    def __init__(self, low: int, high: int, *, auto: bool = False) -> None:
+        self.low, self.high, self.auto = low, high, auto
+        self.name = "N|auto" if auto else "N"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            if hasattr(os, "sched_getaffinity"):  # honours taskset and container CPU sets
-                return len(os.sched_getaffinity(0))
-            return os.cpu_count() or 1
-        try:
-            count = int(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a whole number or 'auto'", param, ctx)
-        if count < 1:
-            self.fail(f"must be at least 1 (or 'auto'), got {count}", param, ctx)
+        if isinstance(value, int) and not isinstance(value, bool):
+            count: int | None = value
+        elif self.auto and isinstance(value, str) and value.strip().lower() == "auto":
+            return supervisor.usable_cpus()
+        else:
+            count = whole_number_text(str(value))
+        if count is None or not self.low <= count <= self.high:
+            auto = " or 'auto'" if self.auto else ""
+            self.fail(
+                f"must be a whole number from {self.low} to {self.high}{auto}, "
+                f"got {quoted(str(value))}",
+                param,
+                ctx,
+            )
         return count
 
 
@@ -231,7 +268,7 @@ def main() -> None:
     """taskflow: Kafka consumers and periodic tasks as asyncio workers."""
 
 
-@main.command()
+@main.command(cls=_Command)
 @click.argument("app_ref", metavar="MODULE:APP")
 @_app_dir
 @_broker
@@ -243,10 +280,20 @@ def main() -> None:
 @click.option(
     "--processes",
     envvar="TASKFLOW_PROCESSES",
+    show_envvar=True,
     default="1",
     show_default=True,
-    type=_ProcessCount(),
-    help="Worker processes under one supervisor ('auto': one per CPU).",
+    type=_WholeNumber(1, supervisor.PROCESSES_CEILING, auto=True),
+    help="Worker processes under one supervisor ('auto': one per usable CPU); at most 4 per "
+    "usable CPU (at least 8) unless --processes-limit allows more.",
+)
+@click.option(
+    "--processes-limit",
+    envvar="TASKFLOW_PROCESSES_LIMIT",
+    show_envvar=True,
+    type=_WholeNumber(1, supervisor.PROCESSES_CEILING),
+    help=f"The most --processes allowed, up to {supervisor.PROCESSES_CEILING} "
+    "(default: 4 per usable CPU, at least 8).",
 )
 @_debug
 def run(
@@ -256,9 +303,10 @@ def run(
     redis: str | None,
     log_level: str,
     log_format: str,
-    shutdown_timeout: float | None,
-    http_port: int | None,
+    shutdown_timeout: str | None,
+    http_port: str | None,
     processes: int,
+    processes_limit: int | None,
     debug: bool,
 ) -> None:
     """Run the app's workers until SIGINT or SIGTERM, then shut down gracefully.
@@ -267,7 +315,11 @@ def run(
     usage error.
     """
     _configure_logging(log_level, log_format)
-    supervisor.configure_child()
+    try:
+        _check_processes(processes, processes_limit)
+        supervisor.configure_child()
+    except ConfigurationError as exc:
+        _fail(str(exc), debug)
     flags = {
         "broker": broker,
         "redis_url": redis,
@@ -276,7 +328,7 @@ def run(
     }
     app = _prepare(app_ref, app_dir, debug, flags)
     if processes > 1:
-        sys.exit(_supervise(app, processes, debug))
+        sys.exit(_supervise(app, processes, processes_limit, debug))
     try:
         flush_telemetry = otel.configure_from_env(app.name)
     except ConfigurationError as exc:
@@ -300,9 +352,19 @@ def run(
     sys.exit(EXIT_CLEAN if report.clean else EXIT_UNCLEAN)
 
 
-def _supervise(app: App, processes: int, debug: bool) -> int:
+def _check_processes(processes: int, limit: int | None) -> None:
+    """Refuse more processes than the limit, naming the flag or variable that asked for them."""
+    ctx = click.get_current_context()
+    from_env = ctx.get_parameter_source("processes") is ParameterSource.ENVIRONMENT
+    supervisor.check_processes(
+        processes, limit, label="TASKFLOW_PROCESSES" if from_env else "--processes"
+    )
+
+
+def _supervise(app: App, processes: int, limit: int | None, debug: bool) -> int:
     """Run `processes` children of this very `taskflow run` under a supervisor; its exit code."""
-    args = _child_args(click.get_current_context(), skip={"processes", "http_port"})
+    skip = {"processes", "processes_limit", "http_port"}
+    args = _child_args(click.get_current_context(), skip=skip)
     port = app.http_port
     if port and port + processes - 1 > 65535:
         _fail(f"--http-port {port} with {processes} processes needs ports past 65535", debug)
@@ -313,7 +375,7 @@ def _supervise(app: App, processes: int, debug: bool) -> int:
 
     env = {name: value for name, value in os.environ.items() if name != "TASKFLOW_PROCESSES"}
     watch = supervisor.Supervisor(
-        command, processes, shutdown_timeout=app.shutdown_timeout, env=env
+        command, processes, shutdown_timeout=app.shutdown_timeout, env=env, limit=limit
     )
     return asyncio.run(watch.run())
 
@@ -342,7 +404,7 @@ def _child_args(ctx: click.Context, skip: set[str]) -> list[str]:
     return args
 
 
-@main.command()
+@main.command(cls=_Command)
 @click.argument("app_ref", metavar="MODULE:APP")
 @_app_dir
 @_broker
@@ -355,8 +417,8 @@ def info(
     app_dir: str,
     broker: str | None,
     redis: str | None,
-    shutdown_timeout: float | None,
-    http_port: int | None,
+    shutdown_timeout: str | None,
+    http_port: str | None,
     debug: bool,
 ) -> None:
     """Show the app's workers and its settings.
@@ -445,7 +507,7 @@ def _show_settings(settings: Settings) -> None:
         click.echo(line.rstrip())
 
 
-@main.command()
+@main.command(cls=_Command)
 @click.argument("app_ref", metavar="MODULE:APP")
 @click.argument("task")
 @_app_dir
@@ -530,7 +592,7 @@ def _header(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     return headers
 
 
-@main.command()
+@main.command(cls=_Command)
 @click.argument("app_ref", metavar="MODULE:APP")
 @click.argument("topic")
 @click.argument("value")

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from taskflow.exceptions import ConfigurationError
 
@@ -38,7 +38,11 @@ __all__ = [
     "Settings",
     "Source",
     "mask_url",
+    "number_text",
+    "quoted",
     "shown",
+    "shown_value",
+    "whole_number_text",
 ]
 
 Source = Literal["flag", "env", "code", "default"]
@@ -50,13 +54,27 @@ DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
 DEFAULT_COMMIT_INTERVAL: Final = 1.0
 KAFKA_PREFIX: Final = "TASKFLOW_KAFKA_"
 MAX_PORT: Final = 65535
+# Past these a value is a mistake (milliseconds written as seconds, "inf"), not a choice.
+MAX_SHUTDOWN_TIMEOUT: Final = 86400.0  # a day
+MAX_COMMIT_INTERVAL: Final = 3600.0  # an hour
 MASK: Final = "***"
+_SHOWN_MAX = 60  # characters of a refused value an error message repeats
+_NUMBER_MAX = 30
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-# Option and query parameter names whose values are never shown.
+# Option names whose values are never shown.
 _SECRET = re.compile(r"password|secret|token|credential|sasl_oauth", re.IGNORECASE)
+# A query parameter, in a URL or in anything shown as one, whose value is never shown: its name
+# says password, secret, token, key, auth, credential or signature.
+_SECRET_PARAMETER = re.compile(
+    r"(?P<name>(?:^|[?&;#])[^=&;#?/@\s]*?(?:pass|pwd|secret|token|key|auth|credential|sig)"
+    r"[^=&;#?/@\s]*=)[^&;#]*",
+    re.IGNORECASE,
+)
 
 
 # -- checking values -----------------------------------------------------------------------
@@ -67,57 +85,119 @@ _SECRET = re.compile(r"password|secret|token|credential|sasl_oauth", re.IGNORECA
 
 
 def _got(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else repr(value)
+    return shown_value(value)
 
 
-def _seconds(value: Any, label: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigurationError(f"{label} must be a number of seconds >= 0, got {_got(value)}")
-    return float(value)
-
-
-def _seconds_text(text: str, variable: str) -> float:
+def shown_value(value: object) -> str:
+    """`value` as an error message shows a value it refuses: text `quoted`, anything else short."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return quoted(value)
     try:
-        value = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{variable} must be a number of seconds, got {text!r}") from None
-    if not value >= 0:  # also refuses NaN
-        raise ConfigurationError(f"{variable} must be a number of seconds >= 0, got {text!r}")
-    return value
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python turns into text
+        return f"a whole number of {value.bit_length() if isinstance(value, int) else '?'} bits"
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 1] + "…"
+
+
+def quoted(text: str) -> str:
+    """`text` as an error message shows a value it refuses: quoted, any secret masked, cut short.
+
+    A value given in the wrong place may still be a URL with a password, and one of 5,000
+    characters would bury the sentence around it.
+    """
+    masked = mask_url(text)
+    if len(masked) > _SHOWN_MAX:
+        masked = masked[: _SHOWN_MAX - 1] + "…"
+    return repr(masked)
+
+
+def number_text(text: str) -> float | None:
+    """The number `text` writes in ASCII decimal (``5``, ``-1.5``, ``2e3``), or None.
+
+    Stricter than `float`: no ``inf``, ``nan``, ``1_000`` or non-ASCII digits, and none of more
+    than 30 characters, so that no text reads as a number that is not finite.
+    """
+    stripped = text.strip()
+    if len(stripped) > _NUMBER_MAX or not _NUMBER.fullmatch(stripped):
+        return None
+    value = float(stripped)
+    return value if math.isfinite(value) else None
+
+
+def whole_number_text(text: str) -> int | None:
+    """The whole number `text` writes in ASCII digits (``5``, ``-1``), or None; at most 30."""
+    stripped = text.strip()
+    if len(stripped) > _NUMBER_MAX or not _WHOLE.fullmatch(stripped):
+        return None
+    return int(stripped)
+
+
+def _seconds_range(label: str, maximum: float) -> str:
+    return f"{label} must be a number of seconds from 0 to {maximum:g}"
+
+
+def _seconds_check(maximum: float) -> Callable[[Any, str], float]:
+    def check(value: Any, label: str) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= maximum  # also refuses NaN
+        ):
+            raise ConfigurationError(f"{_seconds_range(label, maximum)}, got {_got(value)}")
+        return float(value)
+
+    return check
+
+
+def _seconds_parse(maximum: float) -> Callable[[str, str], float]:
+    def parse(text: str, variable: str) -> float:
+        value = number_text(text)
+        if value is None or not 0 <= value <= maximum:
+            raise ConfigurationError(f"{_seconds_range(variable, maximum)}, got {quoted(text)}")
+        return value
+
+    return parse
 
 
 def _port(value: Any, label: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PORT:
         raise ConfigurationError(
             f"{label} must be a port number from 0 to {MAX_PORT} (0 picks a free one), "
-            f"got {value!r}"
+            f"got {_got(value)}"
         )
     return value
 
 
 def _port_text(text: str, variable: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PORT:
+    value = whole_number_text(text)
+    if value is None or not 0 <= value <= MAX_PORT:
         raise ConfigurationError(
-            f"{variable} must be a port number from 0 to {MAX_PORT}, got {text!r}"
+            f"{variable} must be a port number from 0 to {MAX_PORT}, got {quoted(text)}"
         )
-    return int(text)
+    return value
 
 
 def _flag(value: Any, label: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{label} is True or False, got {value!r}")
+        raise ConfigurationError(f"{label} is True or False, got {_got(value)}")
     return value
 
 
 def _flag_text(text: str, variable: str) -> bool:
     lowered = text.lower()
     if lowered not in _TRUE + _FALSE:
-        raise ConfigurationError(f"{variable} must be true or false, got {text!r}")
+        raise ConfigurationError(f"{variable} must be true or false, got {quoted(text)}")
     return lowered in _TRUE
 
 
 def _broker(value: Any, label: str) -> Any:
-    """A URL, or (from code only) a Broker object: the App checks either when it is built."""
+    """A URL, or (from code only) a Broker object: the App checks a URL when it is built."""
+    if not isinstance(value, str) and not (hasattr(value, "url") and hasattr(value, "consumer")):
+        raise ConfigurationError(
+            f"{label} is a broker URL such as kafka://host:9092 or a Broker, got {_got(value)}"
+        )
     return value
 
 
@@ -129,7 +209,7 @@ def _redis_url(value: Any, label: str) -> str:
     """A URL from code is only checked to be text here: the runner refuses a malformed one."""
     if not isinstance(value, str):
         raise ConfigurationError(
-            f"{label} is a Redis URL such as redis://localhost:6379/0, got {value!r}"
+            f"{label} is a Redis URL such as redis://localhost:6379/0, got {_got(value)}"
         )
     return value
 
@@ -137,7 +217,7 @@ def _redis_url(value: Any, label: str) -> str:
 def _redis_url_text(text: str, variable: str) -> str:
     if _scheme(text) not in _REDIS_SCHEMES:
         raise ConfigurationError(
-            f"{variable} must be a redis://, rediss:// or unix:// URL, got {mask_url(text)!r}"
+            f"{variable} must be a redis://, rediss:// or unix:// URL, got {quoted(text)}"
         )
     return text
 
@@ -178,16 +258,16 @@ OPTIONS: Final = (
         "TASKFLOW_SHUTDOWN_TIMEOUT",
         "--shutdown-timeout",
         DEFAULT_SHUTDOWN_TIMEOUT,
-        _seconds,
-        _seconds_text,
+        _seconds_check(MAX_SHUTDOWN_TIMEOUT),
+        _seconds_parse(MAX_SHUTDOWN_TIMEOUT),
     ),
     Option(
         "commit_interval",
         "TASKFLOW_COMMIT_INTERVAL",
         None,
         DEFAULT_COMMIT_INTERVAL,
-        _seconds,
-        _seconds_text,
+        _seconds_check(MAX_COMMIT_INTERVAL),
+        _seconds_parse(MAX_COMMIT_INTERVAL),
     ),
     Option("idempotent", "TASKFLOW_IDEMPOTENT", None, False, _flag, _flag_text),
     Option("http_port", "TASKFLOW_HTTP_PORT", "--http-port", None, _port, _port_text),
@@ -201,26 +281,24 @@ _BY_NAME: Final = {option.name: option for option in OPTIONS}
 
 
 def mask_url(url: str) -> str:
-    """`url` with its password (and any secret query parameter) replaced by ``***``.
+    """`url` with its password, and any secret query parameter, replaced by ``***``.
 
     ``redis://:pw@host:6379/0`` becomes ``redis://:***@host:6379/0``; a user name without a
-    password (``redis://pw@host``, which some clients read as the password) is masked whole.
+    password (``redis://pw@host``, which some clients read as the password) is masked whole. Any
+    text is taken, valid URL or not: ``user:pw@host`` without a scheme, a password holding ``/``
+    or ``@``, ``kafka://k:9092?password=pw`` all lose their secret. Everything before the last
+    ``@`` (and after the scheme's ``//``) is user information, so a mistake masks too much rather
+    than too little.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return MASK if "@" in url else url
-    netloc, query = parts.netloc, parts.query
-    userinfo, at, host = netloc.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
-    if query and _SECRET.search(query):
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{k}={MASK if _SECRET.search(k) else v}" for k, v in pairs)
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # as given: urlunsplit would turn memory:// into memory:
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    masked = _SECRET_PARAMETER.sub(lambda m: m["name"] + MASK, url)
+    at = masked.rfind("@")
+    if at < 0:
+        return masked
+    slashes = masked.find("//")
+    start = slashes + 2 if 0 <= slashes < at else 0
+    user, colon, _ = masked[start:at].partition(":")
+    userinfo = f"{user}:{MASK}" if colon else MASK
+    return masked[:start] + userinfo + masked[at:]
 
 
 def shown(name: str, value: Any) -> str:
@@ -234,7 +312,7 @@ def shown(name: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, str):
-        return mask_url(value) if "://" in value else value
+        return mask_url(value)
     if isinstance(value, int):
         return str(value)
     url = getattr(value, "url", None)  # a Broker object

@@ -36,12 +36,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from taskflow.backoff import Backoff
+from taskflow.config import quoted, whole_number_text
 from taskflow.exceptions import ConfigurationError
 from taskflow.logfmt import JsonFormatter
 from taskflow.manager import RESTART_BACKOFF
 from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN
 
-__all__ = ["PROCESS_INDEX_ENV", "Child", "Supervisor", "configure_child"]
+__all__ = [
+    "PROCESSES_CEILING",
+    "PROCESS_INDEX_ENV",
+    "Child",
+    "Supervisor",
+    "check_processes",
+    "configure_child",
+    "default_processes_limit",
+    "usable_cpus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,50 @@ EXIT_USAGE = 2  # `taskflow run`'s code for a usage or configuration error
 # Past shutdown_timeout a child still cancels (5 s), runs its shutdown hooks, closes the broker
 # (at most 10 s) and exits; only one that is still there after all that is killed.
 KILL_GRACE = 20.0
+# How many children one supervisor starts: by default at most 4 per usable CPU (at least 8), so
+# that a slip of the keyboard does not fork the machine to death; an explicit limit can raise
+# that up to the ceiling, past which the count is a mistake whatever the machine.
+PROCESSES_PER_CPU = 4
+PROCESSES_FLOOR = 8
+PROCESSES_CEILING = 4096
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: taskset, a container's CPU set)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_processes_limit() -> int:
+    """The most children a supervisor starts without an explicit limit."""
+    return min(PROCESSES_CEILING, max(PROCESSES_FLOOR, PROCESSES_PER_CPU * usable_cpus()))
+
+
+def check_processes(processes: int, limit: int | None = None, label: str = "processes") -> None:
+    """Refuse a count of children that is not from 1 to `limit` (default: see above).
+
+    Raises:
+        ConfigurationError: naming `label` and how to allow more.
+    """
+    if limit is not None and not 1 <= limit <= PROCESSES_CEILING:
+        raise ConfigurationError(f"a process limit is from 1 to {PROCESSES_CEILING}, got {limit}")
+    allowed = default_processes_limit() if limit is None else limit
+    if processes < 1:
+        raise ConfigurationError(f"{label} must be at least 1, got {processes}")
+    if processes > allowed:
+        why = (
+            f"this machine's default ({PROCESSES_PER_CPU} per usable CPU, at least "
+            f"{PROCESSES_FLOOR})"
+            if limit is None
+            else "the process limit given"
+        )
+        more = (
+            f"; pass --processes-limit {processes} (or set TASKFLOW_PROCESSES_LIMIT) if you mean it"
+            if processes <= PROCESSES_CEILING
+            else f", and no supervisor starts more than {PROCESSES_CEILING}"
+        )
+        raise ConfigurationError(f"{label} {processes} is more than {allowed}, {why}{more}")
 
 
 @dataclass(slots=True)
@@ -85,6 +139,10 @@ class Supervisor:
         restart_backoff: Waits before a child that exited on its own is started again.
         env: The children's environment (default: this process's); each also gets
             ``TASKFLOW_PROCESS_INDEX``.
+        limit: The most children allowed (default: 4 per usable CPU, at least 8).
+
+    Raises:
+        ConfigurationError: for a count of children from none to more than `limit`.
     """
 
     def __init__(
@@ -96,9 +154,9 @@ class Supervisor:
         kill_grace: float = KILL_GRACE,
         restart_backoff: Backoff = RESTART_BACKOFF,
         env: Mapping[str, str] | None = None,
+        limit: int | None = None,
     ) -> None:
-        if processes < 1:
-            raise ConfigurationError(f"a supervisor runs at least 1 process, got {processes}")
+        check_processes(processes, limit)
         self.command = command
         self.children = [Child(index) for index in range(processes)]
         self.shutdown_timeout = shutdown_timeout
@@ -295,13 +353,34 @@ def configure_child() -> None:
     """In a child of a supervisor: label its log lines, and end it when the supervisor dies.
 
     Does nothing in a process that no supervisor started. Call it after `logfmt.configure`.
+
+    Raises:
+        ConfigurationError: when ``TASKFLOW_PROCESS_INDEX`` is not an index a supervisor gives.
     """
-    index = os.environ.get(PROCESS_INDEX_ENV)
-    if index is None or not index.isdigit():
+    index = process_index()
+    if index is None:
         return
-    _label_logs(int(index))
+    _label_logs(index)
     if SUPERVISOR_PID_ENV in os.environ:
         _stop_when_the_supervisor_dies()
+
+
+def process_index(environ: Mapping[str, str] | None = None) -> int | None:
+    """``TASKFLOW_PROCESS_INDEX``, or None when it is unset or empty.
+
+    Raises:
+        ConfigurationError: for anything but a whole number from 0 to the ceiling on processes.
+    """
+    text = (os.environ if environ is None else environ).get(PROCESS_INDEX_ENV, "").strip()
+    if not text:
+        return None
+    index = whole_number_text(text)
+    if index is None or not 0 <= index < PROCESSES_CEILING:
+        raise ConfigurationError(
+            f"{PROCESS_INDEX_ENV} must be a whole number from 0 to {PROCESSES_CEILING - 1} "
+            f"(a supervisor sets it for each process), got {quoted(text)}"
+        )
+    return index
 
 
 class _IndexFilter(logging.Filter):

@@ -420,9 +420,12 @@ def test_the_environment_wins_over_the_shutdown_timeout_argument(
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("soon", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got 'soon'"),
-        ("-1", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds >= 0, got '-1'"),
-        ("nan", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds >= 0, got 'nan'"),
+        (
+            "soon",
+            "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds from 0 to 86400, got 'soon'",
+        ),
+        ("-1", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds from 0 to 86400, got '-1'"),
+        ("nan", "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds from 0 to 86400, got 'nan'"),
     ],
 )
 def test_an_invalid_shutdown_timeout_in_the_environment_is_refused(

@@ -205,12 +205,12 @@ BAD_INPUT = [
     pytest.param(["run", IDLE, "--broker", "kafka://"], "no Kafka servers", id="broker-kafka"),
     pytest.param(
         ["run", IDLE, "--shutdown-timeout", "-1"],
-        "--shutdown-timeout must be a number of seconds >= 0, got -1",
+        "--shutdown-timeout must be a number of seconds from 0 to 86400, got '-1'",
         id="timeout-negative",
     ),
     pytest.param(
         ["run", IDLE, "--shutdown-timeout", "nan"],
-        "--shutdown-timeout must be a number of seconds >= 0, got nan",
+        "--shutdown-timeout must be a number of seconds from 0 to 86400, got 'nan'",
         id="timeout-nan",
     ),
     pytest.param(
@@ -259,23 +259,21 @@ def test_a_bad_cron_expression_or_time_zone_is_one_line_and_exit_code_2(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--shutdown-timeout", "soon"], "Invalid value for '--shutdown-timeout'"),
+        (["--shutdown-timeout", "soon"], "--shutdown-timeout must be a number of seconds"),
         (["--log-format", "xml"], "Invalid value for '--log-format'"),
         (["--log-level", "LOUD"], "Invalid value for '--log-level'"),
         (["--app-dir", "/no/such/dir"], "Invalid value for '--app-dir'"),
-        (["--http-port", "70000"], "Invalid value for '--http-port'"),
-        (["--http-port", "web"], "Invalid value for '--http-port'"),
+        (["--http-port", "70000"], "--http-port must be a port number from 0 to 65535"),
+        (["--http-port", "web"], "--http-port must be a port number from 0 to 65535"),
     ],
 )
-def test_bad_option_values_are_click_usage_errors(args: list[str], message: str) -> None:
+def test_bad_option_values_are_one_line_usage_errors(args: list[str], message: str) -> None:
     result = taskflow("run", IDLE, *args)
 
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[0].startswith("Usage: taskflow run ")
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1
-    assert message in errors[0]
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: ")
+    assert message in line
 
 
 def test_a_missing_import_inside_the_app_is_not_called_a_missing_app(tmp_path: Path) -> None:
@@ -649,7 +647,8 @@ def test_a_broker_from_the_environment_is_checked_with_the_codes_options() -> No
         (
             "run",
             {"TASKFLOW_SHUTDOWN_TIMEOUT": "abc"},
-            "Error: TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got 'abc'",
+            "Error: TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds from 0 to 86400,"
+            " got 'abc'",
         ),
         (
             "info",
@@ -670,7 +669,8 @@ def test_a_broker_from_the_environment_is_checked_with_the_codes_options() -> No
         (
             "info",
             {"TASKFLOW_BROKER": "kafka://k:9092", "TASKFLOW_KAFKA_SESSION_TIMEOUT_MS": "soon"},
-            "Error: TASKFLOW_KAFKA_SESSION_TIMEOUT_MS must be an integer, got 'soon'",
+            "Error: TASKFLOW_KAFKA_SESSION_TIMEOUT_MS must be an integer from 1000 to 1800000 "
+            "(milliseconds), got 'soon'",
         ),
     ],
 )

@@ -119,17 +119,17 @@ def test_only_options_with_a_flag_take_one() -> None:
         (
             "TASKFLOW_SHUTDOWN_TIMEOUT",
             "abc",
-            "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds, got 'abc'",
+            "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds from 0 to 86400, got 'abc'",
         ),
         (
             "TASKFLOW_SHUTDOWN_TIMEOUT",
             "-1",
-            "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds >= 0, got '-1'",
+            "TASKFLOW_SHUTDOWN_TIMEOUT must be a number of seconds from 0 to 86400, got '-1'",
         ),
         (
             "TASKFLOW_COMMIT_INTERVAL",
             "nan",
-            "TASKFLOW_COMMIT_INTERVAL must be a number of seconds >= 0, got 'nan'",
+            "TASKFLOW_COMMIT_INTERVAL must be a number of seconds from 0 to 3600, got 'nan'",
         ),
         (
             "TASKFLOW_HTTP_PORT",
@@ -172,8 +172,14 @@ def test_a_bad_variable_is_refused_even_when_a_flag_would_win() -> None:
 @pytest.mark.parametrize(
     ("code", "message"),
     [
-        ({"shutdown_timeout": -1}, "shutdown_timeout must be a number of seconds >= 0, got -1"),
-        ({"commit_interval": "1"}, "commit_interval must be a number of seconds >= 0, got '1'"),
+        (
+            {"shutdown_timeout": -1},
+            "shutdown_timeout must be a number of seconds from 0 to 86400, got -1",
+        ),
+        (
+            {"commit_interval": "1"},
+            "commit_interval must be a number of seconds from 0 to 3600, got '1'",
+        ),
         ({"idempotent": "yes"}, "idempotent is True or False, got 'yes'"),
         ({"http_port": 65536}, "http_port must be a port number from 0 to 65535"),
         ({"redis_url": 6379}, "redis_url is a Redis URL such as redis://localhost:6379/0"),
@@ -190,7 +196,7 @@ def test_a_bad_argument_is_refused_naming_it(code: dict[str, Any], message: str)
     [
         (
             {"shutdown_timeout": float("nan")},
-            "--shutdown-timeout must be a number of seconds >= 0, got nan",
+            "--shutdown-timeout must be a number of seconds from 0 to 86400, got nan",
         ),
         (
             {"redis_url": "localhost:6379"},

@@ -495,4 +495,4 @@ def test_a_taken_port_is_a_usage_error() -> None:
 def test_an_out_of_range_port_is_a_usage_error() -> None:
     with AppProcess("tests.apps.idle:app", "--http-port", "70000") as app:
         assert app.wait() == 2
-    assert "Invalid value for '--http-port'" in app.log
+    assert "Error: --http-port must be a port number from 0 to 65535, got '70000'" in app.log

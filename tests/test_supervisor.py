@@ -266,9 +266,9 @@ def test_each_periodic_tick_runs_once_across_the_processes_with_redis(
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("0", "must be at least 1 (or 'auto'), got 0"),
-        ("-3", "must be at least 1 (or 'auto'), got -3"),
-        ("many", "'many' is not a whole number or 'auto'"),
+        ("0", "must be a whole number from 1 to 4096 or 'auto', got '0'"),
+        ("-3", "must be a whole number from 1 to 4096 or 'auto', got '-3'"),
+        ("many", "must be a whole number from 1 to 4096 or 'auto', got 'many'"),
     ],
 )
 def test_a_bad_process_count_is_a_usage_error(value: str, message: str) -> None:
@@ -282,15 +282,17 @@ def test_a_bad_process_count_is_a_usage_error(value: str, message: str) -> None:
     )
 
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == (f"Error: Invalid value for '--processes': {message}")
+    assert result.stderr.splitlines() == [
+        f"Error: Invalid value for '--processes' (env var: 'TASKFLOW_PROCESSES'): {message}"
+    ]
 
 
 def test_auto_is_one_process_per_usable_cpu() -> None:
-    from taskflow.cli import _ProcessCount
+    from taskflow.cli import _WholeNumber
 
-    assert _ProcessCount().convert("auto", None, None) == len(os.sched_getaffinity(0))
-    assert _ProcessCount().convert("3", None, None) == 3
+    count = _WholeNumber(1, 4096, auto=True)
+    assert count.convert("auto", None, None) == len(os.sched_getaffinity(0))
+    assert count.convert("3", None, None) == 3
 
 
 # -- the Supervisor in-process, over tiny children ---------------------------------------------

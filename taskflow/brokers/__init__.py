@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from taskflow.brokers.base import Broker, Consumer, ConsumerOptions, RebalanceListener
 from taskflow.brokers.memory import MemoryBroker
+from taskflow.config import quoted
 from taskflow.exceptions import ConfigurationError
 
 __all__ = [
@@ -33,11 +34,11 @@ def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broke
         ConfigurationError: for an unknown scheme, a malformed URL or an invalid option.
     """
     if not isinstance(url, str):
-        raise ConfigurationError(f"a broker URL is a string, got {url!r}")
+        raise ConfigurationError(f"a broker URL is a string, got {type(url).__name__}")
     try:
         scheme = urlsplit(url).scheme if "://" in url else ""
     except ValueError as exc:
-        raise ConfigurationError(f"malformed broker URL {url!r}: {exc}") from None
+        raise ConfigurationError(f"malformed broker URL {quoted(url)}: {exc}") from None
     if scheme == "memory":
         if options:
             raise ConfigurationError(
@@ -49,5 +50,5 @@ def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broke
 
         return KafkaBroker.from_url(url, options)
     raise ConfigurationError(
-        f"unsupported broker URL {url!r}: use memory:// or kafka://host:port[,host:port…]"
+        f"unsupported broker URL {quoted(url)}: use memory:// or kafka://host:port[,host:port…]"
     )

@@ -49,6 +49,7 @@ from taskflow.brokers.base import (
     PartitionFacts,
     RebalanceListener,
 )
+from taskflow.config import quoted, shown_value, whole_number_text
 from taskflow.exceptions import (
     BrokerError,
     CommitError,
@@ -59,7 +60,7 @@ from taskflow.exceptions import (
 )
 from taskflow.message import Headers, Message, TopicPartition
 
-__all__ = ["KafkaBroker", "KafkaConsumer", "kafka_options_from_env"]
+__all__ = ["KafkaBroker", "KafkaConsumer", "kafka_options_from_env", "kafka_variables"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,18 @@ _CHOICES = {
     "isolation_level": ("read_uncommitted", "read_committed"),
 }
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+# Every whole-number option (its aiokafka default is an int) runs from 0, or 1 when its default is
+# positive, to the largest value Kafka's protocol carries; these are narrower, or start at 0.
+_INT32_MAX = 2**31 - 1
+_RANGES: dict[str, tuple[int, int]] = {
+    # Kafka brokers refuse sessions outside group.min/max.session.timeout.ms (6 s to 30 min by
+    # default, often lowered for tests); under 1 s no heartbeat keeps a member in its group.
+    "session_timeout_ms": (1000, 1_800_000),
+    "rebalance_timeout_ms": (1, _INT32_MAX),  # its default, None, says "session_timeout_ms"
+    "fetch_max_wait_ms": (0, _INT32_MAX),
+    "fetch_min_bytes": (0, _INT32_MAX),
+    "retry_backoff_ms": (0, _INT32_MAX),
+}
 # Objects, not text: they can only be given in code.
 _NOT_FROM_ENV = (
     "ssl_context",
@@ -115,7 +128,7 @@ def parse_bootstrap(url: str) -> list[str]:
     Raises:
         ConfigurationError: when the URL has no servers, a bad port, a path or a query.
     """
-    usage = f"a Kafka broker URL is kafka://host:port[,host:port…], got {url!r}"
+    usage = f"a Kafka broker URL is kafka://host:port[,host:port…], got {quoted(url)}"
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # urlsplit's own complaints, e.g. "Invalid IPv6 URL"
@@ -132,7 +145,7 @@ def parse_bootstrap(url: str) -> list[str]:
         )
     servers = [s.strip() for s in parts.netloc.split(",") if s.strip()]
     if not servers:
-        raise ConfigurationError(f"no Kafka servers in {url!r}: use kafka://host:port")
+        raise ConfigurationError(f"no Kafka servers in {quoted(url)}: use kafka://host:port")
     for server in servers:
         host, sep, port = server.rpartition(":")
         bracketed = host.startswith("[") and host.endswith("]")  # an IPv6 address
@@ -141,21 +154,32 @@ def parse_bootstrap(url: str) -> list[str]:
             or not host
             or (":" in host and not bracketed)
             or not (port.isascii() and port.isdigit())
-            or not 0 < int(port) < 65536
+            or not 0 < (whole_number_text(port) or 0) < 65536
         ):
-            raise ConfigurationError(f"{server!r} in {url!r} is not host:port with a valid port")
+            raise ConfigurationError(
+                f"{quoted(server)} in {quoted(url)} is not host:port with a valid port"
+            )
     return servers
 
 
 def kafka_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Collect ``TASKFLOW_KAFKA_<OPTION>`` variables as aiokafka options, typed like defaults."""
+    """Collect ``TASKFLOW_KAFKA_<OPTION>`` variables as aiokafka options, typed like defaults.
+
+    An empty variable counts as unset, as for every ``TASKFLOW_*`` variable.
+    """
     env = os.environ if environ is None else environ
     options: dict[str, Any] = {}
     for name, raw in env.items():
-        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX) and raw.strip():
             option = name[len(ENV_PREFIX) :].lower()
             options[option] = _typed(option, raw, name)
     return options
+
+
+def kafka_variables() -> list[str]:
+    """The ``TASKFLOW_KAFKA_<OPTION>`` variable of every option aiokafka's clients take."""
+    names = (_CONSUMER_PARAMS | _PRODUCER_PARAMS | set(_SSL_FILES)) - {"loop"}
+    return sorted(ENV_PREFIX + name.upper() for name in names)
 
 
 def _typed(option: str, raw: str, variable: str) -> Any:
@@ -166,18 +190,16 @@ def _typed(option: str, raw: str, variable: str) -> Any:
     if option == "acks":
         return _acks(raw, variable)
     default = _ENV_TYPES.get(option, _default_of(option))
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        kind = _KINDS[type(default)]
-        raise ConfigurationError(f"{variable} must be {kind}, got {raw!r}") from None
+    if isinstance(default, bool):
+        if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigurationError(f"{variable} must be true or false, got {quoted(raw)}")
+        return raw.strip().lower() in ("true", "1", "yes")
+    if isinstance(default, int):
+        value = whole_number_text(raw)
+        low, high = _range(option)
+        if value is None or not low <= value <= high:
+            raise ConfigurationError(f"{variable} must be {_kind(option)}, got {quoted(raw)}")
+        return value
     return raw
 
 
@@ -186,7 +208,7 @@ def _acks(raw: str, variable: str) -> str | int:
     if value == "all":
         return "all"
     if value not in ("0", "1", "-1"):
-        raise ConfigurationError(f"{variable} must be all, 0, 1 or -1, got {raw!r}")
+        raise ConfigurationError(f"{variable} must be all, 0, 1 or -1, got {quoted(raw)}")
     return int(value)
 
 
@@ -196,6 +218,46 @@ def _default_of(option: str) -> Any:
         if param is not None and param.default is not inspect.Parameter.empty:
             return param.default
     return None
+
+
+def _range(option: str) -> tuple[int, int]:
+    """The values a whole-number option may take; see `_RANGES`."""
+    if option in _RANGES:
+        return _RANGES[option]
+    default = _ENV_TYPES.get(option, _default_of(option))
+    return (1 if default > 0 else 0), _INT32_MAX
+
+
+def _kind(option: str) -> str:
+    low, high = _range(option)
+    unit = " (milliseconds)" if option.endswith("_ms") else ""
+    return f"an integer from {low} to {high}{unit}"
+
+
+def _is_whole_number_option(option: str) -> bool:
+    default = _ENV_TYPES.get(option, _default_of(option))
+    return isinstance(default, int) and not isinstance(default, bool)
+
+
+def _check_value(name: str, value: Any) -> None:
+    """Refuse a value of the wrong type, or a number out of range, for the option `name`."""
+    label = f"Kafka option {name!r}"
+    if _is_whole_number_option(name):
+        low, high = _range(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigurationError(f"{label} must be {_kind(name)}, got {shown_value(value)}")
+    elif isinstance(_default_of(name), bool) and not isinstance(value, bool):
+        raise ConfigurationError(f"{label} is True or False, got {shown_value(value)}")
+
+
+def _check_heartbeat(consumer: Mapping[str, Any]) -> None:
+    session = consumer.get("session_timeout_ms")
+    heartbeat = consumer.get("heartbeat_interval_ms")
+    if session is not None and heartbeat is not None and heartbeat >= session:
+        raise ConfigurationError(
+            f"Kafka option 'heartbeat_interval_ms' ({heartbeat}) must be lower than "
+            f"'session_timeout_ms' ({session}), typically a third of it"
+        )
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -218,12 +280,15 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
             raise ConfigurationError(f"unknown Kafka option {name!r}{_suggestion(name)}")
         if name in _CHOICES and value not in _CHOICES[name]:
             raise ConfigurationError(
-                f"Kafka option {name!r} is one of {', '.join(_CHOICES[name])}, got {value!r}"
+                f"Kafka option {name!r} is one of {', '.join(_CHOICES[name])}, "
+                f"got {shown_value(value)}"
             )
+        _check_value(name, value)
         if in_consumer:
             consumer[name] = value
         if in_producer:
             producer[name] = value
+    _check_heartbeat(consumer)
     return consumer, producer
 
 

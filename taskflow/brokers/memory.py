@@ -30,6 +30,7 @@ from taskflow.brokers.base import (
     RebalanceListener,
     record_size,
 )
+from taskflow.config import quoted, whole_number_text
 from taskflow.exceptions import CommitError, ConfigurationError, RecordTooLarge, StateError
 from taskflow.message import Headers, Message, TopicPartition
 
@@ -38,6 +39,8 @@ __all__ = ["MemoryBroker", "MemoryConsumer"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
+MAX_PARTITIONS = 1024  # one process holds every partition of every topic in memory
+MAX_REQUEST_SIZE = 2**31 - 1  # the largest size Kafka's protocol carries
 
 
 class _Topic:
@@ -126,16 +129,17 @@ class MemoryBroker:
         parts = urlsplit(url)
         if parts.netloc or parts.path not in ("", "/"):
             raise ConfigurationError(
-                f"a memory broker URL is memory:// or memory://?partitions=N, got {url!r}"
+                f"a memory broker URL is memory:// or memory://?partitions=N, got {quoted(url)}"
             )
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = set(query) - {"partitions", "max_request_size"}
         if unknown:
             raise ConfigurationError(
-                f"unknown memory broker option {sorted(unknown)[0]!r} in {url!r}"
+                f"unknown memory broker option {quoted(sorted(unknown)[0])} in {quoted(url)}"
             )
-        partitions = _positive(query, "partitions", DEFAULT_PARTITIONS)
-        return cls(partitions, _positive(query, "max_request_size", DEFAULT_MAX_REQUEST_SIZE))
+        partitions = _positive(query, "partitions", DEFAULT_PARTITIONS, MAX_PARTITIONS)
+        max_size = _positive(query, "max_request_size", DEFAULT_MAX_REQUEST_SIZE, MAX_REQUEST_SIZE)
+        return cls(partitions, max_size)
 
     @property
     def url(self) -> str:
@@ -246,11 +250,14 @@ class MemoryBroker:
             self._committed.notify_all()
 
 
-def _positive(query: Mapping[str, list[str]], name: str, default: int) -> int:
+def _positive(query: Mapping[str, list[str]], name: str, default: int, bound: int) -> int:
     raw = query.get(name, [str(default)])[-1]
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigurationError(f"{name} must be a positive whole number, got {raw!r}")
-    return int(raw)
+    number = whole_number_text(raw)
+    if number is None or not 1 <= number <= bound:
+        raise ConfigurationError(
+            f"{name} must be a positive whole number up to {bound}, got {quoted(raw)}"
+        )
+    return number
 
 
 class MemoryConsumer:

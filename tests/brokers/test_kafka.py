@@ -235,8 +235,16 @@ def test_environment_options_are_typed_like_the_aiokafka_defaults() -> None:
 @pytest.mark.parametrize(
     ("variable", "raw", "complaint"),
     [
-        ("TASKFLOW_KAFKA_SESSION_TIMEOUT_MS", "2s", "must be an integer, got '2s'"),
-        ("TASKFLOW_KAFKA_REBALANCE_TIMEOUT_MS", "soon", "must be an integer, got 'soon'"),
+        (
+            "TASKFLOW_KAFKA_SESSION_TIMEOUT_MS",
+            "2s",
+            "must be an integer from 1000 to 1800000 (milliseconds), got '2s'",
+        ),
+        (
+            "TASKFLOW_KAFKA_REBALANCE_TIMEOUT_MS",
+            "soon",
+            "must be an integer from 1 to 2147483647 (milliseconds), got 'soon'",
+        ),
         ("TASKFLOW_KAFKA_ENABLE_IDEMPOTENCE", "maybe", "must be true or false, got 'maybe'"),
         ("TASKFLOW_KAFKA_ACKS", "most", "must be all, 0, 1 or -1, got 'most'"),
         ("TASKFLOW_KAFKA_SSL_CONTEXT", "/etc/ssl", "pass it in App(broker_options=...)"),

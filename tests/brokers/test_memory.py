@@ -131,11 +131,11 @@ def test_url_sets_the_partition_count(url: str, partitions: int) -> None:
         ("memory://?partition=8", "unknown memory broker option 'partition'"),
         ("memory://?partitions=8&acks=all", "unknown memory broker option 'acks'"),
         ("memory://localhost", "memory:// or memory://?partitions=N"),
-        ("memory://?partitions=0", "positive whole number, got '0'"),
-        ("memory://?partitions=-2", "positive whole number, got '-2'"),
-        ("memory://?partitions=eight", "positive whole number, got 'eight'"),
-        ("memory://?partitions=2.5", "positive whole number, got '2.5'"),
-        ("memory://?partitions=", "positive whole number, got ''"),
+        ("memory://?partitions=0", "positive whole number up to 1024, got '0'"),
+        ("memory://?partitions=-2", "positive whole number up to 1024, got '-2'"),
+        ("memory://?partitions=eight", "positive whole number up to 1024, got 'eight'"),
+        ("memory://?partitions=2.5", "positive whole number up to 1024, got '2.5'"),
+        ("memory://?partitions=", "positive whole number up to 1024, got ''"),
     ],
 )
 def test_a_bad_url_says_what_is_wrong(url: str, complaint: str) -> None:
