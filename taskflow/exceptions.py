@@ -12,7 +12,8 @@ Failures::
     ├── BrokerError               the broker failed or cannot be reached
     │   ├── PublishError          a message could not be published
     │   └── CommitError           an offset commit was refused (the group moved on)
-    └── ShutdownError             workers had to be cancelled to meet the shutdown deadline
+    ├── ShutdownError             workers had to be cancelled to meet the shutdown deadline
+    └── StartupInterrupted        a stop signal came before the app was ready
 
 Control flow (raised by handlers, never by taskflow on its own), kept apart from failures::
 
@@ -39,6 +40,7 @@ __all__ = [
     "Reject",
     "Retry",
     "ShutdownError",
+    "StartupInterrupted",
     "StateError",
     "StoreError",
     "TaskflowError",
@@ -83,6 +85,10 @@ class PublishError(BrokerError):
 
 class ShutdownError(TaskflowError):
     """Workers had to be cancelled because they did not finish within the shutdown timeout."""
+
+
+class StartupInterrupted(TaskflowError):
+    """A stop signal came before the app was ready; what start-up had opened is closed."""
 
 
 class HandlerSignal(Exception):

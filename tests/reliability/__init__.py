@@ -1,1 +1,2 @@
-"""Misbehaving handlers, oversized records and bad configuration, run the way an operator meets them."""
+"""Misbehaving handlers, oversized records and bad configuration, run the way an operator
+meets them."""
