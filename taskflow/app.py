@@ -106,12 +106,14 @@ class App:
             `MemoryIdempotencyStore()` for tests and single-process dev.
         http_port: Serve /healthz, /readyz, /metrics and /status on this TCP port while the app
             runs (0 picks a free one); default no endpoint.
+        http_host: The address the operations endpoint listens on (default ``0.0.0.0``, every
+            interface; ``127.0.0.1`` keeps it inside the host).
 
     Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
     `TASKFLOW_REDIS_URL`, `TASKFLOW_SHUTDOWN_TIMEOUT`, `TASKFLOW_COMMIT_INTERVAL`,
-    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`); a `taskflow` flag wins over both. `settings`
-    says where each value came from. See the configuration guide.
+    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`); a `taskflow` flag wins
+    over both. `settings` says where each value came from. See the configuration guide.
 
     Example:
         ```python
@@ -142,6 +144,7 @@ class App:
         idempotent: bool | None = None,
         idempotency_store: IdempotencyStore | None = None,
         http_port: int | None = None,
+        http_host: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -157,6 +160,7 @@ class App:
                 "commit_interval": commit_interval,
                 "idempotent": idempotent,
                 "http_port": http_port,
+                "http_host": http_host,
             },
             kafka_parser=_kafka_options,
         )
@@ -175,6 +179,7 @@ class App:
         self.idempotent = settings.idempotent
         self.idempotency_store = _idempotency_store(idempotency_store)
         self.http_port = settings.http_port
+        self.http_host = settings.http_host
         self.state = State()
         self.consumers: list[ConsumerSpec] = []
         self.schedules: list[ScheduleSpec] = []

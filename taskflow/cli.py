@@ -32,6 +32,7 @@ from taskflow.exceptions import (
     AppLoadError,
     BrokerError,
     ConfigurationError,
+    StartupInterrupted,
     StoreError,
     TaskflowError,
 )
@@ -133,6 +134,7 @@ def _apply(app: App, flags: Mapping[str, Any]) -> None:
             "shutdown_timeout": app.shutdown_timeout,
             "commit_interval": app.commit_interval,
             "http_port": app.http_port,
+            "http_host": app.http_host,
         }
     ).with_flags(flags)
     if flags.get("broker") is not None:
@@ -144,6 +146,7 @@ def _apply(app: App, flags: Mapping[str, Any]) -> None:
     app.shutdown_timeout = settings.shutdown_timeout
     app.commit_interval = settings.commit_interval
     app.http_port = settings.http_port
+    app.http_host = settings.http_host
 
 
 def _check_broker_url(url: str, settings: Settings) -> None:
@@ -185,6 +188,11 @@ _http_port = click.option(
     metavar="PORT",
     help="Serve /healthz, /readyz, /metrics and /status on this port; 0: any free port "
     "(over TASKFLOW_HTTP_PORT).",
+)
+_http_host = click.option(
+    "--http-host",
+    help="The address the operations endpoint listens on (default 0.0.0.0, every interface; "
+    "over TASKFLOW_HTTP_HOST).",
 )
 _log_level = click.option(
     "--log-level",
@@ -277,6 +285,7 @@ def main() -> None:
 @_log_format
 @_shutdown_timeout
 @_http_port
+@_http_host
 @click.option(
     "--processes",
     envvar="TASKFLOW_PROCESSES",
@@ -305,14 +314,15 @@ def run(
     log_format: str,
     shutdown_timeout: str | None,
     http_port: str | None,
+    http_host: str | None,
     processes: int,
     processes_limit: int | None,
     debug: bool,
 ) -> None:
-    """Run the app's workers until SIGINT or SIGTERM, then shut down gracefully.
+    """Run the app's workers until SIGINT, SIGTERM or SIGHUP, then shut down gracefully.
 
-    Exit code 0 after a clean shutdown, 1 when work had to be cancelled or startup failed, 2 for a
-    usage error.
+    Exit code 0 after a clean shutdown, 1 when work had to be cancelled or startup failed or was
+    interrupted by a signal, 2 for a usage error.
     """
     _configure_logging(log_level, log_format)
     try:
@@ -325,6 +335,7 @@ def run(
         "redis_url": redis,
         "shutdown_timeout": shutdown_timeout,
         "http_port": http_port,
+        "http_host": http_host,
     }
     app = _prepare(app_ref, app_dir, debug, flags)
     if processes > 1:
@@ -337,6 +348,9 @@ def run(
         report = asyncio.run(serve(app))
     except ConfigurationError as exc:
         _fail(str(exc), debug)
+    except StartupInterrupted as exc:
+        logger.warning("app %s did not run: start-up interrupted: %s", app.name, exc)
+        sys.exit(EXIT_UNCLEAN)
     except TaskflowError as exc:
         logger.error("app %s did not run: %s", app.name, exc, exc_info=exc if debug else None)
         sys.exit(EXIT_UNCLEAN)
@@ -411,6 +425,7 @@ def _child_args(ctx: click.Context, skip: set[str]) -> list[str]:
 @_redis
 @_shutdown_timeout
 @_http_port
+@_http_host
 @_debug
 def info(
     app_ref: str,
@@ -419,6 +434,7 @@ def info(
     redis: str | None,
     shutdown_timeout: str | None,
     http_port: str | None,
+    http_host: str | None,
     debug: bool,
 ) -> None:
     """Show the app's workers and its settings.
@@ -433,6 +449,7 @@ def info(
         "redis_url": redis,
         "shutdown_timeout": shutdown_timeout,
         "http_port": http_port,
+        "http_host": http_host,
     }
     app = _prepare(app_ref, app_dir, debug, flags)
     recorded: dict[str, operations.Recorded] | None = {}

@@ -30,6 +30,7 @@ from taskflow.exceptions import ConfigurationError
 __all__ = [
     "DEFAULT_BROKER",
     "DEFAULT_COMMIT_INTERVAL",
+    "DEFAULT_HTTP_HOST",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "KAFKA_PREFIX",
     "OPTIONS",
@@ -52,6 +53,7 @@ KafkaParser = Callable[[Mapping[str, str]], Mapping[str, Any]]
 DEFAULT_BROKER: Final = "memory://"
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
 DEFAULT_COMMIT_INTERVAL: Final = 1.0
+DEFAULT_HTTP_HOST: Final = "0.0.0.0"  # every interface: probes come from the node
 KAFKA_PREFIX: Final = "TASKFLOW_KAFKA_"
 MAX_PORT: Final = 65535
 # Past these a value is a mistake (milliseconds written as seconds, "inf"), not a choice.
@@ -179,6 +181,18 @@ def _port_text(text: str, variable: str) -> int:
     return value
 
 
+def _host(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ConfigurationError(
+            f"{label} must be an address to listen on, such as 127.0.0.1 or 0.0.0.0, got {value!r}"
+        )
+    return value
+
+
+def _host_text(text: str, variable: str) -> str:
+    return _host(text, variable)
+
+
 def _flag(value: Any, label: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{label} is True or False, got {_got(value)}")
@@ -271,6 +285,7 @@ OPTIONS: Final = (
     ),
     Option("idempotent", "TASKFLOW_IDEMPOTENT", None, False, _flag, _flag_text),
     Option("http_port", "TASKFLOW_HTTP_PORT", "--http-port", None, _port, _port_text),
+    Option("http_host", "TASKFLOW_HTTP_HOST", "--http-host", DEFAULT_HTTP_HOST, _host, _host_text),
 )
 """The options read from the environment, in the order `taskflow info` lists them."""
 
@@ -371,6 +386,7 @@ class Settings:
         commit_interval: Seconds between offset commits.
         idempotent: The default of ``idempotent=`` for every registration.
         http_port: The operations endpoint's port, or None for no endpoint.
+        http_host: The address the operations endpoint listens on.
         sources: Where each option came from, by name (``broker_options.<option>`` too).
     """
 
@@ -381,6 +397,7 @@ class Settings:
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     idempotent: bool = False
     http_port: int | None = None
+    http_host: str = DEFAULT_HTTP_HOST
     sources: Mapping[str, Source] = field(default_factory=dict)
     _layers: _Layers | None = field(default=None, repr=False, compare=False)
 
@@ -396,7 +413,8 @@ class Settings:
 
         Args:
             code: The App arguments by name: ``broker``, ``broker_options``, ``redis_url``,
-                ``shutdown_timeout``, ``commit_interval``, ``idempotent``, ``http_port``.
+                ``shutdown_timeout``, ``commit_interval``, ``idempotent``, ``http_port``,
+                ``http_host``.
             environ: The environment; default ``os.environ``.
             kafka_parser: Reads ``TASKFLOW_KAFKA_*`` variables as typed options; without one
                 they are not read.
@@ -436,7 +454,7 @@ class Settings:
         """These settings with CLI flags over them; a None flag was not given.
 
         `flags` is keyed by option name (``broker``, ``redis_url``, ``shutdown_timeout``,
-        ``http_port``): only options that have a flag.
+        ``http_port``, ``http_host``): only options that have a flag.
 
         Raises:
             ConfigurationError: for a bad flag value, naming the flag.

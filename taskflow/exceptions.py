@@ -14,7 +14,8 @@ Failures::
     │   │   └── RecordRefused     the broker will never take this record (not authorised, bad topic)
     │   │       └── RecordTooLarge  the record is over the producer's max_request_size
     │   └── CommitError           an offset commit was refused (the group moved on)
-    └── ShutdownError             workers had to be cancelled to meet the shutdown deadline
+    ├── ShutdownError             workers had to be cancelled to meet the shutdown deadline
+    └── StartupInterrupted        a stop signal came before the app was ready
 
 Control flow (raised by handlers, never by taskflow on its own), kept apart from failures::
 
@@ -43,6 +44,7 @@ __all__ = [
     "Reject",
     "Retry",
     "ShutdownError",
+    "StartupInterrupted",
     "StateError",
     "StoreError",
     "TaskflowError",
@@ -95,6 +97,10 @@ class RecordTooLarge(RecordRefused):
 
 class ShutdownError(TaskflowError):
     """Workers had to be cancelled because they did not finish within the shutdown timeout."""
+
+
+class StartupInterrupted(TaskflowError):
+    """A stop signal came before the app was ready; what start-up had opened is closed."""
 
 
 class HandlerSignal(Exception):

@@ -4,13 +4,21 @@
 aiohttp's server (`web.AppRunner` and `web.TCPSite`) inside the app's own event loop, with no
 signal handlers of its own: the Manager owns SIGINT and SIGTERM.
 
-- ``GET /healthz``: liveness. 503 when the event loop was blocked recently (a `LoopMonitor`
-  measures how late a sleeping task wakes up), or a handler has run past its `timeout=` by more
-  than a grace (the `Watchdog` of `taskflow.middleware.timeout` notes each timed call).
+- ``GET /healthz``: liveness. 503 when the event loop was blocked recently (the run's
+  `taskflow.loopwatch.LoopWatch` measures how late its ticks come), or a handler has run past
+  its `timeout=` by more than a grace (the `Watchdog` of `taskflow.middleware.timeout` notes
+  each timed call).
 - ``GET /readyz``: readiness. 503 from the moment a stop is requested, and while any worker is
   not running or any consumer has no partition assigned.
-- ``GET /metrics``: the OpenTelemetry metrics in the Prometheus text format.
+- ``GET /metrics``: the OpenTelemetry metrics in the Prometheus text format. The text is rendered
+  in a thread, one render at a time; requests that come while one runs share it, and an answer is
+  served again for `METRICS_MAX_AGE` (1 s), so scrapes never hold up the handlers.
 - ``GET /status``: every worker as JSON.
+
+At most `MAX_CONNECTIONS` (64) connections are served at once; one more is answered 503 and
+closed, after a second. `App(http_host=...)`, ``--http-host`` or ``TASKFLOW_HTTP_HOST`` chooses
+the address (default ``0.0.0.0``, every interface; ``127.0.0.1`` keeps the endpoint inside the
+host or pod).
 
 On shutdown /readyz turns 503 as soon as the stop is requested; the listening socket closes before
 any worker is asked to stop (connections already open are still answered while workers drain);
@@ -25,6 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -34,6 +43,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from taskflow.exceptions import ConfigurationError, StateError
+from taskflow.loopwatch import LoopWatch
 from taskflow.types import WorkerState
 from taskflow.workers import ConsumerWorker, ScheduledWorker
 
@@ -48,14 +58,14 @@ if TYPE_CHECKING:
     from taskflow.runner import Runtime
     from taskflow.types import Worker
 
-__all__ = ["LoopMonitor", "Operations", "OperationsState"]
+__all__ = ["MetricsRenderer", "Operations", "OperationsState"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "0.0.0.0"  # probes come from the node, not from inside the pod
-LOOP_CHECK_INTERVAL = 0.1  # how often the loop monitor wakes up
-LOOP_LAG_LIMIT = 1.0  # waking up this late means the event loop was blocked
-LOOP_BLOCK_MEMORY = 10.0  # /healthz fails for this long after a block
+MAX_CONNECTIONS = 64  # open connections past this are answered 503 and closed
+BUSY_DELAY = 1.0  # seconds before a connection past the limit gets its 503
+METRICS_MAX_AGE = 1.0  # seconds a rendered /metrics answer is served again to other requests
 FACTS_TIMEOUT = 2.0  # /status waits this long for a consumer's lag
 SERVER_CLOSE_TIMEOUT = 2.0  # requests still running when the server closes get this long
 
@@ -67,69 +77,6 @@ class OperationsState(enum.Enum):
     SERVING = "serving"
     DRAINING = "draining"  # no new connections; open ones are still answered
     CLOSED = "closed"
-
-
-# -- the event loop ------------------------------------------------------------------------
-
-
-class LoopMonitor:
-    """Measures the event loop's lag: how late a task that sleeps `interval` wakes up.
-
-    A loop that runs blocking code (a sync call in an `async def`, heavy CPU) wakes everything
-    late; a lag of `limit` or more counts as a block, and `problem` reports it for `memory`
-    seconds. A loop blocked right now cannot answer at all: the probe's own timeout is the signal.
-
-    Args:
-        interval: Seconds between wake-ups.
-        limit: A lag of this many seconds is a block.
-        memory: Seconds for which a block is reported.
-    """
-
-    def __init__(
-        self,
-        *,
-        interval: float = LOOP_CHECK_INTERVAL,
-        limit: float = LOOP_LAG_LIMIT,
-        memory: float = LOOP_BLOCK_MEMORY,
-    ) -> None:
-        self.interval = interval
-        self.limit = limit
-        self.memory = memory
-        self.lag = 0.0
-        self.blocked: tuple[float, float] | None = None  # (when it was noticed, how long)
-        self._due: float | None = None  # when the sleeping monitor should wake up
-
-    async def run(self) -> None:
-        """Measure until cancelled."""
-        loop = asyncio.get_running_loop()
-        while True:
-            self._due = loop.time() + self.interval
-            # A sleep, not an event: the lateness of this very wake-up is what is measured.
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            self.note(now - self._due, now)
-
-    def note(self, lag: float, now: float) -> None:
-        """Record one measured lag."""
-        self.lag = max(lag, 0.0)
-        if lag >= self.limit:
-            self.blocked = (now, lag)
-            logger.warning("the event loop was blocked for %.2fs", lag)
-
-    def problem(self, now: float) -> str | None:
-        """Why the loop is unhealthy at loop time `now`, or None."""
-        # The monitor may not have run yet after a block that just ended: its overdue wake-up
-        # tells the same story.
-        if self._due is not None and now - self._due >= self.limit:
-            return f"the event loop was blocked for {now - self._due:.2f}s until just now"
-        if self.blocked is not None:
-            noticed, lag = self.blocked
-            if now - noticed <= self.memory:
-                return f"the event loop was blocked for {lag:.2f}s, {now - noticed:.1f}s ago"
-        return None
-
-
-# -- handlers ------------------------------------------------------------------------------
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -167,7 +114,108 @@ def _prometheus(app: App) -> tuple[CollectorRegistry, MeterProvider | None]:
     return registry, provider
 
 
+class MetricsRenderer:
+    """The Prometheus text of a registry, rendered off the event loop.
+
+    One thread renders, one render at a time. Requests that come while a render runs wait for
+    it and share its answer, which is served again for `max_age` seconds: a flood of scrapes
+    costs at most one render a second, none of it on the loop.
+
+    Args:
+        registry: The registry to render.
+        max_age: Seconds an answer is served again.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, max_age: float = METRICS_MAX_AGE) -> None:
+        self.registry = registry
+        self.max_age = max_age
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="taskflow-metrics")
+        self._answers: dict[str, tuple[float, bytes]] = {}  # by content type: (when, text)
+        self._renders: dict[str, asyncio.Future[bytes]] = {}  # by content type: running now
+
+    async def render(self, encoder: Callable[[CollectorRegistry], bytes], kind: str) -> bytes:
+        """The registry as `encoder` writes it (of content type `kind`), fresh within max_age."""
+        answer = self._answers.get(kind)
+        if answer is not None and time.monotonic() - answer[0] < self.max_age:
+            return answer[1]
+        render = self._renders.get(kind)
+        if render is None:
+            loop = asyncio.get_running_loop()
+            render = loop.run_in_executor(self._thread, encoder, self.registry)
+            self._renders[kind] = render
+            render.add_done_callback(lambda done: self._keep(kind, done))
+        # Shielded: a client that goes away must not cancel the render the others wait for.
+        return await asyncio.shield(render)
+
+    def _keep(self, kind: str, render: asyncio.Future[bytes]) -> None:
+        self._renders.pop(kind, None)
+        if not render.cancelled() and render.exception() is None:
+            self._answers[kind] = (time.monotonic(), render.result())
+
+    def close(self) -> None:
+        """Let the thread end once a render still running is done."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
 # -- the server ----------------------------------------------------------------------------
+
+
+class _Busy(asyncio.Protocol):
+    """A connection past the limit: answered 503 and closed after BUSY_DELAY, unread.
+
+    The delay keeps a client that asks again at once from making the loop accept and close
+    connections as fast as it can.
+    """
+
+    def __init__(self) -> None:
+        self._answer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        loop = asyncio.get_running_loop()
+        self._answer = loop.call_later(BUSY_DELAY, _refuse, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._answer is not None:
+            self._answer.cancel()
+
+
+def _refuse(transport: asyncio.Transport) -> None:
+    transport.write(_BUSY)
+    transport.close()
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+class _BoundedSite(web.TCPSite):
+    """aiohttp's TCP site, serving at most `limit` connections at once."""
+
+    __slots__ = ("_limit",)
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limit: int) -> None:
+        super().__init__(runner, host, port)
+        self._limit = limit
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        limit = self._limit
+
+        def connection() -> asyncio.BaseProtocol:
+            if len(server.connections) >= limit:
+                return _Busy()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            connection, self._host, self._port, backlog=self._backlog
+        )
+        self._bound_port = int(self._server.sockets[0].getsockname()[1])
 
 
 class Operations:
@@ -180,7 +228,7 @@ class Operations:
         app: The app.
         port: The TCP port; 0 picks a free one (see `port` once open).
         host: The address to listen on.
-        monitor: The event-loop monitor behind /healthz.
+        monitor: The event-loop watch behind /healthz; without one the endpoint runs its own.
     """
 
     def __init__(
@@ -189,11 +237,12 @@ class Operations:
         *,
         port: int,
         host: str = DEFAULT_HOST,
-        monitor: LoopMonitor | None = None,
+        monitor: LoopWatch | None = None,
     ) -> None:
         self.app = app
         self.host = host
-        self.monitor = monitor or LoopMonitor()
+        self.monitor = monitor or LoopWatch()
+        self._owns_monitor = monitor is None
         self.watchdog: Watchdog | None = None  # the runtime's, once attached
         self.state = OperationsState.UNOPENED
         self.registry, self._provider = _prometheus(app)
@@ -201,7 +250,7 @@ class Operations:
         self._port = port
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._monitor: asyncio.Task[None] | None = None
+        self._metrics_renderer = MetricsRenderer(self.registry)
 
     @property
     def port(self) -> int:
@@ -243,7 +292,7 @@ class Operations:
             self._routes(), access_log=None, shutdown_timeout=SERVER_CLOSE_TIMEOUT
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._port)
+        site = _BoundedSite(runner, self.host, self._port, limit=MAX_CONNECTIONS)
         try:
             await site.start()
         except OSError as exc:
@@ -255,9 +304,8 @@ class Operations:
         self._runner, self._site = runner, site
         self._port = int(runner.addresses[0][1])
         self.state = OperationsState.SERVING
-        # Not in a TaskGroup: one spanning the app's run would wrap the app's own errors in an
-        # ExceptionGroup. `aclose` cancels and awaits it.
-        self._monitor = asyncio.create_task(self.monitor.run(), name="taskflow:loop-monitor")
+        if self._owns_monitor:
+            self.monitor.start()
         logger.info(
             "operations endpoint on http://%s:%d (/healthz /readyz /metrics /status)",
             self.host,
@@ -280,7 +328,7 @@ class Operations:
         logger.info("operations endpoint: no longer accepting connections")
 
     async def aclose(self) -> None:
-        """Close every connection, stop the loop monitor, and shut the metrics provider down."""
+        """Close every connection, stop the loop watch it owns, and shut the metrics down."""
         if self.state is OperationsState.CLOSED:
             return
         self.state = OperationsState.CLOSED
@@ -290,9 +338,9 @@ class Operations:
             if self._runner is not None:
                 await self._runner.cleanup()
         finally:
-            if self._monitor is not None:
-                self._monitor.cancel()
-                await asyncio.wait({self._monitor})
+            if self._owns_monitor:
+                self.monitor.stop()
+            self._metrics_renderer.close()
             if self._provider is not None:
                 self._provider.shutdown()
 
@@ -314,7 +362,8 @@ class Operations:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+        body = await self._metrics_renderer.render(encoder, content_type)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(await self.status())
@@ -324,7 +373,7 @@ class Operations:
     def health(self) -> dict[str, Any]:
         """The /healthz body: ``{"status": "ok" | "failing", "reasons": [...], ...}``."""
         reasons: list[str] = []
-        problem = self.monitor.problem(asyncio.get_running_loop().time())
+        problem = self.monitor.problem(time.monotonic())
         if problem is not None:
             reasons.append(problem)
         now = time.monotonic()

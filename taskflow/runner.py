@@ -4,6 +4,12 @@ The order on the way up is the operations endpoint (with `http_port`), Redis, br
 startup hooks, workers; on the way down it is the reverse: workers drain, shutdown hooks and
 lifespan exit, the broker flushes and closes, and the operations endpoint closes last (it stops
 accepting connections, and /readyz answers 503, before any worker is asked to stop).
+
+A loop watch (`taskflow.loopwatch`) runs for the whole run, with or without the endpoint.
+
+With signal handlers, SIGINT, SIGTERM and SIGHUP are stop requests from the very start. One that
+comes during start-up (the broker does not answer, a startup hook hangs) cancels the start-up:
+whatever was opened is closed, and `StartupInterrupted` is raised, all within `shutdown_timeout`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from redis.exceptions import RedisError
 
 from taskflow.brokers import broker_from_url
 from taskflow.config import mask_url
-from taskflow.exceptions import BrokerError, ConfigurationError, StoreError
+from taskflow.exceptions import BrokerError, ConfigurationError, StartupInterrupted, StoreError
+from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
@@ -43,7 +50,8 @@ __all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "run
 logger = logging.getLogger("taskflow")
 
 EXIT_CLEAN = 0
-EXIT_UNCLEAN = 1  # something had to be cancelled, or startup failed
+EXIT_UNCLEAN = 1  # something had to be cancelled, or startup failed or was interrupted
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 BROKER_CLOSE_TIMEOUT = 10.0
 REDIS_TIMEOUT = 5.0
 
@@ -59,6 +67,7 @@ class Runtime:
     redis: Redis | None = None
     http: Operations | None = None  # the operations endpoint; `http.port` is the real port
     watchdog: Watchdog | None = None  # the handler calls running under a timeout
+    loop_watch: LoopWatch | None = None  # watches the event loop for blocks
 
     def worker(self, name: str) -> Worker:
         """The worker called `name`."""
@@ -139,9 +148,14 @@ async def running(
     """Start the broker and lifespan and build the workers; yield the Runtime; then tear down.
 
     The workers are not started: call `runtime.manager.run()`. With `install_signal_handlers`,
-    SIGINT and SIGTERM request a graceful stop from the very start, startup included; a second
-    signal while no worker is running (a startup or shutdown hook hangs, say) cancels the task
-    that entered this context, so the process can always be stopped.
+    SIGINT, SIGTERM and SIGHUP request a graceful stop from the very start. One that comes before
+    the Runtime is yielded cancels the start-up: what was opened is closed, within the shutdown
+    timeout, and `StartupInterrupted` is raised. Once the Runtime is yielded a signal is the
+    Manager's; a second one while no worker is running (a shutdown hook hangs, say) cancels the
+    task that entered this context, so the process can always be stopped.
+
+    Raises:
+        StartupInterrupted: when a signal stopped the start-up.
     """
     broker = broker or resolve_broker(app)
     if broker.url.startswith("memory:") and app.broker is None:
@@ -154,9 +168,11 @@ async def running(
         shutdown_timeout=app.shutdown_timeout if shutdown_timeout is None else shutdown_timeout,
         stopping=stopping,
     )
-    remove = _install_signal_handlers(manager) if install_signal_handlers else None
+    signals = _Signals(manager) if install_signal_handlers else None
+    loop_watch = LoopWatch()
+    loop_watch.start()
     try:
-        async with _operations(app) as http, redis_client(app.redis_url) as redis:
+        async with _operations(app, loop_watch) as http, redis_client(app.redis_url) as redis:
             meter_provider = app.meter_provider if http is None else http.meter_provider
             watchdog = Watchdog()
             resources = Resources(app.name, redis, app.tracer_provider, meter_provider, watchdog)
@@ -173,21 +189,36 @@ async def running(
                         manager.register(worker)
                     with observe(workers, resources):  # the observable metrics, when set up
                         runtime = Runtime(
-                            app, broker, manager, workers, redis, http=http, watchdog=watchdog
+                            app,
+                            broker,
+                            manager,
+                            workers,
+                            redis,
+                            http=http,
+                            watchdog=watchdog,
+                            loop_watch=loop_watch,
                         )
                         if http is not None:
                             http.attach(runtime)
+                        if signals is not None:
+                            signals.started()
                         yield runtime
             finally:
                 app.attach(None)
                 await _close(broker)
+    except asyncio.CancelledError:
+        if signals is None or signals.interrupted is None:
+            raise
+        signals.uncancel()
+        raise StartupInterrupted(f"{signals.interrupted} came before it was ready") from None
     finally:
-        if remove is not None:
-            remove()
+        if signals is not None:
+            signals.remove()
+        loop_watch.stop()
 
 
 @asynccontextmanager
-async def _operations(app: App) -> AsyncIterator[Operations | None]:
+async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operations | None]:
     """The operations endpoint, listening, when the app has an `http_port`; else None.
 
     It opens first, so a port that is taken stops the app before anything starts, and closes
@@ -198,7 +229,7 @@ async def _operations(app: App) -> AsyncIterator[Operations | None]:
         return
     from taskflow.http import Operations  # aiohttp and Prometheus only when asked for
 
-    async with Operations(app, port=app.http_port) as http:
+    async with Operations(app, port=app.http_port, host=app.http_host, monitor=loop_watch) as http:
         yield http
 
 
@@ -240,36 +271,80 @@ async def _check_stores(app: App) -> None:
             await ping()
 
 
-def _install_signal_handlers(manager: Manager) -> Callable[[], None]:
-    """Route SIGINT and SIGTERM to the manager; returns a function that removes them.
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP as stop requests, from before start-up until the run's end.
 
-    While workers run, the manager handles a second signal itself (it cancels them). Outside that
-    time nothing would listen to it, so a second signal cancels the task running the app.
+    During start-up a signal cancels the task that is starting (`interrupted` names it), and
+    cancels it again if closing what was opened runs past the shutdown timeout. While workers
+    run, the Manager handles a second signal itself (it cancels them); outside that time nothing
+    else would listen to it, so a second signal cancels the task running the app.
     """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    received = 0
 
-    def on_signal(sig: signal.Signals) -> None:
-        nonlocal received
-        received += 1
-        manager.request_stop(sig.name)
-        workers_running = any(
-            status.task is not None and not status.task.done()
-            for status in manager.statuses.values()
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.interrupted: str | None = None  # the signal that stopped the start-up
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._starting = True
+        self._received = 0
+        self._cancels = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        for sig in STOP_SIGNALS:
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def started(self) -> None:
+        """Start-up is over: from now on a first signal is the Manager's alone."""
+        self._starting = False
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._received += 1
+        if self._starting:
+            self._interrupt(sig)
+            return
+        self.manager.request_stop(sig.name)
+        if self._received > 1 and not self._workers_running():
+            self._cancel(f"second {sig.name}")
+
+    def _interrupt(self, sig: signal.Signals) -> None:
+        if self.interrupted is not None:
+            logger.warning("second %s during start-up: cancelling what is left", sig.name)
+            self._cancel(f"second {sig.name}")
+            return
+        self.interrupted = sig.name
+        logger.warning(
+            "%s during start-up: interrupting it and closing what was opened, at most %gs",
+            sig.name,
+            self.manager.shutdown_timeout,
         )
-        if received > 1 and not workers_running and task is not None:
-            task.cancel(f"second {sig.name}")
+        self._cancel(f"{sig.name} during start-up")
+        self._deadline = self._loop.call_later(
+            self.manager.shutdown_timeout, self._cancel, "the shutdown timeout"
+        )
 
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal, sig)
+    def _workers_running(self) -> bool:
+        return any(
+            status.task is not None and not status.task.done()
+            for status in self.manager.statuses.values()
+        )
 
-    def remove() -> None:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+    def _cancel(self, why: str) -> None:
+        if self._task is not None and not self._task.done():
+            self._cancels += 1
+            self._task.cancel(why)
 
-    return remove
+    def uncancel(self) -> None:
+        """Take back the cancellations made here, once they are turned into an error."""
+        if self._task is not None:
+            for _ in range(min(self._cancels, self._task.cancelling())):
+                self._task.uncancel()
+        self._cancels = 0
+
+    def remove(self) -> None:
+        """Remove the handlers (and the start-up deadline)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        for sig in STOP_SIGNALS:
+            self._loop.remove_signal_handler(sig)
 
 
 async def _close(broker: Broker) -> None:
@@ -287,7 +362,11 @@ async def serve(
     shutdown_timeout: float | None = None,
     on_ready: Callable[[Runtime], object] | None = None,
 ) -> ShutdownReport:
-    """Run `app` until SIGINT/SIGTERM (or `request_stop`), then shut down gracefully."""
+    """Run `app` until SIGINT, SIGTERM or SIGHUP (or `request_stop`), then shut down gracefully.
+
+    Raises:
+        StartupInterrupted: when a signal came before the app was ready.
+    """
     async with running(
         app, shutdown_timeout=shutdown_timeout, install_signal_handlers=install_signal_handlers
     ) as runtime:
@@ -317,5 +396,9 @@ def _log_report(app: App, report: ShutdownReport) -> None:
 
 def run(app: App, *, shutdown_timeout: float | None = None) -> int:
     """Run `app` in a new event loop until a signal; return the process exit code."""
-    report = asyncio.run(serve(app, shutdown_timeout=shutdown_timeout))
+    try:
+        report = asyncio.run(serve(app, shutdown_timeout=shutdown_timeout))
+    except StartupInterrupted as exc:
+        logger.warning("app %s did not run: %s", app.name, exc)
+        return EXIT_UNCLEAN
     return EXIT_CLEAN if report.clean else EXIT_UNCLEAN

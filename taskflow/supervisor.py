@@ -8,9 +8,10 @@ supervisor itself only starts, watches and stops processes:
 - each child gets ``TASKFLOW_PROCESS_INDEX`` (0 to N-1), which its log lines show (``#1`` after
   the time, or ``"process_index": 1`` in JSON), and runs in its own process group, so a Ctrl-C at
   a terminal reaches the supervisor alone and each child gets it once, forwarded;
-- SIGINT and SIGTERM are forwarded to every child, the second as well as the first: a child drains
-  on the first and cancels what is left on the second. A child still running `shutdown_timeout` +
-  `kill_grace` seconds after the first is killed (SIGKILL), and the log says so;
+- SIGINT, SIGTERM and SIGHUP are forwarded to every child, the second as well as the first: a
+  child drains on the first and cancels what is left on the second. A child still running
+  `shutdown_timeout` + `kill_grace` seconds after the first is killed (SIGKILL), and the log
+  says so;
 - a child that exits while no stop was requested is started again after a backoff (1 s doubling
   to 60 s, reset once it has run for longer than that), except one that exits 2: a usage or
   configuration error, which no restart cures, so the others are stopped and the supervisor
@@ -195,7 +196,7 @@ class Supervisor:
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM)
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # a child stops on each
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig)
 

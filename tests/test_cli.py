@@ -456,16 +456,26 @@ def test_a_second_signal_cancels_the_drain_at_once(
     assert "cancelled handler on_job for jobs[0]@0" in app.log
 
 
-@pytest.mark.parametrize("phase", ["startup", "shutdown"])
-def test_a_second_signal_ends_a_hanging_hook(start: Callable[..., Running], phase: str) -> None:
-    app = start("tests.apps.hanging:app", TASKFLOW_TEST_HANG=phase)
-    if phase == "startup":
-        app.wait_for("hanging in startup")
-        app.send(signal.SIGTERM)
-    else:
-        app.wait_for("app hanging running 1 worker(s)")
-        app.send(signal.SIGTERM)
-        app.wait_for("hanging in shutdown")
+def test_a_signal_interrupts_a_hanging_startup_hook(start: Callable[..., Running]) -> None:
+    app = start("tests.apps.hanging:app", TASKFLOW_TEST_HANG="startup")
+    app.wait_for("hanging in startup")
+
+    sent = app.send(signal.SIGTERM)
+    code = app.exit()
+    took = time.monotonic() - sent
+
+    assert code == 1, app.log
+    assert took < 5
+    assert "SIGTERM during start-up: interrupting it" in app.log
+    assert "did not run: start-up interrupted: SIGTERM came before it was ready" in app.lines[-1]
+    assert "Traceback" not in app.log
+
+
+def test_a_second_signal_ends_a_hanging_shutdown_hook(start: Callable[..., Running]) -> None:
+    app = start("tests.apps.hanging:app", TASKFLOW_TEST_HANG="shutdown")
+    app.wait_for("app hanging running 1 worker(s)")
+    app.send(signal.SIGTERM)
+    app.wait_for("hanging in shutdown")
     app.wait_for("stop requested (SIGTERM)")
 
     sent = app.send(signal.SIGINT)
@@ -584,6 +594,7 @@ def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> Non
         "commit_interval": ["1", "default"],
         "idempotent": ["false", "default"],
         "http_port": ["9000", "flag", "--http-port"],
+        "http_host": ["0.0.0.0", "default"],
         "broker_options.client_id": ["ops", "env", "TASKFLOW_KAFKA_CLIENT_ID"],
         "broker_options.sasl_mechanism": ["PLAIN", "code", "App(broker_options.sasl_mechanism)"],
         "broker_options.sasl_plain_password": [

@@ -47,6 +47,7 @@ def test_without_anything_each_option_has_its_default() -> None:
         "commit_interval": ("1", "default", ""),
         "idempotent": ("false", "default", ""),
         "http_port": ("none", "default", ""),
+        "http_host": ("0.0.0.0", "default", ""),
     }
 
 
@@ -64,6 +65,7 @@ LAYERS = [
     ("commit_interval", 2.0, "0.25", 0.25, None),
     ("idempotent", True, "false", False, None),
     ("http_port", 8000, "9100", 9100, 0),
+    ("http_host", "127.0.0.1", "10.1.2.3", "10.1.2.3", "::1"),
 ]
 
 
@@ -335,6 +337,7 @@ def test_the_app_takes_the_environment_over_its_arguments(
         "commit_interval": "env",
         "idempotent": "env",
         "http_port": "default",
+        "http_host": "default",
     }
 
 

@@ -24,7 +24,8 @@ from prometheus_client import REGISTRY, generate_latest
 
 from taskflow import App, ConfigurationError
 from taskflow.brokers.memory import MemoryBroker
-from taskflow.http import LoopMonitor, Operations, OperationsState
+from taskflow.http import Operations, OperationsState
+from taskflow.loopwatch import LoopWatch
 from taskflow.runner import Runtime, running
 from taskflow.testing import ManualClock, TestClient
 from tests._process import AppProcess
@@ -262,8 +263,8 @@ async def test_readyz_turns_503_first_and_the_door_closes_before_workers_stop() 
 # -- liveness ----------------------------------------------------------------------------------
 
 
-def test_the_loop_monitor_reports_a_block_for_a_while() -> None:
-    monitor = LoopMonitor(limit=1.0, memory=10.0)
+def test_the_loop_watch_reports_a_block_for_a_while() -> None:
+    monitor = LoopWatch(limit=1.0, memory=10.0)
     monitor.note(0.002, now=100.0)
     assert monitor.problem(100.0) is None
     monitor.note(1.5, now=101.0)

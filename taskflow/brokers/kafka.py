@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "TASKFLOW_KAFKA_"
 FACTS_TIMEOUT = 5.0  # for committed offsets, which aiokafka waits for while the broker is down
+STOP_TIMEOUT = 2.0  # for stopping a client whose start failed or was cancelled
 # Set by taskflow itself: a user value would break its delivery guarantees or its decoding.
 _RESERVED = {
     "bootstrap_servers": "give the servers in the URL: kafka://host:port,host:port",
@@ -353,6 +354,9 @@ class KafkaBroker:
         producer = _build(AIOKafkaProducer, self.bootstrap_servers, self.producer_options)
         try:
             await producer.start()
+        except asyncio.CancelledError:  # a stop during start-up: close what was opened
+            await _quietly_stop(producer)
+            raise
         except KafkaConnectionError as exc:
             await _quietly_stop(producer)
             raise BrokerError(f"cannot reach Kafka at {self.url}: {exc}") from exc
@@ -426,8 +430,14 @@ def _build(cls: Any, servers: list[str], settings: Mapping[str, Any]) -> Any:
 
 
 async def _quietly_stop(client: Any) -> None:
+    """Stop a client whose start failed or was cancelled, within STOP_TIMEOUT.
+
+    aiokafka marks a client closed as stop() begins, so even a stop cut short by the timeout or
+    a second cancellation leaves no "Unclosed" client behind.
+    """
     try:
-        await client.stop()
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await client.stop()
     except Exception:  # already failing: the first error is the one worth reporting
         logger.debug("stopping a failed Kafka client raised", exc_info=True)
 
@@ -474,6 +484,9 @@ class KafkaConsumer:
         consumer.subscribe(topics=list(self.topics), listener=self.listener)
         try:
             await consumer.start()
+        except asyncio.CancelledError:  # a stop while it joins: close what was opened
+            await _quietly_stop(consumer)
+            raise
         except KafkaError as exc:
             await _quietly_stop(consumer)
             raise BrokerError(f"cannot reach Kafka at {','.join(self.servers)}: {exc}") from exc

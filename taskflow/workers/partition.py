@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskflow import loopwatch
 from taskflow.workers.offsets import OffsetTracker, SequentialTracker
 
 if TYPE_CHECKING:
@@ -192,6 +193,8 @@ class PartitionRunner:
         direct = processor.handler if processor.direct else None
         shared_ctx = processor.shared_ctx
         message: Message | None = None
+        # Once per run of records: a blocked loop's watch finds the record in `running`.
+        task = loopwatch.handling(processor.spec.name, running, lane)
         try:
             while queue and not self.closed:
                 message = queue.popleft()
@@ -218,6 +221,7 @@ class PartitionRunner:
                 )
             raise
         finally:
+            loopwatch.done(task)
             running.pop(lane, None)
             del self._lanes[lane]
             if not self.closed and self._waiting:

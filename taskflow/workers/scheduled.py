@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from taskflow import loopwatch
 from taskflow.context import Context, Tick, WorkerLogger
 from taskflow.exceptions import StoreError
 from taskflow.stores.schedule import RedisScheduleStore, TickClaim, new_owner
@@ -221,7 +222,13 @@ class ScheduledWorker:
         return "ok"
 
     async def _call(self, tick: Tick, ctx: Context) -> None:
-        await self.handler(tick, ctx)  # a timeout= is a layer of the stack: middleware/timeout.py
+        task = loopwatch.handling(self.name, {self.name: tick}, self.name)
+        try:
+            await self.handler(
+                tick, ctx
+            )  # a timeout= is a layer of the stack: middleware/timeout.py
+        finally:
+            loopwatch.done(task)
 
     def _late(self, tick: Tick) -> float:
         return (self.clock.now() - tick.scheduled_at).total_seconds()
