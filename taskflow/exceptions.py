@@ -12,7 +12,8 @@ Failures::
     ├── BrokerError               the broker failed or cannot be reached
     │   ├── PublishError          a message could not be published
     │   └── CommitError           an offset commit was refused (the group moved on)
-    └── ShutdownError             workers had to be cancelled to meet the shutdown deadline
+    ├── ShutdownError             workers had to be cancelled to meet the shutdown deadline
+    └── ProcessExit               a handler raised SystemExit or KeyboardInterrupt: stop the process
 
 Control flow (raised by handlers, never by taskflow on its own), kept apart from failures::
 
@@ -35,6 +36,7 @@ __all__ = [
     "HandlerSignal",
     "HandlerSignatureError",
     "HandlerTimeout",
+    "ProcessExit",
     "PublishError",
     "Reject",
     "Retry",
@@ -83,6 +85,21 @@ class PublishError(BrokerError):
 
 class ShutdownError(TaskflowError):
     """Workers had to be cancelled because they did not finish within the shutdown timeout."""
+
+
+class ProcessExit(TaskflowError):
+    """A handler raised `SystemExit` or `KeyboardInterrupt`: its worker drained and the process
+    stops gracefully, exiting with `code`.
+
+    Args:
+        reason: What the handler raised, for the log.
+        code: The process's exit code.
+    """
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
 
 
 class HandlerSignal(Exception):

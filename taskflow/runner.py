@@ -318,4 +318,6 @@ def _log_report(app: App, report: ShutdownReport) -> None:
 def run(app: App, *, shutdown_timeout: float | None = None) -> int:
     """Run `app` in a new event loop until a signal; return the process exit code."""
     report = asyncio.run(serve(app, shutdown_timeout=shutdown_timeout))
+    if report.exit_code is not None:
+        return report.exit_code
     return EXIT_CLEAN if report.clean else EXIT_UNCLEAN
