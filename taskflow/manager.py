@@ -209,6 +209,14 @@ class Manager:
                 if not await self._restart_after(status, delay):
                     return
                 continue
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt or a group of them
+                status.state = WorkerState.FAILED
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                logger.critical("worker %s raised %s: stopping", worker.name, type(exc).__name__)
+                self.request_stop(f"{worker.name} raised {type(exc).__name__}")
+                return
             status.state = WorkerState.STOPPED
             if not self._stop_requested.is_set():
                 logger.info("worker %s finished on its own", worker.name)
