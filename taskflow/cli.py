@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -36,11 +36,14 @@ from taskflow.exceptions import (
     StoreError,
     TaskflowError,
 )
+from taskflow.leftovers import name_leftovers
+from taskflow.manager import ShutdownReport
 from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, serve
 
 __all__ = ["load_app", "main"]
 
 EXIT_USAGE = 2
+LEFTOVER_GRACE = 0.5  # how long tasks left after the app stopped may take to end once cancelled
 
 logger = logging.getLogger("taskflow")
 
@@ -321,8 +324,9 @@ def run(
 ) -> None:
     """Run the app's workers until SIGINT, SIGTERM or SIGHUP, then shut down gracefully.
 
-    Exit code 0 after a clean shutdown, 1 when work had to be cancelled or startup failed or was
-    interrupted by a signal, 2 for a usage error.
+    Exit code 0 after a clean shutdown, 1 when work had to be cancelled or abandoned or startup
+    failed or was interrupted by a signal, 2 for a usage error; a handler's `sys.exit(n)` stops
+    the process with code n.
     """
     _configure_logging(log_level, log_format)
     try:
@@ -345,7 +349,7 @@ def run(
     except ConfigurationError as exc:
         _fail(str(exc), debug)
     try:
-        report = asyncio.run(serve(app))
+        report = asyncio.run(_serve(app, flush_telemetry))
     except ConfigurationError as exc:
         _fail(str(exc), debug)
     except StartupInterrupted as exc:
@@ -363,7 +367,30 @@ def run(
     finally:
         if flush_telemetry is not None:
             flush_telemetry()
-    sys.exit(EXIT_CLEAN if report.clean else EXIT_UNCLEAN)
+    sys.exit(_exit_code(report))
+
+
+def _exit_code(report: ShutdownReport) -> int:
+    if report.exit_code is not None:
+        return report.exit_code
+    return EXIT_CLEAN if report.clean else EXIT_UNCLEAN
+
+
+async def _serve(app: App, flush_telemetry: Callable[[], None] | None) -> ShutdownReport:
+    """Serve `app`; then, if handler threads or tasks would not end, name them and exit at once.
+
+    Python would wait for them forever (it joins executor threads at exit), so the process ends
+    with `os._exit`, after the log and telemetry are flushed. Only `taskflow run` does this.
+    """
+    report = await serve(app)
+    if await name_leftovers(LEFTOVER_GRACE):
+        if flush_telemetry is not None:
+            flush_telemetry()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_UNCLEAN if report.exit_code is None else report.exit_code)
+    return report
 
 
 def _check_processes(processes: int, limit: int | None) -> None:

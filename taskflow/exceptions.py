@@ -15,7 +15,8 @@ Failures::
     │   │       └── RecordTooLarge  the record is over the producer's max_request_size
     │   └── CommitError           an offset commit was refused (the group moved on)
     ├── ShutdownError             workers had to be cancelled to meet the shutdown deadline
-    └── StartupInterrupted        a stop signal came before the app was ready
+    ├── StartupInterrupted        a stop signal came before the app was ready
+    └── ProcessExit               a handler raised SystemExit or KeyboardInterrupt: stop the process
 
 Control flow (raised by handlers, never by taskflow on its own), kept apart from failures::
 
@@ -38,6 +39,7 @@ __all__ = [
     "HandlerSignal",
     "HandlerSignatureError",
     "HandlerTimeout",
+    "ProcessExit",
     "PublishError",
     "RecordRefused",
     "RecordTooLarge",
@@ -101,6 +103,21 @@ class ShutdownError(TaskflowError):
 
 class StartupInterrupted(TaskflowError):
     """A stop signal came before the app was ready; what start-up had opened is closed."""
+
+
+class ProcessExit(TaskflowError):
+    """A handler raised `SystemExit` or `KeyboardInterrupt`: its worker drained and the process
+    stops gracefully, exiting with `code`.
+
+    Args:
+        reason: What the handler raised, for the log.
+        code: The process's exit code.
+    """
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
 
 
 class HandlerSignal(Exception):

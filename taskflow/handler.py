@@ -20,6 +20,7 @@ from taskflow.codec import ALLOWED, Decoder, decoder_for, identity
 from taskflow.context import Context, Tick
 from taskflow.exceptions import HandlerSignatureError, HandlerTimeout
 from taskflow.message import Message
+from taskflow.threads import HandlerThreads
 
 __all__ = [
     "Handler",
@@ -29,6 +30,7 @@ __all__ = [
     "handler_name",
     "ignores_ctx",
     "periodic_handler",
+    "threads_of",
 ]
 
 Job: TypeAlias = Message | Tick
@@ -194,15 +196,26 @@ def _describe(func: Any) -> str:
 
 def _adapt(func: Callable[..., Any], shape: _Shape) -> Handler:
     """Build the (job, ctx) caller. Each returns the user's awaitable rather than awaiting it,
-    so a message costs one coroutine frame, the user's own."""
-    target = func if shape.is_async else _in_thread(func)
+    so a message costs one coroutine frame, the user's own. A plain `def` is called the same
+    way, in a thread of its registration's own (`taskflow.threads`)."""
+    caller = _caller(func, shape)
+    if shape.is_async:
+        return caller
+    threaded = _InThread(caller, HandlerThreads(handler_name(func)))
+    if ignores_ctx(caller):
+        _ignoring_ctx(threaded)
+    return threaded
+
+
+def _caller(func: Callable[..., Any], shape: _Shape) -> Handler:
+    target: Callable[..., Awaitable[None]] = func
     decode = shape.decode
     if shape.ctx_keyword is not None:
         name = shape.ctx_keyword
 
         def call_keyword(job: Job, ctx: Context) -> Awaitable[None]:
             args = (decode(cast(Message, job)),) if decode else ()
-            return cast(Awaitable[None], target(*args, **{name: ctx}))
+            return target(*args, **{name: ctx})
 
         return call_keyword
     if decode is not None and shape.wants_ctx:
@@ -229,12 +242,12 @@ def _adapt(func: Callable[..., Any], shape: _Shape) -> Handler:
     if shape.wants_ctx:
 
         def call_ctx(job: Job, ctx: Context) -> Awaitable[None]:
-            return cast(Awaitable[None], target(ctx))
+            return target(ctx)
 
         return call_ctx
 
     def call_bare(job: Job, ctx: Context) -> Awaitable[None]:
-        return cast(Awaitable[None], target())
+        return target()
 
     return _ignoring_ctx(call_bare)
 
@@ -253,12 +266,20 @@ def ignores_ctx(handler: Handler) -> bool:
     return bool(getattr(handler, "taskflow_ignores_ctx", False))
 
 
-def _in_thread(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(func)
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        result = await asyncio.to_thread(func, *args, **kwargs)
-        if inspect.isawaitable(result):  # a plain def wrapping a coroutine function
-            return await result
-        return result
+class _InThread:
+    """A plain `def` handler, called in one of its registration's threads."""
 
-    return run
+    def __init__(self, call: Handler, threads: HandlerThreads) -> None:
+        self.call = call
+        self.threads = threads
+
+    async def __call__(self, job: Job, ctx: Context) -> None:
+        worker = ctx.worker if ctx is not None else self.threads.name
+        result: Any = await self.threads.run(worker, job, self.call, job, ctx)
+        if inspect.isawaitable(result):  # a plain def wrapping a coroutine function
+            await result
+
+
+def threads_of(handler: Handler) -> HandlerThreads | None:
+    """The threads of an adapted `def` handler; None for an `async def` one."""
+    return handler.threads if isinstance(handler, _InThread) else None

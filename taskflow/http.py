@@ -376,12 +376,8 @@ class Operations:
         problem = self.monitor.problem(time.monotonic())
         if problem is not None:
             reasons.append(problem)
-        now = time.monotonic()
-        reasons += [
-            f"{a.worker}: the handler for {a.job} has run for {now - a.started:.1f}s, "
-            f"past its timeout of {a.timeout:g}s"
-            for a in (self.watchdog.stuck(now) if self.watchdog is not None else [])
-        ]
+        if self.watchdog is not None:
+            reasons += self.watchdog.problems(time.monotonic())
         return {
             "status": "failing" if reasons else "ok",
             "reasons": reasons,
@@ -423,6 +419,8 @@ class Operations:
             "restarts": status.restarts if status else 0,
             "last_error": status.last_error if status else None,
         }
+        if self.watchdog is not None and worker.name in self.watchdog.threads:
+            entry["stuck_threads"] = self.watchdog.stuck_threads()[worker.name]
         if isinstance(worker, ConsumerWorker):
             entry |= await _consumer(worker)
         elif isinstance(worker, ScheduledWorker):

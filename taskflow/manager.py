@@ -7,8 +7,13 @@ longest backoff); the others keep running. Shutdown, on SIGINT/SIGTERM or `reque
 1. `stopping` is set (handlers see `ctx.stopping`) and each worker's `stop()` is called, last
    registered first;
 2. workers finish what they are doing, all within `shutdown_timeout` seconds in total;
-3. whatever is still running then is cancelled, and each cancelled worker is logged;
+3. whatever is still running then is cancelled, and each cancelled worker is logged; a worker
+   that has not ended `CANCEL_GRACE` seconds later (its code ignores the cancellation) is given up
+   on, named in the log, and left behind;
 4. `run()` returns a `ShutdownReport`: clean, or which workers were cancelled or failed.
+
+A worker whose `start` raises `ProcessExit` (a handler raised SystemExit or KeyboardInterrupt) has
+drained itself; the Manager stops the others as on a signal, and the report carries the exit code.
 
 `stop_requested` is true from the moment a stop is requested (readiness turns it into a 503 at
 once); the `before_stop` hooks run, in order and awaited when they return an awaitable, after
@@ -37,7 +42,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from taskflow.backoff import Backoff
-from taskflow.exceptions import ConfigurationError
+from taskflow.crew import Crew
+from taskflow.exceptions import ConfigurationError, ProcessExit
 from taskflow.types import Worker, WorkerState
 
 __all__ = ["Manager", "ShutdownReport", "WorkerStatus"]
@@ -66,6 +72,8 @@ class ShutdownReport:
     cancelled: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     signal: str | None = None
+    exit_code: int | None = None
+    """The code a handler asked the process to exit with (SystemExit, KeyboardInterrupt)."""
 
     @property
     def clean(self) -> bool:
@@ -98,6 +106,7 @@ class Manager:
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
         self._signal: str | None = None
+        self._exit_code: int | None = None
 
     def register(self, worker: Worker) -> None:
         """Add a worker; its name must be unique."""
@@ -146,21 +155,27 @@ class Manager:
 
     async def run(self) -> ShutdownReport:
         """Start every worker, wait for a stop request, then shut down gracefully."""
+        cancelled: tuple[str, ...] = ()
         if not self._stop_requested.is_set():
-            async with asyncio.TaskGroup() as group:
+            # A Crew, not a TaskGroup: a worker that ignores its cancellation is left behind.
+            supervisors, grace = Crew(), CANCEL_GRACE
+            try:
                 for status in self.statuses.values():
                     status.state = WorkerState.STARTING
-                    status.task = group.create_task(
+                    status.task = supervisors.create_task(
                         self._supervise(status), name=f"worker:{status.worker.name}"
                     )
                 await self._stop_requested.wait()
                 cancelled = await self._shutdown()
-        else:
-            cancelled = ()
+                grace = 0  # the shutdown waited for them already
+            finally:
+                await supervisors.close(grace)
+            if supervisors.failure is not None:
+                raise supervisors.failure
         failed = tuple(
             name for name, status in self.statuses.items() if status.state is WorkerState.FAILED
         )
-        return ShutdownReport(cancelled, failed, self._signal)
+        return ShutdownReport(cancelled, failed, self._signal, self._exit_code)
 
     async def _supervise(self, status: WorkerStatus) -> None:
         worker, failures = status.worker, 0
@@ -169,6 +184,12 @@ class Manager:
             status.state = WorkerState.RUNNING
             try:
                 await worker.start()
+            except ProcessExit as request:
+                status.state = WorkerState.STOPPED
+                if self._exit_code is None:
+                    self._exit_code = request.code
+                self.request_stop(f"{worker.name} raised {request.reason}")
+                return
             except Exception as exc:
                 status.last_error = f"{type(exc).__name__}: {exc}"
                 if self._stop_requested.is_set():
@@ -188,6 +209,14 @@ class Manager:
                 if not await self._restart_after(status, delay):
                     return
                 continue
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt or a group of them
+                status.state = WorkerState.FAILED
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                logger.critical("worker %s raised %s: stopping", worker.name, type(exc).__name__)
+                self.request_stop(f"{worker.name} raised {type(exc).__name__}")
+                return
             status.state = WorkerState.STOPPED
             if not self._stop_requested.is_set():
                 logger.info("worker %s finished on its own", worker.name)
@@ -228,11 +257,23 @@ class Manager:
             assert status.task is not None
             status.task.cancel()
         if left:
-            await asyncio.wait({s.task for s in left if s.task}, timeout=CANCEL_GRACE)
+            await self._wait_cancelled(left)
         for status in self.statuses.values():
             if status.state is not WorkerState.FAILED:
                 status.state = WorkerState.STOPPED
         return tuple(s.worker.name for s in left)
+
+    async def _wait_cancelled(self, left: list[WorkerStatus]) -> None:
+        """Give cancelled workers `CANCEL_GRACE` to commit and close; name those that do not end."""
+        tasks = {s.task for s in left if s.task}
+        await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        for status in left:
+            if status.task is not None and not status.task.done():
+                logger.error(
+                    "abandoned worker %s: it ignored its cancellation for %gs",
+                    status.worker.name,
+                    CANCEL_GRACE,
+                )
 
     async def _ask_to_stop(self, status: WorkerStatus, deadline: float) -> None:
         if status.task is None or status.task.done():

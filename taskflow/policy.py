@@ -3,7 +3,8 @@
 One decision, used by the consumer worker (which acts on it) and by the telemetry middleware (which
 records it), so the two can never disagree:
 
-- cancellation, KeyboardInterrupt, SystemExit and MemoryError propagate (`RAISE`);
+- cancellation, KeyboardInterrupt, SystemExit and MemoryError propagate (`RAISE`); any other
+  `BaseException` is a failure like an `Exception`;
 - a `Defer` waits and runs the message again without counting an attempt (`DEFER`);
 - a `Reject`, an exception in `reject_on` or a `DecodeError` is never retried: it goes to the
   dead-letter topic when there is one (`DEAD_LETTER_REJECTED`), else it is skipped (`SKIP`);
@@ -13,6 +14,7 @@ records it), so the two can never disagree:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -31,6 +33,9 @@ __all__ = [
     "Decision",
     "ErrorPolicy",
 ]
+
+PROPAGATE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
+"""What the error policy never handles: it propagates."""
 
 Action = Literal["retry", "defer", "skip", "dead_letter", "raise"]
 DeadLetterReason = Literal["rejected", "exhausted"]
@@ -80,7 +85,7 @@ class ErrorPolicy:
 
     def after_failure(self, exc: BaseException, attempt: int) -> Decision:
         """What happens after attempt number `attempt` (1 for the first) raised `exc`."""
-        if not isinstance(exc, Exception) or isinstance(exc, MemoryError):
+        if isinstance(exc, PROPAGATE):
             return RAISE
         if isinstance(exc, Defer):
             return DEFER

@@ -401,4 +401,6 @@ def run(app: App, *, shutdown_timeout: float | None = None) -> int:
     except StartupInterrupted as exc:
         logger.warning("app %s did not run: %s", app.name, exc)
         return EXIT_UNCLEAN
+    if report.exit_code is not None:
+        return report.exit_code
     return EXIT_CLEAN if report.clean else EXIT_UNCLEAN

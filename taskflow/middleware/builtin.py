@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskflow.exceptions import ConfigurationError
+from taskflow.handler import threads_of
 from taskflow.middleware import Middleware
 from taskflow.specs import ConsumerSpec
 
@@ -69,7 +70,16 @@ def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[
         # Innermost: it times the handler (and the registration's middleware), not the waits.
         from taskflow.middleware.timeout import Timeout
 
+        threads = threads_of(spec.handler)
+        if threads is not None:
+            threads.stuck_limit = spec.concurrency if isinstance(spec, ConsumerSpec) else 1
         layers.append(
-            Middleware(Timeout, seconds=spec.timeout, watchdog=resources.watchdog, worker=spec.name)
+            Middleware(
+                Timeout,
+                seconds=spec.timeout,
+                watchdog=resources.watchdog,
+                worker=spec.name,
+                threads=threads,
+            )
         )
     return layers

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from taskflow.brokers.base import ConsumerOptions, PartitionFacts
 from taskflow.context import WorkerLogger
-from taskflow.exceptions import BrokerError
+from taskflow.crew import Crew
+from taskflow.exceptions import BrokerError, ProcessExit
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
 
@@ -45,6 +46,7 @@ REVOKE_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 CANCELLED_LEAVE_BUDGET = 4.0  # below the Manager's CANCEL_GRACE
 COMMIT_TIMEOUT = 10.0  # a commit blocks while the broker is down; give up and commit later
+ABANDON_GRACE = 0.5  # how long a cancelled handler may take to end before it is given up on
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class ConsumerWorker:
         self.options = options or ConsumerOptions()
         self.log = WorkerLogger(logging.getLogger(app.name), spec.name)
         self.processor = Processor(spec, app, broker, handler, stopping, self.log)
+        self.processor.on_exit = self._exit_requested
         self.rebalances = 0
         self.last_poll: float | None = None
         self._stop = asyncio.Event()
@@ -106,7 +109,8 @@ class ConsumerWorker:
         self._paused: set[TopicPartition] = set()
         self._epoch = 0
         self._consumer: Consumer | None = None
-        self._task_group: asyncio.TaskGroup | None = None
+        self._task_group: Crew | None = None
+        self.exit_request: ProcessExit | None = None  # a handler raised SystemExit or Ctrl-C
 
     @property
     def name(self) -> str:
@@ -123,23 +127,51 @@ class ConsumerWorker:
         consumer = self.broker.consumer(
             self.spec.topics, group=self.spec.group, listener=self, options=self.options
         )
+        lanes = Crew()  # the handlers' tasks: one that ignores cancellation is given up on
         try:
             async with asyncio.TaskGroup() as group:
-                self._task_group, self._consumer = group, consumer
+                self._task_group, self._consumer = lanes, consumer
                 await consumer.start()
                 self.log.info(
                     "→ consuming %s as group %s", ", ".join(self.spec.topics), self.spec.group
                 )
                 fetcher = group.create_task(self._fetch_loop(consumer), name=f"{self.name}:fetch")
                 committer = group.create_task(self._commit_loop(), name=f"{self.name}:commit")
+                watcher = group.create_task(_raise_failure(lanes), name=f"{self.name}:lanes")
                 await self._stop.wait()
                 fetcher.cancel()
                 await self._finish_all(timeout=None)
                 committer.cancel()
+                watcher.cancel()
         finally:
+            await self._abandon(lanes)
             await self._leave(consumer)
+        if self.exit_request is not None:
+            raise self.exit_request
+
+    async def _abandon(self, lanes: Crew) -> None:
+        """Cancel the handlers still running; name those that ignore it, and go on without them."""
+        running = {id(m): m for r in self._runners.values() for m in r.running}
+        left = await lanes.close(ABANDON_GRACE)
+        if not left:
+            return
+        for message in running.values():
+            self.log.error(
+                "abandoned handler %s for %s: it ignored cancellation; not committed, "
+                "it will be redelivered",
+                self.name,
+                message,
+            )
 
     async def stop(self) -> None:
+        self._stop.set()
+
+    def _exit_requested(self, request: ProcessExit) -> None:
+        """A handler asked for the process to stop: drain as on stop, then raise `request`."""
+        if self.exit_request is None:
+            self.exit_request = request
+        for runner in self._runners.values():
+            runner.close()  # nothing after the unfinished message runs
         self._stop.set()
 
     # -- fetching --------------------------------------------------------------------------
@@ -376,6 +408,12 @@ class ConsumerWorker:
         """Committed offset, high watermark and lag of each assigned partition, from the broker."""
         consumer = self._consumer
         return await consumer.facts() if consumer is not None else {}
+
+
+async def _raise_failure(lanes: Crew) -> None:
+    """Raise what a lane raised (a bug: handlers' errors are the error policy's), as a TaskGroup
+    would, so the worker crashes and is restarted."""
+    raise await lanes.failed()
 
 
 def _partitions(tps: Collection[TopicPartition]) -> str:

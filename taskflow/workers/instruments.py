@@ -2,10 +2,10 @@
 
 The per-attempt metrics are recorded by the telemetry middleware. These come from what the workers
 keep anyway: the error policy's outcomes (`Processor.outcomes`), skipped periodic runs
-(`ScheduledWorker.skipped`), and each consumer's local view of its partitions (lag, records in
-flight). Callbacks read them only when the SDK collects, so they cost nothing per message. A
-callback may run on the SDK's export thread: it only reads, and copies a dict in one step before
-walking it.
+(`ScheduledWorker.skipped`), the `def` handlers' stuck threads, and each consumer's local view of
+its partitions (lag, records in flight). Callbacks read them only when the SDK collects, so they
+cost nothing per message. A callback may run on the SDK's export thread: it only reads, and copies
+a dict in one step before walking it.
 
 The SDK keeps the first callbacks registered under a name, so each MeterProvider gets one set of
 instruments, which reads every set of workers that `observe` has lent it.
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from taskflow.handler import threads_of
 from taskflow.middleware.telemetry import SCOPE, error_type, meter_provider
 from taskflow.workers.consumer import ConsumerWorker
 from taskflow.workers.scheduled import ScheduledWorker
@@ -88,6 +89,13 @@ class WorkerInstruments:
             description="Ticks of a periodic task skipped because its previous run was going.",
         )
 
+        meter.create_observable_gauge(
+            "taskflow.handler.stuck_threads",
+            [self._stuck_threads],
+            unit="{thread}",
+            description="Threads of a `def` handler still running calls cut off by its timeout.",
+        )
+
     def add(self, workers: Sequence[Worker]) -> int:
         """Read `workers` from now on; returns a token for `remove`."""
         token = next(self._tokens)
@@ -150,6 +158,16 @@ class WorkerInstruments:
             for worker in self._consumers()
             for view in partition_views(worker)
         ]
+
+    def _stuck_threads(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for worker in self._workers():
+            if isinstance(worker, ConsumerWorker | ScheduledWorker):
+                threads = threads_of(worker.spec.handler)
+                if threads is not None:
+                    stuck = len(threads.stuck)
+                    observations.append(Observation(stuck, {"taskflow.worker": worker.name}))
+        return observations
 
     def _skipped(self, options: CallbackOptions) -> Iterable[Observation]:
         return [

@@ -28,6 +28,7 @@ from taskflow import loopwatch
 from taskflow.workers.offsets import OffsetTracker, SequentialTracker
 
 if TYPE_CHECKING:
+    from taskflow.crew import Crew
     from taskflow.message import Message, TopicPartition
     from taskflow.workers.processing import Processor
 
@@ -67,7 +68,7 @@ class PartitionRunner:
         tp: TopicPartition,
         epoch: int,
         processor: Processor,
-        task_group: asyncio.TaskGroup,
+        task_group: Crew,
         *,
         ordering: str,
         concurrency: int,
@@ -204,7 +205,9 @@ class PartitionRunner:
                         await direct(message, shared_ctx)  # type: ignore[arg-type]
                     else:
                         await first_try(message)
-                except Exception as exc:
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # SystemExit and the like too: see processing.py
                     if not await processor.recover(message, exc, self._pause):
                         return False  # closed while retrying: left unfinished, never committed
                 del running[lane]

@@ -4,7 +4,9 @@ The policy (`taskflow.policy`): a handler that raises is retried with backoff an
 its partition (or key) waits meanwhile; a `Reject` (or an exception in `reject_on`, or a payload
 that cannot be decoded) is never retried; it goes to the dead-letter topic when there is one, else
 it is logged and skipped. A message that exhausts `max_attempts` goes to the dead-letter topic.
-Cancellation, KeyboardInterrupt, SystemExit and MemoryError propagate and are never dead-lettered.
+Cancellation and MemoryError propagate and are never dead-lettered. A handler raising SystemExit or
+KeyboardInterrupt asks for the process to stop: the message is left unfinished (`stop_process`).
+Any other BaseException is a failure of the message, under the policy like an Exception.
 
 A dead letter is retried for as long as the broker may yet take it (it is down, a leader moves). One
 that is too large goes without the original's value (`taskflow.workers.dead_letter`); one the broker
@@ -24,7 +26,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Literal
 
 from taskflow.context import Context, WorkerLogger
-from taskflow.exceptions import BrokerError, Defer, RecordRefused, RecordTooLarge, Retry
+from taskflow.exceptions import (
+    BrokerError,
+    Defer,
+    ProcessExit,
+    RecordRefused,
+    RecordTooLarge,
+    Retry,
+)
 from taskflow.handler import ignores_ctx
 from taskflow.policy import DEFER, RAISE, RETRY, SKIP, Decision, ErrorPolicy
 from taskflow.workers.dead_letter import (
@@ -42,7 +51,7 @@ if TYPE_CHECKING:
     from taskflow.message import Message
     from taskflow.specs import ConsumerSpec
 
-__all__ = ["DeadLetterFate", "Outcome", "Processor"]
+__all__ = ["STOPS_PROCESS", "DeadLetterFate", "Outcome", "Processor", "exit_request"]
 
 logger = logging.getLogger("taskflow.consumer")
 
@@ -84,6 +93,8 @@ class Processor:
         # Then a lane may call the handler itself. (A timeout is a middleware layer, so a handler
         # with one never gets here: see `taskflow.middleware.timeout`.)
         self.direct = self.shared_ctx is not None
+        # Told when a handler raised SystemExit or KeyboardInterrupt (set by the worker).
+        self.on_exit: Callable[[ProcessExit], None] | None = None
 
     def first_try(self, message: Message) -> Awaitable[None]:
         """Start the first attempt at `message`: the fast path, the handler and nothing else.
@@ -103,7 +114,7 @@ class Processor:
             return await self.recover(message, exc, pause)
         return True
 
-    async def recover(self, message: Message, exc: Exception, pause: Pause) -> bool:
+    async def recover(self, message: Message, exc: BaseException, pause: Pause) -> bool:
         """Apply the error policy after attempt 1 raised `exc`; retry until finished or given up.
 
         A `Defer` waits its delay and runs the message again without counting an attempt.
@@ -113,6 +124,9 @@ class Processor:
         """
         attempt, deferred = 1, False
         while True:
+            if isinstance(exc, STOPS_PROCESS):
+                self._stop_process(message, exc)
+                return False
             decision = self.policy.after_failure(exc, attempt)
             if decision == RAISE:
                 raise exc
@@ -133,10 +147,24 @@ class Processor:
                 return await self._give_up(message, exc, attempt, decision, pause)
             try:
                 await self._call(message, attempt)
-            except Exception as failure:
+            except asyncio.CancelledError:
+                raise
+            except BaseException as failure:
                 exc = failure
             else:
                 return True
+
+    def _stop_process(self, message: Message, exc: BaseException) -> None:
+        request = exit_request(exc)
+        self.log.error(
+            "handler %s raised %s for %s: stopping the process; the message is not committed, "
+            "it will be redelivered",
+            self.spec.name,
+            request.reason,
+            message,
+        )
+        if self.on_exit is not None:
+            self.on_exit(request)
 
     async def _call(self, message: Message, attempt: int = 1) -> None:
         ctx = Context(
@@ -153,7 +181,9 @@ class Processor:
             signal.delay,
         )
 
-    def _log_failure(self, message: Message, exc: Exception, attempt: int, delay: float) -> None:
+    def _log_failure(
+        self, message: Message, exc: BaseException, attempt: int, delay: float
+    ) -> None:
         if isinstance(exc, Retry):
             self.log.info(
                 "↻ %s attempt %d: retry requested (%s); again in %.3gs",
@@ -282,3 +312,17 @@ class Processor:
         )
         self._count(decision, message, exc, DROPPED)
         return True
+
+
+STOPS_PROCESS = (SystemExit, KeyboardInterrupt)
+"""What a handler raises to stop the process."""
+
+
+def exit_request(exc: BaseException) -> ProcessExit:
+    """The stop a handler's SystemExit or KeyboardInterrupt asks for: the SystemExit's code when
+    it is a non-zero int, else 1."""
+    code = exc.code if isinstance(exc, SystemExit) else None
+    reason = (
+        f"{type(exc).__name__}({code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
+    )
+    return ProcessExit(reason, code if isinstance(code, int) and code != 0 else 1)
