@@ -300,8 +300,32 @@ class App:
         self.consumers.append(spec)
         return spec
 
-    def consume(self, *topics: str, **options: Any) -> Callable[[F], F]:
-        """Decorator form of `add_consumer`; returns the function unchanged.
+    def consume(
+        self,
+        *topics: str,
+        group: str | None = None,
+        name: str | None = None,
+        ordering: Ordering = "partition",
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        retry: Backoff | None = None,
+        max_attempts: int | None = None,
+        dead_letter: str | None = None,
+        reject_on: Sequence[type[BaseException]] = (),
+        middleware: Sequence[MiddlewareFactory] = (),
+        max_buffered: int = 1000,
+        rate_limit: RateLimit | str | None = None,
+        rate_limit_scope: RateLimitScope = "local",
+        idempotent: bool | None = None,
+        idempotency_key: IdempotencyKey | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
+    ) -> Callable[[F], F]:
+        """Decorator: consume `topics` with the function; returns the function unchanged.
+
+        The topics and options are those of [`add_consumer`][taskflow.App.add_consumer], with
+        the same defaults and meaning.
 
         Example:
             ```python
@@ -311,7 +335,28 @@ class App:
         """
 
         def register(func: F) -> F:
-            self.add_consumer(func, *topics, **options)
+            self.add_consumer(
+                func,
+                *topics,
+                group=group,
+                name=name,
+                ordering=ordering,
+                concurrency=concurrency,
+                timeout=timeout,
+                retry=retry,
+                max_attempts=max_attempts,
+                dead_letter=dead_letter,
+                reject_on=reject_on,
+                middleware=middleware,
+                max_buffered=max_buffered,
+                rate_limit=rate_limit,
+                rate_limit_scope=rate_limit_scope,
+                idempotent=idempotent,
+                idempotency_key=idempotency_key,
+                idempotency_lease=idempotency_lease,
+                idempotency_retention=idempotency_retention,
+                on_store_error=on_store_error,
+            )
             return func
 
         return register
@@ -403,11 +448,31 @@ class App:
         minutes: float = 0,
         hours: float = 0,
         days: float = 0,
-        **options: Any,
+        name: str | None = None,
+        fleet: bool = True,
+        catch_up: CatchUp = "none",
+        grace: timedelta | float = DEFAULT_GRACE,
+        lease: timedelta | float = DEFAULT_LEASE,
+        run_at_start: bool = False,
+        jitter: timedelta | float = 0,
+        timeout: float | None = None,
+        middleware: Sequence[MiddlewareFactory] = (),
+        idempotent: bool | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
     ) -> Callable[[F], F]:
         """Decorator: run the function periodically on the epoch-aligned grid.
 
-        The options are those of `add_schedule`.
+        The period is checked here. The other options are those of
+        [`add_schedule`][taskflow.App.add_schedule], with the same defaults and meaning.
+
+        Args:
+            every: The period, as a timedelta or seconds; or give it with the unit keywords.
+            seconds: Seconds of the period, added to the other units.
+            minutes: Minutes of the period.
+            hours: Hours of the period.
+            days: Days of the period.
 
         Example:
             ```python
@@ -418,18 +483,52 @@ class App:
         schedule = interval(every, seconds=seconds, minutes=minutes, hours=hours, days=days)
 
         def register(func: F) -> F:
-            self.add_schedule(func, schedule, **options)
+            self.add_schedule(
+                func,
+                schedule,
+                name=name,
+                fleet=fleet,
+                catch_up=catch_up,
+                grace=grace,
+                lease=lease,
+                run_at_start=run_at_start,
+                jitter=jitter,
+                timeout=timeout,
+                middleware=middleware,
+                idempotent=idempotent,
+                idempotency_lease=idempotency_lease,
+                idempotency_retention=idempotency_retention,
+                on_store_error=on_store_error,
+            )
             return func
 
         return register
 
     def cron(
-        self, expr: str, *, tz: str | tzinfo = "UTC", hash_id: str | None = None, **options: Any
+        self,
+        expr: str,
+        *,
+        tz: str | tzinfo = "UTC",
+        hash_id: str | None = None,
+        name: str | None = None,
+        fleet: bool = True,
+        catch_up: CatchUp = "none",
+        grace: timedelta | float = DEFAULT_GRACE,
+        lease: timedelta | float = DEFAULT_LEASE,
+        run_at_start: bool = False,
+        jitter: timedelta | float = 0,
+        timeout: float | None = None,
+        middleware: Sequence[MiddlewareFactory] = (),
+        idempotent: bool | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
     ) -> Callable[[F], F]:
         """Decorator: run the function at the times a cron expression names, in time zone `tz`.
 
-        The expression and time zone are checked here. The options are those of `add_schedule`;
-        see `Cron` for the syntax and the behaviour across DST changes.
+        The expression and time zone are checked here. The other options are those of
+        [`add_schedule`][taskflow.App.add_schedule], with the same defaults and meaning; see
+        [`Cron`][taskflow.Cron] for the syntax and the behaviour across DST changes.
 
         Args:
             expr: A cron expression: five fields, a sixth for seconds, a seventh for the year.
@@ -445,9 +544,25 @@ class App:
         Cron(expr, tz=tz, hash_id=hash_id or self.name)  # refuse a bad expression or zone now
 
         def register(func: F) -> F:
-            task = options.get("name") or handler_name(func)
+            task = name or handler_name(func)
             schedule = Cron(expr, tz=tz, hash_id=hash_id or f"{self.name}:{task}")
-            self.add_schedule(func, schedule, **options)
+            self.add_schedule(
+                func,
+                schedule,
+                name=name,
+                fleet=fleet,
+                catch_up=catch_up,
+                grace=grace,
+                lease=lease,
+                run_at_start=run_at_start,
+                jitter=jitter,
+                timeout=timeout,
+                middleware=middleware,
+                idempotent=idempotent,
+                idempotency_lease=idempotency_lease,
+                idempotency_retention=idempotency_retention,
+                on_store_error=on_store_error,
+            )
             return func
 
         return register
