@@ -1,6 +1,6 @@
 """Running one message through its handler under the error policy of the registration.
 
-The policy (`taskflow.policy`), after the seed's: a handler that raises is retried with backoff and
+The policy (`taskflow.policy`): a handler that raises is retried with backoff and
 its partition (or key) waits meanwhile; a `Reject` (or an exception in `reject_on`, or a payload
 that cannot be decoded) is never retried; it goes to the dead-letter topic when there is one, else
 it is logged and skipped. A message that exhausts `max_attempts` goes to the dead-letter topic.
