@@ -1,4 +1,4 @@
-"""A custom worker, written like the Go design's MyCustomWorker, beside a periodic task.
+"""A custom worker (a name, a start that runs until stopped, a stop) beside a periodic task.
 
 taskflow run examples.custom_worker:app
 """

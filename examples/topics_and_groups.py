@@ -1,4 +1,4 @@
-"""Several topics and consumer groups in one app: the seed guide's user and order event consumers.
+"""Several topics and consumer groups in one app: consumers of user and order events.
 
 Each registration is one consumer in one group. Two groups reading the same topic each get every
 message; one registration may read several topics in one group. A periodic task publishes some

@@ -7,15 +7,14 @@ registrations only; `taskflow.runner` builds the workers from them and runs them
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskflow import validation as check
 from taskflow.backoff import Backoff
 from taskflow.clock import Clock, SystemClock
 from taskflow.codec import encode_headers, encode_key, encode_value
@@ -24,7 +23,6 @@ from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.handler import consumer_handler, handler_name, periodic_handler
 from taskflow.middleware.telemetry import publish_tracer, traced_publish, with_trace_context
 from taskflow.ratelimit import RateLimit
-from taskflow.ratelimit import rate_limit as parse_rate_limit
 from taskflow.schedule import Cron, Schedule, interval
 from taskflow.specs import (
     DEFAULT_GRACE,
@@ -56,13 +54,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 Lifespan = Callable[["App"], AbstractAsyncContextManager[None]]
 Hook = Callable[[], Awaitable[None]]
 
-_NAME = re.compile(r"[A-Za-z0-9._-]+")  # used with fullmatch: `$` would let "x\n" through
-_MAX_TOPIC = 249  # Kafka's limit on a topic name
-_ORDERINGS = ("partition", "key", "none")
-
 
 class State:
-    """An attribute namespace for resources opened at startup (the seed's ServiceContext).
+    """An attribute namespace for resources opened at startup, shared by every handler.
 
     Example:
         ```python
@@ -146,11 +140,7 @@ class App:
         http_port: int | None = None,
         http_host: str | None = None,
     ) -> None:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigurationError(
-                f"an app name uses letters, digits, '.', '_' and '-', got {name!r}"
-            )
-        self.name = name
+        self.name = check.app_name(name)
         settings = Settings.resolve(
             {
                 "broker": broker,
@@ -170,14 +160,14 @@ class App:
         self.broker_options: dict[str, Any] = dict(settings.broker_options)
         self.redis_url: str | None = settings.redis_url
         self.lifespan = lifespan
-        self.middleware = _middleware(middleware)
+        self.middleware = check.middleware(middleware)
         self.shutdown_timeout = settings.shutdown_timeout
         self.commit_interval = settings.commit_interval
         self.clock: Clock = clock or SystemClock()
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.idempotent = settings.idempotent
-        self.idempotency_store = _idempotency_store(idempotency_store)
+        self.idempotency_store = check.idempotency_store(idempotency_store)
         self.http_port = settings.http_port
         self.http_host = settings.http_host
         self.state = State()
@@ -190,7 +180,7 @@ class App:
         self._broker: Broker | None = None
         self._tracer: Tracer | None = None  # of `send` spans, while running with telemetry on
         if isinstance(self.broker, str):
-            _check_broker_url(self.broker, self.broker_options, settings)
+            check.broker_url(self.broker, self.broker_options, settings)
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -287,36 +277,60 @@ class App:
             ConfigurationError: for any invalid option or a handler taskflow cannot call.
         """
         self._check_open()
-        idempotent = _idempotent(idempotent, self.idempotent)
+        idempotent = check.idempotent(idempotent, self.idempotent)
         spec = ConsumerSpec(
             name=self._new_name(handler_name(handler) if name is None else name),
-            topics=_topics(topics),
-            group=_group(self.name if group is None else group),
+            topics=check.topics(topics),
+            group=check.group(self.name if group is None else group),
             func=handler,
             handler=consumer_handler(handler),
-            ordering=_ordering(ordering),
-            concurrency=_concurrency(ordering, concurrency),
-            timeout=_timeout(timeout),
-            retry=_retry(retry),
-            max_attempts=_max_attempts(max_attempts, dead_letter),
-            dead_letter=_dead_letter(dead_letter, topics),
-            reject_on=_exception_types(reject_on),
-            middleware=_middleware(middleware),
-            max_buffered=_positive_int("max_buffered", max_buffered),
-            rate_limit=None if rate_limit is None else parse_rate_limit(rate_limit),
-            rate_limit_scope=_scope(rate_limit_scope, rate_limit),
+            ordering=check.ordering(ordering),
+            concurrency=check.concurrency(ordering, concurrency),
+            timeout=check.timeout(timeout),
+            retry=check.retry(retry),
+            max_attempts=check.max_attempts(max_attempts, dead_letter),
+            dead_letter=check.dead_letter(dead_letter, topics),
+            reject_on=check.reject_on(reject_on),
+            middleware=check.middleware(middleware),
+            max_buffered=check.positive_int("max_buffered", max_buffered),
+            rate_limit=check.rate_limit(rate_limit),
+            rate_limit_scope=check.rate_limit_scope(rate_limit_scope, rate_limit),
             idempotent=idempotent,
-            idempotency_key=_idempotency_key(idempotency_key, idempotent),
-            idempotency_lease=_seconds("idempotency_lease", idempotency_lease),
-            idempotency_retention=_seconds("idempotency_retention", idempotency_retention),
+            idempotency_key=check.idempotency_key(idempotency_key, idempotent),
+            idempotency_lease=check.seconds("idempotency_lease", idempotency_lease),
+            idempotency_retention=check.seconds("idempotency_retention", idempotency_retention),
             idempotency_store=self.idempotency_store,
-            on_store_error=_on_store_error(on_store_error),
+            on_store_error=check.on_store_error(on_store_error),
         )
         self.consumers.append(spec)
         return spec
 
-    def consume(self, *topics: str, **options: Any) -> Callable[[F], F]:
-        """Decorator form of `add_consumer`; returns the function unchanged.
+    def consume(
+        self,
+        *topics: str,
+        group: str | None = None,
+        name: str | None = None,
+        ordering: Ordering = "partition",
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        retry: Backoff | None = None,
+        max_attempts: int | None = None,
+        dead_letter: str | None = None,
+        reject_on: Sequence[type[BaseException]] = (),
+        middleware: Sequence[MiddlewareFactory] = (),
+        max_buffered: int = 1000,
+        rate_limit: RateLimit | str | None = None,
+        rate_limit_scope: RateLimitScope = "local",
+        idempotent: bool | None = None,
+        idempotency_key: IdempotencyKey | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
+    ) -> Callable[[F], F]:
+        """Decorator: consume `topics` with the function; returns the function unchanged.
+
+        The topics and options are those of [`add_consumer`][taskflow.App.add_consumer], with
+        the same defaults and meaning.
 
         Example:
             ```python
@@ -326,7 +340,28 @@ class App:
         """
 
         def register(func: F) -> F:
-            self.add_consumer(func, *topics, **options)
+            self.add_consumer(
+                func,
+                *topics,
+                group=group,
+                name=name,
+                ordering=ordering,
+                concurrency=concurrency,
+                timeout=timeout,
+                retry=retry,
+                max_attempts=max_attempts,
+                dead_letter=dead_letter,
+                reject_on=reject_on,
+                middleware=middleware,
+                max_buffered=max_buffered,
+                rate_limit=rate_limit,
+                rate_limit_scope=rate_limit_scope,
+                idempotent=idempotent,
+                idempotency_key=idempotency_key,
+                idempotency_lease=idempotency_lease,
+                idempotency_retention=idempotency_retention,
+                on_store_error=on_store_error,
+            )
             return func
 
         return register
@@ -385,31 +420,27 @@ class App:
         """
         self._check_open()
         name = self._new_name(handler_name(handler) if name is None else name)
-        if isinstance(schedule, str):
-            schedule = Cron(schedule, hash_id=f"{self.name}:{name}")
-        elif not isinstance(schedule, Schedule):
-            schedule = interval(schedule)
-        if not isinstance(run_at_start, bool):
-            raise ConfigurationError(f"run_at_start is True or False, got {run_at_start!r}")
-        fleet = _flag("fleet", fleet)
+        schedule = check.schedule(schedule, hash_id=f"{self.name}:{name}")
+        run_at_start = check.flag("run_at_start", run_at_start)
+        fleet = check.flag("fleet", fleet)
         spec = ScheduleSpec(
             name=name,
             schedule=schedule,
             func=handler,
             handler=periodic_handler(handler),
             run_at_start=run_at_start,
-            jitter=_jitter(jitter, schedule),
-            timeout=_timeout(timeout),
-            middleware=_middleware(middleware),
-            idempotent=_idempotent(idempotent, self.idempotent),
-            idempotency_lease=_seconds("idempotency_lease", idempotency_lease),
-            idempotency_retention=_seconds("idempotency_retention", idempotency_retention),
+            jitter=check.jitter(jitter, schedule),
+            timeout=check.timeout(timeout),
+            middleware=check.middleware(middleware),
+            idempotent=check.idempotent(idempotent, self.idempotent),
+            idempotency_lease=check.seconds("idempotency_lease", idempotency_lease),
+            idempotency_retention=check.seconds("idempotency_retention", idempotency_retention),
             idempotency_store=self.idempotency_store,
-            on_store_error=_on_store_error(on_store_error),
+            on_store_error=check.on_store_error(on_store_error),
             fleet=fleet,
-            catch_up=_catch_up(catch_up, fleet),
-            grace=_seconds("grace", grace),
-            lease=_seconds("lease", lease),
+            catch_up=check.catch_up(catch_up, fleet),
+            grace=check.seconds("grace", grace),
+            lease=check.seconds("lease", lease),
         )
         self.schedules.append(spec)
         return spec
@@ -422,11 +453,31 @@ class App:
         minutes: float = 0,
         hours: float = 0,
         days: float = 0,
-        **options: Any,
+        name: str | None = None,
+        fleet: bool = True,
+        catch_up: CatchUp = "none",
+        grace: timedelta | float = DEFAULT_GRACE,
+        lease: timedelta | float = DEFAULT_LEASE,
+        run_at_start: bool = False,
+        jitter: timedelta | float = 0,
+        timeout: float | None = None,
+        middleware: Sequence[MiddlewareFactory] = (),
+        idempotent: bool | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
     ) -> Callable[[F], F]:
         """Decorator: run the function periodically on the epoch-aligned grid.
 
-        The options are those of `add_schedule`.
+        The period is checked here. The other options are those of
+        [`add_schedule`][taskflow.App.add_schedule], with the same defaults and meaning.
+
+        Args:
+            every: The period, as a timedelta or seconds; or give it with the unit keywords.
+            seconds: Seconds of the period, added to the other units.
+            minutes: Minutes of the period.
+            hours: Hours of the period.
+            days: Days of the period.
 
         Example:
             ```python
@@ -437,18 +488,52 @@ class App:
         schedule = interval(every, seconds=seconds, minutes=minutes, hours=hours, days=days)
 
         def register(func: F) -> F:
-            self.add_schedule(func, schedule, **options)
+            self.add_schedule(
+                func,
+                schedule,
+                name=name,
+                fleet=fleet,
+                catch_up=catch_up,
+                grace=grace,
+                lease=lease,
+                run_at_start=run_at_start,
+                jitter=jitter,
+                timeout=timeout,
+                middleware=middleware,
+                idempotent=idempotent,
+                idempotency_lease=idempotency_lease,
+                idempotency_retention=idempotency_retention,
+                on_store_error=on_store_error,
+            )
             return func
 
         return register
 
     def cron(
-        self, expr: str, *, tz: str | tzinfo = "UTC", hash_id: str | None = None, **options: Any
+        self,
+        expr: str,
+        *,
+        tz: str | tzinfo = "UTC",
+        hash_id: str | None = None,
+        name: str | None = None,
+        fleet: bool = True,
+        catch_up: CatchUp = "none",
+        grace: timedelta | float = DEFAULT_GRACE,
+        lease: timedelta | float = DEFAULT_LEASE,
+        run_at_start: bool = False,
+        jitter: timedelta | float = 0,
+        timeout: float | None = None,
+        middleware: Sequence[MiddlewareFactory] = (),
+        idempotent: bool | None = None,
+        idempotency_lease: timedelta | float = DEFAULT_LEASE,
+        idempotency_retention: timedelta | float = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "fail",
     ) -> Callable[[F], F]:
         """Decorator: run the function at the times a cron expression names, in time zone `tz`.
 
-        The expression and time zone are checked here. The options are those of `add_schedule`;
-        see `Cron` for the syntax and the behaviour across DST changes.
+        The expression and time zone are checked here. The other options are those of
+        [`add_schedule`][taskflow.App.add_schedule], with the same defaults and meaning; see
+        [`Cron`][taskflow.Cron] for the syntax and the behaviour across DST changes.
 
         Args:
             expr: A cron expression: five fields, a sixth for seconds, a seventh for the year.
@@ -464,9 +549,25 @@ class App:
         Cron(expr, tz=tz, hash_id=hash_id or self.name)  # refuse a bad expression or zone now
 
         def register(func: F) -> F:
-            task = options.get("name") or handler_name(func)
+            task = name or handler_name(func)
             schedule = Cron(expr, tz=tz, hash_id=hash_id or f"{self.name}:{task}")
-            self.add_schedule(func, schedule, **options)
+            self.add_schedule(
+                func,
+                schedule,
+                name=name,
+                fleet=fleet,
+                catch_up=catch_up,
+                grace=grace,
+                lease=lease,
+                run_at_start=run_at_start,
+                jitter=jitter,
+                timeout=timeout,
+                middleware=middleware,
+                idempotent=idempotent,
+                idempotency_lease=idempotency_lease,
+                idempotency_retention=idempotency_retention,
+                on_store_error=on_store_error,
+            )
             return func
 
         return register
@@ -474,11 +575,7 @@ class App:
     def add_worker(self, worker: Worker) -> Worker:
         """Register a custom worker: any object with `name`, `async start()` and `async stop()`."""
         self._check_open()
-        if not isinstance(worker, Worker):
-            raise ConfigurationError(
-                f"{worker!r} is not a worker: it needs a name, async start() and async stop()"
-            )
-        self._new_name(worker.name)
+        self._new_name(check.worker(worker).name)
         self.workers.append(worker)
         return worker
 
@@ -488,22 +585,21 @@ class App:
         It should return when `ctx.stopping` is set. If it raises, it is restarted with backoff.
         """
         self._check_open()
-        if not inspect.iscoroutinefunction(func):
-            raise ConfigurationError(f"@app.worker needs an async def, got {func!r}")
+        check.function_worker(func)
         self.function_workers.append(FunctionWorkerSpec(self._new_name(handler_name(func)), func))
         return func
 
     def on_startup(self, func: F) -> F:
         """Register an async function to run before workers start (after the broker connects)."""
         self._check_open()
-        _check_hook("on_startup", func)
+        check.hook("on_startup", func)
         self.startup_hooks.append(func)
         return func
 
     def on_shutdown(self, func: F) -> F:
         """Register an async function to run after workers stop (before the broker closes)."""
         self._check_open()
-        _check_hook("on_shutdown", func)
+        check.hook("on_shutdown", func)
         self.shutdown_hooks.append(func)
         return func
 
@@ -581,8 +677,7 @@ class App:
             raise StateError(f"app {self.name!r} is running: register everything before it starts")
 
     def _new_name(self, name: str) -> str:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a worker name is a non-empty string, got {name!r}")
+        check.worker_name(name)
         if name in self.worker_names():
             raise ConfigurationError(
                 f"a worker named {name!r} is already registered; pass name= to tell them apart"
@@ -595,218 +690,8 @@ async def _run_hooks(hooks: Sequence[Hook]) -> None:
         await hook()
 
 
-def _check_broker_url(url: str, options: Mapping[str, Any], settings: Settings) -> None:
-    """Refuse a bad broker URL or option now, saying which variable gave it if one did."""
-    from taskflow.brokers import broker_from_url
-
-    try:
-        broker_from_url(url, options)
-    except ConfigurationError as exc:
-        if settings.sources.get("broker") == "env":
-            raise ConfigurationError(f"TASKFLOW_BROKER: {exc}") from exc
-        raise
-
-
 def _kafka_options(environ: Mapping[str, str]) -> Mapping[str, Any]:
     """The `TASKFLOW_KAFKA_<OPTION>` variables as typed aiokafka options (Kafka apps only)."""
     from taskflow.brokers.kafka import kafka_options_from_env
 
     return kafka_options_from_env(environ)
-
-
-def _positive_int(option: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{option} must be a whole number >= 1, got {value!r}")
-    return value
-
-
-def _topics(topics: Sequence[str]) -> tuple[str, ...]:
-    if not topics:
-        raise ConfigurationError("a consumer needs at least one topic: @app.consume('orders')")
-    for topic in topics:
-        if not _is_topic(topic):
-            raise ConfigurationError(
-                f"a topic name uses letters, digits, '.', '_' and '-' (at most {_MAX_TOPIC}, "
-                f"not '.' or '..'), got {topic!r}"
-            )
-    if len(set(topics)) != len(topics):
-        raise ConfigurationError(f"a topic is listed twice in {list(topics)}")
-    return tuple(topics)
-
-
-def _group(group: str) -> str:
-    if not isinstance(group, str) or not group:
-        raise ConfigurationError(f"a consumer group is a non-empty string, got {group!r}")
-    return group
-
-
-def _is_topic(topic: object) -> bool:
-    return (
-        isinstance(topic, str)
-        and _NAME.fullmatch(topic) is not None
-        and len(topic) <= _MAX_TOPIC
-        and topic not in (".", "..")
-    )
-
-
-def _retry(retry: Backoff | None) -> Backoff:
-    if retry is None:
-        return Backoff()
-    if not isinstance(retry, Backoff):
-        raise ConfigurationError(f"retry is a Backoff, got {retry!r}")
-    return retry
-
-
-def _middleware(middleware: Sequence[MiddlewareFactory]) -> tuple[MiddlewareFactory, ...]:
-    if not isinstance(middleware, Iterable):
-        raise ConfigurationError(f"middleware is a sequence of middleware, got {middleware!r}")
-    factories = tuple(middleware)
-    for factory in factories:
-        if not callable(factory):
-            raise ConfigurationError(f"middleware {factory!r} is not callable")
-    return factories
-
-
-def _check_hook(kind: str, func: object) -> None:
-    if not inspect.iscoroutinefunction(func):
-        raise ConfigurationError(f"@app.{kind} needs an async def, got {func!r}")
-
-
-def _ordering(ordering: str) -> Ordering:
-    if ordering not in _ORDERINGS:
-        raise ConfigurationError(f"ordering is one of {', '.join(_ORDERINGS)}; got {ordering!r}")
-    return ordering  # type: ignore[return-value]
-
-
-def _concurrency(ordering: str, concurrency: int | None) -> int:
-    if concurrency is None:
-        return 1 if ordering == "partition" else 16
-    if ordering == "partition" and concurrency != 1:
-        raise ConfigurationError(
-            "concurrency applies to ordering='key' or 'none'; in 'partition' mode each partition "
-            "runs one handler at a time and partitions run concurrently"
-        )
-    return _positive_int("concurrency", concurrency)
-
-
-def _timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
-
-
-def _max_attempts(max_attempts: int | None, dead_letter: str | None) -> int | None:
-    if max_attempts is None:
-        return 5 if dead_letter else None
-    if dead_letter is None:
-        raise ConfigurationError(
-            "max_attempts needs dead_letter=: without a dead-letter topic a failing message is "
-            "retried until it succeeds, so nothing is lost (raise Reject to skip one on purpose)"
-        )
-    return _positive_int("max_attempts", max_attempts)
-
-
-def _dead_letter(dead_letter: str | None, topics: Sequence[str]) -> str | None:
-    if dead_letter is None:
-        return None
-    if not _is_topic(dead_letter):
-        raise ConfigurationError(f"dead_letter is a topic name, got {dead_letter!r}")
-    if dead_letter in topics:
-        raise ConfigurationError(f"the dead-letter topic {dead_letter!r} is also consumed here")
-    return dead_letter
-
-
-def _exception_types(types: Sequence[type[BaseException]]) -> tuple[type[BaseException], ...]:
-    if isinstance(types, type) or not isinstance(types, Iterable):
-        raise ConfigurationError(f"reject_on takes a sequence of exception classes, got {types!r}")
-    for kind in types:
-        if not (isinstance(kind, type) and issubclass(kind, Exception)):
-            raise ConfigurationError(f"reject_on takes exception classes, got {kind!r}")
-    return tuple(types)
-
-
-def _jitter(jitter: timedelta | float, schedule: Schedule) -> timedelta:
-    if isinstance(jitter, bool) or not isinstance(jitter, timedelta | int | float):
-        raise ConfigurationError(f"jitter is a timedelta or seconds, got {jitter!r}")
-    try:
-        value = jitter if isinstance(jitter, timedelta) else timedelta(seconds=jitter)
-    except (ValueError, OverflowError):  # NaN or infinity
-        raise ConfigurationError(f"jitter is a finite number of seconds, got {jitter!r}") from None
-    if value < timedelta(0):
-        raise ConfigurationError(f"jitter cannot be negative, got {value}")
-    period = getattr(schedule, "period", None)
-    if isinstance(period, timedelta) and value >= period:
-        raise ConfigurationError(f"jitter ({value}) must be shorter than the period ({period})")
-    return value
-
-
-def _scope(scope: str, limit: RateLimit | str | None) -> RateLimitScope:
-    if scope not in ("local", "global"):
-        raise ConfigurationError(f"rate_limit_scope is 'local' or 'global', got {scope!r}")
-    if scope == "global" and limit is None:
-        raise ConfigurationError("rate_limit_scope='global' needs a rate_limit= to share")
-    return scope  # type: ignore[return-value]
-
-
-def _idempotent(value: bool | None, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"idempotent is True or False, got {value!r}")
-    return value
-
-
-def _idempotency_key(key: IdempotencyKey | None, idempotent: bool) -> IdempotencyKey | None:
-    if key is None:
-        return None
-    if not callable(key):
-        raise ConfigurationError(
-            f"idempotency_key is a function taking the Message and returning its key, got {key!r}"
-        )
-    if not idempotent:
-        raise ConfigurationError("idempotency_key= needs idempotent=True (here or on the App)")
-    return key
-
-
-def _idempotency_store(store: IdempotencyStore | None) -> IdempotencyStore | None:
-    if store is not None and not isinstance(store, IdempotencyStore):
-        raise ConfigurationError(
-            f"idempotency_store needs async claim, complete, release, extend and remaining, "
-            f"as MemoryIdempotencyStore has; got {store!r}"
-        )
-    return store
-
-
-def _seconds(option: str, value: timedelta | float) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not 0 < seconds < float("inf")
-    ):
-        raise ConfigurationError(f"{option} must be a positive number of seconds, got {value!r}")
-    return float(seconds)
-
-
-def _flag(option: str, value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{option} is True or False, got {value!r}")
-    return value
-
-
-def _catch_up(value: str, fleet: bool) -> CatchUp:
-    if value not in ("none", "latest", "all"):
-        raise ConfigurationError(f"catch_up is 'none', 'latest' or 'all', got {value!r}")
-    if value != "none" and not fleet:
-        raise ConfigurationError(
-            "catch_up= needs fleet=True: the fleet's records in Redis tell which ticks were missed"
-        )
-    return value  # type: ignore[return-value]
-
-
-def _on_store_error(value: str) -> OnStoreError:
-    if value not in ("fail", "proceed"):
-        raise ConfigurationError(f"on_store_error is 'fail' or 'proceed', got {value!r}")
-    return value  # type: ignore[return-value]

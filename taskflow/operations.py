@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from taskflow import validation as check
 from taskflow.codec import encode_value
 from taskflow.context import Tick
 from taskflow.exceptions import ConfigurationError, StoreError
@@ -52,7 +52,6 @@ __all__ = [
 logger = logging.getLogger("taskflow")
 
 Outcome = Literal["ok", "failed", "cancelled", "lost", "busy", "elsewhere"]
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule, as App.add_consumer checks it
 
 
 # -- trigger -------------------------------------------------------------------------------
@@ -286,11 +285,7 @@ async def send(
             f"the app's broker is {app.broker_url}, which lives inside one process, so a message "
             "sent from here reaches nobody: pass --broker kafka://host:port or set TASKFLOW_BROKER"
         )
-    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
-        raise ConfigurationError(
-            "a topic name uses letters, digits, '.', '_' and '-' (at most 249, not '.' or '..'), "
-            f"got {topic!r}"
-        )
+    check.topic(topic)
     broker = resolve_broker(app)
     await broker.start()
     try:

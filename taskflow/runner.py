@@ -377,8 +377,8 @@ async def serve(
             ", ".join(w.name for w in runtime.workers) or "none",
         )
         # What start-up made (modules, the app, its workers) lives as long as the process: moved
-        # out of the collector's reach, a full collection no longer walks it, which took a
-        # ~15 ms pause off the p99 lateness of 100 periodic tasks (bench/scheduler.py).
+        # out of the collector's reach, a full collection no longer walks it and so pauses
+        # periodic tasks far less (bench/scheduler.py measures their lateness).
         gc.freeze()
         if on_ready is not None:
             on_ready(runtime)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
@@ -10,7 +13,9 @@ from taskflow.backoff import Backoff
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.context import Context
 from taskflow.exceptions import ConfigurationError, HandlerSignatureError, StateError
-from taskflow.schedule import Interval
+from taskflow.handler import Handler
+from taskflow.message import Message
+from taskflow.schedule import Cron, Interval
 
 
 @pytest.fixture(autouse=True)
@@ -484,3 +489,128 @@ def test_registering_works_again_once_the_app_has_stopped(app: App) -> None:
     app.consume("orders")(on_order)
 
     assert app.worker_names() == ["on_order"]
+
+
+# -- decorators take the options of their add_* method ---------------------------------------
+
+
+def _options(method: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The keyword options of a method, `**options` included, in order."""
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
+    return [p for p in inspect.signature(method).parameters.values() if p.kind in kinds]
+
+
+@pytest.mark.parametrize(
+    ("decorator", "add", "own"),
+    [
+        (App.consume, App.add_consumer, ()),
+        (App.every, App.add_schedule, ("seconds", "minutes", "hours", "days")),
+        (App.cron, App.add_schedule, ("tz", "hash_id")),
+        (App.worker, App.add_worker, ()),
+    ],
+    ids=["consume", "every", "cron", "worker"],
+)
+def test_a_decorator_takes_the_options_of_its_add_method_by_name_type_and_default(
+    decorator: Callable[..., Any], add: Callable[..., Any], own: tuple[str, ...]
+) -> None:
+    """Besides the keywords that say when a periodic task runs, a decorator's options are those
+    of its add_* method, spelled out so an editor and mypy know each one's type."""
+    options = _options(decorator)
+
+    assert [p.name for p in options[: len(own)]] == list(own)
+    assert options[len(own) :] == _options(add)
+
+
+def _passthrough(handler: Handler) -> Handler:
+    return handler
+
+
+def _message_key(message: Message) -> bytes | None:
+    return message.key
+
+
+# For each option of add_consumer, options that set it to something other than its default
+# (with what it needs beside it), so a decorator that dropped it would register something else.
+CONSUMER_OPTIONS: dict[str, dict[str, Any]] = {
+    "group": {"group": "payments"},
+    "name": {"name": "on_order_eu"},
+    "ordering": {"ordering": "key"},
+    "concurrency": {"ordering": "none", "concurrency": 4},
+    "timeout": {"timeout": 2},
+    "retry": {"retry": Backoff(initial=0.1, maximum=1)},
+    "max_attempts": {"dead_letter": "orders.DLQ", "max_attempts": 2},
+    "dead_letter": {"dead_letter": "orders.DLQ"},
+    "reject_on": {"reject_on": (KeyError,)},
+    "middleware": {"middleware": (_passthrough,)},
+    "max_buffered": {"max_buffered": 10},
+    "rate_limit": {"rate_limit": "100/s"},
+    "rate_limit_scope": {"rate_limit": "100/s", "rate_limit_scope": "global"},
+    "idempotent": {"idempotent": True},
+    "idempotency_key": {"idempotent": True, "idempotency_key": _message_key},
+    "idempotency_lease": {"idempotency_lease": 10},
+    "idempotency_retention": {"idempotency_retention": 60},
+    "on_store_error": {"on_store_error": "proceed"},
+}
+
+SCHEDULE_OPTIONS: dict[str, dict[str, Any]] = {
+    "name": {"name": "sweep"},
+    "fleet": {"fleet": False},
+    "catch_up": {"catch_up": "all"},
+    "grace": {"grace": 60},
+    "lease": {"lease": 10},
+    "run_at_start": {"run_at_start": True},
+    "jitter": {"jitter": 10},
+    "timeout": {"timeout": 5},
+    "middleware": {"middleware": (_passthrough,)},
+    "idempotent": {"idempotent": True},
+    "idempotency_lease": {"idempotency_lease": 10},
+    "idempotency_retention": {"idempotency_retention": 60},
+    "on_store_error": {"on_store_error": "proceed"},
+}
+
+
+def _registered(spec: Any) -> dict[str, Any]:
+    """What a registration holds, but for the handler built from the function on each call."""
+    return {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "handler"}
+
+
+def test_every_option_of_the_add_methods_has_a_case_below() -> None:
+    assert list(CONSUMER_OPTIONS) == [p.name for p in _options(App.add_consumer)]
+    assert list(SCHEDULE_OPTIONS) == [p.name for p in _options(App.add_schedule)]
+
+
+@pytest.mark.parametrize("options", CONSUMER_OPTIONS.values(), ids=list(CONSUMER_OPTIONS))
+def test_each_consume_option_registers_what_add_consumer_registers(
+    options: dict[str, Any],
+) -> None:
+    decorated, added = App("billing"), App("billing")
+    decorated.consume("orders", **options)(on_order)
+    expected = added.add_consumer(on_order, "orders", **options)
+
+    assert _registered(decorated.consumers[0]) == _registered(expected)
+    assert _registered(expected) != _registered(App("billing").add_consumer(on_order, "orders"))
+
+
+@pytest.mark.parametrize("options", SCHEDULE_OPTIONS.values(), ids=list(SCHEDULE_OPTIONS))
+def test_each_every_option_registers_what_add_schedule_registers(
+    options: dict[str, Any],
+) -> None:
+    decorated, added = App("billing"), App("billing")
+    decorated.every(minutes=1, **options)(cleanup)
+    expected = added.add_schedule(cleanup, 60, **options)
+
+    assert _registered(decorated.schedules[0]) == _registered(expected)
+    assert _registered(expected) != _registered(App("billing").add_schedule(cleanup, 60))
+
+
+@pytest.mark.parametrize("options", SCHEDULE_OPTIONS.values(), ids=list(SCHEDULE_OPTIONS))
+def test_each_cron_option_registers_what_add_schedule_registers(
+    options: dict[str, Any],
+) -> None:
+    decorated, added = App("billing"), App("billing")
+    decorated.cron("H * * * *", tz="Europe/Berlin", **options)(cleanup)
+    task = options.get("name", "cleanup")
+    schedule = Cron("H * * * *", tz="Europe/Berlin", hash_id=f"billing:{task}")
+    expected = added.add_schedule(cleanup, schedule, **options)
+
+    assert _registered(decorated.schedules[0]) == _registered(expected)

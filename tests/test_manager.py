@@ -17,7 +17,7 @@ FAST_RESTARTS = Backoff(initial=0.01, maximum=0.04, jitter=0)
 
 
 class MyCustomWorker:
-    """The seed's MyCustomWorker in Python: a name, a start that loops until stopped, a stop."""
+    """A custom worker: a name, a start that loops until stopped, a stop."""
 
     def __init__(self, name: str, journal: list[str] | None = None, period: float = 0.001) -> None:
         self.name = name

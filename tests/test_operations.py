@@ -233,6 +233,7 @@ async def test_send_refuses_the_memory_broker_which_nobody_else_can_read() -> No
         await send(App("ops"), "orders", b"{}")
 
 
-async def test_send_refuses_a_bad_topic_name() -> None:
+@pytest.mark.parametrize("topic", ["no spaces", "", ".", "..", "orders\n", "x" * 250], ids=repr)
+async def test_send_refuses_a_topic_name_a_consumer_could_not_have(topic: str) -> None:
     with pytest.raises(ConfigurationError, match="a topic name uses letters"):
-        await send(App("ops", broker="kafka://127.0.0.1:1"), "no spaces", b"{}")
+        await send(App("ops", broker="kafka://127.0.0.1:1"), topic, b"{}")

@@ -153,7 +153,7 @@ class PartitionRunner:
             return
         # Key and none modes: a lane waits for a worker; a worker that finishes its lane takes
         # the next ready one, so a task is started only when every worker is busy (a task per
-        # lane made one task per record when keys cycle: 3.5 us of event-loop work each).
+        # lane would make one task per record when keys cycle, each a round of event-loop work).
         self._ready.append(lane)
         if self._workers < len(self._lanes):
             self._workers += 1
