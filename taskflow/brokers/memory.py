@@ -19,14 +19,13 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from aiokafka.partitioner import murmur2
-
 from taskflow.brokers.base import (
     ConsumerOptions,
     FetchPosition,
     PartitionFacts,
     RebalanceListener,
 )
+from taskflow.brokers.partitioner import partition_for_key
 from taskflow.exceptions import CommitError, ConfigurationError, StateError
 from taskflow.message import Headers, Message, TopicPartition
 
@@ -49,8 +48,7 @@ class _Topic:
     def partition_for(self, key: bytes | None) -> int:
         if key is None:
             return next(self.round_robin)
-        hashed: int = murmur2(key)
-        return (hashed & 0x7FFFFFFF) % len(self.logs)
+        return partition_for_key(key, len(self.logs))
 
 
 class _Group:
