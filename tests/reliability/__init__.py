@@ -1,1 +1,4 @@
-"""Misbehaving handlers, oversized records and bad configuration, run the way an operator meets them."""
+"""Misbehaving handlers, oversized records and bad configuration.
+
+Each case runs the way an operator meets it.
+"""
