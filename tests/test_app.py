@@ -452,6 +452,7 @@ async def test_publishing_before_the_app_runs_says_where_publishing_works(app: A
 
 async def test_publishing_while_running_reaches_the_broker(app: App) -> None:
     broker = MemoryBroker(partitions=1)
+    await broker.start()
     app.attach(broker)
 
     await app.publish("orders", {"id": 1}, key="c1", headers={"trace": "t"})

@@ -3,9 +3,13 @@
 Topics have partitions; a key picks its partition with Kafka's own hash (murmur2), so a key lands on
 the same partition number as it would on Kafka; groups keep committed offsets; each partition is
 delivered in order to exactly one member of a group; members joining or leaving rebalance the group
-eagerly, calling each member's listener before its partitions move. Delivery is at-least-once:
-what a member fetched but did not commit is fetched again by the next owner. A record larger than
-Kafka's producer would send (`max_request_size`, 1048576 bytes by default) is refused as there.
+eagerly, calling each remaining member's listener before its partitions move. Delivery is
+at-least-once: what a member fetched but did not commit is fetched again by the next owner.
+
+What an app can observe through the `Broker` protocol is what Kafka shows it: publishing needs a
+started broker, a record larger than Kafka's producer would send (`max_request_size`, 1048576 bytes
+by default) is refused, a consumer answers only while started, a failing rebalance listener is
+logged and the rebalance goes on.
 
 It is the default broker for development and the engine of `taskflow.testing.TestClient`. Messages
 live in memory for the life of the process.
@@ -20,8 +24,6 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from aiokafka.partitioner import murmur2
-
 from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
     ConsumerOptions,
@@ -30,11 +32,19 @@ from taskflow.brokers.base import (
     RebalanceListener,
     record_size,
 )
+from taskflow.brokers.partitioner import partition_for_key
 from taskflow.config import quoted, whole_number_text
-from taskflow.exceptions import CommitError, ConfigurationError, RecordTooLarge, StateError
+from taskflow.exceptions import (
+    BrokerError,
+    CommitError,
+    ConfigurationError,
+    PublishError,
+    RecordTooLarge,
+    StateError,
+)
 from taskflow.message import Headers, Message, TopicPartition
 
-__all__ = ["MemoryBroker", "MemoryConsumer"]
+__all__ = ["MemoryBroker", "MemoryConsumer", "MemoryGroup", "MemoryTopic"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +53,9 @@ MAX_PARTITIONS = 1024  # one process holds every partition of every topic in mem
 MAX_REQUEST_SIZE = 2**31 - 1  # the largest size Kafka's protocol carries
 
 
-class _Topic:
+class MemoryTopic:
+    """One topic of a memory broker: `logs[p]` is partition p's records, in offset order."""
+
     __slots__ = ("logs", "name", "round_robin", "subscribers")
 
     def __init__(self, name: str, partitions: int) -> None:
@@ -55,32 +67,56 @@ class _Topic:
     def partition_for(self, key: bytes | None) -> int:
         if key is None:
             return next(self.round_robin)
-        hashed: int = murmur2(key)
-        return (hashed & 0x7FFFFFFF) % len(self.logs)
+        return partition_for_key(key, len(self.logs))
+
+    def append(self, record: Message) -> None:
+        """Add a record to its partition and wake the members subscribed to the topic."""
+        self.logs[record.partition].append(record)
+        for subscriber in self.subscribers:
+            subscriber.wakeup.set()
 
 
-class _Group:
-    """A consumer group: its members, their assignment and the committed offsets."""
+class MemoryGroup:
+    """A consumer group: its members, their assignment and the offsets it committed.
+
+    `committed` and `wait_for_commit` let a test follow the group's progress.
+    """
 
     def __init__(self, broker: MemoryBroker, name: str) -> None:
         self.broker = broker
         self.name = name
         self.members: list[MemoryConsumer] = []
         self.committed: dict[TopicPartition, int] = {}
-        self.lock = asyncio.Lock()
         self.generation = 0
+        self._lock = asyncio.Lock()
+        self._commits = asyncio.Condition()
 
     async def join(self, member: MemoryConsumer) -> None:
-        async with self.lock:
+        async with self._lock:
             self.members.append(member)
             await self._rebalance()
 
     async def leave(self, member: MemoryConsumer) -> None:
-        async with self.lock:
+        """Take `member` out and rebalance the others.
+
+        The leaving member's listener is not called: Kafka's consumer does not call it on stop.
+        """
+        async with self._lock:
             if member in self.members:
-                await member.revoke_all()
+                member.drop_assignment()
                 self.members.remove(member)
                 await self._rebalance()
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record `offsets` and wake whoever waits for a commit of this group."""
+        self.committed.update(offsets)
+        async with self._commits:
+            self._commits.notify_all()
+
+    async def wait_for_commit(self) -> None:
+        """Return after the next commit of this group."""
+        async with self._commits:
+            await self._commits.wait()
 
     async def _rebalance(self) -> None:
         self.generation += 1
@@ -99,6 +135,10 @@ class _Group:
 
 class MemoryBroker:
     """An in-process broker with Kafka's semantics.
+
+    Besides the `Broker` protocol it answers what a test or a developer wants to look at:
+    `topic(name).logs` (every record), `group(name)` (its committed offsets, and a way to wait
+    for its next commit), `committed` and `end_offset`.
 
     Args:
         partitions: How many partitions a topic gets when it is first used.
@@ -119,9 +159,9 @@ class MemoryBroker:
             raise ConfigurationError(f"max_request_size must be positive, got {max_request_size}")
         self.partitions = partitions
         self.max_request_size = max_request_size
-        self._topics: dict[str, _Topic] = {}
-        self._groups: dict[str, _Group] = {}
-        self._committed = asyncio.Condition()
+        self._topics: dict[str, MemoryTopic] = {}
+        self._groups: dict[str, MemoryGroup] = {}
+        self._open = False
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
@@ -148,44 +188,18 @@ class MemoryBroker:
         return f"memory://?partitions={self.partitions}&max_request_size={self.max_request_size}"
 
     async def start(self) -> None:
-        """Nothing to connect to."""
+        """Open for publishing (as Kafka's producer connects); nothing to connect to."""
+        self._open = True
 
     async def close(self) -> None:
-        """Nothing to flush: a publish is complete when it returns."""
-
-    def topic(self, name: str) -> _Topic:
-        """Return topic `name`, creating it with the default partition count on first use."""
-        topic = self._topics.get(name)
-        if topic is None:
-            if not name:
-                raise ConfigurationError("a topic name cannot be empty")
-            topic = self._topics[name] = _Topic(name, self.partitions)
-        return topic
-
-    def create_topic(self, name: str, partitions: int) -> None:
-        """Create `name` with `partitions` partitions; an error if it exists with another count."""
-        existing = self._topics.get(name)
-        if existing is not None:
-            if len(existing.logs) != partitions:
-                raise StateError(f"topic {name!r} exists with {len(existing.logs)} partitions")
-            return
-        if partitions < 1:
-            raise ConfigurationError(f"a topic needs at least one partition, got {partitions}")
-        self._topics[name] = _Topic(name, partitions)
+        """Stop publishing: a publish is complete when it returns, so nothing is left to flush."""
+        self._open = False
 
     async def publish(
         self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
     ) -> tuple[TopicPartition, int]:
-        return self.append(topic, value, key=key, headers=headers)
-
-    def append(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
-    ) -> tuple[TopicPartition, int]:
-        """Publish without awaiting: the synchronous core of `publish`.
-
-        Raises:
-            RecordTooLarge: when the record is over `max_request_size`, as Kafka's producer says.
-        """
+        if not self._open:
+            raise PublishError("the memory broker is not started")
         size = record_size(value, key, headers)
         if size > self.max_request_size:
             raise RecordTooLarge(
@@ -194,13 +208,9 @@ class MemoryBroker:
             )
         target = self.topic(topic)
         partition = target.partition_for(key)
-        log = target.logs[partition]
-        offset = len(log)
-        log.append(
-            Message(topic, partition, offset, key, value, headers, time.time_ns() // 1_000_000)
-        )
-        for subscriber in target.subscribers:
-            subscriber.wakeup.set()
+        offset = len(target.logs[partition])
+        now_ms = time.time_ns() // 1_000_000
+        target.append(Message(topic, partition, offset, key, value, headers, now_ms))
         return TopicPartition(topic, partition), offset
 
     def consumer(
@@ -219,9 +229,25 @@ class MemoryBroker:
             raise ConfigurationError(
                 f"auto_offset_reset is 'earliest' or 'latest', got {options.auto_offset_reset!r}"
             )
-        if group not in self._groups:
-            self._groups[group] = _Group(self, group)
-        return MemoryConsumer(self, self._groups[group], topics, listener, options)
+        return MemoryConsumer(self, self.group(group), topics, listener, options)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def topic(self, name: str) -> MemoryTopic:
+        """Return topic `name`, creating it with the default partition count on first use."""
+        topic = self._topics.get(name)
+        if topic is None:
+            if not name:
+                raise ConfigurationError("a topic name cannot be empty")
+            topic = self._topics[name] = MemoryTopic(name, self.partitions)
+        return topic
+
+    def group(self, name: str) -> MemoryGroup:
+        """Return consumer group `name`, creating it (with no members) on first use."""
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = MemoryGroup(self, name)
+        return group
 
     def end_offset(self, tp: TopicPartition) -> int:
         """The offset the next record of `tp` will get."""
@@ -231,23 +257,6 @@ class MemoryBroker:
         """The offset `group` committed for `tp`, or None."""
         known = self._groups.get(group)
         return known.committed.get(tp) if known else None
-
-    def lag(self, group: str, topics: Collection[str]) -> int:
-        """Records in `topics` that `group` has not committed yet."""
-        total = 0
-        for name in topics:
-            for partition, log in enumerate(self.topic(name).logs):
-                total += len(log) - (self.committed(group, TopicPartition(name, partition)) or 0)
-        return total
-
-    async def wait_for_commit(self) -> None:
-        """Wait for the next commit by any group (for `TestClient.drain`)."""
-        async with self._committed:
-            await self._committed.wait()
-
-    async def _notify_commit(self) -> None:
-        async with self._committed:
-            self._committed.notify_all()
 
 
 def _positive(query: Mapping[str, list[str]], name: str, default: int, bound: int) -> int:
@@ -261,12 +270,16 @@ def _positive(query: Mapping[str, list[str]], name: str, default: int, bound: in
 
 
 class MemoryConsumer:
-    """A member of a memory broker group."""
+    """A member of a memory broker group.
+
+    Like Kafka's consumer, it refuses to fetch, commit, pause, resume or report facts while it
+    is not started (a `BrokerError`), and its listener is told of rebalances, not of its own stop.
+    """
 
     def __init__(
         self,
         broker: MemoryBroker,
-        group: _Group,
+        group: MemoryGroup,
         topics: Sequence[str],
         listener: RebalanceListener,
         options: ConsumerOptions,
@@ -285,6 +298,8 @@ class MemoryConsumer:
         self._started = False
 
     async def start(self) -> None:
+        if self._started:
+            raise StateError(f"this member of group {self.group.name} is already started")
         for name in self.topics:
             self.broker.topic(name).subscribers.add(self)
         self._started = True
@@ -299,19 +314,26 @@ class MemoryConsumer:
         await self.group.leave(self)
         self.wakeup.set()
 
+    def _check_started(self) -> None:
+        if not self._started:
+            raise BrokerError("the memory consumer is not started")
+
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assigned
 
     def pause(self, partitions: Collection[TopicPartition]) -> None:
+        self._check_started()
         self._paused.update(partitions)
 
     def resume(self, partitions: Collection[TopicPartition]) -> None:
+        self._check_started()
         self._paused.difference_update(partitions)
         self.wakeup.set()
 
     async def getmany(self, timeout: float) -> Mapping[TopicPartition, Sequence[Message]]:
+        self._check_started()
         batch = self._collect()
-        if batch or timeout <= 0 or not self._started:
+        if batch or timeout <= 0:
             return batch
         self.wakeup.clear()
         try:
@@ -319,7 +341,7 @@ class MemoryConsumer:
                 await self.wakeup.wait()
         except TimeoutError:
             return {}
-        return self._collect()
+        return self._collect()  # empty when woken by stop()
 
     def _collect(self) -> dict[TopicPartition, list[Message]]:
         budget = self.options.max_records
@@ -338,16 +360,17 @@ class MemoryConsumer:
         return batch
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._check_started()
         foreign = [tp for tp in offsets if tp not in self._assigned]
         if foreign:
             raise CommitError(
                 f"group {self.group.name} rebalanced: {', '.join(map(str, foreign))} "
                 "is no longer assigned to this member"
             )
-        self.group.committed.update(offsets)
-        await self.broker._notify_commit()
+        await self.group.commit(offsets)
 
     async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+        self._check_started()
         return {
             tp: PartitionFacts(self.group.committed.get(tp), self.broker.end_offset(tp))
             for tp in self._assigned
@@ -360,7 +383,10 @@ class MemoryConsumer:
         }
 
     async def revoke_all(self) -> None:
-        """Called by the group: give up every partition, telling the listener first."""
+        """Called by the group: give up every partition, telling the listener first.
+
+        A listener that raises is logged and the rebalance goes on, as in Kafka's consumer.
+        """
         if not self._assigned:
             return
         revoked = self._assigned
@@ -368,12 +394,21 @@ class MemoryConsumer:
             await self.listener.on_partitions_revoked(revoked)
         except Exception:
             logger.exception("rebalance listener failed on revoke in group %s", self.group.name)
+        self.drop_assignment()
+
+    def drop_assignment(self) -> None:
+        """Called by the group: forget every partition without telling the listener (on leave)."""
+        revoked = self._assigned
         self._assigned = frozenset()
         self._positions.clear()
         self._paused.difference_update(revoked)
 
     async def assign(self, partitions: frozenset[TopicPartition]) -> None:
-        """Called by the group: take `partitions`, starting at their committed offsets."""
+        """Called by the group: take `partitions`, starting at their committed offsets.
+
+        A listener that raises is logged and the member keeps the partitions, as in Kafka's
+        consumer.
+        """
         self._assigned = partitions
         for tp in sorted(partitions):
             committed = self.group.committed.get(tp)

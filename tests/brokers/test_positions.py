@@ -16,9 +16,10 @@ __all__ = ["kafka"]  # the fixture, imported for the Kafka test
 
 async def test_memory_positions_follow_fetches_and_the_end_of_each_partition() -> None:
     broker = MemoryBroker(partitions=2)
+    await broker.start()
     for n in range(3):
-        broker.append("orders", b"%d" % n, key=b"k")
-    busy = broker.append("orders", b"3", key=b"k")[0]
+        await broker.publish("orders", b"%d" % n, key=b"k")
+    busy = (await broker.publish("orders", b"3", key=b"k"))[0]
     idle = TopicPartition("orders", 1 - busy.partition)
     consumer = broker.consumer(
         ["orders"], group="g", listener=Listener(), options=ConsumerOptions(max_records=3)

@@ -220,8 +220,9 @@ async def test_a_fetched_batch_is_claimed_in_one_round_trip_and_marked_done_in_f
     store = CountingStore(redis)
     app, handled = recording_app("batch", {"idempotency_store": store}, idempotent=True)
     client = TestClient(app, partitions=1)
+    await client.broker.start()  # as a producer outside the app, before the consumer starts
     for value in range(200):  # waiting before the consumer starts: its first fetch takes them all
-        client.broker.append(
+        await client.broker.publish(
             "events", str(value).encode(), headers=(("idempotency-key", b"%d" % value),)
         )
     async with client:
@@ -250,8 +251,9 @@ async def test_messages_left_unrun_at_shutdown_give_their_batch_claims_back(redi
 
     app.add_consumer(on_event, "events", idempotent=True)
     client = TestClient(app, partitions=1)
+    await client.broker.start()  # as a producer outside the app, before the consumer starts
     for value in range(10):
-        client.broker.append(
+        await client.broker.publish(
             "events", str(value).encode(), headers=(("idempotency-key", b"%d" % value),)
         )
     async with client:
@@ -269,8 +271,11 @@ async def test_a_duplicate_right_behind_its_twin_is_skipped_before_the_done_mark
 ) -> None:
     app, handled = recording_app("twins", {"redis_url": REDIS_URL}, idempotent=True)
     client = TestClient(app, partitions=1)
+    await client.broker.start()  # as a producer outside the app, before the consumer starts
     for value in (1, 2, 3):
-        client.broker.append("events", str(value).encode(), headers=(("idempotency-key", b"same"),))
+        await client.broker.publish(
+            "events", str(value).encode(), headers=(("idempotency-key", b"same"),)
+        )
     with flagged("twins", "deferred") as deferred:
         async with client:
             await client.drain()

@@ -522,7 +522,7 @@ async def test_shutdown_does_not_wait_for_a_slow_limit() -> None:
         await client.publish("orders", b"first")
         await client.publish("orders", b"second")  # its turn would come a minute later
         while client.committed("slow-limit", "orders", 0) != 1:
-            await client.broker.wait_for_commit()
+            await client.broker.group("slow-limit").wait_for_commit()
     assert handled == [0]
     assert client.report is not None
     assert client.report.clean  # no cancellation: the waiting message was deferred

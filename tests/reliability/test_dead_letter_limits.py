@@ -43,14 +43,15 @@ def story(letter: Message) -> dict[str, bytes]:
     return {name: value for name, value in letter.headers if name.startswith("taskflow-")}
 
 
-def test_the_memory_broker_refuses_a_record_over_max_request_size_as_kafka_does() -> None:
+async def test_the_memory_broker_refuses_a_record_over_max_request_size_as_kafka_does() -> None:
     broker = MemoryBroker(1, max_request_size=1000)
+    await broker.start()
     fits = b"x" * 900
     assert record_size(fits, None, ()) <= 1000
-    broker.append("orders", fits)
+    await broker.publish("orders", fits)
 
     with pytest.raises(RecordTooLarge, match="over the max_request_size of 1000"):
-        broker.append("orders", b"x" * 990, headers=(("trace", b"t"),))
+        await broker.publish("orders", b"x" * 990, headers=(("trace", b"t"),))
 
     assert broker.end_offset(TopicPartition("orders", 0)) == 1
     assert MemoryBroker.from_url("memory://?max_request_size=5000").max_request_size == 5000

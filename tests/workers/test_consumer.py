@@ -545,7 +545,7 @@ async def test_partition_facts_report_committed_offsets_high_watermarks_and_lag(
         await client.publish("orders", b"hold")
         await client.publish("orders", b"after")
         while client.committed("facts", "orders", 0) != 1:
-            await client.broker.wait_for_commit()
+            await client.broker.group("facts").wait_for_commit()
 
         facts = await worker.partition_facts()
 
