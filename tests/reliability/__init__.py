@@ -1,1 +1,1 @@
-"""Misbehaving handlers, oversized records and bad configuration, run the way an operator meets them."""
+"""Misbehaving handlers, oversized records and bad configuration, as an operator meets them."""
