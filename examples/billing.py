@@ -1,4 +1,4 @@
-"""The ten-line example of the home page: a consumer with dead letters and a periodic task.
+"""The home page's example: a consumer with dead letters, and a periodic task.
 
 taskflow run examples.billing:app
 """

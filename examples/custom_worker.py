@@ -1,4 +1,4 @@
-"""A custom worker (a name, a start that runs until stopped, a stop) beside a periodic task.
+"""A custom worker (the Worker protocol), beside a periodic task.
 
 taskflow run examples.custom_worker:app
 """
@@ -24,16 +24,18 @@ class Heartbeat:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        """Do the work until stop() is called; if this raises, the Manager restarts it."""
+        """Work until stop(); if this raises, the Manager restarts it."""
         self._stopping.clear()
         while not self._stopping.is_set():
             self.beats += 1
             logger.info("heartbeat %d", self.beats)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.every)
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.every
+                )
 
     async def stop(self) -> None:
-        """Ask start() to return; it wakes at once instead of finishing its sleep."""
+        """Ask start() to return; it wakes at once, mid-sleep."""
         self._stopping.set()
 
 

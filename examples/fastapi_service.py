@@ -1,14 +1,19 @@
-"""A FastAPI service that runs its taskflow workers in the same process, beside its HTTP API.
+"""A FastAPI service that runs its taskflow workers in its own process.
 
-The API publishes a signup; a consumer sends the welcome mail; a periodic task counts them. The
-workers start in the web app's lifespan and drain on its way out, so a SIGTERM to uvicorn stops
-the HTTP server first, then lets the running handlers finish, then exits.
+The API publishes a signup; a consumer sends the welcome mail; a periodic task
+counts them. The workers start in the web app's lifespan and drain on its way
+out, so a SIGTERM to uvicorn stops the HTTP server first, then lets the running
+handlers finish, then exits.
 
-    pip install -e '.[examples]'              # FastAPI and uvicorn, from the checkout
-    python -m examples.fastapi_service         # or: uvicorn examples.fastapi_service:api
+    pip install -e '.[examples]'   # FastAPI and uvicorn, from the checkout
+    python -m examples.fastapi_service
+    # or: uvicorn examples.fastapi_service:api
 
-Then `curl -X POST localhost:8000/signups -H 'content-type: application/json' -d '{"email":
-"ada@example.com"}'` and `curl localhost:8000/welcomed`. `TASKFLOW_BROKER` selects Kafka.
+Then post a signup and read who was welcomed (`TASKFLOW_BROKER` selects Kafka):
+
+    curl -X POST localhost:8000/signups -H 'content-type: application/json' \
+        -d '{"email": "ada@example.com"}'
+    curl localhost:8000/welcomed
 """
 
 from __future__ import annotations
@@ -61,11 +66,14 @@ async def count_signups(ctx: Context) -> None:
 async def run_workers(app: App) -> AsyncIterator[Runtime]:
     """Run `app`'s workers until the block ends, then shut them down gracefully.
 
-    The web server owns the signals: when it stops, the block ends and the workers drain
-    within the app's shutdown_timeout, as they would on SIGTERM under `taskflow run`.
+    The web server owns the signals: when it stops, the block ends and the
+    workers drain within the app's shutdown_timeout, as they would on SIGTERM
+    under `taskflow run`.
     """
     async with running(app) as runtime:
-        manager = asyncio.create_task(runtime.manager.run(), name=f"taskflow:{app.name}")
+        manager = asyncio.create_task(
+            runtime.manager.run(), name=f"taskflow:{app.name}"
+        )
         try:
             yield runtime
         finally:
@@ -74,13 +82,18 @@ async def run_workers(app: App) -> AsyncIterator[Runtime]:
             if report.clean:
                 logger.info("workers of %s stopped cleanly", app.name)
             else:
-                logger.error("workers of %s: cancelled %s", app.name, ", ".join(report.cancelled))
+                logger.error(
+                    "workers of %s: cancelled %s",
+                    app.name,
+                    ", ".join(report.cancelled),
+                )
 
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     async with run_workers(workers) as runtime:
-        api.state.workers = runtime  # request.app.state.workers in the endpoints
+        # the endpoints reach it as request.app.state.workers
+        api.state.workers = runtime
         yield
 
 
@@ -91,7 +104,8 @@ api = FastAPI(lifespan=lifespan)
 # --8<-- [start:endpoints]
 @api.post("/signups", status_code=202)
 async def sign_up(signup: Signup) -> dict[str, str]:
-    await workers.publish("signups", signup, key=signup.email)  # returns once the broker has it
+    # returns once the broker has it
+    await workers.publish("signups", signup, key=signup.email)
     return {"status": "accepted"}
 
 
@@ -102,11 +116,19 @@ async def welcomed() -> list[str]:
 
 @api.get("/readyz")
 async def ready(request: Request) -> JSONResponse:
-    """503 once shutdown begins, or while a worker is not running (restarting after a crash)."""
+    """503 once shutdown begins, or while a worker is not running (restarting
+    after a crash)."""
     runtime: Runtime = request.app.state.workers
-    states = {name: status.state.value for name, status in runtime.manager.statuses.items()}
-    ok = not runtime.manager.stop_requested and set(states.values()) <= {"running"}
-    return JSONResponse({"ready": ok, "workers": states}, status_code=200 if ok else 503)
+    states = {
+        name: status.state.value
+        for name, status in runtime.manager.statuses.items()
+    }
+    ok = not runtime.manager.stop_requested and set(states.values()) <= {
+        "running"
+    }
+    return JSONResponse(
+        {"ready": ok, "workers": states}, status_code=200 if ok else 503
+    )
 
 
 # --8<-- [end:endpoints]
@@ -115,5 +137,6 @@ async def ready(request: Request) -> JSONResponse:
 if __name__ == "__main__":
     import uvicorn
 
-    logfmt.configure("INFO")  # taskflow's log lines, as `taskflow run` prints them
+    # taskflow's log lines, as `taskflow run` prints them
+    logfmt.configure("INFO")
     uvicorn.run(api, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

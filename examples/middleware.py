@@ -1,4 +1,4 @@
-"""Writing your own middleware: time every handler and tag its log lines with a tenant.
+"""Your own middleware: time every handler, tag its log lines with a tenant.
 
 Run it on the embedded memory broker:
 
@@ -39,7 +39,7 @@ class Timing:
 
 
 class RequireTenant:
-    """Rejects a message without a `tenant` header: it goes to the dead-letter topic at once."""
+    """Rejects a message with no `tenant` header: dead-lettered at once."""
 
     def __init__(self, app: Handler) -> None:
         self.app = app
@@ -54,7 +54,9 @@ class RequireTenant:
 app = App("middleware-demo", middleware=[Middleware(Timing, slow_after=0.2)])
 
 
-@app.consume("orders", middleware=[Middleware(RequireTenant)], dead_letter="orders.dlq")
+@app.consume(
+    "orders", middleware=[Middleware(RequireTenant)], dead_letter="orders.dlq"
+)
 async def on_order(order: dict[str, object], ctx: Context) -> None:
     assert ctx.message is not None
     tenant = (ctx.message.header("tenant") or b"").decode()

@@ -1,16 +1,18 @@
-"""The orders service: Kafka, Redis idempotency, dead letters, traces on the console, health checks.
+"""The orders service: Kafka, Redis idempotency, dead letters, traces, probes.
 
-Each order is counted once into a customer's revenue in Redis, however often Kafka delivers it
-(`idempotent=True` and `ctx.transaction`); an invalid order goes to `orders.DLQ` at once, and one
-that keeps failing goes there after three attempts. Every handled order publishes an invoice
-event. The revenue is logged at start and then every minute, by one replica of the fleet.
+Each order is counted once into a customer's revenue in Redis, however often
+Kafka delivers it (`idempotent=True` and `ctx.transaction`); an invalid order
+goes to `orders.DLQ` at once, and one that keeps failing goes there after three
+attempts. Every handled order publishes an invoice event. The revenue is logged
+at start and then every minute, by one replica of the fleet.
 
-Start Kafka and Redis, then run it (`/healthz`, `/readyz`, `/metrics` and `/status` answer on
-port 8080):
+Start Kafka and Redis, then run it (`/healthz`, `/readyz`, `/metrics` and
+`/status` answer on port 8080):
 
     taskflow run examples.orders:app
 
-`TASKFLOW_BROKER` and `TASKFLOW_REDIS_URL` (or `--broker` and `--redis`) point it elsewhere.
+`TASKFLOW_BROKER` and `TASKFLOW_REDIS_URL` (or `--broker` and `--redis`) point
+it elsewhere.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+)
 from redis.asyncio import Redis
 
 from taskflow import App, Backoff, Context, Message
@@ -32,8 +37,10 @@ REVENUE = "orders:revenue"  # a Redis hash: customer -> cents
 
 # --8<-- [start:telemetry]
 def console_tracing() -> TracerProvider:
-    """Spans printed to stdout as JSON; in production, an OTLP exporter to your collector."""
-    provider = TracerProvider(resource=Resource.create({"service.name": "orders"}))
+    """Spans printed to stdout as JSON; in production, an OTLP exporter."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "orders"})
+    )
     provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     return provider
 
@@ -58,7 +65,8 @@ app = App(
     redis_url=os.environ.get("TASKFLOW_REDIS_URL", "redis://localhost:6379/0"),
     lifespan=lifespan,
     tracer_provider=console_tracing(),
-    http_port=8080,  # /healthz, /readyz, /metrics, /status; --http-port overrides it
+    # /healthz, /readyz, /metrics, /status; --http-port overrides the port
+    http_port=8080,
 )
 # --8<-- [end:app]
 
@@ -76,13 +84,14 @@ class InvalidOrder(Exception):
 
 
 def order_id(message: Message) -> bytes | None:
-    """What makes two deliveries the same order: the producer's `order-id` header."""
+    """Two deliveries are the same order if the `order-id` header is."""
     return message.header("order-id")
 
 
 @app.consume(
     "orders",
-    ordering="key",  # one customer's orders in order; different customers concurrently
+    # one customer's orders in order; different customers concurrently
+    ordering="key",
     dead_letter="orders.DLQ",
     max_attempts=3,
     retry=Backoff(initial=0.5, maximum=5),
@@ -94,7 +103,8 @@ def order_id(message: Message) -> bytes | None:
 async def on_order(order: Order, ctx: Context) -> None:
     if order.amount_cents <= 0:
         raise InvalidOrder(f"order {order.id}: the amount must be positive")
-    # Applied with the order's done mark, in one MULTI/EXEC: counted once, or not at all.
+    # Applied with the order's done mark, in one MULTI/EXEC: counted once, or
+    # not at all.
     ctx.transaction.hincrby(REVENUE, order.customer, order.amount_cents)
     await ctx.publish(
         "invoices",
@@ -102,7 +112,12 @@ async def on_order(order: Order, ctx: Context) -> None:
         key=order.customer,
         headers={"order-id": order.id},
     )
-    ctx.logger.info("order %s: %d cents from %s", order.id, order.amount_cents, order.customer)
+    ctx.logger.info(
+        "order %s: %d cents from %s",
+        order.id,
+        order.amount_cents,
+        order.customer,
+    )
 
 
 # --8<-- [end:consumer]

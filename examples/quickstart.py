@@ -1,4 +1,5 @@
-"""The quickstart: a periodic task publishes an order every second and a consumer handles it.
+"""The quickstart: a periodic task publishes an order each second, a consumer
+handles it.
 
 Run it on the embedded memory broker (no Kafka needed) and stop it with Ctrl+C:
 
@@ -31,7 +32,10 @@ class Order:
 async def on_order(order: Order, ctx: Context) -> None:
     """Handle an order: here, just log it."""
     ctx.logger.info(
-        "order %d from %s: %.2f EUR", order.id, order.customer, order.amount_cents / 100
+        "order %d from %s: %.2f EUR",
+        order.id,
+        order.customer,
+        order.amount_cents / 100,
     )
 
 
@@ -44,9 +48,11 @@ order_ids = itertools.count(1)
 
 @app.every(seconds=1)
 async def place_order(ctx: Context) -> None:
-    """Publish one order; the customer is the key, so each customer's orders stay in order."""
+    """Publish one order, keyed by customer so theirs stay in order."""
     number = next(order_ids)
-    order = Order(id=number, customer=f"customer-{number % 3}", amount_cents=1250)
+    order = Order(
+        id=number, customer=f"customer-{number % 3}", amount_cents=1250
+    )
     await ctx.publish("orders", order, key=order.customer)
 
 

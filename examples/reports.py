@@ -1,4 +1,4 @@
-"""Periodic reports, built by a function so that a test can hand the app a clock it drives.
+"""Periodic reports, built by a function so that a test can pass a clock.
 
 `taskflow run` calls a factory that takes no arguments:
 
@@ -12,7 +12,7 @@ from taskflow import App, Clock, Context
 
 # --8<-- [start:factory]
 def create_app(clock: Clock | None = None) -> App:
-    """The reports app; tests pass a `ManualClock`, production uses the system clock."""
+    """The reports app; tests pass a `ManualClock`, production none."""
     app = App("reports", clock=clock)
 
     @app.on_startup

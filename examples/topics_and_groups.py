@@ -1,8 +1,8 @@
-"""Several topics and consumer groups in one app: consumers of user and order events.
+"""Several topics and consumer groups in one app: user and order events.
 
-Each registration is one consumer in one group. Two groups reading the same topic each get every
-message; one registration may read several topics in one group. A periodic task publishes some
-traffic so that there is something to see:
+Each registration is one consumer in one group. Two groups reading the same
+topic each get every message; one registration may read several topics in one
+group. A periodic task publishes some traffic so that there is something to see:
 
     taskflow run examples.topics_and_groups:app
 """
@@ -37,14 +37,19 @@ async def on_user_event(event: UserEvent, ctx: Context) -> None:
     ctx.state.actions[event.user].append(event.action)
 
 
-@app.consume("order-events", group="order-event-consumer-group", ordering="key", concurrency=8)
+@app.consume(
+    "order-events",
+    group="order-event-consumer-group",
+    ordering="key",
+    concurrency=8,
+)
 async def on_order_event(order: dict[str, object], ctx: Context) -> None:
     ctx.state.orders.append(order["id"])
 
 
 @app.consume("order-events", "refund-events", group="ledger")
 async def ledger(message: Message, ctx: Context) -> None:
-    """A second group on order-events: it gets every order too, and every refund."""
+    """A second group on order-events: it gets every order, and refunds."""
     ctx.state.ledger.append((message.topic, message.value))
 
 

@@ -54,10 +54,11 @@ async def test_an_order_is_invoiced_and_a_bad_one_dead_lettered() -> None:
     async with TestClient(billing.app) as client:
         await client.publish("orders", {"id": 7, "customer": "c1"}, key="c1")
         await client.publish("orders", b"not json", key="c2")
-        await client.drain()  # every message handled (or dead-lettered) and committed
+        await client.drain()  # all handled (or dead-lettered) and committed
         await client.run_schedule("cleanup")  # a periodic task, run now
-        invoices = [m for log in client.broker.topic("invoices").logs for m in log]
-        dead = [m for log in client.broker.topic("orders.DLQ").logs for m in log]
+        topic = client.broker.topic
+        invoices = [m for log in topic("invoices").logs for m in log]
+        dead = [m for log in topic("orders.DLQ").logs for m in log]
     assert [(m.key, m.value) for m in invoices] == [(b"c1", b'{"order":7}')]
     assert [m.header("taskflow-reason") for m in dead] == [b"rejected"]
     assert client.report is not None
@@ -111,20 +112,26 @@ async def test_middleware_example_times_handlers_and_rejects_a_message_without_t
 
 # --8<-- [start:groups]
 async def test_two_groups_on_one_topic_each_get_every_message() -> None:
-    app = topics_and_groups.app  # its simulated traffic may add events for user-0 and user-1
+    # its simulated traffic may add events for user-0 and user-1
+    app = topics_and_groups.app
     async with TestClient(app) as client:
         for n in (101, 102, 103):
-            await client.publish("order-events", {"id": n, "user": "ada"}, key="ada")
+            order = {"id": n, "user": "ada"}
+            await client.publish("order-events", order, key="ada")
         await client.publish("refund-events", {"order": 102}, key="ada")
-        await client.publish("user-events", {"user": "ada", "action": "login"}, key="ada")
+        login = {"user": "ada", "action": "login"}
+        await client.publish("user-events", login, key="ada")
         await client.drain()  # every group has handled and committed everything
-        assert [n for n in app.state.orders if n > 100] == [101, 102, 103]  # one key: in order
+        # one key, so in order
+        assert [n for n in app.state.orders if n > 100] == [101, 102, 103]
         assert ("refund-events", b'{"order":102}') in app.state.ledger
         assert app.state.actions["ada"] == ["login"]
-        published = sum(len(log) for log in client.broker.topic("order-events").logs)
+        logs = client.broker.topic("order-events").logs
+        published = sum(len(log) for log in logs)
         for group in ("order-event-consumer-group", "ledger"):
-            committed = [client.committed(group, "order-events", p) or 0 for p in range(4)]
-            assert sum(committed) == published >= 3
+            committed = client.committed
+            offsets = [committed(group, "order-events", p) for p in range(4)]
+            assert sum(o or 0 for o in offsets) == published >= 3
     assert client.report is not None
     assert client.report.clean
 
@@ -134,16 +141,18 @@ async def test_two_groups_on_one_topic_each_get_every_message() -> None:
 
 # --8<-- [start:clock]
 async def test_reports_run_on_their_ticks_when_the_clock_moves() -> None:
-    clock = ManualClock(datetime(2026, 3, 2, 6, 30, tzinfo=UTC))  # a Monday, 07:30 in Berlin
+    # a Monday, 07:30 in Berlin
+    clock = ManualClock(datetime(2026, 3, 2, 6, 30, tzinfo=UTC))
     app = reports.create_app(clock)
     async with TestClient(app):
         await clock.wait_for_sleepers(2)  # both tasks wait for their next tick
-        await clock.advance(timedelta(hours=3))  # to 09:30 UTC: each tick runs, in order
+        # to 09:30 UTC: each tick runs, in order
+        await clock.advance(timedelta(hours=3))
         runs = sorted(app.state.runs, key=lambda run: (run[1], run[0]))
     assert runs == [
         ("hourly", datetime(2026, 3, 2, 7, tzinfo=UTC)),
         ("hourly", datetime(2026, 3, 2, 8, tzinfo=UTC)),
-        ("morning", datetime(2026, 3, 2, 8, tzinfo=UTC)),  # 09:00 in Berlin (UTC+1)
+        ("morning", datetime(2026, 3, 2, 8, tzinfo=UTC)),  # 09:00 in Berlin
         ("hourly", datetime(2026, 3, 2, 9, tzinfo=UTC)),
     ]
 
