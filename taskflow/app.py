@@ -304,7 +304,6 @@ class App:
             idempotency_key=_idempotency_key(idempotency_key, idempotent),
             idempotency_lease=_seconds("idempotency_lease", idempotency_lease),
             idempotency_retention=_seconds("idempotency_retention", idempotency_retention),
-            idempotency_store=self.idempotency_store,
             on_store_error=_on_store_error(on_store_error),
         )
         self.consumers.append(spec)
@@ -399,7 +398,6 @@ class App:
             idempotent=_idempotent(idempotent, self.idempotent),
             idempotency_lease=_seconds("idempotency_lease", idempotency_lease),
             idempotency_retention=_seconds("idempotency_retention", idempotency_retention),
-            idempotency_store=self.idempotency_store,
             on_store_error=_on_store_error(on_store_error),
             fleet=fleet,
             catch_up=_catch_up(catch_up, fleet),

@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskflow import App, Context
-from taskflow.stores.schedule import RedisScheduleStore, epoch
+from taskflow.stores import RedisScheduleStore
+from taskflow.stores.schedule import epoch
 from taskflow.testing import ManualClock, TestClient
 from taskflow.workers import ScheduledWorker
 from tests._redis import REDIS_URL
@@ -138,7 +139,7 @@ async def test_each_tick_runs_on_exactly_one_replica(redis: Redis, watch: Watch)
 
     assert sorted(tick for _, tick in runs if tick) == [at(n) for n in range(1, 11)]
     for n in range(1, 11):
-        claim = f"sched:{APP}:beat:{epoch(at(n))}"
+        claim = f"taskflow:{{{APP}:beat}}:tick:{epoch(at(n))}"
         assert await redis.get(claim) is not None  # kept after the run
         assert 0 < await redis.pttl(claim) <= (1 + 60) * 1000
     last = await store(redis).last_run("beat")
@@ -149,7 +150,7 @@ async def test_each_tick_runs_on_exactly_one_replica(redis: Redis, watch: Watch)
     assert last.duration >= 0
     assert re.fullmatch(r".+:\d+", last.replica)
     assert await store(redis).next_run("beat") == at(11)
-    assert not await redis.exists(f"sched:{APP}:beat:running")  # released after each run
+    assert not await redis.exists(f"taskflow:{{{APP}:beat}}:running")  # released after each run
 
 
 async def test_a_tick_whose_run_fails_is_not_run_again_elsewhere(
@@ -187,7 +188,7 @@ async def test_fleet_false_runs_every_tick_on_every_replica(redis: Redis, watch:
         await watch.line(r"✓ beat@", count=6)
 
     assert sorted(t for t in runs if t) == sorted([at(1), at(2), at(3)] * 2)
-    assert await redis.keys("sched:*") == []
+    assert await redis.keys("taskflow:*") == []
 
 
 async def test_without_redis_tasks_run_here_and_say_so_once(
@@ -233,7 +234,7 @@ async def test_cron_ticks_are_claimed_by_their_unix_time(redis: Redis, watch: Wa
 
     midnight_in_berlin = datetime(2026, 6, 30, 22, 0, tzinfo=UTC)
     assert runs == [midnight_in_berlin]
-    assert await redis.exists(f"sched:{APP}:beat:{int(midnight_in_berlin.timestamp())}")
+    assert await redis.exists(f"taskflow:{{{APP}:beat}}:tick:{int(midnight_in_berlin.timestamp())}")
 
 
 async def test_a_periodic_idempotent_task_keeps_done_marks_too(redis: Redis, watch: Watch) -> None:
@@ -249,7 +250,9 @@ async def test_a_periodic_idempotent_task_keeps_done_marks_too(redis: Redis, wat
         await watch.handled(2)
 
     assert runs == [at(1)]
-    assert (await redis.get(f"taskflow:idem:{APP}:beat:{at(1).isoformat()}")).startswith(b"done:")
+    assert (await redis.get(f"taskflow:{{{APP}:beat}}:idem:{at(1).isoformat()}")).startswith(
+        b"done:"
+    )
 
 
 # -- no overlap ----------------------------------------------------------------------------
@@ -315,7 +318,7 @@ async def test_a_run_that_loses_its_lease_is_cancelled_and_logged(
         await clock.advance(1)
         await started.wait()
         # As if the lease ran out and another replica took it.
-        await redis.set(f"sched:{APP}:beat:running", "another-replica")
+        await redis.set(f"taskflow:{{{APP}:beat}}:running", "another-replica")
         await clock.advance(1)  # a third of the lease: the renewal finds it gone
         async with asyncio.timeout(5):
             await cancelled.wait()
@@ -325,7 +328,7 @@ async def test_a_run_that_loses_its_lease_is_cancelled_and_logged(
     assert watch.count(r"^lost the lease on beat \(.+\): another replica may run it now") == 1
     lost = [r for r in watch.records if r.getMessage().startswith("lost the lease")]
     assert lost[0].levelno == logging.ERROR
-    assert await redis.get(f"sched:{APP}:beat:running") == b"another-replica"  # not released
+    assert await redis.get(f"taskflow:{{{APP}:beat}}:running") == b"another-replica"  # not released
     last = await store(redis).last_run("beat")
     assert last is not None
     assert (last.tick, last.outcome) == (at(1), "lost")
@@ -343,7 +346,7 @@ async def test_a_long_run_renews_its_lease(redis: Redis, watch: Watch) -> None:
         beat_worker = worker(client)
         await clock.advance(1)
         await started.wait()
-        lease = f"sched:{APP}:beat:running"
+        lease = f"taskflow:{{{APP}:beat}}:running"
         for n in range(2, 8):
             await redis.pexpire(lease, 100_000)
             await clock.advance(1)  # a third of the lease, and a tick that is skipped
@@ -488,7 +491,7 @@ async def test_ticks_that_cannot_be_claimed_are_not_run_and_logged_once(
     errors = [r for r in watch.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
         "✗ beat@2026-01-01T00:00:01+00:00 not run: it could not be claimed (claiming "
-        f"sched:{APP}:beat:{epoch(at(1))} failed: Connection refused); no tick runs until "
-        "Redis answers"
+        f"taskflow:{{{APP}:beat}}:tick:{epoch(at(1))} failed: Connection refused); "
+        "no tick runs until Redis answers"
     ]
     assert watch.count(r"^Redis answers again") == 1
