@@ -1,6 +1,8 @@
 """Periodic tasks across a fleet, in-process, on driven clocks and the real Redis.
 
 Each `App` below is one replica: same app name, same task, its own TestClient, one shared Redis.
+The fleet's logic (once per tick, no overlap, catching up) runs twice: on Redis, and on the
+in-process schedule store shared by the replicas in place of Redis (the `fleet` fixture).
 Every tick a replica handles ends in exactly one log line (a run's ✓, "claimed by", "skipped" or
 "not run"), so the tests wait for those lines instead of sleeping.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,8 +22,15 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from taskflow import App, Context
-from taskflow.stores import RedisScheduleStore
+from taskflow import App, Context, runner
+from taskflow.stores import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    MemoryScheduleStore,
+    RedisScheduleStore,
+    ScheduleStore,
+)
+from taskflow.stores.connect import Stores
 from taskflow.stores.schedule import epoch
 from taskflow.testing import ManualClock, TestClient
 from taskflow.workers import ScheduledWorker
@@ -115,10 +126,43 @@ def store(redis: Redis) -> RedisScheduleStore:
     return RedisScheduleStore(redis, APP)
 
 
+@dataclass
+class Fleet:
+    store: ScheduleStore
+    """Reads the fleet's records."""
+    redis: Redis | None
+    """The shared Redis, or None when the replicas share an in-process store instead."""
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def fleet(
+    request: pytest.FixtureRequest, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Fleet]:
+    """The replicas' shared schedule store: Redis, or one in-process store standing in for it."""
+    if request.param == "redis":
+        yield Fleet(store(redis), redis)
+        return
+    shared = MemoryScheduleStore(APP)
+
+    @asynccontextmanager
+    async def shared_stores(
+        app_name: str, redis_url: str | None, *, idempotency: IdempotencyStore | None = None
+    ) -> AsyncIterator[Stores]:
+        yield Stores(
+            app_name,
+            MemoryScheduleStore(app_name),
+            schedules=shared,
+            idempotency=idempotency or MemoryIdempotencyStore(),
+        )
+
+    monkeypatch.setattr(runner, "open_stores", shared_stores)
+    yield Fleet(shared, None)
+
+
 # -- once per tick -------------------------------------------------------------------------
 
 
-async def test_each_tick_runs_on_exactly_one_replica(redis: Redis, watch: Watch) -> None:
+async def test_each_tick_runs_on_exactly_one_replica(fleet: Fleet, watch: Watch) -> None:
     clock = ManualClock(START)
     runs: list[tuple[int, datetime | None]] = []
 
@@ -139,22 +183,23 @@ async def test_each_tick_runs_on_exactly_one_replica(redis: Redis, watch: Watch)
 
     assert sorted(tick for _, tick in runs if tick) == [at(n) for n in range(1, 11)]
     for n in range(1, 11):
-        claim = f"taskflow:{{{APP}:beat}}:tick:{epoch(at(n))}"
-        assert await redis.get(claim) is not None  # kept after the run
-        assert 0 < await redis.pttl(claim) <= (1 + 60) * 1000
-    last = await store(redis).last_run("beat")
+        assert await fleet.store.claimer("beat", at(n)) is not None  # kept after the run
+        if fleet.redis is not None:
+            claim = f"taskflow:{{{APP}:beat}}:tick:{epoch(at(n))}"
+            assert 0 < await fleet.redis.pttl(claim) <= (1 + 60) * 1000
+    last = await fleet.store.last_run("beat")
     assert last is not None
     assert (last.tick, last.outcome) == (at(10), "ok")
     assert last.time == at(10)
     assert last.duration is not None
     assert last.duration >= 0
     assert re.fullmatch(r".+:\d+", last.replica)
-    assert await store(redis).next_run("beat") == at(11)
-    assert not await redis.exists(f"taskflow:{{{APP}:beat}}:running")  # released after each run
+    assert await fleet.store.next_run("beat") == at(11)
+    assert await fleet.store.acquire("beat", "probe", 1) is None  # released after each run
 
 
 async def test_a_tick_whose_run_fails_is_not_run_again_elsewhere(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     clock = ManualClock(START)
     attempts: list[datetime | None] = []
@@ -169,7 +214,7 @@ async def test_a_tick_whose_run_fails_is_not_run_again_elsewhere(
         await watch.handled(1)  # the other replica found it claimed
 
     assert attempts == [at(1)]
-    last = await store(redis).last_run("beat")
+    last = await fleet.store.last_run("beat")
     assert last is not None
     assert last.outcome == "failed"
 
@@ -259,7 +304,7 @@ async def test_a_periodic_idempotent_task_keeps_done_marks_too(redis: Redis, wat
 
 
 async def test_a_run_longer_than_the_interval_never_overlaps_across_replicas(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     # Two replicas on clocks of their own: only A ticks for the first run, then only B, so the
     # ticks B claims while A's run goes on are skipped because of A's lease, not B's own run.
@@ -382,7 +427,7 @@ async def run_ticks(clock: ManualClock, watch: Watch, count: int, job: Any, **op
     ],
 )
 async def test_ticks_missed_while_every_replica_was_down_are_caught_up(
-    redis: Redis, watch: Watch, catch_up: str, grace: float, caught_up: list[int]
+    fleet: Fleet, watch: Watch, catch_up: str, grace: float, caught_up: list[int]
 ) -> None:
     clock = ManualClock(START)
     runs: list[datetime | None] = []
@@ -407,7 +452,7 @@ async def test_ticks_missed_while_every_replica_was_down_are_caught_up(
 
 
 async def test_catching_up_skips_ticks_that_were_claimed_and_a_task_that_never_ran(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     clock = ManualClock(START)
     runs: list[datetime | None] = []
@@ -435,7 +480,7 @@ async def test_catching_up_skips_ticks_that_were_claimed_and_a_task_that_never_r
 
 
 async def test_replicas_starting_together_catch_up_each_missed_tick_once(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     clock = ManualClock(START)
     runs: list[datetime | None] = []
