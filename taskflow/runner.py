@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from taskflow.handler import Handler
     from taskflow.http import Operations
     from taskflow.specs import ConsumerSpec, ScheduleSpec
+    from taskflow.stores.connect import RedisClient
     from taskflow.types import Worker
 
 __all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "running", "serve"]
@@ -55,6 +56,11 @@ class Runtime:
     stores: Stores | None = None  # where claims, leases, limits and run records live
     http: Operations | None = None  # the operations endpoint; `http.port` is the real port
     watchdog: Watchdog | None = None  # the handler calls running under a timeout
+
+    @property
+    def redis(self) -> RedisClient | None:
+        """The app's Redis client while it runs; None without Redis."""
+        return None if self.stores is None else self.stores.client
 
     def worker(self, name: str) -> Worker:
         """The worker called `name`."""

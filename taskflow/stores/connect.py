@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from taskflow.config import mask_url
@@ -17,13 +17,19 @@ from taskflow.exceptions import ConfigurationError, StoreError
 from taskflow.stores.memory_schedule import MemoryScheduleStore
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from redis.asyncio import Redis
 
     from taskflow.stores.base import IdempotencyStore
     from taskflow.stores.ratelimit import RateLimitStore
     from taskflow.stores.schedule import ScheduleStore
 
-__all__ = ["REDIS_TIMEOUT", "Stores", "open_stores", "redis_client"]
+__all__ = ["REDIS_TIMEOUT", "RedisClient", "Stores", "open_stores", "redis_client"]
+
+if TYPE_CHECKING:
+    RedisClient: TypeAlias = Redis
+    """The Redis client type, for annotations outside this package."""
 
 REDIS_TIMEOUT = 5.0
 """Seconds before a Redis call (or connecting) fails; the callers then defer or skip the work."""
@@ -41,6 +47,7 @@ class Stores:
         idempotency: Where idempotency claims live: the app's `idempotency_store`, else Redis;
             None when neither is configured.
         rate_limits: Where global rate limits live (Redis); None without Redis.
+        client: The Redis client the Redis stores share, or None.
     """
 
     app_name: str
@@ -48,6 +55,7 @@ class Stores:
     schedules: ScheduleStore | None = None
     idempotency: IdempotencyStore | None = None
     rate_limits: RateLimitStore | None = None
+    client: Redis | None = field(default=None, repr=False)
 
     @classmethod
     def in_process(
@@ -111,6 +119,7 @@ async def open_stores(
             schedules=RedisScheduleStore(client, app_name),
             idempotency=idempotency or RedisIdempotencyStore(client),
             rate_limits=RedisRateLimitStore(client),
+            client=client,
         )
 
 
