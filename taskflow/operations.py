@@ -30,7 +30,7 @@ from taskflow.context import Tick
 from taskflow.exceptions import ConfigurationError, StoreError
 from taskflow.runner import resolve_broker, running
 from taskflow.stores.connect import open_stores
-from taskflow.stores.lease import hold, new_owner
+from taskflow.stores.lease import LeaseLost, hold, new_owner
 from taskflow.stores.schedule import LastRun, ScheduleStore, TickClaim
 from taskflow.workers.scheduled import CLAIM_MARGIN, ScheduledWorker
 
@@ -169,14 +169,11 @@ async def _leased(
 ) -> Triggered:
     """Run `tick` under `owner`'s lease (`taskflow.stores.lease`); cancel the run if it is lost."""
     spec = worker.spec
-    lost = False
 
     def failed(exc: StoreError) -> None:
         logger.warning("renewing the lease on %s failed (%s); trying again", tick, exc)
 
     def on_lost() -> None:
-        nonlocal lost
-        lost = True
         logger.error(
             "lost the lease on %s: a replica may run the task now, so this run is cancelled",
             spec.name,
@@ -186,19 +183,19 @@ async def _leased(
         return await store.renew(spec.name, owner, spec.lease)
 
     started = time.perf_counter()
-    job = await hold(
-        _attempt(worker, tick, claimed=True),
-        renew,
-        spec.lease,
-        patience=spec.lease,  # not renewed for a whole lease: a replica may hold it now
-        on_error=failed,
-        on_lost=on_lost,
-        clock=worker.clock,
-        name=spec.name,
-    )
-    if lost:
+    try:
+        return await hold(
+            _attempt(worker, tick, claimed=True),
+            renew,
+            spec.lease,
+            patience=spec.lease,  # not renewed for a whole lease: a replica may hold it now
+            on_error=failed,
+            on_lost=on_lost,
+            clock=worker.clock,
+            name=spec.name,
+        )
+    except LeaseLost:
         return Triggered(tick, "lost", True, time.perf_counter() - started)
-    return job.result()
 
 
 # -- info ----------------------------------------------------------------------------------

@@ -16,20 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from taskflow.exceptions import StoreError
 
 if TYPE_CHECKING:
     from taskflow.clock import Clock
 
-__all__ = ["REPLICA", "hold", "keep", "new_owner"]
+__all__ = ["REPLICA", "LeaseLost", "hold", "keep", "new_owner"]
 
 T = TypeVar("T")
 
@@ -90,8 +91,12 @@ async def keep(
         renewed = _now(clock)
 
 
+class LeaseLost(Exception):
+    """The lease was lost while its work ran, so the work was cancelled."""
+
+
 async def hold(
-    work: Coroutine[Any, Any, T],
+    work: Awaitable[T],
     renew: Callable[[], Awaitable[bool]],
     length: float,
     *,
@@ -100,22 +105,47 @@ async def hold(
     on_lost: Callable[[], object],
     clock: Clock | None = None,
     name: str = "lease",
-) -> asyncio.Task[T]:
-    """Run `work` while renewing its lease (see `keep`); if the lease is lost, `on_lost` is
-    called and `work` is cancelled. Returns `work`'s finished task."""
+) -> T:
+    """Await `work` here while a keeper task renews its lease (see `keep`).
+
+    If the lease is lost, `on_lost` is called and `work` is cancelled: `LeaseLost` is raised once
+    it has unwound. The keeper is stopped by an event when `work` ends, and awaited. A lease of
+    infinite `length` never runs out: there is nothing to renew, and no keeper.
+    """
+    if math.isinf(length):
+        return await work
+    runner = asyncio.current_task()
+    assert runner is not None, "hold runs in a task"
     stop = asyncio.Event()
+    lost = False
 
-    async def keeper(job: asyncio.Task[T]) -> None:
+    async def keeper() -> None:
+        nonlocal lost
         kept = await keep(renew, length, stop, patience=patience, on_error=on_error, clock=clock)
-        if not kept:
+        if not kept and not stop.is_set():  # else the work is over: nothing to cancel
+            lost = True
             on_lost()
-            job.cancel()
+            runner.cancel()
 
-    async with asyncio.TaskGroup() as group:
-        job = group.create_task(work, name=f"{name}:run")
-        group.create_task(keeper(job), name=f"{name}:lease")
-        job.add_done_callback(lambda _: stop.set())
-    return job
+    keeping = asyncio.create_task(keeper(), name=f"{name}:lease")
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if lost and runner.uncancel() == 0:
+            raise LeaseLost(name) from None
+        raise
+    finally:
+        stop.set()
+        await _unwound(keeping)
+
+
+async def _unwound(task: asyncio.Task[None]) -> None:
+    """Wait for `task` to end, even when this task is cancelled meanwhile (then re-raised)."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 def _now(clock: Clock | None) -> float:

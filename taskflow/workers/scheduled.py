@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import weakref
@@ -33,7 +34,7 @@ from taskflow.context import Context, Tick, WorkerLogger
 from taskflow.exceptions import StoreError
 from taskflow.stores.connect import Stores
 from taskflow.stores.health import StoreHealth
-from taskflow.stores.lease import hold, new_owner
+from taskflow.stores.lease import LeaseLost, hold, new_owner
 from taskflow.stores.schedule import TickClaim
 
 if TYPE_CHECKING:
@@ -49,9 +50,9 @@ CLAIM_MARGIN = 60.0
 """Seconds a tick's claim outlives the tick beyond one period (and the grace, when catching up):
 a replica that wakes late for a tick still finds it claimed."""
 
-LOCAL_LEASE = 365 * 24 * 3600.0
-"""Seconds of a run's lease in the in-process store: nothing else can take it, so it never runs
-out while the run goes on, however long the process stalls."""
+LOCAL_LEASE = math.inf
+"""A run's lease in the in-process store: nothing else could take it, so it never runs out (and
+needs no renewal) however long the run goes on or the process stalls."""
 
 # Apps already told that their periodic tasks run on every replica for want of Redis.
 _told: weakref.WeakSet[App] = weakref.WeakSet()
@@ -311,6 +312,8 @@ class ScheduledWorker:
                 clock=self.clock,
                 name=self.name,
             )
+        except LeaseLost:
+            pass  # logged by `lost`, recorded by the run
         finally:
             self._jobs -= 1
 
