@@ -66,7 +66,7 @@ class _Claims:
     def __init__(self, client: Redis, sha: str, group: str) -> None:
         self.client = client
         self.sha = sha
-        self.prefix = f"taskflow:idem:{group}:"
+        self.prefix = f"taskflow:{{{group}}}:idem:"
         self.process = f"raw:{time.monotonic_ns()}"
         self.owners = itertools.count()
         self.done_prefix = DONE_PREFIX.encode()
@@ -154,7 +154,7 @@ async def run_raw_redis_lua(setup: Setup, group: str) -> Result:
     owners = itertools.count()
 
     def work_for(group: str) -> BatchWork:
-        prefix = f"taskflow:idem:{group}:"
+        prefix = f"taskflow:{{{group}}}:idem:"
 
         async def claim_handle_complete(batches: Batches, handle: Handle) -> None:
             owner = f"{process}:{next(owners)}"

@@ -299,7 +299,6 @@ class App:
             idempotency_key=check.idempotency_key(idempotency_key, idempotent),
             idempotency_lease=check.seconds("idempotency_lease", idempotency_lease),
             idempotency_retention=check.seconds("idempotency_retention", idempotency_retention),
-            idempotency_store=self.idempotency_store,
             on_store_error=check.on_store_error(on_store_error),
         )
         self.consumers.append(spec)
@@ -435,7 +434,6 @@ class App:
             idempotent=check.idempotent(idempotent, self.idempotent),
             idempotency_lease=check.seconds("idempotency_lease", idempotency_lease),
             idempotency_retention=check.seconds("idempotency_retention", idempotency_retention),
-            idempotency_store=self.idempotency_store,
             on_store_error=check.on_store_error(on_store_error),
             fleet=fleet,
             catch_up=check.catch_up(catch_up, fleet),

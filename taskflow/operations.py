@@ -6,8 +6,8 @@ does the I/O and returns what happened; what to print is the CLI's business.
 `trigger` runs the app as ``taskflow run`` would up to its workers (Redis, the broker, the
 lifespan and the startup hooks, so ``ctx.state`` and ``ctx.publish`` work as in a replica) but
 starts none of them: it runs the one task's handler, through its middleware, once, here, then
-tears down. With Redis and ``fleet=True`` the run goes through the fleet's records
-(`taskflow.stores.schedule`): it claims a tick of its own (the moment of the trigger) and the
+tears down. With Redis and ``fleet=True`` the run goes through the schedule store the replicas
+use (`taskflow.stores.schedule`): it claims a tick of its own (the moment of the trigger) and the
 task's lease, renewed while it runs, so it never overlaps a run of the task on any replica or
 another trigger; a tick that comes due meanwhile is skipped by the replica that claims it, as for
 any run still going; and the outcome becomes the task's last run. Without Redis (or with
@@ -16,21 +16,22 @@ any run still going; and the outcome becomes the task's last run. Without Redis 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from taskflow import validation as check
 from taskflow.codec import encode_value
 from taskflow.context import Tick
 from taskflow.exceptions import ConfigurationError, StoreError
-from taskflow.runner import redis_client, resolve_broker, running
-from taskflow.stores.schedule import LastRun, RedisScheduleStore, TickClaim, new_owner
+from taskflow.runner import resolve_broker, running
+from taskflow.stores.connect import open_stores
+from taskflow.stores.lease import LeaseLost, hold, new_owner
+from taskflow.stores.schedule import LastRun, ScheduleStore, TickClaim
 from taskflow.workers.scheduled import CLAIM_MARGIN, ScheduledWorker
 
 if TYPE_CHECKING:
@@ -116,9 +117,9 @@ async def trigger(app: App, name: str, *, install_signal_handlers: bool = False)
         worker = runtime.worker(spec.name)
         assert isinstance(worker, ScheduledWorker)
         tick = Tick(spec.name, app.clock.now())
-        if runtime.redis is None or not spec.fleet:
+        if not worker.fleet:
             return await _attempt(worker, tick, claimed=False)
-        return await _claimed(worker, RedisScheduleStore(runtime.redis, app.name), tick)
+        return await _claimed(worker, worker.store, tick)
 
 
 async def _attempt(worker: ScheduledWorker, tick: Tick, *, claimed: bool) -> Triggered:
@@ -131,7 +132,7 @@ async def _attempt(worker: ScheduledWorker, tick: Tick, *, claimed: bool) -> Tri
     return Triggered(tick, "ok", claimed, time.perf_counter() - started)
 
 
-async def _claimed(worker: ScheduledWorker, store: RedisScheduleStore, tick: Tick) -> Triggered:
+async def _claimed(worker: ScheduledWorker, store: ScheduleStore, tick: Tick) -> Triggered:
     """Claim `tick` and the task's lease for the fleet, run it under the lease, record the end."""
     spec, clock = worker.spec, worker.clock
     owner, now = new_owner(), clock.now()
@@ -163,44 +164,37 @@ async def _claimed(worker: ScheduledWorker, store: RedisScheduleStore, tick: Tic
 
 
 async def _leased(
-    worker: ScheduledWorker, store: RedisScheduleStore, owner: str, tick: Tick
+    worker: ScheduledWorker, store: ScheduleStore, owner: str, tick: Tick
 ) -> Triggered:
-    """Run `tick` while renewing `owner`'s lease every third of it; cancel the run if it is lost."""
-    spec, clock = worker.spec, worker.clock
-    length = timedelta(seconds=spec.lease)
-    lost = False
+    """Run `tick` under `owner`'s lease (`taskflow.stores.lease`); cancel the run if it is lost."""
+    spec = worker.spec
 
-    async def keep(job: asyncio.Task[Triggered]) -> None:
-        nonlocal lost
-        renewed = clock.now()
-        while True:
-            await clock.sleep_until(clock.now() + length / 3)
-            try:
-                kept = await store.renew(spec.name, owner, spec.lease)
-            except StoreError as exc:
-                if clock.now() - renewed < length:
-                    logger.warning("renewing the lease on %s failed (%s); trying again", tick, exc)
-                    continue
-                kept = False  # not renewed for a whole lease: a replica may hold it now
-            if kept:
-                renewed = clock.now()
-                continue
-            lost = True
-            logger.error(
-                "lost the lease on %s: a replica may run the task now, so this run is cancelled",
-                spec.name,
-            )
-            job.cancel()
-            return
+    def failed(exc: StoreError) -> None:
+        logger.warning("renewing the lease on %s failed (%s); trying again", tick, exc)
+
+    def on_lost() -> None:
+        logger.error(
+            "lost the lease on %s: a replica may run the task now, so this run is cancelled",
+            spec.name,
+        )
+
+    async def renew() -> bool:
+        return await store.renew(spec.name, owner, spec.lease)
 
     started = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        job = group.create_task(_attempt(worker, tick, claimed=True), name=f"{spec.name}:run")
-        keeper = group.create_task(keep(job), name=f"{spec.name}:lease")
-        job.add_done_callback(lambda _: keeper.cancel())
-    if lost:
+    try:
+        return await hold(
+            _attempt(worker, tick, claimed=True),
+            renew,
+            spec.lease,
+            patience=spec.lease,  # not renewed for a whole lease: a replica may hold it now
+            on_error=failed,
+            on_lost=on_lost,
+            clock=worker.clock,
+            name=spec.name,
+        )
+    except LeaseLost:
         return Triggered(tick, "lost", True, time.perf_counter() - started)
-    return job.result()
 
 
 # -- info ----------------------------------------------------------------------------------
@@ -208,7 +202,7 @@ async def _leased(
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What the fleet's records in Redis say about one periodic task.
+    """What the fleet's schedule store says about one periodic task.
 
     Attributes:
         last: Its last run (by a replica or a trigger), or None when it never ran.
@@ -231,9 +225,8 @@ async def recorded_runs(app: App) -> dict[str, Recorded]:
     tasks = [spec.name for spec in app.schedules if spec.fleet]
     if not app.redis_url or not tasks:
         return {}
-    async with redis_client(app.redis_url) as client:
-        assert client is not None
-        store = RedisScheduleStore(client, app.name)
+    async with open_stores(app.name, app.redis_url) as stores:
+        store, _ = stores.schedule_store(fleet=True)
         return {
             task: Recorded(await store.last_run(task), await store.next_run(task)) for task in tasks
         }

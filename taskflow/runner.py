@@ -19,21 +19,18 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from taskflow.brokers import broker_from_url
-from taskflow.config import mask_url
-from taskflow.exceptions import BrokerError, ConfigurationError, StartupInterrupted, StoreError
+from taskflow.exceptions import BrokerError, StartupInterrupted
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
 from taskflow.middleware.timeout import Watchdog
+from taskflow.stores.connect import Stores, open_stores
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
 from taskflow.workers.instruments import observe
 
@@ -43,6 +40,7 @@ if TYPE_CHECKING:
     from taskflow.handler import Handler
     from taskflow.http import Operations
     from taskflow.specs import ConsumerSpec, ScheduleSpec
+    from taskflow.stores.connect import RedisClient
     from taskflow.types import Worker
 
 __all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "running", "serve"]
@@ -53,7 +51,6 @@ EXIT_CLEAN = 0
 EXIT_UNCLEAN = 1  # something had to be cancelled, or startup failed or was interrupted
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 BROKER_CLOSE_TIMEOUT = 10.0
-REDIS_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
@@ -64,10 +61,15 @@ class Runtime:
     broker: Broker
     manager: Manager
     workers: list[Worker] = field(default_factory=list)
-    redis: Redis | None = None
+    stores: Stores | None = None  # where claims, leases, limits and run records live
     http: Operations | None = None  # the operations endpoint; `http.port` is the real port
     watchdog: Watchdog | None = None  # the handler calls running under a timeout
     loop_watch: LoopWatch | None = None  # watches the event loop for blocks
+
+    @property
+    def redis(self) -> RedisClient | None:
+        """The app's Redis client while it runs; None without Redis."""
+        return None if self.stores is None else self.stores.client
 
     def worker(self, name: str) -> Worker:
         """The worker called `name`."""
@@ -98,7 +100,7 @@ def build_workers(
         ConfigurationError: when a registration needs a resource that is not configured.
     """
     interval = app.commit_interval if commit_interval is None else commit_interval
-    resources = resources or Resources(app.name)
+    resources = resources or Resources(app.name, _in_process(app))
 
     def stack(
         spec: ConsumerSpec | ScheduleSpec, batch_aware: list[BatchAware] | None = None
@@ -127,7 +129,7 @@ def build_workers(
             stack(spec),
             clock=app.clock,
             stopping=stopping,
-            redis=resources.redis,
+            stores=resources.stores,
         )
         for spec in app.schedules
     ]
@@ -172,12 +174,12 @@ async def running(
     loop_watch = LoopWatch()
     loop_watch.start()
     try:
-        async with _operations(app, loop_watch) as http, redis_client(app.redis_url) as redis:
+        async with _operations(app, loop_watch) as http, _stores(app) as stores:
             meter_provider = app.meter_provider if http is None else http.meter_provider
             watchdog = Watchdog()
-            resources = Resources(app.name, redis, app.tracer_provider, meter_provider, watchdog)
+            resources = Resources(app.name, stores, app.tracer_provider, meter_provider, watchdog)
             build_workers(app, broker, stopping, resources=resources)  # refuse bad config early
-            await _check_stores(app)
+            await stores.check()
             await broker.start()
             app.attach(broker)
             try:
@@ -193,7 +195,7 @@ async def running(
                             broker,
                             manager,
                             workers,
-                            redis,
+                            stores,
                             http=http,
                             watchdog=watchdog,
                             loop_watch=loop_watch,
@@ -233,42 +235,18 @@ async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operatio
         yield http
 
 
-@asynccontextmanager
-async def redis_client(url: str | None) -> AsyncIterator[Redis | None]:
-    """A Redis client for `url`, checked with a PING before anything starts; None without a URL."""
-    if not url:
-        yield None
-        return
-    try:
-        # Explicit, so outage behaviour does not change with redis-py's defaults: a hung Redis
-        # fails a call after REDIS_TIMEOUT, and the middleware defers the message.
-        client = Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed Redis URL: {exc}") from None
-    try:
-        try:
-            await client.ping()
-        except RedisError as exc:
-            raise StoreError(f"cannot reach Redis at {mask_url(url)}: {exc}") from exc
-        yield client
-    finally:
-        await client.aclose()
-
-
-async def _check_stores(app: App) -> None:
-    """Ask each idempotency store the app was given whether it answers, before anything starts.
-
-    Raises:
-        StoreError: saying which store did not answer.
-    """
+def _stores(app: App) -> AbstractAsyncContextManager[Stores]:
+    """The app's stores, on Redis when it has a URL (`taskflow.stores.connect`); the app's own
+    idempotency store is used (and asked whether it answers) only when a registration is
+    idempotent."""
     specs: list[ConsumerSpec | ScheduleSpec] = [*app.consumers, *app.schedules]
-    stores = {id(s.idempotency_store): s.idempotency_store for s in specs if s.idempotent}
-    for store in stores.values():
-        ping = getattr(store, "ping", None)
-        if store is not None and ping is not None:
-            await ping()
+    idempotent = any(spec.idempotent for spec in specs)
+    store = app.idempotency_store if idempotent else None
+    return open_stores(app.name, app.redis_url, idempotency=store)
+
+
+def _in_process(app: App) -> Stores:
+    return Stores.in_process(app.name, idempotency=app.idempotency_store)
 
 
 class _Signals:

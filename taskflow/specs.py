@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from taskflow.message import Message
     from taskflow.ratelimit import RateLimit
     from taskflow.schedule import Schedule
-    from taskflow.stores.base import IdempotencyStore
 
 __all__ = [
     "CatchUp",
@@ -68,7 +67,6 @@ class ConsumerSpec:
     idempotency_key: IdempotencyKey | None = None
     idempotency_lease: float = DEFAULT_LEASE
     idempotency_retention: float = DEFAULT_RETENTION
-    idempotency_store: IdempotencyStore | None = None
     on_store_error: OnStoreError = "fail"
 
 
@@ -88,7 +86,6 @@ class ScheduleSpec:
     idempotent: bool = False
     idempotency_lease: float = DEFAULT_LEASE
     idempotency_retention: float = DEFAULT_RETENTION
-    idempotency_store: IdempotencyStore | None = None
     on_store_error: OnStoreError = "fail"
     fleet: bool = True
     catch_up: CatchUp = "none"

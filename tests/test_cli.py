@@ -891,7 +891,7 @@ def test_two_triggers_at_once_run_the_task_once(ops_redis: Redis) -> None:
     )
     try:
         wait_until(
-            lambda: bool(ops_redis.exists("sched:ops:beat:running")), LOG_TIMEOUT, "the lease"
+            lambda: bool(ops_redis.exists("taskflow:{ops:beat}:running")), LOG_TIMEOUT, "the lease"
         )
         second = _ops("trigger", OPS, "beat")  # while the first run waits on `ops:hold`
         ops_redis.rpush("ops:hold", "go")

@@ -24,7 +24,7 @@ import pytest
 from redis.asyncio import Redis
 
 from taskflow.runner import EXIT_CLEAN
-from taskflow.stores.schedule import RedisScheduleStore
+from taskflow.stores import RedisScheduleStore
 from tests._process import AppProcess
 from tests._redis import REDIS_URL
 
@@ -72,7 +72,7 @@ async def between_runs(redis: Redis) -> None:
     for _ in range(5):
         now = time.time()
         await asyncio.sleep((math.floor(now) + 0.5 - now) % 1.0)  # to a moment, not for an event
-        if not await redis.exists("sched:fleet:beat:running"):
+        if not await redis.exists("taskflow:{fleet:beat}:running"):
             return
     raise AssertionError("a run held the lease at every half second")
 

@@ -16,7 +16,7 @@ from taskflow import App, Context
 from taskflow.clock import Clock
 from taskflow.exceptions import ConfigurationError
 from taskflow.operations import recorded_runs, send, trigger, value_from_text
-from taskflow.stores.schedule import RedisScheduleStore, TickClaim
+from taskflow.stores import RedisScheduleStore, TickClaim
 from taskflow.testing import ManualClock
 from tests._redis import REDIS_URL
 
@@ -69,7 +69,7 @@ async def test_a_trigger_runs_the_task_once_through_the_claim_and_records_it(
     last = await store.last_run("beat")
     assert last is not None
     assert (last.tick, last.outcome) == (result.tick.scheduled_at, "ok")
-    assert not await redis.exists("sched:ops:beat:running")  # the lease is released
+    assert not await redis.exists("taskflow:{ops:beat}:running")  # the lease is released
     assert await store.claimer("beat", result.tick.scheduled_at) is not None
 
 
@@ -135,7 +135,7 @@ async def test_a_failing_run_is_reported_and_recorded_as_failed(redis: Redis) ->
     last = await RedisScheduleStore(redis, "ops").last_run("beat")
     assert last is not None
     assert last.outcome == "failed"
-    assert not await redis.exists("sched:ops:beat:running")
+    assert not await redis.exists("taskflow:{ops:beat}:running")
 
 
 @pytest.mark.redis
@@ -156,7 +156,7 @@ async def test_a_run_whose_lease_is_lost_is_cancelled_and_recorded_as_lost(redis
     run = asyncio.create_task(trigger(make_app(beat, clock=clock), "beat"))
     await started.wait()
     await clock.wait_for_sleepers(1)  # the lease keeper
-    await redis.set("sched:ops:beat:running", "another-replica")  # as if the lease ran out
+    await redis.set("taskflow:{ops:beat}:running", "another-replica")  # as if the lease ran out
     await clock.advance(LEASE / 3)
     result = await run
 
@@ -164,7 +164,7 @@ async def test_a_run_whose_lease_is_lost_is_cancelled_and_recorded_as_lost(redis
     last = await RedisScheduleStore(redis, "ops").last_run("beat")
     assert last is not None
     assert last.outcome == "lost"
-    assert await redis.get("sched:ops:beat:running") == b"another-replica"  # not ours to drop
+    assert await redis.get("taskflow:{ops:beat}:running") == b"another-replica"  # not ours to drop
 
 
 async def test_without_redis_a_trigger_just_runs_here() -> None:

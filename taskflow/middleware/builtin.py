@@ -2,22 +2,21 @@
 
 From the outside in: app-wide middleware, then the built-ins below (telemetry, rate limit,
 idempotency, timeout), then the registration's own middleware, then the handler. Built-ins get
-what they need (a Redis client, providers) from `Resources`, never from the app or a worker.
+what they need (the run's stores, providers) from `Resources`, never from the app or a worker.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taskflow.exceptions import ConfigurationError
 from taskflow.handler import threads_of
 from taskflow.middleware import Middleware
 from taskflow.specs import ConsumerSpec
+from taskflow.stores.connect import Stores
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from taskflow.middleware.timeout import Watchdog
     from taskflow.specs import MiddlewareFactory, ScheduleSpec
 
@@ -26,13 +25,26 @@ __all__ = ["Resources", "layers_for"]
 
 @dataclass(frozen=True, slots=True)
 class Resources:
-    """What the built-in middleware may use, opened by the runner."""
+    """What the built-in middleware and the workers may use, opened by the runner.
+
+    Attributes:
+        app_name: The app's name.
+        stores: The run's stores (`taskflow.stores.connect.Stores`); by default the in-process
+            ones, without idempotency.
+        tracer_provider: The TracerProvider, or None for the global one.
+        meter_provider: The MeterProvider, or None for the global one.
+        watchdog: The handler calls running under a timeout.
+    """
 
     app_name: str
-    redis: Redis | None = None
+    stores: Stores = field(default=None)  # type: ignore[assignment]  # set in __post_init__
     tracer_provider: Any = None
     meter_provider: Any = None
     watchdog: Watchdog | None = None
+
+    def __post_init__(self) -> None:
+        if self.stores is None:
+            object.__setattr__(self, "stores", Stores.in_process(self.app_name))
 
 
 def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[MiddlewareFactory]:
@@ -50,7 +62,7 @@ def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[
     if isinstance(spec, ConsumerSpec) and spec.rate_limit is not None:
         from taskflow.middleware.ratelimit import rate_limit_layer
 
-        if spec.rate_limit_scope == "global" and resources.redis is None:
+        if spec.rate_limit_scope == "global" and resources.stores.rate_limits is None:
             raise ConfigurationError(
                 f"{spec.name}: rate_limit_scope='global' shares the limit through Redis; "
                 "configure one with App(redis_url=...), --redis or TASKFLOW_REDIS_URL"
@@ -59,7 +71,7 @@ def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[
     if spec.idempotent:  # innermost: a claim is held only while the handler itself runs
         from taskflow.middleware.idempotency import idempotency_layer
 
-        if spec.idempotency_store is None and resources.redis is None:
+        if resources.stores.idempotency is None:
             raise ConfigurationError(
                 f"{spec.name}: idempotent=True keeps its claims in Redis; configure one with "
                 "App(redis_url=...), --redis or TASKFLOW_REDIS_URL, or pass "

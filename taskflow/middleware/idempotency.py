@@ -22,14 +22,9 @@ a periodic run (not run; logged as failed); ``"proceed"`` runs the handler ungua
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import itertools
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, NamedTuple, cast
 
@@ -38,8 +33,10 @@ from taskflow.exceptions import Defer, StoreError
 from taskflow.message import Message, TopicPartition
 from taskflow.middleware.telemetry import SCOPE, meter_provider
 from taskflow.specs import ConsumerSpec
+from taskflow.stores import keys
 from taskflow.stores.base import Outcome, TransactionalStore
-from taskflow.stores.redis import RedisIdempotencyStore
+from taskflow.stores.health import StoreHealth
+from taskflow.stores.lease import keep, new_owner
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter
@@ -84,23 +81,16 @@ _ATTRIBUTE = {
 }
 _MAX_UNANSWERED = 10_000
 _MIN_DEFER = 0.01  # a claim about to expire: look again almost at once, without spinning
-# Owner tokens: unique per claim across replicas and restarts, and readable in Redis.
-_PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-_claims = itertools.count()
-
-
-def new_owner() -> str:
-    """A fresh owner token: host, pid, a random process tag and a counter."""
-    return f"{_PROCESS}:{next(_claims)}"
 
 
 def consumer_key(group: str, key: IdempotencyKey | None = None) -> Callable[[Job], str]:
     """The store key of a consumed message: always scoped by consumer group.
 
     The identity is `key(message)` when that gives one, else the `idempotency-key` header, else
-    ``topic:partition:offset``; the store key is ``taskflow:idem:{group}:{identity}``.
+    ``topic:partition:offset``; the store key is ``taskflow:{group}:idem:<identity>``
+    (`taskflow.stores.keys`).
     """
-    prefix = f"taskflow:idem:{group}:"
+    prefix = keys.idempotency(group, "")
 
     def key_for(job: Job) -> str:
         assert isinstance(job, Message), "a consumer's job is a Message"
@@ -119,21 +109,19 @@ def consumer_key(group: str, key: IdempotencyKey | None = None) -> Callable[[Job
 
 
 def periodic_key(app_name: str) -> Callable[[Job], str]:
-    """The store key of a periodic run: ``taskflow:idem:{app}:{task}:{scheduled tick, ISO}``."""
+    """The store key of a periodic run: ``taskflow:{app:task}:idem:<scheduled tick, ISO>``."""
 
     def key_for(job: Job) -> str:
         assert isinstance(job, Tick), "a periodic task's job is a Tick"
-        return f"taskflow:idem:{app_name}:{job.task}:{job.scheduled_at.isoformat()}"
+        return keys.tick_idempotency(app_name, job.task, job.scheduled_at.isoformat())
 
     return key_for
 
 
 def idempotency_layer(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> MiddlewareFactory:
-    """The idempotency middleware factory for `spec`, on its explicit store or on Redis."""
-    store = spec.idempotency_store
-    if store is None:
-        assert resources.redis is not None, "layers_for refuses idempotency without a store"
-        store = RedisIdempotencyStore(resources.redis)
+    """The idempotency middleware factory for `spec`, on the run's idempotency store."""
+    store = resources.stores.idempotency
+    assert store is not None, "layers_for refuses idempotency without a store"
     if isinstance(spec, ConsumerSpec):
         key_for = consumer_key(spec.group, spec.idempotency_key)
     else:
@@ -207,7 +195,7 @@ class Idempotency:
         self.periodic = periodic
         self.name = name
         self.runs = self.skipped = self.deferred = self.unguarded = self.lost = 0
-        self.failing = False
+        self.health = StoreHealth(logger)
         self.transactional = isinstance(store, TransactionalStore)
         self._unanswered: dict[str, str] = {}  # key -> the owner of a claim that got no answer
         self._prefetched: dict[str, _Prefetched] = {}
@@ -313,29 +301,27 @@ class Idempotency:
     ) -> None:
         """Extend the lease now and every third of it until `stop` is set or the claim is lost.
 
-        It is stopped by an event, never cancelled: redis-py can swallow a cancellation that
-        lands during a command (redis/redis-py#2028), which would leave this loop running.
+        A store that fails to answer never counts as a lost claim here (`keep`'s patience):
+        the handler goes on either way, and the done mark decides.
         """
-        while not stop.is_set():
-            try:
-                kept = await self.store.extend(key, owner, self.lease)
-            except StoreError as exc:
-                ctx.logger.warning("renewing the claim on %s failed (%s); trying again", job, exc)
-                kept = True
-            if not kept:
-                self._note("lost")
-                # The handler is not cancelled: stopping it half-way could do more harm than a
-                # second run, which the next owner's done mark then keeps from happening again.
-                ctx.logger.error(
-                    "lost the claim on %s (%s): its lease ran out, so another worker may run it "
-                    "too; the handler goes on",
-                    job,
-                    key,
-                )
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.lease / 3):
-                    await stop.wait()
+
+        def failed(exc: StoreError) -> None:
+            ctx.logger.warning("renewing the claim on %s failed (%s); trying again", job, exc)
+
+        async def extend() -> bool:
+            return await self.store.extend(key, owner, self.lease)
+
+        if await keep(extend, self.lease, stop, patience=None, on_error=failed, first=0):
+            return
+        self._note("lost")
+        # The handler is not cancelled: stopping it half-way could do more harm than a second
+        # run, which the next owner's done mark then keeps from happening again.
+        ctx.logger.error(
+            "lost the claim on %s (%s): its lease ran out, so another worker may run it too; "
+            "the handler goes on",
+            job,
+            key,
+        )
 
     async def _complete(self, job: Job, ctx: Context, key: str, owner: str) -> None:
         try:
@@ -393,16 +379,14 @@ class Idempotency:
 
     async def _without_store(self, job: Job, ctx: Context, exc: StoreError) -> None:
         """The claim failed: run unguarded ("proceed"), or do not run at all ("fail")."""
-        if not self.failing:
-            self.failing = True
-            action = (
-                "handlers run without it"
-                if self.on_store_error == "proceed"
-                else "nothing runs until it answers"
-            )
-            logger.error(
-                "%s: the idempotency store is unavailable (%s); %s", self.name, exc, action
-            )
+        action = (
+            "handlers run without it"
+            if self.on_store_error == "proceed"
+            else "nothing runs until it answers"
+        )
+        self.health.failed(
+            "%s: the idempotency store is unavailable (%s); %s", self.name, exc, action
+        )
         if self.on_store_error == "proceed":
             self._note("unguarded")
             ctx.logger.warning("%s runs without an idempotency claim: %s", job, exc)
@@ -413,9 +397,7 @@ class Idempotency:
         raise Defer(f"idempotency store unavailable: {exc}", STORE_RETRY) from exc
 
     def _store_answers(self) -> None:
-        if self.failing:
-            self.failing = False
-            logger.info("%s: the idempotency store answers again", self.name)
+        self.health.answered("%s: the idempotency store answers again", self.name)
 
     # -- batches (the BatchAware protocol) -------------------------------------------------
 
@@ -542,7 +524,7 @@ class _DoneMarks:
             async with asyncio.timeout(FLUSH_TIMEOUT):
                 await asyncio.shield(task)
         except TimeoutError:
-            task.cancel()  # it may finish its current write first; see `Idempotency._renew`
+            task.cancel()  # it may finish its current write first; see `taskflow.stores.lease`
             logger.error(
                 "%s: %d done marks were not written within %gs; those messages may run again "
                 "after their lease",

@@ -7,10 +7,11 @@ long-run rate down. After idle the limit does not refill into a burst: no run go
 `rate * (1 s + TOLERANCE) + 1` handlers, never twice the rate.
 
 - ``local``: one `aiolimiter.AsyncLimiter` per registration, shared by its partitions' lanes.
-- ``global``: GCRA (the generic cell rate algorithm) in one Lua script that reads Redis server
-  time, so every replica shares the limit whatever its own clock says. The script keeps one
-  number, the theoretical arrival time, at ``taskflow:ratelimit:{app}:{consumer}``, and answers
-  how long to wait; the middleware sleeps that long and asks again.
+- ``global``: GCRA (the generic cell rate algorithm) in the run's `RateLimitStore`
+  (`taskflow.stores.ratelimit`): on Redis, one Lua script that reads Redis server time, so every
+  replica shares the limit whatever its own clock says. It keeps one number, the theoretical
+  arrival time, at ``taskflow:{app:consumer}:ratelimit``, and answers how long to wait; the
+  middleware sleeps that long and asks again.
 
 A lane waiting here does not take its next record, so its partition's buffer fills up to
 `max_buffered` and the consumer pauses it while it keeps polling: the backpressure.
@@ -31,19 +32,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiolimiter import AsyncLimiter
 from opentelemetry import metrics, trace
-from redis.exceptions import RedisError
 
-from taskflow.exceptions import Defer
+from taskflow.exceptions import Defer, StoreError
 from taskflow.middleware.telemetry import SCOPE, telemetry_enabled
+from taskflow.stores import keys
+from taskflow.stores.health import StoreHealth
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram
-    from redis.commands.core import AsyncScript
 
     from taskflow.context import Context
     from taskflow.handler import Handler, Job
     from taskflow.middleware.builtin import Resources
     from taskflow.specs import ConsumerSpec, MiddlewareFactory
+    from taskflow.stores.ratelimit import RateLimitStore
 
 __all__ = [
     "GlobalRateLimit",
@@ -56,7 +58,7 @@ __all__ = [
 logger = logging.getLogger("taskflow.ratelimit")
 
 STORE_RETRY = 1.0
-"""Seconds before a message deferred by a Redis outage is tried again."""
+"""Seconds before a message deferred by a store outage is tried again."""
 
 TOLERANCE = 0.01
 """Seconds a run may come early, so timer and network jitter do not drag the rate down."""
@@ -70,29 +72,6 @@ WAIT_BUCKETS: Final = (
 
 Report = Callable[[float], None]
 """Told the seconds a run waited for its limit, once the wait is over."""
-
-# GCRA on Redis server time. KEYS[1]: the key. ARGV[1]: the emission interval, ARGV[2]: the
-# tolerance, both in microseconds. Returns 0 when the run may go (and books it), else the
-# microseconds to wait. The key expires once its arrival time has passed: then it means nothing.
-GCRA_SCRIPT = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = now
-local stored = redis.call('GET', KEYS[1])
-if stored then
-    tat = math.max(tonumber(stored), now)
-end
-local allow_at = tat - tolerance
-if now < allow_at then
-    return math.ceil(allow_at - now)
-end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX',
-    math.max(1, math.ceil((new_tat - now) / 1000)))
-return 0
-"""
 
 
 async def unless_stopping(wait: Coroutine[Any, Any, Any], stopping: asyncio.Event) -> None:
@@ -113,25 +92,25 @@ async def unless_stopping(wait: Coroutine[Any, Any, Any], stopping: asyncio.Even
 
 
 def rate_limit_key(app_name: str, consumer: str) -> str:
-    """The Redis key of a global limit: one per app and consumer, whatever the replica."""
-    return f"taskflow:ratelimit:{app_name}:{consumer}"
+    """The store key of a global limit: one per app and consumer, whatever the replica."""
+    return keys.rate_limit(app_name, consumer)
 
 
 def rate_limit_layer(spec: ConsumerSpec, resources: Resources) -> MiddlewareFactory:
     """The middleware factory for `spec.rate_limit`, in its scope.
 
-    One limiter (or one registered script) per call, shared by every middleware it builds.
+    One limiter per call (or the run's rate-limit store), shared by every middleware it builds.
     """
     limit = spec.rate_limit
     assert limit is not None, "rate_limit_layer needs a spec with a rate_limit"
     rate = limit.per_second
     report = WaitTelemetry.for_spec(spec, resources) if telemetry_enabled(resources) else None
     if spec.rate_limit_scope == "global":
-        assert resources.redis is not None, "layers_for refuses a global limit without Redis"
-        script = resources.redis.register_script(GCRA_SCRIPT)
+        store = resources.stores.rate_limits
+        assert store is not None, "layers_for refuses a global limit without Redis"
         return functools.partial(
             GlobalRateLimit,
-            script=script,
+            store=store,
             key=rate_limit_key(resources.app_name, spec.name),
             rate=rate,
             name=spec.name,
@@ -228,15 +207,15 @@ class LocalRateLimit:
 
 
 class GlobalRateLimit:
-    """Asks Redis (GCRA on server time) before each run, and sleeps as long as it says.
+    """Asks the shared store (GCRA) before each run, and sleeps as long as it says.
 
-    A Redis failure raises `Defer`: the run does not happen and is tried again after
+    A store failure raises `Defer`: the run does not happen and is tried again after
     `STORE_RETRY` seconds, without counting as an attempt, so an outage never dead-letters.
 
     Args:
         app: The next handler.
-        script: The registered `GCRA_SCRIPT`.
-        key: The limit's Redis key (`rate_limit_key`).
+        store: Where the limit lives (`taskflow.stores.ratelimit`).
+        key: The limit's key (`rate_limit_key`).
         rate: Runs per second.
         name: The worker name, for log lines (default the key).
         report: Called with the seconds waited by each run that had to wait (telemetry);
@@ -251,21 +230,21 @@ class GlobalRateLimit:
         self,
         app: Handler,
         *,
-        script: AsyncScript,
+        store: RateLimitStore,
         key: str,
         rate: float,
         name: str = "",
         report: Report | None = None,
     ) -> None:
         self.app = app
-        self.script = script
+        self.store = store
         self.key = key
         self.name = name or key
         self.report = report
-        self.args = (1_000_000 / rate, TOLERANCE * 1_000_000)
+        self.interval = 1 / rate
         self.waits = 0
         self.waited_seconds = 0.0
-        self.failing = False
+        self.health = StoreHealth(logger)
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         wait = await self._ask()
@@ -286,19 +265,15 @@ class GlobalRateLimit:
     async def _ask(self) -> float:
         """Book a run now (0.0), or the seconds to wait before asking again."""
         try:
-            micros = await self.script(keys=[self.key], args=self.args)
-        except RedisError as exc:
-            if not self.failing:
-                self.failing = True
-                logger.error(
-                    "%s: the shared rate limit at %s is unavailable (%s); "
-                    "messages are retried until Redis answers",
-                    self.name,
-                    self.key,
-                    exc,
-                )
+            wait = await self.store.acquire(self.key, self.interval, TOLERANCE)
+        except StoreError as exc:
+            self.health.failed(
+                "%s: the shared rate limit at %s is unavailable (%s); "
+                "messages are retried until Redis answers",
+                self.name,
+                self.key,
+                exc,
+            )
             raise Defer(f"shared rate limit {self.key} unavailable: {exc}", STORE_RETRY) from exc
-        if self.failing:
-            self.failing = False
-            logger.info("%s: the shared rate limit at %s answers again", self.name, self.key)
-        return int(micros) / 1_000_000
+        self.health.answered("%s: the shared rate limit at %s answers again", self.name, self.key)
+        return wait

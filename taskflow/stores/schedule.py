@@ -1,93 +1,32 @@
-"""The Redis schedule store: fleet-wide tick claims, the no-overlap lease, and run records.
+"""The schedule store: tick claims, the no-overlap lease, and the records of each periodic task.
 
-Every replica computes the same ticks; before running one it claims it. For a task ``beat`` of an
-app ``billing`` the keys are:
+Every replica computes the same ticks; before running one it claims it, so each tick runs once.
+A store answers, for one app's periodic tasks:
 
-- ``sched:billing:beat:{tick}``: the claim of one tick (``tick`` in Unix seconds, e.g.
-  ``1767225600`` or ``1767225600.5``), holding the claimer's owner token. ``SET … NX PX ttl``:
-  the first replica wins. It is never deleted after the run, so it outlives the tick for every
-  replica and the tick runs once even when its run fails; it expires on its own.
-- ``sched:billing:beat:running``: the lease of the run in progress, holding the run's owner
-  token, renewed while the run goes on and released when it ends, each time only by its owner
-  (a Lua script checks the token), so two runs of one task never overlap across the fleet.
-- ``sched:billing:beat:last``: a hash about the last run: ``tick``, ``time`` (when it started,
-  ISO 8601 UTC), ``replica`` (``host:pid``), ``outcome`` (``running``, ``ok``, ``failed``,
-  ``cancelled`` or ``lost``) and ``duration`` (seconds, empty while running).
-- ``sched:billing:beat:next``: the next tick, ISO 8601 UTC.
+- `claim`: claim a tick for an owner and, when it is ours and no run holds the task's lease, take
+  the lease and mark the last run as running, all at once (`TickClaim`). It also records the
+  next tick. A tick's claim is never dropped after its run: it outlives the tick and expires.
+- `acquire`, `renew`, `release`: the lease, held by one run (or one catch-up) at a time and
+  checked against its owner token, so a run whose lease ran out never drops the next one's.
+- `finish`: record how a run ended (`LastRun.outcome`) and release the lease.
+- `last_run`, `next_run`, `claimer`, `set_next`: the records ``taskflow info`` reads.
 
-`claim` is one Lua script: it writes the next tick, claims the tick and, when the claim is won and
-no run holds the lease, takes the lease and marks the last run as running, all at once, so a
-replica that dies between the steps cannot leave a claimed tick that nobody ran.
+`RedisScheduleStore` shares all this across the fleet (`taskflow.stores.keys` lists its keys);
+`MemoryScheduleStore` is its in-process twin, for one process or ``fleet=False``. Each method raises
+`taskflow.StoreError` when the store cannot answer. Times are seconds.
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Protocol, runtime_checkable
 
-from redis.exceptions import RedisError
-
-from taskflow.exceptions import StoreError
-from taskflow.stores.redis import EXTEND_SCRIPT, RELEASE_SCRIPT, as_text, millis
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
-
-__all__ = ["LastRun", "RedisScheduleStore", "TickClaim", "epoch"]
+__all__ = ["LastRun", "ScheduleStore", "TickClaim", "epoch"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-# KEYS: the tick's claim, the lease, the last-run hash, the next-tick key.
-# ARGV: owner, claim TTL ms, lease ms, tick (ISO), start time (ISO), next tick (ISO), replica.
-# Returns {0, claimer} (claimed elsewhere), {1, owner} (run it), {2, holder} (still running).
-CLAIM_SCRIPT = """
-redis.call('SET', KEYS[4], ARGV[6])
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return {0, redis.call('GET', KEYS[1])}
-end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then
-    return {2, holder}
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
-redis.call('HSET', KEYS[3], 'tick', ARGV[4], 'time', ARGV[5], 'replica', ARGV[7],
-    'outcome', 'running', 'duration', '')
-return {1, ARGV[1]}
-"""
-
-# KEYS[1]: the lease. ARGV[1]: the owner. ARGV[2]: the lease in ms. 1 when renewed.
-RENEW_SCRIPT = EXTEND_SCRIPT  # the idempotency store's owner-checked PEXPIRE
-
-# KEYS: the lease, the last-run hash. ARGV: owner, '1' to release the lease, tick (ISO),
-# replica, outcome, duration. Records the outcome if the last run is still this one; returns 1
-# when the lease was still the owner's.
-FINISH_SCRIPT = """
-local kept = redis.call('GET', KEYS[1]) == ARGV[1]
-if kept and ARGV[2] == '1' then
-    redis.call('DEL', KEYS[1])
-end
-if redis.call('HGET', KEYS[2], 'tick') == ARGV[3]
-        and redis.call('HGET', KEYS[2], 'replica') == ARGV[4] then
-    redis.call('HSET', KEYS[2], 'outcome', ARGV[5], 'duration', ARGV[6])
-end
-if kept then
-    return 1
-end
-return 0
-"""
-
-
-_REPLICA = f"{socket.gethostname()}:{os.getpid()}"
-_TAG = uuid.uuid4().hex[:8]  # tells apart two processes that reuse a host name and pid
-_runs = itertools.count()
 
 
 class TickClaim(enum.Enum):
@@ -103,7 +42,7 @@ class TickClaim(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LastRun:
-    """The last run of a periodic task, as kept in ``sched:{app}:{task}:last``.
+    """The last run of a periodic task.
 
     Attributes:
         tick: The tick it ran for (UTC).
@@ -127,45 +66,13 @@ def epoch(moment: datetime) -> str:
     return f"{whole}.{fraction:06d}".rstrip("0").rstrip(".") if fraction else str(whole)
 
 
-def new_owner() -> str:
-    """A fresh owner token for one run: ``host:pid:tag:n``."""
-    return f"{_REPLICA}:{_TAG}:{next(_runs)}"
+@runtime_checkable
+class ScheduleStore(Protocol):
+    """Where tick claims, leases and run records live: `RedisScheduleStore` or
+    `MemoryScheduleStore`."""
 
-
-class RedisScheduleStore:
-    """Tick claims, leases and run records of one app's periodic tasks, in Redis.
-
-    Args:
-        client: A `redis.asyncio.Redis` client; the store does not close it.
-        app_name: The app's name, the second part of every key.
-
-    Example:
-        ```python
-        store = RedisScheduleStore(Redis.from_url("redis://localhost:6379/0"), "billing")
-        last = await store.last_run("cleanup")   # LastRun(..., outcome='ok', duration=0.8)
-        upcoming = await store.next_run("cleanup")
-        ```
-    """
-
-    def __init__(self, client: Redis, app_name: str) -> None:
-        self.client = client
-        self.app_name = app_name
-        self.replica = _REPLICA
-        self._claim = client.register_script(CLAIM_SCRIPT)
-        self._renew = client.register_script(RENEW_SCRIPT)
-        self._finish = client.register_script(FINISH_SCRIPT)
-        self._release = client.register_script(RELEASE_SCRIPT)
-
-    def __repr__(self) -> str:
-        return f"RedisScheduleStore({self.client!r}, {self.app_name!r})"
-
-    def key(self, task: str, suffix: str) -> str:
-        """The key ``sched:{app}:{task}:{suffix}``."""
-        return f"sched:{self.app_name}:{task}:{suffix}"
-
-    def claim_key(self, task: str, tick: datetime) -> str:
-        """The key of one tick's claim."""
-        return self.key(task, epoch(tick))
+    app_name: str
+    replica: str
 
     async def claim(
         self,
@@ -183,29 +90,15 @@ class RedisScheduleStore:
         A lease `owner` already holds (a catch-up run) counts as free. Returns what was found and
         who holds it: the claimer (ELSEWHERE), the lease holder (BUSY) or `owner` (RUN).
         """
-        keys = [self.claim_key(task, tick), *self._keys(task, "running", "last", "next")]
-        args: list[str | int] = [owner, millis(ttl), millis(lease), _iso(tick), _iso(started)]
-        args += [_iso(next_tick), self.replica]
-        reply = await self._call(self._claim, f"claiming {keys[0]}", keys, args)
-        found, holder = int(reply[0]), as_text(reply[1] if len(reply) > 1 else None)
-        return (TickClaim.ELSEWHERE, TickClaim.RUN, TickClaim.BUSY)[found], holder
+        ...
 
     async def acquire(self, task: str, owner: str, lease: float) -> str | None:
         """Take the lease for `owner` unless a run holds it; None when taken, else the holder."""
-        key = self.key(task, "running")
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(key, owner, nx=True, px=millis(lease))
-                pipe.get(key)
-                taken, holder = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"taking the lease {key} failed: {exc}") from exc
-        return None if taken else as_text(holder)
+        ...
 
     async def renew(self, task: str, owner: str, lease: float) -> bool:
         """Extend `owner`'s lease to `lease` seconds from now; False when it was lost."""
-        key = self.key(task, "running")
-        return bool(await self._call(self._renew, f"renewing {key}", [key], [owner, millis(lease)]))
+        ...
 
     async def finish(
         self,
@@ -217,77 +110,26 @@ class RedisScheduleStore:
         *,
         release: bool = True,
     ) -> bool:
-        """Record how the run of `tick` ended and (by default) release the lease.
-
-        Returns False when the lease was no longer `owner`'s.
-        """
-        keys = self._keys(task, "running", "last")
-        args: list[str | int] = [owner, "1" if release else "0", _iso(tick), self.replica]
-        args += [outcome, f"{duration:.3f}"]
-        done = await self._call(self._finish, f"finishing {keys[0]}", keys, args)
-        return bool(done)
+        """Record how the run of `tick` ended and (by default) release the lease; False when
+        the lease was no longer `owner`'s."""
+        ...
 
     async def release(self, task: str, owner: str) -> bool:
         """Drop `owner`'s lease; False when it was not theirs."""
-        key = self.key(task, "running")
-        return bool(await self._call(self._release, f"releasing {key}", [key], [owner]))
+        ...
 
     async def set_next(self, task: str, moment: datetime) -> None:
         """Record the next tick of `task`."""
-        key = self.key(task, "next")
-        try:
-            await self.client.set(key, _iso(moment))
-        except RedisError as exc:
-            raise StoreError(f"writing {key} failed: {exc}") from exc
+        ...
 
     async def claimer(self, task: str, tick: datetime) -> str | None:
         """Who claimed `tick` (an owner token), or None when nobody has (or the claim expired)."""
-        key = self.claim_key(task, tick)
-        try:
-            value = await self.client.get(key)
-        except RedisError as exc:
-            raise StoreError(f"reading {key} failed: {exc}") from exc
-        return None if value is None else as_text(value)
+        ...
 
     async def last_run(self, task: str) -> LastRun | None:
-        """The last run of `task`, or None when it never ran (or Redis forgot)."""
-        key = self.key(task, "last")
-        try:
-            raw = await self.client.hgetall(key)
-        except RedisError as exc:
-            raise StoreError(f"reading {key} failed: {exc}") from exc
-        fields = {as_text(name): as_text(value) for name, value in raw.items()}
-        if "tick" not in fields:
-            return None
-        duration = fields.get("duration")
-        return LastRun(
-            tick=datetime.fromisoformat(fields["tick"]),
-            time=datetime.fromisoformat(fields["time"]),
-            replica=fields.get("replica", ""),
-            outcome=fields.get("outcome", ""),
-            duration=float(duration) if duration else None,
-        )
+        """The last run of `task`, or None when it never ran (or the store forgot)."""
+        ...
 
     async def next_run(self, task: str) -> datetime | None:
         """The next tick of `task` as the replicas last computed it, or None."""
-        key = self.key(task, "next")
-        try:
-            value = await self.client.get(key)
-        except RedisError as exc:
-            raise StoreError(f"reading {key} failed: {exc}") from exc
-        return None if value is None else datetime.fromisoformat(as_text(value))
-
-    def _keys(self, task: str, *suffixes: str) -> list[str]:
-        return [self.key(task, suffix) for suffix in suffixes]
-
-    async def _call(
-        self, script: AsyncScript, doing: str, keys: list[str], args: list[str | int]
-    ) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except RedisError as exc:
-            raise StoreError(f"{doing} failed: {exc}") from exc
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat()
+        ...

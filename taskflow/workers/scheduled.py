@@ -5,20 +5,23 @@ the worker waits on the app's clock for each, handles it in its own task, and go
 waiting, so a slow job never shifts later ticks. A failing run is logged with its traceback and the
 schedule goes on.
 
-On its own (no Redis, or ``fleet=False``) the worker runs every tick here; a tick that comes while
-the previous run is still going is skipped, logged and counted.
+Every tick goes one way, over a `ScheduleStore`: the worker claims the tick, and runs it only when
+the claim is its own and no run of the task holds the task's lease. A run holds the lease, renewed
+while it goes on (`taskflow.stores.lease`), so the task never overlaps itself; a tick that comes
+while a run is still going is skipped, logged and counted, and a run whose lease is lost is
+cancelled.
 
-Across a fleet (Redis configured and ``fleet=True``, the default) every replica computes the same
-ticks and runs one only after claiming it in Redis, so each tick runs on exactly one replica. A run
-holds a lease on the task that it renews while it goes on, so the task never overlaps itself on any
-replica; a run whose lease is lost is cancelled. At start, ticks missed while every replica was down
-are caught up as ``catch_up`` says. `taskflow.stores.schedule` describes the keys.
+Across a fleet (Redis configured and ``fleet=True``, the default) the store is Redis, shared by
+every replica, so each tick runs on exactly one replica, and at start the ticks missed while every
+replica was down are caught up as ``catch_up`` says. On its own (no Redis, or ``fleet=False``) the
+store is the in-process twin: every tick runs here. `taskflow.stores.keys` lists the Redis keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import weakref
@@ -30,21 +33,27 @@ from typing import TYPE_CHECKING, Any
 from taskflow import loopwatch
 from taskflow.context import Context, Tick, WorkerLogger
 from taskflow.exceptions import StoreError
-from taskflow.stores.schedule import RedisScheduleStore, TickClaim, new_owner
+from taskflow.stores.connect import Stores
+from taskflow.stores.health import StoreHealth
+from taskflow.stores.lease import LeaseLost, hold, new_owner
+from taskflow.stores.schedule import TickClaim
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from taskflow.app import App
     from taskflow.clock import Clock
     from taskflow.handler import Handler
     from taskflow.specs import ScheduleSpec
+    from taskflow.stores.schedule import ScheduleStore
 
 __all__ = ["CLAIM_MARGIN", "ScheduledWorker"]
 
 CLAIM_MARGIN = 60.0
 """Seconds a tick's claim outlives the tick beyond one period (and the grace, when catching up):
 a replica that wakes late for a tick still finds it claimed."""
+
+LOCAL_LEASE = math.inf
+"""A run's lease in the in-process store: nothing else could take it, so it never runs out (and
+needs no renewal) however long the run goes on or the process stalls."""
 
 # Apps already told that their periodic tasks run on every replica for want of Redis.
 _told: weakref.WeakSet[App] = weakref.WeakSet()
@@ -60,6 +69,16 @@ class _Lease:
 
 class ScheduledWorker:
     """Runs one periodic task.
+
+    Args:
+        spec: The registration.
+        app: Its app.
+        handler: The handler with its middleware stack.
+        clock: Where ticks are read and waited for.
+        stopping: Set when shutdown begins.
+        rng: Draws the jitter.
+        stores: The run's stores: the fleet's schedule store when there is one and
+            ``spec.fleet``, else the in-process one (the default).
 
     Attributes:
         runs: Runs here that succeeded.
@@ -82,7 +101,7 @@ class ScheduledWorker:
         clock: Clock,
         stopping: asyncio.Event,
         rng: random.Random | None = None,
-        redis: Redis | None = None,
+        stores: Stores | None = None,
     ) -> None:
         self.spec = spec
         self.app = app
@@ -91,25 +110,22 @@ class ScheduledWorker:
         self.stopping = stopping
         self.rng = rng or random.Random()
         self.log = WorkerLogger(logging.getLogger(app.name), spec.name)
-        self.store = (
-            RedisScheduleStore(redis, app.name) if redis is not None and spec.fleet else None
-        )
+        stores = stores or Stores.in_process(app.name)
+        self.store: ScheduleStore
+        self.store, self.fleet = stores.schedule_store(spec.fleet)
+        """Where ticks are claimed; `fleet` is True when it is shared by every replica."""
+        self.lease = spec.lease if self.fleet else LOCAL_LEASE
         self.runs = self.failures = self.skipped = 0
         self.elsewhere = self.unclaimed = self.lost = self.caught_up = 0
         self.last_tick: datetime | None = None
         self._stop = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
-        self._job: asyncio.Task[None] | None = None
-        self._store_failing = False
+        self._jobs = 0  # runs going on in this process
+        self.health = StoreHealth(self.log)
 
     @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def fleet(self) -> bool:
-        """True when each tick runs once across the fleet (claimed in Redis)."""
-        return self.store is not None
 
     def describe(self) -> str:
         """One line for `taskflow info`."""
@@ -118,7 +134,7 @@ class ScheduledWorker:
     @property
     def running(self) -> bool:
         """True while a run of this task is going on in this process."""
-        return self._job is not None and not self._job.done()
+        return self._jobs > 0
 
     def next_tick(self) -> datetime:
         """The time of the next tick."""
@@ -135,7 +151,7 @@ class ScheduledWorker:
         self._tell_mode()
         try:
             async with asyncio.TaskGroup() as group:
-                if self.store is not None:
+                if self.fleet:
                     group.create_task(self._prepare(), name=f"{self.name}:catch-up")
                 if self.spec.run_at_start:
                     self._launch(group, Tick(self.name, self.clock.now()))
@@ -159,22 +175,10 @@ class ScheduledWorker:
             self._launch(group, Tick(self.name, tick))
 
     def _launch(self, group: asyncio.TaskGroup, tick: Tick) -> None:
-        name = f"{self.name}:{tick.scheduled_at}"
-        if self.store is not None:
-            group.create_task(self._fire(tick), name=name)
-            return
-        if self._job is not None and not self._job.done():
-            self.skipped += 1
-            self.log.warning(
-                "⏭ %s skipped: the previous run is still going (%d skipped so far)",
-                tick,
-                self.skipped,
-            )
-            return
-        self._job = group.create_task(self._run_here(tick), name=name)
+        group.create_task(self._fire(tick), name=f"{self.name}:{tick.scheduled_at}")
 
     def _tell_mode(self) -> None:
-        if self.store is not None or not self.spec.fleet:
+        if self.fleet or not self.spec.fleet:
             return
         if self.spec.catch_up != "none":
             self.log.warning(
@@ -197,11 +201,6 @@ class ScheduledWorker:
         """
         ctx = Context(self.app, self.name, self.log, self.stopping, tick=tick)
         await self._call(tick, ctx)
-
-    async def _run_here(self, tick: Tick) -> None:
-        started, late = time.perf_counter(), self._late(tick)
-        if await self._run(tick) == "ok":
-            self._ran(tick, started, late)
 
     async def _run(self, tick: Tick) -> str:
         """Run the job for `tick`; "ok", or "failed" (logged with its traceback)."""
@@ -239,39 +238,41 @@ class ScheduledWorker:
     # -- across the fleet ------------------------------------------------------------------
 
     async def _fire(self, tick: Tick) -> None:
-        """Claim `tick` for the fleet and run it when it is ours and no run holds the lease."""
-        assert self.store is not None
+        """Claim `tick` and run it when it is ours and no run holds the lease."""
         lease = _Lease(new_owner())
         now = self.clock.now()
         ttl = self._claim_ttl(tick.scheduled_at, now)
         if ttl <= 0:
-            self.log.warning(
-                "⏭ %s skipped: woke %.0fs late, past its claim", tick, self._late(tick)
-            )
-            return
+            if self.fleet:
+                self.log.warning(
+                    "⏭ %s skipped: woke %.0fs late, past its claim", tick, self._late(tick)
+                )
+                return
+            ttl = CLAIM_MARGIN  # nobody else claims it: late is still worth running here
         try:
             found, holder = await self.store.claim(
                 self.name,
                 tick.scheduled_at,
                 lease.owner,
                 ttl=ttl,
-                lease=self.spec.lease,
+                lease=self.lease,
                 started=now,
                 next_tick=self.next_tick(),
             )
         except StoreError as exc:
             self._unanswered(tick, exc)
             return
-        self._answered()
+        self.health.answered("Redis answers again: ticks are claimed and run")
         if found is TickClaim.ELSEWHERE:
             self.elsewhere += 1
             self.log.debug("%s is claimed by %s", tick, holder)
         elif found is TickClaim.BUSY:
             self.skipped += 1
+            where = f" on {holder}" if self.fleet else ""
             self.log.warning(
-                "⏭ %s skipped: the previous run is still going on %s (%d skipped so far)",
+                "⏭ %s skipped: the previous run is still going%s (%d skipped so far)",
                 tick,
-                holder,
+                where,
                 self.skipped,
             )
         else:
@@ -284,29 +285,16 @@ class ScheduledWorker:
         return period + grace + CLAIM_MARGIN - (now - tick).total_seconds()
 
     async def _leased(self, lease: _Lease, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` while renewing `lease`; if the lease is lost, `work` is cancelled."""
-        async with asyncio.TaskGroup() as group:
-            job = group.create_task(work, name=f"{self.name}:run")
-            keeper = group.create_task(self._keep(lease, job), name=f"{self.name}:lease")
-            job.add_done_callback(lambda _: keeper.cancel())
+        """Run `work` while renewing `lease`; if the lease is lost, `work` is cancelled.
 
-    async def _keep(self, lease: _Lease, job: asyncio.Task[None]) -> None:
-        """Renew the lease every third of it until cancelled; cancel `job` if it is lost."""
-        assert self.store is not None
-        length = timedelta(seconds=self.spec.lease)
-        renewed = self.clock.now()
-        while True:
-            await self.clock.sleep_until(self.clock.now() + length / 3)
-            try:
-                kept = await self.store.renew(self.name, lease.owner, self.spec.lease)
-            except StoreError as exc:
-                if self.clock.now() - renewed < length:
-                    self.log.warning("renewing the lease failed (%s); trying again", exc)
-                    continue
-                kept = False  # not renewed for a whole lease: another replica may hold it now
-            if kept:
-                renewed = self.clock.now()
-                continue
+        A store that fails to answer the renewal for a whole lease counts as lost: another
+        replica may hold the lease by then.
+        """
+
+        def failed(exc: StoreError) -> None:
+            self.log.warning("renewing the lease failed (%s); trying again", exc)
+
+        def lost() -> None:
             lease.lost = True
             self.lost += 1
             self.log.error(
@@ -315,8 +303,26 @@ class ScheduledWorker:
                 self.name,
                 lease.owner,
             )
-            job.cancel()
-            return
+
+        async def renew() -> bool:
+            return await self.store.renew(self.name, lease.owner, self.lease)
+
+        self._jobs += 1
+        try:
+            await hold(
+                work,
+                renew,
+                self.lease,
+                patience=self.lease,
+                on_error=failed,
+                on_lost=lost,
+                clock=self.clock,
+                name=self.name,
+            )
+        except LeaseLost:
+            pass  # logged by `lost`, recorded by the run
+        finally:
+            self._jobs -= 1
 
     async def _run_leased(self, tick: Tick, lease: _Lease, *, release: bool) -> None:
         """Run `tick` under `lease` and record how it went (releasing the lease if `release`)."""
@@ -334,7 +340,6 @@ class ScheduledWorker:
     async def _finish(
         self, tick: Tick, lease: _Lease, outcome: str, duration: float, release: bool
     ) -> None:
-        assert self.store is not None
         try:
             await self.store.finish(
                 self.name, lease.owner, tick.scheduled_at, outcome, duration, release=release
@@ -346,26 +351,16 @@ class ScheduledWorker:
 
     def _unanswered(self, tick: Tick, exc: StoreError) -> None:
         self.unclaimed += 1
-        if self._store_failing:
-            self.log.debug("✗ %s not run: it could not be claimed (%s)", tick, exc)
-            return
-        self._store_failing = True
-        self.log.error(
+        self.health.failed(
             "✗ %s not run: it could not be claimed (%s); no tick runs until Redis answers",
             tick,
             exc,
         )
 
-    def _answered(self) -> None:
-        if self._store_failing:
-            self._store_failing = False
-            self.log.info("Redis answers again: ticks are claimed and run")
-
     # -- catching up -----------------------------------------------------------------------
 
     async def _prepare(self) -> None:
         """Record the next tick; then run the ticks missed while every replica was down."""
-        assert self.store is not None
         try:
             await self.store.set_next(self.name, self.next_tick())
             if self.spec.catch_up != "none":
@@ -374,7 +369,6 @@ class ScheduledWorker:
             self.log.error("catching up missed ticks failed: %s", exc)
 
     async def _catch_up(self) -> None:
-        assert self.store is not None
         last = await self.store.last_run(self.name)
         # A task that never ran missed nothing.
         missed = [] if last is None else self._missed(last.tick, self.clock.now())
@@ -384,7 +378,7 @@ class ScheduledWorker:
             self.log.info("↻ no missed tick to catch up")
             return
         lease = _Lease(new_owner())
-        holder = await self.store.acquire(self.name, lease.owner, self.spec.lease)
+        holder = await self.store.acquire(self.name, lease.owner, self.lease)
         if holder is not None:
             self.log.info("no catch-up here: %s is running on %s", self.name, holder)
             return
@@ -411,7 +405,6 @@ class ScheduledWorker:
 
     async def _run_missed(self, lease: _Lease, ticks: list[datetime]) -> None:
         """Claim and run each missed tick in order, under the catch-up's lease."""
-        assert self.store is not None
         for scheduled in ticks:
             if self._stop.is_set():
                 return
@@ -423,7 +416,7 @@ class ScheduledWorker:
                     scheduled,
                     lease.owner,
                     ttl=self._claim_ttl(scheduled, now),
-                    lease=self.spec.lease,
+                    lease=self.lease,
                     started=now,
                     next_tick=self.next_tick(),
                 )

@@ -93,7 +93,7 @@ async def until_disconnected(redis: Redis, timeout: float = 10.0) -> None:
 async def done_marks(redis: Redis, group: str) -> int:
     """How many of `group`'s idempotency keys are done marks."""
     done = 0
-    keys = [key async for key in redis.scan_iter(match=f"taskflow:idem:{group}:*", count=5000)]
+    keys = [key async for key in redis.scan_iter(match=f"taskflow:{{{group}}}:idem:*", count=5000)]
     for start in range(0, len(keys), 5000):
         values = await redis.mget(keys[start : start + 5000])
         done += sum(1 for value in values if value is not None and value.startswith(b"done:"))

@@ -102,15 +102,15 @@ async def test_a_duplicate_runs_the_handler_once_and_both_are_committed(redis: R
         assert middleware_of(client).skipped == 1
 
     assert handled == [1]
-    assert await redis.get("taskflow:idem:dup:id-1") is not None
-    assert (await redis.get("taskflow:idem:dup:id-1")).startswith(b"done:")
-    assert await redis.pttl("taskflow:idem:dup:id-1") > 7 * 24 * 3600 * 1000 - 60_000
+    assert await redis.get("taskflow:{dup}:idem:id-1") is not None
+    assert (await redis.get("taskflow:{dup}:idem:id-1")).startswith(b"done:")
+    assert await redis.pttl("taskflow:{dup}:idem:id-1") > 7 * 24 * 3600 * 1000 - 60_000
 
 
 @pytest.mark.redis
 async def test_without_a_header_the_key_is_the_message_coordinates(redis: Redis) -> None:
     # As if a previous owner of the partition ran offset 0 and crashed before committing.
-    await redis.set("taskflow:idem:coords:events:0:0", "done:earlier-owner")
+    await redis.set("taskflow:{coords}:idem:events:0:0", "done:earlier-owner")
     app, handled = recording_app("coords", {"redis_url": REDIS_URL}, idempotent=True)
     async with TestClient(app, partitions=1) as client:
         await client.publish("events", 1)
@@ -118,7 +118,7 @@ async def test_without_a_header_the_key_is_the_message_coordinates(redis: Redis)
         await client.drain()
 
     assert handled == [2]
-    assert (await redis.get("taskflow:idem:coords:events:0:1")).startswith(b"done:")
+    assert (await redis.get("taskflow:{coords}:idem:events:0:1")).startswith(b"done:")
 
 
 @pytest.mark.redis
@@ -139,7 +139,8 @@ async def test_an_idempotency_key_function_names_the_message(redis: Redis) -> No
     assert len({11, 12} & set(handled)) == 1  # one key, "order-1", though the headers differ
     assert 21 in handled
     assert (
-        await redis.exists("taskflow:idem:by-value:order-1", "taskflow:idem:by-value:order-2") == 2
+        await redis.exists("taskflow:{by-value}:idem:order-1", "taskflow:{by-value}:idem:order-2")
+        == 2
     )
 
 
@@ -149,7 +150,7 @@ async def test_a_failing_handler_releases_its_claim_and_the_retry_completes(redi
     attempts: list[bytes | None] = []
 
     async def on_event(message: Message) -> None:
-        attempts.append(await redis.get("taskflow:idem:flaky:id-9"))  # claimed while running
+        attempts.append(await redis.get("taskflow:{flaky}:idem:id-9"))  # claimed while running
         if len(attempts) == 1:
             raise RuntimeError("downstream hiccup")
 
@@ -161,14 +162,14 @@ async def test_a_failing_handler_releases_its_claim_and_the_retry_completes(redi
     assert len(attempts) == 2
     assert attempts[0] != attempts[1]  # released, then claimed afresh by a new owner token
     assert all(owner and not owner.startswith(b"done:") for owner in attempts)
-    assert await redis.get("taskflow:idem:flaky:id-9") == b"done:" + (attempts[1] or b"")
+    assert await redis.get("taskflow:{flaky}:idem:id-9") == b"done:" + (attempts[1] or b"")
 
 
 @pytest.mark.redis
 async def test_a_message_claimed_elsewhere_is_deferred_then_runs_after_the_lease(
     redis: Redis,
 ) -> None:
-    await redis.set("taskflow:idem:racing:id-5", "other-replica:1", px=400)
+    await redis.set("taskflow:{racing}:idem:id-5", "other-replica:1", px=400)
     app, handled = recording_app("racing", {"redis_url": REDIS_URL}, idempotent=True)
     with flagged("racing", "deferred") as flag:
         async with TestClient(app, partitions=1) as client:
@@ -180,8 +181,8 @@ async def test_a_message_claimed_elsewhere_is_deferred_then_runs_after_the_lease
             assert middleware_of(client).deferred >= 1
 
     assert handled == [5]
-    assert "claimed by another worker (taskflow:idem:racing:id-5)" in flag.messages[0]
-    assert (await redis.get("taskflow:idem:racing:id-5")).startswith(b"done:")
+    assert "claimed by another worker (taskflow:{racing}:idem:id-5)" in flag.messages[0]
+    assert (await redis.get("taskflow:{racing}:idem:id-5")).startswith(b"done:")
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ async def test_a_fetched_batch_is_claimed_in_one_round_trip_and_marked_done_in_f
     assert store.calls["claim"] == 0
     assert store.calls["complete"] == 0
     assert 1 <= store.calls["complete_many"] <= 20  # marks pile up while one batch is on its way
-    values = await redis.mget([f"taskflow:idem:batch:{value}" for value in range(200)])
+    values = await redis.mget([f"taskflow:{{batch}}:idem:{value}" for value in range(200)])
     assert all(value is not None and value.startswith(b"done:") for value in values)
 
 
@@ -260,9 +261,9 @@ async def test_messages_left_unrun_at_shutdown_give_their_batch_claims_back(redi
         await started.wait()  # the first runs; the other nine wait in the partition's lane
 
     assert handled == [0]
-    assert (await redis.get("taskflow:idem:unrun:0")).startswith(b"done:")
+    assert (await redis.get("taskflow:{unrun}:idem:0")).startswith(b"done:")
     # The next owner of the partition can claim the rest at once, not after the lease.
-    assert await redis.exists(*[f"taskflow:idem:unrun:{value}" for value in range(1, 10)]) == 0
+    assert await redis.exists(*[f"taskflow:{{unrun}}:idem:{value}" for value in range(1, 10)]) == 0
 
 
 @pytest.mark.redis
@@ -317,7 +318,7 @@ async def test_effects_queued_on_the_transaction_land_with_the_done_mark(redis: 
     assert await redis.hgetall("counts") == {b"1": b"1", b"2": b"1", b"3": b"1"}
     assert await redis.lrange("order", 0, -1) == [b"1", b"2", b"3"]
     for value in (1, 2, 3):
-        assert (await redis.get(f"taskflow:idem:effects:id-{value}")).startswith(b"done:")
+        assert (await redis.get(f"taskflow:{{effects}}:idem:id-{value}")).startswith(b"done:")
 
 
 @pytest.mark.redis
@@ -340,7 +341,7 @@ async def test_effects_of_a_handler_whose_claim_was_lost_are_dropped(redis: Redi
     async def on_event(message: Message, ctx: Context) -> None:
         ctx.transaction.incr("effect")
         # Meanwhile the lease ran out and another replica claimed the message.
-        await redis.set("taskflow:idem:stolen:id-1", "other-replica:1", px=60_000)
+        await redis.set("taskflow:{stolen}:idem:id-1", "other-replica:1", px=60_000)
 
     app.add_consumer(on_event, "events", idempotent=True)
     with flagged("taskflow.idempotency", "its effects were dropped", logging.ERROR) as flag:
@@ -350,7 +351,7 @@ async def test_effects_of_a_handler_whose_claim_was_lost_are_dropped(redis: Redi
             assert middleware_of(client).lost == 1
 
     assert await redis.get("effect") is None
-    assert await redis.get("taskflow:idem:stolen:id-1") == b"other-replica:1"
+    assert await redis.get("taskflow:{stolen}:idem:id-1") == b"other-replica:1"
     assert len(flag.messages) == 1
 
 
@@ -422,7 +423,7 @@ async def test_the_lease_is_renewed_while_a_long_handler_runs() -> None:
 
     async def on_event(message: Message) -> None:
         await asyncio.sleep(0.3)  # the work itself: three leases long
-        seen.append(await store.claim("taskflow:idem:long:job", "intruder", 1))
+        seen.append(await store.claim("taskflow:{long}:idem:job", "intruder", 1))
 
     app.add_consumer(on_event, "events", idempotent=True, idempotency_lease=0.1)
     async with TestClient(app) as client:
@@ -431,7 +432,7 @@ async def test_the_lease_is_renewed_while_a_long_handler_runs() -> None:
         assert middleware_of(client).lost == 0
 
     assert seen == [Outcome.IN_PROGRESS]
-    assert await store.claim("taskflow:idem:long:job", "later", 1) is Outcome.DONE
+    assert await store.claim("taskflow:{long}:idem:job", "later", 1) is Outcome.DONE
 
 
 async def test_a_lost_claim_is_logged_and_the_handler_finishes() -> None:
@@ -442,7 +443,7 @@ async def test_a_lost_claim_is_logged_and_the_handler_finishes() -> None:
 
     async def on_event(message: Message) -> None:
         now[0] += 10  # the process stalls past its lease and another replica claims the message
-        assert await store.claim("taskflow:idem:lost:job", "other", 60) is Outcome.CLAIMED
+        assert await store.claim("taskflow:{lost}:idem:job", "other", 60) is Outcome.CLAIMED
         await resume.wait()
 
     app.add_consumer(on_event, "events", idempotent=True, idempotency_lease=0.06)
@@ -455,7 +456,7 @@ async def test_a_lost_claim_is_logged_and_the_handler_finishes() -> None:
             assert middleware_of(client).lost == 2  # renewing, then completing
 
     assert "another worker may run it too; the handler goes on" in flag.messages[0]
-    assert await store.complete("taskflow:idem:lost:job", "other", 60) is True  # untouched
+    assert await store.complete("taskflow:{lost}:idem:job", "other", 60) is True  # untouched
 
 
 # -- store errors ----------------------------------------------------------------------------
@@ -513,7 +514,7 @@ async def test_with_fail_a_store_outage_runs_and_commits_nothing_and_loses_nothi
     assert len(flag.messages) == 1  # one line per outage, not one per attempt
     assert "on_event: the idempotency store is unavailable" in flag.messages[0]
     assert "nothing runs until it answers" in flag.messages[0]
-    assert await redis.exists("taskflow:idem:outage:a", "taskflow:idem:outage:b") == 2
+    assert await redis.exists("taskflow:{outage}:idem:a", "taskflow:{outage}:idem:b") == 2
 
 
 async def test_with_proceed_a_store_outage_runs_the_handler_and_logs_it(
@@ -565,7 +566,7 @@ async def test_an_idempotent_periodic_task_runs_once_per_tick_across_replicas(
         await one.run_schedule("nightly")
 
     assert runs == [clock.now() - timedelta(hours=1), clock.now()]
-    tick = f"taskflow:idem:reports:nightly:{clock.now().isoformat()}"
+    tick = f"taskflow:{{reports:nightly}}:idem:{clock.now().isoformat()}"
     assert (await redis.get(tick)).startswith(b"done:")
 
 

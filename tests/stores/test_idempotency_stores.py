@@ -24,7 +24,7 @@ from taskflow.stores import (
 from tests._redis import REDIS_URL
 
 LEASE = 0.2  # Redis leases run on the server's clock: short, so expiry tests stay quick
-KEY = "taskflow:idem:billing:order-1"
+KEY = "taskflow:{billing}:idem:order-1"
 
 
 class FakeClock:

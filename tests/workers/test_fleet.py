@@ -1,6 +1,8 @@
 """Periodic tasks across a fleet, in-process, on driven clocks and the real Redis.
 
 Each `App` below is one replica: same app name, same task, its own TestClient, one shared Redis.
+The fleet's logic (once per tick, no overlap, catching up) runs twice: on Redis, and on the
+in-process schedule store shared by the replicas in place of Redis (the `fleet` fixture).
 Every tick a replica handles ends in exactly one log line (a run's ✓, "claimed by", "skipped" or
 "not run"), so the tests wait for those lines instead of sleeping.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,8 +22,16 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from taskflow import App, Context
-from taskflow.stores.schedule import RedisScheduleStore, epoch
+from taskflow import App, Context, runner
+from taskflow.stores import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    MemoryScheduleStore,
+    RedisScheduleStore,
+    ScheduleStore,
+)
+from taskflow.stores.connect import Stores
+from taskflow.stores.schedule import epoch
 from taskflow.testing import ManualClock, TestClient
 from taskflow.workers import ScheduledWorker
 from tests._redis import REDIS_URL
@@ -114,10 +126,43 @@ def store(redis: Redis) -> RedisScheduleStore:
     return RedisScheduleStore(redis, APP)
 
 
+@dataclass
+class Fleet:
+    store: ScheduleStore
+    """Reads the fleet's records."""
+    redis: Redis | None
+    """The shared Redis, or None when the replicas share an in-process store instead."""
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def fleet(
+    request: pytest.FixtureRequest, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Fleet]:
+    """The replicas' shared schedule store: Redis, or one in-process store standing in for it."""
+    if request.param == "redis":
+        yield Fleet(store(redis), redis)
+        return
+    shared = MemoryScheduleStore(APP)
+
+    @asynccontextmanager
+    async def shared_stores(
+        app_name: str, redis_url: str | None, *, idempotency: IdempotencyStore | None = None
+    ) -> AsyncIterator[Stores]:
+        yield Stores(
+            app_name,
+            MemoryScheduleStore(app_name),
+            schedules=shared,
+            idempotency=idempotency or MemoryIdempotencyStore(),
+        )
+
+    monkeypatch.setattr(runner, "open_stores", shared_stores)
+    yield Fleet(shared, None)
+
+
 # -- once per tick -------------------------------------------------------------------------
 
 
-async def test_each_tick_runs_on_exactly_one_replica(redis: Redis, watch: Watch) -> None:
+async def test_each_tick_runs_on_exactly_one_replica(fleet: Fleet, watch: Watch) -> None:
     clock = ManualClock(START)
     runs: list[tuple[int, datetime | None]] = []
 
@@ -138,22 +183,23 @@ async def test_each_tick_runs_on_exactly_one_replica(redis: Redis, watch: Watch)
 
     assert sorted(tick for _, tick in runs if tick) == [at(n) for n in range(1, 11)]
     for n in range(1, 11):
-        claim = f"sched:{APP}:beat:{epoch(at(n))}"
-        assert await redis.get(claim) is not None  # kept after the run
-        assert 0 < await redis.pttl(claim) <= (1 + 60) * 1000
-    last = await store(redis).last_run("beat")
+        assert await fleet.store.claimer("beat", at(n)) is not None  # kept after the run
+        if fleet.redis is not None:
+            claim = f"taskflow:{{{APP}:beat}}:tick:{epoch(at(n))}"
+            assert 0 < await fleet.redis.pttl(claim) <= (1 + 60) * 1000
+    last = await fleet.store.last_run("beat")
     assert last is not None
     assert (last.tick, last.outcome) == (at(10), "ok")
     assert last.time == at(10)
     assert last.duration is not None
     assert last.duration >= 0
     assert re.fullmatch(r".+:\d+", last.replica)
-    assert await store(redis).next_run("beat") == at(11)
-    assert not await redis.exists(f"sched:{APP}:beat:running")  # released after each run
+    assert await fleet.store.next_run("beat") == at(11)
+    assert await fleet.store.acquire("beat", "probe", 1) is None  # released after each run
 
 
 async def test_a_tick_whose_run_fails_is_not_run_again_elsewhere(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     clock = ManualClock(START)
     attempts: list[datetime | None] = []
@@ -168,7 +214,7 @@ async def test_a_tick_whose_run_fails_is_not_run_again_elsewhere(
         await watch.handled(1)  # the other replica found it claimed
 
     assert attempts == [at(1)]
-    last = await store(redis).last_run("beat")
+    last = await fleet.store.last_run("beat")
     assert last is not None
     assert last.outcome == "failed"
 
@@ -187,7 +233,7 @@ async def test_fleet_false_runs_every_tick_on_every_replica(redis: Redis, watch:
         await watch.line(r"✓ beat@", count=6)
 
     assert sorted(t for t in runs if t) == sorted([at(1), at(2), at(3)] * 2)
-    assert await redis.keys("sched:*") == []
+    assert await redis.keys("taskflow:*") == []
 
 
 async def test_without_redis_tasks_run_here_and_say_so_once(
@@ -233,7 +279,7 @@ async def test_cron_ticks_are_claimed_by_their_unix_time(redis: Redis, watch: Wa
 
     midnight_in_berlin = datetime(2026, 6, 30, 22, 0, tzinfo=UTC)
     assert runs == [midnight_in_berlin]
-    assert await redis.exists(f"sched:{APP}:beat:{int(midnight_in_berlin.timestamp())}")
+    assert await redis.exists(f"taskflow:{{{APP}:beat}}:tick:{int(midnight_in_berlin.timestamp())}")
 
 
 async def test_a_periodic_idempotent_task_keeps_done_marks_too(redis: Redis, watch: Watch) -> None:
@@ -249,14 +295,16 @@ async def test_a_periodic_idempotent_task_keeps_done_marks_too(redis: Redis, wat
         await watch.handled(2)
 
     assert runs == [at(1)]
-    assert (await redis.get(f"taskflow:idem:{APP}:beat:{at(1).isoformat()}")).startswith(b"done:")
+    assert (await redis.get(f"taskflow:{{{APP}:beat}}:idem:{at(1).isoformat()}")).startswith(
+        b"done:"
+    )
 
 
 # -- no overlap ----------------------------------------------------------------------------
 
 
 async def test_a_run_longer_than_the_interval_never_overlaps_across_replicas(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     # Two replicas on clocks of their own: only A ticks for the first run, then only B, so the
     # ticks B claims while A's run goes on are skipped because of A's lease, not B's own run.
@@ -315,7 +363,7 @@ async def test_a_run_that_loses_its_lease_is_cancelled_and_logged(
         await clock.advance(1)
         await started.wait()
         # As if the lease ran out and another replica took it.
-        await redis.set(f"sched:{APP}:beat:running", "another-replica")
+        await redis.set(f"taskflow:{{{APP}:beat}}:running", "another-replica")
         await clock.advance(1)  # a third of the lease: the renewal finds it gone
         async with asyncio.timeout(5):
             await cancelled.wait()
@@ -325,7 +373,7 @@ async def test_a_run_that_loses_its_lease_is_cancelled_and_logged(
     assert watch.count(r"^lost the lease on beat \(.+\): another replica may run it now") == 1
     lost = [r for r in watch.records if r.getMessage().startswith("lost the lease")]
     assert lost[0].levelno == logging.ERROR
-    assert await redis.get(f"sched:{APP}:beat:running") == b"another-replica"  # not released
+    assert await redis.get(f"taskflow:{{{APP}:beat}}:running") == b"another-replica"  # not released
     last = await store(redis).last_run("beat")
     assert last is not None
     assert (last.tick, last.outcome) == (at(1), "lost")
@@ -343,7 +391,7 @@ async def test_a_long_run_renews_its_lease(redis: Redis, watch: Watch) -> None:
         beat_worker = worker(client)
         await clock.advance(1)
         await started.wait()
-        lease = f"sched:{APP}:beat:running"
+        lease = f"taskflow:{{{APP}:beat}}:running"
         for n in range(2, 8):
             await redis.pexpire(lease, 100_000)
             await clock.advance(1)  # a third of the lease, and a tick that is skipped
@@ -379,7 +427,7 @@ async def run_ticks(clock: ManualClock, watch: Watch, count: int, job: Any, **op
     ],
 )
 async def test_ticks_missed_while_every_replica_was_down_are_caught_up(
-    redis: Redis, watch: Watch, catch_up: str, grace: float, caught_up: list[int]
+    fleet: Fleet, watch: Watch, catch_up: str, grace: float, caught_up: list[int]
 ) -> None:
     clock = ManualClock(START)
     runs: list[datetime | None] = []
@@ -404,7 +452,7 @@ async def test_ticks_missed_while_every_replica_was_down_are_caught_up(
 
 
 async def test_catching_up_skips_ticks_that_were_claimed_and_a_task_that_never_ran(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     clock = ManualClock(START)
     runs: list[datetime | None] = []
@@ -432,7 +480,7 @@ async def test_catching_up_skips_ticks_that_were_claimed_and_a_task_that_never_r
 
 
 async def test_replicas_starting_together_catch_up_each_missed_tick_once(
-    redis: Redis, watch: Watch
+    fleet: Fleet, watch: Watch
 ) -> None:
     clock = ManualClock(START)
     runs: list[datetime | None] = []
@@ -488,7 +536,7 @@ async def test_ticks_that_cannot_be_claimed_are_not_run_and_logged_once(
     errors = [r for r in watch.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
         "✗ beat@2026-01-01T00:00:01+00:00 not run: it could not be claimed (claiming "
-        f"sched:{APP}:beat:{epoch(at(1))} failed: Connection refused); no tick runs until "
-        "Redis answers"
+        f"taskflow:{{{APP}:beat}}:tick:{epoch(at(1))} failed: Connection refused); "
+        "no tick runs until Redis answers"
     ]
     assert watch.count(r"^Redis answers again") == 1
