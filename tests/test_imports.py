@@ -64,16 +64,7 @@ STEPS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        "aiokafka",
-        pytest.param(
-            "redis",
-            marks=pytest.mark.xfail(strict=False, reason="taskflow imports redis at import"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("module", ["aiokafka", "redis"])
 def test_a_memory_app_does_not_import(module: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKFLOW_", "PYTHON"))}
     done = subprocess.run(

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from inspect import signature
 from typing import Protocol
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
-
+from taskflow.brokers.records import DEFAULT_MAX_REQUEST_SIZE, record_size
 from taskflow.message import Headers, Message, TopicPartition
 
 __all__ = [
+    "DEFAULT_MAX_REQUEST_SIZE",
     "Broker",
     "Consumer",
     "ConsumerOptions",
@@ -26,19 +24,6 @@ __all__ = [
     "RebalanceListener",
     "record_size",
 ]
-
-# The producer's default (1048576 in aiokafka), for the memory broker to enforce the same.
-DEFAULT_MAX_REQUEST_SIZE: int = signature(AIOKafkaProducer).parameters["max_request_size"].default
-
-
-def record_size(value: bytes, key: bytes | None, headers: Headers) -> int:
-    """The size of one record as a Kafka producer counts it against `max_request_size`.
-
-    Value, key, headers and the record batch's overhead, estimated as aiokafka does before it sends
-    (Kafka's record format, which the memory broker keeps too).
-    """
-    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers))
-    return size
 
 
 class RebalanceListener(Protocol):
