@@ -13,7 +13,10 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["Crew"]
+__all__ = ["ABANDON_GRACE", "Crew"]
+
+ABANDON_GRACE = 0.5
+"""How long a cancelled handler may take to end before its worker gives up on it."""
 
 T = TypeVar("T")
 

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 
-from taskflow.threads import abandoned_calls
+from taskflow.context import Tick
+from taskflow.threads import ThreadCall, abandoned_calls
 
 __all__ = ["name_leftovers"]
 
@@ -44,13 +45,17 @@ async def name_leftovers(grace: float) -> int:
     calls = abandoned_calls()
     for call in calls:
         logger.error(
-            "abandoned handler %s for %s: it still runs in its thread after %.1fs, "
-            "and a thread cannot be stopped",
-            call.worker,
-            call.job,
+            "abandoned %s: it still runs in its thread after %.1fs, and a thread cannot be stopped",
+            _call(call),
             now - call.started,
         )
     return len(left) + len(calls)
+
+
+def _call(call: ThreadCall) -> str:
+    if isinstance(call.job, Tick):
+        return f"periodic task {call.worker} for tick {call.job.scheduled_at.isoformat()}"
+    return f"handler {call.worker} for {call.job}"
 
 
 def _coro(task: asyncio.Task[object]) -> str:

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    ConsumerStoppedError,
     CorruptRecordException,
     InvalidTopicError,
     KafkaConnectionError,
@@ -57,6 +58,7 @@ from taskflow.exceptions import (
     PublishError,
     RecordRefused,
     RecordTooLarge,
+    StateError,
 )
 from taskflow.message import Headers, Message, TopicPartition
 
@@ -351,6 +353,9 @@ class KafkaBroker:
         return int(self.producer_options.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE))
 
     async def start(self) -> None:
+        """Start the producer; once started, starting again does nothing."""
+        if self._producer is not None:
+            return
         producer = _build(AIOKafkaProducer, self.bootstrap_servers, self.producer_options)
         try:
             await producer.start()
@@ -472,6 +477,7 @@ class KafkaConsumer:
         self.settings = dict(settings)
         self.listener = _Listener(listener)
         self._consumer: AIOKafkaConsumer | None = None
+        self._starting = False
 
     @property
     def _client(self) -> AIOKafkaConsumer:
@@ -480,6 +486,17 @@ class KafkaConsumer:
         return self._consumer
 
     async def start(self) -> None:
+        """Join the group; a member already started (or starting) refuses with `StateError`."""
+        if self._consumer is not None or self._starting:
+            group = self.settings.get("group_id")
+            raise StateError(f"this member of group {group} is already started")
+        self._starting = True
+        try:
+            self._consumer = await self._started()
+        finally:
+            self._starting = False
+
+    async def _started(self) -> AIOKafkaConsumer:
         consumer = _build(AIOKafkaConsumer, self.servers, self.settings)
         consumer.subscribe(topics=list(self.topics), listener=self.listener)
         try:
@@ -493,7 +510,7 @@ class KafkaConsumer:
         except (TypeError, ValueError, AssertionError) as exc:  # options aiokafka checks late
             await _quietly_stop(consumer)
             raise ConfigurationError(f"invalid Kafka consumer option: {exc}") from exc
-        self._consumer = consumer
+        return consumer
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -520,6 +537,8 @@ class KafkaConsumer:
     async def getmany(self, timeout: float) -> Mapping[TopicPartition, Sequence[Message]]:
         try:
             fetched = await self._client.getmany(timeout_ms=int(timeout * 1000))
+        except ConsumerStoppedError:  # stopped meanwhile: nothing more comes, as from memory://
+            return {}
         except KafkaConnectionError as exc:
             raise BrokerError(f"fetching failed: {exc}") from exc
         except KafkaError as exc:
@@ -541,10 +560,14 @@ class KafkaConsumer:
         return _ours(self._consumer.assignment())
 
     def pause(self, partitions: Collection[TopicPartition]) -> None:
-        self._client.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
+        """Pause the assigned ones of `partitions`; the others are no longer this member's."""
+        client = self._client
+        client.pause(*_assigned(client, partitions))
 
     def resume(self, partitions: Collection[TopicPartition]) -> None:
-        self._client.resume(*(KafkaTopicPartition(*tp) for tp in partitions))
+        """Resume the assigned ones of `partitions`; the others are no longer this member's."""
+        client = self._client
+        client.resume(*_assigned(client, partitions))
 
     async def facts(self) -> dict[TopicPartition, PartitionFacts]:
         """Committed offsets come from the broker: unknown (None) when it does not answer in time.
@@ -640,6 +663,16 @@ async def _close_client(consumer: AIOKafkaConsumer) -> None:
             await client.close()
         except Exception:  # the failure of stop() is the one worth reporting
             logger.debug("closing a Kafka consumer's connections raised", exc_info=True)
+
+
+def _assigned(
+    client: AIOKafkaConsumer, partitions: Collection[TopicPartition]
+) -> list[KafkaTopicPartition]:
+    """The ones of `partitions` assigned to `client` now: aiokafka refuses to pause any other
+    (`IllegalStateError`), and one revoked since the caller decided has nothing left to hold."""
+    assigned = client.assignment()
+    ours = (KafkaTopicPartition(*tp) for tp in partitions)
+    return [tp for tp in ours if tp in assigned]
 
 
 def _ours(partitions: Collection[KafkaTopicPartition]) -> frozenset[TopicPartition]:

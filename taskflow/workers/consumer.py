@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from taskflow.brokers.base import ConsumerOptions, PartitionFacts
 from taskflow.context import WorkerLogger
-from taskflow.crew import Crew
+from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import BrokerError, ProcessExit
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
@@ -46,7 +46,6 @@ REVOKE_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 CANCELLED_LEAVE_BUDGET = 4.0  # below the Manager's CANCEL_GRACE
 COMMIT_TIMEOUT = 10.0  # a commit blocks while the broker is down; give up and commit later
-ABANDON_GRACE = 0.5  # how long a cancelled handler may take to end before it is given up on
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,12 @@ Across a fleet (Redis configured and ``fleet=True``, the default) the store is R
 every replica, so each tick runs on exactly one replica, and at start the ticks missed while every
 replica was down are caught up as ``catch_up`` says. On its own (no Redis, or ``fleet=False``) the
 store is the in-process twin: every tick runs here. `taskflow.stores.keys` lists the Redis keys.
+
+On stop no tick is launched any more and the runs going on finish. Runs are tasks of a `Crew`: one
+still going when the worker is cancelled (at the shutdown deadline) is cancelled, and one that
+ignores that for `ABANDON_GRACE` seconds is given up on and named with its tick. A handler raising
+`SystemExit` or `KeyboardInterrupt` fails its run and asks for the process to stop, as a consumer's
+does (`taskflow.workers.processing`); any other exception, even a `BaseException`, fails the run.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 from taskflow import loopwatch
 from taskflow.context import Context, Tick, WorkerLogger
-from taskflow.exceptions import StoreError
+from taskflow.crew import ABANDON_GRACE, Crew
+from taskflow.exceptions import ProcessExit, StoreError
 from taskflow.stores.connect import Stores
 from taskflow.stores.health import StoreHealth
 from taskflow.stores.lease import LeaseLost, hold, new_owner
 from taskflow.stores.schedule import TickClaim
+from taskflow.workers.processing import STOPS_PROCESS, exit_request
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -122,6 +130,9 @@ class ScheduledWorker:
         self._ticker: asyncio.Task[None] | None = None
         self._jobs = 0  # runs going on in this process
         self.health = StoreHealth(self.log)
+        self._runs = Crew()
+        self._running: set[Tick] = set()  # the ticks whose handler runs now
+        self.exit_request: ProcessExit | None = None  # a handler raised SystemExit or Ctrl-C
 
     @property
     def name(self) -> str:
@@ -149,33 +160,57 @@ class ScheduledWorker:
         where = " across the fleet" if self.fleet else ""
         self.log.info("→ scheduled %s%s", self.spec.schedule.describe(), where)
         self._tell_mode()
+        runs = self._runs = Crew()  # a run that ignores its cancellation is given up on
         try:
             async with asyncio.TaskGroup() as group:
+                watcher = group.create_task(_raise_failure(runs), name=f"{self.name}:runs")
                 if self.fleet:
-                    group.create_task(self._prepare(), name=f"{self.name}:catch-up")
+                    runs.create_task(self._prepare(), name=f"{self.name}:catch-up")
                 if self.spec.run_at_start:
-                    self._launch(group, Tick(self.name, self.clock.now()))
+                    self._launch(Tick(self.name, self.clock.now()))
                 if not self._stop.is_set():  # else stop() came first: nothing to wait for
-                    self._ticker = group.create_task(self._tick(group), name=f"{self.name}:ticks")
+                    self._ticker = group.create_task(self._tick(), name=f"{self.name}:ticks")
+                await self._stop.wait()
+                self._end_ticks()
+                await _drained(runs)
+                watcher.cancel()
         finally:
             self._ticker = None
+            await self._abandon(runs)
             self.log.info("← stopped scheduling")
+        if self.exit_request is not None:
+            raise self.exit_request
 
     async def stop(self) -> None:
         self._stop.set()
+        self._end_ticks()
+
+    def _end_ticks(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()  # it only ever waits on the clock; a running job is not touched
 
-    async def _tick(self, group: asyncio.TaskGroup) -> None:
+    async def _abandon(self, runs: Crew) -> None:
+        """Cancel the runs still going; name those that ignore it, and go on without them."""
+        if not await runs.close(ABANDON_GRACE):
+            return
+        for tick in sorted(self._running, key=lambda t: t.scheduled_at):
+            self.log.error(
+                "abandoned periodic task %s for tick %s: it ignored cancellation",
+                self.name,
+                tick.scheduled_at.isoformat(),
+            )
+        self._running.clear()
+
+    async def _tick(self) -> None:
         """Wait for each tick (plus jitter) and launch its run; ends when cancelled by stop."""
         while True:
             tick = self.next_tick()
             await self.clock.sleep_until(tick + self._jitter())
             self.last_tick = tick
-            self._launch(group, Tick(self.name, tick))
+            self._launch(Tick(self.name, tick))
 
-    def _launch(self, group: asyncio.TaskGroup, tick: Tick) -> None:
-        group.create_task(self._fire(tick), name=f"{self.name}:{tick.scheduled_at}")
+    def _launch(self, tick: Tick) -> None:
+        self._runs.create_task(self._fire(tick), name=f"{self.name}:{tick.scheduled_at}")
 
     def _tell_mode(self) -> None:
         if self.fleet or not self.spec.fleet:
@@ -206,6 +241,7 @@ class ScheduledWorker:
         """Run the job for `tick`; "ok", or "failed" (logged with its traceback)."""
         ctx = Context(self.app, self.name, self.log, self.stopping, tick=tick)
         started = time.perf_counter()
+        self._running.add(tick)
         try:
             await self._call(tick, ctx)
         except asyncio.CancelledError:
@@ -213,12 +249,32 @@ class ScheduledWorker:
             raise
         except MemoryError:
             raise
-        except Exception:
+        except STOPS_PROCESS as exc:
+            self.failures += 1
+            self._stop_process(tick, exc)
+            return "failed"
+        except BaseException:  # a BaseException of the user's too: the run failed, not the worker
             self.failures += 1
             self.log.exception("✗ %s failed after %s", tick, _ms(started))
             return "failed"
+        finally:
+            self._running.discard(tick)
         self.runs += 1
         return "ok"
+
+    def _stop_process(self, tick: Tick, exc: BaseException) -> None:
+        """The handler asked for the process to stop: launch no more ticks, let runs finish."""
+        request = exit_request(exc)
+        self.log.error(
+            "periodic task %s raised %s for tick %s: stopping the process; the run failed",
+            self.name,
+            request.reason,
+            tick.scheduled_at.isoformat(),
+        )
+        if self.exit_request is None:
+            self.exit_request = request
+        self._stop.set()
+        self._end_ticks()
 
     async def _call(self, tick: Tick, ctx: Context) -> None:
         task = loopwatch.handling(self.name, {self.name: tick}, self.name)
@@ -435,6 +491,18 @@ class ScheduledWorker:
     def _jitter(self) -> timedelta:
         jitter = self.spec.jitter
         return jitter * self.rng.random() if jitter else jitter
+
+
+async def _drained(runs: Crew) -> None:
+    """Wait until every run of `runs` has ended."""
+    while runs.tasks:
+        await asyncio.wait(set(runs.tasks))
+
+
+async def _raise_failure(runs: Crew) -> None:
+    """Raise what a run raised (a bug: a handler's errors fail its run), as a TaskGroup would, so
+    the worker crashes and is restarted."""
+    raise await runs.failed()
 
 
 def _ms(started: float) -> str:

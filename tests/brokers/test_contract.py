@@ -18,7 +18,7 @@ from taskflow.brokers.base import Broker, Consumer, ConsumerOptions
 from taskflow.brokers.kafka import KafkaBroker
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.brokers.partitioner import partition_for_key
-from taskflow.exceptions import BrokerError, CommitError, PublishError
+from taskflow.exceptions import BrokerError, CommitError, PublishError, StateError
 from taskflow.message import Message, TopicPartition
 from tests._tansu import create_topic
 from tests.brokers.test_kafka import TEST_OPTIONS, WAIT, Listener
@@ -264,6 +264,71 @@ async def test_a_paused_partition_is_held_back_until_resumed(setup: Setup, broke
         assert await values(consumer, 1) == {1: [b"held"]}
     finally:
         await consumer.stop()
+
+
+async def test_pausing_a_partition_not_assigned_is_accepted_and_changes_nothing(
+    setup: Setup, broker: Broker
+) -> None:
+    other = TopicPartition(f"{setup.topic}-other", 0)
+    consumer = setup.consumer()
+    await consumer.start()
+    try:
+        await until(consumer, lambda: bool(consumer.assignment()))
+        consumer.pause([other, setup.partition(1)])
+        await broker.publish(setup.topic, b"held", key=key_for(1))
+        await broker.publish(setup.topic, b"free", key=key_for(2))
+        assert await values(consumer, 1) == {2: [b"free"]}
+        consumer.resume([other, setup.partition(1)])
+        assert await values(consumer, 1) == {1: [b"held"]}
+    finally:
+        await consumer.stop()
+
+
+async def test_a_fetch_waiting_when_the_member_stops_returns_nothing(
+    setup: Setup, broker: Broker
+) -> None:
+    consumer = setup.consumer()
+    await consumer.start()
+    await until(consumer, lambda: bool(consumer.assignment()))
+    fetching = asyncio.create_task(consumer.getmany(WAIT))
+    await asyncio.sleep(0)  # it waits for records now
+    await consumer.stop()
+    async with asyncio.timeout(WAIT / 2):
+        assert await fetching == {}
+
+
+# -- starting twice -------------------------------------------------------------------------
+
+
+def _running_tasks() -> set[asyncio.Task[object]]:
+    return {task for task in asyncio.all_tasks() if not task.done()}
+
+
+async def test_starting_a_started_consumer_is_a_state_error_and_leaves_nothing_behind(
+    setup: Setup, broker: Broker
+) -> None:
+    await broker.publish(setup.topic, b"one", key=key_for(0))
+    before = _running_tasks()  # the producer's, connected now
+    consumer = setup.consumer()
+    await consumer.start()
+    try:
+        with pytest.raises(StateError, match="already started"):
+            await consumer.start()
+        assert await values(consumer, 1) == {0: [b"one"]}  # the member goes on
+    finally:
+        await consumer.stop()
+    assert _running_tasks() - before == set()
+
+
+async def test_starting_a_started_broker_does_nothing(setup: Setup) -> None:
+    before = _running_tasks()
+    await setup.broker.start()
+    await setup.broker.start()
+    await setup.broker.publish(setup.topic, b"once")
+    await setup.broker.close()
+    assert _running_tasks() - before == set()  # no producer left behind
+    with pytest.raises(PublishError, match="not started"):
+        await setup.broker.publish(setup.topic, b"closed")
 
 
 # -- rebalance listeners --------------------------------------------------------------------
