@@ -37,13 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from opentelemetry import metrics
-from opentelemetry.metrics._internal import _ProxyMeterProvider
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.loopwatch import LoopWatch
+from taskflow.telemetry.providers import global_meter_is_set
 from taskflow.types import WorkerState
 from taskflow.workers import ConsumerWorker, ScheduledWorker
 
@@ -81,8 +80,6 @@ class OperationsState(enum.Enum):
 
 # -- metrics -------------------------------------------------------------------------------
 
-_UNSET_PROVIDERS = (_ProxyMeterProvider, metrics.NoOpMeterProvider)
-
 
 def _prometheus(app: App) -> tuple[CollectorRegistry, MeterProvider | None]:
     """The registry /metrics serves, and the MeterProvider made for it (None: the user's own).
@@ -92,9 +89,7 @@ def _prometheus(app: App) -> tuple[CollectorRegistry, MeterProvider | None]:
     a reader after it is built, so then /metrics serves prometheus_client's default registry,
     where a `PrometheusMetricReader()` the user added puts its metrics.
     """
-    if app.meter_provider is not None or not isinstance(
-        metrics.get_meter_provider(), _UNSET_PROVIDERS
-    ):
+    if app.meter_provider is not None or global_meter_is_set():
         return REGISTRY, None
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider

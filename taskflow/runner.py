@@ -34,8 +34,8 @@ from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
 from taskflow.middleware.timeout import Watchdog
+from taskflow.telemetry.instruments import observe
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
-from taskflow.workers.instruments import observe
 
 if TYPE_CHECKING:
     from taskflow.app import App

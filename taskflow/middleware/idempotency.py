@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 from taskflow.context import Tick
 from taskflow.exceptions import Defer, StoreError
 from taskflow.message import Message, TopicPartition
-from taskflow.middleware.telemetry import SCOPE, meter_provider
 from taskflow.specs import ConsumerSpec
 from taskflow.stores.base import Outcome, TransactionalStore
 from taskflow.stores.redis import RedisIdempotencyStore
+from taskflow.telemetry.metrics import idempotency_outcomes
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter
@@ -138,19 +138,9 @@ def idempotency_layer(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -
         key_for = consumer_key(spec.group, spec.idempotency_key)
     else:
         key_for = periodic_key(resources.app_name)
-    provider = meter_provider(resources)
-    outcomes = None
-    if provider is not None:
-        outcomes = provider.get_meter(SCOPE).create_counter(
-            "taskflow.idempotency.outcomes",
-            unit="{job}",
-            description="What idempotency did with each job: ran, skipped (done, or periodic "
-            "running elsewhere), deferred (claimed elsewhere), unguarded (store down, "
-            "proceed), lost (the claim ran out under a running handler).",
-        )
     return functools.partial(
         Idempotency,
-        outcomes=outcomes,
+        outcomes=idempotency_outcomes(resources),
         store=store,
         key_for=key_for,
         lease=spec.idempotency_lease,

@@ -27,17 +27,15 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
-from opentelemetry import metrics, trace
 from redis.exceptions import RedisError
 
 from taskflow.exceptions import Defer
-from taskflow.middleware.telemetry import SCOPE, telemetry_enabled
+from taskflow.telemetry.metrics import rate_limit_wait
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Histogram
     from redis.commands.core import AsyncScript
 
     from taskflow.context import Context
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = [
     "GlobalRateLimit",
     "LocalRateLimit",
-    "WaitTelemetry",
     "rate_limit_key",
     "rate_limit_layer",
 ]
@@ -60,13 +57,6 @@ STORE_RETRY = 1.0
 
 TOLERANCE = 0.01
 """Seconds a run may come early, so timer and network jitter do not drag the rate down."""
-
-WAIT_EVENT: Final = "taskflow.rate_limit.wait"
-WAIT_METRIC: Final = "taskflow.ratelimit.wait"
-# From one interval of a fast limit (1 ms at 1000/s) to the hour of a "1/h" one.
-WAIT_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
-)  # fmt: skip
 
 Report = Callable[[float], None]
 """Told the seconds a run waited for its limit, once the wait is over."""
@@ -125,7 +115,7 @@ def rate_limit_layer(spec: ConsumerSpec, resources: Resources) -> MiddlewareFact
     limit = spec.rate_limit
     assert limit is not None, "rate_limit_layer needs a spec with a rate_limit"
     rate = limit.per_second
-    report = WaitTelemetry.for_spec(spec, resources) if telemetry_enabled(resources) else None
+    report = rate_limit_wait(spec, resources)
     if spec.rate_limit_scope == "global":
         assert resources.redis is not None, "layers_for refuses a global limit without Redis"
         script = resources.redis.register_script(GCRA_SCRIPT)
@@ -148,43 +138,6 @@ def smooth_limiter(rate: float) -> AsyncLimiter:
     """
     capacity = 1 + TOLERANCE * rate
     return AsyncLimiter(capacity, capacity / rate)
-
-
-class WaitTelemetry:
-    """Reports a run's wait for its limit: a span event and a histogram recording.
-
-    The event goes on the span that is current while the limiter runs: the telemetry
-    middleware's `process {topic}` span, since that middleware is outermost.
-
-    Args:
-        histogram: The `taskflow.ratelimit.wait` histogram.
-        worker: The consumer's worker name.
-        scope: ``"local"`` or ``"global"``.
-    """
-
-    __slots__ = ("attributes", "histogram")
-
-    def __init__(self, histogram: Histogram, *, worker: str, scope: str) -> None:
-        self.histogram = histogram
-        self.attributes = {"taskflow.worker": worker, "taskflow.rate_limit.scope": scope}
-
-    @classmethod
-    def for_spec(cls, spec: ConsumerSpec, resources: Resources) -> WaitTelemetry:
-        """The reporter of one registration, on the meter provider in effect."""
-        meter = (resources.meter_provider or metrics.get_meter_provider()).get_meter(SCOPE)
-        histogram = meter.create_histogram(
-            WAIT_METRIC,
-            unit="s",
-            description="Seconds a run waited for its rate limit; only runs that waited.",
-            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
-        )
-        return cls(histogram, worker=spec.name, scope=spec.rate_limit_scope)
-
-    def __call__(self, seconds: float) -> None:
-        trace.get_current_span().add_event(
-            WAIT_EVENT, {**self.attributes, "taskflow.rate_limit.waited": seconds}
-        )
-        self.histogram.record(seconds, self.attributes)
 
 
 class LocalRateLimit:

@@ -35,12 +35,12 @@ from taskflow.message import TopicPartition
 from taskflow.middleware.ratelimit import (
     GCRA_SCRIPT,
     TOLERANCE,
-    WAIT_BUCKETS,
     GlobalRateLimit,
     LocalRateLimit,
     rate_limit_key,
 )
-from taskflow.middleware.telemetry import ConsumerTelemetry
+from taskflow.telemetry.metrics import WAIT_BUCKETS
+from taskflow.telemetry.middleware import ConsumerTelemetry
 from taskflow.testing import TestClient
 from taskflow.workers import ConsumerWorker
 from tests._process import AppProcess, wait_until

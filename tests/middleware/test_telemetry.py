@@ -22,9 +22,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from taskflow import App, Backoff, Context, Defer, Message, Middleware, PublishError, Reject, Tick
 from taskflow.handler import ignores_ctx
 from taskflow.middleware.builtin import Resources, layers_for
-from taskflow.middleware.telemetry import PROCESS_BUCKETS, meter_provider, with_trace_context
+from taskflow.telemetry import instruments
+from taskflow.telemetry.metrics import PROCESS_BUCKETS
+from taskflow.telemetry.providers import meter_provider
+from taskflow.telemetry.tracing import with_trace_context
 from taskflow.testing import ManualClock, TestClient
-from taskflow.workers import ConsumerWorker, ScheduledWorker, instruments
+from taskflow.workers import ConsumerWorker, ScheduledWorker
 
 FAST = Backoff(initial=0.001, maximum=0.001, jitter=0)
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736

@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from taskflow.handler import threads_of
-from taskflow.middleware.telemetry import SCOPE, error_type, meter_provider
+from taskflow.telemetry import metrics
+from taskflow.telemetry.metrics import observe_with
+from taskflow.telemetry.providers import SCOPE, meter_provider
+from taskflow.telemetry.tracing import error_type
 from taskflow.workers.consumer import ConsumerWorker
 from taskflow.workers.scheduled import ScheduledWorker
 
@@ -49,52 +52,13 @@ class WorkerInstruments:
     def __init__(self, meter: Meter) -> None:
         self._running: dict[int, tuple[Worker, ...]] = {}
         self._tokens = itertools.count()
-        meter.create_observable_counter(
-            "taskflow.consumer.retries",
-            [self._retries],
-            unit="{retry}",
-            description="Failed attempts at a message that the error policy retries.",
-        )
-        meter.create_observable_counter(
-            "taskflow.consumer.dead_letters",
-            [self._dead_letters],
-            unit="{message}",
-            description=(
-                "Messages given up on with a dead-letter topic: sent there (counted once "
-                "acknowledged), or skipped when their dead letter can never be written."
-            ),
-        )
-        meter.create_observable_counter(
-            "taskflow.consumer.rejected",
-            [self._rejected],
-            unit="{message}",
-            description="Rejected messages skipped for want of a dead-letter topic.",
-        )
-        meter.create_observable_gauge(
-            "taskflow.consumer.lag",
-            [self._lag],
-            unit="{message}",
-            description="High watermark of the last fetch minus the lowest unfinished offset.",
-        )
-        meter.create_observable_up_down_counter(
-            "taskflow.consumer.in_flight",
-            [self._in_flight],
-            unit="{message}",
-            description="Records fetched and not yet finished (waiting, queued or running).",
-        )
-        meter.create_observable_counter(
-            "taskflow.periodic.skipped",
-            [self._skipped],
-            unit="{run}",
-            description="Ticks of a periodic task skipped because its previous run was going.",
-        )
-
-        meter.create_observable_gauge(
-            "taskflow.handler.stuck_threads",
-            [self._stuck_threads],
-            unit="{thread}",
-            description="Threads of a `def` handler still running calls cut off by its timeout.",
-        )
+        observe_with(meter, metrics.CONSUMER_RETRIES, self._retries)
+        observe_with(meter, metrics.CONSUMER_DEAD_LETTERS, self._dead_letters)
+        observe_with(meter, metrics.CONSUMER_REJECTED, self._rejected)
+        observe_with(meter, metrics.CONSUMER_LAG, self._lag)
+        observe_with(meter, metrics.CONSUMER_IN_FLIGHT, self._in_flight)
+        observe_with(meter, metrics.PERIODIC_SKIPPED, self._skipped)
+        observe_with(meter, metrics.HANDLER_STUCK_THREADS, self._stuck_threads)
 
     def add(self, workers: Sequence[Worker]) -> int:
         """Read `workers` from now on; returns a token for `remove`."""
