@@ -1,11 +1,10 @@
-"""Observable OpenTelemetry instruments: what running workers count themselves, read on collection.
+"""Observable OpenTelemetry instruments: what running workers say of themselves, read on collection.
 
-The per-attempt metrics are recorded by the telemetry middleware. These come from what the workers
-keep anyway: the error policy's outcomes (`Processor.outcomes`), skipped periodic runs
-(`ScheduledWorker.skipped`), the `def` handlers' stuck threads, and each consumer's local view of
-its partitions (lag, records in flight). Callbacks read them only when the SDK collects, so they
-cost nothing per message. A callback may run on the SDK's export thread: it only reads, and copies
-a dict in one step before walking it.
+The per-attempt metrics are recorded by the telemetry middleware. These come from each worker's
+`status()` (`taskflow.telemetry.status`): the error policy's counts, skipped periodic runs, the
+`def` handlers' stuck threads, and each consumer's local view of its partitions (lag, records in
+flight). Callbacks read them only when the SDK collects, so they cost nothing per message. A
+callback may run on the SDK's export thread: a status only reads, and never asks the broker.
 
 The SDK keeps the first callbacks registered under a name, so each MeterProvider gets one set of
 instruments, which reads every set of workers that `observe` has lent it.
@@ -17,27 +16,24 @@ import contextlib
 import itertools
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from taskflow.handler import threads_of
 from taskflow.telemetry import metrics
 from taskflow.telemetry.metrics import observe_with
 from taskflow.telemetry.providers import SCOPE, meter_provider
+from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PeriodicStatus
 from taskflow.telemetry.tracing import error_type
-from taskflow.workers.consumer import ConsumerWorker
-from taskflow.workers.scheduled import ScheduledWorker
+from taskflow.types import WorkerStatus, status_of
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
 
-    from taskflow.message import TopicPartition
     from taskflow.middleware.builtin import Resources
     from taskflow.types import Worker
 
-__all__ = ["PartitionView", "WorkerInstruments", "observe", "partition_views"]
+__all__ = ["WorkerInstruments", "observe"]
 
 Attributes = dict[str, Any]
 
@@ -72,104 +68,83 @@ class WorkerInstruments:
 
     # -- callbacks -------------------------------------------------------------------------
 
-    def _workers(self) -> Iterator[Worker]:
+    def _statuses(self) -> Iterator[WorkerStatus]:
         for workers in tuple(self._running.values()):
-            yield from workers
+            for worker in workers:
+                yield status_of(worker)
 
-    def _consumers(self) -> Iterator[ConsumerWorker]:
-        return (w for w in self._workers() if isinstance(w, ConsumerWorker))
+    def _consumers(self) -> Iterator[ConsumerStatus]:
+        return (s for s in self._statuses() if isinstance(s, ConsumerStatus))
 
     def _retries(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._outcomes("retry")
+        return self._counts("retry")
 
     def _dead_letters(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._outcomes("dead_letter")
+        return self._counts("dead_letter")
 
     def _rejected(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._outcomes("skip")
+        return self._counts("skip")
 
-    def _outcomes(self, action: str) -> list[Observation]:
+    def _counts(self, action: str) -> list[Observation]:
         """The counts of one policy action, summed per attribute set over every consumer."""
         totals: dict[frozenset[tuple[str, Any]], int] = {}
-        for worker in self._consumers():
-            for (decision, topic, kind, fate), count in worker.processor.outcomes.copy().items():
-                if decision.action != action:
+        for status in self._consumers():
+            for counted in status.policy_counts:
+                if counted.action != action:
                     continue
                 attributes = {
-                    "messaging.destination.name": topic,
-                    "messaging.consumer.group.name": worker.spec.group,
-                    "error.type": error_type(kind),
+                    "messaging.destination.name": counted.topic,
+                    "messaging.consumer.group.name": status.group,
+                    "error.type": error_type(counted.error),
                 }
-                if decision.reason is not None:
-                    attributes["taskflow.dead_letter.reason"] = decision.reason
-                if fate is not None:
-                    attributes["taskflow.dead_letter.outcome"] = fate
+                if counted.reason is not None:
+                    attributes["taskflow.dead_letter.reason"] = counted.reason
+                if counted.fate is not None:
+                    attributes["taskflow.dead_letter.outcome"] = counted.fate
                 key = frozenset(attributes.items())
-                totals[key] = totals.get(key, 0) + count
+                totals[key] = totals.get(key, 0) + counted.count
         return [Observation(count, dict(key)) for key, count in totals.items()]
 
     def _lag(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(view.lag, view.attributes)
-            for worker in self._consumers()
-            for view in partition_views(worker)
-            if view.lag is not None
+            Observation(partition.lag, _partition_attributes(partition, status.group))
+            for status in self._consumers()
+            for partition in status.partitions
+            if partition.lag is not None
         ]
 
     def _in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(view.in_flight, view.attributes)
-            for worker in self._consumers()
-            for view in partition_views(worker)
+            Observation(partition.in_flight, _partition_attributes(partition, status.group))
+            for status in self._consumers()
+            for partition in status.partitions
         ]
 
     def _stuck_threads(self, options: CallbackOptions) -> Iterable[Observation]:
         observations = []
-        for worker in self._workers():
-            if isinstance(worker, ConsumerWorker | ScheduledWorker):
-                threads = threads_of(worker.spec.handler)
-                if threads is not None:
-                    stuck = len(threads.stuck)
-                    observations.append(Observation(stuck, {"taskflow.worker": worker.name}))
+        for workers in tuple(self._running.values()):
+            for worker in workers:
+                status = status_of(worker)
+                if not isinstance(status, ConsumerStatus | PeriodicStatus):
+                    continue
+                if status.stuck_threads is not None:
+                    attributes = {"taskflow.worker": worker.name}
+                    observations.append(Observation(status.stuck_threads, attributes))
         return observations
 
     def _skipped(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(worker.skipped, {"taskflow.periodic.task": worker.name})
-            for worker in self._workers()
-            if isinstance(worker, ScheduledWorker)
+            Observation(status.skipped, {"taskflow.periodic.task": worker.name})
+            for workers in tuple(self._running.values())
+            for worker in workers
+            if isinstance(status := status_of(worker), PeriodicStatus)
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionView:
-    """What a consumer worker knows, locally, of one partition it consumes."""
-
-    attributes: Attributes
-    """The partition's metric attributes: topic, partition and consumer group."""
-    lag: int | None
-    """Records not finished yet, up to the high watermark of the last fetch; None if unknown."""
-    in_flight: int
-    """Records fetched and not finished."""
-
-
-def partition_views(worker: ConsumerWorker) -> list[PartitionView]:
-    """Lag and records in flight of each partition `worker` consumes, without a broker request.
-
-    The lag is the partition's high watermark as of its last fetch minus the lowest offset the
-    worker has not finished (the one it commits next; before it has any record of the partition,
-    its fetch position). Unknown (None) until the partition has been fetched once.
-    """
-    return [
-        PartitionView(_partition_attributes(tp, worker.spec.group), done.lag, done.in_flight)
-        for tp, done in worker.progress().items()
-    ]
-
-
-def _partition_attributes(tp: TopicPartition, group: str) -> Attributes:
+def _partition_attributes(partition: PartitionStatus, group: str) -> Attributes:
     return {
-        "messaging.destination.name": tp.topic,
-        "messaging.destination.partition.id": str(tp.partition),
+        "messaging.destination.name": partition.tp.topic,
+        "messaging.destination.partition.id": str(partition.tp.partition),
         "messaging.consumer.group.name": group,
     }
 

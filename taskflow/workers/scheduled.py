@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from taskflow import loopwatch
 from taskflow.context import Context, Tick, WorkerLogger
 from taskflow.exceptions import StoreError
+from taskflow.handler import threads_of
 from taskflow.stores.schedule import RedisScheduleStore, TickClaim, new_owner
+from taskflow.telemetry.status import PeriodicStatus
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -119,6 +121,22 @@ class ScheduledWorker:
     def running(self) -> bool:
         """True while a run of this task is going on in this process."""
         return self._job is not None and not self._job.done()
+
+    def status(self) -> PeriodicStatus:
+        """How this periodic task is: its ticks, whether a run is going, its counts."""
+        threads = threads_of(self.spec.handler)
+        return PeriodicStatus(
+            kind=self.kind,
+            activity="running" if self.running else "waiting",
+            schedule=self.spec.schedule.describe(),
+            last_tick=self.last_tick,
+            next_tick=self.next_tick(),
+            running=self.running,
+            runs=self.runs,
+            failures=self.failures,
+            skipped=self.skipped,
+            stuck_threads=len(threads.stuck) if threads is not None else None,
+        )
 
     def next_tick(self) -> datetime:
         """The time of the next tick."""

@@ -155,8 +155,8 @@ async def test_a_waiting_consumer_pauses_its_partition_keeps_polling_and_loses_n
         original = worker.processor.handler
 
         async def sampled(job: Job, ctx: Context) -> None:  # outside the limit: see its effect
-            facts = worker.facts()
-            samples.append((facts.paused, facts.last_poll))
+            status = worker.status()
+            samples.append((status.paused, status.last_poll))
             await original(job, ctx)
 
         worker.processor.handler = sampled
@@ -164,7 +164,7 @@ async def test_a_waiting_consumer_pauses_its_partition_keeps_polling_and_loses_n
             await client.publish("events", i)
         await client.drain(timeout=10)
         limiter = original
-        assert worker.facts().paused == frozenset()  # resumed once drained
+        assert worker.status().paused == frozenset()  # resumed once drained
     assert [value for _, value in handled] == list(range(100))  # in order, none lost, no double
     assert client.committed("local-backpressure", "events", 0) == 100
     polls_while_paused = {poll for paused, poll in samples if paused == {tp}}
