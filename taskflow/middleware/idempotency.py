@@ -155,7 +155,7 @@ class Idempotency:
     """Claims each job's key before its handler runs; see the module docstring.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         store: Where claims live.
         key_for: The store key of a job.
         lease: Seconds a claim lasts unless renewed.
@@ -176,7 +176,7 @@ class Idempotency:
 
     def __init__(
         self,
-        app: Handler,
+        next: Handler,
         *,
         store: IdempotencyStore,
         key_for: Callable[[Job], str],
@@ -187,7 +187,7 @@ class Idempotency:
         name: str = "",
         outcomes: Counter | None = None,
     ) -> None:
-        self.app = app
+        self.next = next
         self.outcomes = outcomes
         self.store = store
         self.key_for = key_for
@@ -282,7 +282,7 @@ class Idempotency:
         if self.transactional:
             ctx._offer_transaction(cast("TransactionalStore", self.store).transaction)
         try:
-            await self.app(job, ctx)
+            await self.next(job, ctx)
         except BaseException:
             ctx._take_transaction()  # its effects are dropped with the failure
             await renewal.stop()
@@ -396,7 +396,7 @@ class Idempotency:
         if self.on_store_error == "proceed":
             self._note("unguarded")
             ctx.logger.warning("%s runs without an idempotency claim: %s", job, exc)
-            await self.app(job, ctx)
+            await self.next(job, ctx)
             return
         if self.periodic:
             raise StoreError(f"{job} not run: the idempotency store is unavailable ({exc})")

@@ -144,7 +144,7 @@ class LocalRateLimit:
     """Waits for the registration's in-process limiter before each run.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         limiter: The registration's limiter, shared by all its middleware.
         report: Called with the seconds waited by each run that had to wait (telemetry);
             None when telemetry is off.
@@ -155,9 +155,9 @@ class LocalRateLimit:
     """
 
     def __init__(
-        self, app: Handler, *, limiter: AsyncLimiter, report: Report | None = None
+        self, next: Handler, *, limiter: AsyncLimiter, report: Report | None = None
     ) -> None:
-        self.app = app
+        self.next = next
         self.limiter = limiter
         self.report = report
         self.waits = 0
@@ -171,7 +171,7 @@ class LocalRateLimit:
             started = time.monotonic()
             await unless_stopping(limiter.acquire(), ctx.stopping)
             self._waited(time.monotonic() - started)
-        await self.app(job, ctx)
+        await self.next(job, ctx)
 
     def _waited(self, seconds: float) -> None:
         self.waits += 1
@@ -187,7 +187,7 @@ class GlobalRateLimit:
     `STORE_RETRY` seconds, without counting as an attempt, so an outage never dead-letters.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         script: The registered `GCRA_SCRIPT`.
         key: The limit's Redis key (`rate_limit_key`).
         rate: Runs per second.
@@ -202,7 +202,7 @@ class GlobalRateLimit:
 
     def __init__(
         self,
-        app: Handler,
+        next: Handler,
         *,
         script: AsyncScript,
         key: str,
@@ -210,7 +210,7 @@ class GlobalRateLimit:
         name: str = "",
         report: Report | None = None,
     ) -> None:
-        self.app = app
+        self.next = next
         self.script = script
         self.key = key
         self.name = name or key
@@ -228,7 +228,7 @@ class GlobalRateLimit:
                 await unless_stopping(asyncio.sleep(wait), ctx.stopping)
                 wait = await self._ask()
             self._waited(time.monotonic() - started)
-        await self.app(job, ctx)
+        await self.next(job, ctx)
 
     def _waited(self, seconds: float) -> None:
         self.waits += 1

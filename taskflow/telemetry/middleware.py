@@ -67,15 +67,15 @@ class ConsumerTelemetry:
     """A `process {topic}` span and the messaging metrics around each attempt at a message.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         tracer: Where spans go.
         meter: Where the metrics go.
         spec: The consumer's registration: its group, and its error policy, whose decision
             after a failed attempt the span records.
     """
 
-    def __init__(self, app: Handler, *, tracer: Tracer, meter: Meter, spec: ConsumerSpec) -> None:
-        self.app = app
+    def __init__(self, next: Handler, *, tracer: Tracer, meter: Meter, spec: ConsumerSpec) -> None:
+        self.next = next
         self.tracer = tracer
         self.group = spec.group
         self.policy = ErrorPolicy.of(spec)
@@ -112,7 +112,7 @@ class ConsumerTelemetry:
         token = attach(trace.set_span_in_context(span, parent))
         started = time.perf_counter()
         try:
-            await self.app(job, ctx)
+            await self.next(job, ctx)
         except BaseException as exc:
             decision = self.policy.after_failure(exc, attempt)
             if decision == DEFER:  # not a failure: the message did not run and will run again
@@ -172,13 +172,13 @@ class PeriodicTelemetry:
     """A `run {task}` span and the periodic-task metrics around each run.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         tracer: Where spans go.
         meter: Where the metrics go.
     """
 
-    def __init__(self, app: Handler, *, tracer: Tracer, meter: Meter) -> None:
-        self.app = app
+    def __init__(self, next: Handler, *, tracer: Tracer, meter: Meter) -> None:
+        self.next = next
         self.tracer = tracer
         self.runs: Counter = create(meter, PERIODIC_RUNS)
         self.duration: Histogram = create(meter, PERIODIC_DURATION)
@@ -203,7 +203,7 @@ class PeriodicTelemetry:
             set_status_on_exception=False,
         ) as span:
             try:
-                await self.app(job, ctx)
+                await self.next(job, ctx)
             except BaseException as exc:
                 kind = error_type(exc)
                 cancelled = isinstance(exc, asyncio.CancelledError)

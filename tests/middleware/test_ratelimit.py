@@ -404,7 +404,7 @@ async def waits_are_reported(otel: Telemetry, scope: str) -> None:
     async with TestClient(app, partitions=1) as client:
         outer = worker_of(client).processor.handler
         assert isinstance(outer, ConsumerTelemetry)  # outermost: its span is current inside
-        limit = outer.app
+        limit = outer.next
         assert isinstance(limit, LocalRateLimit | GlobalRateLimit)
         for i in range(4):
             await client.publish("events", i)

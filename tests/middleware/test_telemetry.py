@@ -456,15 +456,15 @@ async def test_a_deferred_message_is_consumed_once_when_it_finally_runs(otel: Te
     runs: list[int] = []
 
     class NotYet:
-        def __init__(self, app: Any) -> None:
-            self.app = app
+        def __init__(self, next: Any) -> None:
+            self.next = next
             self.deferrals = 0
 
         async def __call__(self, job: Any, ctx: Context) -> None:
             if self.deferrals < 2:
                 self.deferrals += 1
                 raise Defer("not now", 0.01)
-            await self.app(job, ctx)
+            await self.next(job, ctx)
 
     @app.consume("orders", middleware=[Middleware(NotYet)])
     async def on_order(order: dict[str, int]) -> None:
