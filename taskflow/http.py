@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from taskflow.runner import Runtime
     from taskflow.types import Worker
 
-__all__ = ["MetricsRenderer", "Operations", "OperationsState"]
+__all__ = ["EndpointState", "MetricsRenderer", "OperationsEndpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ METRICS_MAX_AGE = 1.0  # seconds a rendered /metrics answer is served again to o
 SERVER_CLOSE_TIMEOUT = 2.0  # requests still running when the server closes get this long
 
 
-class OperationsState(enum.Enum):
+class EndpointState(enum.Enum):
     """Where the operations endpoint is in its life."""
 
     UNOPENED = "unopened"
@@ -212,7 +212,7 @@ class _BoundedSite(web.TCPSite):
         self._bound_port = int(self._server.sockets[0].getsockname()[1])
 
 
-class Operations:
+class OperationsEndpoint:
     """The operations endpoint of one run of an app.
 
     The runner opens it before the app starts (so a port that is taken stops the app before
@@ -238,7 +238,7 @@ class Operations:
         self.monitor = monitor or LoopWatch()
         self._owns_monitor = monitor is None
         self.watchdog: Watchdog | None = None  # the runtime's, once attached
-        self.state = OperationsState.UNOPENED
+        self.state = EndpointState.UNOPENED
         self.registry, self._provider = _prometheus(app)
         self.runtime: Runtime | None = None
         self._port = port
@@ -258,7 +258,7 @@ class Operations:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Operations:
+    async def __aenter__(self) -> OperationsEndpoint:
         try:
             await self.start()
         except BaseException:
@@ -280,7 +280,7 @@ class Operations:
         Raises:
             ConfigurationError: when the port cannot be listened on (taken, or not allowed).
         """
-        if self.state is not OperationsState.UNOPENED:
+        if self.state is not EndpointState.UNOPENED:
             raise StateError(f"the operations endpoint is {self.state.value}; it opens only once")
         runner = web.AppRunner(
             self._routes(), access_log=None, shutdown_timeout=SERVER_CLOSE_TIMEOUT
@@ -297,7 +297,7 @@ class Operations:
             ) from None
         self._runner, self._site = runner, site
         self._port = int(runner.addresses[0][1])
-        self.state = OperationsState.SERVING
+        self.state = EndpointState.SERVING
         if self._owns_monitor:
             self.monitor.start()
         logger.info(
@@ -314,18 +314,18 @@ class Operations:
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; connections already open are still answered."""
-        if self.state is not OperationsState.SERVING:
+        if self.state is not EndpointState.SERVING:
             return
         assert self._site is not None
         await self._site.stop()
-        self.state = OperationsState.DRAINING
+        self.state = EndpointState.DRAINING
         logger.info("operations endpoint: no longer accepting connections")
 
     async def aclose(self) -> None:
         """Close every connection, stop the loop watch it owns, and shut the metrics down."""
-        if self.state is OperationsState.CLOSED:
+        if self.state is EndpointState.CLOSED:
             return
-        self.state = OperationsState.CLOSED
+        self.state = EndpointState.CLOSED
         if self.runtime is not None:
             _discard(self.runtime.manager.before_stop, self.stop_accepting)
         try:

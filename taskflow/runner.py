@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.brokers.base import Broker
     from taskflow.handler import Handler
-    from taskflow.http import Operations
+    from taskflow.http import OperationsEndpoint
     from taskflow.specs import ConsumerSpec, ScheduleSpec
     from taskflow.types import Worker
 
@@ -65,7 +65,7 @@ class Runtime:
     manager: Manager
     workers: list[Worker] = field(default_factory=list)
     redis: Redis | None = None
-    http: Operations | None = None  # the operations endpoint; `http.port` is the real port
+    http: OperationsEndpoint | None = None  # the operations endpoint; `http.port` is the real port
     watchdog: Watchdog | None = None  # the handler calls running under a timeout
     loop_watch: LoopWatch | None = None  # watches the event loop for blocks
 
@@ -218,7 +218,7 @@ async def running(
 
 
 @asynccontextmanager
-async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operations | None]:
+async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[OperationsEndpoint | None]:
     """The operations endpoint, listening, when the app has an `http_port`; else None.
 
     It opens first, so a port that is taken stops the app before anything starts, and closes
@@ -227,9 +227,10 @@ async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operatio
     if app.http_port is None:
         yield None
         return
-    from taskflow.http import Operations  # aiohttp and Prometheus only when asked for
+    from taskflow.http import OperationsEndpoint  # aiohttp and Prometheus only when asked for
 
-    async with Operations(app, port=app.http_port, host=app.http_host, monitor=loop_watch) as http:
+    endpoint = OperationsEndpoint(app, port=app.http_port, host=app.http_host, monitor=loop_watch)
+    async with endpoint as http:
         yield http
 
 

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from taskflow import App, ConfigurationError
 from taskflow.brokers.memory import MemoryBroker
-from taskflow.http import Operations, OperationsState
+from taskflow.http import EndpointState, OperationsEndpoint
 from taskflow.loopwatch import LoopWatch
 from taskflow.runner import Runtime, running
 from taskflow.testing import ManualClock, TestClient
@@ -250,8 +250,8 @@ class Witness:
     name = "witness"
 
     def __init__(self) -> None:
-        self.http: Operations | None = None
-        self.seen: OperationsState | None = None
+        self.http: OperationsEndpoint | None = None
+        self.seen: EndpointState | None = None
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -291,7 +291,7 @@ async def test_readyz_turns_503_first_and_the_door_closes_before_workers_stop() 
         )
 
         await witness.stopped.wait()  # the first worker asked to stop (the last registered)
-        assert witness.seen is OperationsState.DRAINING
+        assert witness.seen is EndpointState.DRAINING
         async with httpx.AsyncClient(base_url=_base(runtime)) as newcomer:
             with pytest.raises(httpx.ConnectError):
                 await newcomer.get("/readyz")
