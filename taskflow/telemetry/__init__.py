@@ -4,6 +4,7 @@
 - `tracing`: the `send {topic}` span of `App.publish` and the trace context messages carry.
 - `metrics`: every instrument's name, kind, unit and description, in one place.
 - `middleware`: the telemetry middleware, a `process {topic}` or `run {task}` span per attempt.
+- `status`: what the built-in workers' `status()` returns (`taskflow.WorkerStatus` subclasses).
 - `instruments`: the observable instruments, read from the workers' `status()` on collection.
 - `setup`: the OpenTelemetry SDK set up from the ``OTEL_*`` variables, for `taskflow run`.
 """
