@@ -128,7 +128,7 @@ def _own_stage(name: str, path: str, below_aiokafka: bool) -> str:
         return MESSAGE
     if path == "middleware/idempotency.py" or path.startswith("stores/"):
         return IDEMPOTENCY
-    if path == "middleware/telemetry.py":
+    if path == "telemetry/middleware.py":
         return TELEMETRY
     if path == "brokers/kafka.py":
         if name.startswith(("KafkaConsumer.getmany.<locals>", "_message", "_headers")):
@@ -269,8 +269,8 @@ HOT_PATH = [
     ("  redis Redis.execute_command (single call)", "redis/asyncio/client.py", "execute_command"),
     ("  redis Connection.pack_commands", "redis/asyncio/connection.py", "pack_commands"),
     ("  redis Connection.read_response", "redis/asyncio/connection.py", "read_response"),
-    ("ConsumerTelemetry.__call__", "middleware/telemetry.py", "__call__"),
-    ("  ConsumerTelemetry._span_attributes", "middleware/telemetry.py", "_span_attributes"),
+    ("ConsumerTelemetry.__call__", "telemetry/middleware.py", "__call__"),
+    ("  ConsumerTelemetry._span_attributes", "telemetry/middleware.py", "_span_attributes"),
     ("  otel propagate.extract", "opentelemetry/propagate/__init__.py", "extract"),
     ("  otel SDK Tracer.start_span", "opentelemetry/sdk/trace/__init__.py", "start_span"),
     ("  otel SDK Span.end", "opentelemetry/sdk/trace/__init__.py", "end"),

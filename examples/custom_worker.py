@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 
-from taskflow import App, Context
+from taskflow import App, Context, WorkerStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,14 @@ class Heartbeat:
     async def stop(self) -> None:
         """Ask start() to return; it wakes at once, mid-sleep."""
         self._stopping.set()
+
+    def status(self) -> WorkerStatus:
+        """Optional: what /status shows of it. Only reads; never waits."""
+        return WorkerStatus(
+            kind="heartbeat",
+            activity="stopping" if self._stopping.is_set() else "beating",
+            details={"beats": self.beats, "every": self.every},
+        )
 
 
 app = App("custom-worker")

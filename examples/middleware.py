@@ -17,15 +17,15 @@ from taskflow.handler import Handler, Job
 class Timing:
     """Logs how long each handler run took, and counts the slow ones."""
 
-    def __init__(self, app: Handler, *, slow_after: float = 0.5) -> None:
-        self.app = app
+    def __init__(self, next: Handler, *, slow_after: float = 0.5) -> None:
+        self.next = next
         self.slow_after = slow_after
         self.slow = 0
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         started = time.perf_counter()
         try:
-            await self.app(job, ctx)
+            await self.next(job, ctx)
         finally:
             took = time.perf_counter() - started
             if took >= self.slow_after:
@@ -41,13 +41,13 @@ class Timing:
 class RequireTenant:
     """Rejects a message with no `tenant` header: dead-lettered at once."""
 
-    def __init__(self, app: Handler) -> None:
-        self.app = app
+    def __init__(self, next: Handler) -> None:
+        self.next = next
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         if isinstance(job, Message) and job.header("tenant") is None:
             raise Reject("no tenant header")
-        await self.app(job, ctx)
+        await self.next(job, ctx)
 
 
 # --8<-- [start:register]

@@ -49,7 +49,7 @@ from taskflow.message import Message, TopicPartition
 from taskflow.middleware import Middleware
 from taskflow.ratelimit import RateLimit
 from taskflow.schedule import Cron, Interval, Schedule
-from taskflow.types import Worker, WorkerState
+from taskflow.types import Worker, WorkerState, WorkerStatus
 
 __all__ = [
     "App",
@@ -91,6 +91,7 @@ __all__ = [
     "TopicPartition",
     "Worker",
     "WorkerState",
+    "WorkerStatus",
 ]
 
 __version__ = "0.1.0"

@@ -21,7 +21,6 @@ from taskflow.codec import encode_headers, encode_key, encode_value
 from taskflow.config import DEFAULT_BROKER, Settings
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.handler import consumer_handler, handler_name, periodic_handler
-from taskflow.middleware.telemetry import publish_tracer, traced_publish, with_trace_context
 from taskflow.ratelimit import RateLimit
 from taskflow.schedule import Cron, Schedule, interval
 from taskflow.specs import (
@@ -39,6 +38,7 @@ from taskflow.specs import (
     ScheduleSpec,
 )
 from taskflow.stores.base import IdempotencyStore
+from taskflow.telemetry.tracing import publish_tracer, traced_publish, with_trace_context
 from taskflow.types import Worker
 
 if TYPE_CHECKING:

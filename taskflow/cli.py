@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import click
 from click.core import ParameterSource
 
-from taskflow import logfmt, operations, otel, supervisor
+from taskflow import logfmt, operations, supervisor
 from taskflow.app import App
 from taskflow.config import Settings, mask_url, quoted, whole_number_text
 from taskflow.exceptions import (
@@ -39,6 +39,7 @@ from taskflow.exceptions import (
 from taskflow.leftovers import name_leftovers
 from taskflow.manager import ShutdownReport
 from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, serve
+from taskflow.telemetry import setup as otel
 
 __all__ = ["load_app", "main"]
 

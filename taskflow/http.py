@@ -37,15 +37,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from opentelemetry import metrics
-from opentelemetry.metrics._internal import _ProxyMeterProvider
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.loopwatch import LoopWatch
-from taskflow.types import WorkerState
-from taskflow.workers import ConsumerWorker, ScheduledWorker
+from taskflow.telemetry.providers import global_meter_is_set
+from taskflow.telemetry.status import ConsumerStatus
+from taskflow.types import WorkerState, status_of
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -58,7 +57,7 @@ if TYPE_CHECKING:
     from taskflow.runner import Runtime
     from taskflow.types import Worker
 
-__all__ = ["MetricsRenderer", "Operations", "OperationsState"]
+__all__ = ["EndpointState", "MetricsRenderer", "OperationsEndpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +65,10 @@ DEFAULT_HOST = "0.0.0.0"  # probes come from the node, not from inside the pod
 MAX_CONNECTIONS = 64  # open connections past this are answered 503 and closed
 BUSY_DELAY = 1.0  # seconds before a connection past the limit gets its 503
 METRICS_MAX_AGE = 1.0  # seconds a rendered /metrics answer is served again to other requests
-FACTS_TIMEOUT = 2.0  # /status waits this long for a consumer's lag
 SERVER_CLOSE_TIMEOUT = 2.0  # requests still running when the server closes get this long
 
 
-class OperationsState(enum.Enum):
+class EndpointState(enum.Enum):
     """Where the operations endpoint is in its life."""
 
     UNOPENED = "unopened"
@@ -81,8 +79,6 @@ class OperationsState(enum.Enum):
 
 # -- metrics -------------------------------------------------------------------------------
 
-_UNSET_PROVIDERS = (_ProxyMeterProvider, metrics.NoOpMeterProvider)
-
 
 def _prometheus(app: App) -> tuple[CollectorRegistry, MeterProvider | None]:
     """The registry /metrics serves, and the MeterProvider made for it (None: the user's own).
@@ -92,9 +88,7 @@ def _prometheus(app: App) -> tuple[CollectorRegistry, MeterProvider | None]:
     a reader after it is built, so then /metrics serves prometheus_client's default registry,
     where a `PrometheusMetricReader()` the user added puts its metrics.
     """
-    if app.meter_provider is not None or not isinstance(
-        metrics.get_meter_provider(), _UNSET_PROVIDERS
-    ):
+    if app.meter_provider is not None or global_meter_is_set():
         return REGISTRY, None
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
@@ -218,7 +212,7 @@ class _BoundedSite(web.TCPSite):
         self._bound_port = int(self._server.sockets[0].getsockname()[1])
 
 
-class Operations:
+class OperationsEndpoint:
     """The operations endpoint of one run of an app.
 
     The runner opens it before the app starts (so a port that is taken stops the app before
@@ -244,7 +238,7 @@ class Operations:
         self.monitor = monitor or LoopWatch()
         self._owns_monitor = monitor is None
         self.watchdog: Watchdog | None = None  # the runtime's, once attached
-        self.state = OperationsState.UNOPENED
+        self.state = EndpointState.UNOPENED
         self.registry, self._provider = _prometheus(app)
         self.runtime: Runtime | None = None
         self._port = port
@@ -264,7 +258,7 @@ class Operations:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Operations:
+    async def __aenter__(self) -> OperationsEndpoint:
         try:
             await self.start()
         except BaseException:
@@ -286,7 +280,7 @@ class Operations:
         Raises:
             ConfigurationError: when the port cannot be listened on (taken, or not allowed).
         """
-        if self.state is not OperationsState.UNOPENED:
+        if self.state is not EndpointState.UNOPENED:
             raise StateError(f"the operations endpoint is {self.state.value}; it opens only once")
         runner = web.AppRunner(
             self._routes(), access_log=None, shutdown_timeout=SERVER_CLOSE_TIMEOUT
@@ -303,7 +297,7 @@ class Operations:
             ) from None
         self._runner, self._site = runner, site
         self._port = int(runner.addresses[0][1])
-        self.state = OperationsState.SERVING
+        self.state = EndpointState.SERVING
         if self._owns_monitor:
             self.monitor.start()
         logger.info(
@@ -320,18 +314,18 @@ class Operations:
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; connections already open are still answered."""
-        if self.state is not OperationsState.SERVING:
+        if self.state is not EndpointState.SERVING:
             return
         assert self._site is not None
         await self._site.stop()
-        self.state = OperationsState.DRAINING
+        self.state = EndpointState.DRAINING
         logger.info("operations endpoint: no longer accepting connections")
 
     async def aclose(self) -> None:
         """Close every connection, stop the loop watch it owns, and shut the metrics down."""
-        if self.state is OperationsState.CLOSED:
+        if self.state is EndpointState.CLOSED:
             return
-        self.state = OperationsState.CLOSED
+        self.state = EndpointState.CLOSED
         if self.runtime is not None:
             _discard(self.runtime.manager.before_stop, self.stop_accepting)
         try:
@@ -401,8 +395,7 @@ class Operations:
         workers: list[dict[str, Any]] = []
         if runtime is not None:
             manager = runtime.manager
-            facts = await asyncio.gather(*(self._describe(manager, w) for w in runtime.workers))
-            workers = list(facts)
+            workers = [self._describe(manager, w) for w in runtime.workers]
         return {
             "app": self.app.name,
             "state": _app_state(runtime),
@@ -410,22 +403,19 @@ class Operations:
             "workers": workers,
         }
 
-    async def _describe(self, manager: Manager, worker: Worker) -> dict[str, Any]:
-        status = manager.statuses.get(worker.name)
+    def _describe(self, manager: Manager, worker: Worker) -> dict[str, Any]:
+        supervision = manager.statuses.get(worker.name)
+        status = status_of(worker)
         entry: dict[str, Any] = {
             "name": worker.name,
-            "kind": getattr(worker, "kind", "worker"),
-            "state": status.state.value if status else WorkerState.STOPPED.value,
-            "restarts": status.restarts if status else 0,
-            "last_error": status.last_error if status else None,
+            "kind": status.kind,
+            "state": supervision.state.value if supervision else WorkerState.STOPPED.value,
+            "restarts": supervision.restarts if supervision else 0,
+            "last_error": supervision.last_error if supervision else None,
         }
         if self.watchdog is not None and worker.name in self.watchdog.threads:
             entry["stuck_threads"] = self.watchdog.stuck_threads()[worker.name]
-        if isinstance(worker, ConsumerWorker):
-            entry |= await _consumer(worker)
-        elif isinstance(worker, ScheduledWorker):
-            entry |= _periodic(worker)
-        return entry
+        return entry | status.as_json(time.monotonic())
 
 
 def _answer(body: dict[str, Any]) -> web.Response:
@@ -435,10 +425,12 @@ def _answer(body: dict[str, Any]) -> web.Response:
 
 def _unready(manager: Manager) -> list[str]:
     reasons: list[str] = []
-    for name, status in manager.statuses.items():
-        if status.state is not WorkerState.RUNNING:
-            reasons.append(f"worker {name} is {status.state.value}")
-        elif isinstance(status.worker, ConsumerWorker) and not status.worker.facts().assigned:
+    for name, supervision in manager.statuses.items():
+        if supervision.state is not WorkerState.RUNNING:
+            reasons.append(f"worker {name} is {supervision.state.value}")
+            continue
+        status = status_of(supervision.worker)
+        if isinstance(status, ConsumerStatus) and not status.assigned:
             reasons.append(f"consumer {name} has no partitions assigned")
     return reasons
 
@@ -452,53 +444,6 @@ def _app_state(runtime: Runtime | None) -> str:
     if all(status.task is None for status in manager.statuses.values()):
         return "starting"
     return "running"
-
-
-async def _consumer(worker: ConsumerWorker) -> dict[str, Any]:
-    facts = worker.facts()
-    try:
-        async with asyncio.timeout(FACTS_TIMEOUT):
-            offsets = await worker.partition_facts()
-    except Exception as exc:  # lag is a nicety: /status answers without it
-        logger.debug("no partition facts for %s: %s", worker.name, exc or "timed out")
-        offsets = {}
-    partitions = []
-    for tp in sorted(facts.assigned):
-        known = offsets.get(tp)
-        partitions.append(
-            {
-                "topic": tp.topic,
-                "partition": tp.partition,
-                "committed": known.committed if known else facts.committed.get(tp),
-                "high_watermark": known.high_watermark if known else None,
-                "lag": known.lag if known else None,
-                "paused": tp in facts.paused,
-            }
-        )
-    lags = [p["lag"] for p in partitions if p["lag"] is not None]
-    last_poll = facts.last_poll
-    return {
-        "topics": list(worker.spec.topics),
-        "group": worker.spec.group,
-        "partitions": partitions,
-        "lag": sum(lags) if lags else None,  # over the partitions whose lag is known
-        "in_flight": facts.in_flight,
-        "rebalances": facts.rebalances,
-        "last_poll_age": round(time.monotonic() - last_poll, 3) if last_poll is not None else None,
-    }
-
-
-def _periodic(worker: ScheduledWorker) -> dict[str, Any]:
-    last = worker.last_tick
-    return {
-        "schedule": worker.spec.schedule.describe(),
-        "last_run": last.isoformat() if last is not None else None,
-        "next_run": worker.next_tick().isoformat(),
-        "in_flight": 1 if worker.running else 0,
-        "runs": worker.runs,
-        "failures": worker.failures,
-        "skipped": worker.skipped,
-    }
 
 
 def _discard(hooks: list[Callable[[], object]], hook: Callable[[], Awaitable[None]]) -> None:

@@ -46,7 +46,7 @@ from taskflow.crew import Crew
 from taskflow.exceptions import ConfigurationError, ProcessExit
 from taskflow.types import Worker, WorkerState
 
-__all__ = ["Manager", "ShutdownReport", "WorkerStatus"]
+__all__ = ["Manager", "ShutdownReport", "Supervision"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ CANCEL_GRACE = 5.0  # how long a cancelled worker may take to commit and close
 
 
 @dataclass(slots=True)
-class WorkerStatus:
+class Supervision:
     """The Manager's record of one worker."""
 
     worker: Worker
@@ -100,7 +100,7 @@ class Manager:
         self.shutdown_timeout = shutdown_timeout
         self.restart_backoff = restart_backoff
         self.stopping = stopping or asyncio.Event()
-        self.statuses: dict[str, WorkerStatus] = {}
+        self.statuses: dict[str, Supervision] = {}
         # Called once shutdown begins, before workers are asked to stop; awaited if awaitable.
         self.before_stop: list[Callable[[], object]] = []
         self._stop_requested = asyncio.Event()
@@ -114,7 +114,7 @@ class Manager:
             raise ConfigurationError(f"{worker!r} has no name, async start() and async stop()")
         if worker.name in self.statuses:
             raise ConfigurationError(f"a worker named {worker.name!r} is already registered")
-        self.statuses[worker.name] = WorkerStatus(worker)
+        self.statuses[worker.name] = Supervision(worker)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ class Manager:
         )
         return ShutdownReport(cancelled, failed, self._signal, self._exit_code)
 
-    async def _supervise(self, status: WorkerStatus) -> None:
+    async def _supervise(self, status: Supervision) -> None:
         worker, failures = status.worker, 0
         while True:
             started = time.monotonic()
@@ -222,7 +222,7 @@ class Manager:
                 logger.info("worker %s finished on its own", worker.name)
             return
 
-    async def _restart_after(self, status: WorkerStatus, delay: float) -> bool:
+    async def _restart_after(self, status: Supervision, delay: float) -> bool:
         try:
             async with asyncio.timeout(delay):
                 await self._stop_requested.wait()
@@ -263,7 +263,7 @@ class Manager:
                 status.state = WorkerState.STOPPED
         return tuple(s.worker.name for s in left)
 
-    async def _wait_cancelled(self, left: list[WorkerStatus]) -> None:
+    async def _wait_cancelled(self, left: list[Supervision]) -> None:
         """Give cancelled workers `CANCEL_GRACE` to commit and close; name those that do not end."""
         tasks = {s.task for s in left if s.task}
         await asyncio.wait(tasks, timeout=CANCEL_GRACE)
@@ -275,7 +275,7 @@ class Manager:
                     CANCEL_GRACE,
                 )
 
-    async def _ask_to_stop(self, status: WorkerStatus, deadline: float) -> None:
+    async def _ask_to_stop(self, status: Supervision, deadline: float) -> None:
         if status.task is None or status.task.done():
             return
         status.state = WorkerState.STOPPING

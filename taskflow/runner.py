@@ -31,14 +31,14 @@ from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
 from taskflow.middleware.timeout import Watchdog
 from taskflow.stores.connect import Stores, open_stores
+from taskflow.telemetry.instruments import observe
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
-from taskflow.workers.instruments import observe
 
 if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.brokers.base import Broker
     from taskflow.handler import Handler
-    from taskflow.http import Operations
+    from taskflow.http import OperationsEndpoint
     from taskflow.specs import ConsumerSpec, ScheduleSpec
     from taskflow.stores.connect import RedisClient
     from taskflow.types import Worker
@@ -62,7 +62,7 @@ class Runtime:
     manager: Manager
     workers: list[Worker] = field(default_factory=list)
     stores: Stores | None = None  # where claims, leases, limits and run records live
-    http: Operations | None = None  # the operations endpoint; `http.port` is the real port
+    http: OperationsEndpoint | None = None  # the operations endpoint; `http.port` is the real port
     watchdog: Watchdog | None = None  # the handler calls running under a timeout
     loop_watch: LoopWatch | None = None  # watches the event loop for blocks
 
@@ -220,7 +220,7 @@ async def running(
 
 
 @asynccontextmanager
-async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operations | None]:
+async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[OperationsEndpoint | None]:
     """The operations endpoint, listening, when the app has an `http_port`; else None.
 
     It opens first, so a port that is taken stops the app before anything starts, and closes
@@ -229,9 +229,10 @@ async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operatio
     if app.http_port is None:
         yield None
         return
-    from taskflow.http import Operations  # aiohttp and Prometheus only when asked for
+    from taskflow.http import OperationsEndpoint  # aiohttp and Prometheus only when asked for
 
-    async with Operations(app, port=app.http_port, host=app.http_host, monitor=loop_watch) as http:
+    endpoint = OperationsEndpoint(app, port=app.http_port, host=app.http_host, monitor=loop_watch)
+    async with endpoint as http:
         yield http
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Worker", "WorkerState"]
+__all__ = ["Worker", "WorkerState", "WorkerStatus", "status_of"]
 
 
 @runtime_checkable
@@ -36,6 +38,10 @@ class Worker(Protocol):
 
         app.add_worker(Heartbeat())
         ```
+
+    A worker may also say how it is with a `status()` method returning a `WorkerStatus` (see
+    `status_of`): /status shows it, and `taskflow.telemetry` reads the built-in workers' own
+    from it. It is optional: a worker without one is reported by its name and kind alone.
     """
 
     @property
@@ -61,3 +67,37 @@ class WorkerState(enum.StrEnum):
     STOPPED = "stopped"
     FAILED = "failed"
     RESTARTING = "restarting"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStatus:
+    """What a worker says of itself, at one moment: read by /status and the metrics.
+
+    The built-in workers return richer subclasses (`taskflow.telemetry.status`); a custom worker
+    returns this one, with what it wants shown in `details`. `status()` may be called from a
+    metrics thread: it should only read, and never wait.
+    """
+
+    kind: str = "worker"
+    """What sort of worker: ``consumer``, ``periodic``, or a custom worker's own word."""
+    activity: str | None = None
+    """What it is doing now, in a word or two (``idle``, ``consuming``, ``sending``...)."""
+    details: Mapping[str, Any] = field(default_factory=dict)
+    """Further JSON values /status shows under the worker, by name."""
+
+    def as_json(self, now: float | None = None) -> dict[str, Any]:
+        """The fields /status adds to the worker's entry (`now`: `time.monotonic()`)."""
+        shown: dict[str, Any] = {"kind": self.kind}
+        if self.activity is not None:
+            shown["activity"] = self.activity
+        return shown | dict(self.details)
+
+
+def status_of(worker: Worker) -> WorkerStatus:
+    """`worker.status()`, or a status made of its `kind` for a worker without that method."""
+    status = getattr(worker, "status", None)
+    if callable(status):
+        reported = status()
+        if isinstance(reported, WorkerStatus):
+            return reported
+    return WorkerStatus(kind=getattr(worker, "kind", "worker"))

@@ -88,6 +88,9 @@ async def test_custom_worker_beats_and_stops_at_once(caplog: pytest.LogCaptureFi
     assert client.report.clean
     assert heartbeat.beats >= 1
     assert "heartbeat 1" in caplog.text
+    status = heartbeat.status()
+    assert (status.kind, status.activity) == ("heartbeat", "stopping")
+    assert status.details == {"beats": heartbeat.beats, "every": 1.0}
 
 
 async def test_middleware_example_times_handlers_and_rejects_a_message_without_tenant(

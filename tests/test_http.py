@@ -24,10 +24,11 @@ from prometheus_client import REGISTRY, generate_latest
 
 from taskflow import App, ConfigurationError
 from taskflow.brokers.memory import MemoryBroker
-from taskflow.http import Operations, OperationsState
+from taskflow.http import EndpointState, OperationsEndpoint
 from taskflow.loopwatch import LoopWatch
 from taskflow.runner import Runtime, running
 from taskflow.testing import ManualClock, TestClient
+from taskflow.types import WorkerStatus
 from tests._process import AppProcess
 
 WAIT = 5.0  # the longest any in-process condition may take to come true
@@ -161,6 +162,53 @@ async def test_status_counts_a_periodic_run_in_flight() -> None:
         await _until(http, "/status", lambda r: r.json()["workers"][0]["runs"] == 1)
 
 
+class _Quiet:
+    """A custom worker without a status()."""
+
+    name = "quiet"
+
+    def __init__(self) -> None:
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+
+class _Counting(_Quiet):
+    """A custom worker that says how it is."""
+
+    name = "counting"
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(kind="counter", activity="counting", details={"counted": 3})
+
+
+async def test_status_shows_what_a_custom_worker_says_of_itself() -> None:
+    app = App("ops-custom", http_port=0)
+    app.add_worker(_Counting())
+    app.add_worker(_Quiet())
+
+    async with TestClient(app) as tc, _client(tc.runtime) as http:
+        status = await _until(
+            http, "/status", lambda r: {w["state"] for w in r.json()["workers"]} == {"running"}
+        )
+        counting, quiet = status.json()["workers"]
+        assert counting == {
+            "name": "counting",
+            "kind": "counter",
+            "state": "running",
+            "restarts": 0,
+            "last_error": None,
+            "activity": "counting",
+            "counted": 3,
+        }
+        assert (quiet["name"], quiet["kind"], quiet["state"]) == ("quiet", "worker", "running")
+        assert "activity" not in quiet
+
+
 async def test_readyz_names_what_is_not_ready() -> None:
     app = App("unready", http_port=0)
 
@@ -202,8 +250,8 @@ class Witness:
     name = "witness"
 
     def __init__(self) -> None:
-        self.http: Operations | None = None
-        self.seen: OperationsState | None = None
+        self.http: OperationsEndpoint | None = None
+        self.seen: EndpointState | None = None
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -243,7 +291,7 @@ async def test_readyz_turns_503_first_and_the_door_closes_before_workers_stop() 
         )
 
         await witness.stopped.wait()  # the first worker asked to stop (the last registered)
-        assert witness.seen is OperationsState.DRAINING
+        assert witness.seen is EndpointState.DRAINING
         async with httpx.AsyncClient(base_url=_base(runtime)) as newcomer:
             with pytest.raises(httpx.ConnectError):
                 await newcomer.get("/readyz")

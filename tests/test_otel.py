@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from taskflow import ConfigurationError
-from taskflow.otel import configure_from_env
+from taskflow.telemetry.setup import configure_from_env
 from tests._process import AppProcess
 
 

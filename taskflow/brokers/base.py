@@ -20,7 +20,7 @@ __all__ = [
     "Consumer",
     "ConsumerOptions",
     "FetchPosition",
-    "PartitionFacts",
+    "PartitionOffsets",
     "RebalanceListener",
     "record_size",
 ]
@@ -48,8 +48,8 @@ class ConsumerOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class PartitionFacts:
-    """Offsets of one assigned partition, for lag."""
+class PartitionOffsets:
+    """Committed offset and high watermark of one assigned partition, as the broker says."""
 
     committed: int | None
     high_watermark: int | None
@@ -106,7 +106,7 @@ class Consumer(Protocol):
         """Fetch these partitions again."""
         ...
 
-    async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+    async def offsets(self) -> dict[TopicPartition, PartitionOffsets]:
         """Committed offset and high watermark of each assigned partition."""
         ...
 

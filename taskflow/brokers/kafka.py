@@ -47,7 +47,7 @@ from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
     ConsumerOptions,
     FetchPosition,
-    PartitionFacts,
+    PartitionOffsets,
     RebalanceListener,
 )
 from taskflow.config import quoted, shown_value, whole_number_text
@@ -569,7 +569,7 @@ class KafkaConsumer:
         client = self._client
         client.resume(*_assigned(client, partitions))
 
-    async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+    async def offsets(self) -> dict[TopicPartition, PartitionOffsets]:
         """Committed offsets come from the broker: unknown (None) when it does not answer in time.
 
         Partitions revoked while the committed offsets are asked for are left out.
@@ -579,7 +579,7 @@ class KafkaConsumer:
         committed = await asyncio.gather(*(self._committed(client, tp) for tp in assigned))
         still = client.assignment()
         return {
-            TopicPartition(*tp): PartitionFacts(offset, client.highwater(tp))
+            TopicPartition(*tp): PartitionOffsets(offset, client.highwater(tp))
             for tp, offset in zip(assigned, committed, strict=True)
             if tp in still
         }

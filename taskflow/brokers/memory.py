@@ -28,7 +28,7 @@ from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
     ConsumerOptions,
     FetchPosition,
-    PartitionFacts,
+    PartitionOffsets,
     RebalanceListener,
     record_size,
 )
@@ -272,7 +272,7 @@ def _positive(query: Mapping[str, list[str]], name: str, default: int, bound: in
 class MemoryConsumer:
     """A member of a memory broker group.
 
-    Like Kafka's consumer, it refuses to fetch, commit, pause, resume or report facts while it
+    Like Kafka's consumer, it refuses to fetch, commit, pause, resume or report offsets while it
     is not started (a `BrokerError`), and its listener is told of rebalances, not of its own stop.
     """
 
@@ -369,10 +369,10 @@ class MemoryConsumer:
             )
         await self.group.commit(offsets)
 
-    async def facts(self) -> dict[TopicPartition, PartitionFacts]:
+    async def offsets(self) -> dict[TopicPartition, PartitionOffsets]:
         self._check_started()
         return {
-            tp: PartitionFacts(self.group.committed.get(tp), self.broker.end_offset(tp))
+            tp: PartitionOffsets(self.group.committed.get(tp), self.broker.end_offset(tp))
             for tp in self._assigned
         }
 

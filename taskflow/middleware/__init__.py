@@ -2,13 +2,13 @@
 
 ```python
 class Timing:
-    def __init__(self, app: Handler) -> None:
-        self.app = app
+    def __init__(self, next: Handler) -> None:
+        self.next = next
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         started = time.perf_counter()
         try:
-            await self.app(job, ctx)
+            await self.next(job, ctx)
         finally:
             ctx.logger.info("%s took %.3fs", job, time.perf_counter() - started)
 
@@ -75,8 +75,8 @@ class Middleware:
         self.args = args
         self.kwargs = kwargs
 
-    def __call__(self, app: Handler) -> Handler:
-        return self.cls(app, *self.args, **self.kwargs)
+    def __call__(self, next: Handler) -> Handler:
+        return self.cls(next, *self.args, **self.kwargs)
 
     def __repr__(self) -> str:
         name = getattr(self.cls, "__name__", repr(self.cls))

@@ -54,7 +54,7 @@ def layers_for(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -> list[
         ConfigurationError: when a switched-on feature needs a resource that is not configured.
     """
     layers: list[MiddlewareFactory] = []
-    from taskflow.middleware.telemetry import telemetry_layer
+    from taskflow.telemetry.middleware import telemetry_layer
 
     telemetry = telemetry_layer(spec, resources)
     if telemetry is not None:  # outermost: its span covers every other built-in

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 from taskflow.context import Tick
 from taskflow.exceptions import Defer, StoreError
 from taskflow.message import Message, TopicPartition
-from taskflow.middleware.telemetry import SCOPE, meter_provider
 from taskflow.specs import ConsumerSpec
 from taskflow.stores import keys
 from taskflow.stores.base import Outcome, TransactionalStore
 from taskflow.stores.health import StoreHealth
 from taskflow.stores.lease import keep, new_owner
+from taskflow.telemetry.metrics import idempotency_outcomes
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter
@@ -126,19 +126,9 @@ def idempotency_layer(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -
         key_for = consumer_key(spec.group, spec.idempotency_key)
     else:
         key_for = periodic_key(resources.app_name)
-    provider = meter_provider(resources)
-    outcomes = None
-    if provider is not None:
-        outcomes = provider.get_meter(SCOPE).create_counter(
-            "taskflow.idempotency.outcomes",
-            unit="{job}",
-            description="What idempotency did with each job: ran, skipped (done, or periodic "
-            "running elsewhere), deferred (claimed elsewhere), unguarded (store down, "
-            "proceed), lost (the claim ran out under a running handler).",
-        )
     return functools.partial(
         Idempotency,
-        outcomes=outcomes,
+        outcomes=idempotency_outcomes(resources),
         store=store,
         key_for=key_for,
         lease=spec.idempotency_lease,
@@ -153,7 +143,7 @@ class Idempotency:
     """Claims each job's key before its handler runs; see the module docstring.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         store: Where claims live.
         key_for: The store key of a job.
         lease: Seconds a claim lasts unless renewed.
@@ -174,7 +164,7 @@ class Idempotency:
 
     def __init__(
         self,
-        app: Handler,
+        next: Handler,
         *,
         store: IdempotencyStore,
         key_for: Callable[[Job], str],
@@ -185,7 +175,7 @@ class Idempotency:
         name: str = "",
         outcomes: Counter | None = None,
     ) -> None:
-        self.app = app
+        self.next = next
         self.outcomes = outcomes
         self.store = store
         self.key_for = key_for
@@ -280,7 +270,7 @@ class Idempotency:
         if self.transactional:
             ctx._offer_transaction(cast("TransactionalStore", self.store).transaction)
         try:
-            await self.app(job, ctx)
+            await self.next(job, ctx)
         except BaseException:
             ctx._take_transaction()  # its effects are dropped with the failure
             await renewal.stop()
@@ -390,7 +380,7 @@ class Idempotency:
         if self.on_store_error == "proceed":
             self._note("unguarded")
             ctx.logger.warning("%s runs without an idempotency claim: %s", job, exc)
-            await self.app(job, ctx)
+            await self.next(job, ctx)
             return
         if self.periodic:
             raise StoreError(f"{job} not run: the idempotency store is unavailable ({exc})")

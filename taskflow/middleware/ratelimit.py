@@ -28,19 +28,16 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
-from opentelemetry import metrics, trace
 
 from taskflow.exceptions import Defer, StoreError
-from taskflow.middleware.telemetry import SCOPE, telemetry_enabled
 from taskflow.stores import keys
 from taskflow.stores.health import StoreHealth
+from taskflow.telemetry.metrics import rate_limit_wait
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Histogram
-
     from taskflow.context import Context
     from taskflow.handler import Handler, Job
     from taskflow.middleware.builtin import Resources
@@ -50,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = [
     "GlobalRateLimit",
     "LocalRateLimit",
-    "WaitTelemetry",
     "rate_limit_key",
     "rate_limit_layer",
 ]
@@ -62,13 +58,6 @@ STORE_RETRY = 1.0
 
 TOLERANCE = 0.01
 """Seconds a run may come early, so timer and network jitter do not drag the rate down."""
-
-WAIT_EVENT: Final = "taskflow.rate_limit.wait"
-WAIT_METRIC: Final = "taskflow.ratelimit.wait"
-# From one interval of a fast limit (1 ms at 1000/s) to the hour of a "1/h" one.
-WAIT_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
-)  # fmt: skip
 
 Report = Callable[[float], None]
 """Told the seconds a run waited for its limit, once the wait is over."""
@@ -104,7 +93,7 @@ def rate_limit_layer(spec: ConsumerSpec, resources: Resources) -> MiddlewareFact
     limit = spec.rate_limit
     assert limit is not None, "rate_limit_layer needs a spec with a rate_limit"
     rate = limit.per_second
-    report = WaitTelemetry.for_spec(spec, resources) if telemetry_enabled(resources) else None
+    report = rate_limit_wait(spec, resources)
     if spec.rate_limit_scope == "global":
         store = resources.stores.rate_limits
         assert store is not None, "layers_for refuses a global limit without Redis"
@@ -129,48 +118,11 @@ def smooth_limiter(rate: float) -> AsyncLimiter:
     return AsyncLimiter(capacity, capacity / rate)
 
 
-class WaitTelemetry:
-    """Reports a run's wait for its limit: a span event and a histogram recording.
-
-    The event goes on the span that is current while the limiter runs: the telemetry
-    middleware's `process {topic}` span, since that middleware is outermost.
-
-    Args:
-        histogram: The `taskflow.ratelimit.wait` histogram.
-        worker: The consumer's worker name.
-        scope: ``"local"`` or ``"global"``.
-    """
-
-    __slots__ = ("attributes", "histogram")
-
-    def __init__(self, histogram: Histogram, *, worker: str, scope: str) -> None:
-        self.histogram = histogram
-        self.attributes = {"taskflow.worker": worker, "taskflow.rate_limit.scope": scope}
-
-    @classmethod
-    def for_spec(cls, spec: ConsumerSpec, resources: Resources) -> WaitTelemetry:
-        """The reporter of one registration, on the meter provider in effect."""
-        meter = (resources.meter_provider or metrics.get_meter_provider()).get_meter(SCOPE)
-        histogram = meter.create_histogram(
-            WAIT_METRIC,
-            unit="s",
-            description="Seconds a run waited for its rate limit; only runs that waited.",
-            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
-        )
-        return cls(histogram, worker=spec.name, scope=spec.rate_limit_scope)
-
-    def __call__(self, seconds: float) -> None:
-        trace.get_current_span().add_event(
-            WAIT_EVENT, {**self.attributes, "taskflow.rate_limit.waited": seconds}
-        )
-        self.histogram.record(seconds, self.attributes)
-
-
 class LocalRateLimit:
     """Waits for the registration's in-process limiter before each run.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         limiter: The registration's limiter, shared by all its middleware.
         report: Called with the seconds waited by each run that had to wait (telemetry);
             None when telemetry is off.
@@ -181,9 +133,9 @@ class LocalRateLimit:
     """
 
     def __init__(
-        self, app: Handler, *, limiter: AsyncLimiter, report: Report | None = None
+        self, next: Handler, *, limiter: AsyncLimiter, report: Report | None = None
     ) -> None:
-        self.app = app
+        self.next = next
         self.limiter = limiter
         self.report = report
         self.waits = 0
@@ -197,7 +149,7 @@ class LocalRateLimit:
             started = time.monotonic()
             await unless_stopping(limiter.acquire(), ctx.stopping)
             self._waited(time.monotonic() - started)
-        await self.app(job, ctx)
+        await self.next(job, ctx)
 
     def _waited(self, seconds: float) -> None:
         self.waits += 1
@@ -213,7 +165,7 @@ class GlobalRateLimit:
     `STORE_RETRY` seconds, without counting as an attempt, so an outage never dead-letters.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         store: Where the limit lives (`taskflow.stores.ratelimit`).
         key: The limit's key (`rate_limit_key`).
         rate: Runs per second.
@@ -228,7 +180,7 @@ class GlobalRateLimit:
 
     def __init__(
         self,
-        app: Handler,
+        next: Handler,
         *,
         store: RateLimitStore,
         key: str,
@@ -236,7 +188,7 @@ class GlobalRateLimit:
         name: str = "",
         report: Report | None = None,
     ) -> None:
-        self.app = app
+        self.next = next
         self.store = store
         self.key = key
         self.name = name or key
@@ -254,7 +206,7 @@ class GlobalRateLimit:
                 await unless_stopping(asyncio.sleep(wait), ctx.stopping)
                 wait = await self._ask()
             self._waited(time.monotonic() - started)
-        await self.app(job, ctx)
+        await self.next(job, ctx)
 
     def _waited(self, seconds: float) -> None:
         self.waits += 1

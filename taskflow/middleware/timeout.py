@@ -106,7 +106,7 @@ class Timeout:
     """Cancels the rest of the stack after `seconds` and raises `HandlerTimeout`.
 
     Args:
-        app: The next handler.
+        next: The next handler.
         seconds: The registration's `timeout=`.
         watchdog: Where running calls are noted, when the app has one.
         worker: The registration's name, for the watchdog.
@@ -116,14 +116,14 @@ class Timeout:
 
     def __init__(
         self,
-        app: Handler,
+        next: Handler,
         *,
         seconds: float,
         watchdog: Watchdog | None = None,
         worker: str = "",
         threads: HandlerThreads | None = None,
     ) -> None:
-        self.app = app
+        self.next = next
         self.seconds = seconds
         self.watchdog = watchdog
         self.worker = worker
@@ -135,11 +135,11 @@ class Timeout:
         if self.threads is not None and self.threads.blocked:
             await self._wait_for_room(job, self.threads)
         if self.watchdog is None:
-            await call_with_timeout(self.app, job, ctx, self.seconds)
+            await call_with_timeout(self.next, job, ctx, self.seconds)
             return
         token = self.watchdog.start(Attempt(self.worker, job, time.monotonic(), self.seconds))
         try:
-            await call_with_timeout(self.app, job, ctx, self.seconds)
+            await call_with_timeout(self.next, job, ctx, self.seconds)
         finally:
             self.watchdog.end(token)
 

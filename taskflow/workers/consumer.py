@@ -16,13 +16,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from taskflow.brokers.base import ConsumerOptions, PartitionFacts
+from taskflow.brokers.base import ConsumerOptions
 from taskflow.context import WorkerLogger
 from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import BrokerError, ProcessExit
+from taskflow.handler import threads_of
+from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PolicyCount
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from taskflow.middleware import BatchAware
     from taskflow.specs import ConsumerSpec
 
-__all__ = ["ConsumerFacts", "ConsumerWorker", "PartitionProgress"]
+__all__ = ["ConsumerWorker"]
 
 logger = logging.getLogger("taskflow.consumer")
 
@@ -46,30 +47,6 @@ REVOKE_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 CANCELLED_LEAVE_BUDGET = 4.0  # below the Manager's CANCEL_GRACE
 COMMIT_TIMEOUT = 10.0  # a commit blocks while the broker is down; give up and commit later
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerFacts:
-    """What a consumer worker knows of itself, for health and metrics."""
-
-    assigned: frozenset[TopicPartition]
-    paused: frozenset[TopicPartition]
-    last_poll: float | None
-    in_flight: int
-    committed: dict[TopicPartition, int | None]
-    rebalances: int
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionProgress:
-    """How far a consumer is with one assigned partition, from what it knows locally."""
-
-    lag: int | None
-    """Records not finished yet, up to the high watermark of the last fetch; None if unknown."""
-    in_flight: int
-    """Records fetched and not finished (waiting, queued in a lane, or running)."""
-    committed: int | None
-    """The offset last committed by this consumer, or None."""
 
 
 class ConsumerWorker:
@@ -363,50 +340,59 @@ class ConsumerWorker:
             self._paused.clear()
             self._consumer = self._task_group = None
 
-    # -- facts -----------------------------------------------------------------------------
+    # -- status ----------------------------------------------------------------------------
 
-    def facts(self) -> ConsumerFacts:
-        """A snapshot for health checks and metrics."""
-        consumer = self._consumer
-        return ConsumerFacts(
-            assigned=consumer.assignment() if consumer else frozenset(),
-            paused=frozenset(self._paused),
-            last_poll=self.last_poll,
-            in_flight=sum(r.tracker.in_flight for r in self._runners.values()),
-            committed={tp: r.committed for tp, r in self._runners.items()},
+    def status(self) -> ConsumerStatus:
+        """How this consumer is, from what it knows locally: never a broker request, so a
+        metrics callback may call it from another thread."""
+        threads = threads_of(self.spec.handler)
+        return ConsumerStatus(
+            kind=self.kind,
+            activity=self._activity(),
+            topics=tuple(self.spec.topics),
+            group=self.spec.group,
+            partitions=tuple(self._partitions()),
+            in_flight=sum(r.tracker.in_flight for r in self._runners.copy().values()),
             rebalances=self.rebalances,
+            last_poll=self.last_poll,
+            policy_counts=self._policy_counts(),
+            stuck_threads=len(threads.stuck) if threads is not None else None,
         )
 
-    def progress(self) -> dict[TopicPartition, PartitionProgress]:
-        """Lag, records in flight and committed offset of each assigned partition, without a
-        broker request: safe to call from a metrics callback on another thread.
+    def _activity(self) -> str:
+        if self._consumer is None:
+            return "stopped"
+        return "consuming" if self._consumer.assignment() else "waiting for partitions"
 
-        The lag is the high watermark as of the partition's last fetch minus the lowest offset
-        not finished yet (the one committed next; before any record of the partition arrived,
-        the fetch position). It is None until the partition has been fetched once.
-        """
+    def _partitions(self) -> list[PartitionStatus]:
+        """Each assigned partition, in order. The lag is the high watermark as of its last
+        fetch minus the lowest offset not finished yet (the one committed next; before any
+        record of it arrived, the fetch position); None until it has been fetched once."""
         consumer = self._consumer
         if consumer is None:
-            return {}
-        runners = self._runners.copy()
-        progress = {}
-        for tp, fetched in consumer.positions().items():
-            runner = runners.get(tp)
+            return []
+        runners, paused = self._runners.copy(), frozenset(self._paused)
+        positions = consumer.positions()
+        partitions = []
+        for tp in sorted(consumer.assignment()):
+            runner, fetched = runners.get(tp), positions.get(tp)
             try:  # the runner may change under a reader on another thread: skip it this time
                 unfinished = runner.tracker.commit_target if runner is not None else None
                 in_flight = runner.buffered if runner is not None else 0
             except (IndexError, RuntimeError):
                 continue
-            start = fetched.position if unfinished is None else unfinished
-            high = fetched.high_watermark
+            high = fetched.high_watermark if fetched is not None else None
+            start = fetched.position if unfinished is None and fetched is not None else unfinished
             lag = None if start is None or high is None else max(high - start, 0)
-            progress[tp] = PartitionProgress(lag, in_flight, runner.committed if runner else None)
-        return progress
+            committed = runner.committed if runner is not None else None
+            partitions.append(PartitionStatus(tp, committed, high, lag, in_flight, tp in paused))
+        return partitions
 
-    async def partition_facts(self) -> dict[TopicPartition, PartitionFacts]:
-        """Committed offset, high watermark and lag of each assigned partition, from the broker."""
-        consumer = self._consumer
-        return await consumer.facts() if consumer is not None else {}
+    def _policy_counts(self) -> tuple[PolicyCount, ...]:
+        return tuple(
+            PolicyCount(decision.action, topic, error, decision.reason, fate, count)
+            for (decision, topic, error, fate), count in self.processor.outcomes.copy().items()
+        )
 
 
 async def _raise_failure(lanes: Crew) -> None:

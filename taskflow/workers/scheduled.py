@@ -40,10 +40,12 @@ from taskflow import loopwatch
 from taskflow.context import Context, Tick, WorkerLogger
 from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import ProcessExit, StoreError
+from taskflow.handler import threads_of
 from taskflow.stores.connect import Stores
 from taskflow.stores.health import StoreHealth
 from taskflow.stores.lease import LeaseLost, hold, new_owner
 from taskflow.stores.schedule import TickClaim
+from taskflow.telemetry.status import PeriodicStatus
 from taskflow.workers.processing import STOPS_PROCESS, exit_request
 
 if TYPE_CHECKING:
@@ -146,6 +148,22 @@ class ScheduledWorker:
     def running(self) -> bool:
         """True while a run of this task is going on in this process."""
         return self._jobs > 0
+
+    def status(self) -> PeriodicStatus:
+        """How this periodic task is: its ticks, whether a run is going, its counts."""
+        threads = threads_of(self.spec.handler)
+        return PeriodicStatus(
+            kind=self.kind,
+            activity="running" if self.running else "waiting",
+            schedule=self.spec.schedule.describe(),
+            last_tick=self.last_tick,
+            next_tick=self.next_tick(),
+            running=self.running,
+            runs=self.runs,
+            failures=self.failures,
+            skipped=self.skipped,
+            stuck_threads=len(threads.stuck) if threads is not None else None,
+        )
 
     def next_tick(self) -> datetime:
         """The time of the next tick."""

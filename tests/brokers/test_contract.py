@@ -167,7 +167,7 @@ async def refuses_all_but_assignment(consumer: Consumer, tp: TopicPartition) -> 
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: consumer.getmany(0),
         lambda: consumer.commit({tp: 1}),
-        consumer.facts,
+        consumer.offsets,
         pause,
         resume,
     ]
@@ -208,7 +208,7 @@ async def test_committing_a_partition_not_assigned_is_a_commit_error(
         await consumer.stop()
 
 
-async def test_committed_offsets_show_in_facts_and_a_new_member_resumes_there(
+async def test_committed_offsets_show_in_offsets_and_a_new_member_resumes_there(
     setup: Setup, broker: Broker
 ) -> None:
     tp = setup.partition(1)
@@ -219,9 +219,9 @@ async def test_committed_offsets_show_in_facts_and_a_new_member_resumes_there(
     try:
         assert await values(first, 5) == {1: [b"0", b"1", b"2", b"3", b"4"]}
         await first.commit({tp: 3})  # 3 and 4 were fetched, not finished
-        facts = await first.facts()
-        assert (facts[tp].committed, facts[tp].high_watermark) == (3, 5)
-        assert facts[setup.partition(0)].committed is None
+        offsets = await first.offsets()
+        assert (offsets[tp].committed, offsets[tp].high_watermark) == (3, 5)
+        assert offsets[setup.partition(0)].committed is None
     finally:
         await first.stop()
     second = setup.consumer()

@@ -406,7 +406,7 @@ async def test_a_tombstone_arrives_as_empty_bytes(
 
 
 @pytest.mark.kafka
-async def test_committed_offsets_are_seen_by_others_and_in_facts(
+async def test_committed_offsets_are_seen_by_others_and_in_offsets(
     kafka: KafkaBroker, bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
 ) -> None:
     for partition, count in enumerate([3, 1, 0, 2]):
@@ -419,8 +419,8 @@ async def test_committed_offsets_are_seen_by_others_and_in_facts(
         tp = [TopicPartition(topic, p) for p in range(4)]
         await consumer.commit({tp[0]: 3, tp[1]: 1, tp[3]: 1})
         assert await committed_offsets(bootstrap, group, topic, 4) == {0: 3, 1: 1, 2: None, 3: 1}
-        facts = await consumer.facts()
-        assert {t: (f.committed, f.high_watermark) for t, f in facts.items()} == {
+        offsets = await consumer.offsets()
+        assert {t: (f.committed, f.high_watermark) for t, f in offsets.items()} == {
             tp[0]: (3, 3),
             tp[1]: (1, 1),
             tp[2]: (None, 0),
@@ -475,7 +475,7 @@ async def test_assignment_follows_the_group(kafka: KafkaBroker, topic: str, uniq
         everything = frozenset(TopicPartition(topic, p) for p in range(4))
         assert await assigned(consumer) == everything
         assert listener.events == [("assigned", everything)]
-        assert set(await consumer.facts()) == everything
+        assert set(await consumer.offsets()) == everything
     finally:
         await consumer.stop()
     assert consumer.assignment() == frozenset()
@@ -532,7 +532,7 @@ async def test_a_broker_refusing_idempotence_says_what_to_set(
 
 
 @pytest.mark.kafka
-async def test_with_the_broker_gone_facts_answer_and_stop_lets_go(
+async def test_with_the_broker_gone_offsets_answer_and_stop_lets_go(
     tansu: TansuBroker | None, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if tansu is None:
@@ -548,8 +548,8 @@ async def test_with_the_broker_gone_facts_answer_and_stop_lets_go(
         finally:
             own.stop(graceful=False)
         async with asyncio.timeout(WAIT):
-            facts = await consumer.facts()  # aiokafka alone would wait for the broker forever
-        assert {tp: f.committed for tp, f in facts.items()} == dict.fromkeys(partitions)
+            offsets = await consumer.offsets()  # aiokafka alone would wait for the broker forever
+        assert {tp: f.committed for tp, f in offsets.items()} == dict.fromkeys(partitions)
         with pytest.raises(BrokerError) as caught:  # aiokafka's stop() trips over its fetches
             async with asyncio.timeout(WAIT):
                 await consumer.stop()

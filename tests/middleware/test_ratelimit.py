@@ -35,13 +35,13 @@ from taskflow.handler import Job
 from taskflow.message import TopicPartition
 from taskflow.middleware.ratelimit import (
     TOLERANCE,
-    WAIT_BUCKETS,
     GlobalRateLimit,
     LocalRateLimit,
     rate_limit_key,
 )
-from taskflow.middleware.telemetry import ConsumerTelemetry
 from taskflow.stores import RedisRateLimitStore
+from taskflow.telemetry.metrics import WAIT_BUCKETS
+from taskflow.telemetry.middleware import ConsumerTelemetry
 from taskflow.testing import TestClient
 from taskflow.workers import ConsumerWorker
 from tests._process import AppProcess, wait_until
@@ -159,8 +159,8 @@ async def test_a_waiting_consumer_pauses_its_partition_keeps_polling_and_loses_n
         original = worker.processor.handler
 
         async def sampled(job: Job, ctx: Context) -> None:  # outside the limit: see its effect
-            facts = worker.facts()
-            samples.append((facts.paused, facts.last_poll))
+            status = worker.status()
+            samples.append((status.paused, status.last_poll))
             await original(job, ctx)
 
         worker.processor.handler = sampled
@@ -168,7 +168,7 @@ async def test_a_waiting_consumer_pauses_its_partition_keeps_polling_and_loses_n
             await client.publish("events", i)
         await client.drain(timeout=10)
         limiter = original
-        assert worker.facts().paused == frozenset()  # resumed once drained
+        assert worker.status().paused == frozenset()  # resumed once drained
     assert [value for _, value in handled] == list(range(100))  # in order, none lost, no double
     assert client.committed("local-backpressure", "events", 0) == 100
     polls_while_paused = {poll for paused, poll in samples if paused == {tp}}
@@ -218,7 +218,8 @@ async def test_a_global_limit_is_smooth_and_kept_under_its_key(limits_redis: Red
     # The runs past the tolerance's worth waited, and it is recorded.
     early = 1 + int(TOLERANCE * RATE)
     assert count // 2 <= limit.waits - waits <= count - early
-    assert limit.waited_seconds - waited == pytest.approx(runs[-1] - runs[0], abs=0.01)
+    # Recorded, not measured to the millisecond: a loaded machine delays a wake-up past its wait.
+    assert limit.waited_seconds - waited == pytest.approx(runs[-1] - runs[0], abs=0.05)
 
 
 def replica_runs(path: Path) -> dict[str, list[float]]:
@@ -408,7 +409,7 @@ async def waits_are_reported(otel: Telemetry, scope: str) -> None:
     async with TestClient(app, partitions=1) as client:
         outer = worker_of(client).processor.handler
         assert isinstance(outer, ConsumerTelemetry)  # outermost: its span is current inside
-        limit = outer.app
+        limit = outer.next
         assert isinstance(limit, LocalRateLimit | GlobalRateLimit)
         for i in range(4):
             await client.publish("events", i)

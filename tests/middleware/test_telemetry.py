@@ -22,9 +22,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from taskflow import App, Backoff, Context, Defer, Message, Middleware, PublishError, Reject, Tick
 from taskflow.handler import ignores_ctx
 from taskflow.middleware.builtin import Resources, layers_for
-from taskflow.middleware.telemetry import PROCESS_BUCKETS, meter_provider, with_trace_context
+from taskflow.telemetry import instruments
+from taskflow.telemetry.metrics import PROCESS_BUCKETS
+from taskflow.telemetry.providers import meter_provider
+from taskflow.telemetry.tracing import with_trace_context
 from taskflow.testing import ManualClock, TestClient
-from taskflow.workers import ConsumerWorker, ScheduledWorker, instruments
+from taskflow.workers import ConsumerWorker, ScheduledWorker
 
 FAST = Backoff(initial=0.001, maximum=0.001, jitter=0)
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -453,15 +456,15 @@ async def test_a_deferred_message_is_consumed_once_when_it_finally_runs(otel: Te
     runs: list[int] = []
 
     class NotYet:
-        def __init__(self, app: Any) -> None:
-            self.app = app
+        def __init__(self, next: Any) -> None:
+            self.next = next
             self.deferrals = 0
 
         async def __call__(self, job: Any, ctx: Context) -> None:
             if self.deferrals < 2:
                 self.deferrals += 1
                 raise Defer("not now", 0.01)
-            await self.app(job, ctx)
+            await self.next(job, ctx)
 
     @app.consume("orders", middleware=[Middleware(NotYet)])
     async def on_order(order: dict[str, int]) -> None:

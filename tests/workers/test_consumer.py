@@ -160,7 +160,7 @@ async def test_two_workers_in_one_group_split_the_partitions() -> None:
         for i in range(40):
             await client.publish("orders", {"id": i})
         await client.drain()
-        owned = [consumer_worker(client, name).facts().assigned for name in ("left", "right")]
+        owned = [consumer_worker(client, name).status().assigned for name in ("left", "right")]
     assert owned[0]
     assert owned[1]
     assert not owned[0] & owned[1]
@@ -466,16 +466,16 @@ async def test_a_full_partition_is_paused_then_resumed_and_nothing_is_lost() -> 
         for i in range(10):
             await client.publish("events", str(i))
         await first_started.wait()
-        assert worker.facts().paused == frozenset({tp})
+        assert worker.status().paused == frozenset({tp})
 
         for i in range(10, 25):
             await client.publish("events", str(i))
         await settle()
-        assert worker.facts().in_flight == 10  # the fetcher left the new records alone
+        assert worker.status().in_flight == 10  # the fetcher left the new records alone
 
         gate.set()
         await client.drain()
-        assert worker.facts().paused == frozenset()
+        assert worker.status().paused == frozenset()
         assert client.committed("shop", "events", 0) == 25
     assert handled == list(range(25))
 
@@ -530,7 +530,7 @@ async def test_a_handler_running_past_the_shutdown_timeout_is_cancelled_and_not_
     assert "cancelled handler ship for orders[0]@1: not committed" in caplog.text
 
 
-async def test_partition_facts_report_committed_offsets_high_watermarks_and_lag() -> None:
+async def test_status_reports_committed_offsets_high_watermarks_and_lag() -> None:
     app = App("facts")
     release = asyncio.Event()
 
@@ -547,15 +547,16 @@ async def test_partition_facts_report_committed_offsets_high_watermarks_and_lag(
         while client.committed("facts", "orders", 0) != 1:
             await client.broker.group("facts").wait_for_commit()
 
-        facts = await worker.partition_facts()
+        status = worker.status()
 
-        assert facts[TopicPartition("orders", 0)].committed == 1
-        assert facts[TopicPartition("orders", 0)].high_watermark == 3
-        assert facts[TopicPartition("orders", 0)].lag == 2
-        assert worker.facts().in_flight == 2  # the held message and the one queued behind it
+        (partition,) = status.partitions
+        assert partition.tp == TopicPartition("orders", 0)
+        assert (partition.committed, partition.high_watermark, partition.lag) == (1, 3, 2)
+        assert status.in_flight == 2  # the held message and the one queued behind it
+        assert (status.kind, status.activity) == ("consumer", "consuming")
         release.set()
         await client.drain()
-        assert (await worker.partition_facts())[TopicPartition("orders", 0)].lag == 0
+        assert worker.status().lag == 0
 
 
 async def test_a_deferred_message_is_run_again_without_counting_an_attempt() -> None:

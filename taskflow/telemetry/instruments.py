@@ -1,0 +1,172 @@
+"""Observable OpenTelemetry instruments: what running workers say of themselves, read on collection.
+
+The per-attempt metrics are recorded by the telemetry middleware. These come from each worker's
+`status()` (`taskflow.telemetry.status`): the error policy's counts, skipped periodic runs, the
+`def` handlers' stuck threads, and each consumer's local view of its partitions (lag, records in
+flight). Callbacks read them only when the SDK collects, so they cost nothing per message. A
+callback may run on the SDK's export thread: a status only reads, and never asks the broker.
+
+The SDK keeps the first callbacks registered under a name, so each MeterProvider gets one set of
+instruments, which reads every set of workers that `observe` has lent it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from taskflow.telemetry import metrics
+from taskflow.telemetry.metrics import observe_with
+from taskflow.telemetry.providers import SCOPE, meter_provider
+from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PeriodicStatus
+from taskflow.telemetry.tracing import error_type
+from taskflow.types import WorkerStatus, status_of
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
+
+    from taskflow.middleware.builtin import Resources
+    from taskflow.types import Worker
+
+__all__ = ["WorkerInstruments", "observe"]
+
+Attributes = dict[str, Any]
+
+
+class WorkerInstruments:
+    """The observable instruments of one meter, reading every set of workers added to them.
+
+    Args:
+        meter: Where the instruments are registered (scope `taskflow`).
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._running: dict[int, tuple[Worker, ...]] = {}
+        self._tokens = itertools.count()
+        observe_with(meter, metrics.CONSUMER_RETRIES, self._retries)
+        observe_with(meter, metrics.CONSUMER_DEAD_LETTERS, self._dead_letters)
+        observe_with(meter, metrics.CONSUMER_REJECTED, self._rejected)
+        observe_with(meter, metrics.CONSUMER_LAG, self._lag)
+        observe_with(meter, metrics.CONSUMER_IN_FLIGHT, self._in_flight)
+        observe_with(meter, metrics.PERIODIC_SKIPPED, self._skipped)
+        observe_with(meter, metrics.HANDLER_STUCK_THREADS, self._stuck_threads)
+
+    def add(self, workers: Sequence[Worker]) -> int:
+        """Read `workers` from now on; returns a token for `remove`."""
+        token = next(self._tokens)
+        self._running[token] = tuple(workers)
+        return token
+
+    def remove(self, token: int) -> None:
+        """Stop reading the workers added under `token`."""
+        self._running.pop(token, None)
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def _statuses(self) -> Iterator[WorkerStatus]:
+        for workers in tuple(self._running.values()):
+            for worker in workers:
+                yield status_of(worker)
+
+    def _consumers(self) -> Iterator[ConsumerStatus]:
+        return (s for s in self._statuses() if isinstance(s, ConsumerStatus))
+
+    def _retries(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._counts("retry")
+
+    def _dead_letters(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._counts("dead_letter")
+
+    def _rejected(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._counts("skip")
+
+    def _counts(self, action: str) -> list[Observation]:
+        """The counts of one policy action, summed per attribute set over every consumer."""
+        totals: dict[frozenset[tuple[str, Any]], int] = {}
+        for status in self._consumers():
+            for counted in status.policy_counts:
+                if counted.action != action:
+                    continue
+                attributes = {
+                    "messaging.destination.name": counted.topic,
+                    "messaging.consumer.group.name": status.group,
+                    "error.type": error_type(counted.error),
+                }
+                if counted.reason is not None:
+                    attributes["taskflow.dead_letter.reason"] = counted.reason
+                if counted.fate is not None:
+                    attributes["taskflow.dead_letter.outcome"] = counted.fate
+                key = frozenset(attributes.items())
+                totals[key] = totals.get(key, 0) + counted.count
+        return [Observation(count, dict(key)) for key, count in totals.items()]
+
+    def _lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(partition.lag, _partition_attributes(partition, status.group))
+            for status in self._consumers()
+            for partition in status.partitions
+            if partition.lag is not None
+        ]
+
+    def _in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(partition.in_flight, _partition_attributes(partition, status.group))
+            for status in self._consumers()
+            for partition in status.partitions
+        ]
+
+    def _stuck_threads(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for workers in tuple(self._running.values()):
+            for worker in workers:
+                status = status_of(worker)
+                if not isinstance(status, ConsumerStatus | PeriodicStatus):
+                    continue
+                if status.stuck_threads is not None:
+                    attributes = {"taskflow.worker": worker.name}
+                    observations.append(Observation(status.stuck_threads, attributes))
+        return observations
+
+    def _skipped(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(status.skipped, {"taskflow.periodic.task": worker.name})
+            for workers in tuple(self._running.values())
+            for worker in workers
+            if isinstance(status := status_of(worker), PeriodicStatus)
+        ]
+
+
+def _partition_attributes(partition: PartitionStatus, group: str) -> Attributes:
+    return {
+        "messaging.destination.name": partition.tp.topic,
+        "messaging.destination.partition.id": str(partition.tp.partition),
+        "messaging.consumer.group.name": group,
+    }
+
+
+_BY_PROVIDER: weakref.WeakKeyDictionary[Any, WorkerInstruments] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def observe(workers: Sequence[Worker], resources: Resources) -> Iterator[None]:
+    """Let the observable instruments read `workers` inside the block, when a meter is set up.
+
+    Without a real MeterProvider (the App's, else the global one) nothing is registered.
+    """
+    provider = meter_provider(resources)
+    if provider is None:
+        yield
+        return
+    instruments = _BY_PROVIDER.get(provider)
+    if instruments is None:
+        instruments = _BY_PROVIDER[provider] = WorkerInstruments(provider.get_meter(SCOPE))
+    token = instruments.add(workers)
+    try:
+        yield
+    finally:
+        instruments.remove(token)
