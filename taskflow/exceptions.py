@@ -14,7 +14,6 @@ Failures::
     │   │   └── RecordRefused     the broker will never take this record (not authorised, bad topic)
     │   │       └── RecordTooLarge  the record is over the producer's max_request_size
     │   └── CommitError           an offset commit was refused (the group moved on)
-    ├── ShutdownError             workers had to be cancelled to meet the shutdown deadline
     ├── StartupInterrupted        a stop signal came before the app was ready
     └── ProcessExit               a handler raised SystemExit or KeyboardInterrupt: stop the process
 
@@ -45,7 +44,6 @@ __all__ = [
     "RecordTooLarge",
     "Reject",
     "Retry",
-    "ShutdownError",
     "StartupInterrupted",
     "StateError",
     "StoreError",
@@ -95,10 +93,6 @@ class RecordRefused(PublishError):
 
 class RecordTooLarge(RecordRefused):
     """The record is larger than the producer's `max_request_size` or the broker's own limit."""
-
-
-class ShutdownError(TaskflowError):
-    """Workers had to be cancelled because they did not finish within the shutdown timeout."""
 
 
 class StartupInterrupted(TaskflowError):

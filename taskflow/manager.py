@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import signal
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -137,19 +136,6 @@ class Manager:
             self.shutdown_timeout,
         )
         self._stop_requested.set()
-
-    def install_signal_handlers(self) -> Callable[[], None]:
-        """Route SIGINT and SIGTERM to `request_stop`; returns a function that removes them."""
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            loop.add_signal_handler(sig, self.request_stop, sig.name)
-
-        def remove() -> None:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-
-        return remove
 
     # -- running ---------------------------------------------------------------------------
 

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from taskflow.specs import ScheduleSpec
 
 __all__ = [
-    "Outcome",
     "Recorded",
+    "RunOutcome",
     "Triggered",
     "periodic_task",
     "recorded_runs",
@@ -52,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger("taskflow")
 
-Outcome = Literal["ok", "failed", "cancelled", "lost", "busy", "elsewhere"]
+RunOutcome = Literal["ok", "failed", "cancelled", "lost", "busy", "elsewhere"]
 
 
 # -- trigger -------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class Triggered:
     """
 
     tick: Tick
-    outcome: Outcome
+    outcome: RunOutcome
     claimed: bool
     duration: float = 0.0
     error: BaseException | None = None
@@ -150,7 +150,7 @@ async def _claimed(worker: ScheduledWorker, store: ScheduleStore, tick: Tick) ->
     if found is TickClaim.BUSY:
         return Triggered(tick, "busy", True, holder=holder)
     started = time.perf_counter()
-    outcome: Outcome = "cancelled"
+    outcome: RunOutcome = "cancelled"
     try:
         result = await _leased(worker, store, owner, tick)
         outcome = result.outcome

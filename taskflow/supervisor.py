@@ -41,7 +41,7 @@ from taskflow.config import quoted, whole_number_text
 from taskflow.exceptions import ConfigurationError
 from taskflow.logfmt import JsonFormatter
 from taskflow.manager import RESTART_BACKOFF
-from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN
+from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, STOP_SIGNALS
 
 __all__ = [
     "PROCESSES_CEILING",
@@ -196,12 +196,11 @@ class Supervisor:
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # a child stops on each
-        for sig in signals:
+        for sig in STOP_SIGNALS:  # forwarded: a child stops on each, as taskflow run does
             loop.add_signal_handler(sig, self.request_stop, sig)
 
         def remove() -> None:
-            for sig in signals:
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
 
         return remove

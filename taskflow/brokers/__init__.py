@@ -20,8 +20,6 @@ __all__ = [
     "broker_from_url",
 ]
 
-SCHEMES = ("memory", "kafka")
-
 
 def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broker:
     """Build the broker a URL names: ``memory://[?partitions=N]`` or ``kafka://host:port[,…]``.

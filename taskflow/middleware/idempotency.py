@@ -33,7 +33,7 @@ from taskflow.exceptions import Defer, StoreError
 from taskflow.message import Message, TopicPartition
 from taskflow.specs import ConsumerSpec
 from taskflow.stores import keys
-from taskflow.stores.base import Outcome, TransactionalStore
+from taskflow.stores.base import ClaimOutcome, TransactionalStore
 from taskflow.stores.health import StoreHealth
 from taskflow.stores.lease import keep, new_owner
 from taskflow.telemetry.metrics import idempotency_outcomes
@@ -221,9 +221,9 @@ class Idempotency:
         except _Unanswered as unanswered:
             await self._without_store(job, ctx, unanswered.error)
             return
-        if outcome is Outcome.CLAIMED:
+        if outcome is ClaimOutcome.CLAIMED:
             await self._run_claimed(job, ctx, key, owner, claimed_at)
-        elif outcome is Outcome.DONE:
+        elif outcome is ClaimOutcome.DONE:
             self._skip(job, ctx, key, "already done")
         elif self.periodic:
             self._skip(job, ctx, key, "is running elsewhere")
@@ -231,7 +231,7 @@ class Idempotency:
             self._note("deferred")
             raise Defer(f"claimed by another worker ({key})", await self._lease_left(key))
 
-    async def _claim(self, key: str) -> tuple[str, Outcome, float]:
+    async def _claim(self, key: str) -> tuple[str, ClaimOutcome, float]:
         # After a failed claim, try again as the same owner: the claim may have reached Redis
         # even though its answer did not, and then only that owner can take it back.
         owner = self._unanswered.pop(key, None) or new_owner()
@@ -244,10 +244,10 @@ class Idempotency:
         self._store_answers()
         return owner, outcome, claimed_at
 
-    async def _reuse(self, key: str, prefetched: _Prefetched) -> tuple[str, Outcome, float]:
+    async def _reuse(self, key: str, prefetched: _Prefetched) -> tuple[str, ClaimOutcome, float]:
         """The outcome a batch claim found, while it can still be trusted."""
         owner, outcome, claimed_at, _ = prefetched
-        if outcome is not Outcome.CLAIMED or time.monotonic() - claimed_at < self.lease / 3:
+        if outcome is not ClaimOutcome.CLAIMED or time.monotonic() - claimed_at < self.lease / 3:
             return owner, outcome, claimed_at
         # It waited in the buffer for a third of its lease, when a renewal is due: renew it
         # before running on it.
@@ -413,7 +413,7 @@ class Idempotency:
             return
         self._store_answers()
         for (key, tp), outcome in zip(wanted.items(), outcomes, strict=True):
-            if outcome is not Outcome.IN_PROGRESS:  # that one asks again when its turn comes
+            if outcome is not ClaimOutcome.IN_PROGRESS:  # that one asks again when its turn comes
                 self._prefetched[key] = _Prefetched(owner, outcome, claimed_at, tp)
 
     async def flush(self) -> None:
@@ -426,7 +426,7 @@ class Idempotency:
         dropped = [(key, entry) for key, entry in self._prefetched.items() if entry.tp in leaving]
         for key, _ in dropped:
             del self._prefetched[key]
-        claims = [(key, e.owner) for key, e in dropped if e.outcome is Outcome.CLAIMED]
+        claims = [(key, e.owner) for key, e in dropped if e.outcome is ClaimOutcome.CLAIMED]
         try:
             await self.store.release_many(claims)
         except StoreError as exc:
@@ -441,7 +441,7 @@ class Idempotency:
 
 class _Prefetched(NamedTuple):
     owner: str
-    outcome: Outcome
+    outcome: ClaimOutcome
     claimed_at: float  # time.monotonic() when the claim was sent
     tp: TopicPartition
 

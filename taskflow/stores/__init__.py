@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from taskflow.stores.base import IdempotencyStore, Outcome, TransactionalStore
+from taskflow.stores.base import ClaimOutcome, IdempotencyStore, TransactionalStore
 from taskflow.stores.memory import MemoryIdempotencyStore
 from taskflow.stores.memory_schedule import MemoryScheduleStore
 from taskflow.stores.ratelimit import MemoryRateLimitStore, RateLimitStore
@@ -28,12 +28,12 @@ if TYPE_CHECKING:
     from taskflow.stores.redis_schedule import RedisScheduleStore
 
 __all__ = [
+    "ClaimOutcome",
     "IdempotencyStore",
     "LastRun",
     "MemoryIdempotencyStore",
     "MemoryRateLimitStore",
     "MemoryScheduleStore",
-    "Outcome",
     "RateLimitStore",
     "RedisIdempotencyStore",
     "RedisRateLimitStore",

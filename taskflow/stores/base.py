@@ -2,9 +2,9 @@
 
 A store answers one question per message, atomically, for every replica at once: may I run it?
 
-- `claim` takes a free key for `owner` for `lease` seconds and answers `Outcome.CLAIMED`; a key
-  already marked done answers `Outcome.DONE`; a key claimed by someone else whose lease still runs
-  answers `Outcome.IN_PROGRESS`.
+- `claim` takes a free key for `owner` for `lease` seconds and answers `ClaimOutcome.CLAIMED`; a
+  key already marked done answers `ClaimOutcome.DONE`; a key claimed by someone else whose lease
+  still runs answers `ClaimOutcome.IN_PROGRESS`.
 - `complete` turns the owner's claim into a done mark kept for `retention` seconds.
 - `release` drops the owner's claim, so the message can be claimed again at once.
 - `extend` renews the owner's lease while a long handler runs.
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
-__all__ = ["Claim", "IdempotencyStore", "Outcome", "TransactionalStore"]
+__all__ = ["Claim", "ClaimOutcome", "IdempotencyStore", "TransactionalStore"]
 
 Claim = tuple[str, str]
 """A key and the owner token that claimed it."""
 
 
-class Outcome(enum.Enum):
+class ClaimOutcome(enum.Enum):
     """What a claim found."""
 
     CLAIMED = "claimed"
@@ -50,7 +50,7 @@ class IdempotencyStore(Protocol):
     Every method raises `taskflow.StoreError` when the store cannot answer. Times are seconds.
     """
 
-    async def claim(self, key: str, owner: str, lease: float) -> Outcome:
+    async def claim(self, key: str, owner: str, lease: float) -> ClaimOutcome:
         """Claim `key` for `owner` for `lease` seconds, unless it is done or claimed."""
         ...
 
@@ -70,7 +70,7 @@ class IdempotencyStore(Protocol):
         """Seconds left before `key`'s claim or done mark expires; 0.0 when there is none."""
         ...
 
-    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[Outcome]:
+    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[ClaimOutcome]:
         """`claim` each of `keys` for `owner`, in one round trip; the outcomes in key order."""
         ...
 

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from taskflow.stores.base import Claim, Outcome
+from taskflow.stores.base import Claim, ClaimOutcome
 
 __all__ = ["MemoryIdempotencyStore"]
 
@@ -46,7 +46,7 @@ class MemoryIdempotencyStore:
         now = self.clock()
         return sum(1 for _, expires in self._entries.values() if expires > now)
 
-    async def claim(self, key: str, owner: str, lease: float) -> Outcome:
+    async def claim(self, key: str, owner: str, lease: float) -> ClaimOutcome:
         """Claim `key` for `owner` for `lease` seconds, unless it is done or claimed."""
         if not self._announced:
             self._announced = True
@@ -60,8 +60,8 @@ class MemoryIdempotencyStore:
         value = self._value(key)
         if value is None or value == owner:  # free, or our own earlier claim
             self._entries[key] = (owner, self.clock() + lease)
-            return Outcome.CLAIMED
-        return Outcome.DONE if value.startswith(_DONE) else Outcome.IN_PROGRESS
+            return ClaimOutcome.CLAIMED
+        return ClaimOutcome.DONE if value.startswith(_DONE) else ClaimOutcome.IN_PROGRESS
 
     async def complete(self, key: str, owner: str, retention: float) -> bool:
         """Mark `owner`'s claim done for `retention` seconds; False when the claim was lost."""
@@ -89,7 +89,7 @@ class MemoryIdempotencyStore:
         entry = self._entries.get(key)
         return max(0.0, entry[1] - self.clock()) if entry else 0.0
 
-    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[Outcome]:
+    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[ClaimOutcome]:
         """`claim` each of `keys` for `owner`; the outcomes in key order."""
         return [await self.claim(key, owner, lease) for key in keys]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from taskflow.exceptions import StoreError
-from taskflow.stores.base import Outcome
+from taskflow.stores.base import ClaimOutcome
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -103,7 +103,7 @@ class RedisIdempotencyStore:
         except RedisError as exc:
             raise StoreError(f"the idempotency store's Redis does not answer: {exc}") from exc
 
-    async def claim(self, key: str, owner: str, lease: float) -> Outcome:
+    async def claim(self, key: str, owner: str, lease: float) -> ClaimOutcome:
         """Claim `key` for `owner` for `lease` seconds, unless it is done or claimed by another.
 
         A key already claimed by `owner` itself counts as claimed (and its lease is renewed).
@@ -118,10 +118,14 @@ class RedisIdempotencyStore:
         outcome = _outcome(claimed, value, owner)
         if outcome is _OWN:
             # Our own earlier claim, which timed out on the way back yet landed: it is still ours.
-            return Outcome.CLAIMED if await self.extend(key, owner, lease) else Outcome.IN_PROGRESS
+            return (
+                ClaimOutcome.CLAIMED
+                if await self.extend(key, owner, lease)
+                else ClaimOutcome.IN_PROGRESS
+            )
         return outcome
 
-    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[Outcome]:
+    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[ClaimOutcome]:
         """`claim` each of `keys` for `owner`, in one round trip; the outcomes in key order."""
         if not keys:
             return []
@@ -139,7 +143,9 @@ class RedisIdempotencyStore:
         if own:  # rare: a batch claimed again after its answer was lost
             kept = {key for key in own if await self.extend(key, owner, lease)}
             outcomes = [
-                (Outcome.CLAIMED if key in kept else Outcome.IN_PROGRESS) if o is _OWN else o
+                (ClaimOutcome.CLAIMED if key in kept else ClaimOutcome.IN_PROGRESS)
+                if o is _OWN
+                else o
                 for key, o in zip(keys, outcomes, strict=True)
             ]
         return outcomes
@@ -235,14 +241,14 @@ class RedisIdempotencyStore:
 _OWN: Any = object()  # a claim found holding the claimer's own token: see `claim`
 
 
-def _outcome(claimed: object, value: bytes | str | None, owner: str) -> Outcome:
+def _outcome(claimed: object, value: bytes | str | None, owner: str) -> ClaimOutcome:
     """What ``SET NX`` and the ``GET`` after it found (or `_OWN`)."""
     if claimed:
-        return Outcome.CLAIMED
+        return ClaimOutcome.CLAIMED
     text = as_text(value)
     if text.startswith(DONE_PREFIX):
-        return Outcome.DONE
-    return _OWN if text == owner else Outcome.IN_PROGRESS
+        return ClaimOutcome.DONE
+    return _OWN if text == owner else ClaimOutcome.IN_PROGRESS
 
 
 def as_text(value: bytes | str | None) -> str:

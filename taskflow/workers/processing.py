@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from taskflow.message import Message
     from taskflow.specs import ConsumerSpec
 
-__all__ = ["STOPS_PROCESS", "DeadLetterFate", "Outcome", "Processor", "exit_request"]
+__all__ = ["STOPS_PROCESS", "DeadLetterFate", "DecisionKey", "Processor", "exit_request"]
 
 logger = logging.getLogger("taskflow.consumer")
 
@@ -63,7 +63,7 @@ VALUE_OMITTED: Final = "value_omitted"
 DROPPED: Final = "dropped"
 # What was decided after a failed attempt (not DEFER), on which topic, for which exception type,
 # and for a dead letter not written whole, what became of it.
-Outcome = tuple[Decision, str, type[BaseException], DeadLetterFate | None]
+DecisionKey = tuple[Decision, str, type[BaseException], DeadLetterFate | None]
 
 
 class Processor:
@@ -87,7 +87,7 @@ class Processor:
         self.rng = random.Random()
         self.policy = ErrorPolicy.of(spec)
         # How often each outcome was applied: retries, skips and dead letters (once acknowledged).
-        self.outcomes: dict[Outcome, int] = {}
+        self.outcomes: dict[DecisionKey, int] = {}
         # A handler that never reads its Context can share one instead of getting one per message.
         self.shared_ctx = Context(app, spec.name, log, stopping) if ignores_ctx(handler) else None
         # Then a lane may call the handler itself. (A timeout is a middleware layer, so a handler

@@ -16,9 +16,9 @@ from redis.backoff import NoBackoff
 
 from taskflow import StoreError
 from taskflow.stores import (
+    ClaimOutcome,
     IdempotencyStore,
     MemoryIdempotencyStore,
-    Outcome,
     RedisIdempotencyStore,
 )
 from tests._redis import REDIS_URL
@@ -67,8 +67,8 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 async def test_a_free_key_is_claimed_and_then_in_progress_for_others(harness: Harness) -> None:
     store = harness.store
 
-    assert await store.claim(KEY, "a", LEASE) is Outcome.CLAIMED
-    assert await store.claim(KEY, "b", LEASE) is Outcome.IN_PROGRESS
+    assert await store.claim(KEY, "a", LEASE) is ClaimOutcome.CLAIMED
+    assert await store.claim(KEY, "b", LEASE) is ClaimOutcome.IN_PROGRESS
     assert 0 < await store.remaining(KEY) <= LEASE + 1e-9
 
 
@@ -76,11 +76,11 @@ async def test_the_owner_of_a_claim_that_got_no_answer_can_claim_it_again(harnes
     # A claim can land in Redis while its answer is lost (a timeout); the middleware then retries
     # as the same owner, which must get the claim back rather than wait out its own lease.
     store = harness.store
-    assert await store.claim(KEY, "a", LEASE) is Outcome.CLAIMED
-    assert await store.claim(KEY, "a", LEASE) is Outcome.CLAIMED
-    assert await store.claim(KEY, "b", LEASE) is Outcome.IN_PROGRESS
+    assert await store.claim(KEY, "a", LEASE) is ClaimOutcome.CLAIMED
+    assert await store.claim(KEY, "a", LEASE) is ClaimOutcome.CLAIMED
+    assert await store.claim(KEY, "b", LEASE) is ClaimOutcome.IN_PROGRESS
     assert await store.complete(KEY, "a", LEASE)
-    assert await store.claim(KEY, "a", LEASE) is Outcome.DONE  # done stays done, for everyone
+    assert await store.claim(KEY, "a", LEASE) is ClaimOutcome.DONE  # done stays done, for everyone
 
 
 async def test_a_completed_key_is_done_for_everyone_until_its_retention_ends(
@@ -90,13 +90,15 @@ async def test_a_completed_key_is_done_for_everyone_until_its_retention_ends(
     await store.claim(KEY, "a", LEASE)
 
     assert await store.complete(KEY, "a", retention=3 * LEASE) is True
-    assert await store.claim(KEY, "b", LEASE) is Outcome.DONE
-    assert await store.claim(KEY, "a", LEASE) is Outcome.DONE
+    assert await store.claim(KEY, "b", LEASE) is ClaimOutcome.DONE
+    assert await store.claim(KEY, "a", LEASE) is ClaimOutcome.DONE
     assert LEASE < await store.remaining(KEY) <= 3 * LEASE + 1e-9
     await harness.expire(LEASE * 1.5)
-    assert await store.claim(KEY, "b", LEASE) is Outcome.DONE  # past the lease, within retention
+    assert (
+        await store.claim(KEY, "b", LEASE) is ClaimOutcome.DONE
+    )  # past the lease, within retention
     await harness.expire(LEASE * 2)
-    assert await store.claim(KEY, "b", LEASE) is Outcome.CLAIMED  # retention over: forgotten
+    assert await store.claim(KEY, "b", LEASE) is ClaimOutcome.CLAIMED  # retention over: forgotten
 
 
 async def test_a_released_key_can_be_claimed_again_at_once(harness: Harness) -> None:
@@ -105,7 +107,7 @@ async def test_a_released_key_can_be_claimed_again_at_once(harness: Harness) -> 
 
     assert await store.release(KEY, "a") is True
     assert await store.remaining(KEY) == 0.0
-    assert await store.claim(KEY, "b", LEASE) is Outcome.CLAIMED
+    assert await store.claim(KEY, "b", LEASE) is ClaimOutcome.CLAIMED
 
 
 async def test_only_the_owner_can_complete_release_or_extend(harness: Harness) -> None:
@@ -115,7 +117,7 @@ async def test_only_the_owner_can_complete_release_or_extend(harness: Harness) -
     assert await store.complete(KEY, "b", 60) is False
     assert await store.release(KEY, "b") is False
     assert await store.extend(KEY, "b", 60) is False
-    assert await store.claim(KEY, "c", LEASE) is Outcome.IN_PROGRESS  # a's claim is untouched
+    assert await store.claim(KEY, "c", LEASE) is ClaimOutcome.IN_PROGRESS  # a's claim is untouched
     assert await store.remaining(KEY) <= LEASE + 1e-9
     assert await store.complete(KEY, "a", 60) is True
 
@@ -126,7 +128,7 @@ async def test_an_extended_lease_outlives_the_original(harness: Harness) -> None
 
     assert await store.extend(KEY, "a", 4 * LEASE) is True
     await harness.expire(LEASE * 1.5)
-    assert await store.claim(KEY, "b", LEASE) is Outcome.IN_PROGRESS
+    assert await store.claim(KEY, "b", LEASE) is ClaimOutcome.IN_PROGRESS
     assert await store.complete(KEY, "a", 60) is True
 
 
@@ -135,13 +137,13 @@ async def test_a_lost_lease_never_touches_the_new_owners_claim(harness: Harness)
     await store.claim(KEY, "a", LEASE)
     await harness.expire(LEASE * 1.5)  # a stalls past its lease
 
-    assert await store.claim(KEY, "b", LEASE * 3) is Outcome.CLAIMED
+    assert await store.claim(KEY, "b", LEASE * 3) is ClaimOutcome.CLAIMED
     assert await store.extend(KEY, "a", 60) is False
     assert await store.complete(KEY, "a", 60) is False
     assert await store.release(KEY, "a") is False
-    assert await store.claim(KEY, "c", LEASE) is Outcome.IN_PROGRESS  # still b's
+    assert await store.claim(KEY, "c", LEASE) is ClaimOutcome.IN_PROGRESS  # still b's
     assert await store.complete(KEY, "b", 60) is True
-    assert await store.claim(KEY, "c", LEASE) is Outcome.DONE
+    assert await store.claim(KEY, "c", LEASE) is ClaimOutcome.DONE
 
 
 async def test_a_claim_that_is_never_completed_expires_with_its_lease(harness: Harness) -> None:
@@ -150,7 +152,7 @@ async def test_a_claim_that_is_never_completed_expires_with_its_lease(harness: H
     await harness.expire(LEASE * 1.5)
 
     assert await store.remaining(KEY) == 0.0
-    assert await store.claim(KEY, "next", LEASE) is Outcome.CLAIMED
+    assert await store.claim(KEY, "next", LEASE) is ClaimOutcome.CLAIMED
 
 
 async def test_keys_are_independent(harness: Harness) -> None:
@@ -158,7 +160,7 @@ async def test_keys_are_independent(harness: Harness) -> None:
     await store.claim(KEY, "a", LEASE)
     await store.complete(KEY, "a", 60)
 
-    assert await store.claim(KEY + "-2", "a", LEASE) is Outcome.CLAIMED
+    assert await store.claim(KEY + "-2", "a", LEASE) is ClaimOutcome.CLAIMED
 
 
 async def test_both_stores_satisfy_the_protocol(harness: Harness) -> None:
@@ -256,8 +258,8 @@ async def test_a_batch_claim_answers_each_key_as_a_single_claim_would(harness: H
 
     outcomes = await store.claim_many(["free", "done", "held"], "a", LEASE)
 
-    assert outcomes == [Outcome.CLAIMED, Outcome.DONE, Outcome.IN_PROGRESS]
-    assert await store.claim("free", "b", LEASE) is Outcome.IN_PROGRESS  # now a's
+    assert outcomes == [ClaimOutcome.CLAIMED, ClaimOutcome.DONE, ClaimOutcome.IN_PROGRESS]
+    assert await store.claim("free", "b", LEASE) is ClaimOutcome.IN_PROGRESS  # now a's
     assert await store.claim_many([], "a", LEASE) == []
 
 
@@ -265,10 +267,10 @@ async def test_a_batch_claimed_again_by_its_owner_after_a_lost_answer_is_still_i
     harness: Harness,
 ) -> None:
     store = harness.store
-    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [Outcome.CLAIMED] * 2
+    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [ClaimOutcome.CLAIMED] * 2
 
-    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [Outcome.CLAIMED] * 2
-    assert await store.claim_many(["k1"], "b", LEASE) == [Outcome.IN_PROGRESS]
+    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [ClaimOutcome.CLAIMED] * 2
+    assert await store.claim_many(["k1"], "b", LEASE) == [ClaimOutcome.IN_PROGRESS]
 
 
 async def test_batch_completions_and_releases_are_owner_checked_per_key(harness: Harness) -> None:
@@ -278,9 +280,9 @@ async def test_batch_completions_and_releases_are_owner_checked_per_key(harness:
     assert await store.complete_many([("k1", "a"), ("k2", "b")], 60) == [True, False]
     assert await store.release_many([("k2", "b"), ("k3", "a")]) == [False, True]
     assert await store.claim_many(["k1", "k2", "k3"], "c", LEASE) == [
-        Outcome.DONE,
-        Outcome.IN_PROGRESS,  # still a's: b could neither complete nor release it
-        Outcome.CLAIMED,
+        ClaimOutcome.DONE,
+        ClaimOutcome.IN_PROGRESS,  # still a's: b could neither complete nor release it
+        ClaimOutcome.CLAIMED,
     ]
     assert await store.complete_many([], 60) == []
     assert await store.release_many([]) == []
@@ -315,7 +317,7 @@ async def test_effects_of_a_lost_claim_are_dropped(
 ) -> None:
     await redis_store.claim(KEY, "a", LEASE)
     await asyncio.sleep(LEASE * 1.5)  # a stalls past its lease, and b takes the key over
-    assert await redis_store.claim(KEY, "b", 5) is Outcome.CLAIMED
+    assert await redis_store.claim(KEY, "b", 5) is ClaimOutcome.CLAIMED
     effects = redis_store.transaction()
     effects.incr("effect:count")
 
