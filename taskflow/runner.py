@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from taskflow.brokers import broker_from_url
+from taskflow.brokers import broker_from_settings
 from taskflow.config import mask_url
 from taskflow.exceptions import BrokerError, ConfigurationError, StartupInterrupted, StoreError
 from taskflow.loopwatch import LoopWatch
@@ -79,9 +79,7 @@ class Runtime:
 
 def resolve_broker(app: App) -> Broker:
     """The app's broker object, built from its URL when it was given one."""
-    if app.broker is not None and not isinstance(app.broker, str):
-        return app.broker
-    return broker_from_url(app.broker_url, app.broker_options)
+    return broker_from_settings(app.settings)
 
 
 def build_workers(
@@ -97,7 +95,7 @@ def build_workers(
     Raises:
         ConfigurationError: when a registration needs a resource that is not configured.
     """
-    interval = app.commit_interval if commit_interval is None else commit_interval
+    interval = app.settings.commit_interval if commit_interval is None else commit_interval
     resources = resources or Resources(app.name)
 
     def stack(
@@ -158,14 +156,16 @@ async def running(
         StartupInterrupted: when a signal stopped the start-up.
     """
     broker = broker or resolve_broker(app)
-    if broker.url.startswith("memory:") and app.broker is None:
+    if broker.url.startswith("memory:") and app.settings.broker is None:
         logger.info(
             "using the embedded memory broker (%s); set --broker or TASKFLOW_BROKER to use Kafka",
             broker.url,
         )
     stopping = asyncio.Event()
     manager = Manager(
-        shutdown_timeout=app.shutdown_timeout if shutdown_timeout is None else shutdown_timeout,
+        shutdown_timeout=(
+            app.settings.shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        ),
         stopping=stopping,
     )
     signals = _Signals(manager) if install_signal_handlers else None
@@ -224,12 +224,14 @@ async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operatio
     It opens first, so a port that is taken stops the app before anything starts, and closes
     last; it stops accepting connections before any worker is asked to stop.
     """
-    if app.http_port is None:
+    settings = app.settings
+    if settings.http_port is None:
         yield None
         return
     from taskflow.http import Operations  # aiohttp and Prometheus only when asked for
 
-    async with Operations(app, port=app.http_port, host=app.http_host, monitor=loop_watch) as http:
+    port, host = settings.http_port, settings.http_host
+    async with Operations(app, port=port, host=host, monitor=loop_watch) as http:
         yield http
 
 
