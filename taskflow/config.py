@@ -218,7 +218,8 @@ def _port_text(text: str, variable: str) -> int:
 def _host(value: Any, label: str) -> str:
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
         raise ConfigurationError(
-            f"{label} must be an address to listen on, such as 127.0.0.1 or 0.0.0.0, got {value!r}"
+            f"{label} must be an address to listen on, such as 127.0.0.1 or 0.0.0.0, "
+            f"got {_got(value)}"
         )
     return value
 

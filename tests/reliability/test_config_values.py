@@ -92,7 +92,7 @@ def quiet() -> Iterator[None]:
     """`taskflow run` in-process, up to the point where the workers would start."""
 
     async def serve(app: App) -> Any:
-        return SimpleNamespace(clean=True)
+        return SimpleNamespace(clean=True, exit_code=None)
 
     with (
         mock.patch.object(cli, "serve", serve),
