@@ -3,6 +3,7 @@ and secrets that never show."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -397,3 +398,26 @@ def test_broker_options_code_sets_afterwards_keep_the_variables_over_the_rest(
     assert app.settings.sources["broker_options.linger_ms"] == "code"
     with pytest.raises(TypeError):
         app.broker_options["acks"] = 0  # type: ignore[index]
+
+
+# -- one rule for seconds ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, True, "5"], ids=repr)
+def test_a_lease_grace_or_timeout_must_be_more_than_zero_and_finite(value: object) -> None:
+    app = App("billing")
+
+    async def job() -> None: ...
+
+    for options in ({"lease": value}, {"grace": value}, {"timeout": value}):
+        name = next(iter(options))
+        with pytest.raises(ConfigurationError, match=rf"^{name} must be a positive number of sec"):
+            app.add_schedule(job, 60, **options)  # type: ignore[arg-type]
+
+
+def test_an_app_duration_may_be_zero_and_runs_to_its_documented_end() -> None:
+    app = App("billing", shutdown_timeout=0, commit_interval=3600)
+
+    assert (app.shutdown_timeout, app.commit_interval) == (0.0, 3600.0)
+    with pytest.raises(ConfigurationError, match=r"^commit_interval .* from 0 to 3600, got 3601$"):
+        App("billing", commit_interval=3601)

@@ -25,6 +25,7 @@ from taskflow.brokers.kafka import (
     parse_bootstrap,
     split_options,
 )
+from taskflow.config import Settings
 from taskflow.exceptions import BrokerError, CommitError, ConfigurationError
 from taskflow.message import Message, TopicPartition
 from taskflow.runner import resolve_broker
@@ -232,6 +233,16 @@ def test_environment_options_are_typed_like_the_aiokafka_defaults() -> None:
         "acks": 1,
     }
     assert kafka_options_from_env({"TASKFLOW_KAFKA_ACKS": "all"}) == {"acks": "all"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("on", True), ("OFF", False), (" yes ", True), ("0", False)]
+)
+def test_a_true_or_false_option_reads_as_taskflow_idempotent_does(raw: str, value: bool) -> None:
+    from_kafka = kafka_options_from_env({"TASKFLOW_KAFKA_CHECK_CRCS": raw})["check_crcs"]
+    from_idempotent = Settings.resolve({}, {"TASKFLOW_IDEMPOTENT": raw}).idempotent
+
+    assert from_kafka is from_idempotent is value
 
 
 @pytest.mark.parametrize(
