@@ -8,11 +8,10 @@ registrations only; `taskflow.runner` builds the workers from them and runs them
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta, tzinfo
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from taskflow import validation as check
 from taskflow.backoff import Backoff
@@ -51,6 +50,7 @@ __all__ = ["App", "Lifespan", "State"]
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 Lifespan = Callable[["App"], AbstractAsyncContextManager[None]]
 Hook = Callable[[], Awaitable[None]]
 
@@ -73,6 +73,29 @@ class State:
 
     def __setattr__(self, name: str, value: Any) -> None:  # typed: any name may be set
         super().__setattr__(name, value)
+
+
+class _Option(Generic[T]):
+    """An App attribute that reads its option from `app.settings`.
+
+    Setting it is code that runs after the App was made (`app.redis_url = ...` in a factory): the
+    code's last word over the environment, through `Settings.with_code`.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, app: None, owner: type) -> _Option[T]: ...
+    @overload
+    def __get__(self, app: App, owner: type) -> T: ...
+    def __get__(self, app: App | None, owner: type) -> _Option[T] | T:
+        if app is None:
+            return self
+        return cast(T, getattr(app.settings, self.name))
+
+    def __set__(self, app: App, value: T) -> None:
+        app.settings = app.settings.with_code({self.name: value})
 
 
 class App:
@@ -107,7 +130,9 @@ class App:
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
     `TASKFLOW_REDIS_URL`, `TASKFLOW_SHUTDOWN_TIMEOUT`, `TASKFLOW_COMMIT_INTERVAL`,
     `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`); a `taskflow` flag wins
-    over both. `settings` says where each value came from. See the configuration guide.
+    over both. `settings` holds the values in effect and where each came from; `app.redis_url`
+    and the other options' attributes read it, and setting one is the code's last word over the
+    environment. See the configuration guide.
 
     Example:
         ```python
@@ -141,7 +166,7 @@ class App:
         http_host: str | None = None,
     ) -> None:
         self.name = check.app_name(name)
-        settings = Settings.resolve(
+        self.settings = Settings.resolve(
             {
                 "broker": broker,
                 "broker_options": broker_options,
@@ -154,22 +179,12 @@ class App:
             },
             kafka_parser=_kafka_options,
         )
-        self.settings = settings
-        """The options in effect when the App was made, and where each came from."""
-        self.broker: str | Broker | None = settings.broker
-        self.broker_options: dict[str, Any] = dict(settings.broker_options)
-        self.redis_url: str | None = settings.redis_url
         self.lifespan = lifespan
         self.middleware = check.middleware(middleware)
-        self.shutdown_timeout = settings.shutdown_timeout
-        self.commit_interval = settings.commit_interval
         self.clock: Clock = clock or SystemClock()
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.idempotent = settings.idempotent
         self.idempotency_store = check.idempotency_store(idempotency_store)
-        self.http_port = settings.http_port
-        self.http_host = settings.http_host
         self.state = State()
         self.consumers: list[ConsumerSpec] = []
         self.schedules: list[ScheduleSpec] = []
@@ -179,8 +194,6 @@ class App:
         self.shutdown_hooks: list[Hook] = []
         self._broker: Broker | None = None
         self._tracer: Tracer | None = None  # of `send` spans, while running with telemetry on
-        if isinstance(self.broker, str):
-            check.broker_url(self.broker, self.broker_options, settings)
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -188,11 +201,37 @@ class App:
     # -- configuration ---------------------------------------------------------------------
 
     @property
+    def settings(self) -> Settings:
+        """The options in effect and where each came from: the one value every part of taskflow
+        reads them from.
+
+        Made from the arguments and the `TASKFLOW_*` variables when the App is made; `taskflow`
+        puts its flags over it before the app runs. Setting it checks that a broker can be built
+        from its broker URL and options.
+        """
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        check.broker_url(settings)
+        self._settings = settings
+
+    broker = _Option["str | Broker | None"]()
+    broker_options = _Option[Mapping[str, Any]]()
+    redis_url = _Option["str | None"]()
+    shutdown_timeout = _Option[float]()
+    commit_interval = _Option[float]()
+    idempotent = _Option[bool]()
+    http_port = _Option["int | None"]()
+    http_host = _Option[str]()
+
+    @property
     def broker_url(self) -> str:
-        """The broker URL in effect: `TASKFLOW_BROKER`, else the argument, else `memory://`."""
-        if self.broker is not None and not isinstance(self.broker, str):
-            return self.broker.url
-        return self.broker or os.environ.get("TASKFLOW_BROKER") or DEFAULT_BROKER
+        """The broker URL in effect: the Broker object's, else `settings.broker`, else `memory://`."""
+        broker = self._settings.broker
+        if broker is not None and not isinstance(broker, str):
+            return str(broker.url)
+        return broker or DEFAULT_BROKER
 
     @property
     def running(self) -> bool:

@@ -6,7 +6,7 @@ with one line on stderr and exit code 2; ``--debug`` adds the traceback.
 
 Flags win over the ``TASKFLOW_*`` variables, which win over the App's arguments (see
 `taskflow.config`); the app reads the variables itself when it is made, and the flags are put
-over them here, once it is loaded.
+over its settings here, once it is loaded, in one new `Settings` value handed back to it.
 """
 
 from __future__ import annotations
@@ -118,50 +118,22 @@ def _fail(message: str, debug: bool) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def _prepare(reference: str, app_dir: str, debug: bool, flags: Mapping[str, Any]) -> App:
-    """Load the app and put the flags given (None: not given) over its settings."""
+def _prepare(
+    reference: str, app_dir: str, debug: bool, flags: Mapping[str, Any], *, serve_http: bool = True
+) -> App:
+    """Load the app and give it its settings with the flags given (None: not given) over them.
+
+    Without `serve_http` no operations endpoint is served, whatever the settings say.
+    """
     try:
         app = load_app(reference, app_dir)
-        _apply(app, flags)
+        settings = app.settings.with_flags(flags)
+        if not serve_http:
+            settings = settings.with_code({"http_port": None})
+        app.settings = settings  # checked: a bad --broker is refused here
     except TaskflowError as exc:
         _fail(str(exc), debug)
     return app
-
-
-def _apply(app: App, flags: Mapping[str, Any]) -> None:
-    """Set the app's options to its settings with `flags` over them, checked."""
-    settings = app.settings.observe(
-        {
-            "broker": app.broker,
-            "broker_options": app.broker_options,
-            "redis_url": app.redis_url,
-            "shutdown_timeout": app.shutdown_timeout,
-            "commit_interval": app.commit_interval,
-            "http_port": app.http_port,
-            "http_host": app.http_host,
-        }
-    ).with_flags(flags)
-    if flags.get("broker") is not None:
-        _check_broker_url(settings.broker, settings)
-    app.settings = settings
-    app.broker = settings.broker
-    app.broker_options = dict(settings.broker_options)
-    app.redis_url = settings.redis_url
-    app.shutdown_timeout = settings.shutdown_timeout
-    app.commit_interval = settings.commit_interval
-    app.http_port = settings.http_port
-    app.http_host = settings.http_host
-
-
-def _check_broker_url(url: str, settings: Settings) -> None:
-    from taskflow.brokers import broker_from_url
-
-    try:
-        broker_from_url(url, settings.broker_options)
-    except ConfigurationError:
-        raise
-    except ValueError as exc:  # urlsplit's own complaints, e.g. "Invalid IPv6 URL"
-        raise ConfigurationError(f"malformed broker URL {quoted(url)}: {exc}") from exc
 
 
 _app_dir = click.option(
@@ -407,7 +379,7 @@ def _supervise(app: App, processes: int, limit: int | None, debug: bool) -> int:
     """Run `processes` children of this very `taskflow run` under a supervisor; its exit code."""
     skip = {"processes", "processes_limit", "http_port"}
     args = _child_args(click.get_current_context(), skip=skip)
-    port = app.http_port
+    port = app.settings.http_port
     if port and port + processes - 1 > 65535:
         _fail(f"--http-port {port} with {processes} processes needs ports past 65535", debug)
 
@@ -417,7 +389,7 @@ def _supervise(app: App, processes: int, limit: int | None, debug: bool) -> int:
 
     env = {name: value for name, value in os.environ.items() if name != "TASKFLOW_PROCESSES"}
     watch = supervisor.Supervisor(
-        command, processes, shutdown_timeout=app.shutdown_timeout, env=env, limit=limit
+        command, processes, shutdown_timeout=app.settings.shutdown_timeout, env=env, limit=limit
     )
     return asyncio.run(watch.run())
 
@@ -482,7 +454,7 @@ def info(
     app = _prepare(app_ref, app_dir, debug, flags)
     recorded: dict[str, operations.Recorded] | None = {}
     problem: TaskflowError | None = None
-    if app.redis_url:
+    if app.settings.redis_url:
         try:
             recorded = asyncio.run(operations.recorded_runs(app))
         except (StoreError, ConfigurationError) as exc:
@@ -499,7 +471,7 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
     now = app.clock.now()
     click.echo(
         f"app {app.name}  broker {mask_url(app.broker_url)}  "
-        f"shutdown timeout {app.shutdown_timeout:g}s"
+        f"shutdown timeout {app.settings.shutdown_timeout:g}s"
     )
     for spec in app.consumers:
         click.echo(
@@ -509,7 +481,7 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
     for task in app.schedules:
         nxt = task.schedule.next_after(now).isoformat()
         line = f"  periodic  {task.name}  {task.schedule.describe()}  next {nxt}"
-        if app.redis_url:
+        if app.settings.redis_url:
             line += f"  last {_last_run(task.fleet, task.name, recorded)}"
         click.echo(line)
     for worker in app.function_workers:
@@ -580,8 +552,9 @@ def trigger(
     failed or did not run, 2 for a usage error (such as an unknown TASK).
     """
     _configure_logging(log_level, log_format)
-    app = _prepare(app_ref, app_dir, debug, {"broker": broker, "redis_url": redis})
-    app.http_port = None  # a replica on this host may have the port; trigger serves nothing
+    # A replica on this host may have the port: trigger serves nothing.
+    flags = {"broker": broker, "redis_url": redis}
+    app = _prepare(app_ref, app_dir, debug, flags, serve_http=False)
     try:
         operations.periodic_task(app, task)
         flush_telemetry = otel.configure_from_env(app.name)
@@ -603,7 +576,9 @@ def trigger(
     if result.claimed:
         how = "claimed through the fleet"
     else:
-        how = "run here only: " + ("fleet=False" if app.redis_url else "no Redis configured")
+        how = "run here only: " + (
+            "fleet=False" if app.settings.redis_url else "no Redis configured"
+        )
     click.echo(_outcome(result, how))
     if result.error is not None:
         logger.error("%s failed", result.tick, exc_info=result.error)

@@ -11,8 +11,11 @@ the same order one option at a time: ``TASKFLOW_KAFKA_<OPTION>`` over ``broker_o
 for a ``kafka://`` broker only.
 
 Pure logic, no I/O: parsing and checking values (each error names the argument, variable or flag
-it came from), the order above, and masking secrets for display. `App.__init__` resolves its
-arguments and the environment; the CLI adds its flags; ``taskflow info`` shows `Settings.rows`.
+it came from), the order above, and masking secrets for display. `Settings.resolve` is the one
+place the ``TASKFLOW_*`` variables of App options are read, when the App is made; the App holds the
+result, and everything that uses an option reads it there (``app.settings``). The CLI puts its
+flags over it (`Settings.with_flags`) and gives the app the new value; code that sets an option on
+the app later goes through `Settings.with_code`; ``taskflow info`` shows `Settings.rows`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -34,10 +38,14 @@ __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "KAFKA_PREFIX",
     "OPTIONS",
+    "POSITIVE_SECONDS",
     "Option",
+    "Seconds",
     "Setting",
     "Settings",
     "Source",
+    "flag",
+    "flag_text",
     "mask_url",
     "number_text",
     "quoted",
@@ -136,31 +144,57 @@ def whole_number_text(text: str) -> int | None:
     return int(stripped)
 
 
-def _seconds_range(label: str, maximum: float) -> str:
-    return f"{label} must be a number of seconds from 0 to {maximum:g}"
+@dataclass(frozen=True, slots=True)
+class Seconds:
+    """The rule a number of seconds is checked by: the one rule for every duration taskflow takes.
 
+    An App option (``shutdown_timeout``, ``commit_interval``) runs from 0, which means "at once",
+    to a `maximum` past which a value is a unit slip; a lease, a grace period or a timeout is more
+    than 0 and finite. NaN, infinities and booleans are refused by both.
 
-def _seconds_check(maximum: float) -> Callable[[Any, str], float]:
-    def check(value: Any, label: str) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not 0 <= value <= maximum  # also refuses NaN
-        ):
-            raise ConfigurationError(f"{_seconds_range(label, maximum)}, got {_got(value)}")
+    Attributes:
+        maximum: The largest value taken; infinite for no bound but finiteness.
+        zero: Whether 0 is taken (else a value must be more than 0).
+    """
+
+    maximum: float = math.inf
+    zero: bool = True
+
+    def check(self, value: Any, label: str) -> float:
+        """`value`, a number given in code or by a flag, as float seconds.
+
+        Raises:
+            ConfigurationError: naming `label` and the values taken.
+        """
+        if isinstance(value, bool) or not isinstance(value, int | float) or not self._takes(value):
+            raise ConfigurationError(f"{self._rule(label)}, got {_got(value)}")
         return float(value)
 
-    return check
+    def parse(self, text: str, label: str) -> float:
+        """The seconds `text` writes (a variable's or a flag's value), read by `number_text`.
 
-
-def _seconds_parse(maximum: float) -> Callable[[str, str], float]:
-    def parse(text: str, variable: str) -> float:
+        Raises:
+            ConfigurationError: naming `label` and the values taken.
+        """
         value = number_text(text)
-        if value is None or not 0 <= value <= maximum:
-            raise ConfigurationError(f"{_seconds_range(variable, maximum)}, got {quoted(text)}")
+        if value is None or not self._takes(value):
+            raise ConfigurationError(f"{self._rule(label)}, got {quoted(text)}")
         return value
 
-    return parse
+    def _takes(self, value: float) -> bool:
+        low_ok = value >= 0 if self.zero else value > 0  # NaN is neither
+        return low_ok and value <= self.maximum and math.isfinite(value)
+
+    def _rule(self, label: str) -> str:
+        if math.isinf(self.maximum):
+            kind = "a number of seconds from 0" if self.zero else "a positive number of seconds"
+            return f"{label} must be {kind}"
+        low = "0" if self.zero else "more than 0"
+        return f"{label} must be a number of seconds from {low} to {self.maximum:g}"
+
+
+POSITIVE_SECONDS: Final = Seconds(zero=False)
+"""More than 0 and finite: leases, grace periods, retentions and timeouts."""
 
 
 def _port(value: Any, label: str) -> int:
@@ -194,16 +228,29 @@ def _host_text(text: str, variable: str) -> str:
     return _host(text, variable)
 
 
-def _flag(value: Any, label: str) -> bool:
+def flag(value: Any, label: str) -> bool:
+    """`value` if it is True or False; nothing merely truthy.
+
+    Raises:
+        ConfigurationError: naming `label`.
+    """
     if not isinstance(value, bool):
         raise ConfigurationError(f"{label} is True or False, got {_got(value)}")
     return value
 
 
-def _flag_text(text: str, variable: str) -> bool:
-    lowered = text.lower()
+def flag_text(text: str, label: str) -> bool:
+    """The truth `text` writes: ``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``.
+
+    The one reading of true or false in a variable: ``TASKFLOW_IDEMPOTENT`` and every
+    true-or-false ``TASKFLOW_KAFKA_*`` option. Case and surrounding blanks do not matter.
+
+    Raises:
+        ConfigurationError: naming `label`.
+    """
+    lowered = text.strip().lower()
     if lowered not in _TRUE + _FALSE:
-        raise ConfigurationError(f"{variable} must be true or false, got {quoted(text)}")
+        raise ConfigurationError(f"{label} must be true or false, got {quoted(text)}")
     return lowered in _TRUE
 
 
@@ -273,18 +320,18 @@ OPTIONS: Final = (
         "TASKFLOW_SHUTDOWN_TIMEOUT",
         "--shutdown-timeout",
         DEFAULT_SHUTDOWN_TIMEOUT,
-        _seconds_check(MAX_SHUTDOWN_TIMEOUT),
-        _seconds_parse(MAX_SHUTDOWN_TIMEOUT),
+        Seconds(MAX_SHUTDOWN_TIMEOUT).check,
+        Seconds(MAX_SHUTDOWN_TIMEOUT).parse,
     ),
     Option(
         "commit_interval",
         "TASKFLOW_COMMIT_INTERVAL",
         None,
         DEFAULT_COMMIT_INTERVAL,
-        _seconds_check(MAX_COMMIT_INTERVAL),
-        _seconds_parse(MAX_COMMIT_INTERVAL),
+        Seconds(MAX_COMMIT_INTERVAL).check,
+        Seconds(MAX_COMMIT_INTERVAL).parse,
     ),
-    Option("idempotent", "TASKFLOW_IDEMPOTENT", None, False, _flag, _flag_text),
+    Option("idempotent", "TASKFLOW_IDEMPOTENT", None, False, flag, flag_text),
     Option("http_port", "TASKFLOW_HTTP_PORT", "--http-port", None, _port, _port_text),
     Option("http_host", "TASKFLOW_HTTP_HOST", "--http-host", DEFAULT_HTTP_HOST, _host, _host_text),
 )
@@ -380,8 +427,8 @@ class Settings:
 
     Attributes:
         broker: A broker URL, a Broker object given in code, or None for ``memory://``.
-        broker_options: The broker options: ``broker_options`` with, for Kafka, the
-            ``TASKFLOW_KAFKA_<OPTION>`` variables over it.
+        broker_options: The broker options, read-only: ``broker_options`` with, for Kafka,
+            the ``TASKFLOW_KAFKA_<OPTION>`` variables over it.
         redis_url: The Redis URL, or None (``""`` in code also means no Redis).
         shutdown_timeout: Seconds in-flight work may take to finish on shutdown.
         commit_interval: Seconds between offset commits.
@@ -392,7 +439,7 @@ class Settings:
     """
 
     broker: Any = None
-    broker_options: Mapping[str, Any] = field(default_factory=dict)
+    broker_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     redis_url: str | None = None
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
@@ -472,62 +519,74 @@ class Settings:
         layers = self._layers_or_empty()
         return _combine(replace(layers, flags={**layers.flags, **checked}))
 
-    def observe(self, current: Mapping[str, Any]) -> Settings:
-        """These settings with the values an app holds now, where code changed them since.
+    def with_code(self, values: Mapping[str, Any]) -> Settings:
+        """These settings with values that code set on the app after it was made.
 
-        An attribute set after the App was made (``app.redis_url = ...`` in a factory) is code
-        that ran after the environment was read: it is kept as it is, and shown as ``code``.
+        ``app.redis_url = ...`` in a factory is code that ran after the environment was read: it is
+        the code's last word, shown as ``code``, and the variable is not read again for it (None
+        leaves the default). A flag still wins. For ``broker_options``, each option given is the
+        code's, except one still holding the value its ``TASKFLOW_KAFKA_*`` variable gave.
 
         Raises:
             ConfigurationError: for a bad value, naming the attribute.
         """
         layers = self._layers_or_empty()
         code, env = dict(layers.code), dict(layers.env)
-        for option in OPTIONS:
-            if option.name not in current:
-                continue
-            value = current[option.name]
-            if _same(value, getattr(self, option.name)):
-                continue
-            env.pop(option.name, None)
-            if value is None:
-                code.pop(option.name, None)
-            else:
-                code[option.name] = option.check(value, f"app.{option.name}")
         options, variables = dict(layers.code_options), dict(layers.kafka_variables)
-        now = _options(current.get("broker_options", self.broker_options))
-        if now != dict(self.broker_options):
-            options = {}
-            for name, value in now.items():
-                key = f"broker_options.{name}"
-                if self.sources.get(key) == "env" and _same(value, self.broker_options.get(name)):
-                    continue  # still the variable's value
-                options[name] = value
-                variables.pop(KAFKA_PREFIX + name.upper(), None)  # code has the last word
+        for name, value in values.items():
+            if name == "broker_options":
+                options = {}
+                for key, item in _options(value).items():
+                    source = self.sources.get(f"broker_options.{key}")
+                    if source == "env" and _same(item, self.broker_options.get(key)):
+                        continue  # still the variable's value
+                    options[key] = item
+                    variables.pop(KAFKA_PREFIX + key.upper(), None)
+                continue
+            option = _BY_NAME.get(name)
+            if option is None:
+                raise ConfigurationError(f"unknown App option {name!r}")
+            env.pop(name, None)
+            if value is None:
+                code.pop(name, None)
+            else:
+                code[name] = option.check(value, f"app.{name}")
         return _combine(
             replace(layers, code=code, env=env, code_options=options, kafka_variables=variables)
         )
 
+    def variable(self, name: str) -> str | None:
+        """The ``TASKFLOW_*`` variable that gave the option `name` (``broker_options.<option>``
+        for a broker option), or None when a flag, the code or the default did."""
+        if self.sources.get(name) != "env":
+            return None
+        _, dot, option = name.partition(".")
+        return KAFKA_PREFIX + option.upper() if dot else _BY_NAME[name].variable
+
+    @property
+    def option_variables(self) -> Mapping[str, str]:
+        """The ``TASKFLOW_KAFKA_*`` variable of each broker option the environment gave."""
+        found = {name: self.variable(f"broker_options.{name}") for name in self.broker_options}
+        return {name: variable for name, variable in found.items() if variable is not None}
+
     def rows(self) -> list[Setting]:
         """Every setting, each broker option on its own row, in `OPTIONS` order."""
         rows = [
-            Setting(o.name, getattr(self, o.name), *self._where(o.name, o.variable, o.flag))
-            for o in OPTIONS
+            Setting(o.name, getattr(self, o.name), *self._where(o.name, o.flag)) for o in OPTIONS
         ]
         if rows[0].value is None:  # the broker's default
             rows[0] = replace(rows[0], value=DEFAULT_BROKER)
         for name in sorted(self.broker_options):
             key = f"broker_options.{name}"
-            variable = KAFKA_PREFIX + name.upper()
-            rows.append(Setting(key, self.broker_options[name], *self._where(key, variable, None)))
+            rows.append(Setting(key, self.broker_options[name], *self._where(key, None)))
         return rows
 
-    def _where(self, name: str, variable: str, flag: str | None) -> tuple[Source, str]:
+    def _where(self, name: str, flag: str | None) -> tuple[Source, str]:
         source = self.sources.get(name, "default")
         if source == "flag":
             return source, flag or ""
         if source == "env":
-            return source, variable
+            return source, self.variable(name) or ""
         if source == "code":
             option = name.split(".", 1)
             return source, f"App({option[0]}=...)" if len(option) == 1 else f"App({name})"
@@ -560,7 +619,9 @@ def _combine(layers: _Layers) -> Settings:
         for name, value in layers.kafka_parser(layers.kafka_variables).items():
             options[name] = value
             sources[f"broker_options.{name}"] = "env"
-    return Settings(broker_options=options, sources=sources, _layers=layers, **values)
+    return Settings(
+        broker_options=MappingProxyType(options), sources=sources, _layers=layers, **values
+    )
 
 
 def _options(value: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from taskflow.brokers import broker_from_url
+from taskflow.brokers import broker_from_settings
 from taskflow.exceptions import BrokerError, StartupInterrupted
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
@@ -81,9 +81,7 @@ class Runtime:
 
 def resolve_broker(app: App) -> Broker:
     """The app's broker object, built from its URL when it was given one."""
-    if app.broker is not None and not isinstance(app.broker, str):
-        return app.broker
-    return broker_from_url(app.broker_url, app.broker_options)
+    return broker_from_settings(app.settings)
 
 
 def build_workers(
@@ -99,7 +97,7 @@ def build_workers(
     Raises:
         ConfigurationError: when a registration needs a resource that is not configured.
     """
-    interval = app.commit_interval if commit_interval is None else commit_interval
+    interval = app.settings.commit_interval if commit_interval is None else commit_interval
     resources = resources or Resources(app.name, _in_process(app))
 
     def stack(
@@ -160,14 +158,16 @@ async def running(
         StartupInterrupted: when a signal stopped the start-up.
     """
     broker = broker or resolve_broker(app)
-    if broker.url.startswith("memory:") and app.broker is None:
+    if broker.url.startswith("memory:") and app.settings.broker is None:
         logger.info(
             "using the embedded memory broker (%s); set --broker or TASKFLOW_BROKER to use Kafka",
             broker.url,
         )
     stopping = asyncio.Event()
     manager = Manager(
-        shutdown_timeout=app.shutdown_timeout if shutdown_timeout is None else shutdown_timeout,
+        shutdown_timeout=(
+            app.settings.shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        ),
         stopping=stopping,
     )
     signals = _Signals(manager) if install_signal_handlers else None
@@ -226,12 +226,14 @@ async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operatio
     It opens first, so a port that is taken stops the app before anything starts, and closes
     last; it stops accepting connections before any worker is asked to stop.
     """
-    if app.http_port is None:
+    settings = app.settings
+    if settings.http_port is None:
         yield None
         return
     from taskflow.http import OperationsEndpoint  # aiohttp and Prometheus only when asked for
 
-    endpoint = OperationsEndpoint(app, port=app.http_port, host=app.http_host, monitor=loop_watch)
+    port, host = settings.http_port, settings.http_host
+    endpoint = OperationsEndpoint(app, port=port, host=host, monitor=loop_watch)
     async with endpoint as http:
         yield http
 
@@ -243,7 +245,7 @@ def _stores(app: App) -> AbstractAsyncContextManager[Stores]:
     specs: list[ConsumerSpec | ScheduleSpec] = [*app.consumers, *app.schedules]
     idempotent = any(spec.idempotent for spec in specs)
     store = app.idempotency_store if idempotent else None
-    return open_stores(app.name, app.redis_url, idempotency=store)
+    return open_stores(app.name, app.settings.redis_url, idempotency=store)
 
 
 def _in_process(app: App) -> Stores:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 from taskflow.backoff import Backoff
+from taskflow.config import POSITIVE_SECONDS
+from taskflow.config import flag as config_flag
 from taskflow.exceptions import ConfigurationError
 from taskflow.ratelimit import RateLimit
 from taskflow.ratelimit import rate_limit as parse_rate_limit
@@ -139,29 +141,17 @@ def positive_int(option: str, value: int) -> int:
 def seconds(option: str, value: timedelta | float) -> float:
     """A positive, finite duration given as a timedelta or seconds, in seconds."""
     amount = value.total_seconds() if isinstance(value, timedelta) else value
-    if (
-        isinstance(amount, bool)
-        or not isinstance(amount, int | float)
-        or not 0 < amount < float("inf")
-    ):
-        raise ConfigurationError(f"{option} must be a positive number of seconds, got {value!r}")
-    return float(amount)
+    return POSITIVE_SECONDS.check(amount, option)
 
 
 def timeout(value: float | None) -> float | None:
-    """No timeout, or a positive number of seconds."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigurationError(f"timeout must be a positive number of seconds, got {value!r}")
-    return float(value)
+    """No timeout, or a positive, finite number of seconds."""
+    return None if value is None else POSITIVE_SECONDS.check(value, "timeout")
 
 
 def flag(option: str, value: bool) -> bool:
     """True or False, nothing merely truthy."""
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{option} is True or False, got {value!r}")
-    return value
+    return config_flag(value, option)
 
 
 # -- consumers -----------------------------------------------------------------------------
@@ -356,14 +346,10 @@ def hook(kind: str, func: object) -> None:
         raise ConfigurationError(f"@app.{kind} needs an async def, got {func!r}")
 
 
-def broker_url(url: str, options: Mapping[str, Any], settings: Settings) -> None:
-    """A broker URL and options a broker can be built from, naming `TASKFLOW_BROKER` if it gave
-    the URL."""
-    from taskflow.brokers import broker_from_url
+def broker_url(settings: Settings) -> None:
+    """A broker URL in effect, and options, that a broker can be built from; each error names the
+    variable that gave what it is about. A Broker object, or no URL, is not checked here."""
+    from taskflow.brokers import broker_from_settings
 
-    try:
-        broker_from_url(url, options)
-    except ConfigurationError as exc:
-        if settings.sources.get("broker") == "env":
-            raise ConfigurationError(f"TASKFLOW_BROKER: {exc}") from exc
-        raise
+    if isinstance(settings.broker, str):
+        broker_from_settings(settings)

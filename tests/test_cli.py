@@ -642,6 +642,21 @@ def test_a_flag_wins_over_the_environment_which_wins_over_the_code() -> None:
     ]  # fmt: skip
 
 
+def test_an_option_a_factory_sets_is_the_codes_last_word_below_the_flags() -> None:
+    app = "tests.apps.factory:configured_later"  # sets app.shutdown_timeout = 7 after App(...)
+    env = {"TASKFLOW_SHUTDOWN_TIMEOUT": "20"}
+
+    from_env = taskflow("info", app, **env)
+    flags = taskflow("info", app, "--shutdown-timeout", "5", **env)
+
+    assert from_env.returncode == flags.returncode == 0, from_env.stderr + flags.stderr
+    assert from_env.stdout.startswith("app later  broker memory://  shutdown timeout 7s")
+    assert _settings_rows(from_env.stdout)["shutdown_timeout"] == [
+        "7", "code", "App(shutdown_timeout=...)"
+    ]  # fmt: skip
+    assert _settings_rows(flags.stdout)["shutdown_timeout"] == ["5", "flag", "--shutdown-timeout"]
+
+
 def test_a_broker_from_the_environment_is_checked_with_the_codes_options() -> None:
     result = taskflow("info", "tests.apps.ops_settings:app", TASKFLOW_BROKER="memory://")
 
@@ -676,6 +691,17 @@ def test_a_broker_from_the_environment_is_checked_with_the_codes_options() -> No
             "info",
             {"TASKFLOW_IDEMPOTENT": "maybe"},
             "Error: TASKFLOW_IDEMPOTENT must be true or false, got 'maybe'",
+        ),
+        (
+            "run",
+            {"TASKFLOW_BROKER": "kafka://k:9092", "TASKFLOW_KAFKA_GROUP_ID": "other"},
+            "Error: TASKFLOW_KAFKA_GROUP_ID: Kafka option 'group_id' is set by taskflow: "
+            "pass group= to @app.consume",
+        ),
+        (
+            "info",
+            {"TASKFLOW_BROKER": "kafka://k:9092", "TASKFLOW_KAFKA_CHECK_CRCS": "maybe"},
+            "Error: TASKFLOW_KAFKA_CHECK_CRCS must be true or false, got 'maybe'",
         ),
         (
             "info",

@@ -3,6 +3,7 @@ and secrets that never show."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -367,8 +368,56 @@ def test_what_code_sets_on_the_app_afterwards_is_code_and_stays(
     app = App("billing")
     app.redis_url = "redis://later:6379/0"
 
-    settings = app.settings.observe({"redis_url": app.redis_url, "http_port": app.http_port})
-
-    assert (settings.redis_url, settings.sources["redis_url"]) == ("redis://later:6379/0", "code")
+    settings = app.settings
+    assert (app.redis_url, settings.redis_url) == ("redis://later:6379/0",) * 2
+    assert settings.sources["redis_url"] == "code"
     assert settings.sources["http_port"] == "default"
     assert settings.with_flags({"redis_url": "redis://flag/0"}).redis_url == "redis://flag/0"
+
+
+def test_a_value_code_sets_on_the_app_afterwards_is_checked_naming_the_attribute() -> None:
+    app = App("billing")
+
+    with pytest.raises(ConfigurationError, match=r"^app.shutdown_timeout must be a number"):
+        app.shutdown_timeout = -1
+    with pytest.raises(ConfigurationError, match=r"^unsupported broker URL 'nats://x'"):
+        app.broker = "nats://x"
+    assert (app.shutdown_timeout, app.broker_url) == (30.0, "memory://")
+
+
+def test_broker_options_code_sets_afterwards_keep_the_variables_over_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKFLOW_KAFKA_CLIENT_ID", "from-env")
+    app = App("billing", broker="kafka://k:9092", broker_options={"linger_ms": 5})
+
+    app.broker_options = {**app.broker_options, "acks": 1, "linger_ms": 7}
+
+    assert dict(app.broker_options) == {"client_id": "from-env", "acks": 1, "linger_ms": 7}
+    assert app.settings.sources["broker_options.client_id"] == "env"
+    assert app.settings.sources["broker_options.linger_ms"] == "code"
+    with pytest.raises(TypeError):
+        app.broker_options["acks"] = 0  # type: ignore[index]
+
+
+# -- one rule for seconds ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, True, "5"], ids=repr)
+def test_a_lease_grace_or_timeout_must_be_more_than_zero_and_finite(value: object) -> None:
+    app = App("billing")
+
+    async def job() -> None: ...
+
+    for options in ({"lease": value}, {"grace": value}, {"timeout": value}):
+        name = next(iter(options))
+        with pytest.raises(ConfigurationError, match=rf"^{name} must be a positive number of sec"):
+            app.add_schedule(job, 60, **options)  # type: ignore[arg-type]
+
+
+def test_an_app_duration_may_be_zero_and_runs_to_its_documented_end() -> None:
+    app = App("billing", shutdown_timeout=0, commit_interval=3600)
+
+    assert (app.shutdown_timeout, app.commit_interval) == (0.0, 3600.0)
+    with pytest.raises(ConfigurationError, match=r"^commit_interval .* from 0 to 3600, got 3601$"):
+        App("billing", commit_interval=3601)

@@ -5,10 +5,11 @@ gets its own aiokafka consumer with auto-commit off, committing explicit per-par
 
 Connection options (security protocol, SASL, SSL, client id, or any other aiokafka consumer or
 producer option) come from ``App(broker_options={...})`` and from ``TASKFLOW_KAFKA_<OPTION>``
-environment variables (the environment wins over the code, as for every setting). Each option
-goes to the client(s) whose constructor takes it; an option neither takes is refused with a clear
-error before start. A bad value is refused before start where taskflow can tell, else when the
-client is built.
+environment variables; `taskflow.config` decides which wins, and this module only types the
+variables' text (`kafka_options_from_env`) and takes the options in effect. Each option goes to
+the client(s) whose constructor takes it; an option neither takes is refused with a clear error
+before start, naming its variable when one gave it. A bad value is refused before start where
+taskflow can tell, else when the client is built.
 
 A record with a null value (a tombstone) or a header with a null value reaches handlers as ``b""``.
 """
@@ -19,9 +20,9 @@ import asyncio
 import difflib
 import inspect
 import logging
-import os
 import ssl
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +51,7 @@ from taskflow.brokers.base import (
     PartitionOffsets,
     RebalanceListener,
 )
-from taskflow.config import quoted, shown_value, whole_number_text
+from taskflow.config import KAFKA_PREFIX, flag_text, quoted, shown_value, whole_number_text
 from taskflow.exceptions import (
     BrokerError,
     CommitError,
@@ -66,7 +67,6 @@ __all__ = ["KafkaBroker", "KafkaConsumer", "kafka_options_from_env", "kafka_vari
 
 logger = logging.getLogger(__name__)
 
-ENV_PREFIX = "TASKFLOW_KAFKA_"
 FACTS_TIMEOUT = 5.0  # for committed offsets, which aiokafka waits for while the broker is down
 STOP_TIMEOUT = 2.0  # for stopping a client whose start failed or was cancelled
 # Set by taskflow itself: a user value would break its delivery guarantees or its decoding.
@@ -165,16 +165,19 @@ def parse_bootstrap(url: str) -> list[str]:
     return servers
 
 
-def kafka_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Collect ``TASKFLOW_KAFKA_<OPTION>`` variables as aiokafka options, typed like defaults.
+def kafka_options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``TASKFLOW_KAFKA_<OPTION>`` variables of `environ` as aiokafka options, typed like
+    aiokafka's defaults; `taskflow.config.Settings` calls it with the environment it read.
 
     An empty variable counts as unset, as for every ``TASKFLOW_*`` variable.
+
+    Raises:
+        ConfigurationError: for text that is not a value of its option, naming the variable.
     """
-    env = os.environ if environ is None else environ
     options: dict[str, Any] = {}
-    for name, raw in env.items():
-        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX) and raw.strip():
-            option = name[len(ENV_PREFIX) :].lower()
+    for name, raw in environ.items():
+        if name.startswith(KAFKA_PREFIX) and len(name) > len(KAFKA_PREFIX) and raw.strip():
+            option = name[len(KAFKA_PREFIX) :].lower()
             options[option] = _typed(option, raw, name)
     return options
 
@@ -182,7 +185,7 @@ def kafka_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str
 def kafka_variables() -> list[str]:
     """The ``TASKFLOW_KAFKA_<OPTION>`` variable of every option aiokafka's clients take."""
     names = (_CONSUMER_PARAMS | _PRODUCER_PARAMS | set(_SSL_FILES)) - {"loop"}
-    return sorted(ENV_PREFIX + name.upper() for name in names)
+    return sorted(KAFKA_PREFIX + name.upper() for name in names)
 
 
 def _typed(option: str, raw: str, variable: str) -> Any:
@@ -194,9 +197,7 @@ def _typed(option: str, raw: str, variable: str) -> Any:
         return _acks(raw, variable)
     default = _ENV_TYPES.get(option, _default_of(option))
     if isinstance(default, bool):
-        if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigurationError(f"{variable} must be true or false, got {quoted(raw)}")
-        return raw.strip().lower() in ("true", "1", "yes")
+        return flag_text(raw, variable)
     if isinstance(default, int):
         value = whole_number_text(raw)
         low, high = _range(option)
@@ -263,36 +264,64 @@ def _check_heartbeat(consumer: Mapping[str, Any]) -> None:
         )
 
 
-def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_options(
+    options: Mapping[str, Any], variables: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Route each option to the consumer, the producer or both; refuse the unknown and reserved.
 
+    Args:
+        options: The aiokafka options in effect.
+        variables: The ``TASKFLOW_KAFKA_*`` variable of each option the environment gave.
+
     Raises:
-        ConfigurationError: naming the option and, where one is close, the option meant.
+        ConfigurationError: naming the option and, where one is close, the option meant; led by
+            the variable that gave it, if one did.
     """
+    variables = variables or {}
     consumer: dict[str, Any] = {}
     producer: dict[str, Any] = dict(_PRODUCER_DEFAULTS)
     options = dict(options)
     ssl_files = {k: options.pop(k) for k in _SSL_FILES if k in options}
     if ssl_files and "ssl_context" not in options:
-        options["ssl_context"] = _ssl_context(ssl_files)
+        with _naming(variables, *ssl_files):
+            options["ssl_context"] = _ssl_context(ssl_files)
     for name, value in options.items():
-        if name in _RESERVED:
-            raise ConfigurationError(f"Kafka option {name!r} is set by taskflow: {_RESERVED[name]}")
-        in_consumer, in_producer = name in _CONSUMER_PARAMS, name in _PRODUCER_PARAMS
-        if not (in_consumer or in_producer):
-            raise ConfigurationError(f"unknown Kafka option {name!r}{_suggestion(name)}")
-        if name in _CHOICES and value not in _CHOICES[name]:
-            raise ConfigurationError(
-                f"Kafka option {name!r} is one of {', '.join(_CHOICES[name])}, "
-                f"got {shown_value(value)}"
-            )
-        _check_value(name, value)
+        with _naming(variables, name):
+            in_consumer, in_producer = _route(name, value)
         if in_consumer:
             consumer[name] = value
         if in_producer:
             producer[name] = value
-    _check_heartbeat(consumer)
+    with _naming(variables, "session_timeout_ms", "heartbeat_interval_ms"):
+        _check_heartbeat(consumer)
     return consumer, producer
+
+
+def _route(name: str, value: Any) -> tuple[bool, bool]:
+    """Whether the consumer and the producer take the option `name`, its value checked."""
+    if name in _RESERVED:
+        raise ConfigurationError(f"Kafka option {name!r} is set by taskflow: {_RESERVED[name]}")
+    in_consumer, in_producer = name in _CONSUMER_PARAMS, name in _PRODUCER_PARAMS
+    if not (in_consumer or in_producer):
+        raise ConfigurationError(f"unknown Kafka option {name!r}{_suggestion(name)}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ConfigurationError(
+            f"Kafka option {name!r} is one of {', '.join(_CHOICES[name])}, got {shown_value(value)}"
+        )
+    _check_value(name, value)
+    return in_consumer, in_producer
+
+
+@contextmanager
+def _naming(variables: Mapping[str, str], *options: str) -> Iterator[None]:
+    """Lead an error about `options` with the variables that gave them, if any did."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        named = [variables[option] for option in options if option in variables]
+        if not named:
+            raise
+        raise ConfigurationError(f"{', '.join(named)}: {exc}") from exc
 
 
 def _suggestion(name: str) -> str:
@@ -320,6 +349,8 @@ class KafkaBroker:
     Args:
         bootstrap_servers: ``host:port`` strings.
         options: aiokafka options for the consumers and/or the producer (see module docs).
+        variables: The ``TASKFLOW_KAFKA_*`` variable of each option the environment gave, named
+            by any error about the option.
 
     Example:
         ```python
@@ -332,16 +363,32 @@ class KafkaBroker:
         ```
     """
 
-    def __init__(self, bootstrap_servers: Sequence[str], options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        bootstrap_servers: Sequence[str],
+        options: Mapping[str, Any] | None = None,
+        *,
+        variables: Mapping[str, str] | None = None,
+    ):
         self.bootstrap_servers = list(bootstrap_servers)
-        self.consumer_options, self.producer_options = split_options(options or {})
+        self.consumer_options, self.producer_options = split_options(options or {}, variables)
         self._producer: AIOKafkaProducer | None = None
 
     @classmethod
-    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> KafkaBroker:
-        """Build from ``kafka://host:port[,…]``, with the environment's options over `options`."""
-        merged = {**(options or {}), **kafka_options_from_env()}
-        return cls(parse_bootstrap(url), merged)
+    def from_url(
+        cls,
+        url: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        variables: Mapping[str, str] | None = None,
+    ) -> KafkaBroker:
+        """Build from ``kafka://host:port[,…]`` and the options in effect, as given.
+
+        The environment is not read here: `App.settings` already holds the
+        ``TASKFLOW_KAFKA_*`` variables over the code's options, and `variables` says which
+        variable gave which option, for error messages.
+        """
+        return cls(parse_bootstrap(url), options, variables=variables)
 
     @property
     def url(self) -> str:

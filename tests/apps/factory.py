@@ -20,3 +20,10 @@ def broken() -> App:
 
 def not_an_app() -> object:
     return {"name": "made"}
+
+
+def configured_later() -> App:
+    """An app whose factory sets an option after making it: the code's last word."""
+    app = App("later")
+    app.shutdown_timeout = 7
+    return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -24,8 +25,10 @@ from taskflow.brokers.kafka import (
     parse_bootstrap,
     split_options,
 )
+from taskflow.config import Settings
 from taskflow.exceptions import BrokerError, CommitError, ConfigurationError
 from taskflow.message import Message, TopicPartition
+from taskflow.runner import resolve_broker
 from tests._tansu import TansuBroker, _free_port, committed_offsets, create_topic
 
 # Tansu refuses idempotent producers, and notices group changes only after the session timeout.
@@ -233,6 +236,16 @@ def test_environment_options_are_typed_like_the_aiokafka_defaults() -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "value"), [("on", True), ("OFF", False), (" yes ", True), ("0", False)]
+)
+def test_a_true_or_false_option_reads_as_taskflow_idempotent_does(raw: str, value: bool) -> None:
+    from_kafka = kafka_options_from_env({"TASKFLOW_KAFKA_CHECK_CRCS": raw})["check_crcs"]
+    from_idempotent = Settings.resolve({}, {"TASKFLOW_IDEMPOTENT": raw}).idempotent
+
+    assert from_kafka is from_idempotent is value
+
+
+@pytest.mark.parametrize(
     ("variable", "raw", "complaint"),
     [
         (
@@ -262,17 +275,84 @@ def test_a_badly_typed_environment_option_names_its_variable(
 def test_environment_options_win_over_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKFLOW_KAFKA_CLIENT_ID", "from-env")
     monkeypatch.setenv("TASKFLOW_KAFKA_LINGER_MS", "7")
-    broker = KafkaBroker.from_url("kafka://b:9092", {"client_id": "from-code", "acks": 1})
+    app = App("billing", broker="kafka://b:9092", broker_options={"client_id": "code", "acks": 1})
+
+    broker = resolve_broker(app)
+
+    assert isinstance(broker, KafkaBroker)
     assert broker.consumer_options == {"client_id": "from-env"}
     assert broker.producer_options["client_id"] == "from-env"
     assert broker.producer_options["linger_ms"] == 7
     assert broker.producer_options["acks"] == 1  # what the environment does not set stays
 
 
-def test_an_unknown_environment_option_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TASKFLOW_KAFKA_LINGER", "5")
-    with pytest.raises(ConfigurationError, match="did you mean 'linger_ms'"):
-        broker_from_url("kafka://b:9092")
+def test_from_url_takes_the_options_as_given_and_reads_no_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKFLOW_KAFKA_CLIENT_ID", "from-env")
+    monkeypatch.setenv("TASKFLOW_KAFKA_LINGER", "5")  # no such option: would be refused if read
+
+    broker = KafkaBroker.from_url("kafka://b:9092", {"client_id": "from-code"})
+
+    assert broker.consumer_options == {"client_id": "from-code"}
+    built = broker_from_url("kafka://b:9092")
+    assert isinstance(built, KafkaBroker)
+    assert built.consumer_options == {}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"TASKFLOW_KAFKA_LINGER": "5"},
+            "TASKFLOW_KAFKA_LINGER: unknown Kafka option 'linger'; did you mean 'linger_ms'?",
+        ),
+        (
+            {"TASKFLOW_KAFKA_GROUP_ID": "other"},
+            "TASKFLOW_KAFKA_GROUP_ID: Kafka option 'group_id' is set by taskflow",
+        ),
+        (
+            {"TASKFLOW_KAFKA_AUTO_OFFSET_RESET": "oldest"},
+            "TASKFLOW_KAFKA_AUTO_OFFSET_RESET: Kafka option 'auto_offset_reset' is one of",
+        ),
+        (
+            {"TASKFLOW_KAFKA_HEARTBEAT_INTERVAL_MS": "9000"},
+            "TASKFLOW_KAFKA_HEARTBEAT_INTERVAL_MS: Kafka option 'heartbeat_interval_ms' (9000)",
+        ),
+        (
+            {"TASKFLOW_KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+            "TASKFLOW_KAFKA_SSL_CAFILE: cannot build the Kafka SSL context",
+        ),
+    ],
+)
+@pytest.mark.parametrize("broker_from", ["code", "env"])
+def test_a_bad_environment_option_names_its_variable_not_the_broker(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str, broker_from: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code: dict[str, Any] = {"broker_options": {"session_timeout_ms": 6000}}
+    if broker_from == "env":
+        monkeypatch.setenv("TASKFLOW_BROKER", "kafka://b:9092")
+    else:
+        code["broker"] = "kafka://b:9092"
+
+    with pytest.raises(ConfigurationError) as caught:
+        App("billing", **code)
+
+    assert str(caught.value).startswith(message)
+
+
+def test_a_bad_option_from_code_is_not_blamed_on_a_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKFLOW_BROKER", "kafka://b:9092")
+    monkeypatch.setenv("TASKFLOW_KAFKA_CLIENT_ID", "ops")
+
+    with pytest.raises(ConfigurationError) as caught:
+        App("billing", broker_options={"linger": 5})
+
+    assert str(caught.value).startswith("unknown Kafka option 'linger'")
 
 
 def test_the_app_refuses_a_bad_broker_option_at_construction() -> None:
