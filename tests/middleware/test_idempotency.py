@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 import taskflow.middleware.idempotency as idempotency
 from taskflow import App, Backoff, ConfigurationError, Context, Message, StateError, StoreError
 from taskflow.middleware.idempotency import Idempotency
-from taskflow.stores import MemoryIdempotencyStore, Outcome, RedisIdempotencyStore
+from taskflow.stores import ClaimOutcome, MemoryIdempotencyStore, RedisIdempotencyStore
 from taskflow.testing import ManualClock, TestClient
 from taskflow.workers import ConsumerWorker
 from tests._redis import REDIS_URL
@@ -195,11 +195,11 @@ class CountingStore(RedisIdempotencyStore):
         super().__init__(client)
         self.calls: Counter[str] = Counter()
 
-    async def claim(self, key: str, owner: str, lease: float) -> Outcome:
+    async def claim(self, key: str, owner: str, lease: float) -> ClaimOutcome:
         self.calls["claim"] += 1
         return await super().claim(key, owner, lease)
 
-    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[Outcome]:
+    async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[ClaimOutcome]:
         self.calls["claim_many"] += 1
         return await super().claim_many(keys, owner, lease)
 
@@ -419,7 +419,7 @@ async def test_each_outcome_is_counted_in_a_metric_when_telemetry_is_on() -> Non
 async def test_the_lease_is_renewed_while_a_long_handler_runs() -> None:
     store = MemoryIdempotencyStore()
     app = App("long", idempotency_store=store)
-    seen: list[Outcome] = []
+    seen: list[ClaimOutcome] = []
 
     async def on_event(message: Message) -> None:
         await asyncio.sleep(0.3)  # the work itself: three leases long
@@ -431,8 +431,8 @@ async def test_the_lease_is_renewed_while_a_long_handler_runs() -> None:
         await client.drain()
         assert middleware_of(client).lost == 0
 
-    assert seen == [Outcome.IN_PROGRESS]
-    assert await store.claim("taskflow:{long}:idem:job", "later", 1) is Outcome.DONE
+    assert seen == [ClaimOutcome.IN_PROGRESS]
+    assert await store.claim("taskflow:{long}:idem:job", "later", 1) is ClaimOutcome.DONE
 
 
 async def test_a_lost_claim_is_logged_and_the_handler_finishes() -> None:
@@ -443,7 +443,7 @@ async def test_a_lost_claim_is_logged_and_the_handler_finishes() -> None:
 
     async def on_event(message: Message) -> None:
         now[0] += 10  # the process stalls past its lease and another replica claims the message
-        assert await store.claim("taskflow:{lost}:idem:job", "other", 60) is Outcome.CLAIMED
+        assert await store.claim("taskflow:{lost}:idem:job", "other", 60) is ClaimOutcome.CLAIMED
         await resume.wait()
 
     app.add_consumer(on_event, "events", idempotent=True, idempotency_lease=0.06)
