@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -375,8 +376,8 @@ def test_a_signal_stops_an_idle_app_at_once(
     app = start(IDLE)
     app.wait_for(
         "app idle running 2 worker(s): listen, hourly",
-        "[hourly] → scheduled every 1h",
-        "[listen] → consuming silence as group listeners",
+        "scheduled every 1h",
+        "consuming silence as group listeners",
     )
 
     sent = app.send(sig)
@@ -495,9 +496,8 @@ def test_the_quickstart_publishes_and_consumes(start: Callable[..., Running]) ->
     app = start("examples.quickstart:app")
     app.wait_for("app quickstart running 2 worker(s): on_order, place_order")
 
-    app.wait_for(
-        "[place_order] ✓ place_order@", "[on_order] order 1 from customer-1: 12.50 EUR", timeout=3
-    )
+    app.wait_for(" done in ", "[on_order] order 1 from customer-1: 12.50 EUR", timeout=3)
+    assert re.search(r"\[place_order\] .*place_order@\S+ done in \d+ms", app.log), app.log
     app.send(signal.SIGINT)
     code = app.exit()
 
@@ -803,7 +803,7 @@ def test_the_json_formatter_takes_the_current_span_and_the_tick() -> None:
 
     tracer = TracerProvider().get_tracer("test")
     with tracer.start_as_current_span("work") as span:
-        inside = line("✓ %s done", tick)
+        inside = line("%s done in 3ms", tick)
     outside = line("nothing to say")
 
     context = span.get_span_context()

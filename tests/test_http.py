@@ -508,7 +508,7 @@ def test_readyz_is_503_while_taskflow_run_drains_after_sigterm() -> None:
             assert app.wait() == 0
     log = app.log
     assert log.index("no longer accepting") < log.index("finished job 1")
-    assert log.index("finished job 1") < log.index("← stopped consuming")
+    assert log.index("finished job 1") < log.index("stopped consuming")
 
 
 def test_the_flag_wins_over_the_environment() -> None:
@@ -538,7 +538,7 @@ def test_a_taken_port_is_a_usage_error() -> None:
     ):
         assert app.wait() == 2
     assert f"Error: cannot serve the operations endpoint on 0.0.0.0:{taken}" in app.log
-    assert "→ consuming" not in app.log
+    assert "consuming silence as group listeners" not in app.log
 
 
 def test_an_out_of_range_port_is_a_usage_error() -> None:

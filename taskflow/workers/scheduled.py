@@ -307,7 +307,7 @@ class ScheduledWorker:
         return (self.clock.now() - tick.scheduled_at).total_seconds()
 
     def _ran(self, tick: Tick, started: float, late: float) -> None:
-        self.log.info("✓ %s ● %s (%.0fms late)", tick, _ms(started), late * 1000)
+        self.log.info("✓ %s done in %s (%.0fms late)", tick, _ms(started), late * 1000)
 
     # -- across the fleet ------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def recorder_env(app_env: dict[str, str], topic: str, out: Path, **extra: str) -
 def failures_of(log: str, topic: str, partition: int, offset: int) -> list[tuple[int, float]]:
     """(attempt, seconds until the next) of each logged failed attempt of one record."""
     pattern = re.compile(
-        rf"✗ {re.escape(topic)}\[{partition}\]@{offset} attempt (\d+) failed: "
+        rf"{re.escape(topic)}\[{partition}\]@{offset} attempt (\d+) failed: "
         r"RuntimeError: cannot handle b'poison'; retrying in ([0-9.e+-]+)s"
     )
     return [(int(m[1]), float(m[2])) for m in pattern.finditer(log)]
@@ -170,7 +170,7 @@ async def test_an_exhausted_message_is_dead_lettered_and_the_rest_flows(
 
     assert [attempt for attempt, _ in failures_of(app.log, topic, 1, poison)] == [1, 2]
     assert re.search(
-        rf"☠ {re.escape(topic)}\[1\]@{poison} exhausted after 3 attempt\(s\) "
+        rf"{re.escape(topic)}\[1\]@{poison} exhausted after 3 attempt\(s\) "
         rf"\(RuntimeError: cannot handle b'poison'\); sent to {re.escape(dlq)}",
         app.log,
     )
@@ -200,7 +200,7 @@ async def test_without_dead_letters_a_failing_message_holds_its_partition(
         app_env, topic, out, RECORDER_FAIL_VALUE="poison", RECORDER_ORDERING=ordering
     )
     with AppProcess("tests.apps.recorder:app", env=env) as app:
-        pattern = rf"✗ {re.escape(topic)}\[1\]@{poison} attempt 5 failed"
+        pattern = rf"{re.escape(topic)}\[1\]@{poison} attempt 5 failed"
         app.wait_for(pattern, WAIT)
         # Key ordering lets the other keys of the held partition pass the failing record.
         passing = other_keys if ordering == "key" else []
@@ -225,7 +225,7 @@ async def test_without_dead_letters_a_failing_message_holds_its_partition(
     delays = [delay for _, delay in failures][:5]  # 50 ms doubling, up to the 1 s maximum
     assert delays == sorted(delays)
     assert len(set(delays)) == 5
-    assert "☠" not in app.log
+    assert not re.search(r"(exhausted|rejected) after \d+ attempt\(s\)", app.log)
     assert await committed_offsets(bootstrap, GROUP, topic, 4) == {**sent.ends(), 1: poison}
 
 
@@ -266,7 +266,7 @@ async def test_a_payload_that_does_not_decode_is_rejected_at_once(
     for partition, offset in sorted(bad):
         where = re.escape(f"{topic}[{partition}]@{offset}")
         if dead_letters:
-            assert re.search(rf"☠ {where} rejected after 1 attempt\(s\) \(DecodeError: ", app.log)
+            assert re.search(rf"{where} rejected after 1 attempt\(s\) \(DecodeError: ", app.log)
         else:
             assert re.search(rf"⊘ {where} rejected and skipped: DecodeError: payload of ", app.log)
     if dead_letters:

@@ -146,7 +146,7 @@ async def test_sigterm_with_the_broker_down_and_nothing_to_commit(
     assert code == EXIT_CLEAN
     port = own_broker.port
     app.wait_for(rf"leaving group recorder failed: Kafka at 127\.0\.0\.1:{port} is unreachable", 0)
-    assert "← stopped consuming" in app.log
+    assert "stopped consuming" in app.log
     assert "stopped cleanly" in app.log
 
 
@@ -173,4 +173,4 @@ async def test_sigterm_with_the_broker_down_and_offsets_to_commit(
     assert f"commit of {offsets} failed: no answer in {budget:g}s" in app.log
     port = own_broker.port
     assert f"leaving group stopping failed: Kafka at 127.0.0.1:{port} is unreachable" in app.log
-    assert "← stopped consuming" in app.log
+    assert "stopped consuming" in app.log

@@ -138,6 +138,6 @@ async def test_a_custom_base_exception_is_a_failure_of_the_record(
         app.wait_for(rf"{topic}\[0\]@{BAD_OFFSET} .*Poison.*sent to {dead}")
         code = app.stop(signal.SIGTERM, timeout=30)
     assert code == 0, app.log
-    assert f"✗ {topic}[0]@{BAD_OFFSET} attempt 1 failed: Poison: poisoned" in app.log
+    assert f"{topic}[0]@{BAD_OFFSET} attempt 1 failed: Poison: poisoned" in app.log
     committed = await committed_offsets(bootstrap, f"{topic}-group", topic, 1)
     assert committed == {0: 11}

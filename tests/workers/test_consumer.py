@@ -204,10 +204,10 @@ async def test_a_failing_message_is_retried_while_its_partition_waits(
     assert gaps[1] >= 0.02 * 0.85  # then doubled
     failures = [r for r in caplog.records if "failed: RuntimeError" in r.getMessage()]
     pattern = re.compile(
-        r"✗ orders\[0\]@0 attempt (\d) failed: RuntimeError: inventory service unavailable; "
-        r"retrying in ([\d.]+)s"
+        r"orders\[0\]@0 attempt (\d) failed: RuntimeError: inventory service unavailable; "
+        r"retrying in ([\d.]+)s$"
     )
-    said = [pattern.fullmatch(r.getMessage()) for r in failures[:2]]
+    said = [pattern.search(r.getMessage()) for r in failures[:2]]
     assert [(m.group(1), float(m.group(2))) for m in said if m] == [
         ("1", pytest.approx(0.01, rel=0.1)),
         ("2", pytest.approx(0.02, rel=0.1)),
@@ -314,9 +314,7 @@ async def test_a_message_that_exhausts_max_attempts_is_dead_lettered(
     assert story["taskflow-exception-type"] == "builtins.RuntimeError"
     assert story["taskflow-exception-message"] == "warehouse down"
     assert len(calls) == 4  # three attempts, then the next message
-    assert (
-        "☠ orders[0]@0 exhausted after 3 attempt(s) (RuntimeError: warehouse down)" in caplog.text
-    )
+    assert "orders[0]@0 exhausted after 3 attempt(s) (RuntimeError: warehouse down)" in caplog.text
 
 
 async def test_reject_on_sends_a_message_straight_to_the_dead_letters() -> None:
@@ -387,8 +385,7 @@ async def test_a_handler_past_its_timeout_counts_as_a_failed_attempt(
         assert client.committed("shop", "orders", 0) == 1
     assert attempts == [7, 7]
     assert (
-        "✗ orders[0]@0 attempt 1 failed: HandlerTimeout: ran past its timeout of 0.05s"
-        in caplog.text
+        "orders[0]@0 attempt 1 failed: HandlerTimeout: ran past its timeout of 0.05s" in caplog.text
     )
 
 

@@ -125,10 +125,10 @@ async def test_a_tick_during_a_run_is_skipped_logged_and_counted(
         assert worker(client, "slow").runs == 2
 
     skips = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert skips == [
-        f"⏭ slow@{START + 2 * SECOND:%Y-%m-%dT%H:%M:%S+00:00} skipped: the previous run is still "
+    assert [skip[skip.index("slow@") :] for skip in skips] == [
+        f"slow@{START + 2 * SECOND:%Y-%m-%dT%H:%M:%S+00:00} skipped: the previous run is still "
         "going (1 skipped so far)",
-        f"⏭ slow@{START + 3 * SECOND:%Y-%m-%dT%H:%M:%S+00:00} skipped: the previous run is still "
+        f"slow@{START + 3 * SECOND:%Y-%m-%dT%H:%M:%S+00:00} skipped: the previous run is still "
         "going (2 skipped so far)",
     ]
 
@@ -154,7 +154,7 @@ async def test_a_failing_run_is_logged_with_its_traceback_and_the_next_tick_runs
 
     (failure,) = [r for r in caplog.records if "failed after" in r.getMessage()]
     assert failure.levelno == logging.ERROR
-    assert failure.getMessage().startswith("✗ sync_prices@2026-01-01T00:00:01+00:00 failed")
+    assert "sync_prices@2026-01-01T00:00:01+00:00 failed after " in failure.getMessage()
     assert failure.exc_info is not None
     assert isinstance(failure.exc_info[1], ConnectionError)
     assert getattr(failure, "worker", None) == "sync_prices"
