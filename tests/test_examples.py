@@ -227,8 +227,16 @@ def test_fastapi_service_under_uvicorn_drains_its_workers_on_sigterm() -> None:
     assert log.index("Waiting for application shutdown") < log.index("stopped cleanly")
 
 
-def test_kubernetes_manifest_gives_the_drain_time_to_finish() -> None:
-    manifest = yaml.safe_load((ROOT / "examples/deploy/kubernetes.yaml").read_text())
+@pytest.mark.parametrize(
+    ("folder", "app_ref"),
+    [
+        ("examples/deploy", "examples.orders:app"),
+        ("examples/recipes/service", "shop.app:app"),
+    ],
+)
+def test_kubernetes_manifest_gives_the_drain_time_to_finish(folder: str, app_ref: str) -> None:
+    documents = yaml.safe_load_all((ROOT / folder / "kubernetes.yaml").read_text())
+    (manifest,) = [document for document in documents if document["kind"] == "Deployment"]
     pod = manifest["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}
@@ -241,7 +249,7 @@ def test_kubernetes_manifest_gives_the_drain_time_to_finish() -> None:
     assert container["ports"] == [{"name": "ops", "containerPort": port}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
-    assert container["args"][:3] == ["taskflow", "run", "examples.orders:app"]
-    dockerfile = (ROOT / "examples/deploy/Dockerfile").read_text()
+    assert container["args"][:3] == ["taskflow", "run", app_ref]
+    dockerfile = (ROOT / folder / "Dockerfile").read_text()
     cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))
     assert json.loads(cmd.removeprefix("CMD ")) == container["args"]  # exec form: PID 1 is taskflow
