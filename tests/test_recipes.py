@@ -28,19 +28,24 @@ from tests._redis import REDIS_URL
 SERVICE = ROOT / "examples/recipes/service"
 
 
-async def test_a_declined_payment_is_dead_lettered_at_once_and_a_good_one_charged() -> None:
+# --8<-- [start:dead-letters]
+async def test_a_declined_payment_goes_to_the_dead_letters_at_once() -> None:
+    good = {"id": "p1", "account": "a1", "amount_cents": 500}
+    declined = {**good, "id": "p2", "amount_cents": 0}
     async with TestClient(dead_letters.app) as client:
-        good = {"id": "p1", "account": "a1", "amount_cents": 500}
         await client.publish("payments", good, key="a1")
-        await client.publish("payments", {**good, "id": "p2", "amount_cents": 0}, key="a1")
+        await client.publish("payments", declined, key="a1")
         await client.drain()
-        dead = [m for log in client.broker.topic("payments.DLQ").logs for m in log]
-    assert [(m.header("taskflow-reason"), m.header("taskflow-attempts")) for m in dead] == [
-        (b"rejected", b"1")
-    ]
-    assert json.loads(dead[0].value)["id"] == "p2"
+        logs = client.broker.topic("payments.DLQ").logs
+    (dead,) = [m for log in logs for m in log]
+    assert json.loads(dead.value)["id"] == "p2"
+    assert dead.header("taskflow-reason") == b"rejected"  # bytes
+    assert dead.header("taskflow-attempts") == b"1"
     assert client.report is not None
     assert client.report.clean
+
+
+# --8<-- [end:dead-letters]
 
 
 @pytest.mark.redis
@@ -71,26 +76,36 @@ def _ticks(log: str) -> list[str]:
     return re.findall(r"report for (\S+)", log)
 
 
+# --8<-- [start:traced]
 @pytest.mark.redis
-async def test_a_payment_is_booked_once_under_a_span_of_the_handlers_own(redis: Redis) -> None:
+async def test_a_payment_is_booked_once_in_a_span_of_its_own(
+    redis: Redis,
+) -> None:
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     app = traced_payments.create_app(REDIS_URL, tracer_provider=provider)
     payment = {"id": "p1", "account": "a1", "amount_cents": 500}
+    headers = {"payment-id": b"p1"}
     async with TestClient(app) as client:
         for _ in range(2):  # delivered twice: booked once
-            await client.publish("payments", payment, key="a1", headers={"payment-id": b"p1"})
+            await client.publish("payments", payment, headers=headers)
         await client.drain()
-    assert await redis.hgetall(traced_payments.BALANCES) == {b"a1": b"500"}
+    balances = await redis.hgetall(traced_payments.BALANCES)
+    assert balances == {b"a1": b"500"}
     finished = spans.get_finished_spans()
-    process = {s.context.span_id: s for s in finished if s.name == "process payments"}
-    (own,) = [s for s in finished if s.name == "check limits"]  # the second run was skipped
+    by_id = {s.context.span_id: s for s in finished}
+    # one, since the second delivery was skipped
+    (own,) = [s for s in finished if s.name == "check limits"]
     assert own.parent is not None
-    parent = process[own.parent.span_id]  # a child of taskflow's span for the message
-    assert parent.kind is SpanKind.CONSUMER
+    # a child of taskflow's span for the message, in its trace
+    parent = by_id[own.parent.span_id]
+    assert (parent.name, parent.kind) == ("process payments", SpanKind.CONSUMER)
     assert own.context.trace_id == parent.context.trace_id
     assert own.attributes == {"payment.account": "a1"}
+
+
+# --8<-- [end:traced]
 
 
 async def test_the_service_recipes_app_ships_each_order() -> None:
