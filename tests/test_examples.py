@@ -346,11 +346,15 @@ async def test_idempotency_guide_applies_a_payment_once(
 async def test_telemetry_guide_puts_the_own_span_under_taskflows() -> None:
     spans = InMemorySpanExporter()  # beside the example's own exporter
     telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    async with TestClient(telemetry.app) as client:
-        await client.publish("invoices", {"id": "i1"})
-        await client.drain()
-    # Export what the console exporter holds while the stream it writes to is open.
-    telemetry.tracer_provider.shutdown()
+    try:
+        async with TestClient(telemetry.app) as client:
+            await client.publish("invoices", {"id": "i1"})
+            await client.drain()
+    finally:
+        # Export what the console exporter holds while the stream it writes to is open, and
+        # take the Prometheus reader off the default registry other tests read.
+        telemetry.tracer_provider.shutdown()
+        telemetry.meter_provider.shutdown()
     finished = spans.get_finished_spans()
     by_id = {span.context.span_id: span for span in finished}
     (own,) = [span for span in finished if span.name == "render pdf"]
