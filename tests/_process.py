@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class AppProcess:
-    """One ``python -m taskflow run`` child with its log captured."""
+    """One ``python -m taskflow run`` child with its log captured.
+
+    `program` replaces ``python -m taskflow`` (with the ``taskflow`` script, say), and `cwd` the
+    checkout's root as the directory it runs in.
+    """
 
     def __init__(
         self,
@@ -30,8 +34,12 @@ class AppProcess:
         *args: str,
         env: Mapping[str, str] | None = None,
         stdout: Path | None = None,
+        cwd: Path = ROOT,
+        program: Sequence[str] = (sys.executable, "-m", "taskflow"),
     ) -> None:
         self.app_ref = app_ref
+        self.cwd = cwd
+        self.program = list(program)
         self.stdout = stdout
         self.args = args
         self.env = {**os.environ, **(env or {})}
@@ -44,12 +52,12 @@ class AppProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> Self:
-        command = [sys.executable, "-m", "taskflow", "run", self.app_ref, *self.args]
+        command = [*self.program, "run", self.app_ref, *self.args]
         out = self.stdout.open("wb") if self.stdout else None
         try:
             self._proc = subprocess.Popen(
                 command,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out or subprocess.DEVNULL,

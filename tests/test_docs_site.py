@@ -299,3 +299,51 @@ def _forbidden_wording(site: Site) -> Iterator[str]:
 
 def test_wording_speaks_of_taskflow_and_its_users(site: Site) -> None:
     assert list(_forbidden_wording(site)) == []
+
+
+# The guide pages a team learns from: every Python block there runs when pasted, or says where
+# the complete program is.
+GUIDES = (
+    "getting-started",
+    "concepts",
+    "consuming",
+    "scheduling",
+    "rate-limiting",
+    "idempotency",
+    "middleware",
+    "reliability",
+    "testing",
+    "deployment",
+    "observability",
+)
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```\n", re.MULTILINE | re.DOTALL)
+INCLUDE = re.compile(r'^--8<-- "(examples|tests)/[\w/.-]+\.py(:[\w-]+)?"$')
+# A fragment is followed by a line that links to the Examples page, where the file is whole.
+FRAGMENT_NOTE = re.compile(r"^(From|A fragment).*?\]\(examples\.md#[\w-]+\)")
+
+
+def _incomplete_snippets() -> Iterator[str]:
+    for name in GUIDES:
+        text = (ROOT / "docs" / f"{name}.md").read_text()
+        for block in PYTHON_BLOCK.finditer(text):
+            lines = [line for line in block.group(1).splitlines() if line.strip()]
+            if all(INCLUDE.match(line) for line in lines):
+                continue
+            after = text[block.end() :].lstrip("\n").split("\n\n", 1)[0]
+            if not FRAGMENT_NOTE.match(after.replace("\n", " ")):
+                yield f"{name}.md: {lines[0][:60]!r}"
+
+
+def test_every_guide_snippet_is_a_tested_file_or_links_to_one() -> None:
+    assert list(_incomplete_snippets()) == []
+
+
+def test_the_examples_page_shows_every_example_whole() -> None:
+    page = (ROOT / "docs/examples.md").read_text()
+    programs = sorted(
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "examples").glob("*.py")
+        if path.name != "__init__.py"
+    )
+    assert programs
+    assert [p for p in programs if f'--8<-- "{p}"' not in page] == []

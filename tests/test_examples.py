@@ -17,14 +17,22 @@ from unittest.mock import AsyncMock
 import httpx
 import pytest
 import yaml
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redis.asyncio import Redis
 
 from examples import (
     billing,
+    consuming,
     custom_worker,
     fastapi_service,
+    idempotency,
     middleware,
     quickstart,
+    rate_limits,
     reports,
+    scheduling,
+    telemetry,
     topics_and_groups,
 )
 from taskflow import Context
@@ -35,6 +43,7 @@ from taskflow.message import TopicPartition
 from taskflow.runner import BROKER_CLOSE_TIMEOUT
 from taskflow.testing import ManualClock, TestClient
 from tests._process import ROOT
+from tests._redis import REDIS_URL
 
 
 async def test_quickstart_places_and_handles_an_order(caplog: pytest.LogCaptureFixture) -> None:
@@ -230,8 +239,16 @@ def test_fastapi_service_under_uvicorn_drains_its_workers_on_sigterm() -> None:
     assert log.index("Waiting for application shutdown") < log.index("stopped cleanly")
 
 
-def test_kubernetes_manifest_gives_the_drain_time_to_finish() -> None:
-    manifest = yaml.safe_load((ROOT / "examples/deploy/kubernetes.yaml").read_text())
+@pytest.mark.parametrize(
+    ("folder", "app_ref"),
+    [
+        ("examples/deploy", "examples.orders:app"),
+        ("examples/recipes/service", "shop.app:app"),
+    ],
+)
+def test_kubernetes_manifest_gives_the_drain_time_to_finish(folder: str, app_ref: str) -> None:
+    documents = yaml.safe_load_all((ROOT / folder / "kubernetes.yaml").read_text())
+    (manifest,) = [document for document in documents if document["kind"] == "Deployment"]
     pod = manifest["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}
@@ -244,7 +261,105 @@ def test_kubernetes_manifest_gives_the_drain_time_to_finish() -> None:
     assert container["ports"] == [{"name": "ops", "containerPort": port}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
-    assert container["args"][:3] == ["taskflow", "run", "examples.orders:app"]
-    dockerfile = (ROOT / "examples/deploy/Dockerfile").read_text()
+    assert container["args"][:3] == ["taskflow", "run", app_ref]
+    dockerfile = (ROOT / folder / "Dockerfile").read_text()
     cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))
     assert json.loads(cmd.removeprefix("CMD ")) == container["args"]  # exec form: PID 1 is taskflow
+
+
+async def test_consuming_guide_handlers_retry_reject_and_publish() -> None:
+    async with TestClient(consuming.app) as client:
+        await client.publish("shipments", {"id": "s1"})
+        await client.publish("audit", b"logged in")
+        good = {"id": "r1", "order": 7, "customer": "c1", "amount": 5}
+        await client.publish("returns", good, key="c1")
+        await client.publish("returns", {**good, "id": "r2", "amount": -1})
+        await client.publish("returns", {"id": "r3", "customer": "c1", "amount": 1})
+        await client.drain()
+        topic = client.broker.topic
+        refunds = [m for log in topic("refunds").logs for m in log]
+        dead = [m for log in topic("returns.DLQ").logs for m in log]
+    assert [(m.key, m.value, m.header("return-id")) for m in refunds] == [
+        (b"c1", b'{"order":7,"amount":5}', b"r1")
+    ]
+    exceptions = {m.header("taskflow-exception-type") for m in dead}
+    assert exceptions == {b"taskflow.exceptions.Reject", b"examples.consuming.InvalidReturn"}
+    assert {m.header("taskflow-reason") for m in dead} == {b"rejected"}
+    assert client.report is not None
+    assert client.report.clean
+
+
+async def test_scheduling_guide_tasks_run_on_their_ticks(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with TestClient(scheduling.app) as client:
+        for task in ("cleanup", "report", "morning_digest", "nightly_export"):
+            await client.run_schedule(task)
+    assert client.report is not None
+    assert client.report.clean
+    for line in ("run for", "report for", "digest for", "export for"):
+        assert line in caplog.text
+
+
+@pytest.mark.redis
+async def test_scheduling_guide_reads_the_last_run_from_redis(
+    monkeypatch: pytest.MonkeyPatch, redis: Redis
+) -> None:
+    assert await scheduling.runs(REDIS_URL) == (None, None)  # never started
+    monkeypatch.setattr(scheduling.app, "redis_url", REDIS_URL)
+    async with TestClient(scheduling.app):
+        pass
+    last, upcoming = await scheduling.runs(REDIS_URL)
+    assert last is None  # no tick came yet
+    assert upcoming is not None
+    assert (upcoming.hour, upcoming.minute) in ((0, 0), (1, 0))  # 02:00 in Berlin
+
+
+@pytest.mark.redis
+async def test_rate_limits_guide_consumers_handle_their_topics(
+    monkeypatch: pytest.MonkeyPatch, redis: Redis
+) -> None:
+    monkeypatch.setattr(rate_limits.app, "redis_url", REDIS_URL)
+    async with TestClient(rate_limits.app) as client:
+        for topic in ("invoices", "sms", "events"):
+            for n in range(3):
+                await client.publish(topic, {"n": n})
+        await client.drain()  # handled and committed, within each limit
+        for topic, group in (("invoices", "billing"), ("sms", "billing")):
+            done = sum(client.committed(group, topic, p) or 0 for p in range(4))
+            assert done == 3
+    assert client.report is not None
+    assert client.report.clean
+
+
+@pytest.mark.redis
+async def test_idempotency_guide_applies_a_payment_once(
+    monkeypatch: pytest.MonkeyPatch, redis: Redis
+) -> None:
+    monkeypatch.setattr(idempotency.app, "redis_url", REDIS_URL)
+    payment = {"id": "p1", "account": "a1", "amount": 500}
+    async with TestClient(idempotency.app) as client:
+        for _ in range(2):
+            await client.publish("payments", payment, headers={"payment-id": b"p1"})
+        await client.drain()
+        await client.run_schedule("hourly_report")
+    assert await redis.hgetall("balances") == {b"a1": b"500"}
+    assert await redis.lrange("history:a1", 0, -1) == [b"p1"]
+
+
+async def test_telemetry_guide_puts_the_own_span_under_taskflows() -> None:
+    spans = InMemorySpanExporter()  # beside the example's own exporter
+    telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    try:
+        async with TestClient(telemetry.app) as client:
+            await client.publish("invoices", {"id": "i1"})
+            await client.drain()
+    finally:
+        # Export what the console exporter holds while the stream it writes to is open, and
+        # take the Prometheus reader off the default registry other tests read.
+        telemetry.tracer_provider.shutdown()
+        telemetry.meter_provider.shutdown()
+    finished = spans.get_finished_spans()
+    by_id = {span.context.span_id: span for span in finished}
+    (own,) = [span for span in finished if span.name == "render pdf"]
+    assert own.parent is not None
+    assert by_id[own.parent.span_id].name == "process invoices"

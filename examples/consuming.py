@@ -1,0 +1,58 @@
+"""The Consuming guide's handlers: retries, a plain `def`, rejects and dead
+letters, publishing from a handler.
+
+    taskflow run examples.consuming:app
+"""
+
+from __future__ import annotations
+
+from taskflow import App, Backoff, Context, Message, Reject
+
+app = App("shipping")
+
+
+# --8<-- [start:retry]
+@app.consume("shipments", retry=Backoff(initial=0.5, maximum=10))
+async def on_shipment(shipment: dict, ctx: Context) -> None:
+    ctx.logger.info("attempt %d at shipment %s", ctx.attempt, shipment["id"])
+
+
+# --8<-- [end:retry]
+
+
+# --8<-- [start:sync]
+@app.consume("audit")
+def on_audit(message: Message) -> None:  # a plain def: in a worker thread
+    print(message.topic, message.offset, message.value)
+
+
+# --8<-- [end:sync]
+
+
+# --8<-- [start:reject]
+class InvalidReturn(Exception):
+    """A return no retry can fix."""
+
+
+@app.consume(
+    "returns",
+    dead_letter="returns.DLQ",
+    max_attempts=5,
+    reject_on=(InvalidReturn,),
+)
+async def on_return(item: dict, ctx: Context) -> None:
+    if item["amount"] < 0:
+        raise Reject("negative amount")
+    if "order" not in item:
+        raise InvalidReturn("a return names its order")
+    # --8<-- [start:publish]
+    await ctx.publish(
+        "refunds",
+        {"order": item["order"], "amount": item["amount"]},
+        key=item["customer"],
+        headers={"return-id": item["id"]},  # str or bytes; read back as bytes
+    )
+    # --8<-- [end:publish]
+
+
+# --8<-- [end:reject]
