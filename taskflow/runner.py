@@ -55,7 +55,16 @@ BROKER_CLOSE_TIMEOUT = 10.0
 
 @dataclass(slots=True)
 class Runtime:
-    """A running app: its broker, its workers, its Manager."""
+    """A running app: its broker, its workers, its Manager.
+
+    Attributes:
+        app: The [App][taskflow.App] that is running.
+        broker: The connected broker.
+        manager: The [Manager][taskflow.Manager] that runs the workers.
+        workers: Every worker, built from the app's registrations, in registration order.
+        stores: Where claims, leases, limits and run records live.
+        http: The operations endpoint, with `http_port`; `http.port` is the port it listens on.
+    """
 
     app: App
     broker: Broker
