@@ -43,7 +43,7 @@ class ManualClock:
         clock = ManualClock()
         app = App("demo", clock=clock)
         ...
-        await clock.advance(60)     # every sleeper due within the minute wakes, in order
+        await clock.advance(60)  # each sleeper due within the minute wakes, in order
         ```
     """
 
