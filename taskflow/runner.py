@@ -161,9 +161,9 @@ async def running(
     The workers are not started: call `runtime.manager.run()`. With `install_signal_handlers`,
     SIGINT, SIGTERM and SIGHUP request a graceful stop from the very start. One that comes before
     the Runtime is yielded cancels the start-up: what was opened is closed, within the shutdown
-    timeout, and `StartupInterrupted` is raised. Once the Runtime is yielded a signal is the
-    Manager's; a second one while no worker is running (a shutdown hook hangs, say) cancels the
-    task that entered this context, so the process can always be stopped.
+    timeout, and [StartupInterrupted][taskflow.StartupInterrupted] is raised. Once the Runtime is
+    yielded a signal is the Manager's; a second one while no worker is running (a shutdown hook
+    hangs, say) cancels the task that entered this context, so the process can always be stopped.
 
     Raises:
         StartupInterrupted: when a signal stopped the start-up.

@@ -251,5 +251,5 @@ class TestClient:
 
     @property
     def clock(self) -> Any:
-        """The app's clock (a `ManualClock` when the app was built with one)."""
+        """The app's clock (a [ManualClock][taskflow.testing.ManualClock] when the app has one)."""
         return self.app.clock
