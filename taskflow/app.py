@@ -114,7 +114,8 @@ class App:
         shutdown_timeout: Seconds to let in-flight handlers and jobs finish on shutdown
             (default 30).
         commit_interval: Seconds between offset commits while consuming (default 1).
-        clock: Where periodic tasks read the time; tests pass a `ManualClock`.
+        clock: Where periodic tasks read the time; tests pass a
+            [ManualClock][taskflow.testing.ManualClock].
         tracer_provider: The OpenTelemetry TracerProvider for spans; default the global one.
         meter_provider: The OpenTelemetry MeterProvider for metrics; default the global one.
         idempotent: The default of `idempotent=` for every consumer and periodic task (default
@@ -132,7 +133,7 @@ class App:
     `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`); a `taskflow` flag wins
     over both. `settings` holds the values in effect and where each came from; `app.redis_url`
     and the other options' attributes read it, and setting one is the code's last word over the
-    environment. See the configuration guide.
+    environment. See [Configuration](../configuration.md).
 
     Example:
         ```python
@@ -426,7 +427,8 @@ class App:
         """Register a periodic task.
 
         With Redis configured, each tick runs on exactly one replica of the fleet, and a run never
-        overlaps another run of the task on any replica; see the scheduling guide.
+        overlaps another run of the task on any replica; see
+        [Scheduling](../scheduling.md#across-a-fleet-once-per-tick).
 
         Args:
             handler: `async def` or `def` taking nothing or `ctx: Context`.
@@ -659,9 +661,9 @@ class App:
             key: The message key; messages with one key go to one partition, in order.
             headers: Header names and values (str or bytes).
 
-        With a tracer provider set up (see docs/observability.md), a `send {topic}` span of kind
-        PRODUCER covers the publish and the headers carry its context; otherwise they carry the
-        current span's context, if any.
+        With a tracer provider set up (see [Observability](../observability.md#spans)), a
+        `send {topic}` span of kind PRODUCER covers the publish and the headers carry its context;
+        otherwise they carry the current span's context, if any.
 
         Raises:
             StateError: when the app is not running.

@@ -20,7 +20,8 @@ class Backoff:
 
     Example:
         ```python
-        Backoff(initial=1, maximum=30).delay(3)   # about 4 seconds before the fourth attempt
+        Backoff(initial=1, maximum=30).delay(3)
+        # about 4 seconds: the wait before the fourth attempt
         ```
     """
 

@@ -70,7 +70,7 @@ class Context:
         tick: The scheduled run (periodic tasks), else None.
         stopping: Set when shutdown begins; long handlers may watch it to finish early.
         attempt: Which attempt at the message this is: 1, then 2 after a failure, and so on (a
-            `Defer` does not count).
+            [Defer][taskflow.Defer] does not count).
 
     Example:
         ```python

@@ -3,27 +3,29 @@
 Failures::
 
     TaskflowError
-    ├── ConfigurationError        a bad option, URL, signature or registration; raised before start
+    ├── ConfigurationError        a bad option, URL, signature or registration
     │   └── HandlerSignatureError a handler taskflow cannot call
     ├── AppLoadError              `module:app` cannot be imported or is not an App
-    ├── StateError                an operation that the current state does not allow
-    ├── HandlerTimeout            a handler or periodic run went past its timeout= and was cancelled
+    ├── StateError                not allowed in the current state
+    ├── HandlerTimeout            a handler or periodic run outlived its timeout=
     ├── StoreError                Redis (the store) failed or cannot be reached
     ├── BrokerError               the broker failed or cannot be reached
     │   ├── PublishError          a message could not be published
-    │   │   └── RecordRefused     the broker will never take this record (not authorised, bad topic)
-    │   │       └── RecordTooLarge  the record is over the producer's max_request_size
+    │   │   └── RecordRefused     the broker will never take this record
+    │   │       └── RecordTooLarge  over the producer's max_request_size
     │   └── CommitError           an offset commit was refused (the group moved on)
     ├── StartupInterrupted        a stop signal came before the app was ready
-    └── ProcessExit               a handler raised SystemExit or KeyboardInterrupt: stop the process
+    └── ProcessExit               a handler raised SystemExit or KeyboardInterrupt
+
+Configuration errors are raised before anything starts. Each class below says more.
 
 Control flow (raised by handlers, never by taskflow on its own), kept apart from failures::
 
     HandlerSignal
-    ├── Reject                    a business error: do not retry, dead-letter or skip
-    │   └── DecodeError           the payload cannot be decoded into the handler's type
-    ├── Retry                     try this message again later (counts as an attempt)
-    └── Defer                     not now: try again later, without counting an attempt
+    ├── Reject                    a business error: dead-letter or skip, no retry
+    │   └── DecodeError           the payload does not decode to the handler's type
+    ├── Retry                     try again later (counts as an attempt)
+    └── Defer                     not now: try later, without counting an attempt
 """
 
 from __future__ import annotations

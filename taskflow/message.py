@@ -41,7 +41,8 @@ class Message(NamedTuple):
         ```python
         @app.consume("orders")
         async def on_order(message: Message) -> None:
-            print(message.topic, message.partition, message.offset, message.header("trace"))
+            trace = message.header("trace")
+            print(message.topic, message.partition, message.offset, trace)
         ```
     """
 

@@ -55,7 +55,16 @@ BROKER_CLOSE_TIMEOUT = 10.0
 
 @dataclass(slots=True)
 class Runtime:
-    """A running app: its broker, its workers, its Manager."""
+    """A running app: its broker, its workers, its Manager.
+
+    Attributes:
+        app: The [App][taskflow.App] that is running.
+        broker: The connected broker.
+        manager: The [Manager][taskflow.Manager] that runs the workers.
+        workers: Every worker, built from the app's registrations, in registration order.
+        stores: Where claims, leases, limits and run records live.
+        http: The operations endpoint, with `http_port`; `http.port` is the port it listens on.
+    """
 
     app: App
     broker: Broker
@@ -150,9 +159,9 @@ async def running(
     The workers are not started: call `runtime.manager.run()`. With `install_signal_handlers`,
     SIGINT, SIGTERM and SIGHUP request a graceful stop from the very start. One that comes before
     the Runtime is yielded cancels the start-up: what was opened is closed, within the shutdown
-    timeout, and `StartupInterrupted` is raised. Once the Runtime is yielded a signal is the
-    Manager's; a second one while no worker is running (a shutdown hook hangs, say) cancels the
-    task that entered this context, so the process can always be stopped.
+    timeout, and [StartupInterrupted][taskflow.StartupInterrupted] is raised. Once the Runtime is
+    yielded a signal is the Manager's; a second one while no worker is running (a shutdown hook
+    hangs, say) cancels the task that entered this context, so the process can always be stopped.
 
     Raises:
         StartupInterrupted: when a signal stopped the start-up.

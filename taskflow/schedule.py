@@ -49,7 +49,8 @@ class Interval:
 
     Example:
         ```python
-        Interval(timedelta(minutes=5)).next_after(datetime(2026, 1, 1, 12, 3, tzinfo=UTC))
+        every_five = Interval(timedelta(minutes=5))
+        every_five.next_after(datetime(2026, 1, 1, 12, 3, tzinfo=UTC))
         # datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
         ```
     """
@@ -99,7 +100,8 @@ class Cron:
 
     Example:
         ```python
-        Cron("30 2 * * *", tz="Europe/Berlin").next_after(datetime(2026, 7, 1, tzinfo=UTC))
+        nightly = Cron("30 2 * * *", tz="Europe/Berlin")
+        nightly.next_after(datetime(2026, 7, 1, tzinfo=UTC))
         # datetime(2026, 7, 1, 0, 30, tzinfo=UTC): 02:30 in Berlin (UTC+2)
         ```
     """

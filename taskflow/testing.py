@@ -43,7 +43,7 @@ class ManualClock:
         clock = ManualClock()
         app = App("demo", clock=clock)
         ...
-        await clock.advance(60)     # every sleeper due within the minute wakes, in order
+        await clock.advance(60)  # each sleeper due within the minute wakes, in order
         ```
     """
 
@@ -251,5 +251,5 @@ class TestClient:
 
     @property
     def clock(self) -> Any:
-        """The app's clock (a `ManualClock` when the app was built with one)."""
+        """The app's clock (a [ManualClock][taskflow.testing.ManualClock] when the app has one)."""
         return self.app.clock

@@ -39,9 +39,10 @@ class Worker(Protocol):
         app.add_worker(Heartbeat())
         ```
 
-    A worker may also say how it is with a `status()` method returning a `WorkerStatus` (see
-    `status_of`): /status shows it, and `taskflow.telemetry` reads the built-in workers' own
-    from it. It is optional: a worker without one is reported by its name and kind alone.
+    A worker may also say how it is with a `status()` method returning a
+    [WorkerStatus][taskflow.WorkerStatus] (see [status_of][taskflow.types.status_of]): /status
+    shows it, and `taskflow.telemetry` reads the built-in workers' own from it. It is optional: a
+    worker without one is reported by its name and kind alone.
     """
 
     @property

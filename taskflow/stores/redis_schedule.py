@@ -77,8 +77,10 @@ class RedisScheduleStore:
 
     Example:
         ```python
-        store = RedisScheduleStore(Redis.from_url("redis://localhost:6379/0"), "billing")
-        last = await store.last_run("cleanup")   # LastRun(..., outcome='ok', duration=0.8)
+        redis = Redis.from_url("redis://localhost:6379/0")
+        store = RedisScheduleStore(redis, "billing")
+        last = await store.last_run("cleanup")
+        # LastRun(..., outcome='ok', duration=0.8)
         upcoming = await store.next_run("cleanup")
         ```
     """
