@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from taskflow.exceptions import ConfigurationError
+from taskflow.redis_url import CLUSTER_SCHEMES, SCHEMES, SENTINEL_SCHEMES, RedisTarget
 
 __all__ = [
     "DEFAULT_BROKER",
@@ -75,7 +76,7 @@ _WHOLE = re.compile(r"[+-]?[0-9]+")
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = SCHEMES  # redis, rediss, unix, and the +cluster and +sentinel forms
 # Option names whose values are never shown.
 _SECRET = re.compile(r"password|secret|token|credential|sasl_oauth", re.IGNORECASE)
 # A query parameter, in a URL or in anything shown as one, whose value is never shown: its name
@@ -268,19 +269,29 @@ def _broker_text(text: str, variable: str) -> str:
 
 
 def _redis_url(value: Any, label: str) -> str:
-    """A URL from code is only checked to be text here: the runner refuses a malformed one."""
+    """A URL from code is checked to be text here, and a cluster or Sentinel one to be whole; the
+    runner refuses a malformed plain one."""
     if not isinstance(value, str):
         raise ConfigurationError(
             f"{label} is a Redis URL such as redis://localhost:6379/0, got {_got(value)}"
         )
+    if _scheme(value) in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
+        RedisTarget.parse(value, label)
     return value
 
 
 def _redis_url_text(text: str, variable: str) -> str:
-    if _scheme(text) not in _REDIS_SCHEMES:
-        raise ConfigurationError(
-            f"{variable} must be a redis://, rediss:// or unix:// URL, got {quoted(text)}"
-        )
+    RedisTarget.parse(text, variable)
+    return text
+
+
+def _secret(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{label} is text, got {_got(value)}")
+    return value
+
+
+def _secret_text(text: str, variable: str) -> str:
     return text
 
 
@@ -315,6 +326,8 @@ class Option:
 OPTIONS: Final = (
     Option("broker", "TASKFLOW_BROKER", "--broker", None, _broker, _broker_text),
     Option("redis_url", "TASKFLOW_REDIS_URL", "--redis", None, _redis_url, _redis_url_text),
+    Option("redis_username", "TASKFLOW_REDIS_USERNAME", None, None, _secret, _secret_text),
+    Option("redis_password", "TASKFLOW_REDIS_PASSWORD", None, None, _secret, _secret_text),
     Option(
         "shutdown_timeout",
         "TASKFLOW_SHUTDOWN_TIMEOUT",
@@ -430,6 +443,8 @@ class Settings:
         broker_options: The broker options, read-only: ``broker_options`` with, for Kafka,
             the ``TASKFLOW_KAFKA_<OPTION>`` variables over it.
         redis_url: The Redis URL, or None (``""`` in code also means no Redis).
+        redis_username: The Redis user name when the URL has none, or None.
+        redis_password: The Redis password when the URL has none, or None (never shown).
         shutdown_timeout: Seconds in-flight work may take to finish on shutdown.
         commit_interval: Seconds between offset commits.
         idempotent: The default of ``idempotent=`` for every registration.
@@ -441,6 +456,8 @@ class Settings:
     broker: Any = None
     broker_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     redis_url: str | None = None
+    redis_username: str | None = None
+    redis_password: str | None = None
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     idempotent: bool = False

@@ -225,7 +225,13 @@ async def recorded_runs(app: App) -> dict[str, Recorded]:
     tasks = [spec.name for spec in app.schedules if spec.fleet]
     if not app.redis_url or not tasks:
         return {}
-    async with open_stores(app.name, app.redis_url) as stores:
+    settings = app.settings
+    async with open_stores(
+        app.name,
+        settings.redis_url,
+        username=settings.redis_username,
+        password=settings.redis_password,
+    ) as stores:
         store, _ = stores.schedule_store(fleet=True)
         return {
             task: Recorded(await store.last_run(task), await store.next_run(task)) for task in tasks

@@ -254,7 +254,14 @@ def _stores(app: App) -> AbstractAsyncContextManager[Stores]:
     specs: list[ConsumerSpec | ScheduleSpec] = [*app.consumers, *app.schedules]
     idempotent = any(spec.idempotent for spec in specs)
     store = app.idempotency_store if idempotent else None
-    return open_stores(app.name, app.settings.redis_url, idempotency=store)
+    settings = app.settings
+    return open_stores(
+        app.name,
+        settings.redis_url,
+        idempotency=store,
+        username=settings.redis_username,
+        password=settings.redis_password,
+    )
 
 
 def _in_process(app: App) -> Stores:

@@ -44,6 +44,8 @@ def test_without_anything_each_option_has_its_default() -> None:
     assert table(settings) == {
         "broker": ("memory://", "default", ""),
         "redis_url": ("none", "default", ""),
+        "redis_username": ("none", "default", ""),
+        "redis_password": ("none", "default", ""),
         "shutdown_timeout": ("30", "default", ""),
         "commit_interval": ("1", "default", ""),
         "idempotent": ("false", "default", ""),
@@ -148,13 +150,14 @@ def test_only_options_with_a_flag_take_one() -> None:
         (
             "TASKFLOW_REDIS_URL",
             "localhost:6379",
-            "TASKFLOW_REDIS_URL must be a redis://, rediss:// or unix:// URL, got 'localhost:6379'",
+            "TASKFLOW_REDIS_URL must be a redis://, rediss://, unix://, redis+cluster:// or "
+            "redis+sentinel:// URL, got 'localhost:6379'",
         ),
         (
             "TASKFLOW_REDIS_URL",
             "http://:hunter2@host",
-            "TASKFLOW_REDIS_URL must be a redis://, rediss:// or unix:// URL, "
-            "got 'http://:***@host'",
+            "TASKFLOW_REDIS_URL must be a redis://, rediss://, unix://, redis+cluster:// or "
+            "redis+sentinel:// URL, got 'http://:***@host'",
         ),
     ],
 )
@@ -203,7 +206,8 @@ def test_a_bad_argument_is_refused_naming_it(code: dict[str, Any], message: str)
         ),
         (
             {"redis_url": "localhost:6379"},
-            "--redis must be a redis://, rediss:// or unix:// URL, got 'localhost:6379'",
+            "--redis must be a redis://, rediss://, unix://, redis+cluster:// or "
+            "redis+sentinel:// URL, got 'localhost:6379'",
         ),
         (
             {"http_port": 70000},
@@ -334,6 +338,8 @@ def test_the_app_takes_the_environment_over_its_arguments(
     assert dict(app.settings.sources) == {
         "broker": "default",
         "redis_url": "env",
+        "redis_username": "default",
+        "redis_password": "default",
         "shutdown_timeout": "code",
         "commit_interval": "env",
         "idempotent": "env",
@@ -421,3 +427,85 @@ def test_an_app_duration_may_be_zero_and_runs_to_its_documented_end() -> None:
     assert (app.shutdown_timeout, app.commit_interval) == (0.0, 3600.0)
     with pytest.raises(ConfigurationError, match=r"^commit_interval .* from 0 to 3600, got 3601$"):
         App("billing", commit_interval=3601)
+
+
+# -- Redis deployments -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7001",
+        "rediss+cluster://user:pw@10.0.0.1:7000",
+        "redis+cluster://node",
+        "redis+sentinel://s1:26379,s2:26379/taskflow",
+        "rediss+sentinel://:pw@s1/taskflow/3",
+    ],
+)
+def test_cluster_and_sentinel_urls_are_taken_wherever_a_redis_url_is(url: str) -> None:
+    assert resolve(TASKFLOW_REDIS_URL=url).redis_url == url
+    assert resolve({"redis_url": url}).redis_url == url
+    assert resolve().with_flags({"redis_url": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+cluster://", "TASKFLOW_REDIS_URL names no host, got 'redis+cluster://'"),
+        (
+            "redis+cluster://h:7000,:7001",
+            "TASKFLOW_REDIS_URL has an empty host, got 'redis+cluster://h:7000,:7001'",
+        ),
+        (
+            "redis+cluster://h:70000",
+            "TASKFLOW_REDIS_URL has a bad port '70000' (1 to 65535), got 'redis+cluster://h:70000'",
+        ),
+        (
+            "redis+cluster://:pw@h:7000/1",
+            "TASKFLOW_REDIS_URL is a cluster URL, and a cluster has no database number: drop "
+            "'/1', got 'redis+cluster://:***@h:7000/1'",
+        ),
+        (
+            "redis+sentinel://s1:26379",
+            "TASKFLOW_REDIS_URL names no Sentinel service: write "
+            "redis+sentinel://host:port/SERVICE, got 'redis+sentinel://s1:26379'",
+        ),
+        (
+            "redis+sentinel://s1/taskflow/x",
+            "TASKFLOW_REDIS_URL has a database that is not a number: 'x', "
+            "got 'redis+sentinel://s1/taskflow/x'",
+        ),
+    ],
+)
+def test_a_bad_cluster_or_sentinel_url_is_refused_in_one_sentence(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        resolve(TASKFLOW_REDIS_URL=url)
+
+    assert str(caught.value) == message
+    with pytest.raises(ConfigurationError, match=r"^redis_url "):
+        resolve({"redis_url": url})
+    with pytest.raises(ConfigurationError, match=r"^--redis "):
+        resolve().with_flags({"redis_url": url})
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis+cluster://user:pw@h1:7000,h2:7001", "redis+cluster://user:***@h1:7000,h2:7001"),
+        (
+            "rediss+sentinel://:pw@s1:26379,s2/taskflow/0",
+            "rediss+sentinel://:***@s1:26379,s2/taskflow/0",
+        ),
+    ],
+)
+def test_passwords_in_cluster_and_sentinel_urls_are_masked(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert table(resolve(TASKFLOW_REDIS_URL=url))["redis_url"][0] == masked
+
+
+def test_the_redis_password_variable_is_never_shown() -> None:
+    settings = resolve(TASKFLOW_REDIS_PASSWORD="hunter2", TASKFLOW_REDIS_USERNAME="worker")
+
+    assert (settings.redis_password, settings.redis_username) == ("hunter2", "worker")
+    assert table(settings)["redis_password"] == ("***", "env", "TASKFLOW_REDIS_PASSWORD")
+    assert table(settings)["redis_username"] == ("worker", "env", "TASKFLOW_REDIS_USERNAME")

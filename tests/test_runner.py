@@ -33,7 +33,7 @@ async def test_an_unreachable_redis_is_refused_before_any_worker_starts() -> Non
 
 async def test_a_malformed_redis_url_is_a_configuration_error() -> None:
     app = App("bad-redis", redis_url="http://127.0.0.1:6379")
-    with pytest.raises(ConfigurationError, match="malformed Redis URL"):
+    with pytest.raises(ConfigurationError, match="redis_url must be a redis://"):
         async with running(app):
             pass
 

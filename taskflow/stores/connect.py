@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskflow.config import mask_url
 from taskflow.exceptions import ConfigurationError, StoreError
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
+    from taskflow.redis_url import RedisTarget
     from taskflow.stores.base import IdempotencyStore
     from taskflow.stores.ratelimit import RateLimitStore
     from taskflow.stores.schedule import ScheduleStore
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["REDIS_TIMEOUT", "RedisClient", "Stores", "open_stores", "redis_client"]
 
 if TYPE_CHECKING:
-    RedisClient: TypeAlias = Redis
-    """The Redis client type, for annotations outside this package."""
+    RedisClient: TypeAlias = Redis | RedisCluster
+    """A client of one Redis (or the primary behind Sentinel), or of a Redis Cluster."""
 
 REDIS_TIMEOUT = 5.0
 """Seconds before a Redis call (or connecting) fails; the callers then defer or skip the work."""
@@ -55,7 +57,7 @@ class Stores:
     schedules: ScheduleStore | None = None
     idempotency: IdempotencyStore | None = None
     rate_limits: RateLimitStore | None = None
-    client: Redis | None = field(default=None, repr=False)
+    client: RedisClient | None = field(default=None, repr=False)
 
     @classmethod
     def in_process(
@@ -91,6 +93,8 @@ async def open_stores(
     redis_url: str | None,
     *,
     idempotency: IdempotencyStore | None = None,
+    username: str | None = None,
+    password: str | None = None,
 ) -> AsyncIterator[Stores]:
     """The stores of one run; with `redis_url`, on one Redis client checked with a PING.
 
@@ -98,6 +102,8 @@ async def open_stores(
         app_name: The app's name, in every key.
         redis_url: The app's Redis URL, or None.
         idempotency: The app's own idempotency store, used instead of Redis for claims.
+        username: The Redis user name when the URL has none.
+        password: The Redis password when the URL has none.
 
     Raises:
         ConfigurationError: for a malformed Redis URL.
@@ -111,7 +117,7 @@ async def open_stores(
     from taskflow.stores.redis_ratelimit import RedisRateLimitStore
     from taskflow.stores.redis_schedule import RedisScheduleStore
 
-    async with redis_client(redis_url) as client:
+    async with redis_client(redis_url, username=username, password=password) as client:
         assert client is not None
         yield Stores(
             app_name,
@@ -124,8 +130,15 @@ async def open_stores(
 
 
 @asynccontextmanager
-async def redis_client(url: str | None) -> AsyncIterator[Redis | None]:
-    """A Redis client for `url`, checked with a PING before anything starts; None without a URL.
+async def redis_client(
+    url: str | None, *, username: str | None = None, password: str | None = None
+) -> AsyncIterator[RedisClient | None]:
+    """A client for `url`, checked with a PING before anything starts; None without a URL.
+
+    ``redis://`` and ``rediss://`` give a `redis.asyncio.Redis`, ``redis+sentinel://`` one whose
+    connections go to the primary Sentinel names (again after a failover), and
+    ``redis+cluster://`` a `redis.asyncio.cluster.RedisCluster` seeded with the URL's hosts.
+    `username` and `password` are used when the URL has none.
 
     Raises:
         ConfigurationError: for a malformed URL.
@@ -134,22 +147,71 @@ async def redis_client(url: str | None) -> AsyncIterator[Redis | None]:
     if not url:
         yield None
         return
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
+    from taskflow.redis_url import RedisTarget
+    from taskflow.stores.redis import REDIS_ERRORS
 
-    try:
-        # Explicit, so outage behaviour does not change with redis-py's defaults: a hung Redis
-        # fails a call after REDIS_TIMEOUT, and the middleware defers the message.
-        client = Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed Redis URL: {exc}") from None
+    target = RedisTarget.parse(url, "redis_url")
+    client, closers = _client(target, username, password)
     try:
         try:
             await client.ping()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"cannot reach Redis at {mask_url(url)}: {exc}") from exc
         yield client
     finally:
         await client.aclose()
+        for closer in closers:
+            await closer.aclose()
+
+
+def _client(
+    target: RedisTarget, username: str | None, password: str | None
+) -> tuple[RedisClient, list[Redis]]:
+    """The client `target` names, and the Sentinel clients to close after it."""
+    # Explicit, so outage behaviour does not change with redis-py's defaults: a hung Redis
+    # fails a call after REDIS_TIMEOUT, and the middleware defers the message.
+    timeout = REDIS_TIMEOUT
+    user = target.username or (None if target.password else username)
+    secret = target.password or password
+    if target.kind == "single":
+        from redis.asyncio import Redis
+
+        extra: dict[str, Any] = {
+            k: v for k, v in (("username", user), ("password", secret)) if v is not None
+        }
+        try:
+            client = Redis.from_url(
+                target.url, socket_timeout=timeout, socket_connect_timeout=timeout, **extra
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"malformed Redis URL: {exc}") from None
+        return client, []
+    if target.kind == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            username=user,
+            password=secret,
+            ssl=target.tls,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        return cluster, []
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.hosts),
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "ssl": target.tls,
+        },
+        ssl=target.tls,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    primary: Redis = sentinel.master_for(
+        target.service, db=target.db, username=user, password=secret
+    )
+    return primary, list(sentinel.sentinels)

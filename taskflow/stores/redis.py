@@ -10,17 +10,29 @@ The `*_many` forms send the same commands for many keys in one pipeline: one rou
 `complete_with` writes a handler's own Redis effects together with the done mark: ``WATCH key``,
 check the key still holds the owner's token, then ``MULTI``, the effects, the done mark,
 ``EXEC``. If the claim changed hands in between, EXEC applies nothing.
+
+On a Redis Cluster a MULTI runs on one node, so every key of one call must share a slot. Each call
+here touches keys of one tag: one message key, or the keys of one consumer group's batch (all
+``{group}``). A handler's effects join that MULTI, so on a cluster each key they write must carry
+its claim's hash tag (``{group}``, or ``{app:task}`` for a periodic task); `complete_with` refuses
+other keys with a `ConfigurationError` before anything is sent.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from redis.exceptions import NoScriptError, RedisError, WatchError
+from redis.exceptions import (
+    CrossSlotTransactionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    WatchError,
+)
 
-from taskflow.exceptions import StoreError
+from taskflow.exceptions import ConfigurationError, StoreError
 from taskflow.stores.base import ClaimOutcome
 
 if TYPE_CHECKING:
@@ -29,8 +41,12 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     from taskflow.stores.base import Claim
+    from taskflow.stores.connect import RedisClient
 
-__all__ = ["DONE_PREFIX", "RedisIdempotencyStore"]
+__all__ = ["DONE_PREFIX", "REDIS_ERRORS", "RedisIdempotencyStore"]
+
+REDIS_ERRORS = (RedisError, RedisClusterException)
+"""What a Redis call raises when it fails: a cluster's own errors are not `RedisError`s."""
 
 DONE_PREFIX = "done:"
 """A completed key's value is this prefix and the token of the owner that completed it."""
@@ -83,8 +99,13 @@ class RedisIdempotencyStore:
         ```
     """
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
+        from redis.asyncio import Redis
+        from redis.asyncio.cluster import RedisCluster
+
         self.client = client
+        # On a cluster, handlers' effects are queued on a client that never connects.
+        self._recorder = Redis() if isinstance(client, RedisCluster) else None
         self._complete = client.register_script(COMPLETE_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._extend = client.register_script(EXTEND_SCRIPT)
@@ -100,7 +121,7 @@ class RedisIdempotencyStore:
         """
         try:
             await self.client.ping()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"the idempotency store's Redis does not answer: {exc}") from exc
 
     async def claim(self, key: str, owner: str, lease: float) -> ClaimOutcome:
@@ -113,7 +134,7 @@ class RedisIdempotencyStore:
                 pipe.set(key, owner, nx=True, px=millis(lease))
                 pipe.get(key)
                 claimed, value = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"claiming {key} failed: {exc}") from exc
         outcome = _outcome(claimed, value, owner)
         if outcome is _OWN:
@@ -136,7 +157,7 @@ class RedisIdempotencyStore:
                     pipe.execute_command("SET", key, owner, "NX", "PX", px)
                     pipe.execute_command("GET", key)
                 replies = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"claiming {len(keys)} key(s) failed: {exc}") from exc
         outcomes = [_outcome(c, v, owner) for c, v in zip(replies[::2], replies[1::2], strict=True)]
         own = [key for key, outcome in zip(keys, outcomes, strict=True) if outcome is _OWN]
@@ -159,8 +180,13 @@ class RedisIdempotencyStore:
         return await self._run_many(self._release, "releasing", claims)
 
     def transaction(self) -> Pipeline:
-        """A fresh pipeline for a handler's effects; `complete_with` executes it."""
-        return self.client.pipeline(transaction=True)
+        """A fresh pipeline for a handler's effects; `complete_with` executes it.
+
+        On a cluster it only records the commands (it never connects): `complete_with` sends
+        them on the cluster's own transaction, to the node of the claim's slot.
+        """
+        client = self._recorder or cast("Redis", self.client)
+        return client.pipeline(transaction=True)
 
     async def complete_with(
         self, key: str, owner: str, retention: float, effects: Pipeline
@@ -179,7 +205,12 @@ class RedisIdempotencyStore:
                 await pipe.execute()
         except WatchError:
             return False  # the key changed after the check: the lease ran out meanwhile
-        except RedisError as exc:
+        except CrossSlotTransactionError:
+            raise ConfigurationError(
+                f"ctx.transaction on a Redis Cluster writes only keys with the hash tag of "
+                f"{key}: name them '{_tag(key)}…' (nothing was written)"
+            ) from None
+        except REDIS_ERRORS as exc:
             raise StoreError(f"completing {key} with its effects failed: {exc}") from exc
         finally:
             await effects.reset()  # type: ignore[no-untyped-call]
@@ -201,14 +232,14 @@ class RedisIdempotencyStore:
         """Seconds left before `key`'s claim or done mark expires; 0.0 when there is none."""
         try:
             millis = await self.client.pttl(key)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading the lease of {key} failed: {exc}") from exc
         return max(0, int(millis)) / 1000
 
     async def _run(self, script: AsyncScript, doing: str, key: str, *args: str | int) -> bool:
         try:
             result = await script(keys=[key], args=list(args))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"{doing} {key} failed: {exc}") from exc
         return bool(result)
 
@@ -223,7 +254,7 @@ class RedisIdempotencyStore:
             except NoScriptError:  # Redis restarted, or its scripts were flushed: load it again
                 await self.client.script_load(script.script)
                 return await self._evalsha_many(script, claims, args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"{doing} {len(claims)} key(s) failed: {exc}") from exc
 
     async def _evalsha_many(
@@ -249,6 +280,13 @@ def _outcome(claimed: object, value: bytes | str | None, owner: str) -> ClaimOut
     if text.startswith(DONE_PREFIX):
         return ClaimOutcome.DONE
     return _OWN if text == owner else ClaimOutcome.IN_PROGRESS
+
+
+def _tag(key: str) -> str:
+    """The hash tag of `key`, braces included (``{billing}``), or the key itself."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start : end + 1] if 0 <= start < end - 1 else key
 
 
 def as_text(value: bytes | str | None) -> str:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from taskflow.exceptions import StoreError
+from taskflow.stores.redis import REDIS_ERRORS
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from taskflow.stores.connect import RedisClient
 
 __all__ = ["GCRA_SCRIPT", "RedisRateLimitStore"]
 
@@ -49,7 +48,7 @@ class RedisRateLimitStore:
         client: A `redis.asyncio.Redis` client; the store does not close it.
     """
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
         self._gcra = client.register_script(GCRA_SCRIPT)
 
@@ -62,6 +61,6 @@ class RedisRateLimitStore:
             micros = await self._gcra(
                 keys=[key], args=[interval * 1_000_000, tolerance * 1_000_000]
             )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis did not answer: {exc}") from exc
         return int(micros) / 1_000_000

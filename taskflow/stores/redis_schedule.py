@@ -13,17 +13,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from taskflow.exceptions import StoreError
 from taskflow.stores import keys
 from taskflow.stores.lease import REPLICA
-from taskflow.stores.redis import EXTEND_SCRIPT, RELEASE_SCRIPT, as_text, millis
+from taskflow.stores.redis import EXTEND_SCRIPT, REDIS_ERRORS, RELEASE_SCRIPT, as_text, millis
 from taskflow.stores.schedule import LastRun, TickClaim, epoch
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
+
+    from taskflow.stores.connect import RedisClient
 
 __all__ = ["RedisScheduleStore"]
 
@@ -85,7 +84,7 @@ class RedisScheduleStore:
         ```
     """
 
-    def __init__(self, client: Redis, app_name: str) -> None:
+    def __init__(self, client: RedisClient, app_name: str) -> None:
         self.client = client
         self.app_name = app_name
         self.replica = REPLICA
@@ -136,7 +135,7 @@ class RedisScheduleStore:
                 pipe.set(key, owner, nx=True, px=millis(lease))
                 pipe.get(key)
                 taken, holder = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"taking the lease {key} failed: {exc}") from exc
         return None if taken else as_text(holder)
 
@@ -175,7 +174,7 @@ class RedisScheduleStore:
         key = self.key(task, "next")
         try:
             await self.client.set(key, _iso(moment))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"writing {key} failed: {exc}") from exc
 
     async def claimer(self, task: str, tick: datetime) -> str | None:
@@ -183,7 +182,7 @@ class RedisScheduleStore:
         key = self.claim_key(task, tick)
         try:
             value = await self.client.get(key)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading {key} failed: {exc}") from exc
         return None if value is None else as_text(value)
 
@@ -192,7 +191,7 @@ class RedisScheduleStore:
         key = self.key(task, "last")
         try:
             raw = await self.client.hgetall(key)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading {key} failed: {exc}") from exc
         fields = {as_text(name): as_text(value) for name, value in raw.items()}
         if "tick" not in fields:
@@ -211,7 +210,7 @@ class RedisScheduleStore:
         key = self.key(task, "next")
         try:
             value = await self.client.get(key)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading {key} failed: {exc}") from exc
         return None if value is None else datetime.fromisoformat(as_text(value))
 
@@ -223,7 +222,7 @@ class RedisScheduleStore:
     ) -> Any:
         try:
             return await script(keys=keys, args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"{doing} failed: {exc}") from exc
 
 
