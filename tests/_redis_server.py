@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -59,12 +60,16 @@ class RedisServer:
         binary: str = "redis-server",
         startup_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        args: Sequence[str] = (),
+        config: str = "",
     ) -> None:
         self._fixed_port = port is not None
         self.port: int = port if port is not None else _free_port()
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
+        self.args = tuple(args)  # after taskflow's own: --cluster-enabled, --replicaof, --sentinel
+        self.config = config  # a config file's text, for what only a file takes (Sentinel)
         self._tmpdir = Path(tempfile.mkdtemp(prefix="taskflow-redis-"))
         self._log: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -107,14 +112,27 @@ class RedisServer:
                 return self
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @property
+    def dir(self) -> Path:
+        """The server's private directory (its working dir)."""
+        return self._tmpdir
+
     def _spawn_and_wait(self) -> None:
+        config: list[str] = []
+        if self.config:
+            path = self._tmpdir / "redis.conf"
+            if not path.exists():  # Sentinel rewrites it: keep what it learned across a restart
+                path.write_text(self.config, encoding="utf-8")
+            config = [str(path)]
         cmd = [
             self.binary,
+            *config,
             "--port", str(self.port),
             "--bind", _HOST,
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self._tmpdir),
+            *self.args,
         ]  # fmt: skip
         if shutil.which(self.binary) is None:
             raise RedisStartError(f"{self.binary!r} is not on PATH")

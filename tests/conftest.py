@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
 from tests._redis import REDIS_URL
+from tests._redis_deployments import RedisCluster, RedisSentinel
 
 # Read when each event loop is created: slow callbacks and never-awaited coroutines get reported.
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
@@ -23,3 +24,17 @@ async def redis() -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private 3-primary Redis Cluster for the session."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinel]:
+    """A private primary, replica and Sentinel for the session; tests must not kill them."""
+    with RedisSentinel() as deployment:
+        yield deployment

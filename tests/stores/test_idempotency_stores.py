@@ -14,17 +14,22 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from taskflow import StoreError
+from taskflow import ConfigurationError, StoreError
 from taskflow.stores import (
     ClaimOutcome,
     IdempotencyStore,
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
 )
-from tests._redis import REDIS_URL
+from tests._redis import DEPLOYMENTS, REDIS_URL, deployment_client, deployment_url
 
 LEASE = 0.2  # Redis leases run on the server's clock: short, so expiry tests stay quick
 KEY = "taskflow:{billing}:idem:order-1"
+
+
+def key(identity: str) -> str:
+    """A key of KEY's consumer group: a batch's keys share its hash tag, as on a cluster."""
+    return f"taskflow:{{billing}}:idem:{identity}"
 
 
 class FakeClock:
@@ -42,7 +47,9 @@ class Harness:
     """Let `seconds` pass on the store's clock."""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=["memory", *(pytest.param(name, marks=pytest.mark.redis) for name in DEPLOYMENTS)]
+)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
@@ -52,16 +59,12 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 
         yield Harness(MemoryIdempotencyStore(clock), advance)
         return
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
 
     async def wait(seconds: float) -> None:
         await asyncio.sleep(seconds)  # Redis expires keys on its own clock; nothing to wait on
 
-    try:
+    async with deployment_client(deployment_url(request, request.param)) as client:
         yield Harness(RedisIdempotencyStore(client), wait)
-    finally:
-        await client.aclose()
 
 
 async def test_a_free_key_is_claimed_and_then_in_progress_for_others(harness: Harness) -> None:
@@ -252,14 +255,14 @@ async def test_the_memory_store_forgets_expired_keys() -> None:
 
 async def test_a_batch_claim_answers_each_key_as_a_single_claim_would(harness: Harness) -> None:
     store = harness.store
-    await store.claim("done", "x", LEASE)
-    await store.complete("done", "x", 60)
-    await store.claim("held", "y", LEASE)
+    await store.claim(key("done"), "x", LEASE)
+    await store.complete(key("done"), "x", 60)
+    await store.claim(key("held"), "y", LEASE)
 
-    outcomes = await store.claim_many(["free", "done", "held"], "a", LEASE)
+    outcomes = await store.claim_many([key("free"), key("done"), key("held")], "a", LEASE)
 
     assert outcomes == [ClaimOutcome.CLAIMED, ClaimOutcome.DONE, ClaimOutcome.IN_PROGRESS]
-    assert await store.claim("free", "b", LEASE) is ClaimOutcome.IN_PROGRESS  # now a's
+    assert await store.claim(key("free"), "b", LEASE) is ClaimOutcome.IN_PROGRESS  # now a's
     assert await store.claim_many([], "a", LEASE) == []
 
 
@@ -267,19 +270,19 @@ async def test_a_batch_claimed_again_by_its_owner_after_a_lost_answer_is_still_i
     harness: Harness,
 ) -> None:
     store = harness.store
-    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [ClaimOutcome.CLAIMED] * 2
+    assert await store.claim_many([key("k1"), key("k2")], "a", LEASE) == [ClaimOutcome.CLAIMED] * 2
 
-    assert await store.claim_many(["k1", "k2"], "a", LEASE) == [ClaimOutcome.CLAIMED] * 2
-    assert await store.claim_many(["k1"], "b", LEASE) == [ClaimOutcome.IN_PROGRESS]
+    assert await store.claim_many([key("k1"), key("k2")], "a", LEASE) == [ClaimOutcome.CLAIMED] * 2
+    assert await store.claim_many([key("k1")], "b", LEASE) == [ClaimOutcome.IN_PROGRESS]
 
 
 async def test_batch_completions_and_releases_are_owner_checked_per_key(harness: Harness) -> None:
     store = harness.store
-    await store.claim_many(["k1", "k2", "k3"], "a", LEASE)
+    await store.claim_many([key("k1"), key("k2"), key("k3")], "a", LEASE)
 
-    assert await store.complete_many([("k1", "a"), ("k2", "b")], 60) == [True, False]
-    assert await store.release_many([("k2", "b"), ("k3", "a")]) == [False, True]
-    assert await store.claim_many(["k1", "k2", "k3"], "c", LEASE) == [
+    assert await store.complete_many([(key("k1"), "a"), (key("k2"), "b")], 60) == [True, False]
+    assert await store.release_many([(key("k2"), "b"), (key("k3"), "a")]) == [False, True]
+    assert await store.claim_many([key("k1"), key("k2"), key("k3")], "c", LEASE) == [
         ClaimOutcome.DONE,
         ClaimOutcome.IN_PROGRESS,  # still a's: b could neither complete nor release it
         ClaimOutcome.CLAIMED,
@@ -362,3 +365,50 @@ async def test_batch_writes_still_work_after_redis_forgets_its_scripts(
 
     assert await redis_store.complete_many([("k1", "a"), ("k2", "b")], 60) == [True, False]
     assert await redis.get("k1") == b"done:a"
+
+
+# -- ctx.transaction on a Redis Cluster ---------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster_store(request: pytest.FixtureRequest) -> AsyncIterator[RedisIdempotencyStore]:
+    async with deployment_client(deployment_url(request, "cluster")) as client:
+        yield RedisIdempotencyStore(client)
+
+
+@pytest.mark.redis
+async def test_on_a_cluster_effects_under_the_claims_hash_tag_land_with_the_done_mark(
+    cluster_store: RedisIdempotencyStore,
+) -> None:
+    await cluster_store.claim(KEY, "a", 5)
+    effects = cluster_store.transaction()
+    effects.incr("{billing}:count")
+    effects.hset("{billing}:totals", "eur", "12")
+
+    assert await cluster_store.complete_with(KEY, "a", 60, effects) is True
+    client = cluster_store.client
+    assert await client.get("{billing}:count") == b"1"
+    assert await client.hget("{billing}:totals", "eur") == b"12"
+    assert await client.get(KEY) == b"done:a"
+
+
+@pytest.mark.redis
+async def test_on_a_cluster_an_effect_outside_the_claims_hash_tag_is_refused_whole(
+    cluster_store: RedisIdempotencyStore,
+) -> None:
+    await cluster_store.claim(KEY, "a", 5)
+    effects = cluster_store.transaction()
+    effects.incr("{billing}:count")
+    effects.incr("orders:count")  # another slot than {billing}
+
+    with pytest.raises(ConfigurationError) as caught:
+        await cluster_store.complete_with(KEY, "a", 60, effects)
+
+    assert str(caught.value) == (
+        "ctx.transaction on a Redis Cluster writes only keys with the hash tag of "
+        "taskflow:{billing}:idem:order-1: name them '{billing}…' (nothing was written)"
+    )
+    client = cluster_store.client
+    assert await client.get("{billing}:count") is None
+    assert await client.get("orders:count") is None
+    assert await client.get(KEY) == b"a"  # still a's claim: the lease decides what happens next

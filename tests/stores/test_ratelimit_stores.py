@@ -17,8 +17,9 @@ from redis.backoff import NoBackoff
 
 from taskflow import StoreError
 from taskflow.stores import MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore
+from taskflow.stores.connect import redis_client
 from taskflow.stores.keys import rate_limit
-from tests._redis import REDIS_URL
+from tests._redis import DEPLOYMENTS, REDIS_URL, deployment_url
 
 # Not the flushed test database: a run beside this one would reset a limit mid-test.
 LIMITS_URL = os.environ.get("TASKFLOW_TEST_REDIS_LIMITS") or (
@@ -44,7 +45,9 @@ class Harness:
     """Let `seconds` pass on the store's clock."""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=["memory", *(pytest.param(name, marks=pytest.mark.redis) for name in DEPLOYMENTS)]
+)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     key = rate_limit(f"shop-{uuid.uuid4().hex[:8]}", "on_order")
     if request.param == "memory":
@@ -55,11 +58,11 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 
         yield Harness(MemoryRateLimitStore(clock), key, advance)
         return
-    client = Redis.from_url(LIMITS_URL)
-    try:
+    # The machine's Redis: not the flushed test database. The private deployments: flushed.
+    url = LIMITS_URL if request.param == "redis" else deployment_url(request, request.param)
+    async with redis_client(url) as client:
+        assert client is not None
         yield Harness(RedisRateLimitStore(client), key, asyncio.sleep)
-    finally:
-        await client.aclose()
 
 
 async def test_the_first_run_goes_and_the_next_waits_one_interval(harness: Harness) -> None:

@@ -22,7 +22,7 @@ from taskflow.stores import (
     ScheduleStore,
     TickClaim,
 )
-from tests._redis import REDIS_URL
+from tests._redis import DEPLOYMENTS, REDIS_URL, deployment_client, deployment_url
 
 APP, TASK = "billing", "beat"
 LEASE = 0.2  # Redis leases run on the server's clock: short, so expiry tests stay quick
@@ -49,7 +49,9 @@ class Harness:
     """Let `seconds` pass on the store's clock."""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=["memory", *(pytest.param(name, marks=pytest.mark.redis) for name in DEPLOYMENTS)]
+)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
@@ -60,16 +62,12 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         store = MemoryScheduleStore(APP, clock=clock)
         yield Harness(store, store, advance)
         return
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
 
     async def wait(seconds: float) -> None:
         await asyncio.sleep(seconds)  # Redis expires keys on its own clock
 
-    try:
+    async with deployment_client(deployment_url(request, request.param)) as client:
         yield Harness(RedisScheduleStore(client, APP), RedisScheduleStore(client, APP), wait)
-    finally:
-        await client.aclose()
 
 
 async def claim(store: ScheduleStore, owner: str, tick: datetime = TICK) -> tuple[TickClaim, str]:
