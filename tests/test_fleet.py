@@ -25,8 +25,10 @@ from redis.asyncio import Redis
 
 from taskflow.runner import EXIT_CLEAN
 from taskflow.stores import RedisScheduleStore
+from taskflow.stores.connect import redis_client
 from tests._process import AppProcess
 from tests._redis import REDIS_URL
+from tests._redis_deployments import RedisCluster
 
 pytestmark = pytest.mark.redis
 
@@ -54,7 +56,7 @@ async def runs(redis: Redis, which: str) -> list[Run]:
 @contextmanager
 def fleet(**env: str) -> Iterator[list[AppProcess]]:
     """`REPLICAS` replicas of the app, started one after another, each up and scheduling."""
-    env = {"TASKFLOW_REDIS_URL": REDIS_URL, **env}
+    env = {"TASKFLOW_REDIS_URL": REDIS_URL, **env}  # a later TASKFLOW_REDIS_URL wins
     with ExitStack() as stack:
         replicas = [stack.enter_context(AppProcess(APP, env=env)) for _ in range(REPLICAS)]
         for replica in replicas:
@@ -139,3 +141,32 @@ async def test_a_job_longer_than_its_interval_never_overlaps_across_replicas(
     )
     assert skipped >= 3
     assert len(Counter(run.tick for run in started)) == len(started)  # and no tick twice
+
+
+async def test_three_replicas_on_a_redis_cluster_run_every_tick_exactly_once(
+    redis: Redis, redis_cluster: RedisCluster
+) -> None:
+    # The fleet's claims, leases and records live on the cluster; the app's own list of runs on
+    # the tests' Redis, where it is read back.
+    with fleet(TASKFLOW_REDIS_URL=redis_cluster.url, FLEET_RECORD_URL=REDIS_URL) as replicas:
+        up = time.time()
+        await asyncio.sleep(10)  # the scenario, not a wait for something
+        stopped = time.time()
+        for replica in replicas:
+            replica.send(signal.SIGTERM)
+        for replica in replicas:
+            assert replica.wait(WAIT) == EXIT_CLEAN
+
+    started = await runs(redis, "started")
+    counts = Counter(run.tick for run in started)
+    twice = sorted(tick for tick, count in counts.items() if count > 1)
+    assert twice == [], f"ticks run more than once: {twice}"
+    expected = range(math.ceil(up), math.floor(stopped))
+    missed = [tick for tick in expected if tick not in counts]
+    assert missed == [], f"ticks missed: {missed}"
+    assert len(expected) >= 9
+    async with redis_client(redis_cluster.url) as cluster:
+        assert cluster is not None
+        last = await RedisScheduleStore(cluster, "fleet").last_run("beat")
+    assert last is not None
+    assert last.tick.timestamp() >= math.floor(stopped) - 2  # the fleet recorded on the cluster

@@ -10,6 +10,8 @@ Run as several replicas (``taskflow run tests.apps.fleet_recorder:app``), all on
 
 Configured by environment variables:
 
+- ``FLEET_RECORD_URL``: where the lists are kept, a plain ``redis://`` URL (default
+  ``TASKFLOW_REDIS_URL``; set it when the fleet's Redis is a cluster);
 - ``FLEET_PREFIX``: the prefix of the two lists (default ``runs:``);
 - ``FLEET_SECONDS``: the task's interval (default 1);
 - ``FLEET_JOB_SECONDS``: how long each run takes (default 0);
@@ -38,7 +40,8 @@ def redis() -> Redis:
     """The job's own client, made on first use inside the app's event loop."""
     global _redis
     if _redis is None:
-        _redis = Redis.from_url(os.environ["TASKFLOW_REDIS_URL"])
+        url = os.environ.get("FLEET_RECORD_URL") or os.environ["TASKFLOW_REDIS_URL"]
+        _redis = Redis.from_url(url)
     return _redis
 
 
