@@ -28,7 +28,7 @@ from taskflow.stores import RedisScheduleStore
 from taskflow.stores.connect import redis_client
 from tests._process import AppProcess
 from tests._redis import REDIS_URL
-from tests._redis_deployments import RedisCluster
+from tests._redis_deployments import RedisCluster, RedisSentinel
 
 pytestmark = pytest.mark.redis
 
@@ -170,3 +170,36 @@ async def test_three_replicas_on_a_redis_cluster_run_every_tick_exactly_once(
         last = await RedisScheduleStore(cluster, "fleet").last_run("beat")
     assert last is not None
     assert last.tick.timestamp() >= math.floor(stopped) - 2  # the fleet recorded on the cluster
+
+
+async def test_a_sentinel_failover_is_logged_once_and_ticks_resume_by_themselves(
+    redis: Redis,
+) -> None:
+    # Its own deployment: the primary is killed. The app's list of runs stays on the tests' Redis.
+    with RedisSentinel() as deployment:
+        old = deployment.primary_port()
+        env = {"TASKFLOW_REDIS_URL": deployment.url, "FLEET_RECORD_URL": REDIS_URL}
+        with AppProcess(APP, env=env) as replica:
+            replica.wait_for(RUNNING, WAIT)
+            await asyncio.sleep(3)  # a few ticks on the first primary
+            deployment.primary.stop(graceful=False)  # SIGKILL
+            killed = time.time()
+            replica.wait_for("could not be claimed", WAIT)
+            replica.wait_for("Redis answers again", WAIT)
+            recovered = time.time()
+            assert deployment.primary_port() != old  # Sentinel promoted the replica
+            await asyncio.sleep(6)  # ticks on the new primary
+            stopped = time.time()
+            replica.send(signal.SIGTERM)
+            assert replica.wait(WAIT) == EXIT_CLEAN
+
+    assert replica.log.count("could not be claimed") == 1  # the outage, once
+    assert replica.log.count("Redis answers again") == 1
+    started = await runs(redis, "started")
+    counts = Counter(run.tick for run in started)
+    assert [tick for tick, count in counts.items() if count > 1] == []
+    assert any(run.tick < killed for run in started)
+    after = range(math.ceil(recovered) + 1, math.floor(stopped))
+    missed = [tick for tick in after if tick not in counts]
+    assert missed == [], f"ticks missed after the failover: {missed}"
+    assert len(after) >= 3
