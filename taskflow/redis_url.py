@@ -4,7 +4,7 @@ Four forms, each with a TLS twin (``rediss`` for ``redis``):
 
 - ``redis://[user:password@]host[:port][/db]`` and ``unix://``: one server, read by redis-py.
 - ``redis+cluster://[user:password@]host[:port][,host[:port]…]``: a Redis Cluster; the hosts
-  are seed nodes, the client discovers the rest. A cluster has one database, so no ``/db``.
+  are nodes to start from, the client finds the rest. A cluster has one database, so no ``/db``.
 - ``redis+sentinel://[user:password@]host[:port][,host[:port]…]/service[/db]``: the primary
   that Sentinel names `service`, followed across failovers. The hosts are Sentinels.
 
@@ -44,7 +44,8 @@ class RedisTarget:
         kind: ``single``, ``cluster`` or ``sentinel``.
         url: The URL as given (for ``single``, what redis-py reads).
         tls: Whether connections use TLS.
-        hosts: The seed nodes or Sentinels, as (host, port); empty for ``single``.
+        hosts: The cluster nodes to start from, or the Sentinels, as (host, port); none for
+            ``single``.
         service: The primary's name for Sentinel; "" otherwise.
         db: The database number behind Sentinel (0 by default); 0 otherwise.
         username: The user name in the URL, if any.

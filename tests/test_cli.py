@@ -578,6 +578,7 @@ def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> Non
         "--http-port",
         "9000",
         TASKFLOW_REDIS_URL="redis://:env-secret@127.0.0.1:6379/0",
+        TASKFLOW_REDIS_PASSWORD="other-secret",
         TASKFLOW_SHUTDOWN_TIMEOUT="20",
         TASKFLOW_KAFKA_SASL_PLAIN_PASSWORD="env-secret",
         TASKFLOW_KAFKA_CLIENT_ID="ops",
@@ -590,6 +591,8 @@ def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> Non
     assert _settings_rows(result.stdout) == {
         "broker": ["kafka://code-broker:9092", "code", "App(broker=...)"],
         "redis_url": ["redis://:***@127.0.0.1:6379/0", "env", "TASKFLOW_REDIS_URL"],
+        "redis_username": ["none", "default"],
+        "redis_password": ["***", "env", "TASKFLOW_REDIS_PASSWORD"],
         "shutdown_timeout": ["20", "env", "TASKFLOW_SHUTDOWN_TIMEOUT"],
         "commit_interval": ["1", "default"],
         "idempotent": ["false", "default"],

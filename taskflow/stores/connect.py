@@ -137,7 +137,7 @@ async def redis_client(
 
     ``redis://`` and ``rediss://`` give a `redis.asyncio.Redis`, ``redis+sentinel://`` one whose
     connections go to the primary Sentinel names (again after a failover), and
-    ``redis+cluster://`` a `redis.asyncio.cluster.RedisCluster` seeded with the URL's hosts.
+    ``redis+cluster://`` a `redis.asyncio.cluster.RedisCluster` that starts from the URL's hosts.
     `username` and `password` are used when the URL has none.
 
     Raises:
