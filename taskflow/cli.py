@@ -38,7 +38,7 @@ from taskflow.exceptions import (
 )
 from taskflow.leftovers import name_leftovers
 from taskflow.manager import ShutdownReport
-from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, serve
+from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, catch_early_signals, serve
 from taskflow.telemetry import setup as otel
 
 __all__ = ["load_app", "main"]
@@ -301,6 +301,8 @@ def run(
     failed or was interrupted by a signal, 2 for a usage error; a handler's `sys.exit(n)` stops
     the process with code n.
     """
+    # A stop signal while the app is imported is kept, not fatal; the old handlers come back after.
+    click.get_current_context().call_on_close(catch_early_signals())
     _configure_logging(log_level, log_format)
     try:
         _check_processes(processes, processes_limit)

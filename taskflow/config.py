@@ -307,7 +307,8 @@ class Option:
     """One App option that the environment, and maybe a flag, can set.
 
     Attributes:
-        name: The `App(...)` argument and attribute.
+        name: The `App(...)` argument and attribute (the Redis credentials are settings only:
+            they come from the environment, never from code).
         variable: Its environment variable.
         flag: Its CLI flag, if it has one.
         default: taskflow's default, used when nothing else gives a value.

@@ -268,6 +268,40 @@ def _in_process(app: App) -> Stores:
     return Stores.in_process(app.name, idempotency=app.idempotency_store)
 
 
+_early: list[signal.Signals] = []
+
+
+def catch_early_signals() -> Callable[[], None]:
+    """Keep a stop signal that comes before the event loop listens, while the app is imported.
+
+    Without this, SIGTERM during the import of a slow app would end the process at once, with
+    no line in the log. `taskflow run` calls it first; the loop's handlers, once installed, act
+    on a signal kept here as if it had just come. Returns a function that puts back the
+    handlers that were there before.
+    """
+    before = {sig: signal.signal(sig, _keep_early) for sig in STOP_SIGNALS}
+
+    def restore() -> None:
+        _early.clear()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def _keep_early(signum: int, frame: object) -> None:
+    _early.append(signal.Signals(signum))
+
+
+def early_signal() -> signal.Signals | None:
+    """The first stop signal kept by `catch_early_signals`, taken (None if none came)."""
+    if not _early:
+        return None
+    first = _early[0]
+    _early.clear()
+    return first
+
+
 class _Signals:
     """SIGINT, SIGTERM and SIGHUP as stop requests, from before start-up until the run's end.
 
@@ -288,6 +322,9 @@ class _Signals:
         self._deadline: asyncio.TimerHandle | None = None
         for sig in STOP_SIGNALS:
             self._loop.add_signal_handler(sig, self._on_signal, sig)
+        early = early_signal()
+        if early is not None:
+            self._loop.call_soon(self._on_signal, early)
 
     def started(self) -> None:
         """Start-up is over: from now on a first signal is the Manager's alone."""

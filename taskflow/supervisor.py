@@ -41,7 +41,7 @@ from taskflow.config import quoted, whole_number_text
 from taskflow.exceptions import ConfigurationError
 from taskflow.logfmt import JsonFormatter
 from taskflow.manager import RESTART_BACKOFF
-from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, STOP_SIGNALS
+from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, STOP_SIGNALS, early_signal
 
 __all__ = [
     "PROCESSES_CEILING",
@@ -198,6 +198,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:  # forwarded: a child stops on each, as taskflow run does
             loop.add_signal_handler(sig, self.request_stop, sig)
+        early = early_signal()  # one that came while the app was imported
+        if early is not None:
+            loop.call_soon(self.request_stop, early)
 
         def remove() -> None:
             for sig in STOP_SIGNALS:

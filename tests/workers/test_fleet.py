@@ -146,7 +146,11 @@ async def fleet(
 
     @asynccontextmanager
     async def shared_stores(
-        app_name: str, redis_url: str | None, *, idempotency: IdempotencyStore | None = None
+        app_name: str,
+        redis_url: str | None,
+        *,
+        idempotency: IdempotencyStore | None = None,
+        **credentials: str | None,
     ) -> AsyncIterator[Stores]:
         yield Stores(
             app_name,
