@@ -350,6 +350,17 @@ class Idempotency:
         self._note("lost")
         logger.error("%s: %s; another worker may have run it too", self.name, what)
 
+    def _lost_many(self, keys: Sequence[str]) -> None:
+        for _ in keys:
+            self._note("lost")
+        logger.error(
+            "%s: %d messages ran, but their claims had been lost (%s, …); another worker may "
+            "have run them too",
+            self.name,
+            len(keys),
+            keys[0],
+        )
+
     async def _release(self, job: Job, ctx: Context, key: str, owner: str) -> None:
         try:
             await self.store.release(key, owner)
@@ -497,6 +508,7 @@ class _DoneMarks:
         self.waiting: dict[str, tuple[str, float]] = {}  # key: (owner, when it ran)
         self.sending: dict[str, tuple[str, float]] = {}
         self.task: asyncio.Task[None] | None = None
+        self.failing = False  # the last write failed: retries are logged at debug only
 
     def __contains__(self, key: str) -> bool:
         return key in self.waiting or key in self.sending
@@ -543,18 +555,30 @@ class _DoneMarks:
             self._keep_for_retry(marks, exc)
             await asyncio.sleep(STORE_RETRY)
             return
-        for (key, _), done in zip(claims, results, strict=True):
-            if not done:
-                middleware._lost(key, f"a message ran, but its claim ({key}) had been lost")
+        if self.failing:
+            self.failing = False
+            logger.info("%s: the held-back done marks are written", middleware.name)
+        lost = [key for (key, _), done in zip(claims, results, strict=True) if not done]
+        if len(lost) == 1:
+            middleware._lost(lost[0], f"a message ran, but its claim ({lost[0]}) had been lost")
+        elif lost:  # say it once for the batch (say, Redis came back without its data)
+            middleware._lost_many(lost)
 
     def _keep_for_retry(self, marks: dict[str, tuple[str, float]], exc: StoreError) -> None:
-        """Put back the marks whose claims may still hold; the rest are given up, and said so."""
+        """Put back the marks whose claims may still hold; the rest are given up, and said so.
+
+        The first failure is a warning, the retries that follow are debug lines: the store's
+        outage itself is the claim path's one error line.
+        """
         expiry = time.monotonic() - self.middleware.lease
         kept = {key: mark for key, mark in marks.items() if mark[1] > expiry}
         self.waiting = {**kept, **self.waiting}
         given_up = len(marks) - len(kept)
-        logger.error(
-            "%s: writing %d done marks failed (%s); retrying%s",
+        level = logging.DEBUG if self.failing and not given_up else logging.WARNING
+        self.failing = True
+        logger.log(
+            level,
+            "%s: writing %d done marks failed (%s); retrying until the store answers%s",
             self.middleware.name,
             len(marks),
             exc,
