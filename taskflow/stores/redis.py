@@ -20,8 +20,9 @@ other keys with a `ConfigurationError` before anything is sent.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import (
@@ -43,10 +44,24 @@ if TYPE_CHECKING:
     from taskflow.stores.base import Claim
     from taskflow.stores.connect import RedisClient
 
-__all__ = ["DONE_PREFIX", "REDIS_ERRORS", "RedisIdempotencyStore"]
+__all__ = ["DONE_PREFIX", "REDIS_ERRORS", "RedisIdempotencyStore", "store_call"]
 
 REDIS_ERRORS = (RedisError, RedisClusterException)
 """What a Redis call raises when it fails: a cluster's own errors are not `RedisError`s."""
+
+
+@contextlib.contextmanager
+def store_call(doing: str) -> Iterator[None]:
+    """Turn a failing Redis call into a `StoreError` that says what was being done.
+
+    Every Redis store speaks through it, so the policies above them (`on_store_error`, the
+    scheduler's lease rules) see one kind of failure, from a single server or a cluster alike.
+    """
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"{doing} failed: {exc}") from exc
+
 
 DONE_PREFIX = "done:"
 """A completed key's value is this prefix and the token of the owner that completed it."""
@@ -129,13 +144,11 @@ class RedisIdempotencyStore:
 
         A key already claimed by `owner` itself counts as claimed (and its lease is renewed).
         """
-        try:
+        with store_call(f"claiming {key}"):
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.set(key, owner, nx=True, px=millis(lease))
                 pipe.get(key)
                 claimed, value = await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"claiming {key} failed: {exc}") from exc
         outcome = _outcome(claimed, value, owner)
         if outcome is _OWN:
             # Our own earlier claim, which timed out on the way back yet landed: it is still ours.
@@ -151,14 +164,12 @@ class RedisIdempotencyStore:
         if not keys:
             return []
         px = millis(lease)
-        try:
+        with store_call(f"claiming {len(keys)} key(s)"):
             async with self.client.pipeline(transaction=True) as pipe:
                 for key in keys:  # by hand: redis-py's set() checks its options on every call
                     pipe.execute_command("SET", key, owner, "NX", "PX", px)
                     pipe.execute_command("GET", key)
                 replies = await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"claiming {len(keys)} key(s) failed: {exc}") from exc
         outcomes = [_outcome(c, v, owner) for c, v in zip(replies[::2], replies[1::2], strict=True)]
         own = [key for key, outcome in zip(keys, outcomes, strict=True) if outcome is _OWN]
         if own:  # rare: a batch claimed again after its answer was lost
@@ -230,17 +241,13 @@ class RedisIdempotencyStore:
 
     async def remaining(self, key: str) -> float:
         """Seconds left before `key`'s claim or done mark expires; 0.0 when there is none."""
-        try:
+        with store_call(f"reading the lease of {key}"):
             millis = await self.client.pttl(key)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"reading the lease of {key} failed: {exc}") from exc
         return max(0, int(millis)) / 1000
 
     async def _run(self, script: AsyncScript, doing: str, key: str, *args: str | int) -> bool:
-        try:
+        with store_call(f"{doing} {key}"):
             result = await script(keys=[key], args=list(args))
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"{doing} {key} failed: {exc}") from exc
         return bool(result)
 
     async def _run_many(
@@ -248,14 +255,12 @@ class RedisIdempotencyStore:
     ) -> list[bool]:
         if not claims:
             return []
-        try:
+        with store_call(f"{doing} {len(claims)} key(s)"):
             try:
                 return await self._evalsha_many(script, claims, args)
             except NoScriptError:  # Redis restarted, or its scripts were flushed: load it again
                 await self.client.script_load(script.script)
                 return await self._evalsha_many(script, claims, args)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"{doing} {len(claims)} key(s) failed: {exc}") from exc
 
     async def _evalsha_many(
         self, script: AsyncScript, claims: Sequence[Claim], args: tuple[str | int, ...]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from taskflow.exceptions import StoreError
-from taskflow.stores.redis import REDIS_ERRORS
+from taskflow.stores.redis import store_call
 
 if TYPE_CHECKING:
     from taskflow.stores.connect import RedisClient
@@ -57,10 +56,8 @@ class RedisRateLimitStore:
 
     async def acquire(self, key: str, interval: float, tolerance: float) -> float:
         """Book a run now (0.0), or the seconds to wait before asking again."""
-        try:
+        with store_call(f"booking a run under {key}"):
             micros = await self._gcra(
                 keys=[key], args=[interval * 1_000_000, tolerance * 1_000_000]
             )
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"Redis did not answer: {exc}") from exc
         return int(micros) / 1_000_000

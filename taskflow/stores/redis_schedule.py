@@ -13,10 +13,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from taskflow.exceptions import StoreError
 from taskflow.stores import keys
 from taskflow.stores.lease import REPLICA
-from taskflow.stores.redis import EXTEND_SCRIPT, REDIS_ERRORS, RELEASE_SCRIPT, as_text, millis
+from taskflow.stores.redis import EXTEND_SCRIPT, RELEASE_SCRIPT, as_text, millis, store_call
 from taskflow.stores.schedule import LastRun, TickClaim, epoch
 
 if TYPE_CHECKING:
@@ -130,13 +129,11 @@ class RedisScheduleStore:
     async def acquire(self, task: str, owner: str, lease: float) -> str | None:
         """Take the lease for `owner` unless a run holds it; None when taken, else the holder."""
         key = self.key(task, "running")
-        try:
+        with store_call(f"taking the lease {key}"):
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.set(key, owner, nx=True, px=millis(lease))
                 pipe.get(key)
                 taken, holder = await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"taking the lease {key} failed: {exc}") from exc
         return None if taken else as_text(holder)
 
     async def renew(self, task: str, owner: str, lease: float) -> bool:
@@ -172,27 +169,21 @@ class RedisScheduleStore:
     async def set_next(self, task: str, moment: datetime) -> None:
         """Record the next tick of `task`."""
         key = self.key(task, "next")
-        try:
+        with store_call(f"writing {key}"):
             await self.client.set(key, _iso(moment))
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"writing {key} failed: {exc}") from exc
 
     async def claimer(self, task: str, tick: datetime) -> str | None:
         """Who claimed `tick` (an owner token), or None when nobody has (or the claim expired)."""
         key = self.claim_key(task, tick)
-        try:
+        with store_call(f"reading {key}"):
             value = await self.client.get(key)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"reading {key} failed: {exc}") from exc
         return None if value is None else as_text(value)
 
     async def last_run(self, task: str) -> LastRun | None:
         """The last run of `task`, or None when it never ran (or Redis forgot)."""
         key = self.key(task, "last")
-        try:
+        with store_call(f"reading {key}"):
             raw = await self.client.hgetall(key)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"reading {key} failed: {exc}") from exc
         fields = {as_text(name): as_text(value) for name, value in raw.items()}
         if "tick" not in fields:
             return None
@@ -208,10 +199,8 @@ class RedisScheduleStore:
     async def next_run(self, task: str) -> datetime | None:
         """The next tick of `task` as the replicas last computed it, or None."""
         key = self.key(task, "next")
-        try:
+        with store_call(f"reading {key}"):
             value = await self.client.get(key)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"reading {key} failed: {exc}") from exc
         return None if value is None else datetime.fromisoformat(as_text(value))
 
     def _keys(self, task: str, *suffixes: str) -> list[str]:
@@ -220,10 +209,8 @@ class RedisScheduleStore:
     async def _call(
         self, script: AsyncScript, doing: str, keys: list[str], args: list[str | int]
     ) -> Any:
-        try:
+        with store_call(doing):
             return await script(keys=keys, args=args)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"{doing} failed: {exc}") from exc
 
 
 def _iso(moment: datetime) -> str:
