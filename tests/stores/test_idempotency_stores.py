@@ -21,7 +21,8 @@ from taskflow.stores import (
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
 )
-from tests._redis import DEPLOYMENTS, REDIS_URL, deployment_client, deployment_url
+from tests._redis import REDIS_URL, deployment_client, deployment_url
+from tests.stores._twins import TWINS, FakeClock
 
 LEASE = 0.2  # Redis leases run on the server's clock: short, so expiry tests stay quick
 KEY = "taskflow:{billing}:idem:order-1"
@@ -32,14 +33,6 @@ def key(identity: str) -> str:
     return f"taskflow:{{billing}}:idem:{identity}"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Harness:
     store: IdempotencyStore
@@ -47,9 +40,7 @@ class Harness:
     """Let `seconds` pass on the store's clock."""
 
 
-@pytest.fixture(
-    params=["memory", *(pytest.param(name, marks=pytest.mark.redis) for name in DEPLOYMENTS)]
-)
+@pytest.fixture(params=TWINS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()

@@ -19,7 +19,8 @@ from taskflow import StoreError
 from taskflow.stores import MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore
 from taskflow.stores.connect import redis_client
 from taskflow.stores.keys import rate_limit
-from tests._redis import DEPLOYMENTS, REDIS_URL, deployment_url
+from tests._redis import REDIS_URL, deployment_url
+from tests.stores._twins import TWINS, FakeClock
 
 # Not the flushed test database: a run beside this one would reset a limit mid-test.
 LIMITS_URL = os.environ.get("TASKFLOW_TEST_REDIS_LIMITS") or (
@@ -27,14 +28,6 @@ LIMITS_URL = os.environ.get("TASKFLOW_TEST_REDIS_LIMITS") or (
 )
 INTERVAL = 0.2  # five runs a second
 TOLERANCE = 0.01
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -45,13 +38,11 @@ class Harness:
     """Let `seconds` pass on the store's clock."""
 
 
-@pytest.fixture(
-    params=["memory", *(pytest.param(name, marks=pytest.mark.redis) for name in DEPLOYMENTS)]
-)
+@pytest.fixture(params=TWINS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     key = rate_limit(f"shop-{uuid.uuid4().hex[:8]}", "on_order")
     if request.param == "memory":
-        clock = FakeClock()
+        clock = FakeClock(100.0)
 
         async def advance(seconds: float) -> None:
             clock.now += seconds

@@ -22,21 +22,14 @@ from taskflow.stores import (
     ScheduleStore,
     TickClaim,
 )
-from tests._redis import DEPLOYMENTS, REDIS_URL, deployment_client, deployment_url
+from tests._redis import REDIS_URL, deployment_client, deployment_url
+from tests.stores._twins import TWINS, FakeClock
 
 APP, TASK = "billing", "beat"
 LEASE = 0.2  # Redis leases run on the server's clock: short, so expiry tests stay quick
 TTL = 60.0
 TICK = datetime(2026, 1, 1, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -49,9 +42,7 @@ class Harness:
     """Let `seconds` pass on the store's clock."""
 
 
-@pytest.fixture(
-    params=["memory", *(pytest.param(name, marks=pytest.mark.redis) for name in DEPLOYMENTS)]
-)
+@pytest.fixture(params=TWINS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
