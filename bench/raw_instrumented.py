@@ -36,8 +36,8 @@ from otel_setup import (
 from redis.asyncio import Redis
 
 from taskflow.middleware.ratelimit import smooth_limiter
-from taskflow.runner import REDIS_TIMEOUT
 from taskflow.specs import DEFAULT_LEASE, DEFAULT_RETENTION
+from taskflow.stores.connect import REDIS_TIMEOUT
 from taskflow.stores.redis import COMPLETE_SCRIPT, DONE_PREFIX
 from taskflow.telemetry.metrics import PROCESS_BUCKETS
 

@@ -22,8 +22,9 @@ from kafka_contenders import (
     Setup,
 )
 
-from taskflow import App
+from taskflow import App, TopicPartition
 from taskflow.runner import running
+from taskflow.workers.consumer import ConsumerWorker
 
 __all__ = [
     "run_taskflow",
@@ -57,7 +58,11 @@ async def run_taskflow(
         counter.hit()
 
     app.add_consumer(handler, setup.topic, group=group, **(consumer_options or {}))
-    targets = {(setup.topic, p): end for p, end in setup.ends.items()} if setup.whole else None
+    targets = (
+        {TopicPartition(setup.topic, p): end for p, end in setup.ends.items()}
+        if setup.whole
+        else None
+    )
 
     with observe or contextlib.nullcontext():
         started = time.monotonic()
@@ -77,20 +82,21 @@ async def run_taskflow(
 
 
 async def _run_app(
-    app: App, counter: Counter, targets: dict[tuple[str, int], int] | None, timeout: float
+    app: App, counter: Counter, targets: dict[TopicPartition, int] | None, timeout: float
 ) -> tuple[float, Any]:
     """Run `app` until `counter` is done and, when `targets` are given, they are committed;
     then stop it (which commits what was handled). Returns the final commit's stamp."""
     async with running(app) as runtime:
         run = asyncio.create_task(runtime.manager.run())
         worker = runtime.worker("handler")
+        assert isinstance(worker, ConsumerWorker)
         committed = 0.0
         try:
             async with asyncio.timeout(timeout):
                 await counter.done.wait()
                 while targets is not None:  # the commit loop commits once per commit_interval
-                    facts = worker.facts().committed  # type: ignore[attr-defined]
-                    if all(facts.get(tp) == end for tp, end in targets.items()):
+                    done = {part.tp: part.committed for part in worker.status().partitions}
+                    if all(done.get(tp) == end for tp, end in targets.items()):
                         committed = time.monotonic()
                         break
                     await asyncio.sleep(0.002)
