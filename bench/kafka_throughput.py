@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 import aiokafka  # noqa: E402
 import opentelemetry.sdk.version  # noqa: E402
 import redis  # noqa: E402
+import redis.utils  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from kafka_contenders import (  # noqa: E402
@@ -163,6 +164,15 @@ async def one_round(setup: Setup, name: str, title: str, **kwargs: Any) -> Resul
 # -- reporting ---------------------------------------------------------------------------------
 
 
+def redis_py() -> str:
+    """redis-py's version and the reply parser it uses: hiredis's, when it is installed."""
+    if redis.utils.HIREDIS_AVAILABLE:
+        parser = f"hiredis {importlib.metadata.version('hiredis')} parser"
+    else:
+        parser = "pure-Python parser"
+    return f"redis-py {redis.__version__} ({parser})"
+
+
 def versions() -> str:
     try:
         tansu = subprocess.run(
@@ -180,15 +190,10 @@ def versions() -> str:
         tf_version = importlib.metadata.version("taskflow")
     except importlib.metadata.PackageNotFoundError:
         tf_version = getattr(taskflow, "__version__", "?")
-    try:
-        importlib.metadata.version("hiredis")
-        parser = "hiredis parser"
-    except importlib.metadata.PackageNotFoundError:
-        parser = "pure-Python parser"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"python {platform.python_version()} ({platform.python_implementation()}), "
-        f"aiokafka {aiokafka.__version__}, redis-py {redis.__version__} ({parser}), "
+        f"aiokafka {aiokafka.__version__}, {redis_py()}, "
         f"redis-server {redis_server}, opentelemetry-sdk {opentelemetry.sdk.version.__version__}, "
         f"taskflow {tf_version} ({Path(taskflow.__file__).parent}), {tansu}, nproc {cpus}, "
         f"{platform.machine()}"

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 import aiokafka  # noqa: E402
 import shutdown  # noqa: E402
 from kafka_contenders import PARTITIONS  # noqa: E402
-from kafka_throughput import KEYS, flush_redis, load, make_values, produce  # noqa: E402
+from kafka_throughput import KEYS, flush_redis, load, make_values, produce, redis_py  # noqa: E402
 
 import taskflow  # noqa: E402
 from tests._redis_server import RedisServer  # noqa: E402
@@ -605,7 +605,8 @@ async def main_async(args: argparse.Namespace) -> int:
     print(load(), flush=True)
     wanted = [BY_NAME[name] for name in args.contenders]
     pythons = {"main": sys.executable}
-    installed = {"main": f"aiokafka {aiokafka.__version__}"}
+    installed = {"main": f"aiokafka {aiokafka.__version__}, {redis_py()}"}
+    print(installed["main"], flush=True)
     missing: dict[str, str] = {}
     for env in sorted({entrant.env for entrant in wanted} - {"main"}):
         python, note = ensure_venv(env, print)
