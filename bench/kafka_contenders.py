@@ -7,13 +7,18 @@ overhead is the difference:
 
 * ``raw``: a ``getmany`` loop (max_poll_records 500) with explicit commits: the baseline.
 * ``raw-asyncfor``: ``async for record in consumer`` (``getone``), committing as ``raw`` does.
+* ``raw-claim``: ``raw``, claiming each batch in Redis in one pipelined round trip of
+  ``SET key owner NX PX`` per record, and handling the records whose SET answered OK: the
+  idempotency an application would write by hand.
 * ``raw-redis``: ``raw``, with taskflow's idempotency claims and completions in Redis.
 * ``raw-tracing``: ``raw``, with one OpenTelemetry SDK span per record.
 * ``raw-all``: ``raw-redis`` and ``raw-tracing`` together, plus the two messaging metrics, a rate
   limiter acquire and a timeout per record.
 * ``taskflow``: an App in partition mode, no middleware (counterpart ``raw``).
 * ``taskflow-key16``: ``ordering="key", concurrency=16`` (counterpart ``raw``).
-* ``taskflow-idem``: ``idempotent=True`` on the same Redis (counterpart ``raw-redis``).
+* ``taskflow-idem``: ``idempotent=True`` on the same Redis (counterpart ``raw-claim``).
+* ``taskflow-idem-key``: the same with ``idempotency_key=`` the ``id`` in each record's JSON
+  (counterpart ``raw-claim``).
 * ``taskflow-tracing``: ``tracer_provider=`` an SDK provider (counterpart ``raw-tracing``).
 * ``taskflow-all``: idempotency, traces and metrics, a rate limit far above the rate, and a
   handler timeout (counterpart ``raw-all``).
@@ -27,6 +32,8 @@ so a contender process loads what that contender needs and no more (its peak RSS
 
 Raw loops commit ``{tp: last + 1}`` per partition at most once per `COMMIT_INTERVAL` (taskflow's
 default ``commit_interval``) and once at the end, as taskflow does.
+
+`TARGETS` are the throughput ratios taskflow aims for, checked by `suite` and `kafka_throughput`.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ __all__ = [
     "MAX_RECORDS",
     "PARTITIONS",
     "RATE_LIMIT",
+    "TARGETS",
     "BatchWork",
     "Batches",
     "Contender",
@@ -70,6 +78,16 @@ CONSUMER_SETTINGS: dict[str, Any] = {
     "session_timeout_ms": SESSION_TIMEOUT_MS,
     "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
 }
+
+# (contender, compared with, the least ratio of msg/s): per-round ratios, then the median
+TARGETS: list[tuple[str, str, float]] = [
+    ("taskflow", "raw", 0.9),
+    ("taskflow-key16", "raw", 0.7),
+    ("taskflow-idem", "raw-claim", 1.0),
+    ("taskflow-idem", "raw", 0.3),
+    ("taskflow-idem-key", "raw-claim", 0.8),
+    ("taskflow-tracing", "raw-tracing", 0.8),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +279,7 @@ class Contender:
 CONTENDERS: dict[str, Contender] = {
     "raw": Contender("kafka_contenders:run_raw", "raw"),
     "raw-asyncfor": Contender("kafka_contenders:run_raw_asyncfor", "raw"),
+    "raw-claim": Contender("raw_instrumented:run_raw_claim", "raw", uses_redis=True),
     "raw-redis": Contender("raw_instrumented:run_raw_redis", "raw", uses_redis=True),
     "raw-tracing": Contender("raw_instrumented:run_raw_tracing", "raw"),
     "raw-all": Contender("raw_instrumented:run_raw_all", "raw", uses_redis=True),
@@ -275,9 +294,15 @@ CONTENDERS: dict[str, Contender] = {
     ),
     "taskflow-idem": Contender(
         "taskflow_contenders:run_taskflow_idem",
-        "raw-redis",
+        "raw-claim",
         uses_redis=True,
         profile_file="profile-idempotent.txt",
+    ),
+    "taskflow-idem-key": Contender(
+        "taskflow_contenders:run_taskflow_idem_key",
+        "raw-claim",
+        uses_redis=True,
+        profile_file="profile-idempotent-key.txt",
     ),
     "taskflow-tracing": Contender(
         "taskflow_contenders:run_taskflow_tracing",

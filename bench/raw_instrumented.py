@@ -1,5 +1,7 @@
 """The raw aiokafka loops that do the inherent work of taskflow's middleware by hand.
 
+``raw-claim`` is idempotency as one would write it by hand: one pipelined round trip of
+``SET key owner NX PX`` per batch, and the handler for the records whose SET answered OK.
 ``raw-redis`` makes taskflow's idempotency claims and completions in Redis around each batch,
 ``raw-tracing`` opens one SDK span per record, ``raw-all`` does both and also records the two
 messaging metrics, acquires a rate limiter and sets a timeout per record. They import taskflow
@@ -44,6 +46,7 @@ from taskflow.telemetry.metrics import PROCESS_BUCKETS
 __all__ = [
     "redis_client",
     "run_raw_all",
+    "run_raw_claim",
     "run_raw_redis",
     "run_raw_redis_lua",
     "run_raw_tracing",
@@ -58,6 +61,41 @@ def redis_client(url: str) -> Redis:
     return Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
 
 
+def _idempotency_prefix(group: str) -> str:
+    """The key prefix of a group's claims, as taskflow spells it: ``taskflow:{group}:idem:``."""
+    return f"taskflow:{{{group}}}:idem:"
+
+
+async def run_raw_claim(setup: Setup, group: str) -> Result:
+    """Claim each batch in one pipelined round trip, one ``SET NX PX`` per record; handle the
+    records whose SET answered OK. The hand-rolled idempotency an application would write.
+
+    No done marks: a claim lives for the lease, and a record delivered again within it is
+    skipped, also when its first handler never finished. Commits as `raw` does.
+    """
+    client = redis_client(setup.redis_url)
+    process = f"raw:{time.monotonic_ns()}"
+    owners = itertools.count()
+    prefix = _idempotency_prefix(group)
+
+    async def claim_then_handle(batches: Batches, handle: Handle) -> None:
+        owner = f"{process}:{next(owners)}"  # one owner per batch
+        records = [record for records in batches.values() for record in records]
+        async with client.pipeline(transaction=False) as pipe:
+            for r in records:
+                key = f"{prefix}{r.topic}:{r.partition}:{r.offset}"
+                pipe.execute_command("SET", key, owner, "NX", "PX", LEASE_MS)
+            claimed = await pipe.execute()
+        for record, ok in zip(records, claimed, strict=True):
+            if ok:
+                await handle(record)
+
+    try:
+        return await raw_loop(setup, "raw-claim", group, lambda _group: claim_then_handle)
+    finally:
+        await client.aclose()
+
+
 class _Claims:
     """Claim a batch in one MULTI and complete the handled records in one pipeline of EVALSHAs,
     with the commands taskflow's `RedisIdempotencyStore.claim_many` and `complete_many` send,
@@ -66,7 +104,7 @@ class _Claims:
     def __init__(self, client: Redis, sha: str, group: str) -> None:
         self.client = client
         self.sha = sha
-        self.prefix = f"taskflow:{{{group}}}:idem:"
+        self.prefix = _idempotency_prefix(group)
         self.process = f"raw:{time.monotonic_ns()}"
         self.owners = itertools.count()
         self.done_prefix = DONE_PREFIX.encode()
@@ -154,7 +192,7 @@ async def run_raw_redis_lua(setup: Setup, group: str) -> Result:
     owners = itertools.count()
 
     def work_for(group: str) -> BatchWork:
-        prefix = f"taskflow:{{{group}}}:idem:"
+        prefix = _idempotency_prefix(group)
 
         async def claim_handle_complete(batches: Batches, handle: Handle) -> None:
             owner = f"{process}:{next(owners)}"

@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
 
 import aiokafka  # noqa: E402
 import shutdown  # noqa: E402
-from kafka_contenders import PARTITIONS  # noqa: E402
+from kafka_contenders import PARTITIONS, TARGETS  # noqa: E402
 from kafka_throughput import KEYS, flush_redis, load, make_values, produce, redis_py  # noqa: E402
 
 import taskflow  # noqa: E402
@@ -100,6 +100,14 @@ ENTRANTS = [
     ),
     Entrant("faust", "faust", "child_faust.py", "faust-streaming agent", size="slow"),
     Entrant(
+        "raw-claim",
+        "main",
+        "child_kafka.py",
+        "raw + one pipelined SET NX PX per record per batch, handling what it claimed",
+        uses_redis=True,
+        size="slow",  # as its taskflow pairs: a contender and its pair read the same records
+    ),
+    Entrant(
         "raw-redis",
         "main",
         "child_kafka.py",
@@ -129,7 +137,16 @@ ENTRANTS = [
         "main",
         "child_kafka.py",
         "taskflow, idempotent=True (Redis)",
-        counterpart="raw-redis",
+        counterpart="raw-claim",
+        uses_redis=True,
+        size="slow",
+    ),
+    Entrant(
+        "taskflow-idem-key",
+        "main",
+        "child_kafka.py",
+        "taskflow, idempotent=True, idempotency_key= the id in the record's JSON (Redis)",
+        counterpart="raw-claim",
         uses_redis=True,
         size="slow",
     ),
@@ -152,13 +169,6 @@ ENTRANTS = [
 ]
 BY_NAME = {entrant.name: entrant for entrant in ENTRANTS}
 
-# (contender, compared with, target ratio of msg/s): per-round ratios, then the median
-THROUGHPUT_TARGETS = [
-    ("taskflow", "raw", 0.9),
-    ("taskflow-key16", "raw", 0.7),
-    ("taskflow-idem", "raw-redis", 0.8),
-    ("taskflow-tracing", "raw-tracing", 0.8),
-]
 RSS_TARGET = ("taskflow", "raw", 1.5)
 SCHEDULER_P99_MS = 5.0
 IDLE_SIGTERM_S = 1.0
@@ -401,20 +411,20 @@ def _committed(row: Row) -> str:
 
 def text_table(table: list[Row]) -> str:
     lines = [
-        f"{'contender':<17}{'delivery':<14}{'records':>8}{'msg/s':>9}{'min-max':>17}  "
+        f"{'contender':<19}{'delivery':<14}{'records':>8}{'msg/s':>9}{'min-max':>17}  "
         f"{'x raw (range)':<19}{'x its raw pair (range)':<35}{'+µs/msg':>8}{'1st rec':>8}"
         f"{'RSS MiB':>14}{'committed':>10}"
     ]
     for row in table:
         name = row.entrant.name
         if row.rounds == 0:
-            lines.append(f"{name:<17}{row.entrant.guarantee:<14}{row.error}")
+            lines.append(f"{name:<19}{row.entrant.guarantee:<14}{row.error}")
             continue
         pair = f"{_cell(row.vs_pair)} {row.entrant.counterpart}" if row.vs_pair else ""
         added = f"{row.added_us:+.2f}" if row.added_us is not None else ""
         rss = f"{row.rss_mib:.1f}" + (f" {row.rss_vs_raw:.2f}x" if row.rss_vs_raw else "")
         lines.append(
-            f"{name:<17}{row.entrant.guarantee:<14}{row.records:>8,}{row.median:>9,.0f}"
+            f"{name:<19}{row.entrant.guarantee:<14}{row.records:>8,}{row.median:>9,.0f}"
             f"{f'{row.low:,.0f}-{row.high:,.0f}':>17}  {_cell(row.vs_raw) or '1.00x':<19}"
             f"{pair:<35}{added:>8}{f'{row.first_record:.2f}s':>8}{rss:>14}"
             f"{_committed(row):>10}" + (f"  ({row.error})" if row.error else "")
@@ -456,7 +466,7 @@ def verdicts(
     stops: dict[str, dict[str, Any]],
 ) -> list[str]:
     out = []
-    for name, base, target in THROUGHPUT_TARGETS:
+    for name, base, target in TARGETS:
         ratios = _ratios(results.get(name, []), results.get(base, []))
         if not ratios:
             out.append(f"{name} / {base} ≥ {target:.2f}x: not measured")
