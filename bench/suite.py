@@ -715,20 +715,39 @@ def _names(text: str) -> list[str]:
     return names
 
 
+# The run's sizes: by default, and with --quick (a flag given explicitly wins over both).
+DEFAULTS: dict[str, Any] = {
+    "messages": 200_000,
+    "rounds": 3,
+    "slow_messages": 50_000,
+    "ack_messages": 20_000,
+    "profile": ["taskflow", "taskflow-key16"],
+    "scheduler_seconds": 20.0,
+    "shutdown_rounds": 3,
+}
+QUICK: dict[str, Any] = {
+    "messages": 50_000,
+    "rounds": 2,
+    "slow_messages": 10_000,
+    "ack_messages": 5_000,
+    "profile": [],
+    "scheduler_seconds": 5.0,
+    "shutdown_rounds": 1,
+}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=200_000, help="records in the topic")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per contender")
+    parser.add_argument("--messages", type=int, help="records in the topic (default 200,000)")
+    parser.add_argument("--rounds", type=int, help="rounds per contender (default 3)")
     parser.add_argument(
         "--slow-messages",
         type=int,
-        default=50_000,
         help="records read by the slow contenders (Redis, key mode, Faust; default 50,000)",
     )
     parser.add_argument(
         "--ack-messages",
         type=int,
-        default=20_000,
         help="records read by FastStream with AckPolicy.ACK (default 20,000)",
     )
     parser.add_argument(
@@ -740,30 +759,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         type=_names,
-        default=["taskflow", "taskflow-key16"],
         help="taskflow contenders to profile after the rounds (default: taskflow,taskflow-key16)",
     )
     parser.add_argument("--no-profile", dest="profile", action="store_const", const=[])
     parser.add_argument(
         "--scheduler-seconds",
         type=float,
-        default=20.0,
         help="length of each scheduler lateness run, 0 to skip (default 20; the docs use 60)",
     )
     parser.add_argument(
-        "--shutdown-rounds", type=int, default=3, help="SIGTERMs per shutdown case, 0 to skip"
+        "--shutdown-rounds", type=int, help="SIGTERMs per shutdown case, 0 to skip (default 3)"
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: 50,000 records, 2 rounds, 10,000 slow and 5,000 ack records, "
-        "5 s scheduler runs, 1 shutdown round, no profile",
+        "5 s scheduler runs, 1 shutdown round, no profile (flags given as well win)",
     )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.messages, args.rounds = 50_000, 2
-        args.slow_messages, args.ack_messages = 10_000, 5_000
-        args.scheduler_seconds, args.shutdown_rounds, args.profile = 5.0, 1, []
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if "raw" not in args.contenders:
         parser.error("the contenders must include raw: every ratio is to it")
     return args
