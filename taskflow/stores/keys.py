@@ -12,18 +12,30 @@ belongs to, so what one script touches always shares it.
 | ``taskflow:{app:task}:last`` | a hash: tick, time, replica, outcome, duration | scheduler |
 | ``taskflow:{app:task}:next`` | the next tick, ISO 8601 UTC | scheduler |
 | ``taskflow:{app:task}:idem:<tick ISO>`` | a periodic run's claim or done mark | idempotency |
-| ``taskflow:{group}:idem:<identity>`` | a message's claim or done mark | idempotency |
+| ``taskflow:{group}:idem:<identity>`` | a keyed message's claim or done mark | idempotency |
+| ``taskflow:{group}:offsets:<topic>:<p>`` | a hash: ``base``, offsets done above | idempotency |
+| ``taskflow:{group}:owner:<topic>:<p>`` | the token holding partition p's lease | idempotency |
 | ``taskflow:{app:consumer}:ratelimit`` | the limit's theoretical arrival time (µs) | rate limit |
 
 The schedule's claim script touches the tick, ``running``, ``last`` and ``next`` keys of one task:
-they share the ``{app:task}`` tag. An idempotency script or the rate limit's touches one key. A
-message's identity is its ``idempotency_key``, its ``idempotency-key`` header, or
-``<topic>:<partition>:<offset>``.
+they share the ``{app:task}`` tag. The idempotency scripts touch the keys of one consumer group
+(``{group}``): a fetched batch, all partitions, is claimed in one call. A message's identity is its
+``idempotency_key`` or its ``idempotency-key`` header; a message with neither is known by its
+offset, in its partition's ``offsets`` hash (`taskflow.stores.ledger`). The rate limit's script
+touches one key.
 """
 
 from __future__ import annotations
 
-__all__ = ["idempotency", "rate_limit", "schedule", "tick", "tick_idempotency"]
+__all__ = [
+    "idempotency",
+    "offsets",
+    "partition_owner",
+    "rate_limit",
+    "schedule",
+    "tick",
+    "tick_idempotency",
+]
 
 PREFIX = "taskflow"
 
@@ -45,6 +57,16 @@ def tick(app: str, task: str, unix: str) -> str:
 def idempotency(group: str, identity: str) -> str:
     """A consumed message's claim: ``taskflow:{group}:idem:<identity>``."""
     return f"{PREFIX}:{_tag(group)}:idem:{identity}"
+
+
+def offsets(group: str, topic: str, partition: int) -> str:
+    """A partition's ledger: ``taskflow:{group}:offsets:<topic>:<partition>``."""
+    return f"{PREFIX}:{_tag(group)}:offsets:{topic}:{partition}"
+
+
+def partition_owner(group: str, topic: str, partition: int) -> str:
+    """A partition's lease: ``taskflow:{group}:owner:<topic>:<partition>``."""
+    return f"{PREFIX}:{_tag(group)}:owner:{topic}:{partition}"
 
 
 def tick_idempotency(app: str, task: str, tick_iso: str) -> str:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from taskflow.stores.base import Claim, ClaimOutcome
+from taskflow.stores.memory_ledger import MemoryOffsetLedger
 
 __all__ = ["MemoryIdempotencyStore"]
 
@@ -38,6 +39,8 @@ class MemoryIdempotencyStore:
         self._entries: dict[str, tuple[str, float]] = {}  # key: (value, expires at)
         self._announced = False
         self._claims = 0
+        self.ledger = MemoryOffsetLedger(clock, on_first_use=self._announce)
+        """Where messages without an explicit key are known by their offsets."""
 
     def __repr__(self) -> str:
         return f"MemoryIdempotencyStore({len(self._entries)} keys)"
@@ -48,12 +51,7 @@ class MemoryIdempotencyStore:
 
     async def claim(self, key: str, owner: str, lease: float) -> ClaimOutcome:
         """Claim `key` for `owner` for `lease` seconds, unless it is done or claimed."""
-        if not self._announced:
-            self._announced = True
-            logger.warning(
-                "idempotency uses the in-process store: claims are not shared with other "
-                "processes and are forgotten on restart; configure Redis for more than one process"
-            )
+        self._announce()
         self._claims += 1
         if self._claims % _SWEEP_EVERY == 0:
             self._sweep()
@@ -100,6 +98,15 @@ class MemoryIdempotencyStore:
     async def release_many(self, claims: Sequence[Claim]) -> list[bool]:
         """`release` each (key, owner) claim; False where it was not theirs."""
         return [await self.release(key, owner) for key, owner in claims]
+
+    def _announce(self) -> None:
+        """Say once that claims stay in this process."""
+        if not self._announced:
+            self._announced = True
+            logger.warning(
+                "idempotency uses the in-process store: claims are not shared with other "
+                "processes and are forgotten on restart; configure Redis for more than one process"
+            )
 
     def _sweep(self) -> None:
         now = self.clock()

@@ -94,6 +94,43 @@ return 1
 """
 
 
+# KEYS: the keys to claim (one hash tag). ARGV[1]: the owner. ARGV[2]: the lease in ms.
+# Per key: 1 claimed, 2 done, 3 held by this owner already, 0 held by another.
+CLAIM_MANY_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+    if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+        out[i] = 1
+    else
+        local value = redis.call('GET', key)
+        if value and string.sub(value, 1, 5) == 'done:' then
+            out[i] = 2
+        elseif value == ARGV[1] then
+            out[i] = 3
+        else
+            out[i] = 0
+        end
+    end
+end
+return out
+"""
+
+# KEYS: the keys to complete (one hash tag). ARGV[1]: the retention in ms. ARGV[1 + i]: the
+# owner of KEYS[i]. Per key: 1 completed, 0 when the claim was lost.
+COMPLETE_MANY_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+    if redis.call('GET', key) == ARGV[i + 1] then
+        redis.call('SET', key, 'done:' .. ARGV[i + 1], 'PX', ARGV[1])
+        out[i] = 1
+    else
+        out[i] = 0
+    end
+end
+return out
+"""
+
+
 def millis(seconds: float) -> int:
     """Whole milliseconds for PX and PEXPIRE, at least 1."""
     return max(1, math.ceil(round(seconds * 1000, 3)))  # round: 0.6 s is 600 ms, not 601
@@ -124,6 +161,12 @@ class RedisIdempotencyStore:
         self._complete = client.register_script(COMPLETE_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._extend = client.register_script(EXTEND_SCRIPT)
+        self._claim_many = client.register_script(CLAIM_MANY_SCRIPT)
+        self._complete_many = client.register_script(COMPLETE_MANY_SCRIPT)
+        from taskflow.stores.redis_ledger import RedisOffsetLedger
+
+        self.ledger = RedisOffsetLedger(client, recorder=self._recorder)
+        """Where messages without an explicit key are known by their offsets."""
 
     def __repr__(self) -> str:
         return f"RedisIdempotencyStore({self.client!r})"
@@ -160,17 +203,16 @@ class RedisIdempotencyStore:
         return outcome
 
     async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[ClaimOutcome]:
-        """`claim` each of `keys` for `owner`, in one round trip; the outcomes in key order."""
+        """`claim` each of `keys` for `owner`: one script call per hash tag (one, for the keys
+        of one consumer group's batch); the outcomes in key order."""
         if not keys:
             return []
-        px = millis(lease)
+        codes: dict[str, int] = {}
         with store_call(f"claiming {len(keys)} key(s)"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                for key in keys:  # by hand: redis-py's set() checks its options on every call
-                    pipe.execute_command("SET", key, owner, "NX", "PX", px)
-                    pipe.execute_command("GET", key)
-                replies = await pipe.execute()
-        outcomes = [_outcome(c, v, owner) for c, v in zip(replies[::2], replies[1::2], strict=True)]
+            for tagged in _by_tag(keys):
+                replies = await self._eval(self._claim_many, tagged, [owner, millis(lease)])
+                codes.update(zip(tagged, (int(code) for code in replies), strict=True))
+        outcomes = [_CODES[codes[key]] for key in keys]
         own = [key for key, outcome in zip(keys, outcomes, strict=True) if outcome is _OWN]
         if own:  # rare: a batch claimed again after its answer was lost
             kept = {key for key in own if await self.extend(key, owner, lease)}
@@ -183,8 +225,18 @@ class RedisIdempotencyStore:
         return outcomes
 
     async def complete_many(self, claims: Sequence[Claim], retention: float) -> list[bool]:
-        """`complete` each (key, owner) claim, in one round trip; False where it was lost."""
-        return await self._run_many(self._complete, "completing", claims, millis(retention))
+        """`complete` each (key, owner) claim: one script call per hash tag; False where it was
+        lost."""
+        if not claims:
+            return []
+        owners = dict(claims)
+        done: dict[str, bool] = {}
+        with store_call(f"completing {len(claims)} key(s)"):
+            for tagged in _by_tag(list(owners)):
+                args: list[str | int] = [millis(retention), *(owners[key] for key in tagged)]
+                replies = await self._eval(self._complete_many, tagged, args)
+                done.update(zip(tagged, (bool(r) for r in replies), strict=True))
+        return [done[key] for key, _ in claims]
 
     async def release_many(self, claims: Sequence[Claim]) -> list[bool]:
         """`release` each (key, owner) claim, in one round trip; False where it was not theirs."""
@@ -250,6 +302,14 @@ class RedisIdempotencyStore:
             result = await script(keys=[key], args=list(args))
         return bool(result)
 
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        # EVALSHA by hand: a script object costs a SCRIPT EXISTS round trip on a pipeline.
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted, or its scripts were flushed: load it again
+            await self.client.script_load(script.script)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
     async def _run_many(
         self, script: AsyncScript, doing: str, claims: Sequence[Claim], *args: str | int
     ) -> list[bool]:
@@ -275,6 +335,15 @@ class RedisIdempotencyStore:
 
 
 _OWN: Any = object()  # a claim found holding the claimer's own token: see `claim`
+_CODES = {1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.DONE, 3: _OWN, 0: ClaimOutcome.IN_PROGRESS}
+
+
+def _by_tag(keys: Sequence[str]) -> list[list[str]]:
+    """`keys` grouped by hash tag, in first-seen order: what one script call may touch."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(_tag(key), []).append(key)
+    return list(groups.values())
 
 
 def _outcome(claimed: object, value: bytes | str | None, owner: str) -> ClaimOutcome:
