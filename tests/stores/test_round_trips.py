@@ -53,15 +53,15 @@ WARM_UP = 2  # ticks that load the scripts and open the connections
 TICK_RUN_HERE = 2
 """Round trips of a tick run here: its claim (which takes the lease and marks the run running),
 then the record of how it ended (which releases the lease). One ``EVALSHA`` each."""
-CLAIM_COMMANDS = 5
-"""What the claim script runs when it wins: ``SET`` next, ``SET NX`` the tick, ``GET`` the lease,
-``SET`` it, ``HSET`` the last run."""
+CLAIM_COMMANDS = 4
+"""What the claim script runs when it wins: ``SET`` next, ``SET NX`` the tick, ``SET NX`` the
+lease, ``HSET`` the last run."""
 LOST_CLAIM_COMMANDS = 3
 """What the claim script runs when another replica has the tick: ``SET`` next, ``SET NX`` the tick
 (refused), ``GET`` who claimed it."""
-FINISH_COMMANDS = 5
-"""What the finish script runs: ``GET`` the lease, ``DEL`` it, ``HGET`` tick and replica,
-``HSET`` the outcome."""
+FINISH_COMMANDS = 4
+"""What the finish script runs: ``GET`` the lease, ``DEL`` it, ``HMGET`` the last run's tick and
+replica, ``HSET`` the outcome."""
 ACQUIRE_COMMANDS = 3
 """What the rate-limit script runs to book a run: ``TIME``, ``GET``, ``SET``."""
 
