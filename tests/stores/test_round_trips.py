@@ -2,8 +2,8 @@
 
 Each test reads the server's own counters before and after the work, through a client of its
 own (no mock, no wrapped connection), in the steady state: the scripts already loaded and the
-connections open (the first call of a script on a server costs two more round trips once, its
-NOSCRIPT answer and the ``SCRIPT LOAD``).
+connections open. (The first call of a script costs more, once: its NOSCRIPT answer, a
+``SCRIPT LOAD`` on each primary, the call again; the last test counts that too.)
 
 - **Round trips** are the delta of ``total_reads_processed`` (``INFO stats``): the server's count
   of reads from client connections. A client waits for each reply before it sends its next
@@ -32,17 +32,22 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from taskflow import App, Context, Message
 from taskflow.stores import RedisRateLimitStore, RedisScheduleStore, TickClaim
 from taskflow.stores.connect import redis_client
 from taskflow.stores.keys import rate_limit
 from taskflow.testing import ManualClock, TestClient
-from tests._redis_deployments import RedisCluster
+from tests import _redis_deployments
 from tests._redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from taskflow.stores.connect import RedisClient
 
 pytestmark = pytest.mark.redis
 
@@ -133,7 +138,7 @@ def private_redis() -> Iterator[RedisServer]:
 @pytest.fixture(params=["redis", "cluster"])
 def deployment(request: pytest.FixtureRequest) -> Deployment:
     if request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster: _redis_deployments.RedisCluster = request.getfixturevalue("redis_cluster")
         return Deployment(cluster.url, cluster.ports)
     server: RedisServer = request.getfixturevalue("private_redis")
     return Deployment(server.url, [server.port])
@@ -220,7 +225,7 @@ async def test_a_tick_run_here_costs_two_round_trips(
     cost = await tick_costs(deployment, meter, app_name, replicas=1)
     assert cost.round_trips == TICKS * TICK_RUN_HERE
     assert cost.calls["evalsha"] == TICKS * TICK_RUN_HERE  # each round trip, one script
-    assert "script" not in cost.calls  # no script was loaded again
+    assert "script|load" not in cost.calls  # no script was loaded again
     assert cost.commands == TICKS * (TICK_RUN_HERE + CLAIM_COMMANDS + FINISH_COMMANDS)
 
 
@@ -231,7 +236,7 @@ async def test_every_other_replica_pays_one_round_trip_per_tick(
     # Per tick: the runner's claim and record, and each of the two others' lost claim.
     assert cost.round_trips == TICKS * (TICK_RUN_HERE + 2)
     assert cost.calls["evalsha"] == cost.round_trips
-    assert "script" not in cost.calls
+    assert "script|load" not in cost.calls
     lost = 2 * (1 + LOST_CLAIM_COMMANDS)
     assert cost.commands == TICKS * (TICK_RUN_HERE + CLAIM_COMMANDS + FINISH_COMMANDS + lost)
 
@@ -300,3 +305,34 @@ async def test_an_acquire_costs_one_round_trip_whether_it_books_or_waits(
     assert booked.round_trips == waits.round_trips == 1
     assert booked.calls == Counter({"evalsha": 1, "time": 1, "get": 1, "set": 1})
     assert waits.calls == Counter({"evalsha": 1, "time": 1, "get": 1})  # nothing written
+
+
+async def test_the_first_call_of_a_script_loads_it_on_every_primary_once(
+    deployment: Deployment, meter: Meter
+) -> None:
+    key = rate_limit(unique("shop"), "on_order")
+    async with redis_client(deployment.url) as client:
+        assert client is not None
+        store = RedisRateLimitStore(client)
+        for probe in meter.probes:
+            await probe.script_flush()
+        await opened(client)
+        before = await meter.read()
+        await store.acquire(key, 0.001, 0.0)
+        first = await meter.since(before)
+        before = await meter.read()
+        await store.acquire(f"{key}:next", 0.001, 0.0)
+        second = await meter.since(before)
+    # EVALSHA, answered NOSCRIPT; SCRIPT LOAD on each primary; EVALSHA again.
+    primaries = len(deployment.ports)
+    assert first.round_trips == 2 + primaries
+    assert (first.calls["evalsha"], first.calls["script|load"]) == (2, primaries)
+    assert second.round_trips == 1
+
+
+async def opened(client: RedisClient) -> None:
+    """Open the client's connection to each primary, so that no reading counts a handshake."""
+    if isinstance(client, RedisCluster):
+        await client.ping(target_nodes=RedisCluster.ALL_NODES)
+    else:
+        await client.ping()
