@@ -6,6 +6,10 @@ claim is won and no run holds the lease, takes the lease and marks the last run 
 once, so a replica that dies between the steps cannot leave a claimed tick that nobody ran. The
 four keys it touches share one hash tag. The lease's renewal and release are owner-checked
 scripts, so a run whose lease ran out never touches the next run's.
+
+Each call is one script, so one round trip: a tick costs the replica that runs it two (`claim`,
+then `finish`), every other replica one, and a run one more per renewal (every third of its
+lease).
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ redis.call('SET', KEYS[4], ARGV[6])
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return {0, redis.call('GET', KEYS[1])}
 end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then
-    return {2, holder}
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[3]) then
+    local holder = redis.call('GET', KEYS[2])
+    if holder ~= ARGV[1] then
+        return {2, holder}
+    end
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 redis.call('HSET', KEYS[3], 'tick', ARGV[4], 'time', ARGV[5], 'replica', ARGV[7],
     'outcome', 'running', 'duration', '')
 return {1, ARGV[1]}
@@ -55,8 +61,8 @@ local kept = redis.call('GET', KEYS[1]) == ARGV[1]
 if kept and ARGV[2] == '1' then
     redis.call('DEL', KEYS[1])
 end
-if redis.call('HGET', KEYS[2], 'tick') == ARGV[3]
-        and redis.call('HGET', KEYS[2], 'replica') == ARGV[4] then
+local last = redis.call('HMGET', KEYS[2], 'tick', 'replica')
+if last[1] == ARGV[3] and last[2] == ARGV[4] then
     redis.call('HSET', KEYS[2], 'outcome', ARGV[5], 'duration', ARGV[6])
 end
 if kept then
