@@ -44,6 +44,11 @@ class BatchAware(Protocol):
     them may raise for a store failure (the per-message path must still work without them).
     """
 
+    def watch_progress(self, finished_below: Callable[[TopicPartition], int | None]) -> None:
+        """Called once, with how to read a partition's commit position: every offset below it
+        is finished (handled, skipped or dead-lettered); None when none is known."""
+        ...
+
     async def prefetch(self, messages: Sequence[Message]) -> None:
         """Called with each fetched batch (all partitions), before any of its messages runs."""
         ...

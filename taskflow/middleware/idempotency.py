@@ -31,11 +31,13 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 from taskflow.context import Tick
 from taskflow.exceptions import Defer, StoreError
 from taskflow.message import Message, TopicPartition
+from taskflow.middleware.offsets import LINGER, FinishedBelow, OffsetClaims
 from taskflow.specs import ConsumerSpec
 from taskflow.stores import keys
 from taskflow.stores.base import ClaimOutcome, TransactionalStore
 from taskflow.stores.health import StoreHealth
 from taskflow.stores.lease import keep, new_owner
+from taskflow.stores.ledger import OffsetLedger, TransactionalLedger
 from taskflow.telemetry.metrics import idempotency_outcomes
 
 if TYPE_CHECKING:
@@ -83,22 +85,25 @@ _MAX_UNANSWERED = 10_000
 _MIN_DEFER = 0.01  # a claim about to expire: look again almost at once, without spinning
 
 
-def consumer_key(group: str, key: IdempotencyKey | None = None) -> Callable[[Job], str]:
+def consumer_key(
+    group: str, key: IdempotencyKey | None = None, *, by_offset: bool = False
+) -> Callable[[Job], str | None]:
     """The store key of a consumed message: always scoped by consumer group.
 
-    The identity is `key(message)` when that gives one, else the `idempotency-key` header, else
-    ``topic:partition:offset``; the store key is ``taskflow:{group}:idem:<identity>``
-    (`taskflow.stores.keys`).
+    The identity is `key(message)` when that gives one, else the `idempotency-key` header; the
+    store key is ``taskflow:{group}:idem:<identity>`` (`taskflow.stores.keys`). A message with
+    neither is known by its offset: None when `by_offset` (the store's offset ledger answers
+    for it), else the key of identity ``topic:partition:offset``.
     """
     prefix = keys.idempotency(group, "")
 
-    def key_for(job: Job) -> str:
+    def key_for(job: Job) -> str | None:
         assert isinstance(job, Message), "a consumer's job is a Message"
         ident = key(job) if key is not None else None
         if not ident:
             ident = job.header(HEADER)
         if not ident:
-            return f"{prefix}{job.topic}:{job.partition}:{job.offset}"
+            return None if by_offset else f"{prefix}{job.topic}:{job.partition}:{job.offset}"
         if isinstance(ident, bytes):
             return prefix + ident.decode("utf-8", "backslashreplace")
         if isinstance(ident, str):
@@ -108,7 +113,7 @@ def consumer_key(group: str, key: IdempotencyKey | None = None) -> Callable[[Job
     return key_for
 
 
-def periodic_key(app_name: str) -> Callable[[Job], str]:
+def periodic_key(app_name: str) -> Callable[[Job], str | None]:
     """The store key of a periodic run: ``taskflow:{app:task}:idem:<scheduled tick, ISO>``."""
 
     def key_for(job: Job) -> str:
@@ -122,8 +127,19 @@ def idempotency_layer(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -
     """The idempotency middleware factory for `spec`, on the run's idempotency store."""
     store = resources.stores.idempotency
     assert store is not None, "layers_for refuses idempotency without a store"
+    offsets = None
     if isinstance(spec, ConsumerSpec):
-        key_for = consumer_key(spec.group, spec.idempotency_key)
+        ledger = getattr(store, "ledger", None)
+        if isinstance(ledger, OffsetLedger):
+            offsets = functools.partial(
+                OffsetClaims,
+                ledger,
+                spec.group,
+                lease=spec.idempotency_lease,
+                retention=spec.idempotency_retention,
+                name=spec.name,
+            )
+        key_for = consumer_key(spec.group, spec.idempotency_key, by_offset=offsets is not None)
     else:
         key_for = periodic_key(resources.app_name)
     return functools.partial(
@@ -136,6 +152,7 @@ def idempotency_layer(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -
         on_store_error=spec.on_store_error,
         periodic=not isinstance(spec, ConsumerSpec),
         name=spec.name,
+        offsets=offsets,
     )
 
 
@@ -153,6 +170,8 @@ class Idempotency:
             done marks are written before the run ends (there are no batches to share them).
         name: The registration's name, for log lines.
         outcomes: The counter `taskflow.idempotency.outcomes`, when telemetry is on.
+        offsets: Builds the consumer's `OffsetClaims` (given `on_lost`), when messages without
+            an explicit key are known by their offset in the store's ledger.
 
     Attributes:
         runs: Handlers run under a claim and completed.
@@ -167,13 +186,14 @@ class Idempotency:
         next: Handler,
         *,
         store: IdempotencyStore,
-        key_for: Callable[[Job], str],
+        key_for: Callable[[Job], str | None],
         lease: float,
         retention: float,
         on_store_error: OnStoreError = "fail",
         periodic: bool = False,
         name: str = "",
         outcomes: Counter | None = None,
+        offsets: Callable[..., OffsetClaims] | None = None,
     ) -> None:
         self.next = next
         self.outcomes = outcomes
@@ -190,6 +210,10 @@ class Idempotency:
         self._unanswered: dict[str, str] = {}  # key -> the owner of a claim that got no answer
         self._prefetched: dict[str, _Prefetched] = {}
         self._marks = _DoneMarks(self)
+        self.offsets = offsets(on_lost=self._lost_offsets) if offsets is not None else None
+        self.transactional_offsets = self.offsets is not None and isinstance(
+            self.offsets.ledger, TransactionalLedger
+        )
 
     def _note(self, outcome: str) -> None:
         """Count an outcome: in the attribute of its name, and in the metric when there is one."""
@@ -209,6 +233,9 @@ class Idempotency:
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         key = self.key_for(job)
+        if key is None:
+            await self._by_offset(cast("Message", job), ctx)
+            return
         if key in self._marks:  # it ran here a moment ago; its done mark is on its way
             self._skip(job, ctx, key, "already done")
             return
@@ -230,6 +257,64 @@ class Idempotency:
         else:
             self._note("deferred")
             raise Defer(f"claimed by another worker ({key})", await self._lease_left(key))
+
+    async def _by_offset(self, message: Message, ctx: Context) -> None:
+        """Run `message` unless its partition's ledger says it is finished."""
+        offsets = cast("OffsetClaims", self.offsets)
+        try:
+            state = await offsets.state(message)
+        except StoreError as exc:
+            await self._without_store(message, ctx, exc)
+            return
+        self._store_answers()
+        if state.held:
+            self._note("deferred")
+            where = f"{message.topic}[{message.partition}]"
+            raise Defer(f"{where} is held by another consumer", min(state.held_for, DEFER_POLL))
+        if state.done(message.offset):
+            self._skip(message, ctx, f"{message.topic}[{message.partition}]", "already done")
+            return
+        if self.transactional_offsets:
+            ctx._offer_transaction(cast("TransactionalLedger", offsets.ledger).transaction)
+        try:
+            await self.next(message, ctx)
+        except BaseException:
+            ctx._take_transaction()  # its effects are dropped with the failure
+            raise
+        effects = ctx._take_transaction() if self.transactional_offsets else None
+        if effects is None:
+            offsets.finished(message)
+        else:
+            await self._record_with(message, ctx, offsets, effects)
+        self._note("ran")
+
+    async def _record_with(
+        self, message: Message, ctx: Context, offsets: OffsetClaims, effects: Pipeline
+    ) -> None:
+        """Write the handler's effects with its finish; a failure goes to the error policy."""
+        try:
+            done = await offsets.record_with(message, effects)
+        except StoreError:
+            # Whether the EXEC landed is unknown: the ledger (if it did) or a new run decides.
+            ctx.logger.error("%s ran but its effects and finish may not be written", message)
+            raise
+        if not done:
+            self._lost(
+                f"{message.topic}[{message.partition}]",
+                f"{message} ran, but another consumer holds its partition: its effects were "
+                "dropped, and that consumer applies its own",
+            )
+
+    def _lost_offsets(self, tp: TopicPartition, count: int) -> None:
+        for _ in range(count):
+            self._note("lost")
+        logger.error(
+            "%s: %d messages of %s ran, but another consumer took the partition over meanwhile "
+            "(its lease ran out); that consumer may run them too",
+            self.name,
+            count,
+            tp,
+        )
 
     async def _claim(self, key: str) -> tuple[str, ClaimOutcome, float]:
         # After a failed claim, try again as the same owner: the claim may have reached Redis
@@ -402,18 +487,36 @@ class Idempotency:
 
     # -- batches (the BatchAware protocol) -------------------------------------------------
 
+    def watch_progress(self, finished_below: FinishedBelow) -> None:
+        """Learn where the consumer's commit position of each partition is."""
+        if self.offsets is not None:
+            self.offsets.finished_below = finished_below
+
     async def prefetch(self, messages: Sequence[Message]) -> None:
-        """Claim the keys of a fetched batch in one round trip, for its messages to use."""
+        """Claim a fetched batch: its partitions in the ledger, its explicit keys in the store,
+        each in one round trip."""
         wanted: dict[str, TopicPartition] = {}
+        by_offset: list[Message] = []
         for message in messages:
             try:
                 key = self.key_for(message)
             except Exception:  # its own run raises it again, to the error policy
                 continue
-            if key not in self._prefetched and key not in self._marks:
+            if key is None:
+                by_offset.append(message)
+            elif key not in self._prefetched and key not in self._marks:
                 wanted.setdefault(key, TopicPartition(message.topic, message.partition))
-        if not wanted:
-            return
+        if by_offset and self.offsets is not None:
+            try:
+                await self.offsets.prefetch(by_offset)
+            except StoreError:
+                pass  # each message asks on its own, and reports it
+            else:
+                self._store_answers()
+        if wanted:
+            await self._prefetch_keys(wanted)
+
+    async def _prefetch_keys(self, wanted: dict[str, TopicPartition]) -> None:
         owner = new_owner()
         claimed_at = time.monotonic()
         try:
@@ -429,10 +532,14 @@ class Idempotency:
 
     async def flush(self) -> None:
         """Wait until the done marks of handlers that ran are written (or given up)."""
+        if self.offsets is not None:
+            await self.offsets.flush()
         await self._marks.flush()
 
     async def discard(self, partitions: Collection[TopicPartition]) -> None:
-        """Release the batch claims of messages of `partitions` that will not run here."""
+        """Release the claims (and leases) of `partitions`, which leave this consumer."""
+        if self.offsets is not None:
+            await self.offsets.release(partitions)
         leaving = set(partitions)
         dropped = [(key, entry) for key, entry in self._prefetched.items() if entry.tp in leaving]
         for key, _ in dropped:
@@ -498,9 +605,10 @@ class _DoneMarks:
     """Done marks of handlers that ran, written in batches while the next messages run.
 
     A consumer's lane does not wait for its message's done mark: the mark goes into the next
-    batch, and one batch at a time is on its way to the store, so marks are written about as
-    fast as a round trip allows. A message that ran here counts as done at once (`in`). A crash
-    loses the marks on their way, as it would lose one a lane was waiting for.
+    batch, written `LINGER` after its first mark (so a fetched batch's marks mostly go in one
+    call), and one batch at a time is on its way to the store. A message that ran here counts
+    as done at once (`in`). A crash loses the marks on their way, as it would lose one a lane
+    was waiting for.
     """
 
     def __init__(self, middleware: Idempotency) -> None:
@@ -539,6 +647,7 @@ class _DoneMarks:
 
     async def _write(self) -> None:
         try:
+            await asyncio.sleep(LINGER)  # the marks of the batch's next records join this write
             while self.waiting:
                 self.sending, self.waiting = self.waiting, {}
                 await self._send(self.sending)

@@ -91,10 +91,21 @@ class OffsetLedger(Protocol):
     """
 
     async def claim(
-        self, group: str, spans: Mapping[TopicPartition, Span], owner: str, lease: float
+        self,
+        group: str,
+        spans: Mapping[TopicPartition, Span],
+        owner: str,
+        lease: float,
+        progress: Mapping[TopicPartition, Progress] | None = None,
+        retention: float = 0.0,
     ) -> dict[TopicPartition, LedgerState]:
         """Take (or renew) each partition's lease for `owner`, and say what is finished in its
-        span; a partition held by another owner answers `held_for` and is not taken."""
+        span; a partition held by another owner answers `held_for` and is not taken.
+
+        `progress` is recorded first, in the same call, as `record` would (a consumer sends what
+        finished since its last write with its next batch's claim); the answer then covers its
+        partitions too.
+        """
         ...
 
     async def record(

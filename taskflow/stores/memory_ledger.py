@@ -37,13 +37,29 @@ class MemoryOffsetLedger:
         return f"MemoryOffsetLedger({len(self._bases)} partitions)"
 
     async def claim(
-        self, group: str, spans: Mapping[TopicPartition, Span], owner: str, lease: float
+        self,
+        group: str,
+        spans: Mapping[TopicPartition, Span],
+        owner: str,
+        lease: float,
+        progress: Mapping[TopicPartition, Progress] | None = None,
+        retention: float = 0.0,
     ) -> dict[TopicPartition, LedgerState]:
-        """Take each partition's lease for `owner` and say what is finished in its span."""
+        """Record `progress`, take each partition's lease for `owner`, and say what is
+        finished in each span."""
         if self._on_first_use is not None:
             self._on_first_use()
             self._on_first_use = None
         states = {}
+        if progress:
+            written = await self.record(group, progress, owner, lease, retention or lease)
+            for tp, ok in written.items():
+                at = (group, tp)
+                states[tp] = (
+                    LedgerState(base=self._base(at))
+                    if ok
+                    else LedgerState(held_for=self._held_by_other(at, owner))
+                )
         for tp, span in spans.items():
             at = (group, tp)
             left = self._held_by_other(at, owner)

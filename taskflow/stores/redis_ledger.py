@@ -36,72 +36,56 @@ if TYPE_CHECKING:
 __all__ = ["RedisOffsetLedger"]
 
 # KEYS: per partition its hash, then its lease. ARGV[1]: the owner. ARGV[2]: the lease in ms.
-# Then per partition: the first and last offset asked about. Per partition the reply is
-# {0, ms left on another owner's lease} or {1, base, finished offsets in the span...}.
-CLAIM_SCRIPT = """
-local out = {}
-for i = 1, #KEYS, 2 do
-    local j = (i + 1) / 2
-    local holder = redis.call('GET', KEYS[i + 1])
-    if holder and holder ~= ARGV[1] then
-        out[j] = {0, redis.call('PTTL', KEYS[i + 1])}
-    else
-        redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
-        local base = tonumber(redis.call('HGET', KEYS[i], 'base') or '-1')
-        local first = tonumber(ARGV[2 * j + 1])
-        local last = tonumber(ARGV[2 * j + 2])
-        local found = {1, base}
-        local others = redis.call('HLEN', KEYS[i]) - (base >= 0 and 1 or 0)
-        if last >= base and others > 0 then
-            for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
-                local offset = tonumber(field)
-                if offset and offset >= first and offset <= last and offset >= base then
-                    found[#found + 1] = offset
-                end
-            end
-        end
-        out[j] = found
-    end
-end
-return out
-"""
-
-# KEYS: per partition its hash, then its lease. ARGV[1]: the owner. ARGV[2]: the lease in ms.
-# ARGV[3]: the retention in ms. Then per partition: the new base (-1: keep), a count n, and n
-# finished offsets. Per partition the reply is 1 (written) or 0 (another owner holds it).
-RECORD_SCRIPT = """
+# ARGV[3]: the retention in ms. Then per partition: the first and last offset to report on (-1 -1:
+# none), the new base (-1: keep), a count n, and n finished offsets to record. Per partition the
+# reply is {0, ms left on another owner's lease}, with nothing written, or {1, base, finished
+# offsets of the span...}, after taking the lease and recording.
+SYNC_SCRIPT = """
 local out = {}
 local a = 4
 for i = 1, #KEYS, 2 do
-    local base = tonumber(ARGV[a])
-    local n = tonumber(ARGV[a + 1])
+    local first, last = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    local base, n = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     local holder = redis.call('GET', KEYS[i + 1])
     if holder and holder ~= ARGV[1] then
-        out[#out + 1] = 0
+        out[#out + 1] = {0, redis.call('PTTL', KEYS[i + 1])}
     else
         redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
         local current = tonumber(redis.call('HGET', KEYS[i], 'base') or '-1')
+        local others = redis.call('HLEN', KEYS[i]) - (current >= 0 and 1 or 0)
         if base > current then
-            redis.call('HSET', KEYS[i], 'base', ARGV[a])
+            redis.call('HSET', KEYS[i], 'base', ARGV[a + 2])
             current = base
-            if redis.call('HLEN', KEYS[i]) > 1 then
+            if others > 0 then
                 for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
                     local offset = tonumber(field)
                     if offset and offset < base then
                         redis.call('HDEL', KEYS[i], field)
+                        others = others - 1
                     end
                 end
             end
         end
-        for k = a + 2, a + 1 + n do
+        for k = a + 4, a + 3 + n do
             if tonumber(ARGV[k]) >= current then
-                redis.call('HSET', KEYS[i], ARGV[k], '1')
+                others = others + redis.call('HSET', KEYS[i], ARGV[k], '1')
             end
         end
-        redis.call('PEXPIRE', KEYS[i], ARGV[3])
-        out[#out + 1] = 1
+        if n > 0 or base >= 0 then
+            redis.call('PEXPIRE', KEYS[i], ARGV[3])
+        end
+        local found = {1, current}
+        if first >= 0 and last >= current and others > 0 then
+            for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
+                local offset = tonumber(field)
+                if offset and offset >= first and offset <= last and offset >= current then
+                    found[#found + 1] = offset
+                end
+            end
+        end
+        out[#out + 1] = found
     end
-    a = a + 2 + n
+    a = a + 4 + n
 end
 return out
 """
@@ -131,26 +115,24 @@ class RedisOffsetLedger:
     def __init__(self, client: RedisClient, recorder: Redis | None = None) -> None:
         self.client = client
         self._recorder = recorder
-        self._claim = client.register_script(CLAIM_SCRIPT)
-        self._record = client.register_script(RECORD_SCRIPT)
+        self._sync_script = client.register_script(SYNC_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
 
     def __repr__(self) -> str:
         return f"RedisOffsetLedger({self.client!r})"
 
     async def claim(
-        self, group: str, spans: Mapping[TopicPartition, Span], owner: str, lease: float
+        self,
+        group: str,
+        spans: Mapping[TopicPartition, Span],
+        owner: str,
+        lease: float,
+        progress: Mapping[TopicPartition, Progress] | None = None,
+        retention: float = 0.0,
     ) -> dict[TopicPartition, LedgerState]:
-        """Take each partition's lease for `owner` and say what is finished in its span."""
-        if not spans:
-            return {}
-        tps = list(spans)
-        args: list[str | int] = [owner, millis(lease)]
-        for tp in tps:
-            args += (spans[tp].first, spans[tp].last)
-        with store_call(f"claiming {_describe(group, tps)}"):
-            replies = await self._eval(self._claim, _keys(group, tps), args)
-        return {tp: _state(reply) for tp, reply in zip(tps, replies, strict=True)}
+        """Record `progress`, take each partition's lease for `owner`, and say what is finished
+        in each span: one script call."""
+        return await self._sync(group, spans, progress or {}, owner, lease, retention)
 
     async def record(
         self,
@@ -161,16 +143,29 @@ class RedisOffsetLedger:
         retention: float,
     ) -> dict[TopicPartition, bool]:
         """Add `progress` and renew the leases; False where another owner holds the partition."""
-        if not progress:
+        states = await self._sync(group, {}, progress, owner, lease, retention)
+        return {tp: not state.held for tp, state in states.items()}
+
+    async def _sync(
+        self,
+        group: str,
+        spans: Mapping[TopicPartition, Span],
+        progress: Mapping[TopicPartition, Progress],
+        owner: str,
+        lease: float,
+        retention: float,
+    ) -> dict[TopicPartition, LedgerState]:
+        tps = list({**spans, **progress})
+        if not tps:
             return {}
-        tps = list(progress)
-        args: list[str | int] = [owner, millis(lease), millis(retention)]
+        args: list[str | int] = [owner, millis(lease), millis(retention or lease)]
         for tp in tps:
-            step = progress[tp]
-            args += (-1 if step.base is None else step.base, len(step.finished), *step.finished)
-        with store_call(f"recording the progress of {_describe(group, tps)}"):
-            replies = await self._eval(self._record, _keys(group, tps), args)
-        return {tp: bool(reply) for tp, reply in zip(tps, replies, strict=True)}
+            span, step = spans.get(tp, _NO_SPAN), progress.get(tp, _NO_PROGRESS)
+            base = -1 if step.base is None else step.base
+            args += (span.first, span.last, base, len(step.finished), *step.finished)
+        with store_call(f"reading and writing the ledger of {_describe(group, tps)}"):
+            replies = await self._eval(_keys(group, tps), args)
+        return {tp: _state(reply) for tp, reply in zip(tps, replies, strict=True)}
 
     async def release(self, group: str, partitions: Collection[TopicPartition], owner: str) -> None:
         """Give up `owner`'s leases on `partitions`."""
@@ -178,7 +173,7 @@ class RedisOffsetLedger:
             return
         leases = [keys.partition_owner(group, *tp) for tp in partitions]
         with store_call(f"releasing {_describe(group, partitions)}"):
-            await self._eval(self._release, leases, [owner])
+            await self._eval(leases, [owner], self._release)
 
     def transaction(self) -> Pipeline:
         """A fresh pipeline for a handler's effects; `record_with` executes it."""
@@ -227,14 +222,21 @@ class RedisOffsetLedger:
         finally:
             await effects.reset()  # type: ignore[no-untyped-call]
 
-    async def _eval(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+    async def _eval(
+        self, keys: list[str], args: list[str | int], script: AsyncScript | None = None
+    ) -> Any:
         # EVALSHA by hand: a script object costs a SCRIPT EXISTS round trip on a pipeline, and
         # this runs once per fetched batch.
+        script = script or self._sync_script
         try:
             return await self.client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted, or its scripts were flushed: load it again
             await self.client.script_load(script.script)
             return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+_NO_SPAN = Span(-1, -1)
+_NO_PROGRESS = Progress()
 
 
 def _keys(group: str, tps: list[TopicPartition]) -> list[str]:

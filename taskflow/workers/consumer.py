@@ -82,11 +82,14 @@ class ConsumerWorker:
         self._commit_due = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._runners: dict[TopicPartition, PartitionRunner] = {}
+        self._leaving: dict[TopicPartition, PartitionRunner] = {}  # revoked, being finished
         self._paused: set[TopicPartition] = set()
         self._epoch = 0
         self._consumer: Consumer | None = None
         self._task_group: Crew | None = None
         self.exit_request: ProcessExit | None = None  # a handler raised SystemExit or Ctrl-C
+        for middleware in self.batch_aware:
+            middleware.watch_progress(self.finished_below)
 
     @property
     def name(self) -> str:
@@ -149,6 +152,12 @@ class ConsumerWorker:
         for runner in self._runners.values():
             runner.close()  # nothing after the unfinished message runs
         self._stop.set()
+
+    def finished_below(self, tp: TopicPartition) -> int | None:
+        """The offset below which every record of `tp` this consumer took is finished: the
+        next commit of it. None when `tp` is not assigned here or nothing of it was taken."""
+        runner = self._runners.get(tp) or self._leaving.get(tp)
+        return None if runner is None else runner.tracker.commit_target
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -282,7 +291,13 @@ class ConsumerWorker:
     async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         runners = [r for tp in revoked if (r := self._runners.pop(tp, None)) is not None]
         self._paused.difference_update(revoked)
-        await self._finish(runners, timeout=self.revoke_timeout)
+        self._leaving.update((r.tp, r) for r in runners)
+        try:
+            await self._finish(runners, timeout=self.revoke_timeout)
+        finally:
+            for runner in runners:
+                if self._leaving.get(runner.tp) is runner:
+                    del self._leaving[runner.tp]
         self.log.info("revoked %s", _partitions(revoked))
 
     # -- finishing -------------------------------------------------------------------------

@@ -14,7 +14,9 @@ Configured by environment variables:
 
 - ``IDEM_TOPIC``, ``IDEM_GROUP``: the topic and the consumer group;
 - ``IDEM_PREFIX``: the prefix of the Redis keys above (default empty);
-- ``IDEM_IDEMPOTENT``: ``1`` to switch idempotency on, keyed on the value (default ``1``);
+- ``IDEM_IDEMPOTENT``: ``1`` to switch idempotency on (default ``1``);
+- ``IDEM_KEY``: ``value`` to key idempotency on the value (an explicit business key, the
+  default), ``offset`` to leave the message known by its offset (the partition ledger);
 - ``IDEM_LEASE``: the idempotency lease in seconds (default 30);
 - ``IDEM_ORDERING`` / ``IDEM_CONCURRENCY``: the ordering mode and its concurrency;
 - ``IDEM_DELAY_MS`` / ``IDEM_MIN_DELAY_MS``: the handler's random sleep (default 0);
@@ -45,7 +47,8 @@ _options: dict[str, Any] = {
     "idempotent": _idempotent,
 }
 if _idempotent:
-    _options["idempotency_key"] = lambda message: message.value
+    if os.environ.get("IDEM_KEY", "value") == "value":
+        _options["idempotency_key"] = lambda message: message.value
     _options["idempotency_lease"] = float(os.environ.get("IDEM_LEASE", "30"))
 if "IDEM_CONCURRENCY" in os.environ:
     _options["concurrency"] = int(os.environ["IDEM_CONCURRENCY"])

@@ -108,17 +108,26 @@ async def test_a_duplicate_runs_the_handler_once_and_both_are_committed(redis: R
 
 
 @pytest.mark.redis
-async def test_without_a_header_the_key_is_the_message_coordinates(redis: Redis) -> None:
+async def test_without_a_key_a_message_is_known_by_its_offset_in_the_partition_ledger(
+    redis: Redis,
+) -> None:
     # As if a previous owner of the partition ran offset 0 and crashed before committing.
-    await redis.set("taskflow:{coords}:idem:events:0:0", "done:earlier-owner")
+    await redis.hset("taskflow:{coords}:offsets:events:0", "base", 1)
     app, handled = recording_app("coords", {"redis_url": REDIS_URL}, idempotent=True)
     async with TestClient(app, partitions=1) as client:
         await client.publish("events", 1)
         await client.publish("events", 2)
         await client.drain()
+        assert client.committed("coords", "events", 0) == 2
 
     assert handled == [2]
-    assert (await redis.get("taskflow:{coords}:idem:events:0:1")).startswith(b"done:")
+    # The ledger moved on to the commit position; no key per message was left behind, and the
+    # partition's lease was given up when the consumer stopped.
+    assert await redis.hgetall("taskflow:{coords}:offsets:events:0") == {b"base": b"2"}
+    assert await redis.pttl("taskflow:{coords}:offsets:events:0") > 7 * 24 * 3600 * 1000 - 60_000
+    assert sorted(await redis.keys("taskflow:{coords}:*")) == [
+        b"taskflow:{coords}:offsets:events:0"
+    ]
 
 
 @pytest.mark.redis
@@ -453,6 +462,7 @@ async def test_a_lost_claim_is_logged_and_the_handler_finishes() -> None:
             await flag.event.wait()  # the renewal found out
             resume.set()
             await client.drain()
+            await middleware_of(client).flush()  # the done mark's write, in the background
             assert middleware_of(client).lost == 2  # renewing, then completing
 
     assert "another worker may run it too; the handler goes on" in flag.messages[0]

@@ -28,17 +28,20 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from taskflow import App, Context, Message
+from taskflow import App, Context, Message, Middleware
+from taskflow.handler import Handler, Job
+from taskflow.message import TopicPartition
+from taskflow.middleware.offsets import LINGER
 from taskflow.stores import RedisRateLimitStore, RedisScheduleStore, TickClaim
 from taskflow.stores.connect import redis_client
 from taskflow.stores.keys import rate_limit
@@ -73,6 +76,7 @@ ACQUIRE_COMMANDS = 3
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
+    name: str
     url: str
     ports: Sequence[int]
     """Every server that holds keys."""
@@ -139,9 +143,9 @@ def private_redis() -> Iterator[RedisServer]:
 def deployment(request: pytest.FixtureRequest) -> Deployment:
     if request.param == "cluster":
         cluster: _redis_deployments.RedisCluster = request.getfixturevalue("redis_cluster")
-        return Deployment(cluster.url, cluster.ports)
+        return Deployment("cluster", cluster.url, cluster.ports)
     server: RedisServer = request.getfixturevalue("private_redis")
-    return Deployment(server.url, [server.port])
+    return Deployment("redis", server.url, [server.port])
 
 
 @pytest.fixture
@@ -336,3 +340,99 @@ async def opened(client: RedisClient) -> None:
         await client.ping(target_nodes=RedisCluster.ALL_NODES)
     else:
         await client.ping()
+
+
+# -- idempotent consumers --------------------------------------------------------------------
+
+RECORDS = 2_000
+"""Published before the consumer fetches, so it fetches them in batches of up to 500."""
+WARM = 1_000
+"""Records run first, so the scripts are loaded and every connection the run needs is open."""
+
+
+SCRIPT_COMMANDS = {"get", "set", "pttl", "hget", "hlen", "hset", "hkeys", "hdel", "pexpire"}
+"""What the idempotency scripts run."""
+HANDSHAKE = ("hello", "client|setinfo", "client|setname", "select")
+"""What a new connection sends before its first command."""
+
+
+class BatchCounter:
+    """A batch-aware middleware that only counts the fetched batches it is shown."""
+
+    seen: ClassVar[list[BatchCounter]] = []
+
+    def __init__(self, next: Handler) -> None:
+        self.next = next
+        self.batches = self.records = 0
+        BatchCounter.seen.append(self)
+
+    async def __call__(self, job: Job, ctx: Context) -> None:
+        await self.next(job, ctx)
+
+    def watch_progress(self, finished_below: Callable[[TopicPartition], int | None]) -> None:
+        pass
+
+    async def prefetch(self, messages: Sequence[Message]) -> None:
+        self.batches += 1
+        self.records += len(messages)
+
+    async def flush(self) -> None:
+        pass
+
+    async def discard(self, partitions: Collection[TopicPartition]) -> None:
+        pass
+
+
+@pytest.mark.parametrize("key", ["offset", "value"])
+async def test_an_idempotent_consumer_pays_one_round_trip_per_fetched_batch(
+    deployment: Deployment, meter: Meter, key: str
+) -> None:
+    # Each fetched batch is claimed with one script call, which also carries the finishes of
+    # the records run since the call before; finishes that no claim comes to carry (the last
+    # batch's) go in a call of their own. So: at most two per batch, and none per record.
+    app = App(unique("shop"), redis_url=deployment.url, middleware=[Middleware(BatchCounter)])
+    handled: set[int] = set()
+
+    async def on_order(message: Message) -> None:
+        handled.add(int(message.value))
+
+    options = {"idempotency_key": lambda m: m.value} if key == "value" else {}
+    app.add_consumer(on_order, "orders", idempotent=True, **options)
+    BatchCounter.seen.clear()
+    async with TestClient(app, partitions=4) as client:
+        for n in range(-WARM, 0):  # warm-up: scripts loaded, connections open, partitions held
+            await client.publish("orders", n, key=str(n))
+        await client.drain()
+        await asyncio.sleep(LINGER * 4)  # and their finishes are written
+        for counter in BatchCounter.seen:
+            counter.batches = counter.records = 0
+        before = await meter.read()
+        for n in range(RECORDS):  # no await yields here: all of it is there at the next fetch
+            await client.publish("orders", n, key=str(n))
+        await client.drain()
+        await asyncio.sleep(LINGER * 4)  # the last finishes go out on their own
+        cost = await meter.since(before)
+
+    batches = sum(counter.batches for counter in BatchCounter.seen)
+    assert handled == set(range(-WARM, RECORDS))
+    assert sum(counter.records for counter in BatchCounter.seen) == RECORDS
+    # What the client sent is script calls only (the other commands are the scripts' own), and
+    # each call is one request and its answer.
+    # A connection the pool opens meanwhile (two calls at once: a batch's claim and a write of
+    # done marks) shakes hands first; that is not the batches' cost, and is left out.
+    handshakes = sum(cost.calls.pop(name, 0) for name in HANDSHAKE)
+    sent = cost.calls["evalsha"]
+    assert set(cost.calls) <= {"evalsha", *SCRIPT_COMMANDS}, cost.calls
+    assert sent <= 2 * batches
+    if key == "offset":
+        # A few numbers per partition and call: each request is read at once, and the scripts
+        # touch a few fields per partition, never a key per record.
+        assert cost.round_trips - handshakes == sent
+        assert cost.commands < RECORDS / 4
+    else:
+        # Hundreds of keys per call: requests of tens of KB, which Redis reads 16 KB at a time.
+        assert cost.round_trips >= sent
+    print(
+        f"\n{deployment.name}, key {key}: {RECORDS} records in {batches} fetched batches "
+        f"cost {sent} script calls ({cost.round_trips} reads) and {cost.commands} commands"
+    )
