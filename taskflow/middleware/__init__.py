@@ -42,12 +42,12 @@ class BatchAware(Protocol):
 
     The consumer calls these from its fetch loop and its rebalance and shutdown steps; none of
     them may raise for a store failure (the per-message path must still work without them).
-    """
 
-    def watch_progress(self, finished_below: Callable[[TopicPartition], int | None]) -> None:
-        """Called once, with how to read a partition's commit position: every offset below it
-        is finished (handled, skipped or dead-lettered); None when none is known."""
-        ...
+    One more method is optional: ``watch_progress(finished_below)``, called once when the
+    consumer is built, with a function that gives a partition's commit position (every offset
+    below it is finished: handled, skipped or dead-lettered), or None when none is known. The
+    idempotency middleware records it in the partition's ledger.
+    """
 
     async def prefetch(self, messages: Sequence[Message]) -> None:
         """Called with each fetched batch (all partitions), before any of its messages runs."""

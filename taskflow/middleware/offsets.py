@@ -42,7 +42,7 @@ FinishedBelow = Callable[[TopicPartition], "int | None"]
 
 STORE_RETRY = 1.0
 FLUSH_TIMEOUT = 5.0
-LINGER = 0.05
+LINGER = 0.02
 """Seconds a finished record waits for the next batch's claim to carry it before it is written
 on its own: what a crash can cost in records run again, beside those running."""
 

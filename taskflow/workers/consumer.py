@@ -89,7 +89,9 @@ class ConsumerWorker:
         self._task_group: Crew | None = None
         self.exit_request: ProcessExit | None = None  # a handler raised SystemExit or Ctrl-C
         for middleware in self.batch_aware:
-            middleware.watch_progress(self.finished_below)
+            watch = getattr(middleware, "watch_progress", None)
+            if watch is not None:
+                watch(self.finished_below)
 
     @property
     def name(self) -> str:

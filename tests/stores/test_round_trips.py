@@ -28,7 +28,7 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -368,9 +368,6 @@ class BatchCounter:
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         await self.next(job, ctx)
-
-    def watch_progress(self, finished_below: Callable[[TopicPartition], int | None]) -> None:
-        pass
 
     async def prefetch(self, messages: Sequence[Message]) -> None:
         self.batches += 1
