@@ -256,7 +256,7 @@ async def test_sigkilled_five_times_effects_written_with_the_done_mark_happen_ex
 RACE_MESSAGES = 64
 DEFERRED = {
     "value": r"deferred \(claimed by another worker",
-    "offset": r"deferred \(\S+\[\d\] is held by another consumer",
+    "offset": r"deferred \(\S+\[(\d)\] is held by another consumer",
 }
 RACE_LEASE = 24.0  # renewed every 8 s: outlasts the stall, so the stalled replica keeps its claims
 
@@ -354,9 +354,10 @@ async def test_two_replicas_racing_after_rebalances_never_both_complete_a_messag
         raced = {int(i) for i in re.findall(DEFERRED[key] + r" \(\S+:(\d+)\)\)", second.log)}
         assert {ident for pid, ident in finished if pid == first.pid} & raced, "no race"
     else:  # a partition the stalled replica held was deferred, and it then finished some of it
-        raced = set(re.findall(DEFERRED[key], second.log))
+        raced = {int(p) for p in re.findall(DEFERRED[key], second.log)}
+    found = "message(s)" if key == "value" else "partition(s)"
     print(
-        f"\nrace: {len(raced)} message(s) found claimed by the stalled replica; {len(started)} "
-        f"handler(s) started for {RACE_MESSAGES} messages; completed per replica "
+        f"\nrace, key {key}: {len(raced)} {found} found held by the stalled replica; "
+        f"{len(started)} handler(s) started for {RACE_MESSAGES} messages; completed per replica "
         f"{[by_pid[first.pid], by_pid[second.pid]]}"
     )
