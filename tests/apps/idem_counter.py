@@ -1,7 +1,8 @@
-"""A consumer whose side effect is a Redis counter per message id, for the idempotency crash tests.
+"""A consumer whose side effect is a counter per message id, for the idempotency crash tests.
 
 The message's value is its id (and, with ``IDEM_IDEMPOTENT=1``, its idempotency key). For each
-message the handler, on the Redis of ``TASKFLOW_REDIS_URL``:
+message the handler, on the Redis of ``TASKFLOW_REDIS_URL`` (any URL taskflow takes: one server,
+``redis+cluster://``, ``redis+sentinel://``):
 
 1. appends ``<pid> <id>`` to the list ``{prefix}started`` (so a test can count handlers running at
    a kill);
@@ -9,6 +10,9 @@ message the handler, on the Redis of ``TASKFLOW_REDIS_URL``:
 3. in one MULTI, increments the field ``<id>`` of the hash ``{prefix}counts`` (the side effect) and
    appends ``<pid> <id>`` to the list ``{prefix}finished``; with ``IDEM_TRANSACTION=1`` that MULTI
    is `Context.transaction`, which taskflow applies together with the message's done mark.
+
+On a Redis Cluster a MULTI stays in one slot, so the prefix carries a hash tag (``{name}:``); with
+``IDEM_TRANSACTION=1`` it must be the claim's, the consumer group's (``{group}:``).
 
 Configured by environment variables:
 
@@ -26,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from typing import Any
-
-from redis.asyncio import Redis
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 from taskflow import App, Context, Message
+from taskflow.stores.connect import redis_client
 
-app = App("idem-counter")
+if TYPE_CHECKING:
+    from taskflow.stores.connect import RedisClient
 
 _prefix = os.environ.get("IDEM_PREFIX", "")
 _delay_ms = int(os.environ.get("IDEM_DELAY_MS", "0"))
@@ -50,32 +56,43 @@ if _idempotent:
 if "IDEM_CONCURRENCY" in os.environ:
     _options["concurrency"] = int(os.environ["IDEM_CONCURRENCY"])
 
-_redis: Redis | None = None
+_redis: RedisClient | None = None
 
 
-def redis() -> Redis:
-    """The handler's own client, made on first use inside the app's event loop."""
+@asynccontextmanager
+async def own_client(app: App) -> AsyncIterator[None]:
+    """The handler's own client of the app's Redis, opened as taskflow opens its own."""
     global _redis
-    if _redis is None:
-        _redis = Redis.from_url(os.environ["TASKFLOW_REDIS_URL"])
-    return _redis
+    async with redis_client(os.environ["TASKFLOW_REDIS_URL"]) as client:
+        _redis = client
+        try:
+            yield
+        finally:
+            _redis = None
+
+
+app = App("idem-counter", lifespan=own_client)
 
 
 async def count(message: Message, ctx: Context) -> None:
     ident = message.value.decode()
     mark = f"{os.getpid()} {ident}"
-    client = redis()
-    await client.rpush(f"{_prefix}started", mark)
-    if _delay_ms:
-        await asyncio.sleep(random.uniform(_min_delay_ms, _delay_ms) / 1000)
+    assert _redis is not None, "the lifespan opens the client"
+    await _redis.rpush(f"{_prefix}started", mark)
+    await pause()
     if _transaction:
         ctx.transaction.hincrby(f"{_prefix}counts", ident, 1)
         ctx.transaction.rpush(f"{_prefix}finished", mark)
         return
-    async with client.pipeline(transaction=True) as pipe:
+    async with _redis.pipeline(transaction=True) as pipe:
         pipe.hincrby(f"{_prefix}counts", ident, 1)
         pipe.rpush(f"{_prefix}finished", mark)
         await pipe.execute()
+
+
+async def pause() -> None:
+    if _delay_ms:
+        await asyncio.sleep(random.uniform(_min_delay_ms, _delay_ms) / 1000)
 
 
 app.add_consumer(count, os.environ["IDEM_TOPIC"], name="on_event", **_options)

@@ -8,9 +8,13 @@ appends a "started" mark, and with the count a "finished" mark. The scenarios:
   done mark was not written. The same run without idempotency shows how many more were repeated.
 - The same with the counter written through `Context.transaction`, which lands with the done mark:
   every counter ends at exactly 1.
+- Both again with the app on a 3-primary Redis Cluster and behind Sentinel.
 - Two replicas of one group with slow handlers, racing for the same messages after rebalances
   (one joins; then the other stalls, is thrown out of the group with its handlers running, and
   comes back), never both run a message's handler to completion.
+
+Only `completed` reads how taskflow keeps its claims; the rest reads the app's own marks and
+Kafka's committed offsets.
 """
 
 from __future__ import annotations
@@ -22,35 +26,130 @@ import re
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from tests._process import AppProcess
 from tests._redis import REDIS_URL
+from tests._redis_deployments import RedisSentinel
 from tests._tansu import committed_offsets
+
+if TYPE_CHECKING:
+    from taskflow.stores.connect import RedisClient
 
 pytestmark = pytest.mark.redis
 
 COUNTER = "tests.apps.idem_counter:app"
-APP_CLIENT = "idem-counter"  # the Redis client name of every connection the app makes
+APP_CLIENT = "idem-counter"  # the Redis client name of the app's connections to the shared Redis
+TEST_CLIENT = "taskflow-tests"  # the name of the tests' own connections to a private deployment
 PARTITIONS = 4
-MESSAGES = 20_000
-KILLS = 5
 LEASE = 3.0  # short, so a message held by a killed app's claim is taken over soon after a restart
+
+# One read-only script counts a group's done marks in one step, so the count can be taken on a
+# replica whose primary has just died, before Sentinel promotes it.
+COMPLETED = """#!lua flags=no-writes
+local done = 0
+for _, key in ipairs(redis.call('KEYS', ARGV[1])) do
+    local value = redis.call('GET', key)
+    if value and string.sub(value, 1, 5) == 'done:' then
+        done = done + 1
+    end
+end
+return done
+"""
+
+
+async def completed(redis: RedisClient, group: str) -> int:
+    """How many messages `group` has completed, by taskflow's own record (its done marks).
+
+    The one place that reads how the idempotency store keeps its claims. On a cluster every key
+    of a group carries its hash tag ``{group}``, so they sit on one node, which the script is sent
+    to.
+    """
+    prefix = f"taskflow:{{{group}}}:idem:"
+    return int(await redis.eval(COMPLETED, 1, prefix, prefix + "*"))
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A Redis deployment under the counter app, as the crash runs see it.
+
+    Attributes:
+        kind: ``redis`` (the tests' database on the shared server), ``cluster`` or ``sentinel``.
+        url: The app's ``TASKFLOW_REDIS_URL``.
+        servers: A URL of every server the app talks to, where its connections are watched.
+        app_names: The names the app's connections have there in CLIENT LIST: the one its URL
+            gives them on the shared server; none on a private deployment (a cluster or Sentinel
+            URL takes no options), where the tests name theirs and Sentinel names its own.
+        messages: How many messages a crash run produces.
+        kills: How many times a crash run SIGKILLs the app.
+    """
+
+    kind: str
+    url: str
+    servers: tuple[str, ...]
+    app_names: frozenset[str]
+    messages: int
+    kills: int
+
+
+# (messages, kills) per deployment. The shared Redis runs the full scenario. A cluster or Sentinel
+# adds hops, not new ways for a kill to cut a handler off, so a smaller run keeps CI time in
+# bounds without blunting it: 5,000 messages and 3 kills still land mid-stream, each cutting off
+# a few handlers (printed), and each run asserts as strictly as the full one.
+KILLS = {"redis": (20_000, 5), "cluster": (5_000, 3), "sentinel": (5_000, 3)}
+
+
+@pytest.fixture
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    """The deployment named by the test's parameter, started if need be."""
+    kind: str = request.param
+    messages, kills = KILLS[kind]
+    if kind == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        servers = tuple(f"redis://127.0.0.1:{port}" for port in cluster.ports)
+        return Deployment(kind, cluster.url, servers, frozenset({""}), messages, kills)
+    if kind == "sentinel":
+        sentinel: RedisSentinel = request.getfixturevalue("redis_sentinel")
+        servers = (
+            f"redis://127.0.0.1:{sentinel.primary_port()}",
+            f"redis://127.0.0.1:{sentinel.sentinel.port}",
+        )
+        return Deployment(kind, sentinel.url, servers, frozenset({""}), messages, kills)
+    url = f"{REDIS_URL}?client_name={APP_CLIENT}"
+    return Deployment(kind, url, (REDIS_URL,), frozenset({APP_CLIENT}), messages, kills)
+
+
+@pytest.fixture
+async def store(deployment: Deployment) -> AsyncIterator[RedisClient]:
+    """The test's client of the deployment (the primary behind Sentinel), named `TEST_CLIENT`.
+
+    On the shared server it is the tests' database, flushed first.
+    """
+    client: RedisClient
+    if deployment.kind == "cluster":
+        nodes = [ClusterNode("127.0.0.1", int(url.rsplit(":", 1)[1])) for url in deployment.servers]
+        client = RedisCluster(startup_nodes=nodes, client_name=TEST_CLIENT)
+    else:
+        client = Redis.from_url(deployment.servers[0], client_name=TEST_CLIENT)
+    try:
+        if deployment.kind == "redis":
+            await client.flushdb()
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
 def counter_env(app_env: dict[str, str], topic: str) -> dict[str, str]:
-    """The counter app on the test's topic; each scenario adds its group and key prefix."""
-    return {
-        **app_env,
-        "TASKFLOW_REDIS_URL": f"{REDIS_URL}?client_name={APP_CLIENT}",
-        "IDEM_TOPIC": topic,
-        "IDEM_LEASE": str(LEASE),
-    }
+    """The counter app on the test's topic; each scenario adds its Redis, group and key prefix."""
+    return {**app_env, "IDEM_TOPIC": topic, "IDEM_LEASE": str(LEASE)}
 
 
 async def produce_ids(producer: AIOKafkaProducer, topic: str, count: int) -> dict[int, int]:
@@ -63,7 +162,7 @@ async def produce_ids(producer: AIOKafkaProducer, topic: str, count: int) -> dic
 
 
 async def until_counted(
-    redis: Redis, prefix: str, at_least: int, *apps: AppProcess, timeout: float = 60.0
+    redis: RedisClient, prefix: str, at_least: int, *apps: AppProcess, timeout: float = 60.0
 ) -> None:
     """Wait until `at_least` ids have been counted, failing early if an app exits."""
     deadline = time.monotonic() + timeout
@@ -77,36 +176,34 @@ async def until_counted(
         await asyncio.sleep(0.02)
 
 
-async def until_disconnected(redis: Redis, timeout: float = 10.0) -> None:
-    """Wait until Redis has dropped every connection of a killed app.
+async def until_disconnected(deployment: Deployment, timeout: float = 10.0) -> None:
+    """Wait until every server the app talked to has dropped every connection of the killed app.
 
     Redis runs what a client sent before it died and only then closes its connection, so once
-    they are gone the marks and done keys are final for that run.
+    they are gone the marks and done keys are final for that run. On a cluster each node holds
+    connections of its own, and behind Sentinel the app talks to the Sentinel and the primary.
     """
     deadline = time.monotonic() + timeout
-    while any(client.get("name") == APP_CLIENT for client in await redis.client_list()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the killed app's Redis connections stayed after {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-async def done_marks(redis: Redis, group: str) -> int:
-    """How many of `group`'s idempotency keys are done marks."""
-    done = 0
-    keys = [key async for key in redis.scan_iter(match=f"taskflow:{{{group}}}:idem:*", count=5000)]
-    for start in range(0, len(keys), 5000):
-        values = await redis.mget(keys[start : start + 5000])
-        done += sum(1 for value in values if value is not None and value.startswith(b"done:"))
-    return done
+    for url in deployment.servers:
+        async with Redis.from_url(url, client_name=TEST_CLIENT) as server:
+            while any(
+                client.get("name", "") in deployment.app_names
+                for client in await server.client_list(_type="normal")
+            ):
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"the killed app's connections to {url} stayed after {timeout}s"
+                    )
+                await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True, slots=True)
 class CrashRun:
-    """What a run killed `KILLS` times, then let finish, left behind."""
+    """What a run killed several times, then let finish, left behind."""
 
     counts: dict[int, int]  # id: times its handler incremented its counter
     cut: list[int]  # per kill: handlers that had started and not completed
-    done: int  # done marks at the end (0 without idempotency)
+    done: int  # messages completed by taskflow's record at the end (0 without idempotency)
     committed: dict[int, int | None]
 
     @property
@@ -121,9 +218,14 @@ class CrashRun:
 
 
 async def crash_run(
-    redis: Redis, env: dict[str, str], bootstrap: str, topic: str, rng: random.Random
+    redis: RedisClient,
+    deployment: Deployment,
+    env: dict[str, str],
+    bootstrap: str,
+    topic: str,
+    rng: random.Random,
 ) -> CrashRun:
-    """Run the counter app, SIGKILL it at `KILLS` random points of progress, then let it finish.
+    """Run the counter app, SIGKILL it at random points of progress, then let it finish.
 
     A handler that had started and not completed at a kill is its started mark without a
     completion: with idempotency the completion is the message's done mark (the handler's counter
@@ -132,7 +234,9 @@ async def crash_run(
     """
     prefix, group = env["IDEM_PREFIX"], env["IDEM_GROUP"]
     idempotent = env["IDEM_IDEMPOTENT"] == "1"
-    points = sorted(rng.sample(range(MESSAGES // 10, MESSAGES * 9 // 10), KILLS))
+    messages = deployment.messages
+    env = {**env, "TASKFLOW_REDIS_URL": deployment.url}
+    points = sorted(rng.sample(range(messages // 10, messages * 9 // 10), deployment.kills))
     cut: list[int] = []
     unfinished = 0
     for point in points:
@@ -140,94 +244,95 @@ async def crash_run(
             await until_counted(redis, prefix, point, app)
             app.send(signal.SIGKILL)
             assert await asyncio.to_thread(app.wait, 30) == -signal.SIGKILL
-        await until_disconnected(redis)
-        assert await redis.hlen(f"{prefix}counts") < MESSAGES, "the kill did not come mid-stream"
+        await until_disconnected(deployment)
+        assert await redis.hlen(f"{prefix}counts") < messages, "the kill did not come mid-stream"
         started = await redis.llen(f"{prefix}started")
-        completed = (
-            await done_marks(redis, group) if idempotent else await redis.llen(f"{prefix}finished")
+        finished = (
+            await completed(redis, group) if idempotent else await redis.llen(f"{prefix}finished")
         )
-        cut.append(started - completed - unfinished)
-        unfinished = started - completed
+        cut.append(started - finished - unfinished)
+        unfinished = started - finished
     with AppProcess(COUNTER, env=env) as app:
-        await until_counted(redis, prefix, MESSAGES, app)
+        await until_counted(redis, prefix, messages, app)
         app.send(signal.SIGTERM)
         assert await asyncio.to_thread(app.wait, 30) == 0
     counts = {int(ident): int(n) for ident, n in (await redis.hgetall(f"{prefix}counts")).items()}
-    done = await done_marks(redis, group) if idempotent else 0
+    done = await completed(redis, group) if idempotent else 0
     committed = await committed_offsets(bootstrap, group, topic, PARTITIONS)
     return CrashRun(counts, cut, done, committed)
 
 
-@pytest.mark.timeout(240)
-async def test_sigkilled_five_times_repeats_only_handlers_running_at_the_kills(
-    redis: Redis,
+def scenario(counter_env: dict[str, str], group: str, tag: str, **env: str) -> dict[str, str]:
+    """The counter app in `group`, its keys all under the hash tag `{tag}` (one cluster slot)."""
+    return {**counter_env, "IDEM_GROUP": group, "IDEM_PREFIX": f"{{{tag}}}:", **env}
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("deployment", ["redis", "cluster", "sentinel"], indirect=True)
+async def test_sigkilled_repeatedly_repeats_only_handlers_running_at_the_kills(
+    deployment: Deployment,
+    store: RedisClient,
     counter_env: dict[str, str],
     unique: str,
     bootstrap: str,
     topic: str,
     producer: AIOKafkaProducer,
 ) -> None:
-    watermarks = await produce_ids(producer, topic, MESSAGES)
+    messages, kills = deployment.messages, deployment.kills
+    watermarks = await produce_ids(producer, topic, messages)
     rng = random.Random()
-    idem_env = {
-        **counter_env,
-        "IDEM_GROUP": f"{unique}-idem",
-        "IDEM_PREFIX": "idem:",
-        "IDEM_IDEMPOTENT": "1",
-    }
-    plain_env = {
-        **counter_env,
-        "IDEM_GROUP": f"{unique}-plain",
-        "IDEM_PREFIX": "plain:",
-        "IDEM_IDEMPOTENT": "0",
-    }
+    # The app's keys share a tag of their own: on a cluster, likely a node other than the claims'.
+    idem_env = scenario(counter_env, f"{unique}-idem", f"{unique}-idem-counts", IDEM_IDEMPOTENT="1")
+    plain_env = scenario(
+        counter_env, f"{unique}-plain", f"{unique}-plain-counts", IDEM_IDEMPOTENT="0"
+    )
 
-    idem = await crash_run(redis, idem_env, bootstrap, topic, rng)
-    plain = await crash_run(redis, plain_env, bootstrap, topic, rng)
+    idem = await crash_run(store, deployment, idem_env, bootstrap, topic, rng)
+    plain = await crash_run(store, deployment, plain_env, bootstrap, topic, rng)
 
-    everything = set(range(MESSAGES))
+    everything = set(range(messages))
     assert set(idem.counts) == everything, "a message was lost"
     assert set(plain.counts) == everything, "a message was lost"
-    assert idem.done == MESSAGES
+    assert idem.done == messages
     assert idem.committed == watermarks
     assert plain.committed == watermarks
     # A counter goes past 1 only when a handler counted and was killed before its done mark.
     assert idem.repeated <= idem.extra <= sum(idem.cut)
     print(
-        f"\nSIGKILL x{KILLS}, {MESSAGES} messages: idempotent {idem.repeated} id(s) counted twice "
-        f"(handlers cut by the kills {idem.cut}); without idempotency {plain.repeated} id(s) "
-        f"counted more than once, {plain.extra} extra runs (handlers cut {plain.cut})"
+        f"\n{deployment.kind}: SIGKILL x{kills}, {messages} messages: idempotent "
+        f"{idem.repeated} id(s) counted twice (handlers cut by the kills {idem.cut}); without "
+        f"idempotency {plain.repeated} id(s) counted more than once, {plain.extra} extra runs "
+        f"(handlers cut {plain.cut})"
     )
 
 
-@pytest.mark.timeout(240)
-async def test_sigkilled_five_times_effects_written_with_the_done_mark_happen_exactly_once(
-    redis: Redis,
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("deployment", ["redis", "cluster", "sentinel"], indirect=True)
+async def test_sigkilled_repeatedly_effects_written_with_the_done_mark_happen_exactly_once(
+    deployment: Deployment,
+    store: RedisClient,
     counter_env: dict[str, str],
     unique: str,
     bootstrap: str,
     topic: str,
     producer: AIOKafkaProducer,
 ) -> None:
-    watermarks = await produce_ids(producer, topic, MESSAGES)
-    env = {
-        **counter_env,
-        "IDEM_GROUP": f"{unique}-once",
-        "IDEM_PREFIX": "once:",
-        "IDEM_IDEMPOTENT": "1",
-        "IDEM_TRANSACTION": "1",
-    }
+    messages, kills = deployment.messages, deployment.kills
+    watermarks = await produce_ids(producer, topic, messages)
+    group = f"{unique}-once"
+    # ctx.transaction's keys carry the claim's hash tag, the group's: a cluster requires it.
+    env = scenario(counter_env, group, group, IDEM_IDEMPOTENT="1", IDEM_TRANSACTION="1")
 
-    run = await crash_run(redis, env, bootstrap, topic, random.Random())
+    run = await crash_run(store, deployment, env, bootstrap, topic, random.Random())
 
-    assert set(run.counts) == set(range(MESSAGES)), "a message was lost"
+    assert set(run.counts) == set(range(messages)), "a message was lost"
     assert set(run.counts.values()) == {1}, f"{run.repeated} id(s) counted more than once"
-    assert run.done == MESSAGES
+    assert run.done == messages
     assert run.committed == watermarks
-    assert await redis.llen("once:finished") == MESSAGES  # the other effect, exactly once too
+    assert await store.llen(f"{{{group}}}:finished") == messages  # the other effect, exactly once
     print(
-        f"\nSIGKILL x{KILLS}, {MESSAGES} messages, effects in ctx.transaction: every id counted "
-        f"exactly once (handlers cut by the kills {run.cut})"
+        f"\n{deployment.kind}: SIGKILL x{kills}, {messages} messages, effects in "
+        f"ctx.transaction: every id counted exactly once (handlers cut by the kills {run.cut})"
     )
 
 
@@ -282,6 +387,7 @@ async def test_two_replicas_racing_after_rebalances_never_both_complete_a_messag
     # wakes up, finishes them and rejoins.
     env = {
         **counter_env,
+        "TASKFLOW_REDIS_URL": f"{REDIS_URL}?client_name={APP_CLIENT}",
         "IDEM_GROUP": f"{unique}-race",
         "IDEM_PREFIX": "race:",
         "IDEM_IDEMPOTENT": "1",
