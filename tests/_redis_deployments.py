@@ -120,9 +120,14 @@ class RedisSentinel:
 
     The Sentinel calls the primary down after `down_after` ms without an answer and fails over to
     the replica; `url` is ``redis+sentinel://127.0.0.1:S/taskflow``.
+
+    `down_after` stays well above a second, the period of the Sentinel's PINGs. At 1000 ms the
+    Sentinel was seen calling the primary it had just promoted down a second after promoting it,
+    until that primary's first answer a few ms later: clients found no primary at all meanwhile,
+    and an app logged the outage twice.
     """
 
-    def __init__(self, *, down_after: int = 1000, failover_timeout: int = 3000) -> None:
+    def __init__(self, *, down_after: int = 2000, failover_timeout: int = 3000) -> None:
         self.primary = RedisServer(port=free_port())
         self.replica = RedisServer(
             port=free_port(), args=["--replicaof", _HOST, str(self.primary.port)]
