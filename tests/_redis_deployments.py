@@ -149,6 +149,32 @@ class RedisSentinel:
         reply = _cli("-p", str(self.sentinel.port), "sentinel", "get-master-addr-by-name", SERVICE)
         return int(reply.split()[1])
 
+    def kill_primary(self) -> tuple[RedisServer, RedisServer]:
+        """SIGKILL the server the Sentinel names primary now, as a crash would.
+
+        Returns it and the other server, the replica the Sentinel promotes once the primary has
+        not answered for `down_after` ms.
+        """
+        port = self.primary_port()
+        primary, replica = (
+            (self.primary, self.replica)
+            if self.primary.port == port
+            else (self.replica, self.primary)
+        )
+        primary.stop(graceful=False)
+        return primary, replica
+
+    def wait_promoted(self, server: RedisServer, timeout: float = 60.0) -> None:
+        """Wait until the Sentinel names `server` the primary and `server` says it is one."""
+        _wait(
+            f"the Sentinel did not promote the server on {server.port}",
+            lambda: (
+                self.primary_port() == server.port
+                and "role:master" in _cli("-p", str(server.port), "info", "replication")
+            ),
+            timeout,
+        )
+
     def start(self) -> Self:
         self.primary.start()
         self.replica.start()

@@ -14,10 +14,15 @@ message the handler, on the Redis of ``TASKFLOW_REDIS_URL`` (any URL taskflow ta
 On a Redis Cluster a MULTI stays in one slot, so the prefix carries a hash tag (``{name}:``); with
 ``IDEM_TRANSACTION=1`` it must be the claim's, the consumer group's (``{group}:``).
 
+With ``IDEM_OUT`` set, the marks go to that local file instead and Redis keeps only the claims:
+``started <pid> <id>`` before the sleep and ``finished <pid> <id>`` after it, each one
+``os.write`` on an ``O_APPEND`` descriptor. A test that takes Redis away reads what ran from there.
+
 Configured by environment variables:
 
 - ``IDEM_TOPIC``, ``IDEM_GROUP``: the topic and the consumer group;
 - ``IDEM_PREFIX``: the prefix of the Redis keys above (default empty);
+- ``IDEM_OUT``: the file of marks, instead of Redis (default none);
 - ``IDEM_IDEMPOTENT``: ``1`` to switch idempotency on, keyed on the value (default ``1``);
 - ``IDEM_LEASE``: the idempotency lease in seconds (default 30);
 - ``IDEM_ORDERING`` / ``IDEM_CONCURRENCY``: the ordering mode and its concurrency;
@@ -45,6 +50,11 @@ _delay_ms = int(os.environ.get("IDEM_DELAY_MS", "0"))
 _min_delay_ms = int(os.environ.get("IDEM_MIN_DELAY_MS", "0"))
 _idempotent = os.environ.get("IDEM_IDEMPOTENT", "1") == "1"
 _transaction = os.environ.get("IDEM_TRANSACTION", "0") == "1"
+_out = (
+    os.open(os.environ["IDEM_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if os.environ.get("IDEM_OUT")
+    else None
+)
 _options: dict[str, Any] = {
     "group": os.environ["IDEM_GROUP"],
     "ordering": os.environ.get("IDEM_ORDERING", "partition"),
@@ -63,6 +73,9 @@ _redis: RedisClient | None = None
 async def own_client(app: App) -> AsyncIterator[None]:
     """The handler's own client of the app's Redis, opened as taskflow opens its own."""
     global _redis
+    if _out is not None:
+        yield
+        return
     async with redis_client(os.environ["TASKFLOW_REDIS_URL"]) as client:
         _redis = client
         try:
@@ -77,6 +90,11 @@ app = App("idem-counter", lifespan=own_client)
 async def count(message: Message, ctx: Context) -> None:
     ident = message.value.decode()
     mark = f"{os.getpid()} {ident}"
+    if _out is not None:
+        os.write(_out, f"started {mark}\n".encode())
+        await pause()
+        os.write(_out, f"finished {mark}\n".encode())
+        return
     assert _redis is not None, "the lifespan opens the client"
     await _redis.rpush(f"{_prefix}started", mark)
     await pause()

@@ -9,6 +9,8 @@ appends a "started" mark, and with the count a "finished" mark. The scenarios:
 - The same with the counter written through `Context.transaction`, which lands with the done mark:
   every counter ends at exactly 1.
 - Both again with the app on a 3-primary Redis Cluster and behind Sentinel.
+- The primary behind Sentinel SIGKILLed mid-stream: the app goes on by itself once Sentinel has
+  promoted the replica, nothing is lost, and what could run twice is measured.
 - Two replicas of one group with slow handlers, racing for the same messages after rebalances
   (one joins; then the other stalls, is thrown out of the group with its handlers running, and
   comes back), never both run a message's handler to completion.
@@ -28,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -435,3 +438,166 @@ async def test_two_replicas_racing_after_rebalances_never_both_complete_a_messag
         f"handler(s) started for {RACE_MESSAGES} messages; completed per replica "
         f"{[by_pid[first.pid], by_pid[second.pid]]}"
     )
+
+
+FAILOVER_MESSAGES = 10_000
+WAIT = 60.0  # seconds: the bound of every wait in the failover test
+# The app's lines about the store: done marks that could not be written (at once: handlers keep
+# finishing on the claims of the batches they fetched) and then were; claims that could not be
+# taken (once a batch taken before the kill is used up, if the failover lasts that long) and then
+# could.
+MARKS_FAILED = re.compile(r"WARNING .* on_event: writing \d+ done marks failed")
+MARKS_WRITTEN = "on_event: the held-back done marks are written"
+UNAVAILABLE = "on_event: the idempotency store is unavailable"
+ANSWERS = "on_event: the idempotency store answers again"
+LOST_ONE = re.compile(r"on_event: a message ran, but its claim \(\S+\) had been lost")
+LOST_MANY = re.compile(r"on_event: (\d+) messages ran, but their claims had been lost")
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """The counter app's file of marks (``IDEM_OUT``) at one moment: what ran, and where."""
+
+    started: Counter[int]  # id: handlers that started on it
+    finished: Counter[int]  # id: handlers that returned
+    pids: frozenset[int]
+
+    @classmethod
+    def read(cls, path: Path) -> Marks:
+        started: Counter[int] = Counter()
+        finished: Counter[int] = Counter()
+        pids: set[int] = set()
+        text = path.read_text() if path.exists() else ""
+        for line in text.split("\n")[:-1]:  # whole lines only: the app may be writing the last
+            what, pid, ident = line.split()
+            (started if what == "started" else finished)[int(ident)] += 1
+            pids.add(int(pid))
+        return cls(started, finished, frozenset(pids))
+
+    @property
+    def running(self) -> int:
+        """Ids whose handler had started and not returned."""
+        return len(set(self.started) - set(self.finished))
+
+    @property
+    def repeated(self) -> int:
+        """Ids whose handler returned more than once."""
+        return sum(1 for count in self.finished.values() if count > 1)
+
+
+async def until_finished(path: Path, at_least: int, app: AppProcess, timeout: float) -> Marks:
+    """Wait until `at_least` ids have finished in `path`, failing early if the app exits."""
+    deadline = time.monotonic() + timeout
+    while len((marks := Marks.read(path)).finished) < at_least:
+        assert app.proc.poll() is None, f"the app exited ({app.proc.returncode}):\n{app.log}"
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{len(marks.finished)} ids finished after {timeout}s, not {at_least}:\n"
+                f"{app.log[-3000:]}"
+            )
+        await asyncio.sleep(0.05)  # polled: only the app's file says what it handled
+    return marks
+
+
+async def until_committed(
+    bootstrap: str, group: str, topic: str, watermarks: dict[int, int]
+) -> dict[int, int | None]:
+    """Wait until `group` has committed every partition up to its high watermark."""
+    deadline = time.monotonic() + WAIT
+    while (committed := await committed_offsets(bootstrap, group, topic, PARTITIONS)) != watermarks:
+        if time.monotonic() > deadline:
+            return committed  # the caller's assertion shows how far it got
+        await asyncio.sleep(0.2)  # polled: only the broker knows what the app committed
+    return committed
+
+
+def claims_lost(log: str) -> int:
+    """Messages the app reports it ran under a claim that Redis no longer had."""
+    return len(LOST_ONE.findall(log)) + sum(int(n) for n in LOST_MANY.findall(log))
+
+
+@pytest.mark.timeout(300)
+async def test_a_sentinel_failover_mid_stream_loses_nothing_and_the_app_resumes_by_itself(
+    app_env: dict[str, str],
+    unique: str,
+    bootstrap: str,
+    topic: str,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+) -> None:
+    """The primary behind Sentinel is SIGKILLed a third of the way through 10,000 records.
+
+    What ran is read from the app's own file of marks, not from Redis, which loses writes in a
+    failover: Redis replicates asynchronously, so what the old primary acknowledged and had not
+    yet sent to its replica is gone once the replica is promoted.
+
+    A record runs twice only if it is handed to the handler again (a redelivery: a restart or a
+    rebalance before its offset is committed) and its key then holds neither a claim nor a done
+    mark. Right after the kill, that can be true only of
+    - the records whose handler had started and whose done mark had not reached the replica:
+      running at the kill, finished with the done mark still in the app's batch or on the wire,
+      or acknowledged by the old primary but not replicated;
+    - records run on a claim the old primary took and never replicated, which the app reports
+      as claims lost when their done marks find nothing to complete.
+    The test counts the done marks on the replica in one step after the kill, while it is still a
+    replica (its primary is dead, so it takes no writes until promoted), and bounds the ids run
+    twice by the sum. The app here runs alone and is never restarted mid-stream, so nothing is
+    redelivered and the measured repeats are expected to be 0; the bound is what a redelivery
+    soon after a failover could repeat at most.
+    """
+    group, out = f"{unique}-failover", tmp_path / "marks.txt"
+    watermarks = await produce_ids(producer, topic, FAILOVER_MESSAGES)
+    everything = set(range(FAILOVER_MESSAGES))
+    with RedisSentinel() as deployment:  # its own: the primary is killed
+        env = {
+            **app_env,
+            "TASKFLOW_REDIS_URL": deployment.url,
+            "IDEM_TOPIC": topic,
+            "IDEM_GROUP": group,
+            "IDEM_OUT": str(out),
+            "IDEM_DELAY_MS": "2",
+        }
+        with AppProcess(COUNTER, env=env) as app:
+            await until_finished(out, FAILOVER_MESSAGES // 3, app, WAIT)
+            _, replica = deployment.kill_primary()
+            killed = time.monotonic()
+            at_kill = Marks.read(out)  # so every id with a done mark on the replica is in it
+            async with Redis(port=replica.port, client_name=TEST_CLIENT) as survivor:
+                kept = await completed(survivor, group)
+                role = (await survivor.role())[0]
+            assert role == b"slave", "the replica was promoted before its done marks were counted"
+            await asyncio.to_thread(app.wait_for, MARKS_FAILED.pattern, WAIT)
+            await asyncio.to_thread(deployment.wait_promoted, replica, WAIT)
+            promoted = time.monotonic()
+            await asyncio.to_thread(app.wait_for, MARKS_WRITTEN, WAIT)
+            answered = time.monotonic()
+            at_recovery = Marks.read(out)
+            await until_finished(out, FAILOVER_MESSAGES, app, WAIT * 2)
+            committed = await until_committed(bootstrap, group, topic, watermarks)
+            code = await asyncio.to_thread(app.stop, signal.SIGTERM, WAIT)
+
+    final = Marks.read(out)
+    lost = claims_lost(app.log)
+    in_flight = len(at_kill.started) - kept  # started by then, no done mark on the replica
+    print(
+        f"\nSentinel failover at {len(at_kill.finished)} of {FAILOVER_MESSAGES} records: replica "
+        f"promoted {promoted - killed:.1f}s and held-back done marks written "
+        f"{answered - killed:.1f}s after the kill; just after it {at_kill.running} handler(s) "
+        f"running and {len(at_kill.finished) - kept} finished without a done mark on the "
+        f"replica ({kept} kept there); {len(at_recovery.finished) - len(at_kill.finished)} "
+        f"handled from then until the done marks were written; claims refused while down: "
+        f"{app.log.count(UNAVAILABLE)}; claims lost: {lost}; ids handled twice: "
+        f"{final.repeated} (bound {in_flight + lost})"
+    )
+    assert code == 0
+    assert set(final.finished) == everything, "a record was lost"
+    assert committed == watermarks
+    assert final.pids == {app.pid}  # one process all along: it resumed by itself
+    assert len(at_recovery.finished) < FAILOVER_MESSAGES, "nothing was left after the failover"
+    # One line when the store went, one when it is back; none per record or per retry.
+    assert len(MARKS_FAILED.findall(app.log)) == 1
+    assert app.log.count(MARKS_WRITTEN) == 1
+    assert app.log.count(UNAVAILABLE) == app.log.count(ANSWERS) <= 1
+    assert "whose lease ran out" not in app.log  # no done mark given up: the failover was shorter
+    assert "crashed" not in app.log
+    assert final.repeated <= in_flight + lost
