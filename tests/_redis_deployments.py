@@ -120,9 +120,14 @@ class RedisSentinel:
 
     The Sentinel calls the primary down after `down_after` ms without an answer and fails over to
     the replica; `url` is ``redis+sentinel://127.0.0.1:S/taskflow``.
+
+    `down_after` stays well above a second, the period of the Sentinel's PINGs. At 1000 ms the
+    Sentinel was seen calling the primary it had just promoted down a second after promoting it,
+    until that primary's first answer a few ms later: clients found no primary at all meanwhile,
+    and an app logged the outage twice.
     """
 
-    def __init__(self, *, down_after: int = 1000, failover_timeout: int = 3000) -> None:
+    def __init__(self, *, down_after: int = 2000, failover_timeout: int = 3000) -> None:
         self.primary = RedisServer(port=free_port())
         self.replica = RedisServer(
             port=free_port(), args=["--replicaof", _HOST, str(self.primary.port)]
@@ -143,6 +148,32 @@ class RedisSentinel:
         """The port of the primary as the Sentinel names it now."""
         reply = _cli("-p", str(self.sentinel.port), "sentinel", "get-master-addr-by-name", SERVICE)
         return int(reply.split()[1])
+
+    def kill_primary(self) -> tuple[RedisServer, RedisServer]:
+        """SIGKILL the server the Sentinel names primary now, as a crash would.
+
+        Returns it and the other server, the replica the Sentinel promotes once the primary has
+        not answered for `down_after` ms.
+        """
+        port = self.primary_port()
+        primary, replica = (
+            (self.primary, self.replica)
+            if self.primary.port == port
+            else (self.replica, self.primary)
+        )
+        primary.stop(graceful=False)
+        return primary, replica
+
+    def wait_promoted(self, server: RedisServer, timeout: float = 60.0) -> None:
+        """Wait until the Sentinel names `server` the primary and `server` says it is one."""
+        _wait(
+            f"the Sentinel did not promote the server on {server.port}",
+            lambda: (
+                self.primary_port() == server.port
+                and "role:master" in _cli("-p", str(server.port), "info", "replication")
+            ),
+            timeout,
+        )
 
     def start(self) -> Self:
         self.primary.start()

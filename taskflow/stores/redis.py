@@ -3,6 +3,9 @@
 A key holds its owner's token while claimed (with the lease as its expiry) and ``done:<owner>``
 once completed (with the retention as its expiry). `claim` is ``SET key owner NX PX lease`` and a
 ``GET`` in one MULTI, so it is one round trip and tells a done mark from a live claim atomically.
+On a Redis Cluster the same commands run in one Lua script instead: redis-py queues each command
+of a cluster MULTI in a thread and event loop of its own, which blocks the caller's loop for
+about half a millisecond per command (seconds for a batch of thousands).
 `complete`, `release` and `extend` are one Lua script each that first checks the key still holds
 the caller's token, so a worker whose lease ran out never overwrites the next owner's claim.
 The `*_many` forms send the same commands for many keys in one pipeline: one round trip.
@@ -65,6 +68,20 @@ def store_call(doing: str) -> Iterator[None]:
 
 DONE_PREFIX = "done:"
 """A completed key's value is this prefix and the token of the owner that completed it."""
+
+# KEYS: the keys to claim, of one hash tag. ARGV[1]: the owner. ARGV[2]: the lease in ms. Per
+# key, 1 when claimed, else the value found there (a claim's owner, or a done mark).
+CLAIM_SCRIPT = """
+local found = {}
+for i, key in ipairs(KEYS) do
+    if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+        found[i] = 1
+    else
+        found[i] = redis.call('GET', key)
+    end
+end
+return found
+"""
 
 # KEYS[1]: the key. ARGV[1]: the owner. ARGV[2]: the retention in ms. 1 when completed.
 COMPLETE_SCRIPT = """
@@ -156,8 +173,10 @@ class RedisIdempotencyStore:
         from redis.asyncio.cluster import RedisCluster
 
         self.client = client
+        cluster = isinstance(client, RedisCluster)
         # On a cluster, handlers' effects are queued on a client that never connects.
-        self._recorder = Redis() if isinstance(client, RedisCluster) else None
+        self._recorder = Redis() if cluster else None
+        self._claim_script = client.register_script(CLAIM_SCRIPT) if cluster else None
         self._complete = client.register_script(COMPLETE_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._extend = client.register_script(EXTEND_SCRIPT)
@@ -188,10 +207,7 @@ class RedisIdempotencyStore:
         A key already claimed by `owner` itself counts as claimed (and its lease is renewed).
         """
         with store_call(f"claiming {key}"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(key, owner, nx=True, px=millis(lease))
-                pipe.get(key)
-                claimed, value = await pipe.execute()
+            [(claimed, value)] = await self._set_and_get([key], owner, millis(lease))
         outcome = _outcome(claimed, value, owner)
         if outcome is _OWN:
             # Our own earlier claim, which timed out on the way back yet landed: it is still ours.
@@ -223,6 +239,23 @@ class RedisIdempotencyStore:
                 for key, o in zip(keys, outcomes, strict=True)
             ]
         return outcomes
+
+    async def _set_and_get(
+        self, keys: Sequence[str], owner: str, px: int
+    ) -> list[tuple[object, bytes | str | None]]:
+        """``SET key owner NX PX px`` then ``GET key`` for each key, atomically, in one round trip.
+
+        Returns (whether it was set, the value read) per key.
+        """
+        if self._claim_script is not None:  # a cluster: one script, not a MULTI (module docstring)
+            replies = await self._claim_script(keys=list(keys), args=[owner, px])
+            return [(True, None) if reply == 1 else (False, reply) for reply in replies]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for key in keys:  # by hand: redis-py's set() checks its options on every call
+                pipe.execute_command("SET", key, owner, "NX", "PX", px)
+                pipe.execute_command("GET", key)
+            replies = await pipe.execute()
+        return list(zip(replies[::2], replies[1::2], strict=True))
 
     async def complete_many(self, claims: Sequence[Claim], retention: float) -> list[bool]:
         """`complete` each (key, owner) claim: one script call per hash tag; False where it was
