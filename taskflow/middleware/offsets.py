@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 from taskflow.exceptions import StoreError
 from taskflow.message import Message, TopicPartition
 from taskflow.stores.lease import new_owner
-from taskflow.stores.ledger import LedgerState, OffsetLedger, Progress, Span
+from taskflow.stores.ledger import (
+    LedgerState,
+    OffsetLedger,
+    Progress,
+    Span,
+    TransactionalLedger,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -170,8 +176,6 @@ class OffsetClaims:
         Raises:
             StoreError: when the ledger does not answer (whether it applied them is unknown).
         """
-        from taskflow.stores.ledger import TransactionalLedger
-
         assert isinstance(self.ledger, TransactionalLedger)
         tp = TopicPartition(message.topic, message.partition)
         return await self.ledger.record_with(

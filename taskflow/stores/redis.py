@@ -1,14 +1,14 @@
 """The Redis idempotency store: one key per message, shared by every replica.
 
 A key holds its owner's token while claimed (with the lease as its expiry) and ``done:<owner>``
-once completed (with the retention as its expiry). `claim` is ``SET key owner NX PX lease`` and a
-``GET`` in one MULTI, so it is one round trip and tells a done mark from a live claim atomically.
-On a Redis Cluster the same commands run in one Lua script instead: redis-py queues each command
-of a cluster MULTI in a thread and event loop of its own, which blocks the caller's loop for
-about half a millisecond per command (seconds for a batch of thousands).
-`complete`, `release` and `extend` are one Lua script each that first checks the key still holds
-the caller's token, so a worker whose lease ran out never overwrites the next owner's claim.
-The `*_many` forms send the same commands for many keys in one pipeline: one round trip.
+once completed (with the retention as its expiry). `claim_many` (and `claim`, its one-key form)
+is one Lua script per hash tag: ``SET key owner NX PX lease``, and where that fails a ``GET``,
+per key, so a done mark is told from a live claim atomically in one round trip. (A script, not a
+MULTI: on a Redis Cluster redis-py runs each command of a MULTI in a thread and event loop of its
+own, which blocks the caller's loop about half a millisecond per command.) `complete_many` is one
+script per hash tag too. `complete`, `release` and `extend` are one Lua script each that first
+checks the key still holds the caller's token, so a worker whose lease ran out never overwrites
+the next owner's claim; `release_many` pipelines the release script.
 
 `complete_with` writes a handler's own Redis effects together with the done mark: ``WATCH key``,
 check the key still holds the owner's token, then ``MULTI``, the effects, the done mark,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from taskflow.stores.base import Claim
     from taskflow.stores.connect import RedisClient
 
-__all__ = ["DONE_PREFIX", "REDIS_ERRORS", "RedisIdempotencyStore", "store_call"]
+__all__ = ["DONE_PREFIX", "REDIS_ERRORS", "RedisIdempotencyStore", "evalsha", "store_call"]
 
 REDIS_ERRORS = (RedisError, RedisClusterException)
 """What a Redis call raises when it fails: a cluster's own errors are not `RedisError`s."""
@@ -68,20 +68,6 @@ def store_call(doing: str) -> Iterator[None]:
 
 DONE_PREFIX = "done:"
 """A completed key's value is this prefix and the token of the owner that completed it."""
-
-# KEYS: the keys to claim, of one hash tag. ARGV[1]: the owner. ARGV[2]: the lease in ms. Per
-# key, 1 when claimed, else the value found there (a claim's owner, or a done mark).
-CLAIM_SCRIPT = """
-local found = {}
-for i, key in ipairs(KEYS) do
-    if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
-        found[i] = 1
-    else
-        found[i] = redis.call('GET', key)
-    end
-end
-return found
-"""
 
 # KEYS[1]: the key. ARGV[1]: the owner. ARGV[2]: the retention in ms. 1 when completed.
 COMPLETE_SCRIPT = """
@@ -176,7 +162,6 @@ class RedisIdempotencyStore:
         cluster = isinstance(client, RedisCluster)
         # On a cluster, handlers' effects are queued on a client that never connects.
         self._recorder = Redis() if cluster else None
-        self._claim_script = client.register_script(CLAIM_SCRIPT) if cluster else None
         self._complete = client.register_script(COMPLETE_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._extend = client.register_script(EXTEND_SCRIPT)
@@ -206,16 +191,7 @@ class RedisIdempotencyStore:
 
         A key already claimed by `owner` itself counts as claimed (and its lease is renewed).
         """
-        with store_call(f"claiming {key}"):
-            [(claimed, value)] = await self._set_and_get([key], owner, millis(lease))
-        outcome = _outcome(claimed, value, owner)
-        if outcome is _OWN:
-            # Our own earlier claim, which timed out on the way back yet landed: it is still ours.
-            return (
-                ClaimOutcome.CLAIMED
-                if await self.extend(key, owner, lease)
-                else ClaimOutcome.IN_PROGRESS
-            )
+        [outcome] = await self.claim_many([key], owner, lease)
         return outcome
 
     async def claim_many(self, keys: Sequence[str], owner: str, lease: float) -> list[ClaimOutcome]:
@@ -224,13 +200,14 @@ class RedisIdempotencyStore:
         if not keys:
             return []
         codes: dict[str, int] = {}
-        with store_call(f"claiming {len(keys)} key(s)"):
+        what = keys[0] if len(keys) == 1 else f"{len(keys)} keys ({keys[0]}, …)"
+        with store_call(f"claiming {what}"):
             for tagged in _by_tag(keys):
                 replies = await self._eval(self._claim_many, tagged, [owner, millis(lease)])
                 codes.update(zip(tagged, (int(code) for code in replies), strict=True))
         outcomes = [_CODES[codes[key]] for key in keys]
         own = [key for key, outcome in zip(keys, outcomes, strict=True) if outcome is _OWN]
-        if own:  # rare: a batch claimed again after its answer was lost
+        if own:  # rare: claimed again after the answer was lost, yet the claim landed: ours
             kept = {key for key in own if await self.extend(key, owner, lease)}
             outcomes = [
                 (ClaimOutcome.CLAIMED if key in kept else ClaimOutcome.IN_PROGRESS)
@@ -239,23 +216,6 @@ class RedisIdempotencyStore:
                 for key, o in zip(keys, outcomes, strict=True)
             ]
         return outcomes
-
-    async def _set_and_get(
-        self, keys: Sequence[str], owner: str, px: int
-    ) -> list[tuple[object, bytes | str | None]]:
-        """``SET key owner NX PX px`` then ``GET key`` for each key, atomically, in one round trip.
-
-        Returns (whether it was set, the value read) per key.
-        """
-        if self._claim_script is not None:  # a cluster: one script, not a MULTI (module docstring)
-            replies = await self._claim_script(keys=list(keys), args=[owner, px])
-            return [(True, None) if reply == 1 else (False, reply) for reply in replies]
-        async with self.client.pipeline(transaction=True) as pipe:
-            for key in keys:  # by hand: redis-py's set() checks its options on every call
-                pipe.execute_command("SET", key, owner, "NX", "PX", px)
-                pipe.execute_command("GET", key)
-            replies = await pipe.execute()
-        return list(zip(replies[::2], replies[1::2], strict=True))
 
     async def complete_many(self, claims: Sequence[Claim], retention: float) -> list[bool]:
         """`complete` each (key, owner) claim: one script call per hash tag; False where it was
@@ -336,12 +296,7 @@ class RedisIdempotencyStore:
         return bool(result)
 
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
-        # EVALSHA by hand: a script object costs a SCRIPT EXISTS round trip on a pipeline.
-        try:
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted, or its scripts were flushed: load it again
-            await self.client.script_load(script.script)
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        return await evalsha(self.client, script, keys, args)
 
     async def _run_many(
         self, script: AsyncScript, doing: str, claims: Sequence[Claim], *args: str | int
@@ -371,22 +326,28 @@ _OWN: Any = object()  # a claim found holding the claimer's own token: see `clai
 _CODES = {1: ClaimOutcome.CLAIMED, 2: ClaimOutcome.DONE, 3: _OWN, 0: ClaimOutcome.IN_PROGRESS}
 
 
+async def evalsha(
+    client: RedisClient, script: AsyncScript, keys: list[str], args: list[str | int]
+) -> Any:
+    """Call `script` by its digest, loading it first if Redis does not know it (a restart, a
+    flush, a node that never ran it).
+
+    By hand rather than calling the script object: that costs a ``SCRIPT EXISTS`` round trip
+    when pipelined, and these calls run once per fetched batch.
+    """
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await client.script_load(script.script)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+
 def _by_tag(keys: Sequence[str]) -> list[list[str]]:
     """`keys` grouped by hash tag, in first-seen order: what one script call may touch."""
     groups: dict[str, list[str]] = {}
     for key in keys:
         groups.setdefault(_tag(key), []).append(key)
     return list(groups.values())
-
-
-def _outcome(claimed: object, value: bytes | str | None, owner: str) -> ClaimOutcome:
-    """What ``SET NX`` and the ``GET`` after it found (or `_OWN`)."""
-    if claimed:
-        return ClaimOutcome.CLAIMED
-    text = as_text(value)
-    if text.startswith(DONE_PREFIX):
-        return ClaimOutcome.DONE
-    return _OWN if text == owner else ClaimOutcome.IN_PROGRESS
 
 
 def _tag(key: str) -> str:

@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from redis.exceptions import CrossSlotTransactionError, NoScriptError, WatchError
+from redis.exceptions import CrossSlotTransactionError, WatchError
 
 from taskflow.exceptions import ConfigurationError, StoreError
 from taskflow.message import TopicPartition
 from taskflow.stores import keys
 from taskflow.stores.ledger import LedgerState, Progress, Span
-from taskflow.stores.redis import REDIS_ERRORS, as_text, millis, store_call
+from taskflow.stores.redis import REDIS_ERRORS, as_text, evalsha, millis, store_call
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -225,14 +225,7 @@ class RedisOffsetLedger:
     async def _eval(
         self, keys: list[str], args: list[str | int], script: AsyncScript | None = None
     ) -> Any:
-        # EVALSHA by hand: a script object costs a SCRIPT EXISTS round trip on a pipeline, and
-        # this runs once per fetched batch.
-        script = script or self._sync_script
-        try:
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted, or its scripts were flushed: load it again
-            await self.client.script_load(script.script)
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        return await evalsha(self.client, script or self._sync_script, keys, args)
 
 
 _NO_SPAN = Span(-1, -1)

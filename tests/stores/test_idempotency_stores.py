@@ -202,8 +202,9 @@ async def test_an_unreachable_redis_raises_store_error_from_every_call() -> None
         for call in calls:
             with pytest.raises(StoreError, match=KEY):
                 await call
+        with pytest.raises(StoreError, match=KEY):  # a claim names its key, one or many
+            await store.claim_many([KEY, key("order-2")], "a", 1)
         batches = [
-            store.claim_many([KEY], "a", 1),
             store.complete_many([(KEY, "a")], 1),
             store.release_many([(KEY, "a")]),
         ]
