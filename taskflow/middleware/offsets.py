@@ -98,7 +98,8 @@ class OffsetClaims:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._failing = False
+        self._failing = False  # a write failed: its retries are logged at debug
+        self._unanswered = False  # the last call failed: no claim is trusted until one answers
         self._synced = 0.0  # time.monotonic() of the last call that renewed every lease
 
     def __repr__(self) -> str:
@@ -120,14 +121,24 @@ class OffsetClaims:
         await self._claim(spans)
 
     async def state(self, message: Message) -> LedgerState:
-        """What the ledger says of `message`'s partition: from the batch's claim, or asked now.
+        """What the ledger says of `message`'s partition: from the batch's claim while it can be
+        trusted, or asked now.
+
+        The claim is trusted while the store answered its last call, within a third of a lease:
+        the partition's lease is then surely still this consumer's. Once a call has failed, every
+        message asks, so nothing runs while the store is down (`on_store_error` decides).
 
         Raises:
             StoreError: when the ledger does not answer.
         """
         tp = TopicPartition(message.topic, message.partition)
         known = self._states.get(tp)
-        if known is not None and known[0].first <= message.offset <= known[0].last:
+        if (
+            known is not None
+            and known[0].first <= message.offset <= known[0].last
+            and not self._unanswered
+            and time.monotonic() < self._synced + self.lease / 3
+        ):
             return known[1]
         return (await self._claim({tp: Span(message.offset, message.offset)}))[tp]
 
@@ -143,8 +154,10 @@ class OffsetClaims:
                 )
             except StoreError:
                 self._put_back(pending)
+                self._unanswered = True
                 raise
             self._synced = time.monotonic()
+            self._unanswered = False
         self._written(pending, {tp: not state.held for tp, state in states.items()})
         for tp, span in spans.items():
             state = states[tp]
@@ -218,9 +231,11 @@ class OffsetClaims:
                 )
             except StoreError as exc:
                 self._put_back(pending)
+                self._unanswered = True
                 self._report_failure(exc, sum(map(len, pending.values())))
                 return False
             self._synced = time.monotonic()
+            self._unanswered = False
         self._written(pending, written)
         return True
 
