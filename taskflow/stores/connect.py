@@ -200,7 +200,9 @@ def _client(
         return cluster, []
     from redis.asyncio.sentinel import Sentinel
 
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    # Through a typed name: redis-py types Sentinel's constructor only from version 8.
+    make_sentinel: Callable[..., Sentinel] = Sentinel
+    sentinel = make_sentinel(
         list(target.hosts),
         sentinel_kwargs={
             "socket_timeout": timeout,
