@@ -401,6 +401,7 @@ class OperationsEndpoint:
             "state": _app_state(runtime),
             "loop_lag": round(self.monitor.lag, 4),
             "workers": workers,
+            "publishing": _publishing(runtime),
         }
 
     def _describe(self, manager: Manager, worker: Worker) -> dict[str, Any]:
@@ -433,6 +434,14 @@ def _unready(manager: Manager) -> list[str]:
         if isinstance(status, ConsumerStatus) and not status.assigned:
             reasons.append(f"consumer {name} has no partitions assigned")
     return reasons
+
+
+def _publishing(runtime: Runtime | None) -> dict[str, int]:
+    """Records published without waiting: not answered yet, and lost."""
+    if runtime is None:
+        return {"pending": 0, "undelivered": 0}
+    deliveries = runtime.deliveries
+    return {"pending": len(deliveries.pending), "undelivered": deliveries.failed}
 
 
 def _app_state(runtime: Runtime | None) -> str:
