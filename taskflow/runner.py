@@ -205,7 +205,7 @@ async def open_runtime(
     loop_watch = LoopWatch()
     loop_watch.start()
     try:
-        async with _operations(app, loop_watch) as http, _stores(app) as stores:
+        async with _operations(app, loop_watch) as http, _stores(app, workers) as stores:
             meter_provider = app.meter_provider if http is None else http.meter_provider
             watchdog = Watchdog()
             resources = Resources(app.name, stores, app.tracer_provider, meter_provider, watchdog)
@@ -354,12 +354,12 @@ async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operatio
         yield http
 
 
-def _stores(app: App) -> AbstractAsyncContextManager[Stores]:
+def _stores(app: App, workers: bool) -> AbstractAsyncContextManager[Stores]:
     """The app's stores, on Redis when it has a URL (`taskflow.stores.connect`); the app's own
-    idempotency store is used (and asked whether it answers) only when a registration is
-    idempotent."""
+    idempotency store is used (and asked whether it answers) only when a registration that will
+    run is idempotent."""
     specs: list[ConsumerSpec | ScheduleSpec] = [*app.consumers, *app.schedules]
-    idempotent = any(spec.idempotent for spec in specs)
+    idempotent = workers and any(spec.idempotent for spec in specs)
     store = app.idempotency_store if idempotent else None
     settings = app.settings
     return open_stores(
