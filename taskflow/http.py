@@ -450,7 +450,8 @@ def _app_state(runtime: Runtime | None) -> str:
     manager = runtime.manager
     if manager.stop_requested:
         return "stopping"
-    if all(status.task is None for status in manager.statuses.values()):
+    statuses = manager.statuses.values()
+    if statuses and all(status.task is None for status in statuses):  # none: publishing only
         return "starting"
     return "running"
 

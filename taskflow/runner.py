@@ -315,13 +315,16 @@ async def _in_background(runtime: Runtime) -> AsyncIterator[None]:
     leaving = False
 
     def ended(task: asyncio.Task[ShutdownReport]) -> None:
-        if not leaving and not task.cancelled() and task.exception() is None:
-            logger.error(
-                "the workers of app %s stopped while the program goes on (%s); "
-                "stop the program to restart them",
-                app.name,
-                task.result().signal or "stop requested",
-            )
+        if leaving or task.cancelled():
+            return
+        error = task.exception()  # raised again when the block ends
+        why = repr(error) if error is not None else task.result().signal or "stop requested"
+        logger.error(
+            "the workers of app %s stopped while the program goes on (%s); "
+            "stop the program to restart them",
+            app.name,
+            why,
+        )
 
     task = asyncio.create_task(manager.run(), name=f"taskflow:{app.name}")
     task.add_done_callback(ended)

@@ -92,7 +92,7 @@ async def test_running_runs_the_workers_in_the_background_and_drains_them_on_exi
 
 
 async def test_running_to_publish_only_starts_no_worker_and_joins_no_group() -> None:
-    app = App("publisher", broker="memory://?partitions=1")
+    app = App("publisher", broker="memory://?partitions=1", http_port=0)
     handled: list[bytes] = []
     started: list[bool] = []
 
@@ -117,6 +117,11 @@ async def test_running_to_publish_only_starts_no_worker_and_joins_no_group() -> 
         assert broker.end_offset(TopicPartition("jobs", 0)) == 2
         assert broker.group("publisher").members == []
         assert runtime.workers == []
+        assert runtime.http is not None
+        status = await runtime.http.status()
+        assert (status["state"], status["workers"]) == ("running", [])
+        assert status["publishing"] == {"pending": 0, "undelivered": 0}
+        assert runtime.http.readiness()["status"] == "ready"
     assert handled == []
     assert started == [True]  # the lifespan and startup hooks still run
 
