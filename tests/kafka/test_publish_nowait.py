@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 
 import pytest
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from tests._process import AppProcess
+from tests._tansu import TansuBroker, create_topic
 from tests.kafka.test_examples_kafka import free_port, get
 
 PUBLISHER = "tests.apps.nowait_publisher:app"
@@ -106,3 +108,32 @@ async def test_a_topic_the_broker_refuses_is_logged_and_counted_and_the_worker_g
     assert "Traceback" not in app.log
     records = await read_all(bootstrap, topic, 10)
     assert sorted(json.loads(r.value)["n"] for r in records) == list(range(10))
+
+
+async def test_records_the_broker_never_acknowledges_are_each_named_when_the_app_stops(
+    app_env: dict[str, str],
+) -> None:
+    with TansuBroker() as broker:  # a broker of its own, to stop under the app
+        bootstrap = broker.bootstrap
+        await create_topic(bootstrap, "lost", 4)
+        env = {
+            **app_env,
+            "TASKFLOW_BROKER": f"kafka://{bootstrap}",
+            "NOWAIT_TOPIC": "lost",
+            "NOWAIT_COUNT": "20",
+            "TASKFLOW_KAFKA_LINGER_MS": "60000",  # still queued when the broker goes
+            "TASKFLOW_KAFKA_REQUEST_TIMEOUT_MS": "2000",
+        }
+        with AppProcess(PUBLISHER, env=env) as app:
+            await asyncio.to_thread(app.wait_for, "queued 20 records")
+            await broker.stop_async()
+            app.send(signal.SIGTERM)
+            code = await asyncio.to_thread(app.wait, 60)
+
+    assert code == 0, app.log  # the workers drained; the log says what was lost
+    lost = [line for line in app.log.splitlines() if "was not delivered" in line]
+    assert len(lost) == 20, app.log
+    named = {re.search(r"\(key '(k\d+)'\)", line).group(1) for line in lost}  # type: ignore[union-attr]
+    assert named == {f"k{n}" for n in range(20)}
+    assert all("record to 'lost'" in line for line in lost)
+    assert all("publishing to 'lost' failed: " in line for line in lost)  # the broker's error
