@@ -329,6 +329,7 @@ async def _in_background(runtime: Runtime) -> AsyncIterator[None]:
     task = asyncio.create_task(manager.run(), name=f"taskflow:{app.name}")
     task.add_done_callback(ended)
     try:
+        await asyncio.sleep(0)  # its first step: the Manager is running before the block begins
         yield
     finally:
         leaving = True

@@ -11,7 +11,15 @@ import socket
 import pytest
 
 import taskflow
-from taskflow import App, ConfigurationError, Context, StoreError, TopicPartition, WorkerState
+from taskflow import (
+    App,
+    ConfigurationError,
+    Context,
+    StateError,
+    StoreError,
+    TopicPartition,
+    WorkerState,
+)
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.runner import running
 from tests._redis import REDIS_URL
@@ -162,3 +170,15 @@ async def test_a_handler_asking_to_exit_stops_the_workers_but_not_the_host() -> 
             await app.publish("jobs", b"after")  # the broker stays: the host may still publish
     finally:
         logging.getLogger("taskflow").removeHandler(watch)
+
+
+async def test_the_manager_taskflow_running_runs_cannot_be_run_a_second_time() -> None:
+    app = App("embedded")
+
+    @app.consume("jobs")
+    async def on_job(job: bytes) -> None:
+        pass
+
+    async with taskflow.running(app) as runtime:
+        with pytest.raises(StateError, match=r"use taskflow\.runner\.open_runtime"):
+            await runtime.manager.run()
