@@ -1,5 +1,5 @@
 """The Consuming guide's handlers: retries, a plain `def`, rejects and dead
-letters, publishing from a handler.
+letters, publishing from a handler (and without waiting for the broker).
 
     taskflow run examples.consuming:app
 """
@@ -56,3 +56,13 @@ async def on_return(item: dict, ctx: Context) -> None:
 
 
 # --8<-- [end:reject]
+
+
+# --8<-- [start:fanout]
+@app.consume("orders")
+async def on_order(order: dict, ctx: Context) -> None:
+    for line in order["lines"]:  # each publish returns once queued
+        await ctx.publish("order-lines", line, key=order["id"], wait=False)
+
+
+# --8<-- [end:fanout]

@@ -1,9 +1,11 @@
 """A FastAPI service that runs its taskflow workers in its own process.
 
 The API publishes a signup; a consumer sends the welcome mail; a periodic task
-counts them. The workers start in the web app's lifespan and drain on its way
-out, so a SIGTERM to uvicorn stops the HTTP server first, then lets the running
-handlers finish, then exits.
+counts them. The web app's lifespan enters `taskflow.running(tasks)`: the
+workers run beside the API and drain on its way out, so a SIGTERM to uvicorn
+stops the HTTP server first, then lets the running handlers finish, then exits.
+With `SIGNUPS_WORKERS=0` the same service only publishes, for web replicas
+whose consumers run elsewhere (under `taskflow run`).
 
     pip install -e '.[examples]'   # FastAPI and uvicorn, from the checkout
     python -m examples.fastapi_service
@@ -18,8 +20,6 @@ Then post a signup and read who was welcomed (`TASKFLOW_BROKER` selects Kafka):
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,10 +28,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+import taskflow
 from taskflow import App, Context, logfmt
-from taskflow.runner import Runtime, running
-
-logger = logging.getLogger(__name__)
+from taskflow.runner import Runtime
 
 
 # --8<-- [start:workers]
@@ -39,21 +38,21 @@ class Signup(BaseModel):
     email: str
 
 
-workers = App("signups")
+tasks = App("signups")
 
 
-@workers.on_startup
+@tasks.on_startup
 async def open_mailbox() -> None:
-    workers.state.welcomed = []  # stands in for a mail client opened at startup
+    tasks.state.welcomed = []  # stands in for a mail client opened at startup
 
 
-@workers.consume("signups", ordering="key")
+@tasks.consume("signups", ordering="key")
 async def send_welcome(signup: Signup, ctx: Context) -> None:
     ctx.state.welcomed.append(signup.email)
     ctx.logger.info("welcomed %s", signup.email)
 
 
-@workers.every(minutes=10)
+@tasks.every(minutes=10)
 async def count_signups(ctx: Context) -> None:
     ctx.logger.info("%d welcomed so far", len(ctx.state.welcomed))
 
@@ -62,38 +61,18 @@ async def count_signups(ctx: Context) -> None:
 
 
 # --8<-- [start:lifespan]
-@asynccontextmanager
-async def run_workers(app: App) -> AsyncIterator[Runtime]:
-    """Run `app`'s workers until the block ends, then shut them down gracefully.
-
-    The web server owns the signals: when it stops, the block ends and the
-    workers drain within the app's shutdown_timeout, as they would on SIGTERM
-    under `taskflow run`.
-    """
-    async with running(app) as runtime:
-        manager = asyncio.create_task(
-            runtime.manager.run(), name=f"taskflow:{app.name}"
-        )
-        try:
-            yield runtime
-        finally:
-            runtime.manager.request_stop("the web server is stopping")
-            report = await manager
-            if report.clean:
-                logger.info("workers of %s stopped cleanly", app.name)
-            else:
-                logger.error(
-                    "workers of %s: cancelled %s",
-                    app.name,
-                    ", ".join(report.cancelled),
-                )
+# "0": this replica only publishes; its consumers run elsewhere
+RUN_WORKERS = os.environ.get("SIGNUPS_WORKERS", "1") != "0"
 
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    async with run_workers(workers) as runtime:
-        # the endpoints reach it as request.app.state.workers
-        api.state.workers = runtime
+    # Connects the broker and runs the startup hooks; with workers, runs
+    # them in the background until uvicorn stops, then drains them within
+    # the app's shutdown_timeout, as SIGTERM does under `taskflow run`.
+    async with taskflow.running(tasks, workers=RUN_WORKERS) as runtime:
+        # the endpoints reach it as request.app.state.tasks
+        api.state.tasks = runtime
         yield
 
 
@@ -104,21 +83,21 @@ api = FastAPI(lifespan=lifespan)
 # --8<-- [start:endpoints]
 @api.post("/signups", status_code=202)
 async def sign_up(signup: Signup) -> dict[str, str]:
-    # returns once the broker has it
-    await workers.publish("signups", signup, key=signup.email)
+    # returns once the broker has it; wait=False would return once queued
+    await tasks.publish("signups", signup, key=signup.email)
     return {"status": "accepted"}
 
 
 @api.get("/welcomed")
 async def welcomed() -> list[str]:
-    return list(workers.state.welcomed)
+    return list(tasks.state.welcomed)
 
 
 @api.get("/readyz")
 async def ready(request: Request) -> JSONResponse:
     """503 once shutdown begins, or while a worker is not running (restarting
     after a crash)."""
-    runtime: Runtime = request.app.state.workers
+    runtime: Runtime = request.app.state.tasks
     states = {
         name: status.state.value
         for name, status in runtime.manager.statuses.items()

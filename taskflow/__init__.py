@@ -47,6 +47,7 @@ from taskflow.manager import Manager, ShutdownReport
 from taskflow.message import Message, TopicPartition
 from taskflow.middleware import Middleware
 from taskflow.ratelimit import RateLimit
+from taskflow.runner import running
 from taskflow.schedule import Cron, Interval, Schedule
 from taskflow.types import Worker, WorkerState, WorkerStatus
 
@@ -90,6 +91,7 @@ __all__ = [
     "Worker",
     "WorkerState",
     "WorkerStatus",
+    "running",
 ]
 
 __version__ = "0.1.0"

@@ -18,7 +18,8 @@ from taskflow.backoff import Backoff
 from taskflow.clock import Clock, SystemClock
 from taskflow.codec import encode_headers, encode_key, encode_value
 from taskflow.config import DEFAULT_BROKER, Settings
-from taskflow.exceptions import ConfigurationError, StateError
+from taskflow.deliveries import Deliveries
+from taskflow.exceptions import ConfigurationError, PublishError, StateError
 from taskflow.handler import consumer_handler, handler_name, periodic_handler
 from taskflow.ratelimit import RateLimit
 from taskflow.schedule import Cron, Schedule, interval
@@ -37,13 +38,19 @@ from taskflow.specs import (
     ScheduleSpec,
 )
 from taskflow.stores.base import IdempotencyStore
-from taskflow.telemetry.tracing import publish_tracer, traced_publish, with_trace_context
+from taskflow.telemetry.tracing import (
+    publish_tracer,
+    traced_enqueue,
+    traced_publish,
+    with_trace_context,
+)
 from taskflow.types import Worker
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from taskflow.brokers.base import Broker
+    from taskflow.message import Headers
 
 __all__ = ["App", "Lifespan", "State"]
 
@@ -195,6 +202,7 @@ class App:
         self.shutdown_hooks: list[Hook] = []
         self._broker: Broker | None = None
         self._tracer: Tracer | None = None  # of `send` spans, while running with telemetry on
+        self._deliveries = Deliveries()  # what `publish(..., wait=False)` queued
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -651,8 +659,9 @@ class App:
         *,
         key: bytes | str | None = None,
         headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+        wait: bool = True,
     ) -> None:
-        """Publish a message and wait until the broker has it.
+        """Publish a message and, by default, wait until the broker has it.
 
         Args:
             topic: The topic.
@@ -660,14 +669,22 @@ class App:
                 models included).
             key: The message key; messages with one key go to one partition, in order.
             headers: Header names and values (str or bytes).
+            wait: With False, return as soon as the producer has queued the message (it sends
+                queued messages in batches): the broker's answer is not waited for. A message
+                the broker does not take is then logged and counted
+                (`taskflow.publish.undelivered`) instead of raised, and shutdown sends what is
+                queued before the process exits. See
+                [Publishing without waiting](../consuming.md#publishing-without-waiting).
 
         With a tracer provider set up (see [Observability](../observability.md#spans)), a
-        `send {topic}` span of kind PRODUCER covers the publish and the headers carry its context;
-        otherwise they carry the current span's context, if any.
+        `send {topic}` span of kind PRODUCER covers the publish, until the broker answers (with
+        `wait=False` too), and the headers carry its context; otherwise they carry the current
+        span's context, if any.
 
         Raises:
             StateError: when the app is not running.
-            PublishError: when the value cannot be encoded or the broker refuses it.
+            PublishError: when the value cannot be encoded; with `wait=True`, also when the
+                broker refuses it.
         """
         broker = self._broker
         if broker is None:
@@ -677,20 +694,45 @@ class App:
             )
         payload, raw_key = encode_value(value), encode_key(key)
         raw_headers = encode_headers(headers)
-        if self._tracer is not None:
+        if not wait:
+            await self._enqueue(broker, topic, payload, raw_key, raw_headers)
+        elif self._tracer is not None:
             await traced_publish(
                 self._tracer, broker, topic, payload, key=raw_key, headers=raw_headers
             )
-            return
-        await broker.publish(topic, payload, key=raw_key, headers=with_trace_context(raw_headers))
+        else:
+            await broker.publish(
+                topic, payload, key=raw_key, headers=with_trace_context(raw_headers)
+            )
 
-    def attach(self, broker: Broker | None) -> None:
+    async def _enqueue(
+        self, broker: Broker, topic: str, value: bytes, key: bytes | None, headers: Headers
+    ) -> None:
+        """Queue a record and hand its delivery to the app's `Deliveries`."""
+        deliveries = self._deliveries
+        try:
+            if self._tracer is not None:
+                delivery = await traced_enqueue(
+                    self._tracer, broker, topic, value, key=key, headers=headers
+                )
+            else:
+                delivery = await broker.enqueue(
+                    topic, value, key=key, headers=with_trace_context(headers)
+                )
+        except PublishError as exc:
+            deliveries.refused(topic, key, exc)
+            return
+        deliveries.watch(delivery, topic, key)
+
+    def attach(self, broker: Broker | None, deliveries: Deliveries | None = None) -> None:
         """Set (or clear) the running broker. Called by the runner, not by users.
 
         Whether `publish` opens spans is decided here, once, as for the consumers' telemetry.
+        `deliveries` owns what `publish(..., wait=False)` queues (a new one when not given).
         """
         self._broker = broker
         self._tracer = publish_tracer(self.tracer_provider) if broker is not None else None
+        self._deliveries = deliveries or Deliveries()
 
     @asynccontextmanager
     async def lifespan_context(self) -> AsyncIterator[None]:

@@ -180,6 +180,11 @@ class Context:
         *,
         key: bytes | str | None = None,
         headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+        wait: bool = True,
     ) -> None:
-        """Publish a message through the app's broker; see `App.publish`."""
-        await self.app.publish(topic, value, key=key, headers=headers)
+        """Publish a message through the app's broker; see `App.publish`.
+
+        With `wait=False` it returns once the message is queued, and a message the broker does
+        not take is logged and counted rather than raised in the handler.
+        """
+        await self.app.publish(topic, value, key=key, headers=headers, wait=wait)

@@ -401,6 +401,7 @@ class OperationsEndpoint:
             "state": _app_state(runtime),
             "loop_lag": round(self.monitor.lag, 4),
             "workers": workers,
+            "publishing": _publishing(runtime),
         }
 
     def _describe(self, manager: Manager, worker: Worker) -> dict[str, Any]:
@@ -435,13 +436,22 @@ def _unready(manager: Manager) -> list[str]:
     return reasons
 
 
+def _publishing(runtime: Runtime | None) -> dict[str, int]:
+    """Records published without waiting: not answered yet, and lost."""
+    if runtime is None:
+        return {"pending": 0, "undelivered": 0}
+    deliveries = runtime.deliveries
+    return {"pending": len(deliveries.pending), "undelivered": deliveries.failed}
+
+
 def _app_state(runtime: Runtime | None) -> str:
     if runtime is None:
         return "starting"
     manager = runtime.manager
     if manager.stop_requested:
         return "stopping"
-    if all(status.task is None for status in manager.statuses.values()):
+    statuses = manager.statuses.values()
+    if statuses and all(status.task is None for status in statuses):  # none: publishing only
         return "starting"
     return "running"
 

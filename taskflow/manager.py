@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from taskflow.backoff import Backoff
 from taskflow.crew import Crew
-from taskflow.exceptions import ConfigurationError, ProcessExit
+from taskflow.exceptions import ConfigurationError, ProcessExit, StateError
 from taskflow.types import Worker, WorkerState
 
 __all__ = ["Manager", "ShutdownReport", "Supervision"]
@@ -106,6 +106,7 @@ class Manager:
         self._force = asyncio.Event()
         self._signal: str | None = None
         self._exit_code: int | None = None
+        self._running = False
 
     def register(self, worker: Worker) -> None:
         """Add a worker; its name must be unique."""
@@ -140,7 +141,23 @@ class Manager:
     # -- running ---------------------------------------------------------------------------
 
     async def run(self) -> ShutdownReport:
-        """Start every worker, wait for a stop request, then shut down gracefully."""
+        """Start every worker, wait for a stop request, then shut down gracefully.
+
+        Raises:
+            StateError: when this Manager is running already (`taskflow.running` runs it).
+        """
+        if self._running:
+            raise StateError(
+                "this Manager is running its workers already: taskflow.running() runs them; "
+                "use taskflow.runner.open_runtime() to run them yourself"
+            )
+        self._running = True
+        try:
+            return await self._run()
+        finally:
+            self._running = False
+
+    async def _run(self) -> ShutdownReport:
         cancelled: tuple[str, ...] = ()
         if not self._stop_requested.is_set():
             # A Crew, not a TaskGroup: a worker that ignores its cancellation is left behind.

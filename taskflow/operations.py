@@ -28,7 +28,7 @@ from taskflow import validation as check
 from taskflow.codec import encode_value
 from taskflow.context import Tick
 from taskflow.exceptions import ConfigurationError, StoreError
-from taskflow.runner import resolve_broker, running
+from taskflow.runner import open_runtime, resolve_broker
 from taskflow.stores.connect import open_stores
 from taskflow.stores.lease import LeaseLost, hold, new_owner
 from taskflow.stores.schedule import LastRun, ScheduleStore, TickClaim
@@ -113,7 +113,7 @@ async def trigger(app: App, name: str, *, install_signal_handlers: bool = False)
         BrokerError: when the broker cannot be reached.
     """
     spec = periodic_task(app, name)
-    async with running(app, install_signal_handlers=install_signal_handlers) as runtime:
+    async with open_runtime(app, install_signal_handlers=install_signal_handlers) as runtime:
         worker = runtime.worker(spec.name)
         assert isinstance(worker, ScheduledWorker)
         tick = Tick(spec.name, app.clock.now())

@@ -1,9 +1,16 @@
 """Running an App: connect the broker, enter the lifespan, build the workers, run the Manager.
 
+`serve` (and `run`, for `taskflow run`) own the process: signal handlers, `gc.freeze()`, the exit
+code. `running` is for a program that owns them itself, a web app's lifespan say: the Manager runs
+the workers in the background for the life of the block (or none runs, with `workers=False`).
+Both are built on `open_runtime`, which opens everything and builds the workers without starting
+them.
+
 The order on the way up is the operations endpoint (with `http_port`), Redis, broker, lifespan and
 startup hooks, workers; on the way down it is the reverse: workers drain, shutdown hooks and
-lifespan exit, the broker flushes and closes, and the operations endpoint closes last (it stops
-accepting connections, and /readyz answers 503, before any worker is asked to stop).
+lifespan exit, the broker sends what is queued (`taskflow.deliveries`) and closes, and the
+operations endpoint closes last (it stops accepting connections, and /readyz answers 503, before
+any worker is asked to stop).
 
 A loop watch (`taskflow.loopwatch`) runs for the whole run, with or without the endpoint.
 
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from taskflow.brokers import broker_from_settings
+from taskflow.deliveries import Deliveries
 from taskflow.exceptions import BrokerError, StartupInterrupted
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
@@ -43,7 +51,16 @@ if TYPE_CHECKING:
     from taskflow.stores.connect import RedisClient
     from taskflow.types import Worker
 
-__all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "running", "serve"]
+__all__ = [
+    "EXIT_CLEAN",
+    "EXIT_UNCLEAN",
+    "Runtime",
+    "build_workers",
+    "open_runtime",
+    "run",
+    "running",
+    "serve",
+]
 
 logger = logging.getLogger("taskflow")
 
@@ -64,6 +81,8 @@ class Runtime:
         workers: Every worker, built from the app's registrations, in registration order.
         stores: Where claims, leases, limits and run records live.
         http: The operations endpoint, with `http_port`; `http.port` is the port it listens on.
+        deliveries: The records published without waiting that the broker has not answered yet,
+            and the count of those it did not take.
     """
 
     app: App
@@ -74,6 +93,7 @@ class Runtime:
     http: OperationsEndpoint | None = None  # the operations endpoint; `http.port` is the real port
     watchdog: Watchdog | None = None  # the handler calls running under a timeout
     loop_watch: LoopWatch | None = None  # watches the event loop for blocks
+    deliveries: Deliveries = field(default_factory=Deliveries)  # what publish(wait=False) queued
 
     @property
     def redis(self) -> RedisClient | None:
@@ -146,17 +166,19 @@ def build_workers(
 
 
 @asynccontextmanager
-async def running(
+async def open_runtime(
     app: App,
     *,
     broker: Broker | None = None,
     commit_interval: float | None = None,
     shutdown_timeout: float | None = None,
     install_signal_handlers: bool = False,
+    workers: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Start the broker and lifespan and build the workers; yield the Runtime; then tear down.
 
-    The workers are not started: call `runtime.manager.run()`. With `install_signal_handlers`,
+    The workers are not started: call `runtime.manager.run()` (or use `running`, which does).
+    With `workers=False` none is built: the Runtime only publishes. With `install_signal_handlers`,
     SIGINT, SIGTERM and SIGHUP request a graceful stop from the very start. One that comes before
     the Runtime is yielded cancels the start-up: what was opened is closed, within the shutdown
     timeout, and [StartupInterrupted][taskflow.StartupInterrupted] is raised. Once the Runtime is
@@ -183,31 +205,40 @@ async def running(
     loop_watch = LoopWatch()
     loop_watch.start()
     try:
-        async with _operations(app, loop_watch) as http, _stores(app) as stores:
+        async with _operations(app, loop_watch) as http, _stores(app, workers) as stores:
             meter_provider = app.meter_provider if http is None else http.meter_provider
             watchdog = Watchdog()
             resources = Resources(app.name, stores, app.tracer_provider, meter_provider, watchdog)
-            build_workers(app, broker, stopping, resources=resources)  # refuse bad config early
+            if workers:
+                build_workers(app, broker, stopping, resources=resources)  # refuse bad config
             await stores.check()
             await broker.start()
-            app.attach(broker)
+            deliveries = Deliveries()
+            app.attach(broker, deliveries)
             try:
                 async with app.lifespan_context():
-                    workers = build_workers(
-                        app, broker, stopping, commit_interval=commit_interval, resources=resources
-                    )
-                    for worker in workers:
+                    built: list[Worker] = []
+                    if workers:
+                        built = build_workers(
+                            app,
+                            broker,
+                            stopping,
+                            commit_interval=commit_interval,
+                            resources=resources,
+                        )
+                    for worker in built:
                         manager.register(worker)
-                    with observe(workers, resources):  # the observable metrics, when set up
+                    with observe(built, resources, deliveries):  # the metrics, when set up
                         runtime = Runtime(
                             app,
                             broker,
                             manager,
-                            workers,
+                            built,
                             stores,
                             http=http,
                             watchdog=watchdog,
                             loop_watch=loop_watch,
+                            deliveries=deliveries,
                         )
                         if http is not None:
                             http.attach(runtime)
@@ -216,7 +247,7 @@ async def running(
                         yield runtime
             finally:
                 app.attach(None)
-                await _close(broker)
+                await _close(broker, deliveries)
     except asyncio.CancelledError:
         if signals is None or signals.interrupted is None:
             raise
@@ -226,6 +257,86 @@ async def running(
         if signals is not None:
             signals.remove()
         loop_watch.stop()
+
+
+@asynccontextmanager
+async def running(
+    app: App, *, workers: bool = True, shutdown_timeout: float | None = None
+) -> AsyncIterator[Runtime]:
+    """Run `app` inside a program that owns the event loop and the process, such as a web app.
+
+    On entry it opens what `taskflow run` opens (the operations endpoint with `http_port`, Redis,
+    the broker, the app's lifespan and startup hooks); then the Manager runs the workers in the
+    background for as long as the block lasts. On exit the workers drain as on SIGTERM (within
+    `shutdown_timeout`, the app's by default), then the shutdown hooks run and the broker sends
+    what is queued and closes. No signal handler is installed: the host (uvicorn, say) owns the
+    signals, and ends the block when it stops.
+
+    With `workers=False` no consumer, periodic task or worker runs (none joins a group): the
+    broker connects and `app.publish` works, for a process that only publishes.
+
+    Args:
+        app: The app to run.
+        workers: False to only publish.
+        shutdown_timeout: Seconds the workers get to finish on exit; the app's setting by default.
+
+    Yields:
+        The [Runtime][taskflow.runner.Runtime]: its `manager` says how the workers are doing.
+
+    Example:
+        ```python
+        from contextlib import asynccontextmanager
+
+        import taskflow
+        from fastapi import FastAPI
+
+        @asynccontextmanager
+        async def lifespan(api: FastAPI):
+            async with taskflow.running(app):
+                yield
+
+        api = FastAPI(lifespan=lifespan)
+        ```
+    """
+    async with open_runtime(app, shutdown_timeout=shutdown_timeout, workers=workers) as runtime:
+        if not workers:
+            logger.info("app %s running to publish only: no worker runs", app.name)
+            yield runtime
+            return
+        async with _in_background(runtime):
+            yield runtime
+
+
+@asynccontextmanager
+async def _in_background(runtime: Runtime) -> AsyncIterator[None]:
+    """The Manager's run as a task for the life of the block; on exit, a graceful stop."""
+    app, manager = runtime.app, runtime.manager
+    _log_start(runtime)
+    leaving = False
+
+    def ended(task: asyncio.Task[ShutdownReport]) -> None:
+        if leaving or task.cancelled():
+            return
+        error = task.exception()  # raised again when the block ends
+        why = repr(error) if error is not None else task.result().signal or "stop requested"
+        logger.error(
+            "the workers of app %s stopped while the program goes on (%s); "
+            "stop the program to restart them",
+            app.name,
+            why,
+        )
+
+    task = asyncio.create_task(manager.run(), name=f"taskflow:{app.name}")
+    task.add_done_callback(ended)
+    try:
+        await asyncio.sleep(0)  # its first step: the Manager is running before the block begins
+        yield
+    finally:
+        leaving = True
+        if not manager.stop_requested:
+            manager.request_stop("the program is stopping")
+        report = await task  # a cancellation of this task cancels it too, and waits for it
+        _log_report(app, report)
 
 
 @asynccontextmanager
@@ -247,12 +358,12 @@ async def _operations(app: App, loop_watch: LoopWatch) -> AsyncIterator[Operatio
         yield http
 
 
-def _stores(app: App) -> AbstractAsyncContextManager[Stores]:
+def _stores(app: App, workers: bool) -> AbstractAsyncContextManager[Stores]:
     """The app's stores, on Redis when it has a URL (`taskflow.stores.connect`); the app's own
-    idempotency store is used (and asked whether it answers) only when a registration is
-    idempotent."""
+    idempotency store is used (and asked whether it answers) only when a registration that will
+    run is idempotent."""
     specs: list[ConsumerSpec | ScheduleSpec] = [*app.consumers, *app.schedules]
-    idempotent = any(spec.idempotent for spec in specs)
+    idempotent = workers and any(spec.idempotent for spec in specs)
     store = app.idempotency_store if idempotent else None
     settings = app.settings
     return open_stores(
@@ -381,12 +492,23 @@ class _Signals:
             self._loop.remove_signal_handler(sig)
 
 
-async def _close(broker: Broker) -> None:
+async def _close(broker: Broker, deliveries: Deliveries) -> None:
+    """Close the broker, which sends what is queued, within BROKER_CLOSE_TIMEOUT; then report
+    the records published without waiting that it did not deliver."""
+    if deliveries.pending:
+        logger.info(
+            "sending %d record(s) published without waiting before the broker closes, at most %gs",
+            len(deliveries.pending),
+            BROKER_CLOSE_TIMEOUT,
+        )
     try:
         async with asyncio.timeout(BROKER_CLOSE_TIMEOUT):
             await broker.close()
+            await deliveries.settled()
     except (TimeoutError, BrokerError) as exc:
         logger.error("closing the broker failed: %s", exc or "timed out")
+    finally:
+        deliveries.abandon()
 
 
 async def serve(
@@ -401,15 +523,10 @@ async def serve(
     Raises:
         StartupInterrupted: when a signal came before the app was ready.
     """
-    async with running(
+    async with open_runtime(
         app, shutdown_timeout=shutdown_timeout, install_signal_handlers=install_signal_handlers
     ) as runtime:
-        logger.info(
-            "app %s running %d worker(s): %s",
-            app.name,
-            len(runtime.workers),
-            ", ".join(w.name for w in runtime.workers) or "none",
-        )
+        _log_start(runtime)
         # What start-up made (modules, the app, its workers) lives as long as the process: moved
         # out of the collector's reach, a full collection no longer walks it and so pauses
         # periodic tasks far less (bench/scheduler.py measures their lateness).
@@ -419,6 +536,15 @@ async def serve(
         report = await runtime.manager.run()
     _log_report(app, report)
     return report
+
+
+def _log_start(runtime: Runtime) -> None:
+    logger.info(
+        "app %s running %d worker(s): %s",
+        runtime.app.name,
+        len(runtime.workers),
+        ", ".join(w.name for w in runtime.workers) or "none",
+    )
 
 
 def _log_report(app: App, report: ShutdownReport) -> None:

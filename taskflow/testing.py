@@ -26,7 +26,7 @@ from taskflow.context import Tick
 from taskflow.exceptions import StateError
 from taskflow.manager import ShutdownReport
 from taskflow.message import TopicPartition
-from taskflow.runner import Runtime, running
+from taskflow.runner import Runtime, open_runtime
 from taskflow.workers import ScheduledWorker
 
 __all__ = ["ManualClock", "TestClient"]
@@ -170,7 +170,7 @@ class TestClient:
         return self._runtime
 
     async def __aenter__(self) -> TestClient:
-        self._context = running(
+        self._context = open_runtime(
             self.app, broker=self.broker, commit_interval=0, shutdown_timeout=self.shutdown_timeout
         )
         self._runtime = await self._context.__aenter__()

@@ -179,7 +179,7 @@ async def test_fastapi_service_publishes_from_the_api_and_welcomes_in_the_worker
         api.router.lifespan_context(api),
         httpx.AsyncClient(transport=transport, base_url="http://test") as http,
     ):
-        runtime = api.state.workers
+        runtime = api.state.tasks
         async with asyncio.timeout(5):  # as a readiness probe would: ask until it says yes
             while True:
                 if (await http.get("/readyz")).status_code == 200:
@@ -235,7 +235,7 @@ def test_fastapi_service_under_uvicorn_drains_its_workers_on_sigterm() -> None:
             server.communicate()
     assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     assert "welcomed bob@example.com" in log
-    assert "workers of signups stopped cleanly" in log
+    assert "app signups stopped cleanly" in log
     assert log.index("Waiting for application shutdown") < log.index("stopped cleanly")
 
 
@@ -275,16 +275,19 @@ async def test_consuming_guide_handlers_retry_reject_and_publish() -> None:
         await client.publish("returns", good, key="c1")
         await client.publish("returns", {**good, "id": "r2", "amount": -1})
         await client.publish("returns", {"id": "r3", "customer": "c1", "amount": 1})
+        await client.publish("orders", {"id": "o1", "lines": ["a", "b", "c"]})
         await client.drain()
         topic = client.broker.topic
         refunds = [m for log in topic("refunds").logs for m in log]
         dead = [m for log in topic("returns.DLQ").logs for m in log]
+        lines = [m for log in topic("order-lines").logs for m in log]
     assert [(m.key, m.value, m.header("return-id")) for m in refunds] == [
         (b"c1", b'{"order":7,"amount":5}', b"r1")
     ]
     exceptions = {m.header("taskflow-exception-type") for m in dead}
     assert exceptions == {b"taskflow.exceptions.Reject", b"examples.consuming.InvalidReturn"}
     assert {m.header("taskflow-reason") for m in dead} == {b"rejected"}
+    assert [(m.key, m.value) for m in lines] == [(b"o1", b"a"), (b"o1", b"b"), (b"o1", b"c")]
     assert client.report is not None
     assert client.report.clean
 

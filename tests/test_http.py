@@ -1,7 +1,7 @@
 """The operations endpoint, over real HTTP: /healthz, /readyz, /metrics and /status.
 
-In-process tests run the app with `TestClient` or `running()` and talk to its port with httpx; the
-last ones start `taskflow run` as a real process and stop it with SIGTERM.
+In-process tests run the app with `TestClient` or `open_runtime()` and talk to its port with
+httpx; the last ones start `taskflow run` as a real process and stop it with SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from taskflow import App, ConfigurationError
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.http import EndpointState, OperationsEndpoint
 from taskflow.loopwatch import LoopWatch
-from taskflow.runner import Runtime, running
+from taskflow.runner import Runtime, open_runtime
 from taskflow.testing import ManualClock, TestClient
 from taskflow.types import WorkerStatus
 from tests._process import AppProcess
@@ -220,7 +220,8 @@ async def test_readyz_names_what_is_not_ready() -> None:
     async def second(payload: bytes) -> None:
         """The other gets nothing."""
 
-    async with running(app, broker=MemoryBroker(partitions=1)) as runtime, _client(runtime) as http:
+    broker = MemoryBroker(partitions=1)
+    async with open_runtime(app, broker=broker) as runtime, _client(runtime) as http:
         before = await http.get("/readyz")
         assert before.status_code == 503
         assert before.json() == {
@@ -275,7 +276,7 @@ async def test_readyz_turns_503_first_and_the_door_closes_before_workers_stop() 
     witness = app.add_worker(Witness())
     assert isinstance(witness, Witness)
 
-    async with running(app) as runtime, _client(runtime) as http:
+    async with open_runtime(app) as runtime, _client(runtime) as http:
         witness.http = runtime.http
         run = asyncio.create_task(runtime.manager.run())
         await _until(http, "/readyz", lambda r: r.status_code == 200)
@@ -440,7 +441,7 @@ async def test_a_taken_port_stops_the_app_before_anything_starts() -> None:
             started.append(True)
 
         with pytest.raises(ConfigurationError, match=rf"operations endpoint on 0\.0\.0\.0:{port}"):
-            async with running(app):
+            async with open_runtime(app):
                 pass
     assert started == []
 
@@ -466,7 +467,7 @@ def test_without_a_port_there_is_no_endpoint(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("TASKFLOW_HTTP_PORT", raising=False)
 
     async def check() -> None:
-        async with running(App("quiet")) as runtime:
+        async with open_runtime(App("quiet")) as runtime:
             assert runtime.http is None
 
     asyncio.run(check())

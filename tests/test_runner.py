@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
+import signal
 import socket
 
 import pytest
 
-from taskflow import App, ConfigurationError, StoreError
+import taskflow
+from taskflow import (
+    App,
+    ConfigurationError,
+    Context,
+    StateError,
+    StoreError,
+    TopicPartition,
+    WorkerState,
+)
+from taskflow.brokers.memory import MemoryBroker
 from taskflow.runner import running
 from tests._redis import REDIS_URL
 
@@ -49,3 +63,122 @@ async def test_a_configured_redis_is_open_while_the_app_runs() -> None:
 async def test_no_redis_url_means_no_redis() -> None:
     async with running(App("no-redis", redis_url="")) as runtime:
         assert runtime.redis is None
+
+
+# -- taskflow.running: inside a program that owns the loop and the process -------------------
+
+
+async def test_running_runs_the_workers_in_the_background_and_drains_them_on_exit() -> None:
+    app = App("embedded", broker="memory://?partitions=1")
+    handled: list[int] = []
+    holding, finished = asyncio.Event(), asyncio.Event()
+
+    @app.consume("jobs")
+    async def on_job(job: dict[str, int], ctx: Context) -> None:
+        handled.append(job["id"])
+        if job["id"] == 2:  # still running when the block ends: it is let finish
+            holding.set()
+            await ctx.stopping.wait()
+            finished.set()
+
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    frozen_before = gc.get_freeze_count()
+    async with taskflow.running(app) as runtime:
+        assert signal.getsignal(signal.SIGTERM) == sigterm_before  # the host owns the signals
+        await app.publish("jobs", {"id": 1})
+        await app.publish("jobs", {"id": 2})
+        await asyncio.wait_for(holding.wait(), 10)
+    assert handled == [1, 2]
+    assert finished.is_set()
+    assert runtime.manager.stop_requested
+    assert {s.state for s in runtime.manager.statuses.values()} == {WorkerState.STOPPED}
+    broker = runtime.broker
+    assert isinstance(broker, MemoryBroker)
+    assert broker.committed("embedded", TopicPartition("jobs", 0)) == 2
+    assert gc.get_freeze_count() == frozen_before  # nothing frozen in someone else's process
+    assert not app.running
+
+
+async def test_running_to_publish_only_starts_no_worker_and_joins_no_group() -> None:
+    app = App("publisher", broker="memory://?partitions=1", http_port=0)
+    handled: list[bytes] = []
+    started: list[bool] = []
+
+    @app.on_startup
+    async def note() -> None:
+        started.append(True)
+
+    @app.consume("jobs")
+    async def on_job(job: bytes) -> None:
+        handled.append(job)
+
+    @app.every(seconds=0.01)
+    async def tick() -> None:
+        handled.append(b"tick")
+
+    async with taskflow.running(app, workers=False) as runtime:
+        await app.publish("jobs", b"one")
+        await app.publish("jobs", b"two", wait=False)
+        await asyncio.sleep(0.05)  # a tick's worth: nothing may run
+        broker = runtime.broker
+        assert isinstance(broker, MemoryBroker)
+        assert broker.end_offset(TopicPartition("jobs", 0)) == 2
+        assert broker.group("publisher").members == []
+        assert runtime.workers == []
+        assert runtime.http is not None
+        status = await runtime.http.status()
+        assert (status["state"], status["workers"]) == ("running", [])
+        assert status["publishing"] == {"pending": 0, "undelivered": 0}
+        assert runtime.http.readiness()["status"] == "ready"
+    assert handled == []
+    assert started == [True]  # the lifespan and startup hooks still run
+
+
+async def test_running_leaves_the_workers_stopped_when_the_block_raises() -> None:
+    app = App("embedded")
+
+    @app.consume("jobs")
+    async def on_job(job: bytes) -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="the web app failed"):
+        async with taskflow.running(app) as runtime:
+            raise RuntimeError("the web app failed")
+    assert {s.state for s in runtime.manager.statuses.values()} == {WorkerState.STOPPED}
+
+
+async def test_a_handler_asking_to_exit_stops_the_workers_but_not_the_host() -> None:
+    app = App("embedded")
+    said = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "stopped while the program goes on" in record.getMessage():
+                said.set()
+
+    @app.consume("jobs")
+    async def on_job(job: bytes) -> None:
+        raise SystemExit(3)
+
+    watch = Watch()
+    logging.getLogger("taskflow").addHandler(watch)
+    try:
+        async with taskflow.running(app) as runtime:
+            await app.publish("jobs", b"stop")
+            await asyncio.wait_for(said.wait(), 10)
+            assert {s.state for s in runtime.manager.statuses.values()} == {WorkerState.STOPPED}
+            await app.publish("jobs", b"after")  # the broker stays: the host may still publish
+    finally:
+        logging.getLogger("taskflow").removeHandler(watch)
+
+
+async def test_the_manager_taskflow_running_runs_cannot_be_run_a_second_time() -> None:
+    app = App("embedded")
+
+    @app.consume("jobs")
+    async def on_job(job: bytes) -> None:
+        pass
+
+    async with taskflow.running(app) as runtime:
+        with pytest.raises(StateError, match=r"use taskflow\.runner\.open_runtime"):
+            await runtime.manager.run()

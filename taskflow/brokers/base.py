@@ -7,6 +7,7 @@ groups with committed offsets, explicit commits, rebalances announced to a liste
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,11 +20,17 @@ __all__ = [
     "Broker",
     "Consumer",
     "ConsumerOptions",
+    "Delivery",
     "FetchPosition",
     "PartitionOffsets",
     "RebalanceListener",
     "record_size",
 ]
+
+
+Delivery = asyncio.Future[tuple[TopicPartition, int]]
+"""A record queued by `Broker.enqueue`: its partition and offset once the broker acknowledges it,
+or the `PublishError` that says why it was not delivered."""
 
 
 class RebalanceListener(Protocol):
@@ -150,6 +157,17 @@ class Broker(Protocol):
 
         Returns its partition and offset. Raises `PublishError` on failure: `RecordRefused` when
         publishing it again cannot help (`RecordTooLarge` when it is too large).
+        """
+        ...
+
+    async def enqueue(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> Delivery:
+        """Hand one record to the producer and return once it is queued, not delivered.
+
+        The returned future ends with the record's partition and offset, or with a
+        `PublishError`; the caller owns it (and so must retrieve its outcome). `close` waits
+        for every queued record. Raises `PublishError` for a record that cannot be queued.
         """
         ...
 

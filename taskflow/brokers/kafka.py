@@ -17,6 +17,7 @@ A record with a null value (a tombstone) or a header with a null value reaches h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import inspect
 import logging
@@ -47,6 +48,7 @@ from aiokafka.helpers import create_ssl_context
 from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
     ConsumerOptions,
+    Delivery,
     FetchPosition,
     PartitionOffsets,
     RebalanceListener,
@@ -427,8 +429,10 @@ class KafkaBroker:
         self._producer = producer
 
     async def close(self) -> None:
+        """Send every queued record, wait for the broker's answers, and disconnect."""
         producer, self._producer = self._producer, None
         if producer is not None:
+            _end_lingering(producer)
             try:
                 await producer.stop()  # flushes what is still being sent
             except KafkaError as exc:
@@ -442,13 +446,28 @@ class KafkaBroker:
             raise PublishError("the Kafka producer is not started")
         try:
             meta = await producer.send_and_wait(topic, value, key=key, headers=list(headers))
-        except _TOO_LARGE as exc:
-            raise RecordTooLarge(f"publishing to {topic!r} failed: {exc}") from exc
-        except _REFUSED as exc:
-            raise RecordRefused(f"publishing to {topic!r} failed: {exc}") from exc
         except KafkaError as exc:
-            raise PublishError(f"publishing to {topic!r} failed: {exc}") from exc
+            raise _publish_error(topic, exc) from exc
         return TopicPartition(meta.topic, meta.partition), meta.offset
+
+    async def enqueue(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> Delivery:
+        """Queue the record in the producer, which sends it in a batch; see `Broker.enqueue`.
+
+        Waits while the producer's buffer is full, and for the topic's metadata when it is not
+        known yet.
+        """
+        producer = self._producer
+        if producer is None:
+            raise PublishError("the Kafka producer is not started")
+        try:
+            sent = await producer.send(topic, value, key=key, headers=list(headers))
+        except KafkaError as exc:
+            raise _publish_error(topic, exc) from exc
+        delivery: Delivery = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(lambda done: _settle(delivery, topic, done))
+        return delivery
 
     def consumer(
         self,
@@ -471,6 +490,52 @@ class KafkaBroker:
             "max_poll_records": options.max_records,
         }
         return KafkaConsumer(self.bootstrap_servers, topics, settings, listener)
+
+
+def _publish_error(topic: str, exc: KafkaError) -> PublishError:
+    """What taskflow raises for a record aiokafka could not publish."""
+    if isinstance(exc, _TOO_LARGE):
+        return RecordTooLarge(f"publishing to {topic!r} failed: {exc}")
+    if isinstance(exc, _REFUSED):
+        return RecordRefused(f"publishing to {topic!r} failed: {exc}")
+    return PublishError(f"publishing to {topic!r} failed: {exc}")
+
+
+def _settle(delivery: Delivery, topic: str, sent: asyncio.Future[Any]) -> None:
+    """End `delivery` as aiokafka's future `sent` ended; its outcome is taken either way."""
+    if sent.cancelled():
+        delivery.cancel()
+        return
+    exc = sent.exception()
+    if delivery.done():  # given up on by its owner (the broker closed too late)
+        return
+    if exc is None:
+        meta = sent.result()
+        delivery.set_result((TopicPartition(meta.topic, meta.partition), meta.offset))
+    elif isinstance(exc, KafkaError):
+        error = _publish_error(topic, exc)
+        error.__cause__ = exc
+        delivery.set_exception(error)
+    else:
+        delivery.set_exception(exc)
+
+
+def _end_lingering(producer: AIOKafkaProducer) -> None:
+    """Make every queued batch ready to send now, rather than after `linger_ms`.
+
+    aiokafka's stop() flushes, but a batch that is not full still waits out its linger time
+    first: with a long `linger_ms` the broker's close would run out of time with records queued.
+    This closes the open batches and wakes the sender, as the accumulator's `flush_for_commit`
+    does before it waits; these are aiokafka internals, so any that is missing is skipped.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    for batches in getattr(accumulator, "_batches", {}).values():
+        for batch in batches:
+            with contextlib.suppress(AttributeError):
+                batch._builder.close()
+    waiter = getattr(accumulator, "_waiter_future", None)
+    if isinstance(waiter, asyncio.Future) and not waiter.done():
+        waiter.set_result(None)
 
 
 def _build(cls: Any, servers: list[str], settings: Mapping[str, Any]) -> Any:

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
     ConsumerOptions,
+    Delivery,
     FetchPosition,
     PartitionOffsets,
     RebalanceListener,
@@ -212,6 +213,14 @@ class MemoryBroker:
         now_ms = time.time_ns() // 1_000_000
         target.append(Message(topic, partition, offset, key, value, headers, now_ms))
         return TopicPartition(topic, partition), offset
+
+    async def enqueue(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> Delivery:
+        """Publish at once: the delivery it returns is already done, as nothing is batched."""
+        delivery: Delivery = asyncio.get_running_loop().create_future()
+        delivery.set_result(await self.publish(topic, value, key=key, headers=headers))
+        return delivery
 
     def consumer(
         self,

@@ -3,8 +3,9 @@
 The per-attempt metrics are recorded by the telemetry middleware. These come from each worker's
 `status()` (`taskflow.telemetry.status`): the error policy's counts, skipped periodic runs, the
 `def` handlers' stuck threads, and each consumer's local view of its partitions (lag, records in
-flight). Callbacks read them only when the SDK collects, so they cost nothing per message. A
-callback may run on the SDK's export thread: a status only reads, and never asks the broker.
+flight); and from the app's `Deliveries`, the records published without waiting that were lost.
+Callbacks read them only when the SDK collects, so they cost nothing per message. A callback may
+run on the SDK's export thread: a status only reads, and never asks the broker.
 
 The SDK keeps the first callbacks registered under a name, so each MeterProvider gets one set of
 instruments, which reads every set of workers that `observe` has lent it.
@@ -30,6 +31,7 @@ from taskflow.types import WorkerStatus, status_of
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
 
+    from taskflow.deliveries import Deliveries
     from taskflow.middleware.builtin import Resources
     from taskflow.types import Worker
 
@@ -47,6 +49,7 @@ class WorkerInstruments:
 
     def __init__(self, meter: Meter) -> None:
         self._running: dict[int, tuple[Worker, ...]] = {}
+        self._deliveries: dict[int, Deliveries] = {}
         self._tokens = itertools.count()
         observe_with(meter, metrics.CONSUMER_RETRIES, self._retries)
         observe_with(meter, metrics.CONSUMER_DEAD_LETTERS, self._dead_letters)
@@ -55,16 +58,20 @@ class WorkerInstruments:
         observe_with(meter, metrics.CONSUMER_IN_FLIGHT, self._in_flight)
         observe_with(meter, metrics.PERIODIC_SKIPPED, self._skipped)
         observe_with(meter, metrics.HANDLER_STUCK_THREADS, self._stuck_threads)
+        observe_with(meter, metrics.PUBLISH_UNDELIVERED, self._undelivered)
 
-    def add(self, workers: Sequence[Worker]) -> int:
-        """Read `workers` from now on; returns a token for `remove`."""
+    def add(self, workers: Sequence[Worker], deliveries: Deliveries | None = None) -> int:
+        """Read `workers` (and `deliveries`) from now on; returns a token for `remove`."""
         token = next(self._tokens)
         self._running[token] = tuple(workers)
+        if deliveries is not None:
+            self._deliveries[token] = deliveries
         return token
 
     def remove(self, token: int) -> None:
         """Stop reading the workers added under `token`."""
         self._running.pop(token, None)
+        self._deliveries.pop(token, None)
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -140,6 +147,16 @@ class WorkerInstruments:
             if isinstance(status := status_of(worker), PeriodicStatus)
         ]
 
+    def _undelivered(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals: dict[tuple[str, str], int] = {}
+        for deliveries in tuple(self._deliveries.values()):
+            for where, count in tuple(deliveries.undelivered.items()):
+                totals[where] = totals.get(where, 0) + count
+        return [
+            Observation(count, {"messaging.destination.name": topic, "error.type": kind})
+            for (topic, kind), count in totals.items()
+        ]
+
 
 def _partition_attributes(partition: PartitionStatus, group: str) -> Attributes:
     return {
@@ -153,8 +170,11 @@ _BY_PROVIDER: weakref.WeakKeyDictionary[Any, WorkerInstruments] = weakref.WeakKe
 
 
 @contextlib.contextmanager
-def observe(workers: Sequence[Worker], resources: Resources) -> Iterator[None]:
-    """Let the observable instruments read `workers` inside the block, when a meter is set up.
+def observe(
+    workers: Sequence[Worker], resources: Resources, deliveries: Deliveries | None = None
+) -> Iterator[None]:
+    """Let the observable instruments read `workers` (and the app's `deliveries`) inside the block,
+    when a meter is set up.
 
     Without a real MeterProvider (the App's, else the global one) nothing is registered.
     """
@@ -165,7 +185,7 @@ def observe(workers: Sequence[Worker], resources: Resources) -> Iterator[None]:
     instruments = _BY_PROVIDER.get(provider)
     if instruments is None:
         instruments = _BY_PROVIDER[provider] = WorkerInstruments(provider.get_meter(SCOPE))
-    token = instruments.add(workers)
+    token = instruments.add(workers, deliveries)
     try:
         yield
     finally:

@@ -5,7 +5,7 @@ checks both agree), then is created where it is recorded with `create` (or `obse
 an observable one). Recorded per attempt by the telemetry middleware: the `messaging.*` and
 `taskflow.periodic.*` histograms and counters; by the idempotency and rate-limit middleware:
 `taskflow.idempotency.outcomes` and `taskflow.ratelimit.wait`; read on collection from the
-workers' own status (`taskflow.telemetry.instruments`): the rest.
+workers' own status and the app's deliveries (`taskflow.telemetry.instruments`): the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "PERIODIC_LATENESS",
     "PERIODIC_RUNS",
     "PERIODIC_SKIPPED",
+    "PUBLISH_UNDELIVERED",
     "RATELIMIT_WAIT",
     "Instrument",
     "WaitTelemetry",
@@ -195,6 +196,15 @@ HANDLER_STUCK_THREADS: Final = Instrument(
 )
 """Threads of a `def` handler still running calls its timeout cut off."""
 
+PUBLISH_UNDELIVERED: Final = Instrument(
+    "taskflow.publish.undelivered",
+    "observable_counter",
+    "{record}",
+    "Records published without waiting that were not delivered: refused, failed, or not "
+    "acknowledged before the broker closed.",
+)
+"""Records published with `wait=False` that were lost, per topic and error type."""
+
 INSTRUMENTS: Final = (
     MESSAGING_PROCESS_DURATION,
     MESSAGING_CONSUMED,
@@ -210,6 +220,7 @@ INSTRUMENTS: Final = (
     CONSUMER_IN_FLIGHT,
     PERIODIC_SKIPPED,
     HANDLER_STUCK_THREADS,
+    PUBLISH_UNDELIVERED,
 )
 """Every metric taskflow records."""
 

@@ -2,7 +2,9 @@
 
 Per `App.publish`, one `send {topic}` span of kind PRODUCER whose context the message carries (W3C
 `traceparent`, `tracestate`, baggage), so the consumer's `process {topic}` span (made by
-`taskflow.telemetry.middleware`) becomes its child.
+`taskflow.telemetry.middleware`) becomes its child. With `wait=False` the span still ends when the
+broker answers (or when the record is given up on), not when the call returns: its duration, its
+partition and offset, and its error say what became of the record.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from taskflow.telemetry.providers import SCOPE, tracer_provider
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
-    from taskflow.brokers.base import Broker
+    from taskflow.brokers.base import Broker, Delivery
     from taskflow.message import Headers, Message, TopicPartition
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "fail",
     "message_id",
     "publish_tracer",
+    "traced_enqueue",
     "traced_publish",
     "with_trace_context",
 ]
@@ -102,6 +105,48 @@ async def traced_publish(
         span.set_attribute("messaging.destination.partition.id", str(tp.partition))
         span.set_attribute("messaging.kafka.offset", offset)
         return tp, offset
+
+
+async def traced_enqueue(
+    tracer: Tracer, broker: Broker, topic: str, value: bytes, *, key: bytes | None, headers: Headers
+) -> Delivery:
+    """Queue through `broker` under a `send {topic}` span that ends when the broker answers.
+
+    The span is started as for `traced_publish` and is current while the record is queued; it
+    ends with the delivery (its partition and offset, or its error), or at once when the record
+    cannot be queued.
+    """
+    span = tracer.start_span(
+        f"send {topic}",
+        kind=SpanKind.PRODUCER,
+        attributes=_send_attributes(topic, value, key, headers),
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    try:
+        with trace.use_span(span, end_on_exit=False):
+            delivery = await broker.enqueue(
+                topic, value, key=key, headers=with_trace_context(headers)
+            )
+    except BaseException as exc:
+        fail(span, exc, error_type(exc))
+        span.end()
+        raise
+    delivery.add_done_callback(lambda done: _end_send(span, done))
+    return delivery
+
+
+def _end_send(span: Span, delivery: Delivery) -> None:
+    if delivery.cancelled():
+        span.set_attribute("error.type", "taskflow.undelivered")
+        span.set_status(Status(StatusCode.ERROR, "not delivered before the broker closed"))
+    elif (exc := delivery.exception()) is not None:
+        fail(span, exc, error_type(exc))
+    else:
+        tp, offset = delivery.result()
+        span.set_attribute("messaging.destination.partition.id", str(tp.partition))
+        span.set_attribute("messaging.kafka.offset", offset)
+    span.end()
 
 
 def _send_attributes(

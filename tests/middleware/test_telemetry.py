@@ -748,3 +748,51 @@ def test_a_meter_provider_alone_turns_it_on(otel: Telemetry) -> None:
 
     resources = Resources(app.name, None, app.tracer_provider, app.meter_provider)
     assert len(layers_for(app.consumers[0], resources)) == 1
+
+
+async def test_a_publish_without_waiting_has_a_send_span_that_ends_with_its_delivery(
+    otel: Telemetry,
+) -> None:
+    app = otel.app()
+
+    @app.consume("invoices")
+    async def on_invoice(message: Message) -> None:
+        pass
+
+    async with TestClient(app, partitions=1) as client:
+        await app.publish("invoices", {"id": 7}, key="customer-7", wait=False)
+        await client.drain()
+
+    (send,) = otel.finished("send invoices")
+    assert send.kind is SpanKind.PRODUCER
+    assert send.status.status_code is StatusCode.UNSET
+    attributes = dict(send.attributes or {})
+    assert attributes["messaging.destination.partition.id"] == "0"
+    assert attributes["messaging.kafka.offset"] == 0
+    (process,) = otel.finished("process invoices")
+    assert parent_of(process) == span_id(send)
+
+
+async def test_a_record_lost_without_waiting_is_an_error_span_and_is_counted(
+    otel: Telemetry,
+) -> None:
+    app = otel.app()
+
+    client = TestClient(app)
+    client.broker.max_request_size = 1000
+    async with client:
+        await app.publish("invoices", b"x" * 2000, key="customer-7", wait=False)
+        await app.publish("invoices", b"small", wait=False)  # delivered, not counted
+        await client.drain()
+        metrics = otel.metrics()
+
+    (lost, sent) = sorted(otel.finished("send invoices"), key=lambda s: s.start_time or 0)
+    assert lost.status.status_code is StatusCode.ERROR
+    assert dict(lost.attributes or {})["error.type"] == "taskflow.exceptions.RecordTooLarge"
+    assert sent.status.status_code is StatusCode.UNSET
+    assert values(metrics["taskflow.publish.undelivered"]) == {
+        of(
+            messaging__destination__name="invoices",
+            error__type="taskflow.exceptions.RecordTooLarge",
+        ): 1
+    }
