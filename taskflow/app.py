@@ -35,6 +35,7 @@ from taskflow.specs import (
     Ordering,
     RateLimitScope,
     ScheduleSpec,
+    Start,
 )
 from taskflow.stores.base import IdempotencyStore
 from taskflow.telemetry.tracing import publish_tracer, traced_publish, with_trace_context
@@ -126,11 +127,17 @@ class App:
             runs (0 picks a free one); default no endpoint.
         http_host: The address the operations endpoint listens on (default ``0.0.0.0``, every
             interface; ``127.0.0.1`` keeps it inside the host).
+        instance_id: This replica's stable name, such as its pod name, for Kafka's static group
+            membership: each consumer joins its group as ``<instance_id>.<worker name>``, so a
+            replica restarted within the session timeout gets its partitions back without a
+            rebalance. Letters, digits, `.`, `_`, `-`; default none (dynamic membership). See
+            [Deployment](../deployment.md#rolling-deploys-without-rebalances).
 
     Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
     `TASKFLOW_REDIS_URL`, `TASKFLOW_SHUTDOWN_TIMEOUT`, `TASKFLOW_COMMIT_INTERVAL`,
-    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`); a `taskflow` flag wins
+    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`,
+    `TASKFLOW_INSTANCE_ID`); a `taskflow` flag wins
     over both. `settings` holds the values in effect and where each came from; `app.redis_url`
     and the other options' attributes read it, and setting one is the code's last word over the
     environment. See [Configuration](../configuration.md).
@@ -165,6 +172,7 @@ class App:
         idempotency_store: IdempotencyStore | None = None,
         http_port: int | None = None,
         http_host: str | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self.name = check.app_name(name)
         self.settings = Settings.resolve(
@@ -177,6 +185,7 @@ class App:
                 "idempotent": idempotent,
                 "http_port": http_port,
                 "http_host": http_host,
+                "instance_id": instance_id,
             },
             kafka_parser=_kafka_options,
         )
@@ -225,6 +234,7 @@ class App:
     idempotent = _Option[bool]()
     http_port = _Option["int | None"]()
     http_host = _Option[str]()
+    instance_id = _Option["str | None"]()
 
     @property
     def broker_url(self) -> str:
@@ -272,6 +282,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        start: Start | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -309,6 +321,15 @@ class App:
             idempotency_retention: How long a done mark is kept (default 7 days).
             on_store_error: When the store fails: ``"fail"`` (do not run or commit; try again
                 later) or ``"proceed"`` (run without a claim and log it).
+            start: Where the group begins a partition it has no committed offset for:
+                ``"earliest"`` (every record still kept) or ``"latest"`` (only records written
+                from now on). Default: the broker option ``auto_offset_reset`` if set, else
+                ``"earliest"``. A committed offset always wins.
+            consumer_options: Kafka consumer options for this registration only (any aiokafka
+                consumer option taskflow does not set itself: ``isolation_level``,
+                ``max_partition_fetch_bytes``, ``session_timeout_ms``, …), over the App's
+                `broker_options` and ``TASKFLOW_KAFKA_*`` variables. The memory broker ignores
+                them.
 
         Returns:
             The registration.
@@ -318,10 +339,14 @@ class App:
         """
         self._check_open()
         idempotent = check.idempotent(idempotent, self.idempotent)
+        name = self._new_name(handler_name(handler) if name is None else name)
+        topics = check.topics(topics)
+        group = check.group(self.name if group is None else group)
+        check.no_overlap(self.consumers, name, topics, group)
         spec = ConsumerSpec(
-            name=self._new_name(handler_name(handler) if name is None else name),
-            topics=check.topics(topics),
-            group=check.group(self.name if group is None else group),
+            name=name,
+            topics=topics,
+            group=group,
             func=handler,
             handler=consumer_handler(handler),
             ordering=check.ordering(ordering),
@@ -340,6 +365,8 @@ class App:
             idempotency_lease=check.seconds("idempotency_lease", idempotency_lease),
             idempotency_retention=check.seconds("idempotency_retention", idempotency_retention),
             on_store_error=check.on_store_error(on_store_error),
+            start=check.start(start),
+            consumer_options=check.consumer_options(consumer_options),
         )
         self.consumers.append(spec)
         return spec
@@ -365,6 +392,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        start: Start | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]:
         """Decorator: consume `topics` with the function; returns the function unchanged.
 
@@ -400,6 +429,8 @@ class App:
                 idempotency_lease=idempotency_lease,
                 idempotency_retention=idempotency_retention,
                 on_store_error=on_store_error,
+                start=start,
+                consumer_options=consumer_options,
             )
             return func
 

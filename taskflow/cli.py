@@ -170,6 +170,11 @@ _http_host = click.option(
     help="The address the operations endpoint listens on (default 0.0.0.0, every interface; "
     "over TASKFLOW_HTTP_HOST).",
 )
+_instance_id = click.option(
+    "--instance-id",
+    help="This replica's stable name (e.g. the pod name) for Kafka static group membership; "
+    "with --processes each process gets <id>-<index> (over TASKFLOW_INSTANCE_ID).",
+)
 _log_level = click.option(
     "--log-level",
     envvar="TASKFLOW_LOG_LEVEL",
@@ -262,6 +267,7 @@ def main() -> None:
 @_shutdown_timeout
 @_http_port
 @_http_host
+@_instance_id
 @click.option(
     "--processes",
     envvar="TASKFLOW_PROCESSES",
@@ -291,6 +297,7 @@ def run(
     shutdown_timeout: str | None,
     http_port: str | None,
     http_host: str | None,
+    instance_id: str | None,
     processes: int,
     processes_limit: int | None,
     debug: bool,
@@ -315,6 +322,7 @@ def run(
         "shutdown_timeout": shutdown_timeout,
         "http_port": http_port,
         "http_host": http_host,
+        "instance_id": instance_id,
     }
     app = _prepare(app_ref, app_dir, debug, flags)
     if processes > 1:
@@ -379,15 +387,17 @@ def _check_processes(processes: int, limit: int | None) -> None:
 
 def _supervise(app: App, processes: int, limit: int | None, debug: bool) -> int:
     """Run `processes` children of this very `taskflow run` under a supervisor; its exit code."""
-    skip = {"processes", "processes_limit", "http_port"}
+    skip = {"processes", "processes_limit", "http_port", "instance_id"}
     args = _child_args(click.get_current_context(), skip=skip)
-    port = app.settings.http_port
+    port, instance = app.settings.http_port, app.settings.instance_id
     if port and port + processes - 1 > 65535:
         _fail(f"--http-port {port} with {processes} processes needs ports past 65535", debug)
 
     def command(index: int) -> list[str]:
+        # Each child is a replica of its own: a port and a static identity of its own.
         ports = [] if port is None else ["--http-port", str(port and port + index)]
-        return [sys.executable, "-m", "taskflow", "run", *args, *ports]
+        ids = [] if instance is None else ["--instance-id", f"{instance}-{index}"]
+        return [sys.executable, "-m", "taskflow", "run", *args, *ports, *ids]
 
     env = {name: value for name, value in os.environ.items() if name != "TASKFLOW_PROCESSES"}
     watch = supervisor.Supervisor(
@@ -428,6 +438,7 @@ def _child_args(ctx: click.Context, skip: set[str]) -> list[str]:
 @_shutdown_timeout
 @_http_port
 @_http_host
+@_instance_id
 @_debug
 def info(
     app_ref: str,
@@ -437,6 +448,7 @@ def info(
     shutdown_timeout: str | None,
     http_port: str | None,
     http_host: str | None,
+    instance_id: str | None,
     debug: bool,
 ) -> None:
     """Show the app's workers and its settings.
@@ -452,6 +464,7 @@ def info(
         "shutdown_timeout": shutdown_timeout,
         "http_port": http_port,
         "http_host": http_host,
+        "instance_id": instance_id,
     }
     app = _prepare(app_ref, app_dir, debug, flags)
     recorded: dict[str, operations.Recorded] | None = {}

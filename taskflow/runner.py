@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from taskflow.brokers import broker_from_settings
+from taskflow.brokers.base import ConsumerOptions
 from taskflow.exceptions import BrokerError, StartupInterrupted
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
@@ -43,7 +46,17 @@ if TYPE_CHECKING:
     from taskflow.stores.connect import RedisClient
     from taskflow.types import Worker
 
-__all__ = ["EXIT_CLEAN", "EXIT_UNCLEAN", "Runtime", "build_workers", "run", "running", "serve"]
+__all__ = [
+    "EXIT_CLEAN",
+    "EXIT_UNCLEAN",
+    "Runtime",
+    "build_workers",
+    "consumer_options",
+    "member_id",
+    "run",
+    "running",
+    "serve",
+]
 
 logger = logging.getLogger("taskflow")
 
@@ -88,6 +101,32 @@ class Runtime:
         raise KeyError(name)
 
 
+def consumer_options(spec: ConsumerSpec, instance_id: str | None) -> ConsumerOptions:
+    """What a registration asks of its broker consumer: where to start, its own options, and
+    with an instance id, its static membership (`group_instance_id`)."""
+    return ConsumerOptions(
+        auto_offset_reset=spec.start,
+        extra=spec.consumer_options,
+        group_instance_id=None if instance_id is None else member_id(instance_id, spec.name),
+    )
+
+
+_MEMBER_PART = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def member_id(instance_id: str, worker: str) -> str:
+    """The group instance id of one consumer of a replica: ``<instance_id>.<worker name>``.
+
+    Each registration is a member of its group of its own, so each needs an id of its own. A
+    worker name Kafka would not take in an id (other characters, over 100 of them) is written
+    with those replaced and a hash of the whole name, so that it stays one and the same.
+    """
+    if _MEMBER_PART.fullmatch(worker):
+        return f"{instance_id}.{worker}"
+    digest = hashlib.sha256(worker.encode()).hexdigest()[:10]
+    return f"{instance_id}.{re.sub(r'[^A-Za-z0-9._-]', '_', worker)[:80]}-{digest}"
+
+
 def resolve_broker(app: App) -> Broker:
     """The app's broker object, built from its URL when it was given one."""
     return broker_from_settings(app.settings)
@@ -125,6 +164,7 @@ def build_workers(
             handler,
             stopping=stopping,
             commit_interval=interval,
+            options=consumer_options(spec, app.settings.instance_id),
             batch_aware=batch_aware,
         )
 

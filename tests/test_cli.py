@@ -598,6 +598,7 @@ def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> Non
         "idempotent": ["false", "default"],
         "http_port": ["9000", "flag", "--http-port"],
         "http_host": ["0.0.0.0", "default"],
+        "instance_id": ["none", "default"],
         "broker_options.client_id": ["ops", "env", "TASKFLOW_KAFKA_CLIENT_ID"],
         "broker_options.sasl_mechanism": ["PLAIN", "code", "App(broker_options.sasl_mechanism)"],
         "broker_options.sasl_plain_password": [

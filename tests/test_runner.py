@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from taskflow import App, ConfigurationError, StoreError
-from taskflow.runner import running
+from taskflow.runner import consumer_options, member_id, running
 from tests._redis import REDIS_URL
 
 
@@ -49,3 +49,32 @@ async def test_a_configured_redis_is_open_while_the_app_runs() -> None:
 async def test_no_redis_url_means_no_redis() -> None:
     async with running(App("no-redis", redis_url="")) as runtime:
         assert runtime.redis is None
+
+
+# -- what each consumer asks of the broker ----------------------------------------------------
+
+
+async def on_order(order: dict) -> None: ...
+
+
+def test_each_consumer_of_a_replica_is_a_static_member_of_its_own() -> None:
+    app = App("billing", instance_id="pod-a")
+    app.add_consumer(on_order, "orders", start="latest", consumer_options={"client_id": "x"})
+    app.add_consumer(on_order, "orders", name="audit", group="audit")
+
+    first, second = (consumer_options(spec, app.instance_id) for spec in app.consumers)
+
+    assert (first.auto_offset_reset, dict(first.extra)) == ("latest", {"client_id": "x"})
+    assert (second.auto_offset_reset, dict(second.extra)) == (None, {})
+    assert (first.group_instance_id, second.group_instance_id) == ("pod-a.on_order", "pod-a.audit")
+    assert consumer_options(app.consumers[0], None).group_instance_id is None
+
+
+def test_a_worker_name_kafka_would_not_take_in_an_id_is_written_with_a_hash_of_it() -> None:
+    odd = member_id("pod-a", "orders → billing")
+    other = member_id("pod-a", "orders → billing!")
+
+    assert odd.startswith("pod-a.orders___billing-")
+    assert odd == member_id("pod-a", "orders → billing")  # the same on every restart
+    assert odd != other
+    assert len(member_id("p" * 100, "w" * 300)) <= 249

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
+    DEFAULT_START,
     ConsumerOptions,
     FetchPosition,
     PartitionOffsets,
@@ -196,7 +197,7 @@ class MemoryBroker:
         self._open = False
 
     async def publish(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
     ) -> tuple[TopicPartition, int]:
         if not self._open:
             raise PublishError("the memory broker is not started")
@@ -221,11 +222,10 @@ class MemoryBroker:
         listener: RebalanceListener,
         options: ConsumerOptions,
     ) -> MemoryConsumer:
-        if options.extra:
-            raise ConfigurationError(
-                f"the memory broker takes no consumer options, got {sorted(options.extra)}"
-            )
-        if options.auto_offset_reset not in ("earliest", "latest"):
+        """Honours `options.auto_offset_reset`; Kafka's own options (`options.extra`,
+        `options.group_instance_id`) mean nothing here and are ignored, so an app written for
+        Kafka runs unchanged on memory (under `TestClient`, say)."""
+        if options.auto_offset_reset not in (None, "earliest", "latest"):
             raise ConfigurationError(
                 f"auto_offset_reset is 'earliest' or 'latest', got {options.auto_offset_reset!r}"
             )
@@ -413,7 +413,7 @@ class MemoryConsumer:
         for tp in sorted(partitions):
             committed = self.group.committed.get(tp)
             if committed is None:
-                latest = self.options.auto_offset_reset == "latest"
+                latest = (self.options.auto_offset_reset or DEFAULT_START) == "latest"
                 committed = self.broker.end_offset(tp) if latest else 0
             self._positions[tp] = committed
         if partitions:
