@@ -74,7 +74,9 @@ class ConsumerSpec:
     start: Start | None = None
     """Where the group begins a partition it has no committed offset for; None: the broker's
     option (``auto_offset_reset``), else ``earliest``."""
-    consumer_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    consumer_options: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
     """Kafka consumer options of this registration only, over the App's `broker_options`."""
 
 

@@ -205,6 +205,12 @@ BAD_INPUT = [
     ),
     pytest.param(["run", IDLE, "--broker", "kafka://"], "no Kafka servers", id="broker-kafka"),
     pytest.param(
+        ["run", IDLE, "--instance-id", "pod 1"],
+        "--instance-id is this replica's stable name (such as the pod name): letters, digits, "
+        "'.', '_' and '-', at most 100, got 'pod 1'",
+        id="instance-id-space",
+    ),
+    pytest.param(
         ["run", IDLE, "--shutdown-timeout", "-1"],
         "--shutdown-timeout must be a number of seconds from 0 to 86400, got '-1'",
         id="timeout-negative",
