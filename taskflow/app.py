@@ -136,11 +136,10 @@ class App:
     Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
     `TASKFLOW_REDIS_URL`, `TASKFLOW_SHUTDOWN_TIMEOUT`, `TASKFLOW_COMMIT_INTERVAL`,
-    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`,
-    `TASKFLOW_INSTANCE_ID`); a `taskflow` flag wins
-    over both. `settings` holds the values in effect and where each came from; `app.redis_url`
-    and the other options' attributes read it, and setting one is the code's last word over the
-    environment. See [Configuration](../configuration.md).
+    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`, `TASKFLOW_INSTANCE_ID`); a
+    `taskflow` flag wins over both. `settings` holds the values in effect and where each came
+    from; `app.redis_url` and the other options' attributes read it, and setting one is the
+    code's last word over the environment. See [Configuration](../configuration.md).
 
     Example:
         ```python

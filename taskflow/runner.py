@@ -52,7 +52,7 @@ __all__ = [
     "Runtime",
     "build_workers",
     "consumer_options",
-    "member_id",
+    "group_instance_id",
     "run",
     "running",
     "serve",
@@ -104,17 +104,16 @@ class Runtime:
 def consumer_options(spec: ConsumerSpec, instance_id: str | None) -> ConsumerOptions:
     """What a registration asks of its broker consumer: where to start, its own options, and
     with an instance id, its static membership (`group_instance_id`)."""
+    static = None if instance_id is None else group_instance_id(instance_id, spec.name)
     return ConsumerOptions(
-        auto_offset_reset=spec.start,
-        extra=spec.consumer_options,
-        group_instance_id=None if instance_id is None else member_id(instance_id, spec.name),
+        auto_offset_reset=spec.start, extra=spec.consumer_options, group_instance_id=static
     )
 
 
 _MEMBER_PART = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
-def member_id(instance_id: str, worker: str) -> str:
+def group_instance_id(instance_id: str, worker: str) -> str:
     """The group instance id of one consumer of a replica: ``<instance_id>.<worker name>``.
 
     Each registration is a member of its group of its own, so each needs an id of its own. A

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from taskflow import App, ConfigurationError, StoreError
-from taskflow.runner import consumer_options, member_id, running
+from taskflow.runner import consumer_options, group_instance_id, running
 from tests._redis import REDIS_URL
 
 
@@ -71,10 +71,10 @@ def test_each_consumer_of_a_replica_is_a_static_member_of_its_own() -> None:
 
 
 def test_a_worker_name_kafka_would_not_take_in_an_id_is_written_with_a_hash_of_it() -> None:
-    odd = member_id("pod-a", "orders → billing")
-    other = member_id("pod-a", "orders → billing!")
+    odd = group_instance_id("pod-a", "orders → billing")
+    other = group_instance_id("pod-a", "orders → billing!")
 
     assert odd.startswith("pod-a.orders___billing-")
-    assert odd == member_id("pod-a", "orders → billing")  # the same on every restart
+    assert odd == group_instance_id("pod-a", "orders → billing")  # the same on every restart
     assert odd != other
-    assert len(member_id("p" * 100, "w" * 300)) <= 249
+    assert len(group_instance_id("p" * 100, "w" * 300)) <= 249
