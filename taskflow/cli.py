@@ -27,7 +27,7 @@ from click.core import ParameterSource
 
 from taskflow import logfmt, operations, supervisor
 from taskflow.app import App
-from taskflow.config import Settings, mask_url, quoted, whole_number_text
+from taskflow.config import Settings, mask_url, quoted, shown, whole_number_text
 from taskflow.exceptions import (
     AppLoadError,
     BrokerError,
@@ -38,7 +38,14 @@ from taskflow.exceptions import (
 )
 from taskflow.leftovers import name_leftovers
 from taskflow.manager import ShutdownReport
-from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, catch_early_signals, serve
+from taskflow.runner import (
+    EXIT_CLEAN,
+    EXIT_UNCLEAN,
+    catch_early_signals,
+    group_instance_id,
+    serve,
+)
+from taskflow.specs import ConsumerSpec
 from taskflow.telemetry import setup as otel
 
 __all__ = ["load_app", "main"]
@@ -491,7 +498,7 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
     for spec in app.consumers:
         click.echo(
             f"  consumer  {spec.name}  topics {', '.join(spec.topics)}  group {spec.group}"
-            f"  ordering {spec.ordering}"
+            f"  ordering {spec.ordering}{_consumer_settings(app, spec)}"
         )
     for task in app.schedules:
         nxt = task.schedule.next_after(now).isoformat()
@@ -503,6 +510,16 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
         click.echo(f"  worker    {worker.name}")
     for custom in app.workers:
         click.echo(f"  worker    {custom.name}  ({type(custom).__qualname__})")
+
+
+def _consumer_settings(app: App, spec: ConsumerSpec) -> str:
+    """What a consumer's line adds when it has them: its start, static member id and options."""
+    text = f"  start {spec.start}" if spec.start else ""
+    if app.settings.instance_id:
+        text += f"  static member {group_instance_id(app.settings.instance_id, spec.name)}"
+    for name, value in spec.consumer_options.items():
+        text += f"  {name} {shown(name, value)}"
+    return text
 
 
 def _last_run(fleet: bool, task: str, recorded: dict[str, operations.Recorded] | None) -> str:

@@ -964,3 +964,29 @@ def test_send_refuses_a_header_without_a_value() -> None:
 
     assert result.returncode == 2
     assert "Invalid value for '--header': expected NAME=VALUE, got 'trace'" in result.stderr
+
+
+def test_info_shows_where_each_consumer_starts_its_static_member_and_its_own_options(
+    tmp_path: Path,
+) -> None:
+    result = taskflow(
+        "info",
+        "tests.apps.starts:app",
+        "--instance-id",
+        "pod-a",
+        STARTS_TOPIC="prices",
+        STARTS_OUT=str(tmp_path / "out.txt"),
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == (
+        "  consumer  replay  topics prices  group prices-replay  ordering partition"
+        "  static member pod-a.replay  isolation_level read_committed"
+        "  max_partition_fetch_bytes 65536"
+    )
+    assert lines[2] == (
+        "  consumer  live  topics prices  group prices-live  ordering partition  start latest"
+        "  static member pod-a.live"
+    )
+    assert _settings_rows(result.stdout)["instance_id"] == ["pod-a", "flag", "--instance-id"]
