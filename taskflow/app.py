@@ -687,7 +687,8 @@ class App:
         Args:
             topic: The topic.
             value: bytes, str (UTF-8), or anything JSON-serialisable (dataclasses and pydantic
-                models included).
+                models included); None publishes a tombstone, a record with a null value (to
+                publish the JSON ``null``, publish ``b"null"``).
             key: The message key; messages with one key go to one partition, in order.
             headers: Header names and values (str or bytes).
 
