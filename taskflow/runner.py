@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from taskflow.brokers import broker_from_settings
 from taskflow.brokers.base import ConsumerOptions
-from taskflow.exceptions import BrokerError, StartupInterrupted
+from taskflow.exceptions import BrokerError, ConfigurationError, StartupInterrupted
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
@@ -126,6 +127,17 @@ def group_instance_id(instance_id: str, worker: str) -> str:
     return f"{instance_id}.{re.sub(r'[^A-Za-z0-9._-]', '_', worker)[:80]}-{digest}"
 
 
+def _check_consumer(broker: Broker, spec: ConsumerSpec, options: ConsumerOptions) -> None:
+    """Refuse, before anything starts, a registration's Kafka options that clash with the
+    broker's own (each level was checked alone when it was given)."""
+    kafka = sys.modules.get("taskflow.brokers.kafka")  # not loaded: not a Kafka broker
+    if kafka is not None and isinstance(broker, kafka.KafkaBroker):
+        try:
+            broker.consumer_settings(spec.group, options)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"consumer {spec.name}: {exc}") from exc
+
+
 def resolve_broker(app: App) -> Broker:
     """The app's broker object, built from its URL when it was given one."""
     return broker_from_settings(app.settings)
@@ -156,6 +168,8 @@ def build_workers(
     def consumer(spec: ConsumerSpec) -> ConsumerWorker:
         batch_aware: list[BatchAware] = []
         handler = stack(spec, batch_aware)
+        options = consumer_options(spec, app.settings.instance_id)
+        _check_consumer(broker, spec, options)
         return ConsumerWorker(
             spec,
             app,
@@ -163,7 +177,7 @@ def build_workers(
             handler,
             stopping=stopping,
             commit_interval=interval,
-            options=consumer_options(spec, app.settings.instance_id),
+            options=options,
             batch_aware=batch_aware,
         )
 

@@ -78,3 +78,23 @@ def test_a_worker_name_kafka_would_not_take_in_an_id_is_written_with_a_hash_of_i
     assert odd == group_instance_id("pod-a", "orders → billing")  # the same on every restart
     assert odd != other
     assert len(group_instance_id("p" * 100, "w" * 300)) <= 249
+
+
+async def test_a_registrations_options_that_clash_with_the_brokers_are_refused_before_start() -> (
+    None
+):
+    app = App(
+        "billing",
+        broker="kafka://127.0.0.1:9",
+        broker_options={"session_timeout_ms": 30000, "heartbeat_interval_ms": 5000},
+    )
+    app.add_consumer(on_order, "orders", consumer_options={"session_timeout_ms": 3000})
+
+    with pytest.raises(ConfigurationError) as caught:
+        async with running(app):
+            pass
+
+    assert str(caught.value) == (
+        "consumer on_order: Kafka option 'heartbeat_interval_ms' (5000) must be lower than "
+        "'session_timeout_ms' (3000), typically a third of it"
+    )

@@ -506,7 +506,18 @@ class KafkaBroker:
         listener: RebalanceListener,
         options: ConsumerOptions,
     ) -> KafkaConsumer:
-        """The registration's options (`options.extra`, its ``start=``) win over the broker's."""
+        return KafkaConsumer(
+            self.bootstrap_servers, topics, self.consumer_settings(group, options), listener
+        )
+
+    def consumer_settings(self, group: str, options: ConsumerOptions) -> dict[str, Any]:
+        """The aiokafka options of one registration's consumer: taskflow's, over the
+        registration's (`options.extra`, its ``start=``), over the broker's.
+
+        Raises:
+            ConfigurationError: for a registration's option taskflow does not allow, or a
+                heartbeat not below the session timeout once both levels are put together.
+        """
         settings: dict[str, Any] = {
             "auto_offset_reset": DEFAULT_START,  # unless the broker's options say otherwise
             **self.consumer_options,
@@ -520,7 +531,7 @@ class KafkaBroker:
         if options.group_instance_id is not None:
             settings["group_instance_id"] = options.group_instance_id
         _check_heartbeat(settings)
-        return KafkaConsumer(self.bootstrap_servers, topics, settings, listener)
+        return settings
 
 
 def _build(cls: Any, servers: list[str], settings: Mapping[str, Any]) -> Any:
