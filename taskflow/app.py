@@ -36,6 +36,7 @@ from taskflow.specs import (
     Ordering,
     RateLimitScope,
     ScheduleSpec,
+    Start,
 )
 from taskflow.stores.base import IdempotencyStore
 from taskflow.telemetry.tracing import (
@@ -133,14 +134,19 @@ class App:
             runs (0 picks a free one); default no endpoint.
         http_host: The address the operations endpoint listens on (default ``0.0.0.0``, every
             interface; ``127.0.0.1`` keeps it inside the host).
+        instance_id: This replica's stable name, such as its pod name, for Kafka's static group
+            membership: each consumer joins its group as ``<instance_id>.<worker name>``, so a
+            replica restarted within the session timeout gets its partitions back without a
+            rebalance. Letters, digits, `.`, `_`, `-`; default none (dynamic membership). See
+            [Deployment](../deployment.md#rolling-deploys-without-rebalances).
 
     Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
     `TASKFLOW_REDIS_URL`, `TASKFLOW_SHUTDOWN_TIMEOUT`, `TASKFLOW_COMMIT_INTERVAL`,
-    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`); a `taskflow` flag wins
-    over both. `settings` holds the values in effect and where each came from; `app.redis_url`
-    and the other options' attributes read it, and setting one is the code's last word over the
-    environment. See [Configuration](../configuration.md).
+    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`, `TASKFLOW_INSTANCE_ID`); a
+    `taskflow` flag wins over both. `settings` holds the values in effect and where each came
+    from; `app.redis_url` and the other options' attributes read it, and setting one is the
+    code's last word over the environment. See [Configuration](../configuration.md).
 
     Example:
         ```python
@@ -172,6 +178,7 @@ class App:
         idempotency_store: IdempotencyStore | None = None,
         http_port: int | None = None,
         http_host: str | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self.name = check.app_name(name)
         self.settings = Settings.resolve(
@@ -184,6 +191,7 @@ class App:
                 "idempotent": idempotent,
                 "http_port": http_port,
                 "http_host": http_host,
+                "instance_id": instance_id,
             },
             kafka_parser=_kafka_options,
         )
@@ -233,6 +241,7 @@ class App:
     idempotent = _Option[bool]()
     http_port = _Option["int | None"]()
     http_host = _Option[str]()
+    instance_id = _Option["str | None"]()
 
     @property
     def broker_url(self) -> str:
@@ -280,6 +289,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        start: Start | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -317,6 +328,15 @@ class App:
             idempotency_retention: How long a done mark is kept (default 7 days).
             on_store_error: When the store fails: ``"fail"`` (do not run or commit; try again
                 later) or ``"proceed"`` (run without a claim and log it).
+            start: Where the group begins a partition it has no committed offset for:
+                ``"earliest"`` (every record still kept) or ``"latest"`` (only records written
+                from now on). Default: the broker option ``auto_offset_reset`` if set, else
+                ``"earliest"``. A committed offset always wins.
+            consumer_options: Kafka consumer options for this registration only (any aiokafka
+                consumer option taskflow does not set itself: ``isolation_level``,
+                ``max_partition_fetch_bytes``, ``session_timeout_ms``, …), over the App's
+                `broker_options` and ``TASKFLOW_KAFKA_*`` variables. The memory broker ignores
+                them.
 
         Returns:
             The registration.
@@ -326,10 +346,14 @@ class App:
         """
         self._check_open()
         idempotent = check.idempotent(idempotent, self.idempotent)
+        name = self._new_name(handler_name(handler) if name is None else name)
+        topics = check.topics(topics)
+        group = check.group(self.name if group is None else group)
+        check.no_overlap(self.consumers, name, topics, group)
         spec = ConsumerSpec(
-            name=self._new_name(handler_name(handler) if name is None else name),
-            topics=check.topics(topics),
-            group=check.group(self.name if group is None else group),
+            name=name,
+            topics=topics,
+            group=group,
             func=handler,
             handler=consumer_handler(handler),
             ordering=check.ordering(ordering),
@@ -348,6 +372,8 @@ class App:
             idempotency_lease=check.seconds("idempotency_lease", idempotency_lease),
             idempotency_retention=check.seconds("idempotency_retention", idempotency_retention),
             on_store_error=check.on_store_error(on_store_error),
+            start=check.start(start),
+            consumer_options=check.consumer_options(consumer_options),
         )
         self.consumers.append(spec)
         return spec
@@ -373,6 +399,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        start: Start | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]:
         """Decorator: consume `topics` with the function; returns the function unchanged.
 
@@ -408,6 +436,8 @@ class App:
                 idempotency_lease=idempotency_lease,
                 idempotency_retention=idempotency_retention,
                 on_store_error=on_store_error,
+                start=start,
+                consumer_options=consumer_options,
             )
             return func
 
@@ -666,7 +696,8 @@ class App:
         Args:
             topic: The topic.
             value: bytes, str (UTF-8), or anything JSON-serialisable (dataclasses and pydantic
-                models included).
+                models included); None publishes a tombstone, a record with a null value (to
+                publish the JSON ``null``, publish ``b"null"``).
             key: The message key; messages with one key go to one partition, in order.
             headers: Header names and values (str or bytes).
             wait: With False, return as soon as the producer has queued the message (it sends
@@ -706,7 +737,7 @@ class App:
             )
 
     async def _enqueue(
-        self, broker: Broker, topic: str, value: bytes, key: bytes | None, headers: Headers
+        self, broker: Broker, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> None:
         """Queue a record and hand its delivery to the app's `Deliveries`."""
         deliveries = self._deliveries

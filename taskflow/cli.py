@@ -27,7 +27,7 @@ from click.core import ParameterSource
 
 from taskflow import logfmt, operations, supervisor
 from taskflow.app import App
-from taskflow.config import Settings, mask_url, quoted, whole_number_text
+from taskflow.config import Settings, mask_url, quoted, shown, whole_number_text
 from taskflow.exceptions import (
     AppLoadError,
     BrokerError,
@@ -38,7 +38,14 @@ from taskflow.exceptions import (
 )
 from taskflow.leftovers import name_leftovers
 from taskflow.manager import ShutdownReport
-from taskflow.runner import EXIT_CLEAN, EXIT_UNCLEAN, catch_early_signals, serve
+from taskflow.runner import (
+    EXIT_CLEAN,
+    EXIT_UNCLEAN,
+    catch_early_signals,
+    group_instance_id,
+    serve,
+)
+from taskflow.specs import ConsumerSpec
 from taskflow.telemetry import setup as otel
 
 __all__ = ["load_app", "main"]
@@ -170,6 +177,11 @@ _http_host = click.option(
     help="The address the operations endpoint listens on (default 0.0.0.0, every interface; "
     "over TASKFLOW_HTTP_HOST).",
 )
+_instance_id = click.option(
+    "--instance-id",
+    help="This replica's stable name (e.g. the pod name) for Kafka static group membership; "
+    "with --processes each process gets <id>-<index> (over TASKFLOW_INSTANCE_ID).",
+)
 _log_level = click.option(
     "--log-level",
     envvar="TASKFLOW_LOG_LEVEL",
@@ -262,6 +274,7 @@ def main() -> None:
 @_shutdown_timeout
 @_http_port
 @_http_host
+@_instance_id
 @click.option(
     "--processes",
     envvar="TASKFLOW_PROCESSES",
@@ -291,6 +304,7 @@ def run(
     shutdown_timeout: str | None,
     http_port: str | None,
     http_host: str | None,
+    instance_id: str | None,
     processes: int,
     processes_limit: int | None,
     debug: bool,
@@ -315,6 +329,7 @@ def run(
         "shutdown_timeout": shutdown_timeout,
         "http_port": http_port,
         "http_host": http_host,
+        "instance_id": instance_id,
     }
     app = _prepare(app_ref, app_dir, debug, flags)
     if processes > 1:
@@ -379,15 +394,17 @@ def _check_processes(processes: int, limit: int | None) -> None:
 
 def _supervise(app: App, processes: int, limit: int | None, debug: bool) -> int:
     """Run `processes` children of this very `taskflow run` under a supervisor; its exit code."""
-    skip = {"processes", "processes_limit", "http_port"}
+    skip = {"processes", "processes_limit", "http_port", "instance_id"}
     args = _child_args(click.get_current_context(), skip=skip)
-    port = app.settings.http_port
+    port, instance = app.settings.http_port, app.settings.instance_id
     if port and port + processes - 1 > 65535:
         _fail(f"--http-port {port} with {processes} processes needs ports past 65535", debug)
 
     def command(index: int) -> list[str]:
+        # Each child is a replica of its own: a port and a static identity of its own.
         ports = [] if port is None else ["--http-port", str(port and port + index)]
-        return [sys.executable, "-m", "taskflow", "run", *args, *ports]
+        ids = [] if instance is None else ["--instance-id", f"{instance}-{index}"]
+        return [sys.executable, "-m", "taskflow", "run", *args, *ports, *ids]
 
     env = {name: value for name, value in os.environ.items() if name != "TASKFLOW_PROCESSES"}
     watch = supervisor.Supervisor(
@@ -428,6 +445,7 @@ def _child_args(ctx: click.Context, skip: set[str]) -> list[str]:
 @_shutdown_timeout
 @_http_port
 @_http_host
+@_instance_id
 @_debug
 def info(
     app_ref: str,
@@ -437,6 +455,7 @@ def info(
     shutdown_timeout: str | None,
     http_port: str | None,
     http_host: str | None,
+    instance_id: str | None,
     debug: bool,
 ) -> None:
     """Show the app's workers and its settings.
@@ -452,6 +471,7 @@ def info(
         "shutdown_timeout": shutdown_timeout,
         "http_port": http_port,
         "http_host": http_host,
+        "instance_id": instance_id,
     }
     app = _prepare(app_ref, app_dir, debug, flags)
     recorded: dict[str, operations.Recorded] | None = {}
@@ -478,7 +498,7 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
     for spec in app.consumers:
         click.echo(
             f"  consumer  {spec.name}  topics {', '.join(spec.topics)}  group {spec.group}"
-            f"  ordering {spec.ordering}"
+            f"  ordering {spec.ordering}{_consumer_settings(app, spec)}"
         )
     for task in app.schedules:
         nxt = task.schedule.next_after(now).isoformat()
@@ -490,6 +510,16 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
         click.echo(f"  worker    {worker.name}")
     for custom in app.workers:
         click.echo(f"  worker    {custom.name}  ({type(custom).__qualname__})")
+
+
+def _consumer_settings(app: App, spec: ConsumerSpec) -> str:
+    """What a consumer's line adds when it has them: its start, static member id and options."""
+    text = f"  start {spec.start}" if spec.start else ""
+    if app.settings.instance_id:
+        text += f"  static member {group_instance_id(app.settings.instance_id, spec.name)}"
+    for name, value in spec.consumer_options.items():
+        text += f"  {name} {shown(name, value)}"
+    return text
 
 
 def _last_run(fleet: bool, task: str, recorded: dict[str, operations.Recorded] | None) -> str:

@@ -19,10 +19,17 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError
+from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError, SkipTombstone
 from taskflow.message import Headers, Message
 
-__all__ = ["Decoder", "decoder_for", "encode_headers", "encode_key", "encode_value"]
+__all__ = [
+    "Decoder",
+    "decoder_for",
+    "encode_headers",
+    "encode_key",
+    "encode_value",
+    "takes_tombstones",
+]
 
 Decoder = Callable[[Message], Any]
 
@@ -35,9 +42,50 @@ ALLOWED = (
 def decoder_for(annotation: Any) -> Decoder:
     """Return the function that turns a message into the value a handler's parameter asks for.
 
+    A tombstone (a record whose value is None) decodes to None for an annotation that admits
+    None (``dict | None``, ``Optional[Order]``), and to the message itself for `Message`; for
+    any other annotation the decoder raises `SkipTombstone`.
+
     Raises:
         HandlerSignatureError: when the annotation is not a payload type taskflow can decode.
     """
+    inner = _without_none(annotation)
+    if inner is not annotation:
+        return _or_none(_decoder_of(inner))
+    return _decoder_of(annotation)
+
+
+def takes_tombstones(annotation: Any) -> bool:
+    """True when a handler whose payload is annotated `annotation` is given tombstones: it takes
+    the `Message`, or its type admits None. Any other skips them (`SkipTombstone`)."""
+    return annotation is Message or _without_none(annotation) is not annotation
+
+
+def _without_none(annotation: Any) -> Any:
+    """``X`` for ``X | None`` or ``Optional[X]``; any other annotation as it is."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
+    args = typing.get_args(annotation)
+    rest = tuple(arg for arg in args if arg is not type(None))
+    if len(rest) == len(args):
+        return annotation
+    return rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007 - built from parts
+
+
+def _or_none(decode: Decoder) -> Decoder:
+    def decode_or_none(message: Message) -> Any:
+        return None if message.value is None else decode(message)
+
+    return decode_or_none
+
+
+def _tombstone(message: Message) -> SkipTombstone:
+    return SkipTombstone(
+        f"{message} is a tombstone; the handler's payload type does not admit None"
+    )
+
+
+def _decoder_of(annotation: Any) -> Decoder:
     if annotation is Message:
         return identity
     if annotation is bytes:
@@ -60,31 +108,50 @@ def identity(message: Message) -> Message:
 
 
 def _raw(message: Message) -> bytes:
-    return message.value
+    value = message.value
+    if value is None:
+        raise _tombstone(message)
+    return value
+
+
+# The decoders below read ``message.value.decode()`` at once: for a tombstone (None) that raises
+# AttributeError, which costs the other messages nothing.
 
 
 def _text(message: Message) -> str:
     try:
-        return message.value.decode("utf-8")
+        return message.value.decode("utf-8")  # type: ignore[union-attr]
     except UnicodeDecodeError as exc:
         raise DecodeError(f"payload of {message} is not UTF-8 text: {exc}") from exc
+    except AttributeError:
+        raise _tombstone(message) from None
 
 
 def _json(message: Message) -> Any:
     try:
-        return json.loads(message.value.decode())
+        return json.loads(message.value.decode())  # type: ignore[union-attr]
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return _json_after(message, exc)
+    except AttributeError:
+        raise _tombstone(message) from None
 
 
 def _json_after(message: Message, exc: Exception) -> Any:
     """Parse a payload whose first reading failed with `exc`: without its BOM, or a DecodeError."""
-    if not message.value.startswith(codecs.BOM_UTF8):
+    value = _value(message)
+    if not value.startswith(codecs.BOM_UTF8):
         raise _not_json(message, exc) from exc
     try:
-        return json.loads(message.value[len(codecs.BOM_UTF8) :].decode())
+        return json.loads(value[len(codecs.BOM_UTF8) :].decode())
     except (ValueError, RecursionError) as again:
         raise _not_json(message, again) from again
+
+
+def _value(message: Message) -> bytes:
+    """The value of a message known not to be a tombstone."""
+    value = message.value
+    assert value is not None
+    return value
 
 
 def _not_json(message: Message, exc: Exception) -> DecodeError:
@@ -93,13 +160,14 @@ def _not_json(message: Message, exc: Exception) -> DecodeError:
 
 def _not_utf8(message: Message) -> DecodeError | None:
     """The DecodeError of a payload that is not UTF-8, or None if it is."""
-    encoding = json.detect_encoding(message.value)  # UTF-16 and UTF-32 by their BOM or zero bytes
+    value = _value(message)
+    encoding = json.detect_encoding(value)  # UTF-16 and UTF-32 by their BOM or zero bytes
     if not encoding.startswith("utf-8"):
         return DecodeError(
             f"payload of {message} is {encoding.upper()} text; JSON payloads must be UTF-8"
         )
     try:
-        message.value.decode()
+        value.decode()
     except UnicodeDecodeError as exc:
         return DecodeError(f"payload of {message} is not UTF-8, as JSON payloads must be: {exc}")
     return None
@@ -109,9 +177,11 @@ def _json_of(kind: type) -> Decoder:
     # Per message: json.loads inlined rather than through `_json`, one call less each.
     def decode(message: Message) -> Any:
         try:
-            value = json.loads(message.value.decode())
+            value = json.loads(message.value.decode())  # type: ignore[union-attr]
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             value = _json_after(message, exc)
+        except AttributeError:
+            raise _tombstone(message) from None
         if not isinstance(value, kind):
             raise DecodeError(
                 f"payload of {message} is a JSON {type(value).__name__}, expected {kind.__name__}"
@@ -146,11 +216,13 @@ def _pydantic_of(model: Any) -> Decoder:
     from pydantic import ValidationError
 
     def decode(message: Message) -> Any:
+        value = message.value
+        if value is None:
+            raise _tombstone(message)
         try:
-            return model.model_validate_json(message.value)
+            return model.model_validate_json(value)
         except ValidationError as exc:
             failure = exc
-        value = message.value
         if value.startswith(codecs.BOM_UTF8):
             try:
                 return model.model_validate_json(value[len(codecs.BOM_UTF8) :])
@@ -174,14 +246,18 @@ def _name(annotation: Any) -> str:
     return repr(annotation)
 
 
-def encode_value(value: Any) -> bytes:
-    """Encode a published value: bytes as they are, str as UTF-8, anything else as JSON.
+def encode_value(value: Any) -> bytes | None:
+    """Encode a published value: bytes as they are, str as UTF-8, None as None (a tombstone),
+    anything else as JSON.
 
-    Dataclass instances and pydantic models are encoded as their JSON objects.
+    Dataclass instances and pydantic models are encoded as their JSON objects. To publish the
+    JSON ``null``, publish ``b"null"``.
 
     Raises:
         PublishError: when the value cannot be encoded.
     """
+    if value is None:
+        return None
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):

@@ -295,6 +295,27 @@ def _secret_text(text: str, variable: str) -> str:
     return text
 
 
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]+")  # used with fullmatch: what Kafka allows
+MAX_INSTANCE_ID: Final = 100  # leaves room, in Kafka's 249 characters, for the consumer's part
+
+
+def _instance_id(value: Any, label: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not _INSTANCE_ID.fullmatch(value)
+        or len(value) > MAX_INSTANCE_ID
+    ):
+        raise ConfigurationError(
+            f"{label} is this replica's stable name (such as the pod name): letters, digits, "
+            f"'.', '_' and '-', at most {MAX_INSTANCE_ID}, got {_got(value)}"
+        )
+    return value
+
+
+def _instance_id_text(text: str, variable: str) -> str:
+    return _instance_id(text.strip(), variable)
+
+
 def _scheme(url: str) -> str:
     try:
         return urlsplit(url).scheme.lower() if "://" in url else ""
@@ -348,6 +369,14 @@ OPTIONS: Final = (
     Option("idempotent", "TASKFLOW_IDEMPOTENT", None, False, flag, flag_text),
     Option("http_port", "TASKFLOW_HTTP_PORT", "--http-port", None, _port, _port_text),
     Option("http_host", "TASKFLOW_HTTP_HOST", "--http-host", DEFAULT_HTTP_HOST, _host, _host_text),
+    Option(
+        "instance_id",
+        "TASKFLOW_INSTANCE_ID",
+        "--instance-id",
+        None,
+        _instance_id,
+        _instance_id_text,
+    ),
 )
 """The options read from the environment, in the order `taskflow info` lists them."""
 
@@ -451,6 +480,8 @@ class Settings:
         idempotent: The default of ``idempotent=`` for every registration.
         http_port: The operations endpoint's port, or None for no endpoint.
         http_host: The address the operations endpoint listens on.
+        instance_id: This replica's stable name, from which each consumer's static group
+            membership is made; None for dynamic membership.
         sources: Where each option came from, by name (``broker_options.<option>`` too).
     """
 
@@ -464,6 +495,7 @@ class Settings:
     idempotent: bool = False
     http_port: int | None = None
     http_host: str = DEFAULT_HTTP_HOST
+    instance_id: str | None = None
     sources: Mapping[str, Source] = field(default_factory=dict)
     _layers: _Layers | None = field(default=None, repr=False, compare=False)
 
@@ -480,7 +512,7 @@ class Settings:
         Args:
             code: The App arguments by name: ``broker``, ``broker_options``, ``redis_url``,
                 ``shutdown_timeout``, ``commit_interval``, ``idempotent``, ``http_port``,
-                ``http_host``.
+                ``http_host``, ``instance_id``.
             environ: The environment; default ``os.environ``.
             kafka_parser: Reads ``TASKFLOW_KAFKA_*`` variables as typed options; without one
                 they are not read.
@@ -520,7 +552,7 @@ class Settings:
         """These settings with CLI flags over them; a None flag was not given.
 
         `flags` is keyed by option name (``broker``, ``redis_url``, ``shutdown_timeout``,
-        ``http_port``, ``http_host``): only options that have a flag.
+        ``http_port``, ``http_host``, ``instance_id``): only options that have a flag.
 
         Raises:
             ConfigurationError: for a bad flag value, naming the flag.

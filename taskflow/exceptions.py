@@ -24,6 +24,7 @@ Control flow (raised by handlers, never by taskflow on its own), kept apart from
     HandlerSignal
     ├── Reject                    a business error: dead-letter or skip, no retry
     │   └── DecodeError           the payload does not decode to the handler's type
+    ├── SkipTombstone             skip a tombstone the handler cannot take
     ├── Retry                     try again later (counts as an attempt)
     └── Defer                     not now: try later, without counting an attempt
 """
@@ -46,6 +47,7 @@ __all__ = [
     "RecordTooLarge",
     "Reject",
     "Retry",
+    "SkipTombstone",
     "StartupInterrupted",
     "StateError",
     "StoreError",
@@ -129,6 +131,15 @@ class Reject(HandlerSignal):
 
 class DecodeError(Reject):
     """The payload cannot be decoded into the type the handler asks for."""
+
+
+class SkipTombstone(HandlerSignal):
+    """The record is a tombstone (its value is null) and the handler's payload type does not
+    admit None: skip it and commit it, without a retry, a dead letter or a warning.
+
+    The payload decoders raise it, so that only a handler annotated ``X | None`` (or taking the
+    `Message`) sees tombstones.
+    """
 
 
 class Retry(HandlerSignal):

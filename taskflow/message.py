@@ -33,7 +33,8 @@ class Message(NamedTuple):
         partition: Its partition.
         offset: Its offset within the partition.
         key: The record key, or None.
-        value: The raw payload (``b""`` for a Kafka tombstone).
+        value: The raw payload; None for a tombstone (a Kafka record whose value is null),
+            which is not the same as an empty value, ``b""``.
         headers: The record headers, in order.
         timestamp_ms: Milliseconds since the Unix epoch, as the broker stamped it.
 
@@ -50,7 +51,7 @@ class Message(NamedTuple):
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: Headers = ()
     timestamp_ms: int = 0
 

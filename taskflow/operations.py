@@ -245,8 +245,9 @@ def value_from_text(text: str, *, raw: bool = False) -> bytes:
     """The payload ``taskflow send`` publishes for `text`.
 
     When `text` parses as JSON (``42``, ``{"id": 1}``, ``"hi"``) its value is encoded as
-    `App.publish` encodes it (compact JSON; a string as its UTF-8 text); else `text` itself is
-    sent as UTF-8. With `raw`, always `text` itself.
+    `App.publish` encodes it (compact JSON; a string as its UTF-8 text), except ``null``, which
+    is sent as the text ``null``, not as a tombstone; else `text` itself is sent as UTF-8. With
+    `raw`, always `text` itself.
     """
     if raw:
         return text.encode("utf-8")
@@ -254,7 +255,8 @@ def value_from_text(text: str, *, raw: bool = False) -> bytes:
         value = json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text.encode("utf-8")
-    return encode_value(value)
+    encoded = encode_value(value)
+    return b"null" if encoded is None else encoded
 
 
 def _not_json(constant: str) -> object:

@@ -6,6 +6,8 @@ records it), so the two can never disagree:
 - cancellation, KeyboardInterrupt, SystemExit and MemoryError propagate (`RAISE`); any other
   `BaseException` is a failure like an `Exception`;
 - a `Defer` waits and runs the message again without counting an attempt (`DEFER`);
+- a `SkipTombstone` (a tombstone for a handler whose payload type does not admit None) is skipped
+  and committed, never retried nor dead-lettered (`SKIP_TOMBSTONE`);
 - a `Reject`, an exception in `reject_on` or a `DecodeError` is never retried: it goes to the
   dead-letter topic when there is one (`DEAD_LETTER_REJECTED`), else it is skipped (`SKIP`);
 - any other failure is retried (`RETRY`), until `max_attempts` when there is a dead-letter topic
@@ -18,7 +20,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from taskflow.exceptions import Defer, Reject
+from taskflow.exceptions import Defer, Reject, SkipTombstone
 
 if TYPE_CHECKING:
     from taskflow.specs import ConsumerSpec
@@ -30,6 +32,7 @@ __all__ = [
     "RAISE",
     "RETRY",
     "SKIP",
+    "SKIP_TOMBSTONE",
     "Decision",
     "ErrorPolicy",
 ]
@@ -37,7 +40,7 @@ __all__ = [
 PROPAGATE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
 """What the error policy never handles: it propagates."""
 
-Action = Literal["retry", "defer", "skip", "dead_letter", "raise"]
+Action = Literal["retry", "defer", "skip", "skip_tombstone", "dead_letter", "raise"]
 DeadLetterReason = Literal["rejected", "exhausted"]
 
 
@@ -47,7 +50,8 @@ class Decision:
 
     Attributes:
         action: ``retry``, ``defer``, ``skip`` (rejected without a dead-letter topic),
-            ``dead_letter`` or ``raise`` (the exception propagates).
+            ``skip_tombstone`` (a tombstone the handler does not take), ``dead_letter`` or
+            ``raise`` (the exception propagates).
         reason: For ``dead_letter``, why: ``rejected`` or ``exhausted`` (the `taskflow-reason`
             header of the dead letter).
     """
@@ -59,6 +63,7 @@ class Decision:
 RETRY: Final = Decision("retry")
 DEFER: Final = Decision("defer")
 SKIP: Final = Decision("skip")
+SKIP_TOMBSTONE: Final = Decision("skip_tombstone")
 RAISE: Final = Decision("raise")
 DEAD_LETTER_REJECTED: Final = Decision("dead_letter", "rejected")
 DEAD_LETTER_EXHAUSTED: Final = Decision("dead_letter", "exhausted")
@@ -89,6 +94,8 @@ class ErrorPolicy:
             return RAISE
         if isinstance(exc, Defer):
             return DEFER
+        if isinstance(exc, SkipTombstone):  # before reject_on, which may name any Exception
+            return SKIP_TOMBSTONE
         if isinstance(exc, self.reject_on):
             return DEAD_LETTER_REJECTED if self.dead_letter else SKIP
         if self.dead_letter and attempt >= self.max_attempts:

@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
+import re
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from taskflow.brokers import broker_from_settings
+from taskflow.brokers.base import ConsumerOptions
 from taskflow.deliveries import Deliveries
-from taskflow.exceptions import BrokerError, StartupInterrupted
+from taskflow.exceptions import BrokerError, ConfigurationError, StartupInterrupted
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
@@ -56,6 +60,8 @@ __all__ = [
     "EXIT_UNCLEAN",
     "Runtime",
     "build_workers",
+    "consumer_options",
+    "group_instance_id",
     "open_runtime",
     "run",
     "running",
@@ -108,6 +114,42 @@ class Runtime:
         raise KeyError(name)
 
 
+def consumer_options(spec: ConsumerSpec, instance_id: str | None) -> ConsumerOptions:
+    """What a registration asks of its broker consumer: where to start, its own options, and
+    with an instance id, its static membership (`group_instance_id`)."""
+    static = None if instance_id is None else group_instance_id(instance_id, spec.name)
+    return ConsumerOptions(
+        auto_offset_reset=spec.start, extra=spec.consumer_options, group_instance_id=static
+    )
+
+
+_MEMBER_PART = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def group_instance_id(instance_id: str, worker: str) -> str:
+    """The group instance id of one consumer of a replica: ``<instance_id>.<worker name>``.
+
+    Each registration is a member of its group of its own, so each needs an id of its own. A
+    worker name Kafka would not take in an id (other characters, over 100 of them) is written
+    with those replaced and a hash of the whole name, so that it stays one and the same.
+    """
+    if _MEMBER_PART.fullmatch(worker):
+        return f"{instance_id}.{worker}"
+    digest = hashlib.sha256(worker.encode()).hexdigest()[:10]
+    return f"{instance_id}.{re.sub(r'[^A-Za-z0-9._-]', '_', worker)[:80]}-{digest}"
+
+
+def _check_consumer(broker: Broker, spec: ConsumerSpec, options: ConsumerOptions) -> None:
+    """Refuse, before anything starts, a registration's Kafka options that clash with the
+    broker's own (each level was checked alone when it was given)."""
+    kafka = sys.modules.get("taskflow.brokers.kafka")  # not loaded: not a Kafka broker
+    if kafka is not None and isinstance(broker, kafka.KafkaBroker):
+        try:
+            broker.consumer_settings(spec.group, options)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"consumer {spec.name}: {exc}") from exc
+
+
 def resolve_broker(app: App) -> Broker:
     """The app's broker object, built from its URL when it was given one."""
     return broker_from_settings(app.settings)
@@ -138,6 +180,8 @@ def build_workers(
     def consumer(spec: ConsumerSpec) -> ConsumerWorker:
         batch_aware: list[BatchAware] = []
         handler = stack(spec, batch_aware)
+        options = consumer_options(spec, app.settings.instance_id)
+        _check_consumer(broker, spec, options)
         return ConsumerWorker(
             spec,
             app,
@@ -145,6 +189,7 @@ def build_workers(
             handler,
             stopping=stopping,
             commit_interval=interval,
+            options=options,
             batch_aware=batch_aware,
         )
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskflow.backoff import Backoff
@@ -26,6 +27,7 @@ __all__ = [
     "Ordering",
     "RateLimitScope",
     "ScheduleSpec",
+    "Start",
 ]
 
 Ordering = Literal["partition", "key", "none"]
@@ -34,6 +36,7 @@ MiddlewareFactory = Callable[["Handler"], "Handler"]
 OnStoreError = Literal["fail", "proceed"]
 IdempotencyKey = Callable[["Message"], "str | bytes | None"]
 CatchUp = Literal["none", "latest", "all"]
+Start = Literal["earliest", "latest"]
 
 DEFAULT_LEASE = 30.0
 """Seconds an idempotency claim lasts unless renewed; renewed every third of it while running."""
@@ -68,6 +71,13 @@ class ConsumerSpec:
     idempotency_lease: float = DEFAULT_LEASE
     idempotency_retention: float = DEFAULT_RETENTION
     on_store_error: OnStoreError = "fail"
+    start: Start | None = None
+    """Where the group begins a partition it has no committed offset for; None: the broker's
+    option (``auto_offset_reset``), else ``earliest``."""
+    consumer_options: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    """Kafka consumer options of this registration only, over the App's `broker_options`."""
 
 
 @dataclass(frozen=True, slots=True)

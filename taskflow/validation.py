@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeGuard
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from taskflow.backoff import Backoff
 from taskflow.config import POSITIVE_SECONDS
@@ -27,18 +28,21 @@ from taskflow.specs import (
     OnStoreError,
     Ordering,
     RateLimitScope,
+    Start,
 )
 from taskflow.stores.base import IdempotencyStore
 from taskflow.types import Worker
 
 if TYPE_CHECKING:
     from taskflow.config import Settings
+    from taskflow.specs import ConsumerSpec
 
 __all__ = [
     "app_name",
     "broker_url",
     "catch_up",
     "concurrency",
+    "consumer_options",
     "dead_letter",
     "flag",
     "function_worker",
@@ -50,6 +54,7 @@ __all__ = [
     "jitter",
     "max_attempts",
     "middleware",
+    "no_overlap",
     "on_store_error",
     "ordering",
     "positive_int",
@@ -59,6 +64,7 @@ __all__ = [
     "retry",
     "schedule",
     "seconds",
+    "start",
     "timeout",
     "topic",
     "topics",
@@ -241,6 +247,44 @@ def rate_limit_scope(scope: str, limit: RateLimit | str | None) -> RateLimitScop
     if scope == "global" and limit is None:
         raise ConfigurationError("rate_limit_scope='global' needs a rate_limit= to share")
     return scope  # type: ignore[return-value]
+
+
+def start(value: str | None) -> Start | None:
+    """None (the broker's option, else earliest), "earliest" or "latest"."""
+    if value is not None and value not in ("earliest", "latest"):
+        raise ConfigurationError(f"start is 'earliest' or 'latest', got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def consumer_options(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Kafka consumer options for one registration, read-only: names aiokafka's consumer takes
+    and taskflow does not set itself, with values of their type."""
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigurationError(
+            f"consumer_options is a mapping of Kafka consumer option names to values, got {value!r}"
+        )
+    if not value:
+        return MappingProxyType({})
+    from taskflow.brokers.kafka import check_consumer_options  # only who passes options pays
+
+    return MappingProxyType(check_consumer_options(value))
+
+
+def no_overlap(
+    registered: Iterable[ConsumerSpec], name: str, topics: Sequence[str], group: str
+) -> None:
+    """No other registration of the app consumes one of `topics` in `group`: its members
+    would split the topic's partitions, each handler seeing only part of the messages."""
+    for other in registered:
+        shared = [topic for topic in topics if topic in other.topics]
+        if other.group == group and shared:
+            raise ConfigurationError(
+                f"consumers {other.name!r} and {name!r} both consume {shared[0]!r} in group "
+                f"{group!r}, so each would get only some of its partitions; pass group= to "
+                "give one a group of its own"
+            )
 
 
 # -- idempotency ---------------------------------------------------------------------------

@@ -551,6 +551,8 @@ CONSUMER_OPTIONS: dict[str, dict[str, Any]] = {
     "idempotency_lease": {"idempotency_lease": 10},
     "idempotency_retention": {"idempotency_retention": 60},
     "on_store_error": {"on_store_error": "proceed"},
+    "start": {"start": "latest"},
+    "consumer_options": {"consumer_options": {"isolation_level": "read_committed"}},
 }
 
 SCHEDULE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -615,3 +617,140 @@ def test_each_cron_option_registers_what_add_schedule_registers(
     expected = added.add_schedule(cleanup, schedule, **options)
 
     assert _registered(decorated.schedules[0]) == _registered(expected)
+
+
+# -- where a group starts, and a registration's own Kafka options ---------------------------
+
+
+def test_start_is_kept_and_defaults_to_the_brokers_choice() -> None:
+    app = App("billing")
+
+    latest = app.add_consumer(on_order, "orders", start="latest")
+    default = app.add_consumer(on_order, "refunds", name="on_refund")
+
+    assert (latest.start, default.start) == ("latest", None)
+
+
+def test_an_unknown_start_is_refused() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        App("billing").add_consumer(on_order, "orders", start="beginning")  # type: ignore[arg-type]
+
+    assert str(caught.value) == "start is 'earliest' or 'latest', got 'beginning'"
+
+
+def test_consumer_options_are_kept_read_only() -> None:
+    options = {"isolation_level": "read_committed", "max_partition_fetch_bytes": 65536}
+
+    spec = App("billing").add_consumer(on_order, "orders", consumer_options=options)
+    options["isolation_level"] = "read_uncommitted"
+
+    assert dict(spec.consumer_options) == {
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": 65536,
+    }
+    with pytest.raises(TypeError):
+        spec.consumer_options["fetch_max_wait_ms"] = 10  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        (
+            {"isolation_levl": "read_committed"},
+            "unknown Kafka consumer option 'isolation_levl'; did you mean 'isolation_level'?",
+        ),
+        (
+            {"auto_offset_reset": "latest"},
+            "consumer option 'auto_offset_reset' is set by taskflow: pass start='earliest' or "
+            "'latest' to @app.consume",
+        ),
+        (
+            {"group_id": "other"},
+            "consumer option 'group_id' is set by taskflow: pass group= to @app.consume",
+        ),
+        (
+            {"max_poll_records": 10},
+            "consumer option 'max_poll_records' is set by taskflow: bound what is fetched ahead "
+            "with max_buffered= on @app.consume",
+        ),
+        (
+            {"linger_ms": 5},
+            "'linger_ms' is not a Kafka consumer option: pass it in App(broker_options=...), "
+            "which gives it to the producer",
+        ),
+        (
+            {"isolation_level": "dirty"},
+            "Kafka option 'isolation_level' is one of read_uncommitted, read_committed, "
+            "got 'dirty'",
+        ),
+        (
+            {"session_timeout_ms": "10s"},
+            "Kafka option 'session_timeout_ms' must be an integer from 1000 to 1800000 "
+            "(milliseconds), got '10s'",
+        ),
+        (
+            {"session_timeout_ms": 6000, "heartbeat_interval_ms": 6000},
+            "Kafka option 'heartbeat_interval_ms' (6000) must be lower than "
+            "'session_timeout_ms' (6000), typically a third of it",
+        ),
+        (
+            ["isolation_level"],
+            "consumer_options is a mapping of Kafka consumer option names to values, "
+            "got ['isolation_level']",
+        ),
+    ],
+    ids=lambda v: str(v)[:30],
+)
+def test_bad_consumer_options_are_refused_at_registration(options: Any, refusal: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        App("billing").add_consumer(on_order, "orders", consumer_options=options)
+
+    assert str(caught.value) == refusal
+
+
+# -- one topic, one group, one registration ---------------------------------------------------
+
+
+def test_two_registrations_consuming_one_topic_in_one_group_are_refused() -> None:
+    app = App("billing")
+    app.add_consumer(on_order, "orders", "refunds")
+
+    with pytest.raises(ConfigurationError) as caught:
+        app.add_consumer(on_order, "invoices", "refunds", name="audit")
+
+    assert str(caught.value) == (
+        "consumers 'on_order' and 'audit' both consume 'refunds' in group 'billing', so each "
+        "would get only some of its partitions; pass group= to give one a group of its own"
+    )
+    assert [spec.name for spec in app.consumers] == ["on_order"]
+
+
+def test_a_topic_is_consumed_by_two_registrations_in_groups_of_their_own() -> None:
+    app = App("billing")
+    app.add_consumer(on_order, "orders")
+    app.add_consumer(on_order, "orders", name="audit", group="billing-audit")
+    app.add_consumer(on_order, "refunds", name="on_refund")  # another topic, the same group
+
+    assert [(s.name, s.group) for s in app.consumers] == [
+        ("on_order", "billing"),
+        ("audit", "billing-audit"),
+        ("on_refund", "billing"),
+    ]
+
+
+# -- the replica's identity -------------------------------------------------------------------
+
+
+def test_an_instance_id_is_taken_from_the_app_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert App("billing").instance_id is None
+    assert App("billing", instance_id="billing-7f9c").instance_id == "billing-7f9c"
+    monkeypatch.setenv("TASKFLOW_INSTANCE_ID", "pod-2")
+    assert App("billing", instance_id="billing-7f9c").instance_id == "pod-2"
+
+
+@pytest.mark.parametrize("value", ["", "pod 1", "pod/1", "x" * 101, 7])
+def test_an_instance_id_kafka_would_not_take_is_refused(value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"^instance_id is this replica's stable name"):
+        App("billing", instance_id=value)

@@ -205,6 +205,12 @@ BAD_INPUT = [
     ),
     pytest.param(["run", IDLE, "--broker", "kafka://"], "no Kafka servers", id="broker-kafka"),
     pytest.param(
+        ["run", IDLE, "--instance-id", "pod 1"],
+        "--instance-id is this replica's stable name (such as the pod name): letters, digits, "
+        "'.', '_' and '-', at most 100, got 'pod 1'",
+        id="instance-id-space",
+    ),
+    pytest.param(
         ["run", IDLE, "--shutdown-timeout", "-1"],
         "--shutdown-timeout must be a number of seconds from 0 to 86400, got '-1'",
         id="timeout-negative",
@@ -598,6 +604,7 @@ def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> Non
         "idempotent": ["false", "default"],
         "http_port": ["9000", "flag", "--http-port"],
         "http_host": ["0.0.0.0", "default"],
+        "instance_id": ["none", "default"],
         "broker_options.client_id": ["ops", "env", "TASKFLOW_KAFKA_CLIENT_ID"],
         "broker_options.sasl_mechanism": ["PLAIN", "code", "App(broker_options.sasl_mechanism)"],
         "broker_options.sasl_plain_password": [
@@ -957,3 +964,29 @@ def test_send_refuses_a_header_without_a_value() -> None:
 
     assert result.returncode == 2
     assert "Invalid value for '--header': expected NAME=VALUE, got 'trace'" in result.stderr
+
+
+def test_info_shows_where_each_consumer_starts_its_static_member_and_its_own_options(
+    tmp_path: Path,
+) -> None:
+    result = taskflow(
+        "info",
+        "tests.apps.starts:app",
+        "--instance-id",
+        "pod-a",
+        STARTS_TOPIC="prices",
+        STARTS_OUT=str(tmp_path / "out.txt"),
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == (
+        "  consumer  replay  topics prices  group prices-replay  ordering partition"
+        "  static member pod-a.replay  isolation_level read_committed"
+        "  max_partition_fetch_bytes 65536"
+    )
+    assert lines[2] == (
+        "  consumer  live  topics prices  group prices-live  ordering partition  start latest"
+        "  static member pod-a.live"
+    )
+    assert _settings_rows(result.stdout)["instance_id"] == ["pod-a", "flag", "--instance-id"]

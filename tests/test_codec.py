@@ -9,8 +9,20 @@ from typing import Any
 import pydantic
 import pytest
 
-from taskflow.codec import decoder_for, encode_headers, encode_key, encode_value
-from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError, Reject
+from taskflow.codec import (
+    decoder_for,
+    encode_headers,
+    encode_key,
+    encode_value,
+    takes_tombstones,
+)
+from taskflow.exceptions import (
+    DecodeError,
+    HandlerSignatureError,
+    PublishError,
+    Reject,
+    SkipTombstone,
+)
 from taskflow.message import Message
 
 
@@ -34,7 +46,7 @@ class Invoice(pydantic.BaseModel):
     total: float
 
 
-def message(value: bytes) -> Message:
+def message(value: bytes | None) -> Message:
     return Message(topic="orders", partition=2, offset=41, key=None, value=value)
 
 
@@ -196,12 +208,66 @@ def test_a_pydantic_validation_failure_is_a_decode_error_naming_the_field() -> N
         decoder_for(Invoice)(message(b'{"id": 1, "total": "lots"}'))
 
 
-@pytest.mark.parametrize("annotation", [int, set, tuple[int], Any, Order | None], ids=repr)
+@pytest.mark.parametrize(
+    "annotation", [int, set, tuple[int], Any, dict | list, dict | list | None], ids=repr
+)
 def test_an_unsupported_annotation_is_a_signature_error_listing_what_is_allowed(
     annotation: Any,
 ) -> None:
     with pytest.raises(HandlerSignatureError, match="is not supported; use Message, bytes, str"):
         decoder_for(annotation)
+
+
+# -- tombstones ----------------------------------------------------------------------------
+
+TOMBSTONE = message(None)
+
+
+def test_a_message_parameter_gets_a_tombstone_with_value_none() -> None:
+    assert decoder_for(Message)(TOMBSTONE).value is None
+    assert decoder_for(Message)(message(b"")).value == b""  # an empty value is not a tombstone
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        dict | None,
+        typing.Optional[dict[str, Any]],  # noqa: UP045 - the older spelling is taken too
+        list[int] | None,
+        bytes | None,
+        str | None,
+        Order | None,
+        None | Invoice,
+    ],
+    ids=repr,
+)
+def test_a_payload_type_that_admits_none_gets_none_for_a_tombstone(annotation: Any) -> None:
+    assert takes_tombstones(annotation)
+    assert decoder_for(annotation)(TOMBSTONE) is None
+
+
+def test_a_payload_type_that_admits_none_decodes_other_values_as_its_type() -> None:
+    assert decoder_for(dict | None)(message(b'{"id": 1}')) == {"id": 1}
+    assert decoder_for(Order | None)(message(b'{"id": 1, "customer": "c"}')) == Order(1, "c")
+    assert decoder_for(bytes | None)(message(b"")) == b""
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        decoder_for(dict | None)(message(b"{"))
+
+
+@pytest.mark.parametrize("annotation", [bytes, str, dict, list, dict[str, Any], Order, Invoice])
+def test_any_other_payload_type_skips_a_tombstone(annotation: Any) -> None:
+    assert not takes_tombstones(annotation)
+    with pytest.raises(SkipTombstone, match=r"orders\[2\]@41 is a tombstone") as caught:
+        decoder_for(annotation)(TOMBSTONE)
+    assert not isinstance(caught.value, Reject)  # never dead-lettered
+
+
+def test_a_message_parameter_takes_tombstones() -> None:
+    assert takes_tombstones(Message)
+
+
+def test_none_is_published_as_a_tombstone() -> None:
+    assert encode_value(None) is None
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -216,7 +282,7 @@ def test_text_is_published_as_utf8() -> None:
     assert encode_value("héllo") == "héllo".encode()
 
 
-@pytest.mark.parametrize("value", [{"id": 1, "tags": ["a"]}, [1, "two", None], 3, None])
+@pytest.mark.parametrize("value", [{"id": 1, "tags": ["a"]}, [1, "two", None], 3])
 def test_json_values_are_published_as_compact_json(value: Any) -> None:
     encoded = encode_value(value)
 

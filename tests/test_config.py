@@ -51,6 +51,7 @@ def test_without_anything_each_option_has_its_default() -> None:
         "idempotent": ("false", "default", ""),
         "http_port": ("none", "default", ""),
         "http_host": ("0.0.0.0", "default", ""),
+        "instance_id": ("none", "default", ""),
     }
 
 
@@ -69,6 +70,7 @@ LAYERS = [
     ("idempotent", True, "false", False, None),
     ("http_port", 8000, "9100", 9100, 0),
     ("http_host", "127.0.0.1", "10.1.2.3", "10.1.2.3", "::1"),
+    ("instance_id", "billing-0", "pod-7f9c", "pod-7f9c", "pod-b"),
 ]
 
 
@@ -345,6 +347,7 @@ def test_the_app_takes_the_environment_over_its_arguments(
         "idempotent": "env",
         "http_port": "default",
         "http_host": "default",
+        "instance_id": "default",
     }
 
 

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from examples import (
     billing,
+    compacted,
     consuming,
     custom_worker,
     fastapi_service,
@@ -42,6 +43,7 @@ from taskflow.manager import CANCEL_GRACE
 from taskflow.message import TopicPartition
 from taskflow.runner import BROKER_CLOSE_TIMEOUT
 from taskflow.testing import ManualClock, TestClient
+from taskflow.workers import ConsumerWorker
 from tests._process import ROOT
 from tests._redis import REDIS_URL
 
@@ -120,6 +122,26 @@ async def test_middleware_example_times_handlers_and_rejects_a_message_without_t
     assert len(letters) == placed
     assert {m.header("taskflow-reason") for m in letters} == {b"rejected"}
     assert {m.header("taskflow-exception-message") for m in letters} == {b"no tenant header"}
+
+
+# --8<-- [start:compacted]
+async def test_a_tombstone_deletes_from_the_table_and_is_not_a_change() -> None:
+    app = compacted.app
+    async with TestClient(app) as client:
+        await client.publish("customer-profiles", {"name": "Ada"}, key="c-1")
+        await client.publish("customer-profiles", {"name": "Grace"}, key="c-2")
+        await compacted.forget("c-1")
+        await client.drain()  # both groups committed all, the tombstone too
+        assert app.state.profiles == {"c-2": {"name": "Grace"}}
+        assert sorted(app.state.changes) == ["Ada", "Grace"]
+        changes = client.runtime.worker("on_change")
+        assert isinstance(changes, ConsumerWorker)
+        assert changes.status().count("skip_tombstone") == 1
+    assert client.report is not None
+    assert client.report.clean
+
+
+# --8<-- [end:compacted]
 
 
 # --8<-- [start:groups]

@@ -210,36 +210,40 @@ async def test_status_shows_what_a_custom_worker_says_of_itself() -> None:
 
 
 async def test_readyz_names_what_is_not_ready() -> None:
-    app = App("unready", http_port=0)
-
-    @app.consume("solo", group="pair", name="first")
-    async def first(payload: bytes) -> None:
-        """One of the two members of the group gets the only partition."""
-
-    @app.consume("solo", group="pair", name="second")
-    async def second(payload: bytes) -> None:
-        """The other gets nothing."""
-
     broker = MemoryBroker(partitions=1)
-    async with open_runtime(app, broker=broker) as runtime, _client(runtime) as http:
-        before = await http.get("/readyz")
-        assert before.status_code == 503
-        assert before.json() == {
-            "status": "not ready",
-            "reasons": ["worker first is stopped", "worker second is stopped"],
-        }
-        assert (await http.get("/status")).json()["state"] == "starting"
+    peer, app = App("unready", http_port=0), App("unready", http_port=0)
 
-        run = asyncio.create_task(runtime.manager.run())
-        settled = await _until(
-            http, "/readyz", lambda r: not any(" is " in why for why in r.json()["reasons"])
-        )
-        assert settled.status_code == 503
-        (reason,) = settled.json()["reasons"]
-        assert re.fullmatch(r"consumer (first|second) has no partitions assigned", reason)
+    @peer.consume("solo", group="pair")
+    async def first(payload: bytes) -> None:
+        """Another replica's member of the group, which gets the only partition."""
 
-        runtime.manager.request_stop("test")
-        assert (await run).clean
+    @app.consume("solo", group="pair")
+    async def second(payload: bytes) -> None:
+        """This replica's member: it joins second, and gets nothing."""
+
+    async with open_runtime(peer, broker=broker) as other, _client(other) as other_http:
+        other_run = asyncio.create_task(other.manager.run())
+        await _until(other_http, "/readyz", lambda r: r.status_code == 200)
+        async with open_runtime(app, broker=broker) as runtime, _client(runtime) as http:
+            before = await http.get("/readyz")
+            assert before.status_code == 503
+            assert before.json() == {
+                "status": "not ready",
+                "reasons": ["worker second is stopped"],
+            }
+            assert (await http.get("/status")).json()["state"] == "starting"
+
+            run = asyncio.create_task(runtime.manager.run())
+            settled = await _until(
+                http, "/readyz", lambda r: not any(" is " in why for why in r.json()["reasons"])
+            )
+            assert settled.status_code == 503
+            assert settled.json()["reasons"] == ["consumer second has no partitions assigned"]
+
+            runtime.manager.request_stop("test")
+            assert (await run).clean
+        other.manager.request_stop("test")
+        assert (await other_run).clean
 
 
 # -- shutdown ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from taskflow import (
     WorkerState,
 )
 from taskflow.brokers.memory import MemoryBroker
-from taskflow.runner import running
+from taskflow.runner import consumer_options, group_instance_id, open_runtime, running
 from tests._redis import REDIS_URL
 
 
@@ -182,3 +182,52 @@ async def test_the_manager_taskflow_running_runs_cannot_be_run_a_second_time() -
     async with taskflow.running(app) as runtime:
         with pytest.raises(StateError, match=r"use taskflow\.runner\.open_runtime"):
             await runtime.manager.run()
+
+
+# -- what each consumer asks of the broker ----------------------------------------------------
+
+
+async def on_order(order: dict) -> None: ...
+
+
+def test_each_consumer_of_a_replica_is_a_static_member_of_its_own() -> None:
+    app = App("billing", instance_id="pod-a")
+    app.add_consumer(on_order, "orders", start="latest", consumer_options={"client_id": "x"})
+    app.add_consumer(on_order, "orders", name="audit", group="audit")
+
+    first, second = (consumer_options(spec, app.instance_id) for spec in app.consumers)
+
+    assert (first.auto_offset_reset, dict(first.extra)) == ("latest", {"client_id": "x"})
+    assert (second.auto_offset_reset, dict(second.extra)) == (None, {})
+    assert (first.group_instance_id, second.group_instance_id) == ("pod-a.on_order", "pod-a.audit")
+    assert consumer_options(app.consumers[0], None).group_instance_id is None
+
+
+def test_a_worker_name_kafka_would_not_take_in_an_id_is_written_with_a_hash_of_it() -> None:
+    odd = group_instance_id("pod-a", "orders → billing")
+    other = group_instance_id("pod-a", "orders → billing!")
+
+    assert odd.startswith("pod-a.orders___billing-")
+    assert odd == group_instance_id("pod-a", "orders → billing")  # the same on every restart
+    assert odd != other
+    assert len(group_instance_id("p" * 100, "w" * 300)) <= 249
+
+
+async def test_a_registrations_options_that_clash_with_the_brokers_are_refused_before_start() -> (
+    None
+):
+    app = App(
+        "billing",
+        broker="kafka://127.0.0.1:9",
+        broker_options={"session_timeout_ms": 30000, "heartbeat_interval_ms": 5000},
+    )
+    app.add_consumer(on_order, "orders", consumer_options={"session_timeout_ms": 3000})
+
+    with pytest.raises(ConfigurationError) as caught:
+        async with open_runtime(app):
+            pass
+
+    assert str(caught.value) == (
+        "consumer on_order: Kafka option 'heartbeat_interval_ms' (5000) must be lower than "
+        "'session_timeout_ms' (3000), typically a third of it"
+    )

@@ -17,6 +17,7 @@ from taskflow.message import Headers, Message, TopicPartition
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_SIZE",
+    "DEFAULT_START",
     "Broker",
     "Consumer",
     "ConsumerOptions",
@@ -45,13 +46,30 @@ class RebalanceListener(Protocol):
         ...
 
 
+DEFAULT_START = "earliest"
+"""Where a group begins a partition it has no committed offset for, unless told otherwise."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerOptions:
-    """Broker-independent consumer settings chosen by the worker."""
+    """One consumer registration's settings, as the worker hands them to the broker.
+
+    Attributes:
+        max_records: The most records one fetch returns.
+        auto_offset_reset: Where the group begins a partition it has no committed offset for
+            (``earliest`` or ``latest``), as the registration's ``start=`` says; None leaves it
+            to the broker's own options, else `DEFAULT_START`.
+        extra: The registration's ``consumer_options``: broker-specific options that win over
+            the broker's own for this consumer. Kafka takes any aiokafka consumer option
+            taskflow does not set itself; the memory broker ignores them.
+        group_instance_id: This member's static identity in its group (Kafka's
+            ``group.instance.id``), or None for a dynamic member. The memory broker ignores it.
+    """
 
     max_records: int = 500
-    auto_offset_reset: str = "earliest"
+    auto_offset_reset: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    group_instance_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +169,7 @@ class Broker(Protocol):
         ...
 
     async def publish(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
     ) -> tuple[TopicPartition, int]:
         """Publish one record and wait for the broker to acknowledge it.
 
@@ -161,7 +179,7 @@ class Broker(Protocol):
         ...
 
     async def enqueue(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
     ) -> Delivery:
         """Hand one record to the producer and return once it is queued, not delivered.
 

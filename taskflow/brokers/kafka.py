@@ -11,7 +11,10 @@ the client(s) whose constructor takes it; an option neither takes is refused wit
 before start, naming its variable when one gave it. A bad value is refused before start where
 taskflow can tell, else when the client is built.
 
-A record with a null value (a tombstone) or a header with a null value reaches handlers as ``b""``.
+A record with a null value (a tombstone) reaches handlers with ``Message.value`` None, and
+``app.publish(topic, None, key=...)`` writes one; a null header value reaches them as ``b""``.
+A registration's own ``consumer_options`` (`check_consumer_options`) and ``start=`` win over the
+options above for its consumer; an App's ``instance_id`` gives each consumer a static membership.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from aiokafka.helpers import create_ssl_context
 
 from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
+    DEFAULT_START,
     ConsumerOptions,
     Delivery,
     FetchPosition,
@@ -65,7 +69,13 @@ from taskflow.exceptions import (
 )
 from taskflow.message import Headers, Message, TopicPartition
 
-__all__ = ["KafkaBroker", "KafkaConsumer", "kafka_options_from_env", "kafka_variables"]
+__all__ = [
+    "KafkaBroker",
+    "KafkaConsumer",
+    "check_consumer_options",
+    "kafka_options_from_env",
+    "kafka_variables",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +93,14 @@ _RESERVED = {
     "loop": "aiokafka uses the running loop",
     "topics": "pass topics to @app.consume",
     "max_poll_records": "bound what is fetched ahead with max_buffered= on @app.consume",
+    "group_instance_id": (
+        "give the replica's identity with App(instance_id=...), TASKFLOW_INSTANCE_ID or "
+        "--instance-id, and taskflow makes one per consumer"
+    ),
+}
+# Set per registration by an argument of its own rather than through consumer_options.
+_REGISTRATION_RESERVED = {
+    "auto_offset_reset": "pass start='earliest' or 'latest' to @app.consume",
 }
 _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
 _CONSUMER_PARAMS = set(inspect.signature(AIOKafkaConsumer.__init__).parameters) - {"self"}
@@ -345,6 +363,36 @@ def _ssl_context(files: Mapping[str, Any]) -> ssl.SSLContext:
     return context
 
 
+def check_consumer_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """One registration's ``consumer_options``, checked: aiokafka consumer options that taskflow
+    does not set itself, each value of its option's type and range.
+
+    Raises:
+        ConfigurationError: naming the option, and the option meant when one is close.
+    """
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _RESERVED or name in _REGISTRATION_RESERVED:
+            why = _RESERVED.get(name) or _REGISTRATION_RESERVED[name]
+            raise ConfigurationError(f"consumer option {name!r} is set by taskflow: {why}")
+        if name not in _CONSUMER_PARAMS:
+            if name in _PRODUCER_PARAMS or name in _SSL_FILES:
+                raise ConfigurationError(
+                    f"{name!r} is not a Kafka consumer option: pass it in "
+                    "App(broker_options=...), which gives it to the producer"
+                )
+            close = difflib.get_close_matches(name, sorted(_REGISTRATION_OPTIONS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see AIOKafkaConsumer's options"
+            raise ConfigurationError(f"unknown Kafka consumer option {name!r}{hint}")
+        _route(name, value)
+        checked[name] = value
+    _check_heartbeat(checked)
+    return checked
+
+
+_REGISTRATION_OPTIONS = _CONSUMER_PARAMS - set(_RESERVED) - set(_REGISTRATION_RESERVED)
+
+
 class KafkaBroker:
     """Kafka, through one shared aiokafka producer and an aiokafka consumer per registration.
 
@@ -439,7 +487,7 @@ class KafkaBroker:
                 raise BrokerError(f"flushing the Kafka producer failed: {exc}") from exc
 
     async def publish(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
     ) -> tuple[TopicPartition, int]:
         producer = self._producer
         if producer is None:
@@ -451,7 +499,7 @@ class KafkaBroker:
         return TopicPartition(meta.topic, meta.partition), meta.offset
 
     async def enqueue(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
     ) -> Delivery:
         """Queue the record in the producer, which sends it in a batch; see `Broker.enqueue`.
 
@@ -477,19 +525,32 @@ class KafkaBroker:
         listener: RebalanceListener,
         options: ConsumerOptions,
     ) -> KafkaConsumer:
-        extra = dict(options.extra)
-        for name in extra:
-            if name in _RESERVED or name not in _CONSUMER_PARAMS:
-                raise ConfigurationError(f"{name!r} is not a Kafka consumer option taskflow allows")
-        settings = {
-            "auto_offset_reset": options.auto_offset_reset,  # unless the user chose one
+        return KafkaConsumer(
+            self.bootstrap_servers, topics, self.consumer_settings(group, options), listener
+        )
+
+    def consumer_settings(self, group: str, options: ConsumerOptions) -> dict[str, Any]:
+        """The aiokafka options of one registration's consumer: taskflow's, over the
+        registration's (`options.extra`, its ``start=``), over the broker's.
+
+        Raises:
+            ConfigurationError: for a registration's option taskflow does not allow, or a
+                heartbeat not below the session timeout once both levels are put together.
+        """
+        settings: dict[str, Any] = {
+            "auto_offset_reset": DEFAULT_START,  # unless the broker's options say otherwise
             **self.consumer_options,
-            **extra,
+            **check_consumer_options(options.extra),
             "group_id": group,
             "enable_auto_commit": False,
             "max_poll_records": options.max_records,
         }
-        return KafkaConsumer(self.bootstrap_servers, topics, settings, listener)
+        if options.auto_offset_reset is not None:
+            settings["auto_offset_reset"] = options.auto_offset_reset
+        if options.group_instance_id is not None:
+            settings["group_instance_id"] = options.group_instance_id
+        _check_heartbeat(settings)
+        return settings
 
 
 def _publish_error(topic: str, exc: KafkaError) -> PublishError:
@@ -738,7 +799,7 @@ def _messages(records: Sequence[Any]) -> list[Message]:
     """aiokafka records as taskflow Messages: the per-record cost of the Kafka broker.
 
     Built with ``tuple.__new__`` (a Message is a named tuple), which skips the generated
-    ``__new__``; a null value (a tombstone) or a null header value becomes ``b""``. (An
+    ``__new__``; a null value (a tombstone) stays None, a null header value becomes ``b""``. (An
     ``attrgetter`` of the seven fields measured slower than the plain attribute reads.)
     """
     new = _new_tuple
@@ -750,7 +811,7 @@ def _messages(records: Sequence[Any]) -> list[Message]:
                 r.partition,
                 r.offset,
                 r.key,
-                b"" if r.value is None else r.value,
+                r.value,
                 _headers(r.headers) if r.headers else (),
                 r.timestamp,
             ),

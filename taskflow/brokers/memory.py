@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from taskflow.brokers.base import (
     DEFAULT_MAX_REQUEST_SIZE,
+    DEFAULT_START,
     ConsumerOptions,
     Delivery,
     FetchPosition,
@@ -197,7 +198,7 @@ class MemoryBroker:
         self._open = False
 
     async def publish(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
     ) -> tuple[TopicPartition, int]:
         if not self._open:
             raise PublishError("the memory broker is not started")
@@ -215,7 +216,7 @@ class MemoryBroker:
         return TopicPartition(topic, partition), offset
 
     async def enqueue(
-        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
     ) -> Delivery:
         """Publish at once: the delivery it returns is already done, as nothing is batched."""
         delivery: Delivery = asyncio.get_running_loop().create_future()
@@ -230,11 +231,10 @@ class MemoryBroker:
         listener: RebalanceListener,
         options: ConsumerOptions,
     ) -> MemoryConsumer:
-        if options.extra:
-            raise ConfigurationError(
-                f"the memory broker takes no consumer options, got {sorted(options.extra)}"
-            )
-        if options.auto_offset_reset not in ("earliest", "latest"):
+        """Honours `options.auto_offset_reset`; Kafka's own options (`options.extra`,
+        `options.group_instance_id`) mean nothing here and are ignored, so an app written for
+        Kafka runs unchanged on memory (under `TestClient`, say)."""
+        if options.auto_offset_reset not in (None, "earliest", "latest"):
             raise ConfigurationError(
                 f"auto_offset_reset is 'earliest' or 'latest', got {options.auto_offset_reset!r}"
             )
@@ -422,7 +422,7 @@ class MemoryConsumer:
         for tp in sorted(partitions):
             committed = self.group.committed.get(tp)
             if committed is None:
-                latest = self.options.auto_offset_reset == "latest"
+                latest = (self.options.auto_offset_reset or DEFAULT_START) == "latest"
                 committed = self.broker.end_offset(tp) if latest else 0
             self._positions[tp] = committed
         if partitions:

@@ -54,6 +54,7 @@ class WorkerInstruments:
         observe_with(meter, metrics.CONSUMER_RETRIES, self._retries)
         observe_with(meter, metrics.CONSUMER_DEAD_LETTERS, self._dead_letters)
         observe_with(meter, metrics.CONSUMER_REJECTED, self._rejected)
+        observe_with(meter, metrics.CONSUMER_TOMBSTONES_SKIPPED, self._tombstones)
         observe_with(meter, metrics.CONSUMER_LAG, self._lag)
         observe_with(meter, metrics.CONSUMER_IN_FLIGHT, self._in_flight)
         observe_with(meter, metrics.PERIODIC_SKIPPED, self._skipped)
@@ -92,7 +93,10 @@ class WorkerInstruments:
     def _rejected(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._counts("skip")
 
-    def _counts(self, action: str) -> list[Observation]:
+    def _tombstones(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._counts("skip_tombstone", with_error=False)
+
+    def _counts(self, action: str, *, with_error: bool = True) -> list[Observation]:
         """The counts of one policy action, summed per attribute set over every consumer."""
         totals: dict[frozenset[tuple[str, Any]], int] = {}
         for status in self._consumers():
@@ -102,8 +106,9 @@ class WorkerInstruments:
                 attributes = {
                     "messaging.destination.name": counted.topic,
                     "messaging.consumer.group.name": status.group,
-                    "error.type": error_type(counted.error),
                 }
+                if with_error:
+                    attributes["error.type"] = error_type(counted.error)
                 if counted.reason is not None:
                     attributes["taskflow.dead_letter.reason"] = counted.reason
                 if counted.fate is not None:

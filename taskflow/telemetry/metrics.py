@@ -164,6 +164,14 @@ CONSUMER_REJECTED: Final = Instrument(
 )
 """Messages skipped by the error policy, per topic, group and error type."""
 
+CONSUMER_TOMBSTONES_SKIPPED: Final = Instrument(
+    "taskflow.consumer.tombstones_skipped",
+    "observable_counter",
+    "{message}",
+    "Tombstones skipped (and committed) because the handler's payload type does not admit None.",
+)
+"""Tombstones a consumer skipped, per topic and group."""
+
 CONSUMER_LAG: Final = Instrument(
     "taskflow.consumer.lag",
     "observable_gauge",
@@ -216,6 +224,7 @@ INSTRUMENTS: Final = (
     CONSUMER_RETRIES,
     CONSUMER_DEAD_LETTERS,
     CONSUMER_REJECTED,
+    CONSUMER_TOMBSTONES_SKIPPED,
     CONSUMER_LAG,
     CONSUMER_IN_FLIGHT,
     PERIODIC_SKIPPED,

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind
 
 from taskflow.exceptions import Defer
 from taskflow.middleware import Middleware
-from taskflow.policy import DEFER, RETRY, SKIP, Decision, ErrorPolicy
+from taskflow.policy import DEFER, RETRY, SKIP, SKIP_TOMBSTONE, Decision, ErrorPolicy
 from taskflow.specs import ConsumerSpec
 from taskflow.telemetry.metrics import (
     MESSAGING_CONSUMED,
@@ -123,6 +123,9 @@ class ConsumerTelemetry:
                     {"taskflow.reason": signal.reason, "taskflow.delay": signal.delay},
                 )
                 raise
+            if decision == SKIP_TOMBSTONE:  # not a failure either: the handler takes no None
+                span.add_event("taskflow.skip_tombstone")
+                raise
             kind = error_type(exc)
             metric_attributes = {**metric_attributes, "error.type": kind}
             fail(span, exc, kind)
@@ -143,7 +146,7 @@ class ConsumerTelemetry:
             "messaging.operation.type": "process",
             "messaging.kafka.offset": message.offset,
             "messaging.message.id": message_id(message),
-            "messaging.message.body.size": len(message.value),
+            "messaging.message.body.size": 0 if message.value is None else len(message.value),
             "taskflow.attempt": attempt,
         }
         add_text(attributes, "messaging.kafka.message.key", message.key)

@@ -53,7 +53,8 @@ class PolicyCount:
     """How often the error policy took one action, for one topic and error type."""
 
     action: str
-    """``retry``, ``skip`` (rejected, no dead-letter topic) or ``dead_letter``."""
+    """``retry``, ``skip`` (rejected, no dead-letter topic), ``skip_tombstone`` (a tombstone
+    the handler's payload type does not admit) or ``dead_letter``."""
     topic: str
     error: type[BaseException]
     reason: str | None
@@ -96,7 +97,8 @@ class ConsumerStatus(WorkerStatus):
         return sum(known) if known else None
 
     def count(self, action: str) -> int:
-        """How often the error policy took `action` (``retry``, ``skip``, ``dead_letter``)."""
+        """How often the error policy took `action` (``retry``, ``skip``, ``skip_tombstone``,
+        ``dead_letter``)."""
         return sum(c.count for c in self.policy_counts if c.action == action)
 
     def as_json(self, now: float | None = None) -> dict[str, Any]:

@@ -80,7 +80,13 @@ GETTER: Final = _HeaderGetter()
 
 
 async def traced_publish(
-    tracer: Tracer, broker: Broker, topic: str, value: bytes, *, key: bytes | None, headers: Headers
+    tracer: Tracer,
+    broker: Broker,
+    topic: str,
+    value: bytes | None,
+    *,
+    key: bytes | None,
+    headers: Headers,
 ) -> tuple[TopicPartition, int]:
     """Publish through `broker` inside a `send {topic}` span of kind PRODUCER.
 
@@ -108,7 +114,13 @@ async def traced_publish(
 
 
 async def traced_enqueue(
-    tracer: Tracer, broker: Broker, topic: str, value: bytes, *, key: bytes | None, headers: Headers
+    tracer: Tracer,
+    broker: Broker,
+    topic: str,
+    value: bytes | None,
+    *,
+    key: bytes | None,
+    headers: Headers,
 ) -> Delivery:
     """Queue through `broker` under a `send {topic}` span that ends when the broker answers.
 
@@ -150,14 +162,14 @@ def _end_send(span: Span, delivery: Delivery) -> None:
 
 
 def _send_attributes(
-    topic: str, value: bytes, key: bytes | None, headers: Headers
+    topic: str, value: bytes | None, key: bytes | None, headers: Headers
 ) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.operation.name": "send",
         "messaging.operation.type": "send",
         "messaging.destination.name": topic,
-        "messaging.message.body.size": len(value),
+        "messaging.message.body.size": 0 if value is None else len(value),
     }
     add_text(attributes, "messaging.kafka.message.key", key)
     for name, header in headers:

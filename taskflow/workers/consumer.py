@@ -113,8 +113,12 @@ class ConsumerWorker:
             async with asyncio.TaskGroup() as group:
                 self._task_group, self._consumer = lanes, consumer
                 await consumer.start()
+                member = self.options.group_instance_id
                 self.log.info(
-                    "→ consuming %s as group %s", ", ".join(self.spec.topics), self.spec.group
+                    "→ consuming %s as group %s%s",
+                    ", ".join(self.spec.topics),
+                    self.spec.group,
+                    f", static member {member}" if member else "",
                 )
                 fetcher = group.create_task(self._fetch_loop(consumer), name=f"{self.name}:fetch")
                 committer = group.create_task(self._commit_loop(), name=f"{self.name}:commit")

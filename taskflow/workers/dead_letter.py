@@ -51,7 +51,8 @@ BARE: Final = 2  # without the value, the key and the original headers
 class DeadLetter:
     """One dead-letter record, ready to publish."""
 
-    value: bytes
+    value: bytes | None
+    """The original's value (None for a tombstone), or ``b""`` when it is left out."""
     key: bytes | None
     headers: Headers
     omits: int
@@ -76,12 +77,12 @@ def dead_letter(message: Message, ours: Headers, omits: int = WHOLE, why: str = 
     if omits == WHOLE:
         return DeadLetter(message.value, message.key, message.headers + ours, WHOLE)
     value = message.value
-    facts = (
-        *ours,
-        (HEADER_PREFIX + "value-omitted", why.encode()),
-        (HEADER_PREFIX + "original-size", str(len(value)).encode()),
-        (HEADER_PREFIX + "original-sha256", hashlib.sha256(value).hexdigest().encode()),
-    )
+    facts: Headers = (*ours, (HEADER_PREFIX + "value-omitted", why.encode()))
+    if value is not None:  # a tombstone has no value to leave out, nor a size or digest
+        facts += (
+            (HEADER_PREFIX + "original-size", str(len(value)).encode()),
+            (HEADER_PREFIX + "original-sha256", hashlib.sha256(value).hexdigest().encode()),
+        )
     if omits == WITHOUT_VALUE:
         return DeadLetter(b"", message.key, message.headers + facts, WITHOUT_VALUE)
     if message.key is not None:

@@ -1,9 +1,11 @@
 """Running one message through its handler under the error policy of the registration.
 
 The policy (`taskflow.policy`): a handler that raises is retried with backoff and
-its partition (or key) waits meanwhile; a `Reject` (or an exception in `reject_on`, or a payload
-that cannot be decoded) is never retried; it goes to the dead-letter topic when there is one, else
-it is logged and skipped. A message that exhausts `max_attempts` goes to the dead-letter topic.
+its partition (or key) waits meanwhile; a tombstone the handler's payload type does not
+admit (`SkipTombstone`) is skipped, counted and committed; a `Reject` (or an exception in
+`reject_on`, or a payload that cannot be decoded) is never retried; it goes to the dead-letter
+topic when there is one, else it is logged and skipped. A message that exhausts `max_attempts`
+goes to the dead-letter topic.
 Cancellation and MemoryError propagate and are never dead-lettered. A handler raising SystemExit or
 KeyboardInterrupt asks for the process to stop: the message is left unfinished (`stop_process`).
 Any other BaseException is a failure of the message, under the policy like an Exception.
@@ -35,7 +37,7 @@ from taskflow.exceptions import (
     Retry,
 )
 from taskflow.handler import ignores_ctx
-from taskflow.policy import DEFER, RAISE, RETRY, SKIP, Decision, ErrorPolicy
+from taskflow.policy import DEFER, RAISE, RETRY, SKIP, SKIP_TOMBSTONE, Decision, ErrorPolicy
 from taskflow.workers.dead_letter import (
     WHOLE,
     DeadLetter,
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.brokers.base import Broker
     from taskflow.handler import Handler
-    from taskflow.message import Message
+    from taskflow.message import Message, TopicPartition
     from taskflow.specs import ConsumerSpec
 
 __all__ = ["STOPS_PROCESS", "DeadLetterFate", "DecisionKey", "Processor", "exit_request"]
@@ -95,6 +97,7 @@ class Processor:
         self.direct = self.shared_ctx is not None
         # Told when a handler raised SystemExit or KeyboardInterrupt (set by the worker).
         self.on_exit: Callable[[ProcessExit], None] | None = None
+        self._tombstones_told: set[TopicPartition] = set()  # partitions whose skip was logged
 
     def first_try(self, message: Message) -> Awaitable[None]:
         """Start the first attempt at `message`: the fast path, the handler and nothing else.
@@ -130,6 +133,9 @@ class Processor:
             decision = self.policy.after_failure(exc, attempt)
             if decision == RAISE:
                 raise exc
+            if decision == SKIP_TOMBSTONE:
+                self._skip_tombstone(message, exc)
+                return True
             if decision == DEFER:
                 assert isinstance(exc, Defer)
                 self._log_deferral(message, exc, first=not deferred)
@@ -171,6 +177,21 @@ class Processor:
             self.app, self.spec.name, self.log, self.stopping, message=message, attempt=attempt
         )
         await self.handler(message, ctx)
+
+    def _skip_tombstone(self, message: Message, exc: BaseException) -> None:
+        """Count a skipped tombstone; say so at DEBUG, once per partition (a compacted topic
+        may hold many)."""
+        self._count(SKIP_TOMBSTONE, message, exc)
+        tp = message.topic_partition
+        if tp not in self._tombstones_told:
+            self._tombstones_told.add(tp)
+            self.log.debug(
+                "tombstones of %s are skipped and committed: the payload type of %s does not "
+                "admit None (first: %s)",
+                tp,
+                self.spec.name,
+                message,
+            )
 
     def _log_deferral(self, message: Message, signal: Defer, *, first: bool) -> None:
         self.log.log(
@@ -276,7 +297,8 @@ class Processor:
         shrunk = ""
         if letter.omits != WHOLE:
             rest = ", key and headers" if letter.smallest else ""
-            shrunk = f" without its value ({len(message.value)} bytes){rest}: too large"
+            size = len(message.value or b"")
+            shrunk = f" without its value ({size} bytes){rest}: too large"
         self.log.warning(
             "☠ %s %s after %d attempt(s) (%s: %s); sent to %s%s",
             message,

@@ -198,11 +198,55 @@ def test_auto_offset_reset_from_broker_options_is_kept() -> None:
 
 def test_extra_consumer_options_are_checked() -> None:
     broker = KafkaBroker(["b:9092"])
-    for extra in ({"group_id": "x"}, {"linger_ms": 5}):
-        with pytest.raises(ConfigurationError, match="not a Kafka consumer option"):
+    for extra, refusal in (
+        ({"group_id": "x"}, "consumer option 'group_id' is set by taskflow"),
+        ({"linger_ms": 5}, "'linger_ms' is not a Kafka consumer option"),
+    ):
+        with pytest.raises(ConfigurationError, match=refusal):
             broker.consumer(
                 ["t"], group="g", listener=Listener(), options=ConsumerOptions(extra=extra)
             )
+
+
+def test_a_registrations_options_win_over_the_brokers_for_its_consumer() -> None:
+    broker = KafkaBroker(
+        ["b:9092"], {"auto_offset_reset": "latest", "isolation_level": "read_uncommitted"}
+    )
+    options = ConsumerOptions(
+        auto_offset_reset="earliest",
+        extra={"isolation_level": "read_committed", "max_partition_fetch_bytes": 65536},
+        group_instance_id="pod-a.on_order",
+    )
+
+    made = broker.consumer(["t"], group="g", listener=Listener(), options=options)
+    plain = broker.consumer(["t"], group="g", listener=Listener(), options=ConsumerOptions())
+
+    assert made.settings["auto_offset_reset"] == "earliest"
+    assert made.settings["isolation_level"] == "read_committed"
+    assert made.settings["max_partition_fetch_bytes"] == 65536
+    assert made.settings["group_instance_id"] == "pod-a.on_order"
+    assert plain.settings["auto_offset_reset"] == "latest"
+    assert plain.settings["isolation_level"] == "read_uncommitted"
+    assert "group_instance_id" not in plain.settings
+
+
+def test_a_registrations_session_timeout_is_checked_against_the_brokers_heartbeat() -> None:
+    broker = KafkaBroker(["b:9092"], {"heartbeat_interval_ms": 3000})
+    options = ConsumerOptions(extra={"session_timeout_ms": 2000})
+
+    with pytest.raises(ConfigurationError, match="must be lower than 'session_timeout_ms'"):
+        broker.consumer(["t"], group="g", listener=Listener(), options=options)
+
+
+def test_a_group_instance_id_in_the_broker_options_is_refused_with_the_way_to_set_it() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        split_options({"group_instance_id": "pod-a"})
+
+    assert str(caught.value) == (
+        "Kafka option 'group_instance_id' is set by taskflow: give the replica's identity with "
+        "App(instance_id=...), TASKFLOW_INSTANCE_ID or --instance-id, and taskflow makes one "
+        "per consumer"
+    )
 
 
 # -- options from the environment -----------------------------------------------------------
@@ -473,14 +517,14 @@ async def test_a_group_member_receives_taskflow_messages(
 
 
 @pytest.mark.kafka
-async def test_a_tombstone_arrives_as_empty_bytes(
+async def test_a_tombstone_arrives_with_value_none_and_a_null_header_as_empty_bytes(
     kafka: KafkaBroker, topic: str, unique: str, producer: AIOKafkaProducer
 ) -> None:
     await producer.send_and_wait(topic, None, key=b"gone", partition=0, headers=[("h", None)])
     consumer = await started_consumer(kafka, topic, f"{unique}-g", Listener())
     try:
         [[message]] = (await fetch(consumer, 1)).values()
-        assert (message.key, message.value, message.headers) == (b"gone", b"", (("h", b""),))
+        assert (message.key, message.value, message.headers) == (b"gone", None, (("h", b""),))
     finally:
         await consumer.stop()
 

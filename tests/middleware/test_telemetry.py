@@ -404,6 +404,28 @@ async def test_rejects_and_undecodable_payloads_are_recorded_as_such(otel: Telem
     }
 
 
+async def test_a_skipped_tombstone_is_counted_and_is_not_a_failure(otel: Telemetry) -> None:
+    app = otel.app()
+
+    @app.consume("orders", dead_letter="orders.DLQ")
+    async def on_order(order: dict[str, int]) -> None: ...
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1}, key="a")
+        await client.publish("orders", None, key="a")
+        await client.drain()
+        metrics = otel.metrics()
+
+    _handled, tombstone = otel.finished("process orders")
+    attributes = dict(tombstone.attributes or {})
+    assert tombstone.status.status_code is StatusCode.UNSET
+    assert "error.type" not in attributes
+    assert attributes["messaging.message.body.size"] == 0
+    assert [e.name for e in tombstone.events] == ["taskflow.skip_tombstone"]
+    assert values(metrics["taskflow.consumer.tombstones_skipped"]) == {of(**ORDERS): 1}
+    assert "taskflow.consumer.dead_letters" not in metrics
+
+
 # -- consumer metrics -----------------------------------------------------------------------
 
 

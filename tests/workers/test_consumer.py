@@ -144,23 +144,25 @@ async def test_none_mode_runs_up_to_concurrency_handlers_at_once() -> None:
     assert running.most == 4
 
 
-async def test_two_workers_in_one_group_split_the_partitions() -> None:
-    app = App("shop")
+async def test_two_replicas_in_one_group_split_the_partitions() -> None:
     handled: dict[str, list[int]] = {"left": [], "right": []}
 
-    @app.consume("orders", name="left")
-    async def left(order: dict[str, int]) -> None:
-        handled["left"].append(order["id"])
+    def replica(side: str) -> App:
+        app = App("shop")
 
-    @app.consume("orders", name="right")
-    async def right(order: dict[str, int]) -> None:
-        handled["right"].append(order["id"])
+        @app.consume("orders")
+        async def on_order(order: dict[str, int]) -> None:
+            handled[side].append(order["id"])
 
-    async with TestClient(app) as client:
+        return app
+
+    left, right = TestClient(replica("left")), TestClient(replica("right"))
+    right.broker = left.broker  # two replicas of one app, on one broker
+    async with left, right:
         for i in range(40):
-            await client.publish("orders", {"id": i})
-        await client.drain()
-        owned = [consumer_worker(client, name).status().assigned for name in ("left", "right")]
+            await left.publish("orders", {"id": i})
+        await left.drain()
+        owned = [consumer_worker(client, "on_order").status().assigned for client in (left, right)]
     assert owned[0]
     assert owned[1]
     assert not owned[0] & owned[1]
@@ -611,3 +613,109 @@ async def test_ctx_attempt_counts_the_attempts_at_a_message() -> None:
         await client.publish("orders", b"x")
         await client.drain()
     assert seen == [1, 2, 3]
+
+
+# -- tombstones ------------------------------------------------------------------------------
+
+
+async def test_a_tombstone_reaches_message_and_optional_handlers_and_is_skipped_by_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = App("shop")
+    seen: dict[str, list[object]] = defaultdict(list)
+
+    @app.consume("orders", group="raw")
+    async def raw(message: Message) -> None:
+        seen["raw"].append(message.value)
+
+    @app.consume("orders", group="optional")
+    async def optional(order: dict[str, int] | None) -> None:
+        seen["optional"].append(order)
+
+    @app.consume("orders", group="strict", dead_letter="orders.DLQ")
+    async def strict(order: dict[str, int]) -> None:
+        seen["strict"].append(order)
+
+    caplog.set_level(logging.DEBUG, logger="shop")
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1}, key="a")
+        await client.publish("orders", None, key="a")
+        await client.publish("orders", b"", key="a")  # empty, not a tombstone
+        await client.publish("orders", None, key="a")
+        await client.drain()
+        strict_status = consumer_worker(client, "strict").status()
+        dead_letters = client.broker.topic("orders.DLQ").logs
+
+    assert seen["raw"] == [b'{"id":1}', None, b"", None]
+    assert seen["optional"][:2] == [{"id": 1}, None]
+    assert seen["strict"] == [{"id": 1}]  # the empty value failed to decode: rejected
+    assert strict_status.count("skip_tombstone") == 2
+    assert strict_status.count("dead_letter") == 1  # the empty value, never a tombstone
+    assert [letter.value for log in dead_letters for letter in log] == [b""]
+    told = [r for r in caplog.records if "tombstones of orders[0] are skipped" in r.getMessage()]
+    assert len(told) == 1  # once per partition
+    assert told[0].levelno == logging.DEBUG
+    assert "payload type of strict does not admit None (first: orders[0]@1)" in told[0].message
+
+
+async def test_a_rejected_tombstone_is_dead_lettered_as_a_tombstone() -> None:
+    app = App("shop")
+
+    @app.consume("orders", dead_letter="orders.DLQ")
+    async def on_order(message: Message) -> None:
+        raise Reject("a deletion cannot be handled here")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", None, key="a")
+        await client.drain()
+        [letter] = client.broker.topic("orders.DLQ").logs[0]
+
+    assert letter.value is None
+    assert letter.key == b"a"
+    assert letter.header("taskflow-reason") == b"rejected"
+
+
+async def test_a_handler_publishes_a_tombstone_with_a_none_value() -> None:
+    app = App("shop")
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, str], ctx: Context) -> None:
+        await ctx.publish("customers", None, key=order["customer"])
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"customer": "c-1"})
+        await client.drain()
+        [deleted] = client.broker.topic("customers").logs[0]
+
+    assert (deleted.key, deleted.value) == (b"c-1", None)
+
+
+# -- where a group starts ---------------------------------------------------------------------
+
+
+async def test_start_latest_leaves_out_what_was_written_before_the_group_first_joined() -> None:
+    app = App("shop")
+    seen: dict[str, list[int]] = defaultdict(list)
+
+    @app.consume("orders", group="replay")  # the default: earliest
+    async def replay(order: dict[str, int]) -> None:
+        seen["replay"].append(order["id"])
+
+    # Kafka's own options mean nothing to the memory broker: it takes them and goes on.
+    @app.consume(
+        "orders",
+        group="live",
+        start="latest",
+        consumer_options={"isolation_level": "read_committed"},
+    )
+    async def live(order: dict[str, int]) -> None:
+        seen["live"].append(order["id"])
+
+    client = TestClient(app, partitions=1)
+    await client.broker.start()
+    await client.broker.publish("orders", b'{"id": 1}')  # before the app starts
+    async with client:
+        await client.publish("orders", {"id": 2})
+        await client.drain()
+
+    assert seen == {"replay": [1, 2], "live": [2]}
