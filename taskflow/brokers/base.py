@@ -45,6 +45,10 @@ class ConsumerOptions:
     max_records: int = 500
     auto_offset_reset: str = "earliest"
     extra: Mapping[str, object] = field(default_factory=dict)
+    fetch_bytes: int | None = None
+    """The most bytes of records one fetch should bring, from the memory budget; None: the
+    broker's default. On Kafka it becomes ``fetch_max_bytes`` (and ``max_partition_fetch_bytes``
+    at most 1 MiB) unless the app set those options."""
 
 
 @dataclass(frozen=True, slots=True)

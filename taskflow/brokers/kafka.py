@@ -107,6 +107,7 @@ _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
 # Every whole-number option (its aiokafka default is an int) runs from 0, or 1 when its default is
 # positive, to the largest value Kafka's protocol carries; these are narrower, or start at 0.
 _INT32_MAX = 2**31 - 1
+_PARTITION_FETCH_BYTES = 1_048_576  # aiokafka's default max_partition_fetch_bytes
 _RANGES: dict[str, tuple[int, int]] = {
     # Kafka brokers refuse sessions outside group.min/max.session.timeout.ms (6 s to 30 min by
     # default, often lowered for tests); under 1 s no heartbeat keeps a member in its group.
@@ -464,6 +465,7 @@ class KafkaBroker:
                 raise ConfigurationError(f"{name!r} is not a Kafka consumer option taskflow allows")
         settings = {
             "auto_offset_reset": options.auto_offset_reset,  # unless the user chose one
+            **fetch_sizes(options.fetch_bytes),  # unless the user chose them
             **self.consumer_options,
             **extra,
             "group_id": group,
@@ -471,6 +473,22 @@ class KafkaBroker:
             "max_poll_records": options.max_records,
         }
         return KafkaConsumer(self.bootstrap_servers, topics, settings, listener)
+
+
+def fetch_sizes(fetch_bytes: int | None) -> dict[str, int]:
+    """aiokafka's fetch sizes for fetches of at most `fetch_bytes` (from the memory budget).
+
+    ``fetch_max_bytes`` bounds one fetch response; ``max_partition_fetch_bytes`` one partition's
+    part of it, and stays at aiokafka's default (1 MiB) unless that is more than a fetch. (A
+    record larger than either still comes, alone: brokers always return a partition's first
+    batch.)
+    """
+    if fetch_bytes is None:
+        return {}
+    return {
+        "fetch_max_bytes": fetch_bytes,
+        "max_partition_fetch_bytes": min(fetch_bytes, _PARTITION_FETCH_BYTES),
+    }
 
 
 def _build(cls: Any, servers: list[str], settings: Mapping[str, Any]) -> Any:
