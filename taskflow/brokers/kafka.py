@@ -80,7 +80,10 @@ _RESERVED = {
     "value_serializer": "taskflow encodes values in app.publish",
     "loop": "aiokafka uses the running loop",
     "topics": "pass topics to @app.consume",
-    "max_poll_records": "bound what is fetched ahead with max_buffered= on @app.consume",
+    "max_poll_records": (
+        "bound what is fetched ahead with max_buffered= on @app.consume, or in bytes with "
+        "App(buffer_bytes=...)"
+    ),
 }
 _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
 _CONSUMER_PARAMS = set(inspect.signature(AIOKafkaConsumer.__init__).parameters) - {"self"}
