@@ -120,7 +120,9 @@ async def test_a_process_holds_no_more_than_its_memory_budget(
         f"\n  --buffer-bytes 1TiB:  {mib(unbounded)} = baseline + {mib(unbounded - baseline)}"
     )
     assert budgeted - baseline <= BUDGET
-    assert unbounded - baseline > 2 * BUDGET  # the budget is what kept the first run small
+    # How far a run without a budget gets ahead of its handlers varies with the machine: nearly the
+    # whole backlog when fetching is fast. Past the budget in any case, which kept the first small.
+    assert unbounded - baseline > BUDGET
 
 
 async def test_a_record_larger_than_the_budget_is_handled_and_fetching_resumes(
