@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from taskflow import App, Message
+from taskflow import App, Message, TopicPartition
 from taskflow.brokers.base import ConsumerOptions
 from taskflow.brokers.kafka import KafkaBroker
 from taskflow.testing import TestClient
@@ -162,3 +162,61 @@ async def test_records_released_out_of_order_bring_the_budget_back(ordering: str
         assert worker.budget.used == 0
         assert not worker.budget.spent
     assert len(handled) == 60
+
+
+class Bystander:
+    """A second member of a group, outside the app: joining it moves partitions."""
+
+    async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        pass
+
+
+async def test_a_revoked_partition_gives_back_what_its_records_held() -> None:
+    app = App("shop", buffer_bytes="1MiB")
+    gate = Gate()
+    app.add_consumer(gate, "events", name="on_event")
+
+    async with TestClient(app, partitions=2) as client:
+        worker = consumer_worker(client, "on_event")
+        for i in range(20):
+            await client.publish("events", bytes(RECORD), key=f"k{i}")
+        await settle()
+        assert worker.budget.spent  # the first records wait for the gate; the rest are buffered
+
+        other = client.broker.consumer(
+            ["events"], group="shop", listener=Bystander(), options=ConsumerOptions()
+        )
+        joining = asyncio.create_task(other.start())  # revokes both partitions, gives one back
+        await settle()
+        gate.open.set()  # the running handlers finish; what was buffered is dropped
+        await joining
+        kept = worker.status().assigned
+        try:
+            (tp,) = kept
+            end, group = client.broker.end_offset(tp), client.broker.group("shop")
+            async with asyncio.timeout(10):
+                while group.committed.get(tp) != end:  # what it kept is all handled
+                    await group.wait_for_commit()
+            assert worker.status().in_flight == 0
+            assert (worker.budget.used, worker.budget.spent) == (0, False)
+        finally:
+            await other.stop()
+
+
+def test_a_record_counts_its_value_key_and_headers_and_a_missing_value_counts_nothing() -> None:
+    budget = BufferBudget(MiB)
+    account = budget.account()
+    full = Message("t", 0, 0, b"key", b"value", (("trace", b"abc"), ("empty", b"")), 0)
+    tombstone = Message("t", 0, 1, b"key", None, (), 0)  # type: ignore[arg-type]
+
+    account.take([full, tombstone])
+    assert budget.used == account.held == (3 + 5 + 5 + 3 + 5) + 3
+
+    account.finished(tombstone)
+    assert budget.used == 21
+    account.close()
+    account.finished(full)  # after its partition left: already given back
+    assert (budget.used, account.held) == (0, 0)
