@@ -17,6 +17,7 @@ partition is paused; each partition's `Account` releases its records as they fin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Collection
@@ -191,6 +192,8 @@ class ConsumerWorker:
                         runner.account.take(records)
                     runner.feed(records)
                     self._apply_backpressure(runner)
+            if batches and self.budget.spent:
+                self._hold()  # also any partition assigned while the budget could not pause it
             # Let the lanes run before fetching more: a consumer's buffered records are handed
             # out without waiting, and a loop that never yields would fill every partition to
             # its bound, pause it, and make aiokafka throw its prefetched records away.
@@ -241,14 +244,21 @@ class ConsumerWorker:
 
     def on_budget_spent(self) -> None:
         """Pause every partition: the records the process holds reached the budget's half."""
-        if self._consumer is not None and self._runners:
-            self._consumer.pause(list(self._runners))
+        self._hold()
 
     def on_budget_available(self) -> None:
         """Resume every partition, except those paused by their own `max_buffered` bound."""
         resumed = [tp for tp, runner in self._runners.items() if not runner.paused]
         if self._consumer is not None and resumed:
-            self._consumer.resume(resumed)
+            with contextlib.suppress(BrokerError):  # still starting: nothing of it was paused
+                self._consumer.resume(resumed)
+
+    def _hold(self) -> None:
+        """Pause every partition this worker consumes, while the budget is spent."""
+        if self._consumer is not None and self._runners:
+            # Still starting, it cannot pause yet: the fetch loop pauses them once it runs.
+            with contextlib.suppress(BrokerError):
+                self._consumer.pause(list(self._runners))
 
     @property
     def buffered_bytes(self) -> int:
@@ -320,8 +330,8 @@ class ConsumerWorker:
             runner.resume_below = self.spec.max_buffered // 2
             runner.account = self.budget.account()
             self._runners[tp] = runner
-        if self.budget.spent and self._consumer is not None:
-            self._consumer.pause(sorted(assigned))
+        if self.budget.spent:
+            self._hold()
         self.log.info("assigned %s", _partitions(assigned))
 
     async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
