@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from taskflow import App, Backoff, Context, Message, Reject
 
-app = App("shipping")
+# --8<-- [start:memory]
+app = App("shipping", buffer_bytes="256MiB")  # or in bytes: 256 * 2**20
+# --8<-- [end:memory]
 
 
 # --8<-- [start:retry]

@@ -122,6 +122,10 @@ class App:
         shutdown_timeout: Seconds to let in-flight handlers and jobs finish on shutdown
             (default 30).
         commit_interval: Seconds between offset commits while consuming (default 1).
+        buffer_bytes: The memory budget of fetched records for the whole process, over every
+            consumer and partition: bytes (an int) or a size such as ``"256MiB"``; default
+            64 MiB. Fetching pauses when it is spent and resumes as records finish. See
+            [Memory](../consuming.md#memory).
         clock: Where periodic tasks read the time; tests pass a
             [ManualClock][taskflow.testing.ManualClock].
         tracer_provider: The OpenTelemetry TracerProvider for spans; default the global one.
@@ -143,10 +147,11 @@ class App:
     Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
     `TASKFLOW_REDIS_URL`, `TASKFLOW_SHUTDOWN_TIMEOUT`, `TASKFLOW_COMMIT_INTERVAL`,
-    `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`, `TASKFLOW_INSTANCE_ID`); a
-    `taskflow` flag wins over both. `settings` holds the values in effect and where each came
-    from; `app.redis_url` and the other options' attributes read it, and setting one is the
-    code's last word over the environment. See [Configuration](../configuration.md).
+    `TASKFLOW_BUFFER_BYTES`, `TASKFLOW_IDEMPOTENT`, `TASKFLOW_HTTP_PORT`, `TASKFLOW_HTTP_HOST`,
+    `TASKFLOW_INSTANCE_ID`); a `taskflow` flag wins over both. `settings` holds the values in
+    effect and where each came from; `app.redis_url` and the other options' attributes read it,
+    and setting one is the code's last word over the environment. See
+    [Configuration](../configuration.md).
 
     Example:
         ```python
@@ -171,6 +176,7 @@ class App:
         middleware: Sequence[MiddlewareFactory] = (),
         shutdown_timeout: float | None = None,
         commit_interval: float | None = None,
+        buffer_bytes: int | str | None = None,
         clock: Clock | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
@@ -188,6 +194,7 @@ class App:
                 "redis_url": redis_url,
                 "shutdown_timeout": shutdown_timeout,
                 "commit_interval": commit_interval,
+                "buffer_bytes": buffer_bytes,
                 "idempotent": idempotent,
                 "http_port": http_port,
                 "http_host": http_host,
@@ -238,6 +245,7 @@ class App:
     redis_url = _Option["str | None"]()
     shutdown_timeout = _Option[float]()
     commit_interval = _Option[float]()
+    buffer_bytes = _Option[int]()
     idempotent = _Option[bool]()
     http_port = _Option["int | None"]()
     http_host = _Option[str]()

@@ -166,6 +166,12 @@ _shutdown_timeout = click.option(
     help="Seconds to finish in-flight work on shutdown, 0 to 86400 "
     "(over TASKFLOW_SHUTDOWN_TIMEOUT).",
 )
+_buffer_bytes = click.option(
+    "--buffer-bytes",
+    metavar="SIZE",
+    help="Memory budget of fetched records for the process, e.g. 256MiB or 1GB; default 64MiB "
+    "(over TASKFLOW_BUFFER_BYTES).",
+)
 _http_port = click.option(
     "--http-port",
     metavar="PORT",
@@ -272,6 +278,7 @@ def main() -> None:
 @_log_level
 @_log_format
 @_shutdown_timeout
+@_buffer_bytes
 @_http_port
 @_http_host
 @_instance_id
@@ -302,6 +309,7 @@ def run(
     log_level: str,
     log_format: str,
     shutdown_timeout: str | None,
+    buffer_bytes: str | None,
     http_port: str | None,
     http_host: str | None,
     instance_id: str | None,
@@ -327,6 +335,7 @@ def run(
         "broker": broker,
         "redis_url": redis,
         "shutdown_timeout": shutdown_timeout,
+        "buffer_bytes": buffer_bytes,
         "http_port": http_port,
         "http_host": http_host,
         "instance_id": instance_id,
@@ -443,6 +452,7 @@ def _child_args(ctx: click.Context, skip: set[str]) -> list[str]:
 @_broker
 @_redis
 @_shutdown_timeout
+@_buffer_bytes
 @_http_port
 @_http_host
 @_instance_id
@@ -453,6 +463,7 @@ def info(
     broker: str | None,
     redis: str | None,
     shutdown_timeout: str | None,
+    buffer_bytes: str | None,
     http_port: str | None,
     http_host: str | None,
     instance_id: str | None,
@@ -469,6 +480,7 @@ def info(
         "broker": broker,
         "redis_url": redis,
         "shutdown_timeout": shutdown_timeout,
+        "buffer_bytes": buffer_bytes,
         "http_port": http_port,
         "http_host": http_host,
         "instance_id": instance_id,

@@ -34,6 +34,7 @@ from taskflow.redis_url import CLUSTER_SCHEMES, SCHEMES, SENTINEL_SCHEMES, Redis
 
 __all__ = [
     "DEFAULT_BROKER",
+    "DEFAULT_BUFFER_BYTES",
     "DEFAULT_COMMIT_INTERVAL",
     "DEFAULT_HTTP_HOST",
     "DEFAULT_SHUTDOWN_TIMEOUT",
@@ -52,6 +53,7 @@ __all__ = [
     "quoted",
     "shown",
     "shown_value",
+    "size_text",
     "whole_number_text",
 ]
 
@@ -63,6 +65,11 @@ DEFAULT_BROKER: Final = "memory://"
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
 DEFAULT_COMMIT_INTERVAL: Final = 1.0
 DEFAULT_HTTP_HOST: Final = "0.0.0.0"  # every interface: probes come from the node
+# A quarter of a 512 MiB pod: the rest is the interpreter and its libraries (about 60-100 MiB),
+# the payloads handlers decode from the raw bytes (often several times their size) and their work.
+DEFAULT_BUFFER_BYTES: Final = 64 * 2**20
+MIN_BUFFER_BYTES: Final = 2**20  # below this a budget is smaller than one ordinary fetch
+MAX_BUFFER_BYTES: Final = 2**40  # past this a value is a unit slip
 KAFKA_PREFIX: Final = "TASKFLOW_KAFKA_"
 MAX_PORT: Final = 65535
 # Past these a value is a mistake (milliseconds written as seconds, "inf"), not a choice.
@@ -73,6 +80,19 @@ _SHOWN_MAX = 60  # characters of a refused value an error message repeats
 _NUMBER_MAX = 30
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _WHOLE = re.compile(r"[+-]?[0-9]+")
+_SIZE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-z]*)")
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -143,6 +163,56 @@ def whole_number_text(text: str) -> int | None:
     if len(stripped) > _NUMBER_MAX or not _WHOLE.fullmatch(stripped):
         return None
     return int(stripped)
+
+
+def size_text(text: str) -> int | None:
+    """The bytes `text` writes: a whole number of bytes (``67108864``) or a number with a unit
+    (``64MiB``, ``1.5 GiB``, ``500MB``, ``512KiB``), or None.
+
+    Units, in any case: ``B``; ``KB``, ``MB``, ``GB``, ``TB`` (powers of 1000); ``KiB``, ``MiB``,
+    ``GiB``, ``TiB`` (powers of 1024). A fraction is rounded to the nearest byte. Nothing else is
+    read: no sign, no ``1_000``, no ``K`` or ``M`` alone (which would leave 1000 or 1024 a guess).
+    """
+    stripped = text.strip()
+    found = _SIZE.fullmatch(stripped) if len(stripped) <= _NUMBER_MAX else None
+    if found is None:
+        return None
+    unit = _SIZE_UNITS.get(found["unit"].lower())
+    if unit is None:
+        return None
+    number: str = found["number"]
+    if "." not in number:
+        return int(number) * unit
+    whole, _, fraction = number.partition(".")
+    scale = int(10 ** len(fraction))
+    return (int(whole + fraction) * unit * 2 + scale) // (2 * scale)  # exact, half rounds up
+
+
+def _size_rule(label: str) -> str:
+    return (
+        f"{label} must be a size from 1MiB to 1TiB: bytes, or a number with a unit such as "
+        "64MiB, 512MB or 1GiB"
+    )
+
+
+def _buffer_bytes(value: Any, label: str) -> int:
+    """A budget given in code: a whole number of bytes, or text as the variable takes it."""
+    if isinstance(value, str):
+        return _buffer_bytes_text(value, label)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_BUFFER_BYTES <= value <= MAX_BUFFER_BYTES
+    ):
+        raise ConfigurationError(f"{_size_rule(label)}, got {_got(value)}")
+    return value
+
+
+def _buffer_bytes_text(text: str, label: str) -> int:
+    value = size_text(text)
+    if value is None or not MIN_BUFFER_BYTES <= value <= MAX_BUFFER_BYTES:
+        raise ConfigurationError(f"{_size_rule(label)}, got {quoted(text)}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +436,14 @@ OPTIONS: Final = (
         Seconds(MAX_COMMIT_INTERVAL).check,
         Seconds(MAX_COMMIT_INTERVAL).parse,
     ),
+    Option(
+        "buffer_bytes",
+        "TASKFLOW_BUFFER_BYTES",
+        "--buffer-bytes",
+        DEFAULT_BUFFER_BYTES,
+        _buffer_bytes,
+        _buffer_bytes_text,
+    ),
     Option("idempotent", "TASKFLOW_IDEMPOTENT", None, False, flag, flag_text),
     Option("http_port", "TASKFLOW_HTTP_PORT", "--http-port", None, _port, _port_text),
     Option("http_host", "TASKFLOW_HTTP_HOST", "--http-host", DEFAULT_HTTP_HOST, _host, _host_text),
@@ -477,6 +555,8 @@ class Settings:
         redis_password: The Redis password when the URL has none, or None (never shown).
         shutdown_timeout: Seconds in-flight work may take to finish on shutdown.
         commit_interval: Seconds between offset commits.
+        buffer_bytes: The bytes of fetched records the process holds at most, over every
+            consumer (see `taskflow.workers.budget`).
         idempotent: The default of ``idempotent=`` for every registration.
         http_port: The operations endpoint's port, or None for no endpoint.
         http_host: The address the operations endpoint listens on.
@@ -492,6 +572,7 @@ class Settings:
     redis_password: str | None = None
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
     idempotent: bool = False
     http_port: int | None = None
     http_host: str = DEFAULT_HTTP_HOST
@@ -511,8 +592,8 @@ class Settings:
 
         Args:
             code: The App arguments by name: ``broker``, ``broker_options``, ``redis_url``,
-                ``shutdown_timeout``, ``commit_interval``, ``idempotent``, ``http_port``,
-                ``http_host``, ``instance_id``.
+                ``shutdown_timeout``, ``commit_interval``, ``buffer_bytes``, ``idempotent``,
+                ``http_port``, ``http_host``, ``instance_id``.
             environ: The environment; default ``os.environ``.
             kafka_parser: Reads ``TASKFLOW_KAFKA_*`` variables as typed options; without one
                 they are not read.
@@ -552,7 +633,8 @@ class Settings:
         """These settings with CLI flags over them; a None flag was not given.
 
         `flags` is keyed by option name (``broker``, ``redis_url``, ``shutdown_timeout``,
-        ``http_port``, ``http_host``, ``instance_id``): only options that have a flag.
+        ``buffer_bytes``, ``http_port``, ``http_host``, ``instance_id``): only options that have
+        a flag.
 
         Raises:
             ConfigurationError: for a bad flag value, naming the flag.

@@ -45,6 +45,7 @@ from taskflow.middleware.timeout import Watchdog
 from taskflow.stores.connect import Stores, open_stores
 from taskflow.telemetry.instruments import observe
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
+from taskflow.workers.budget import BufferBudget
 
 if TYPE_CHECKING:
     from taskflow.app import App
@@ -170,6 +171,8 @@ def build_workers(
     """
     interval = app.settings.commit_interval if commit_interval is None else commit_interval
     resources = resources or Resources(app.name, _in_process(app))
+    # One memory budget for every consumer of the process (`taskflow.workers.budget`).
+    budget = BufferBudget(app.settings.buffer_bytes, consumers=len(app.consumers))
 
     def stack(
         spec: ConsumerSpec | ScheduleSpec, batch_aware: list[BatchAware] | None = None
@@ -191,6 +194,7 @@ def build_workers(
             commit_interval=interval,
             options=options,
             batch_aware=batch_aware,
+            budget=budget,
         )
 
     workers: list[Worker] = [consumer(spec) for spec in app.consumers]

@@ -671,7 +671,7 @@ def test_consumer_options_are_kept_read_only() -> None:
         (
             {"max_poll_records": 10},
             "consumer option 'max_poll_records' is set by taskflow: bound what is fetched ahead "
-            "with max_buffered= on @app.consume",
+            "with max_buffered= on @app.consume, or in bytes with App(buffer_bytes=...)",
         ),
         (
             {"linger_ms": 5},

@@ -272,6 +272,7 @@ def test_a_bad_cron_expression_or_time_zone_is_one_line_and_exit_code_2(
         (["--app-dir", "/no/such/dir"], "Invalid value for '--app-dir'"),
         (["--http-port", "70000"], "--http-port must be a port number from 0 to 65535"),
         (["--http-port", "web"], "--http-port must be a port number from 0 to 65535"),
+        (["--buffer-bytes", "64M"], "--buffer-bytes must be a size from 1MiB to 1TiB"),
     ],
 )
 def test_bad_option_values_are_one_line_usage_errors(args: list[str], message: str) -> None:
@@ -583,6 +584,8 @@ def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> Non
         "tests.apps.ops_settings:app",
         "--http-port",
         "9000",
+        "--buffer-bytes",
+        "256MiB",
         TASKFLOW_REDIS_URL="redis://:env-secret@127.0.0.1:6379/0",
         TASKFLOW_REDIS_PASSWORD="other-secret",
         TASKFLOW_SHUTDOWN_TIMEOUT="20",
@@ -601,6 +604,7 @@ def test_info_shows_each_setting_where_it_came_from_with_secrets_masked() -> Non
         "redis_password": ["***", "env", "TASKFLOW_REDIS_PASSWORD"],
         "shutdown_timeout": ["20", "env", "TASKFLOW_SHUTDOWN_TIMEOUT"],
         "commit_interval": ["1", "default"],
+        "buffer_bytes": ["268435456", "flag", "--buffer-bytes"],
         "idempotent": ["false", "default"],
         "http_port": ["9000", "flag", "--http-port"],
         "http_host": ["0.0.0.0", "default"],

@@ -48,6 +48,7 @@ def test_without_anything_each_option_has_its_default() -> None:
         "redis_password": ("none", "default", ""),
         "shutdown_timeout": ("30", "default", ""),
         "commit_interval": ("1", "default", ""),
+        "buffer_bytes": ("67108864", "default", ""),
         "idempotent": ("false", "default", ""),
         "http_port": ("none", "default", ""),
         "http_host": ("0.0.0.0", "default", ""),
@@ -67,6 +68,7 @@ LAYERS = [
     ),
     ("shutdown_timeout", 5, "12.5", 12.5, 60.0),
     ("commit_interval", 2.0, "0.25", 0.25, None),
+    ("buffer_bytes", 32 * 2**20, "128MiB", 128 * 2**20, 16 * 2**20),
     ("idempotent", True, "false", False, None),
     ("http_port", 8000, "9100", 9100, 0),
     ("http_host", "127.0.0.1", "10.1.2.3", "10.1.2.3", "::1"),
@@ -110,6 +112,53 @@ def test_an_empty_or_blank_variable_counts_as_unset() -> None:
 def test_an_empty_redis_url_in_code_means_no_redis_unless_the_environment_names_one() -> None:
     assert resolve({"redis_url": ""}).redis_url == ""
     assert resolve({"redis_url": ""}, TASKFLOW_REDIS_URL="redis://r/0").redis_url == "redis://r/0"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("67108864", 64 * 2**20),
+        ("64MiB", 64 * 2**20),
+        ("64 mib", 64 * 2**20),
+        ("1.5GiB", 3 * 2**29),
+        ("500MB", 500_000_000),
+        ("2048KiB", 2 * 2**20),
+        ("1TiB", 2**40),
+        ("  8MB ", 8_000_000),
+    ],
+)
+def test_the_memory_budget_is_read_in_bytes_or_with_a_unit(text: str, size: int) -> None:
+    settings = resolve(TASKFLOW_BUFFER_BYTES=text)
+
+    assert (settings.buffer_bytes, settings.sources["buffer_bytes"]) == (size, "env")
+    assert resolve().with_flags({"buffer_bytes": text}).buffer_bytes == size
+    assert resolve({"buffer_bytes": text}).buffer_bytes == size
+
+
+@pytest.mark.parametrize(
+    "text", ["64M", "64 MiBs", "-64MiB", "1_000_000", "64MiB!", "inf", "nan", "1e9", " ", "MiB"]
+)
+def test_a_memory_budget_that_is_not_a_size_is_refused_in_one_sentence(text: str) -> None:
+    rule = (
+        "must be a size from 1MiB to 1TiB: bytes, or a number with a unit such as 64MiB, "
+        "512MB or 1GiB, got "
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        resolve({"buffer_bytes": text})
+    assert str(refused.value) == f"buffer_bytes {rule}{text!r}"
+    if text.strip():  # a blank variable is unset
+        with pytest.raises(ConfigurationError) as refused:
+            resolve(TASKFLOW_BUFFER_BYTES=text)
+        assert str(refused.value) == f"TASKFLOW_BUFFER_BYTES {rule}{text.strip()!r}"
+
+
+@pytest.mark.parametrize("value", [2**20 - 1, 2**40 + 1, 0, -1, True, 64.0])
+def test_a_memory_budget_out_of_range_is_refused(value: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"^--buffer-bytes must be a size from 1MiB"):
+        resolve().with_flags({"buffer_bytes": value})
+    if isinstance(value, int) and not isinstance(value, bool):
+        with pytest.raises(ConfigurationError, match=r"^TASKFLOW_BUFFER_BYTES must be a size"):
+            resolve(TASKFLOW_BUFFER_BYTES=str(value))
 
 
 def test_only_options_with_a_flag_take_one() -> None:
@@ -332,11 +381,15 @@ def test_the_app_takes_the_environment_over_its_arguments(
     monkeypatch.setenv("TASKFLOW_COMMIT_INTERVAL", "0.5")
     monkeypatch.setenv("TASKFLOW_IDEMPOTENT", "true")
     monkeypatch.setenv("TASKFLOW_REDIS_URL", "redis://env:6379/0")
+    monkeypatch.setenv("TASKFLOW_BUFFER_BYTES", "256MiB")
 
-    app = App("billing", commit_interval=2, idempotent=False, shutdown_timeout=3)
+    app = App(
+        "billing", commit_interval=2, idempotent=False, shutdown_timeout=3, buffer_bytes="1GiB"
+    )
 
     assert (app.commit_interval, app.idempotent, app.redis_url) == (0.5, True, "redis://env:6379/0")
     assert app.shutdown_timeout == 3.0
+    assert app.buffer_bytes == 256 * 2**20
     assert dict(app.settings.sources) == {
         "broker": "default",
         "redis_url": "env",
@@ -344,6 +397,7 @@ def test_the_app_takes_the_environment_over_its_arguments(
         "redis_password": "default",
         "shutdown_timeout": "code",
         "commit_interval": "env",
+        "buffer_bytes": "env",
         "idempotent": "env",
         "http_port": "default",
         "http_host": "default",

@@ -70,6 +70,10 @@ class ConsumerOptions:
     auto_offset_reset: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
     group_instance_id: str | None = None
+    fetch_bytes: int | None = None
+    """The most bytes of records one fetch should bring, from the memory budget; None: the
+    broker's default. On Kafka it becomes ``fetch_max_bytes`` (and ``max_partition_fetch_bytes``
+    at most 1 MiB) unless the app set those options."""
 
 
 @dataclass(frozen=True, slots=True)

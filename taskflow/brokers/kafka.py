@@ -92,7 +92,10 @@ _RESERVED = {
     "value_serializer": "taskflow encodes values in app.publish",
     "loop": "aiokafka uses the running loop",
     "topics": "pass topics to @app.consume",
-    "max_poll_records": "bound what is fetched ahead with max_buffered= on @app.consume",
+    "max_poll_records": (
+        "bound what is fetched ahead with max_buffered= on @app.consume, or in bytes with "
+        "App(buffer_bytes=...)"
+    ),
     "group_instance_id": (
         "give the replica's identity with App(instance_id=...), TASKFLOW_INSTANCE_ID or "
         "--instance-id, and taskflow makes one per consumer"
@@ -127,6 +130,7 @@ _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
 # Every whole-number option (its aiokafka default is an int) runs from 0, or 1 when its default is
 # positive, to the largest value Kafka's protocol carries; these are narrower, or start at 0.
 _INT32_MAX = 2**31 - 1
+_PARTITION_FETCH_BYTES = 1_048_576  # aiokafka's default max_partition_fetch_bytes
 _RANGES: dict[str, tuple[int, int]] = {
     # Kafka brokers refuse sessions outside group.min/max.session.timeout.ms (6 s to 30 min by
     # default, often lowered for tests); under 1 s no heartbeat keeps a member in its group.
@@ -531,7 +535,8 @@ class KafkaBroker:
 
     def consumer_settings(self, group: str, options: ConsumerOptions) -> dict[str, Any]:
         """The aiokafka options of one registration's consumer: taskflow's, over the
-        registration's (`options.extra`, its ``start=``), over the broker's.
+        registration's (`options.extra`, its ``start=``), over the broker's, over the fetch
+        sizes derived from the memory budget.
 
         Raises:
             ConfigurationError: for a registration's option taskflow does not allow, or a
@@ -539,6 +544,7 @@ class KafkaBroker:
         """
         settings: dict[str, Any] = {
             "auto_offset_reset": DEFAULT_START,  # unless the broker's options say otherwise
+            **fetch_sizes(options.fetch_bytes),  # unless the user chose them
             **self.consumer_options,
             **check_consumer_options(options.extra),
             "group_id": group,
@@ -597,6 +603,22 @@ def _end_lingering(producer: AIOKafkaProducer) -> None:
     waiter = getattr(accumulator, "_waiter_future", None)
     if isinstance(waiter, asyncio.Future) and not waiter.done():
         waiter.set_result(None)
+
+
+def fetch_sizes(fetch_bytes: int | None) -> dict[str, int]:
+    """aiokafka's fetch sizes for fetches of at most `fetch_bytes` (from the memory budget).
+
+    ``fetch_max_bytes`` bounds one fetch response; ``max_partition_fetch_bytes`` one partition's
+    part of it, and stays at aiokafka's default (1 MiB) unless that is more than a fetch. (A
+    record larger than either still comes, alone: brokers always return a partition's first
+    batch.)
+    """
+    if fetch_bytes is None:
+        return {}
+    return {
+        "fetch_max_bytes": fetch_bytes,
+        "max_partition_fetch_bytes": min(fetch_bytes, _PARTITION_FETCH_BYTES),
+    }
 
 
 def _build(cls: Any, servers: list[str], settings: Mapping[str, Any]) -> Any:

@@ -35,6 +35,7 @@ from taskflow.brokers.base import (
     record_size,
 )
 from taskflow.brokers.partitioner import partition_for_key
+from taskflow.brokers.records import message_bytes
 from taskflow.config import quoted, whole_number_text
 from taskflow.exceptions import (
     BrokerError,
@@ -353,7 +354,10 @@ class MemoryConsumer:
         return self._collect()  # empty when woken by stop()
 
     def _collect(self) -> dict[TopicPartition, list[Message]]:
+        """At most `max_records` records and, like a Kafka fetch, about `fetch_bytes` bytes (the
+        record that passes it included, so a record larger than that still comes)."""
         budget = self.options.max_records
+        room = self.options.fetch_bytes
         batch: dict[TopicPartition, list[Message]] = {}
         for tp, position in self._positions.items():
             if tp in self._paused:
@@ -361,10 +365,12 @@ class MemoryConsumer:
             log = self.broker.topic(tp.topic).logs[tp.partition]
             if position < len(log):
                 records = log[position : position + budget]
+                if room is not None:
+                    records, room = _within(records, room)
                 batch[tp] = records
                 self._positions[tp] = position + len(records)
                 budget -= len(records)
-                if budget <= 0:
+                if budget <= 0 or room == 0:
                     break
         return batch
 
@@ -431,3 +437,12 @@ class MemoryConsumer:
             except Exception:
                 logger.exception("rebalance listener failed on assign in group %s", self.group.name)
         self.wakeup.set()
+
+
+def _within(records: list[Message], room: int) -> tuple[list[Message], int]:
+    """The first of `records` up to the one that fills `room` bytes, and the room left."""
+    for count, record in enumerate(records, 1):
+        room -= message_bytes(record)
+        if room <= 0:
+            return records[:count], 0
+    return records, room

@@ -4,15 +4,18 @@ A Kafka producer refuses a record larger than its ``max_request_size`` before it
 upper-bound estimate of the record's size in a v2 record batch. The memory broker enforces the
 same limit and the dead-letter path sizes what it sends, so both count exactly as the producer
 does, without importing the Kafka client.
+
+A fetched record is counted differently, by what it holds in memory (`message_bytes`): the memory
+budget of a process (`taskflow.workers.budget`) and the memory broker's fetch size use that.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from taskflow.message import Headers
+from taskflow.message import Headers, Message
 
-__all__ = ["DEFAULT_MAX_REQUEST_SIZE", "record_size"]
+__all__ = ["DEFAULT_MAX_REQUEST_SIZE", "message_bytes", "record_size"]
 
 DEFAULT_MAX_REQUEST_SIZE: Final = 1_048_576
 """The producer's default ``max_request_size`` (1 MiB)."""
@@ -47,4 +50,20 @@ def _varint_size(number: int) -> int:
     while zigzag >= 0x80:
         zigzag >>= 7
         size += 1
+    return size
+
+
+def message_bytes(message: Message) -> int:
+    """The bytes a fetched record holds: its value, key, and header names and values.
+
+    A missing value or key (a tombstone's value, say) counts 0. Python's own overhead per object
+    (some 50 bytes per ``bytes``) is left out: it matters only for tiny records, which a memory
+    budget is not about.
+    """
+    value, key, headers = message.value, message.key, message.headers
+    size = 0 if value is None else len(value)
+    if key is not None:
+        size += len(key)
+    for name, header in headers:
+        size += len(name) + (0 if header is None else len(header))
     return size

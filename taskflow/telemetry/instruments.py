@@ -2,10 +2,11 @@
 
 The per-attempt metrics are recorded by the telemetry middleware. These come from each worker's
 `status()` (`taskflow.telemetry.status`): the error policy's counts, skipped periodic runs, the
-`def` handlers' stuck threads, and each consumer's local view of its partitions (lag, records in
-flight); and from the app's `Deliveries`, the records published without waiting that were lost.
-Callbacks read them only when the SDK collects, so they cost nothing per message. A callback may
-run on the SDK's export thread: a status only reads, and never asks the broker.
+`def` handlers' stuck threads, each consumer's local view of its partitions (lag, records in
+flight) and the bytes it holds of the process's memory budget; and from the app's `Deliveries`,
+the records published without waiting that were lost. Callbacks read them only when the SDK
+collects, so they cost nothing per message. A callback may run on the SDK's export thread: a
+status only reads, and never asks the broker.
 
 The SDK keeps the first callbacks registered under a name, so each MeterProvider gets one set of
 instruments, which reads every set of workers that `observe` has lent it.
@@ -57,6 +58,7 @@ class WorkerInstruments:
         observe_with(meter, metrics.CONSUMER_TOMBSTONES_SKIPPED, self._tombstones)
         observe_with(meter, metrics.CONSUMER_LAG, self._lag)
         observe_with(meter, metrics.CONSUMER_IN_FLIGHT, self._in_flight)
+        observe_with(meter, metrics.CONSUMER_BUFFERED_BYTES, self._buffered_bytes)
         observe_with(meter, metrics.PERIODIC_SKIPPED, self._skipped)
         observe_with(meter, metrics.HANDLER_STUCK_THREADS, self._stuck_threads)
         observe_with(meter, metrics.PUBLISH_UNDELIVERED, self._undelivered)
@@ -130,6 +132,17 @@ class WorkerInstruments:
             Observation(partition.in_flight, _partition_attributes(partition, status.group))
             for status in self._consumers()
             for partition in status.partitions
+        ]
+
+    def _buffered_bytes(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                status.buffered_bytes,
+                {"messaging.consumer.group.name": status.group, "taskflow.worker": worker.name},
+            )
+            for workers in tuple(self._running.values())
+            for worker in workers
+            if isinstance(status := status_of(worker), ConsumerStatus)
         ]
 
     def _stuck_threads(self, options: CallbackOptions) -> Iterable[Observation]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from taskflow.specs import ConsumerSpec
 
 __all__ = [
+    "CONSUMER_BUFFERED_BYTES",
     "CONSUMER_DEAD_LETTERS",
     "CONSUMER_IN_FLIGHT",
     "CONSUMER_LAG",
@@ -188,6 +189,15 @@ CONSUMER_IN_FLIGHT: Final = Instrument(
 )
 """Each consumed partition's records in flight."""
 
+CONSUMER_BUFFERED_BYTES: Final = Instrument(
+    "taskflow.consumer.buffered_bytes",
+    "observable_up_down_counter",
+    "By",
+    "Bytes of the records fetched and not yet finished (value, key and headers), counted "
+    "against the process's memory budget.",
+)
+"""Each consumer's share of the process's memory budget."""
+
 PERIODIC_SKIPPED: Final = Instrument(
     "taskflow.periodic.skipped",
     "observable_counter",
@@ -227,6 +237,7 @@ INSTRUMENTS: Final = (
     CONSUMER_TOMBSTONES_SKIPPED,
     CONSUMER_LAG,
     CONSUMER_IN_FLIGHT,
+    CONSUMER_BUFFERED_BYTES,
     PERIODIC_SKIPPED,
     HANDLER_STUCK_THREADS,
     PUBLISH_UNDELIVERED,

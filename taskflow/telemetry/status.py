@@ -34,7 +34,8 @@ class PartitionStatus:
     in_flight: int
     """Records fetched and not finished (waiting, queued in a lane, or running)."""
     paused: bool
-    """True while fetching is paused for backpressure."""
+    """True while fetching is paused for backpressure: the partition's own (``max_buffered``)
+    or the process's memory budget."""
 
     def as_json(self) -> dict[str, Any]:
         """The partition's entry in /status."""
@@ -73,6 +74,10 @@ class ConsumerStatus(WorkerStatus):
     partitions: tuple[PartitionStatus, ...]
     """Every partition assigned to it, in order."""
     in_flight: int
+    buffered_bytes: int = 0
+    """The bytes of the fetched records it holds, unfinished (value, key and headers)."""
+    buffer_budget: int = 0
+    """The memory budget of the process, shared by every consumer (``buffer_bytes``)."""
     rebalances: int
     last_poll: float | None
     """`time.monotonic()` of the last fetch, or None before the first."""
@@ -113,6 +118,8 @@ class ConsumerStatus(WorkerStatus):
             "partitions": [p.as_json() for p in self.partitions],
             "lag": self.lag,
             "in_flight": self.in_flight,
+            "buffered_bytes": self.buffered_bytes,
+            "buffer_budget": self.buffer_budget,
             "rebalances": self.rebalances,
             "last_poll_age": age,
         }

@@ -8,14 +8,20 @@ explicitly, and buffered records are dropped, to be fetched again by the next ow
 
 `BatchAware` middleware (idempotency) sees each fetched batch before its records are handed out,
 is flushed before a revoke or stop commits, and is told which partitions left.
+
+Two bounds pause fetching: a partition's own (``max_buffered`` records), and the process's memory
+budget (`taskflow.workers.budget`), shared by every consumer worker: while it is spent, every
+partition is paused; each partition's `Account` releases its records as they finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Collection
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from taskflow.brokers.base import ConsumerOptions
@@ -24,6 +30,7 @@ from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import BrokerError, ProcessExit
 from taskflow.handler import threads_of
 from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PolicyCount
+from taskflow.workers.budget import BufferBudget
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
 
@@ -66,13 +73,15 @@ class ConsumerWorker:
         revoke_timeout: float = REVOKE_TIMEOUT,
         options: ConsumerOptions | None = None,
         batch_aware: Sequence[BatchAware] = (),
+        budget: BufferBudget | None = None,
     ) -> None:
         self.spec = spec
+        self.budget = budget or BufferBudget(app.settings.buffer_bytes)
         self.batch_aware = tuple(batch_aware)
         self.broker = broker
         self.commit_interval = commit_interval
         self.revoke_timeout = revoke_timeout
-        self.options = options or ConsumerOptions()
+        self.options = _with_fetch_bytes(options or ConsumerOptions(), self.budget)
         self.log = WorkerLogger(logging.getLogger(app.name), spec.name)
         self.processor = Processor(spec, app, broker, handler, stopping, self.log)
         self.processor.on_exit = self._exit_requested
@@ -109,6 +118,7 @@ class ConsumerWorker:
             self.spec.topics, group=self.spec.group, listener=self, options=self.options
         )
         lanes = Crew()  # the handlers' tasks: one that ignores cancellation is given up on
+        self.budget.subscribe(self)
         try:
             async with asyncio.TaskGroup() as group:
                 self._task_group, self._consumer = lanes, consumer
@@ -129,6 +139,7 @@ class ConsumerWorker:
                 committer.cancel()
                 watcher.cancel()
         finally:
+            self.budget.unsubscribe(self)
             await self._abandon(lanes)
             await self._leave(consumer)
         if self.exit_request is not None:
@@ -180,9 +191,14 @@ class ConsumerWorker:
                 await self._prefetch(batches)
             for tp, records in batches.items():
                 runner = self._runners.get(tp)
-                if runner is not None:  # else revoked meanwhile: the next owner reads them again
+                # Else revoked meanwhile (or closing): the next owner reads them again.
+                if runner is not None and not runner.closed:
+                    if runner.account is not None:
+                        runner.account.take(records)
                     runner.feed(records)
                     self._apply_backpressure(runner)
+            if batches and self.budget.spent:
+                self._hold()  # also any partition assigned while the budget could not pause it
             # Let the lanes run before fetching more: a consumer's buffered records are handed
             # out without waiting, and a loop that never yields would fill every partition to
             # its bound, pause it, and make aiokafka throw its prefetched records away.
@@ -226,8 +242,34 @@ class ConsumerWorker:
         """Called by a runner that was paused once it has drained below its low-water mark."""
         runner.paused = False
         self._paused.discard(runner.tp)
-        if self._consumer is not None:
+        if self._consumer is not None and not self.budget.spent:
             self._consumer.resume([runner.tp])
+
+    # -- the memory budget (the BudgetListener protocol) -----------------------------------
+
+    def on_budget_spent(self) -> None:
+        """Pause every partition: the records the process holds reached the budget's half."""
+        self._hold()
+
+    def on_budget_available(self) -> None:
+        """Resume every partition, except those paused by their own `max_buffered` bound."""
+        resumed = [tp for tp, runner in self._runners.items() if not runner.paused]
+        if self._consumer is not None and resumed:
+            with contextlib.suppress(BrokerError):  # still starting: nothing of it was paused
+                self._consumer.resume(resumed)
+
+    def _hold(self) -> None:
+        """Pause every partition this worker consumes, while the budget is spent."""
+        if self._consumer is not None and self._runners:
+            # Still starting, it cannot pause yet: the fetch loop pauses them once it runs.
+            with contextlib.suppress(BrokerError):
+                self._consumer.pause(list(self._runners))
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The bytes of the fetched records this worker holds (see `taskflow.workers.budget`)."""
+        runners = [*self._runners.copy().values(), *self._leaving.copy().values()]
+        return sum(r.account.held for r in runners if r.account is not None)
 
     # -- committing ------------------------------------------------------------------------
 
@@ -291,7 +333,10 @@ class ConsumerWorker:
                 on_drained=self._resume,
             )
             runner.resume_below = self.spec.max_buffered // 2
+            runner.account = self.budget.account()
             self._runners[tp] = runner
+        if self.budget.spent:
+            self._hold()
         self.log.info("assigned %s", _partitions(assigned))
 
     async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
@@ -302,6 +347,8 @@ class ConsumerWorker:
             await self._finish(runners, timeout=self.revoke_timeout)
         finally:
             for runner in runners:
+                if runner.account is not None:
+                    runner.account.close()
                 if self._leaving.get(runner.tp) is runner:
                     del self._leaving[runner.tp]
         self.log.info("revoked %s", _partitions(revoked))
@@ -357,6 +404,9 @@ class ConsumerWorker:
         except BrokerError as exc:
             self.log.error("leaving group %s failed: %s", self.spec.group, exc)
         finally:
+            for runner in self._runners.values():
+                if runner.account is not None:
+                    runner.account.close()
             self._runners.clear()
             self._paused.clear()
             self._consumer = self._task_group = None
@@ -374,6 +424,8 @@ class ConsumerWorker:
             group=self.spec.group,
             partitions=tuple(self._partitions()),
             in_flight=sum(r.tracker.in_flight for r in self._runners.copy().values()),
+            buffered_bytes=self.buffered_bytes,
+            buffer_budget=self.budget.limit,
             rebalances=self.rebalances,
             last_poll=self.last_poll,
             policy_counts=self._policy_counts(),
@@ -393,6 +445,7 @@ class ConsumerWorker:
         if consumer is None:
             return []
         runners, paused = self._runners.copy(), frozenset(self._paused)
+        held = self.budget.spent  # every partition is paused for the memory budget
         positions = consumer.positions()
         partitions = []
         for tp in sorted(consumer.assignment()):
@@ -406,7 +459,9 @@ class ConsumerWorker:
             start = fetched.position if unfinished is None and fetched is not None else unfinished
             lag = None if start is None or high is None else max(high - start, 0)
             committed = runner.committed if runner is not None else None
-            partitions.append(PartitionStatus(tp, committed, high, lag, in_flight, tp in paused))
+            partitions.append(
+                PartitionStatus(tp, committed, high, lag, in_flight, held or tp in paused)
+            )
         return partitions
 
     def _policy_counts(self) -> tuple[PolicyCount, ...]:
@@ -414,6 +469,13 @@ class ConsumerWorker:
             PolicyCount(decision.action, topic, error, decision.reason, fate, count)
             for (decision, topic, error, fate), count in self.processor.outcomes.copy().items()
         )
+
+
+def _with_fetch_bytes(options: ConsumerOptions, budget: BufferBudget) -> ConsumerOptions:
+    """`options`, fetching no more at once than the memory budget allows unless they say."""
+    if options.fetch_bytes is not None:
+        return options
+    return replace(options, fetch_bytes=budget.fetch_bytes)
 
 
 async def _raise_failure(lanes: Crew) -> None:

@@ -30,6 +30,7 @@ from taskflow.workers.offsets import OffsetTracker, SequentialTracker
 if TYPE_CHECKING:
     from taskflow.crew import Crew
     from taskflow.message import Message, TopicPartition
+    from taskflow.workers.budget import Account
     from taskflow.workers.processing import Processor
 
 __all__ = ["PartitionRunner"]
@@ -89,6 +90,7 @@ class PartitionRunner:
         self.committed: int | None = None
         self.paused = False  # set by the worker when it pauses fetching for backpressure
         self.resume_below = 0
+        self.account: Account | None = None  # its share of the memory budget, set by the worker
         self.closed = False
         self._waiting: deque[Message] = deque()
         self._lanes: dict[Hashable, deque[Message]] = {}
@@ -193,6 +195,7 @@ class PartitionRunner:
         first_try, progress = processor.first_try, self.progress
         direct = processor.handler if processor.direct else None
         shared_ctx = processor.shared_ctx
+        account = self.account
         message: Message | None = None
         # Once per run of records: a blocked loop's watch finds the record in `running`.
         task = loopwatch.handling(processor.spec.name, running, lane)
@@ -212,6 +215,8 @@ class PartitionRunner:
                         return False  # closed while retrying: left unfinished, never committed
                 del running[lane]
                 tracker.finished(message.offset)
+                if account is not None:
+                    account.finished(message)
                 progress.set()
                 if self.paused and self.buffered <= self.resume_below:
                     self.on_drained(self)

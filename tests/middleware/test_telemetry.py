@@ -587,10 +587,17 @@ async def test_lag_and_in_flight_come_from_what_the_consumer_knows(otel: Telemet
         idle = {**ORDERS, "messaging.destination.partition.id": str(1 - busy)}
         assert values(lag) == {of(**partition): 6, of(**idle): 0}  # the first is not finished
         assert values(in_flight) == {of(**partition): 6, of(**idle): 0}
+        held = sum(
+            len(m.value) + len(m.key or b"") for m in client.broker.topic("orders").logs[busy]
+        )
+        consumer = of(messaging__consumer__group__name="billing", taskflow__worker="on_order")
+        buffered = metrics["taskflow.consumer.buffered_bytes"]
+        assert (buffered.unit, values(buffered)) == ("By", {consumer: held})
 
         release.set()
         await client.drain()
         metrics = otel.metrics()
+        assert values(metrics["taskflow.consumer.buffered_bytes"]) == {consumer: 0}
         assert values(metrics["taskflow.consumer.lag"]) == {of(**partition): 0, of(**idle): 0}
         assert values(metrics["taskflow.consumer.in_flight"]) == {
             of(**partition): 0,
