@@ -19,7 +19,7 @@ from taskflow.clock import Clock, SystemClock
 from taskflow.codec import encode_headers, encode_key, encode_value
 from taskflow.config import DEFAULT_BROKER, Settings
 from taskflow.exceptions import ConfigurationError, StateError
-from taskflow.handler import consumer_handler, handler_name, periodic_handler
+from taskflow.handler import batch_handler, consumer_handler, handler_name, periodic_handler
 from taskflow.ratelimit import RateLimit
 from taskflow.schedule import Cron, Schedule, interval
 from taskflow.specs import (
@@ -272,6 +272,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        batch: int | None = None,
+        batch_wait: timedelta | float | None = None,
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -309,6 +311,16 @@ class App:
             idempotency_retention: How long a done mark is kept (default 7 days).
             on_store_error: When the store fails: ``"fail"`` (do not run or commit; try again
                 later) or ``"proceed"`` (run without a claim and log it).
+            batch: Call the handler with up to this many records at once: it then takes
+                ``list[T]`` (or ``Sequence[T]``), T any payload type above. Works with
+                ordering "partition" (a batch holds one partition's records, in order) and
+                "none" (records of several partitions; `concurrency` batches run at once).
+                Retries, timeouts, rate limits (one token per record) and idempotency apply to
+                the batch; raise `BatchError` to say which record failed. See "Batches" in
+                the consuming guide.
+            batch_wait: Seconds the oldest waiting record waits for its batch to fill before a
+                partial batch is sent (default 0.1; 0 sends what is buffered at once). Needs
+                `batch`.
 
         Returns:
             The registration.
@@ -318,12 +330,17 @@ class App:
         """
         self._check_open()
         idempotent = check.idempotent(idempotent, self.idempotent)
+        max_buffered = check.positive_int("max_buffered", max_buffered)
+        batch = check.batch(batch, check.ordering(ordering), max_buffered)
+        adapted, decode = (
+            batch_handler(handler) if batch is not None else (consumer_handler(handler), None)
+        )
         spec = ConsumerSpec(
             name=self._new_name(handler_name(handler) if name is None else name),
             topics=check.topics(topics),
             group=check.group(self.name if group is None else group),
             func=handler,
-            handler=consumer_handler(handler),
+            handler=adapted,
             ordering=check.ordering(ordering),
             concurrency=check.concurrency(ordering, concurrency),
             timeout=check.timeout(timeout),
@@ -332,7 +349,7 @@ class App:
             dead_letter=check.dead_letter(dead_letter, topics),
             reject_on=check.reject_on(reject_on),
             middleware=check.middleware(middleware),
-            max_buffered=check.positive_int("max_buffered", max_buffered),
+            max_buffered=max_buffered,
             rate_limit=check.rate_limit(rate_limit),
             rate_limit_scope=check.rate_limit_scope(rate_limit_scope, rate_limit),
             idempotent=idempotent,
@@ -340,6 +357,9 @@ class App:
             idempotency_lease=check.seconds("idempotency_lease", idempotency_lease),
             idempotency_retention=check.seconds("idempotency_retention", idempotency_retention),
             on_store_error=check.on_store_error(on_store_error),
+            batch=batch,
+            batch_wait=check.batch_wait(batch_wait, batch),
+            batch_decode=decode,
         )
         self.consumers.append(spec)
         return spec
@@ -365,6 +385,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        batch: int | None = None,
+        batch_wait: timedelta | float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: consume `topics` with the function; returns the function unchanged.
 
@@ -400,6 +422,8 @@ class App:
                 idempotency_lease=idempotency_lease,
                 idempotency_retention=idempotency_retention,
                 on_store_error=on_store_error,
+                batch=batch,
+                batch_wait=batch_wait,
             )
             return func
 
@@ -505,6 +529,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        batch: int | None = None,
+        batch_wait: timedelta | float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: run the function periodically on the epoch-aligned grid.
 
@@ -567,6 +593,8 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
+        batch: int | None = None,
+        batch_wait: timedelta | float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: run the function at the times a cron expression names, in time zone `tz`.
 

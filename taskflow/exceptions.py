@@ -24,6 +24,7 @@ Control flow (raised by handlers, never by taskflow on its own), kept apart from
     HandlerSignal
     ├── Reject                    a business error: dead-letter or skip, no retry
     │   └── DecodeError           the payload does not decode to the handler's type
+    ├── BatchError                which record of a batch failed (batch handlers)
     ├── Retry                     try again later (counts as an attempt)
     └── Defer                     not now: try later, without counting an attempt
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 __all__ = [
     "AppLoadError",
+    "BatchError",
     "BrokerError",
     "CommitError",
     "ConfigurationError",
@@ -129,6 +131,35 @@ class Reject(HandlerSignal):
 
 class DecodeError(Reject):
     """The payload cannot be decoded into the type the handler asks for."""
+
+
+class BatchError(HandlerSignal):
+    """Record `index` of the batch failed with `error`; the records before it are done.
+
+    A batch handler raises it to say how far it got: the records before `index` are finished
+    and committed, record `index` goes through the error policy on its own (retried alone,
+    dead-lettered or rejected, as `error` says), and the records after it run again.
+
+    Args:
+        index: The position in the batch (0 for the first record) of the record that failed.
+        error: What that record failed with.
+
+    Example:
+        ```python
+        @app.consume("events", batch=500)
+        async def store(events: list[dict], ctx: Context) -> None:
+            for index, event in enumerate(events):
+                try:
+                    await ctx.state.db.insert(event)
+                except Exception as exc:
+                    raise BatchError(index, exc) from exc
+        ```
+    """
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(f"record {index} of the batch failed: {type(error).__name__}: {error}")
+        self.index = index
+        self.error = error
 
 
 class Retry(HandlerSignal):

@@ -39,6 +39,8 @@ DEFAULT_LEASE = 30.0
 """Seconds an idempotency claim lasts unless renewed; renewed every third of it while running."""
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 """Seconds a done mark is kept, so a duplicate within that time is skipped."""
+DEFAULT_BATCH_WAIT = 0.1
+"""Seconds a batch consumer's oldest waiting record waits for the batch to fill."""
 DEFAULT_GRACE = 3600.0
 """Seconds back that a periodic task's missed ticks are caught up (with `catch_up=`)."""
 
@@ -68,6 +70,9 @@ class ConsumerSpec:
     idempotency_lease: float = DEFAULT_LEASE
     idempotency_retention: float = DEFAULT_RETENTION
     on_store_error: OnStoreError = "fail"
+    batch: int | None = None
+    batch_wait: float = DEFAULT_BATCH_WAIT
+    batch_decode: Callable[[Message], Any] | None = None  # one record to the handler's element type
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import BrokerError, ProcessExit
 from taskflow.handler import threads_of
 from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PolicyCount
+from taskflow.workers.batching import Batches, one_record
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
 
@@ -74,7 +75,8 @@ class ConsumerWorker:
         self.revoke_timeout = revoke_timeout
         self.options = options or ConsumerOptions()
         self.log = WorkerLogger(logging.getLogger(app.name), spec.name)
-        self.processor = Processor(spec, app, broker, handler, stopping, self.log)
+        self.processor = Processor(spec, app, broker, one_record(spec, handler), stopping, self.log)
+        self.batches = Batches(self.processor, handler) if spec.batch is not None else None
         self.processor.on_exit = self._exit_requested
         self.rebalances = 0
         self.last_poll: float | None = None
@@ -276,6 +278,11 @@ class ConsumerWorker:
         self.rebalances += 1
         for tp in sorted(assigned):
             self._epoch += 1
+            if self.batches is not None:
+                self._runners[tp] = self.batches.runner(
+                    tp, self._epoch, group, progress=self._commit_due, on_drained=self._resume
+                )
+                continue
             runner = PartitionRunner(
                 tp,
                 self._epoch,

@@ -1,0 +1,650 @@
+"""Batch consumers: records gathered into batches, one handler call per batch.
+
+A consumer registered with ``batch=N`` hands its handler up to N records at once. Fetched records
+wait in a `BatchPool`; a *lane* of the pool takes a batch when:
+
+- N records are waiting (a full batch), or
+- ``batch_wait`` seconds have passed since the oldest waiting record was fetched (a partial batch:
+  what is there), or
+- records handed back by a failed batch (`BatchError`) wait at the front: they go at once.
+
+In ``partition`` ordering each partition has a pool of its own with one lane, so a batch holds one
+partition's records and batches of a partition run one after another, in offset order. In ``none``
+ordering the consumer's partitions share one pool with `concurrency` lanes: a batch mixes the
+records of several partitions, and up to `concurrency` batches run at once.
+
+Before a batch is formed, each record is decoded to the handler's element type in one loop; a
+record that does not decode is rejected alone (the single-record policy: dead letter, or logged
+and skipped) and the batch goes on without it.
+
+Failures (`BatchWork`): an exception retries the whole batch with the registration's backoff;
+when the policy gives up (``max_attempts`` with a dead-letter topic, or a `Reject`), every record
+of the batch is dead-lettered (or skipped) one by one. A `BatchError(index, error)` finishes the
+records before `index`, runs record `index` alone under the single-record policy, and hands the
+rest back to the pool, to run again at once (with more records, when there are).
+
+Offsets: a record counts as finished in its partition's `OffsetTracker` once handled, skipped or
+dead-lettered; unfinished ones hold the commit position. On revoke and stop a running batch
+finishes within the budget, as single handlers do, and what waits in the pool is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskflow.batch import Batch
+from taskflow.codec import identity
+from taskflow.context import Context
+from taskflow.exceptions import BatchError, Defer, Retry
+from taskflow.message import TopicPartition
+from taskflow.policy import DEFER, RAISE, RETRY, Decision
+from taskflow.workers.offsets import OffsetTracker
+from taskflow.workers.partition import PartitionRunner
+from taskflow.workers.processing import STOPS_PROCESS, exit_request
+
+if TYPE_CHECKING:
+    from taskflow.crew import Crew
+    from taskflow.handler import Handler, Job
+    from taskflow.message import Message
+    from taskflow.specs import ConsumerSpec
+    from taskflow.workers.processing import Pause, Processor
+
+__all__ = ["BatchPool", "BatchRunner", "BatchWork", "Batches", "one_record"]
+
+logger = logging.getLogger("taskflow.consumer")
+
+Decode = Callable[["Message"], Any]
+
+
+class _OneRecord:
+    """The batch stack called for one record: how the single-record policy retries a record.
+
+    A `BatchError` it raises for its only record is that record's own failure.
+    """
+
+    def __init__(self, stack: Handler, decode: Decode) -> None:
+        self.stack = stack
+        self.decode = decode
+
+    async def __call__(self, job: Job, ctx: Context) -> None:
+        message: Message = job  # type: ignore[assignment]
+        batch = Batch((message,), (self.decode(message),))
+        try:
+            await self.stack(batch, ctx)
+        except BatchError as exc:
+            if exc.index != 0:
+                raise
+            raise exc.error from exc
+
+
+def one_record(spec: ConsumerSpec, stack: Handler) -> Handler:
+    """The handler the single-record policy calls: `stack` itself, or for a batch consumer the
+    stack called with a batch of one record."""
+    if spec.batch is None or spec.batch_decode is None:
+        return stack
+    return _OneRecord(stack, spec.batch_decode)
+
+
+class BatchWork:
+    """Runs a batch through the handler stack under the registration's error policy.
+
+    Args:
+        processor: The consumer's single-record processor (its handler is `one_record`): the
+            policy, the dead letters and the counts are its.
+        stack: The handler stack, called with a `Batch`.
+    """
+
+    def __init__(self, processor: Processor, stack: Handler) -> None:
+        self.processor = processor
+        self.stack = stack
+        self.spec = processor.spec
+        self.log = processor.log
+
+    async def run(self, batch: Batch, pause: Pause, pause_for: PauseFor) -> int:
+        """Run `batch` until it is finished or given up; return how many of its first records
+        are finished (handled, skipped or dead-lettered). The others are not.
+
+        `pause` waits for the whole batch (False once one of its partitions closes);
+        `pause_for(message)` waits for one record.
+        """
+        try:
+            await self._call(batch, 1)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return await self._recover(batch, exc, pause, pause_for)
+        return len(batch)
+
+    async def _call(self, batch: Batch, attempt: int) -> None:
+        processor = self.processor
+        ctx = Context(processor.app, self.spec.name, self.log, processor.stopping, attempt=attempt)
+        await self.stack(batch, ctx)
+
+    async def _recover(
+        self, batch: Batch, exc: BaseException, pause: Pause, pause_for: PauseFor
+    ) -> int:
+        """The error policy after attempt 1 at `batch` raised `exc`; see the module docstring."""
+        attempt, deferred = 1, False
+        policy = self.processor.policy
+        while True:
+            if isinstance(exc, BatchError) and 0 <= exc.index < len(batch):
+                return await self._split(batch, exc, pause_for)
+            if isinstance(exc, STOPS_PROCESS):
+                self._stop_process(batch, exc)
+                return 0
+            decision = policy.after_failure(exc, attempt)
+            if decision == RAISE:
+                raise exc
+            if decision == DEFER:
+                assert isinstance(exc, Defer)
+                self.log.log(
+                    logging.DEBUG if deferred else logging.INFO,
+                    "⏸ %s deferred (%s); again in %.3gs",
+                    batch,
+                    exc.reason or "no reason given",
+                    exc.delay,
+                )
+                deferred = True
+                if not await pause(exc.delay):
+                    return 0
+            elif decision == RETRY:
+                delay = self.spec.retry.delay(attempt, self.processor.rng)
+                self._log_failure(batch, exc, attempt, delay)
+                self._count(decision, batch, exc)
+                if not await pause(delay):
+                    return 0
+                attempt += 1
+            else:
+                return await self._give_up(batch, exc, attempt, decision, pause_for)
+            try:
+                await self._call(batch, attempt)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as failure:
+                exc = failure
+            else:
+                return len(batch)
+
+    async def _split(self, batch: Batch, error: BatchError, pause_for: PauseFor) -> int:
+        """Records before `error.index` are done; that record goes through the single-record
+        policy on its own; the caller hands the rest back to run again."""
+        index = error.index
+        message = batch.messages[index]
+        self.log.info(
+            "✗ %s: record %d (%s) failed (%s: %s); the %d before it are done",
+            batch,
+            index,
+            message,
+            type(error.error).__name__,
+            error.error,
+            index,
+        )
+        if await self.processor.recover(message, error.error, pause_for(message)):
+            return index + 1
+        return index
+
+    async def _give_up(
+        self,
+        batch: Batch,
+        exc: BaseException,
+        attempt: int,
+        decision: Decision,
+        pause_for: PauseFor,
+    ) -> int:
+        """Skip or dead-letter every record of `batch`, one by one, in order."""
+        for done, message in enumerate(batch.messages):
+            if not await self.processor.give_up(
+                message, exc, attempt, decision, pause_for(message)
+            ):
+                return done
+        return len(batch)
+
+    def _stop_process(self, batch: Batch, exc: BaseException) -> None:
+        request = exit_request(exc)
+        self.log.error(
+            "handler %s raised %s for %s: stopping the process; the batch is not committed, "
+            "it will be redelivered",
+            self.spec.name,
+            request.reason,
+            batch,
+        )
+        if self.processor.on_exit is not None:
+            self.processor.on_exit(request)
+
+    def _log_failure(self, batch: Batch, exc: BaseException, attempt: int, delay: float) -> None:
+        if isinstance(exc, Retry):
+            self.log.info(
+                "↻ %s attempt %d: retry requested (%s); again in %.3gs",
+                batch,
+                attempt,
+                exc.reason or "no reason given",
+                delay,
+            )
+            return
+        self.log.warning(
+            "✗ %s attempt %d failed: %s: %s; retrying the batch in %.3gs",
+            batch,
+            attempt,
+            type(exc).__name__,
+            exc,
+            delay,
+            exc_info=exc if attempt == 1 else None,
+        )
+
+    def _count(self, decision: Decision, batch: Batch, exc: BaseException) -> None:
+        outcomes = self.processor.outcomes
+        for message in batch.messages:
+            key = (decision, message.topic, type(exc), None)
+            outcomes[key] = outcomes.get(key, 0) + 1
+
+
+PauseFor = Callable[["Message"], "Pause"]
+
+
+class BatchPool:
+    """Buffered records of one partition (``partition`` ordering) or of every partition of a
+    consumer (``none``), formed into batches run by up to `lanes` tasks at once."""
+
+    def __init__(
+        self,
+        work: BatchWork,
+        crew: Crew,
+        *,
+        size: int,
+        wait: float,
+        lanes: int,
+        decode: Decode,
+        shared: bool,
+    ) -> None:
+        self.work = work
+        self.shared = shared  # records of several partitions (else of one)
+        self.crew = crew
+        self.size = size
+        self.wait = wait
+        self.max_lanes = lanes
+        self.decode = decode
+        self.owners: dict[TopicPartition, BatchRunner] = {}
+        self.running: dict[asyncio.Task[Any], Batch] = {}
+        self._queue: deque[Message] = deque()  # fetched, not decoded yet
+        self._arrivals: deque[list[float]] = deque()  # [loop time fetched, records left of it]
+        self._again: deque[tuple[Message, Any]] = deque()  # handed back by a batch, decoded
+        self._lanes = 0
+        self._filling = 0  # lanes waiting for a batch to fill
+        self._more = asyncio.Event()  # a batch is full, or records were dropped
+        self._closing = asyncio.Event()  # replaced each time a partition closes
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue) + len(self._again)
+
+    # -- taking records in -----------------------------------------------------------------
+
+    def put(self, records: Sequence[Message]) -> None:
+        """Take fetched records (of one partition, in offset order)."""
+        self._queue.extend(records)
+        self._arrivals.append([asyncio.get_running_loop().time(), len(records)])
+        if self.waiting >= self.size:
+            self._more.set()
+        self._start_lane()
+
+    def hand_back(self, records: Sequence[tuple[Message, Any]]) -> None:
+        """Put decoded records back at the front, to go in the next batch at once."""
+        self._again.extendleft(reversed(records))
+        self._more.set()
+        self._start_lane()
+
+    def drop(self, tp: TopicPartition) -> None:
+        """Forget what waits of `tp` (it closed): it is fetched again by its next owner."""
+        if any(m.topic == tp.topic and m.partition == tp.partition for m in self._queue):
+            oldest = self._arrivals[0][0]
+            kept = [m for m in self._queue if (m.topic, m.partition) != tp]
+            self._queue = deque(kept)
+            self._arrivals = deque([[oldest, len(kept)]] if kept else [])
+        self._again = deque(r for r in self._again if (r[0].topic, r[0].partition) != tp)
+        self._more.set()
+        self._closing.set()
+        self._closing = asyncio.Event()
+
+    def _start_lane(self) -> None:
+        if self._filling == 0 and self._lanes < self.max_lanes:
+            self._lanes += 1
+            self.crew.create_task(self._lane(), name=f"{self.work.spec.name}:batch")
+
+    # -- forming batches -------------------------------------------------------------------
+
+    async def _lane(self) -> None:
+        try:
+            while self.waiting:
+                if self.waiting < self.size and not self._again:
+                    await self._fill()
+                taken = self._take()
+                if taken:
+                    await self._run(taken)
+        finally:
+            self._lanes -= 1
+
+    async def _fill(self) -> None:
+        """Wait until a batch is full, or `wait` seconds after the oldest record came."""
+        loop = asyncio.get_running_loop()
+        self._filling += 1
+        try:
+            while self._queue and self.waiting < self.size and not self._again:
+                deadline = self._arrivals[0][0] + self.wait
+                if loop.time() >= deadline:
+                    return
+                self._more.clear()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._more.wait()
+                except TimeoutError:
+                    return
+        finally:
+            self._filling -= 1
+
+    def _take(self) -> list[tuple[Message, Any]]:
+        """Up to `size` records: those handed back first, then fetched ones, decoded."""
+        taken: list[tuple[Message, Any]] = []
+        again = self._again
+        while again and len(taken) < self.size:
+            taken.append(again.popleft())
+        count = min(self.size - len(taken), len(self._queue))
+        if count:
+            queue = self._queue
+            fresh = [queue.popleft() for _ in range(count)]
+            self._consume_arrivals(count)
+            taken.extend(self._decoded(fresh))
+        return taken
+
+    def _consume_arrivals(self, count: int) -> None:
+        arrivals = self._arrivals
+        while count:
+            first = arrivals[0]
+            if first[1] > count:
+                first[1] -= count
+                return
+            count -= int(first[1])
+            arrivals.popleft()
+
+    def _decoded(self, messages: list[Message]) -> list[tuple[Message, Any]]:
+        """`messages` with their payloads, in one loop; a record that fails to decode gets
+        a `_Failed` payload, for `_run` to reject."""
+        decode = self.decode
+        if decode is identity:
+            return [(m, m) for m in messages]
+        try:
+            return [(m, decode(m)) for m in messages]
+        except Exception:
+            pass
+        pairs: list[tuple[Message, Any]] = []
+        for message in messages:
+            try:
+                pairs.append((message, decode(message)))
+            except Exception as exc:
+                pairs.append((message, _Failed(exc)))
+        return pairs
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _run(self, taken: list[tuple[Message, Any]]) -> None:
+        owners = self._owners_of(taken)
+        task = asyncio.current_task()
+        assert task is not None
+        for owner in owners:
+            owner.active += 1
+            owner._idle.clear()
+        messages = [m for m, _ in taken]
+        self.running[task] = Batch.of(messages)
+        finished: list[Message] = []
+        unfinished: list[tuple[Message, Any]] = []
+        try:
+            good = await self._reject_undecoded(taken, finished, unfinished)
+            if good:
+                batch = Batch(tuple(m for m, _ in good), tuple(p for _, p in good))
+                self.running[task] = batch
+                done = await self.work.run(batch, self._pause_batch(owners), self._pause_record)
+                finished.extend(batch.messages[:done])
+                unfinished.extend(good[done:])
+        except asyncio.CancelledError:
+            logger.warning(
+                "cancelled handler %s for %s: not committed, it will be redelivered",
+                self.work.spec.name,
+                self.running.get(task),
+            )
+            raise
+        finally:
+            del self.running[task]
+            self._settle(owners, finished)
+            for owner in owners:
+                owner.active -= 1
+                if owner.active == 0:
+                    owner._idle.set()
+        self._hand_back(unfinished)
+
+    async def _reject_undecoded(
+        self,
+        taken: list[tuple[Message, Any]],
+        finished: list[Message],
+        unfinished: list[tuple[Message, Any]],
+    ) -> list[tuple[Message, Any]]:
+        """Reject the records that failed to decode, each alone; return the others."""
+        good = [pair for pair in taken if not isinstance(pair[1], _Failed)]
+        if len(good) == len(taken):
+            return good
+        for message, payload in taken:
+            if isinstance(payload, _Failed):
+                processor = self.work.processor
+                if await processor.recover(message, payload.error, self._pause_record(message)):
+                    finished.append(message)
+                else:
+                    unfinished.append((message, payload))
+        return good
+
+    def _owners_of(self, taken: list[tuple[Message, Any]]) -> list[BatchRunner]:
+        owners = self.owners
+        if not self.shared:
+            return list(owners.values())
+        tps = dict.fromkeys(TopicPartition(m.topic, m.partition) for m, _ in taken)
+        return [owners[tp] for tp in tps if tp in owners]
+
+    def _settle(self, owners: list[BatchRunner], finished: list[Message]) -> None:
+        """Mark `finished` records done in their partitions' trackers; tell of the progress."""
+        if not finished:
+            return
+        if not self.shared:
+            owners[0].tracker.finished_many(m.offset for m in finished)
+        else:
+            by_tp = {(o.tp.topic, o.tp.partition): o for o in owners}
+            for message in finished:
+                owner = by_tp.get((message.topic, message.partition))
+                if owner is not None:
+                    owner.tracker.finished(message.offset)
+        for owner in owners:
+            owner.progress.set()
+            if owner.paused and owner.buffered <= owner.resume_below:
+                owner.on_drained(owner)
+
+    def _hand_back(self, unfinished: list[tuple[Message, Any]]) -> None:
+        """Records left unfinished run again, unless their partition closed meanwhile."""
+        owners = self.owners
+        again = [
+            (m, p)
+            for m, p in unfinished
+            if not isinstance(p, _Failed)
+            and (owner := owners.get(TopicPartition(m.topic, m.partition))) is not None
+            and not owner.closed
+        ]
+        if again:
+            self.hand_back(again)
+
+    def _pause_batch(self, owners: list[BatchRunner]) -> Pause:
+        async def pause(seconds: float) -> bool:
+            return await self._pause(owners, seconds)
+
+        return pause
+
+    def _pause_record(self, message: Message) -> Pause:
+        owner = self.owners.get(TopicPartition(message.topic, message.partition))
+        owners = [owner] if owner is not None else []
+
+        async def pause(seconds: float) -> bool:
+            return owner is not None and await self._pause(owners, seconds)
+
+        return pause
+
+    async def _pause(self, owners: list[BatchRunner], seconds: float) -> bool:
+        """Wait `seconds`; False as soon as one of `owners` closes (the work is given up)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            if any(owner.closed for owner in owners):
+                return False
+            closing = self._closing
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await closing.wait()
+            except TimeoutError:
+                return True
+
+    def cancel(self, owner: BatchRunner) -> None:
+        """Cancel the running batches that hold records of `owner`."""
+        tp = owner.tp
+        for task, batch in list(self.running.items()):
+            if any(m.topic == tp.topic and m.partition == tp.partition for m in batch):
+                task.cancel()
+
+    def messages_of(self, tp: TopicPartition) -> list[Message]:
+        """The records of `tp` in running batches."""
+        return [
+            m
+            for batch in list(self.running.values())
+            for m in batch
+            if m.topic == tp.topic and m.partition == tp.partition
+        ]
+
+
+class _Failed:
+    """The payload of a record that failed to decode."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class BatchRunner(PartitionRunner):
+    """One assigned partition of a batch consumer: feeds its `BatchPool` and tracks its offsets.
+
+    It is a `PartitionRunner` to the consumer worker (the same feeding, closing, waiting and
+    offsets), with its records run by the pool rather than by lanes of its own.
+    """
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        pool: BatchPool,
+        *,
+        progress: asyncio.Event,
+        on_drained: Callable[[PartitionRunner], None],
+    ) -> None:
+        super().__init__(
+            tp,
+            epoch,
+            pool.work.processor,
+            pool.crew,
+            ordering="none",
+            concurrency=1,
+            progress=progress,
+            on_drained=on_drained,
+        )
+        self.tracker: OffsetTracker = OffsetTracker(epoch)
+        self.pool = pool
+        self.active = 0  # running batches holding records of this partition
+        pool.owners[tp] = self
+
+    @property
+    def buffered(self) -> int:
+        return self.tracker.in_flight
+
+    @property
+    def running(self) -> list[Message]:
+        return self.pool.messages_of(self.tp)
+
+    def feed(self, records: Sequence[Message]) -> None:
+        if self.closed or not records:
+            return
+        self.tracker.dispatched_many(m.offset for m in records)
+        self.pool.put(records)
+
+    def close(self) -> None:
+        self.closed = True
+        self._closed.set()
+        self.pool.drop(self.tp)
+        if self.active == 0:
+            self._idle.set()
+
+    def cancel(self) -> None:
+        self.pool.cancel(self)
+
+
+class Batches:
+    """A batch consumer's pools: one per partition (``partition``) or one shared (``none``).
+
+    Args:
+        processor: The consumer's processor, whose handler is `one_record` of the stack.
+        stack: The handler stack, called with a `Batch`.
+    """
+
+    def __init__(self, processor: Processor, stack: Handler) -> None:
+        spec = processor.spec
+        assert spec.batch is not None
+        assert spec.batch_decode is not None
+        self.spec = spec
+        self.work = BatchWork(processor, stack)
+        self.size = spec.batch
+        self.decode = spec.batch_decode
+        self.shared = spec.ordering == "none"
+        self._pool: BatchPool | None = None
+
+    def runner(
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        crew: Crew,
+        *,
+        progress: asyncio.Event,
+        on_drained: Callable[[PartitionRunner], None],
+    ) -> BatchRunner:
+        """The runner of a newly assigned partition."""
+        if self.shared:
+            pool = self._pool
+            if pool is None or pool.crew is not crew:  # a new start of the worker
+                pool = self._pool = self._new_pool(crew, self.spec.concurrency)
+            else:
+                _forget_closed(pool)
+        else:
+            pool = self._new_pool(crew, 1)
+        runner = BatchRunner(tp, epoch, pool, progress=progress, on_drained=on_drained)
+        runner.resume_below = self.spec.max_buffered // 2
+        return runner
+
+    def _new_pool(self, crew: Crew, lanes: int) -> BatchPool:
+        return BatchPool(
+            self.work,
+            crew,
+            size=self.size,
+            wait=self.spec.batch_wait,
+            lanes=lanes,
+            decode=self.decode,
+            shared=self.shared,
+        )
+
+
+def _forget_closed(pool: BatchPool) -> None:
+    """Drop the runners of partitions that closed and have nothing running any more."""
+    for tp, owner in list(pool.owners.items()):
+        if owner.closed and owner.active == 0:
+            del pool.owners[tp]
