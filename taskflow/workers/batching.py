@@ -34,7 +34,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from taskflow.batch import Batch
 from taskflow.codec import identity
@@ -345,18 +345,27 @@ class BatchPool:
         finally:
             self._filling -= 1
 
-    def _take(self) -> list[tuple[Message, Any]]:
+    def _take(self) -> _Taken:
         """Up to `size` records: those handed back first, then fetched ones, decoded."""
-        taken: list[tuple[Message, Any]] = []
-        again = self._again
-        while again and len(taken) < self.size:
-            taken.append(again.popleft())
-        count = min(self.size - len(taken), len(self._queue))
-        if count:
-            queue = self._queue
-            fresh = [queue.popleft() for _ in range(count)]
+        again, queue = self._again, self._queue
+        if not again:  # the usual case: fetched records only
+            count = min(self.size, len(queue))
+            messages = [queue.popleft() for _ in range(count)]
             self._consume_arrivals(count)
-            taken.extend(self._decoded(fresh))
+            return self._decoded(messages)
+        taken = _Taken([], [], {})
+        while again and len(taken.messages) < self.size:
+            message, payload = again.popleft()
+            taken.messages.append(message)
+            taken.payloads.append(payload)
+        count = min(self.size - len(taken.messages), len(queue))
+        if count:
+            fresh = self._decoded([queue.popleft() for _ in range(count)])
+            self._consume_arrivals(count)
+            offset = len(taken.messages)
+            taken.messages.extend(fresh.messages)
+            taken.payloads.extend(fresh.payloads)
+            taken.failed.update((offset + i, exc) for i, exc in fresh.failed.items())
         return taken
 
     def _consume_arrivals(self, count: int) -> None:
@@ -369,45 +378,48 @@ class BatchPool:
             count -= int(first[1])
             arrivals.popleft()
 
-    def _decoded(self, messages: list[Message]) -> list[tuple[Message, Any]]:
-        """`messages` with their payloads, in one loop; a record that fails to decode gets
-        a `_Failed` payload, for `_run` to reject."""
+    def _decoded(self, messages: list[Message]) -> _Taken:
+        """`messages` and their payloads, decoded in one loop; the records that fail to decode
+        are noted by position, for `_run` to reject."""
         decode = self.decode
         if decode is identity:
-            return [(m, m) for m in messages]
+            return _Taken(messages, messages, {})
         try:
-            return [(m, decode(m)) for m in messages]
+            return _Taken(messages, [decode(m) for m in messages], {})
         except Exception:
             pass
-        pairs: list[tuple[Message, Any]] = []
-        for message in messages:
+        payloads: list[Any] = []
+        failed: dict[int, Exception] = {}
+        for index, message in enumerate(messages):
             try:
-                pairs.append((message, decode(message)))
+                payloads.append(decode(message))
             except Exception as exc:
-                pairs.append((message, _Failed(exc)))
-        return pairs
+                payloads.append(None)
+                failed[index] = exc
+        return _Taken(messages, payloads, failed)
 
     # -- running ---------------------------------------------------------------------------
 
-    async def _run(self, taken: list[tuple[Message, Any]]) -> None:
-        owners = self._owners_of(taken)
+    async def _run(self, taken: _Taken) -> None:
+        owners = self._owners_of(taken.messages)
         task = asyncio.current_task()
         assert task is not None
         for owner in owners:
             owner.active += 1
             owner._idle.clear()
-        messages = [m for m, _ in taken]
-        self.running[task] = Batch.of(messages)
+        batch = Batch(tuple(taken.messages), tuple(taken.payloads))
+        self.running[task] = batch
         finished: list[Message] = []
         unfinished: list[tuple[Message, Any]] = []
         try:
-            good = await self._reject_undecoded(taken, finished, unfinished)
-            if good:
-                batch = Batch(tuple(m for m, _ in good), tuple(p for _, p in good))
-                self.running[task] = batch
+            if taken.failed:
+                batch = await self._reject_undecoded(batch, taken.failed, finished)
+            if batch.messages:
                 done = await self.work.run(batch, self._pause_batch(owners), self._pause_record)
                 finished.extend(batch.messages[:done])
-                unfinished.extend(good[done:])
+                if done < len(batch):
+                    left = zip(batch.messages[done:], batch.payloads[done:], strict=True)
+                    unfinished.extend(left)
         except asyncio.CancelledError:
             logger.warning(
                 "cancelled handler %s for %s: not committed, it will be redelivered",
@@ -417,6 +429,8 @@ class BatchPool:
             raise
         finally:
             del self.running[task]
+            if taken.failed:  # rejects came first: put them in offset order
+                finished.sort(key=_offset)
             self._settle(owners, finished)
             for owner in owners:
                 owner.active -= 1
@@ -425,29 +439,22 @@ class BatchPool:
         self._hand_back(unfinished)
 
     async def _reject_undecoded(
-        self,
-        taken: list[tuple[Message, Any]],
-        finished: list[Message],
-        unfinished: list[tuple[Message, Any]],
-    ) -> list[tuple[Message, Any]]:
-        """Reject the records that failed to decode, each alone; return the others."""
-        good = [pair for pair in taken if not isinstance(pair[1], _Failed)]
-        if len(good) == len(taken):
-            return good
-        for message, payload in taken:
-            if isinstance(payload, _Failed):
-                processor = self.work.processor
-                if await processor.recover(message, payload.error, self._pause_record(message)):
-                    finished.append(message)
-                else:
-                    unfinished.append((message, payload))
-        return good
+        self, batch: Batch, failed: dict[int, Exception], finished: list[Message]
+    ) -> Batch:
+        """Reject the records that failed to decode, each alone (those finished are added to
+        `finished`); return the batch of the others."""
+        processor = self.work.processor
+        for index, error in failed.items():
+            message = batch.messages[index]
+            if await processor.recover(message, error, self._pause_record(message)):
+                finished.append(message)
+        return batch.select(i for i in range(len(batch)) if i not in failed)
 
-    def _owners_of(self, taken: list[tuple[Message, Any]]) -> list[BatchRunner]:
+    def _owners_of(self, messages: Sequence[Message]) -> list[BatchRunner]:
         owners = self.owners
         if not self.shared:
             return list(owners.values())
-        tps = dict.fromkeys(TopicPartition(m.topic, m.partition) for m, _ in taken)
+        tps = dict.fromkeys(TopicPartition(m.topic, m.partition) for m in messages)
         return [owners[tp] for tp in tps if tp in owners]
 
     def _settle(self, owners: list[BatchRunner], finished: list[Message]) -> None:
@@ -455,7 +462,9 @@ class BatchPool:
         if not finished:
             return
         if not self.shared:
-            owners[0].tracker.finished_many(m.offset for m in finished)
+            tracker = owners[0].tracker
+            if not tracker.finished_run(finished[0].offset, finished[-1].offset, len(finished)):
+                tracker.finished_many(m.offset for m in finished)
         else:
             by_tp = {(o.tp.topic, o.tp.partition): o for o in owners}
             for message in finished:
@@ -473,8 +482,7 @@ class BatchPool:
         again = [
             (m, p)
             for m, p in unfinished
-            if not isinstance(p, _Failed)
-            and (owner := owners.get(TopicPartition(m.topic, m.partition))) is not None
+            if (owner := owners.get(TopicPartition(m.topic, m.partition))) is not None
             and not owner.closed
         ]
         if again:
@@ -525,13 +533,16 @@ class BatchPool:
         ]
 
 
-class _Failed:
-    """The payload of a record that failed to decode."""
+def _offset(message: Message) -> int:
+    return message.offset
 
-    __slots__ = ("error",)
 
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+class _Taken(NamedTuple):
+    """Records taken for a batch, their payloads, and the errors of those that did not decode."""
+
+    messages: list[Message]
+    payloads: list[Any]
+    failed: dict[int, Exception]
 
 
 class BatchRunner(PartitionRunner):
@@ -576,7 +587,7 @@ class BatchRunner(PartitionRunner):
     def feed(self, records: Sequence[Message]) -> None:
         if self.closed or not records:
             return
-        self.tracker.dispatched_many(m.offset for m in records)
+        self.tracker.dispatched_many([m.offset for m in records])
         self.pool.put(records)
 
     def close(self) -> None:

@@ -51,6 +51,22 @@ class OffsetTracker:
             finished.discard(last)
         self._last = last
 
+    def finished_run(self, first: int, last: int, count: int) -> bool:
+        """Record that the `count` oldest unfinished records, from `first` to `last`, are done,
+        in one step; False (nothing recorded) when they are not those."""
+        pending = self._pending
+        if self._finished or len(pending) < count or pending[0] != first:
+            return False
+        if pending[count - 1] != last:
+            return False
+        if count == len(pending):
+            pending.clear()
+        else:
+            for _ in range(count):
+                pending.popleft()
+        self._last = last
+        return True
+
     def finished_many(self, offsets: Iterable[int]) -> None:
         """Record that each of `offsets` is done (a batch, settled at once)."""
         for offset in offsets:
