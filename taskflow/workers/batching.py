@@ -104,19 +104,20 @@ class BatchWork:
         self.spec = processor.spec
         self.log = processor.log
 
-    async def run(self, batch: Batch, pause: Pause, pause_for: PauseFor) -> int:
+    async def run(self, batch: Batch, pause: Pause, pause_for: PauseFor, settle: Settle) -> int:
         """Run `batch` until it is finished or given up; return how many of its first records
         are finished (handled, skipped or dead-lettered). The others are not.
 
         `pause` waits for the whole batch (False once one of its partitions closes);
-        `pause_for(message)` waits for one record.
+        `pause_for(message)` waits for one record; `settle(count)` is told, before a record
+        named by a `BatchError` is retried alone, that the `count` records before it are done.
         """
         try:
             await self._call(batch, 1)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            return await self._recover(batch, exc, pause, pause_for)
+            return await self._recover(batch, exc, pause, pause_for, settle)
         return len(batch)
 
     async def _call(self, batch: Batch, attempt: int) -> None:
@@ -125,14 +126,14 @@ class BatchWork:
         await self.stack(batch, ctx)
 
     async def _recover(
-        self, batch: Batch, exc: BaseException, pause: Pause, pause_for: PauseFor
+        self, batch: Batch, exc: BaseException, pause: Pause, pause_for: PauseFor, settle: Settle
     ) -> int:
         """The error policy after attempt 1 at `batch` raised `exc`; see the module docstring."""
         attempt, deferred = 1, False
         policy = self.processor.policy
         while True:
             if isinstance(exc, BatchError) and 0 <= exc.index < len(batch):
-                return await self._split(batch, exc, pause_for)
+                return await self._split(batch, exc, pause_for, settle)
             if isinstance(exc, STOPS_PROCESS):
                 self._stop_process(batch, exc)
                 return 0
@@ -169,10 +170,14 @@ class BatchWork:
             else:
                 return len(batch)
 
-    async def _split(self, batch: Batch, error: BatchError, pause_for: PauseFor) -> int:
-        """Records before `error.index` are done; that record goes through the single-record
-        policy on its own; the caller hands the rest back to run again."""
+    async def _split(
+        self, batch: Batch, error: BatchError, pause_for: PauseFor, settle: Settle
+    ) -> int:
+        """Records before `error.index` are done (settled at once, so they are committed while
+        that record is retried); that record goes through the single-record policy on its own;
+        the caller hands the rest back to run again."""
         index = error.index
+        settle(index)
         message = batch.messages[index]
         self.log.info(
             "✗ %s: record %d (%s) failed (%s: %s); the %d before it are done",
@@ -243,6 +248,7 @@ class BatchWork:
 
 
 PauseFor = Callable[["Message"], "Pause"]
+Settle = Callable[[int], None]
 
 
 class BatchPool:
@@ -415,8 +421,16 @@ class BatchPool:
             if taken.failed:
                 batch = await self._reject_undecoded(batch, taken.failed, finished)
             if batch.messages:
-                done = await self.work.run(batch, self._pause_batch(owners), self._pause_record)
-                finished.extend(batch.messages[:done])
+                settled = 0
+
+                def settle(count: int) -> None:
+                    nonlocal settled
+                    self._settle(owners, list(batch.messages[settled:count]))
+                    settled = max(settled, count)
+
+                pause = self._pause_batch(owners)
+                done = await self.work.run(batch, pause, self._pause_record, settle)
+                finished.extend(batch.messages[settled:done])
                 if done < len(batch):
                     left = zip(batch.messages[done:], batch.payloads[done:], strict=True)
                     unfinished.extend(left)
