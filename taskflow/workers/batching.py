@@ -328,7 +328,7 @@ class BatchPool:
                 if self.waiting < self.size and not self._again:
                     await self._fill()
                 taken = self._take()
-                if taken:
+                if taken.messages:
                     await self._run(taken)
         finally:
             self._lanes -= 1

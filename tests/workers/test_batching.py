@@ -330,3 +330,26 @@ async def test_without_batch_a_list_is_a_json_array_payload() -> None:
         await client.publish("events", [1, 2, 3])
         await client.drain()
     assert got == [[1, 2, 3]]
+
+
+async def test_records_before_a_batch_error_are_committed_while_the_failed_one_retries() -> None:
+    app = App("shop")
+    retried = asyncio.Event()
+    calls: list[list[int]] = []
+
+    @app.consume("events", batch=10, batch_wait=0.05, retry=FAST_RETRY)
+    async def store(events: list[dict[str, int]]) -> None:
+        calls.append(ids(events))
+        if 2 in ids(events):
+            if len(calls) > 3:
+                retried.set()
+            raise BatchError(ids(events).index(2), ConnectionError("row 2 conflicted"))
+
+    async with TestClient(app, partitions=1, shutdown_timeout=1) as client:
+        for i in range(5):
+            await client.publish("events", {"id": i})
+        await retried.wait()
+        assert client.committed("shop", "events", 0) == 2  # 0 and 1; 2 is still failing
+    assert client.committed("shop", "events", 0) == 2
+    assert calls[0] == [0, 1, 2, 3, 4]
+    assert all(batch == [2] for batch in calls[1:])  # the rest waits behind it, in order
