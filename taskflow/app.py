@@ -529,8 +529,6 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
-        batch: int | None = None,
-        batch_wait: timedelta | float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: run the function periodically on the epoch-aligned grid.
 
@@ -593,8 +591,6 @@ class App:
         idempotency_lease: timedelta | float = DEFAULT_LEASE,
         idempotency_retention: timedelta | float = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "fail",
-        batch: int | None = None,
-        batch_wait: timedelta | float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: run the function at the times a cron expression names, in time zone `tz`.
 
