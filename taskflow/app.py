@@ -318,9 +318,9 @@ class App:
                 Retries, timeouts, rate limits (one token per record) and idempotency apply to
                 the batch; raise `BatchError` to say which record failed. See "Batches" in
                 the consuming guide.
-            batch_wait: Seconds the oldest waiting record waits for its batch to fill before a
-                partial batch is sent (default 0.1; 0 sends what is buffered at once). Needs
-                `batch`.
+            batch_wait: Seconds the oldest waiting record waits for its batch to fill while its
+                partition is behind (default 0.1; 0 never waits). A partition that is caught
+                up sends what waits at once. Needs `batch`.
 
         Returns:
             The registration.

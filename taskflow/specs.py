@@ -40,7 +40,8 @@ DEFAULT_LEASE = 30.0
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 """Seconds a done mark is kept, so a duplicate within that time is skipped."""
 DEFAULT_BATCH_WAIT = 0.1
-"""Seconds a batch consumer's oldest waiting record waits for the batch to fill."""
+"""Seconds a batch consumer's oldest waiting record waits for its batch to fill, while its
+partition is behind (a caught-up partition's records go at once)."""
 DEFAULT_GRACE = 3600.0
 """Seconds back that a periodic task's missed ticks are caught up (with `catch_up=`)."""
 

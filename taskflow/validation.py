@@ -198,7 +198,7 @@ def batch(value: int | None, ordering: str, max_buffered: int) -> int | None:
 
 
 def batch_wait(value: timedelta | float | None, batch: int | None) -> float:
-    """Seconds a partial batch waits to fill (default 0.1); 0 sends what is buffered at once."""
+    """Seconds a partial batch waits to fill while its partition is behind (default 0.1)."""
     if value is None:
         return DEFAULT_BATCH_WAIT
     if batch is None:

@@ -4,8 +4,11 @@ A consumer registered with ``batch=N`` hands its handler up to N records at once
 wait in a `BatchPool`; a *lane* of the pool takes a batch when:
 
 - N records are waiting (a full batch), or
-- ``batch_wait`` seconds have passed since the oldest waiting record was fetched (a partial batch:
-  what is there), or
+- the consumer has handed out everything it has fetched of the pool's partitions up to their
+  ends as of the last fetch (they are *caught up*): nothing more can join the batch right now,
+  so what is there goes at once, or
+- ``batch_wait`` seconds have passed since the oldest waiting record was fetched, while more of
+  the partition was known to be on its way (a partial batch: what is there), or
 - records handed back by a failed batch (`BatchError`) wait at the front: they go at once.
 
 In ``partition`` ordering each partition has a pool of its own with one lane, so a batch holds one
@@ -47,6 +50,9 @@ from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import STOPS_PROCESS, exit_request
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from taskflow.brokers.base import Consumer, FetchPosition
     from taskflow.crew import Crew
     from taskflow.handler import Handler, Job
     from taskflow.message import Message
@@ -249,6 +255,7 @@ class BatchWork:
 
 PauseFor = Callable[["Message"], "Pause"]
 Settle = Callable[[int], None]
+Positions = Callable[[], "Mapping[TopicPartition, FetchPosition]"]
 
 
 class BatchPool:
@@ -265,8 +272,10 @@ class BatchPool:
         lanes: int,
         decode: Decode,
         shared: bool,
+        positions: Positions,
     ) -> None:
         self.work = work
+        self.positions = positions
         self.shared = shared  # records of several partitions (else of one)
         self.crew = crew
         self.size = size
@@ -293,9 +302,22 @@ class BatchPool:
         """Take fetched records (of one partition, in offset order)."""
         self._queue.extend(records)
         self._arrivals.append([asyncio.get_running_loop().time(), len(records)])
-        if self.waiting >= self.size:
-            self._more.set()
+        self._more.set()  # a filling lane looks again: full, or caught up
         self._start_lane()
+
+    def _caught_up(self) -> bool:
+        """Whether every open partition of the pool has handed out all it has fetched, up to
+        its end as of the last fetch: then no more records can join a batch right now."""
+        positions = self.positions()
+        for tp, owner in self.owners.items():
+            if owner.closed:
+                continue
+            where = positions.get(tp)
+            if where is None or where.position is None or where.high_watermark is None:
+                return False
+            if where.position < where.high_watermark:
+                return False
+        return True
 
     def hand_back(self, records: Sequence[tuple[Message, Any]]) -> None:
         """Put decoded records back at the front, to go in the next batch at once."""
@@ -334,13 +356,14 @@ class BatchPool:
             self._lanes -= 1
 
     async def _fill(self) -> None:
-        """Wait until a batch is full, or `wait` seconds after the oldest record came."""
+        """Wait until a batch is full, the partitions are caught up, or `wait` seconds after the
+        oldest record came."""
         loop = asyncio.get_running_loop()
         self._filling += 1
         try:
             while self._queue and self.waiting < self.size and not self._again:
                 deadline = self._arrivals[0][0] + self.wait
-                if loop.time() >= deadline:
+                if loop.time() >= deadline or self._caught_up():
                     return
                 self._more.clear()
                 try:
@@ -639,6 +662,7 @@ class Batches:
         tp: TopicPartition,
         epoch: int,
         crew: Crew,
+        consumer: Consumer,
         *,
         progress: asyncio.Event,
         on_drained: Callable[[PartitionRunner], None],
@@ -647,16 +671,16 @@ class Batches:
         if self.shared:
             pool = self._pool
             if pool is None or pool.crew is not crew:  # a new start of the worker
-                pool = self._pool = self._new_pool(crew, self.spec.concurrency)
+                pool = self._pool = self._new_pool(crew, consumer, self.spec.concurrency)
             else:
                 _forget_closed(pool)
         else:
-            pool = self._new_pool(crew, 1)
+            pool = self._new_pool(crew, consumer, 1)
         runner = BatchRunner(tp, epoch, pool, progress=progress, on_drained=on_drained)
         runner.resume_below = self.spec.max_buffered // 2
         return runner
 
-    def _new_pool(self, crew: Crew, lanes: int) -> BatchPool:
+    def _new_pool(self, crew: Crew, consumer: Consumer, lanes: int) -> BatchPool:
         return BatchPool(
             self.work,
             crew,
@@ -665,6 +689,7 @@ class Batches:
             lanes=lanes,
             decode=self.decode,
             shared=self.shared,
+            positions=consumer.positions,
         )
 
 

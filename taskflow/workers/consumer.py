@@ -279,8 +279,14 @@ class ConsumerWorker:
         for tp in sorted(assigned):
             self._epoch += 1
             if self.batches is not None:
+                assert self._consumer is not None
                 self._runners[tp] = self.batches.runner(
-                    tp, self._epoch, group, progress=self._commit_due, on_drained=self._resume
+                    tp,
+                    self._epoch,
+                    group,
+                    self._consumer,
+                    progress=self._commit_due,
+                    on_drained=self._resume,
                 )
                 continue
             runner = PartitionRunner(

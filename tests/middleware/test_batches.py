@@ -13,12 +13,23 @@ from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from taskflow import App, Backoff, Batch, BatchError, Context, Message
+from taskflow.codec import encode_headers, encode_value
 from taskflow.middleware.ratelimit import LocalRateLimit, smooth_limiter
 from taskflow.testing import TestClient
 from tests._redis import REDIS_URL
 
 FAST = Backoff(initial=0.01, maximum=0.01, jitter=0)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def waiting(
+    client: TestClient, values: list[int], headers: list[dict[str, str]] | None = None
+) -> None:
+    """Publish `values` to `events` before the app starts, so its first fetch finds them all."""
+    await client.broker.start()
+    for number, value in enumerate(values):
+        extra = encode_headers(headers[number] if headers else None)
+        await client.broker.publish("events", encode_value(value), key=None, headers=extra)
 
 
 def values(messages: list[Message]) -> list[int]:
@@ -37,9 +48,9 @@ async def test_a_batch_skips_records_whose_key_is_done_and_marks_the_rest(redis:
     async def store(events: list[Message]) -> None:
         batches.append(values(events))
 
-    async with TestClient(app, partitions=1) as client:
-        for value, key in [(1, "a"), (2, "b"), (3, "a")]:
-            await client.publish("events", value, headers={"idempotency-key": key})
+    client = TestClient(app, partitions=1)
+    await waiting(client, [1, 2, 3], [{"idempotency-key": key} for key in "aba"])
+    async with client:
         await client.drain()
         await client.publish("events", 4, headers={"idempotency-key": "b"})
         await client.publish("events", 5, headers={"idempotency-key": "c"})
@@ -63,9 +74,9 @@ async def test_a_batch_leaves_out_records_the_partition_ledger_says_are_done(
     async def store(events: list[Message]) -> None:
         batches.append(values(events))
 
-    async with TestClient(app, partitions=1) as client:
-        for value in range(4):
-            await client.publish("events", value)
+    client = TestClient(app, partitions=1)
+    await waiting(client, list(range(4)))
+    async with client:
         await client.drain()
         assert client.committed("bledger", "events", 0) == 4
     assert batches == [[2, 3]]
@@ -86,10 +97,9 @@ async def test_batch_error_marks_the_records_before_it_done_and_releases_the_res
             # records 0 and 1 are done; the batch the handler got starts at record 1
             raise BatchError(1, ConnectionError("row conflicted"))
 
-    async with TestClient(app, partitions=1) as client:
-        await client.publish("events", 0, headers={"idempotency-key": "k0"})
-        for value in range(1, 4):
-            await client.publish("events", value, headers={"idempotency-key": f"k{value}"})
+    client = TestClient(app, partitions=1)
+    await waiting(client, list(range(4)), [{"idempotency-key": f"k{v}"} for v in range(4)])
+    async with client:
         await client.drain()
         assert client.committed("berr", "events", 0) == 4
     assert batches == [[0, 1, 2, 3], [1], [2, 3]]
@@ -127,9 +137,9 @@ async def test_a_batch_past_its_timeout_is_retried_whole() -> None:
         if len(calls) == 1:
             await asyncio.sleep(10)
 
-    async with TestClient(app, partitions=1) as client:
-        for value in range(3):
-            await client.publish("events", value)
+    client = TestClient(app, partitions=1)
+    await waiting(client, list(range(3)))
+    async with client:
         await client.drain()
         assert client.committed("slow", "events", 0) == 3
     assert calls == [3, 3]
@@ -156,9 +166,9 @@ async def test_a_batch_gets_one_span_linked_to_each_records_trace(
     @app.consume("events", batch=10, batch_wait=0.05)
     async def store(events: list[Message]) -> None: ...
 
-    async with TestClient(app, partitions=1) as client:
-        await client.publish("events", 1, headers={"traceparent": TRACEPARENT})
-        await client.publish("events", 2)
+    client = TestClient(app, partitions=1)
+    await waiting(client, [1, 2], [{"traceparent": TRACEPARENT}, {}])
+    async with client:
         await client.drain()
 
     (span,) = [s for s in exporter.get_finished_spans() if s.name == "process events"]

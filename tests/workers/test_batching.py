@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from taskflow import App, Backoff, BatchError, ConfigurationError, Context, Message, Reject
+from taskflow.brokers.memory import MemoryConsumer
+from taskflow.codec import encode_key, encode_value
 from taskflow.testing import TestClient
 
 FAST_RETRY = Backoff(initial=0.01, maximum=0.05)
@@ -16,6 +18,13 @@ FAST_RETRY = Backoff(initial=0.01, maximum=0.05)
 
 def ids(batch: Sequence[dict[str, int]]) -> list[int]:
     return [record["id"] for record in batch]
+
+
+async def waiting(client: TestClient, topic: str, values: list[object]) -> None:
+    """Publish `values` before the app starts, so its first fetch finds them all."""
+    await client.broker.start()
+    for number, value in enumerate(values):
+        await client.broker.publish(topic, encode_value(value), key=encode_key(f"k{number}"))
 
 
 def dead_letters(app: App, topic: str = "events.DLQ") -> list[Message]:
@@ -35,19 +44,38 @@ async def test_records_come_in_full_batches_in_offset_order_and_are_committed() 
     app = App("shop")
     batches: list[list[int]] = []
 
-    @app.consume("events", batch=10, batch_wait=0.5)
+    @app.consume("events", batch=10, batch_wait=5)
     async def store(events: list[dict[str, int]], ctx: Context) -> None:
         batches.append(ids(events))
 
-    async with TestClient(app, partitions=1) as client:
-        for i in range(25):
-            await client.publish("events", {"id": i})
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(25)])
+    async with client:
         await client.drain()
         assert client.committed("shop", "events", 0) == 25
+    # the last 5 go at once: the partition is caught up, nothing more can join them
     assert batches == [list(range(10)), list(range(10, 20)), list(range(20, 25))]
 
 
-async def test_a_partial_batch_goes_once_batch_wait_has_passed() -> None:
+async def test_a_batch_fills_across_fetches_while_its_partition_is_behind() -> None:
+    app = App("shop")
+    batches: list[int] = []
+
+    @app.consume("events", batch=1200, batch_wait=5, max_buffered=2400)
+    async def store(events: list[bytes]) -> None:
+        batches.append(len(events))
+
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [b"x"] * 1500)  # a fetch hands out 500 at most
+    async with client:
+        await client.drain()
+    assert batches == [1200, 300]
+
+
+async def test_a_partial_batch_goes_once_batch_wait_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(MemoryConsumer, "positions", lambda self: {})  # never known caught up
     app = App("shop")
     batches: list[list[int]] = []
 
@@ -55,13 +83,27 @@ async def test_a_partial_batch_goes_once_batch_wait_has_passed() -> None:
     async def store(events: list[dict[str, int]]) -> None:
         batches.append(ids(events))
 
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(3)])
+    async with client:
+        await client.drain()
+    assert batches == [[0, 1, 2]]
+
+
+async def test_records_of_a_caught_up_partition_go_at_once() -> None:
+    app = App("shop")
+    batches: list[list[int]] = []
+
+    @app.consume("events", batch=100, batch_wait=30)
+    async def store(events: list[dict[str, int]]) -> None:
+        batches.append(ids(events))
+
     async with TestClient(app, partitions=1) as client:
-        for i in range(3):
-            await client.publish("events", {"id": i})
+        await client.publish("events", {"id": 0})
         await client.drain()
-        await client.publish("events", {"id": 3})
+        await client.publish("events", {"id": 1})
         await client.drain()
-    assert batches == [[0, 1, 2], [3]]
+    assert batches == [[0], [1]]
 
 
 async def test_partition_ordering_keeps_each_batch_to_one_partition() -> None:
@@ -97,9 +139,9 @@ async def test_none_ordering_mixes_partitions_and_runs_concurrency_batches_at_on
         await asyncio.sleep(0.02)
         running -= 1
 
-    async with TestClient(app, partitions=4) as client:
-        for i in range(40):
-            await client.publish("events", {"id": i}, key=f"k{i}")
+    client = TestClient(app, partitions=4)
+    await waiting(client, "events", [{"id": i} for i in range(40)])
+    async with client:
         await client.drain()
     assert sorted(m.value for batch in seen for m in batch) == sorted(
         b'{"id":%d}' % i for i in range(40)
@@ -144,9 +186,9 @@ async def test_a_failing_batch_is_retried_whole() -> None:
         if len(calls) == 1:
             raise ConnectionError("database down")
 
-    async with TestClient(app, partitions=1) as client:
-        for i in range(4):
-            await client.publish("events", {"id": i})
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(4)])
+    async with client:
         await client.drain()
         assert client.committed("shop", "events", 0) == 4
     assert calls == [[0, 1, 2, 3], [0, 1, 2, 3]]
@@ -170,9 +212,9 @@ async def test_a_batch_that_exhausts_max_attempts_is_dead_lettered_record_by_rec
         calls += 1
         raise ConnectionError("database down")
 
-    async with TestClient(app, partitions=1) as client:
-        for i in range(3):
-            await client.publish("events", {"id": i})
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(3)])
+    async with client:
         await client.drain()
         assert client.committed("shop", "events", 0) == 3
     assert calls == 2
@@ -190,9 +232,9 @@ async def test_batch_error_finishes_the_records_before_it_and_runs_the_rest_agai
         if len(calls) == 1:
             raise BatchError(3, ConnectionError("row 3 conflicted"))
 
-    async with TestClient(app, partitions=1) as client:
-        for i in range(6):
-            await client.publish("events", {"id": i})
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(6)])
+    async with client:
         await client.drain()
         assert client.committed("shop", "events", 0) == 6
     # record 3 alone (the single-record policy retries it), then the rest as a batch
@@ -211,9 +253,9 @@ async def test_batch_error_with_a_reject_dead_letters_that_record_only() -> None
             if event["id"] == 1:
                 raise BatchError(index, Reject("bad row"))
 
-    async with TestClient(app, partitions=1) as client:
-        for i in range(4):
-            await client.publish("events", {"id": i})
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(4)])
+    async with client:
         await client.drain()
         assert client.committed("shop", "events", 0) == 4
     assert calls == [[0, 1, 2, 3], [2, 3]]
@@ -232,10 +274,9 @@ async def test_a_record_that_does_not_decode_is_rejected_alone(
     async def store(events: list[dict[str, int]]) -> None:
         calls.append(ids(events))
 
-    async with TestClient(app, partitions=1) as client:
-        await client.publish("events", {"id": 0})
-        await client.publish("events", b"not json")
-        await client.publish("events", {"id": 2})
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": 0}, b"not json", {"id": 2}])
+    async with client:
         await client.drain()
         assert client.committed("shop", "events", 0) == 3
     assert calls == [[0, 2]]
@@ -254,9 +295,9 @@ async def test_a_reject_for_the_whole_batch_skips_every_record_without_dead_lett
         calls += 1
         raise Reject("the whole file is bad")
 
-    async with TestClient(app, partitions=1) as client:
-        for i in range(3):
-            await client.publish("events", {"id": i})
+    client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(3)])
+    async with client:
         await client.drain()
         assert client.committed("shop", "events", 0) == 3
     assert calls == 1
@@ -275,9 +316,8 @@ async def test_shutdown_lets_a_running_batch_finish_and_drops_what_waits() -> No
         handled.extend(ids(events))
 
     client = TestClient(app, partitions=1)
+    await waiting(client, "events", [{"id": i} for i in range(6)])
     async with client:
-        for i in range(6):
-            await client.publish("events", {"id": i})
         await started.wait()
     assert client.committed("shop", "events", 0) == len(handled)
     assert handled == list(range(len(handled)))
@@ -345,9 +385,9 @@ async def test_records_before_a_batch_error_are_committed_while_the_failed_one_r
                 retried.set()
             raise BatchError(ids(events).index(2), ConnectionError("row 2 conflicted"))
 
-    async with TestClient(app, partitions=1, shutdown_timeout=1) as client:
-        for i in range(5):
-            await client.publish("events", {"id": i})
+    client = TestClient(app, partitions=1, shutdown_timeout=1)
+    await waiting(client, "events", [{"id": i} for i in range(5)])
+    async with client:
         await retried.wait()
         assert client.committed("shop", "events", 0) == 2  # 0 and 1; 2 is still failing
     assert client.committed("shop", "events", 0) == 2
