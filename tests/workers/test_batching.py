@@ -393,3 +393,28 @@ async def test_records_before_a_batch_error_are_committed_while_the_failed_one_r
     assert client.committed("shop", "events", 0) == 2
     assert calls[0] == [0, 1, 2, 3, 4]
     assert all(batch == [2] for batch in calls[1:])  # the rest waits behind it, in order
+
+
+async def test_two_none_ordered_batch_consumers_in_one_group_share_the_partitions() -> None:
+    app = App("shop")
+    handled: dict[str, list[int]] = {"left": [], "right": []}
+
+    @app.consume("events", name="left", batch=8, ordering="none", concurrency=2)
+    async def left(events: list[dict[str, int]]) -> None:
+        await asyncio.sleep(0.001)  # the other member joins while batches run
+        handled["left"].extend(ids(events))
+
+    @app.consume("events", name="right", batch=8, ordering="none", concurrency=2)
+    async def right(events: list[dict[str, int]]) -> None:
+        await asyncio.sleep(0.001)
+        handled["right"].extend(ids(events))
+
+    async with TestClient(app) as client:
+        for i in range(200):
+            await client.publish("events", {"id": i}, key=f"k{i}")
+        await client.drain()
+        for partition in range(4):
+            assert client.committed("shop", "events", partition) is not None
+    assert handled["left"]
+    assert handled["right"]
+    assert sorted(handled["left"] + handled["right"]) == list(range(200))  # each exactly once
