@@ -379,7 +379,11 @@ class BatchPool:
         again, queue = self._again, self._queue
         if not again:  # the usual case: fetched records only
             count = min(self.size, len(queue))
-            messages = [queue.popleft() for _ in range(count)]
+            if count == len(queue):
+                messages = list(queue)
+                queue.clear()
+            else:
+                messages = [queue.popleft() for _ in range(count)]
             self._consume_arrivals(count)
             return self._decoded(messages)
         taken = _Taken([], [], {})
