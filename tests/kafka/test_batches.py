@@ -135,8 +135,11 @@ async def test_an_idempotent_batch_consumer_repeats_only_batches_in_flight_at_a_
     group, out = batch_env["BATCH_GROUP"], Path(batch_env["BATCH_OUT"])
     # Commits rarely: most of what ran at the kill is not committed, and only the ledger
     # keeps it from running again.
+    # Batches of 0-200 ms: what ran just before the kill and is not yet in the ledger (it goes
+    # with the next fetch's claim, or 20 ms later) is about one batch per partition.
     env = {
         **batch_env,
+        "BATCH_DELAY_MS": "200",
         "BATCH_IDEMPOTENT": "1",
         "TASKFLOW_REDIS_URL": REDIS_URL,
         "TASKFLOW_COMMIT_INTERVAL": "60",
