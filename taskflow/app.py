@@ -286,7 +286,8 @@ class App:
             ordering: "partition" (in order per partition), "key" (in order per key, keys
                 concurrent within a partition) or "none".
             concurrency: Handlers running at once per partition in "key" and "none" modes
-                (default 16).
+                (default 16); with `batch` in "none" mode, batches running at once for the
+                consumer.
             timeout: Seconds after which a handler is cancelled and counted as a failure.
             retry: The backoff between attempts of a failing message (default 1 s doubling to 30 s).
             max_attempts: Attempts before a failing message goes to `dead_letter` (default 5
