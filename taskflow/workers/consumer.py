@@ -24,7 +24,8 @@ from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import BrokerError, ProcessExit
 from taskflow.handler import threads_of
 from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PolicyCount
-from taskflow.workers.batching import Batches, one_record
+from taskflow.workers.batch_work import one_record
+from taskflow.workers.batching import Batches
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
 
