@@ -247,17 +247,17 @@ class BatchPool:
         self.running[task] = batch
         finished: list[Message] = []
         unfinished: list[tuple[Message, Any]] = []
+        settled = 0
+
+        def settle(count: int) -> None:
+            nonlocal settled
+            self._settle(owners, list(batch.messages[settled:count]))
+            settled = max(settled, count)
+
         try:
             if taken.failed:
                 batch = await self._reject_undecoded(batch, taken.failed, finished)
             if batch.messages:
-                settled = 0
-
-                def settle(count: int) -> None:
-                    nonlocal settled
-                    self._settle(owners, list(batch.messages[settled:count]))
-                    settled = max(settled, count)
-
                 pause = self._pause_batch(owners)
                 done = await self.work.run(batch, pause, self._pause_record, settle)
                 finished.extend(batch.messages[settled:done])
@@ -269,6 +269,11 @@ class BatchPool:
                 "cancelled handler %s for %s: not committed, it will be redelivered",
                 self.work.spec.name,
                 self.running.get(task),
+            )
+            # A partition that did not ask for it (a mixed batch cancelled for another
+            # partition's revoke) runs its records again rather than stall its commits.
+            self._hand_back(
+                list(zip(batch.messages[settled:], batch.payloads[settled:], strict=True))
             )
             raise
         finally:
