@@ -16,6 +16,8 @@ overhead is the difference:
   limiter acquire and a timeout per record.
 * ``taskflow``: an App in partition mode, no middleware (counterpart ``raw``).
 * ``taskflow-key16``: ``ordering="key", concurrency=16`` (counterpart ``raw``).
+* ``taskflow-batch``: ``batch=500``, a handler taking ``list[dict]`` that counts each record
+  (counterpart ``raw``).
 * ``taskflow-idem``: ``idempotent=True`` on the same Redis (counterpart ``raw-claim``).
 * ``taskflow-idem-key``: the same with ``idempotency_key=`` the ``id`` in each record's JSON
   (counterpart ``raw-claim``).
@@ -83,6 +85,7 @@ CONSUMER_SETTINGS: dict[str, Any] = {
 TARGETS: list[tuple[str, str, float]] = [
     ("taskflow", "raw", 0.9),
     ("taskflow-key16", "raw", 0.7),
+    ("taskflow-batch", "raw", 1.0),
     ("taskflow-idem", "raw-claim", 1.0),
     ("taskflow-idem", "raw", 0.3),
     ("taskflow-idem-key", "raw-claim", 0.8),
@@ -291,6 +294,9 @@ CONTENDERS: dict[str, Contender] = {
     ),
     "taskflow-key16": Contender(
         "taskflow_contenders:run_taskflow_key16", "raw", profile_file="profile-key.txt"
+    ),
+    "taskflow-batch": Contender(
+        "taskflow_contenders:run_taskflow_batch", "raw", profile_file="profile-batch.txt"
     ),
     "taskflow-idem": Contender(
         "taskflow_contenders:run_taskflow_idem",

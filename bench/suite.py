@@ -126,6 +126,12 @@ ENTRANTS = [
     ),
     Entrant("taskflow", "main", "child_kafka.py", "taskflow, partition mode, no middleware"),
     Entrant(
+        "taskflow-batch",
+        "main",
+        "child_kafka.py",
+        "taskflow, batch=500, a handler taking list[dict]",
+    ),
+    Entrant(
         "taskflow-key16",
         "main",
         "child_kafka.py",

@@ -29,6 +29,7 @@ from taskflow.workers.consumer import ConsumerWorker
 __all__ = [
     "run_taskflow",
     "run_taskflow_all",
+    "run_taskflow_batch",
     "run_taskflow_idem",
     "run_taskflow_idem_key",
     "run_taskflow_key16",
@@ -43,9 +44,13 @@ async def run_taskflow(
     name: str = "taskflow",
     observe: contextlib.AbstractContextManager[Any] | None = None,
     consumer_options: dict[str, Any] | None = None,
+    batch: int | None = None,
     **app_options: Any,
 ) -> Result:
-    """`observe` (a profiler) is entered just before the app starts and left once it stopped."""
+    """`observe` (a profiler) is entered just before the app starts and left once it stopped.
+
+    With `batch`, the handler takes the batch as ``list[dict]`` and counts each record of it.
+    """
     counter = Counter(setup.expected)
     app = App(
         "bench",
@@ -58,7 +63,15 @@ async def run_taskflow(
     async def handler(order: dict[str, Any]) -> None:
         counter.hit()
 
-    app.add_consumer(handler, setup.topic, group=group, **(consumer_options or {}))
+    async def batch_handler(orders: list[dict[str, Any]]) -> None:
+        for _ in orders:
+            counter.hit()
+
+    if batch is None:
+        app.add_consumer(handler, setup.topic, group=group, **(consumer_options or {}))
+    else:
+        options = {"name": "handler", "batch": batch, **(consumer_options or {})}
+        app.add_consumer(batch_handler, setup.topic, group=group, **options)
     targets = (
         {TopicPartition(setup.topic, p): end for p, end in setup.ends.items()}
         if setup.whole
@@ -112,6 +125,10 @@ async def run_taskflow_key16(setup: Setup, group: str, **kwargs: Any) -> Result:
     return await run_taskflow(
         setup, group, name="taskflow-key16", consumer_options=options, **kwargs
     )
+
+
+async def run_taskflow_batch(setup: Setup, group: str, **kwargs: Any) -> Result:
+    return await run_taskflow(setup, group, name="taskflow-batch", batch=500, **kwargs)
 
 
 async def run_taskflow_idem(setup: Setup, group: str, **kwargs: Any) -> Result:

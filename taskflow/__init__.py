@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from taskflow.app import App, State
 from taskflow.backoff import Backoff
+from taskflow.batch import Batch
 from taskflow.clock import Clock, SystemClock
 from taskflow.context import Context, Tick
 from taskflow.exceptions import (
     AppLoadError,
+    BatchError,
     BrokerError,
     CommitError,
     ConfigurationError,
@@ -56,6 +58,8 @@ __all__ = [
     "App",
     "AppLoadError",
     "Backoff",
+    "Batch",
+    "BatchError",
     "BrokerError",
     "Clock",
     "CommitError",

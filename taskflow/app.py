@@ -20,7 +20,7 @@ from taskflow.codec import encode_headers, encode_key, encode_value
 from taskflow.config import DEFAULT_BROKER, Settings
 from taskflow.deliveries import Deliveries
 from taskflow.exceptions import ConfigurationError, PublishError, StateError
-from taskflow.handler import consumer_handler, handler_name, periodic_handler
+from taskflow.handler import batch_handler, consumer_handler, handler_name, periodic_handler
 from taskflow.ratelimit import RateLimit
 from taskflow.schedule import Cron, Schedule, interval
 from taskflow.specs import (
@@ -299,6 +299,8 @@ class App:
         on_store_error: OnStoreError = "fail",
         start: Start | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        batch: int | None = None,
+        batch_wait: timedelta | float | None = None,
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -311,7 +313,8 @@ class App:
             ordering: "partition" (in order per partition), "key" (in order per key, keys
                 concurrent within a partition) or "none".
             concurrency: Handlers running at once per partition in "key" and "none" modes
-                (default 16).
+                (default 16); with `batch` in "none" mode, batches running at once for the
+                consumer.
             timeout: Seconds after which a handler is cancelled and counted as a failure.
             retry: The backoff between attempts of a failing message (default 1 s doubling to 30 s).
             max_attempts: Attempts before a failing message goes to `dead_letter` (default 5
@@ -345,6 +348,16 @@ class App:
                 ``max_partition_fetch_bytes``, ``session_timeout_ms``, …), over the App's
                 `broker_options` and ``TASKFLOW_KAFKA_*`` variables. The memory broker ignores
                 them.
+            batch: Call the handler with up to this many records at once: it then takes
+                ``list[T]`` (or ``Sequence[T]``), T any payload type above. Works with
+                ordering "partition" (a batch holds one partition's records, in order) and
+                "none" (records of several partitions; `concurrency` batches run at once).
+                Retries, timeouts, rate limits (one token per record) and idempotency apply to
+                the batch; raise `BatchError` to say which record failed. See "Batches" in
+                the consuming guide.
+            batch_wait: Seconds the oldest waiting record waits for its batch to fill while its
+                partition is behind (default 0.1; 0 never waits). A partition that is caught
+                up sends what waits at once. Needs `batch`.
 
         Returns:
             The registration.
@@ -358,12 +371,17 @@ class App:
         topics = check.topics(topics)
         group = check.group(self.name if group is None else group)
         check.no_overlap(self.consumers, name, topics, group)
+        max_buffered = check.positive_int("max_buffered", max_buffered)
+        batch = check.batch(batch, check.ordering(ordering), max_buffered)
+        adapted, decode = (
+            batch_handler(handler) if batch is not None else (consumer_handler(handler), None)
+        )
         spec = ConsumerSpec(
             name=name,
             topics=topics,
             group=group,
             func=handler,
-            handler=consumer_handler(handler),
+            handler=adapted,
             ordering=check.ordering(ordering),
             concurrency=check.concurrency(ordering, concurrency),
             timeout=check.timeout(timeout),
@@ -372,7 +390,7 @@ class App:
             dead_letter=check.dead_letter(dead_letter, topics),
             reject_on=check.reject_on(reject_on),
             middleware=check.middleware(middleware),
-            max_buffered=check.positive_int("max_buffered", max_buffered),
+            max_buffered=max_buffered,
             rate_limit=check.rate_limit(rate_limit),
             rate_limit_scope=check.rate_limit_scope(rate_limit_scope, rate_limit),
             idempotent=idempotent,
@@ -382,6 +400,9 @@ class App:
             on_store_error=check.on_store_error(on_store_error),
             start=check.start(start),
             consumer_options=check.consumer_options(consumer_options),
+            batch=batch,
+            batch_wait=check.batch_wait(batch_wait, batch),
+            batch_decode=decode,
         )
         self.consumers.append(spec)
         return spec
@@ -409,6 +430,8 @@ class App:
         on_store_error: OnStoreError = "fail",
         start: Start | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        batch: int | None = None,
+        batch_wait: timedelta | float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: consume `topics` with the function; returns the function unchanged.
 
@@ -446,6 +469,8 @@ class App:
                 on_store_error=on_store_error,
                 start=start,
                 consumer_options=consumer_options,
+                batch=batch,
+                batch_wait=batch_wait,
             )
             return func
 

@@ -25,6 +25,7 @@ Control flow (raised by handlers, never by taskflow on its own), kept apart from
     ├── Reject                    a business error: dead-letter or skip, no retry
     │   └── DecodeError           the payload does not decode to the handler's type
     ├── SkipTombstone             skip a tombstone the handler cannot take
+    ├── BatchError                which record of a batch failed (batch handlers)
     ├── Retry                     try again later (counts as an attempt)
     └── Defer                     not now: try later, without counting an attempt
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 __all__ = [
     "AppLoadError",
+    "BatchError",
     "BrokerError",
     "CommitError",
     "ConfigurationError",
@@ -140,6 +142,35 @@ class SkipTombstone(HandlerSignal):
     The payload decoders raise it, so that only a handler annotated ``X | None`` (or taking the
     `Message`) sees tombstones.
     """
+
+
+class BatchError(HandlerSignal):
+    """Record `index` of the batch failed with `error`; the records before it are done.
+
+    A batch handler raises it to say how far it got: the records before `index` are finished
+    and committed, record `index` goes through the error policy on its own (retried alone,
+    dead-lettered or rejected, as `error` says), and the records after it run again.
+
+    Args:
+        index: The position in the batch (0 for the first record) of the record that failed.
+        error: What that record failed with.
+
+    Example:
+        ```python
+        @app.consume("events", batch=500)
+        async def store(events: list[dict], ctx: Context) -> None:
+            for index, event in enumerate(events):
+                try:
+                    await ctx.state.db.insert(event)
+                except Exception as exc:
+                    raise BatchError(index, exc) from exc
+        ```
+    """
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(f"record {index} of the batch failed: {type(error).__name__}: {error}")
+        self.index = index
+        self.error = error
 
 
 class Retry(HandlerSignal):

@@ -3,6 +3,7 @@
 Every handler, consumer or periodic, plain or wrapped in middleware, is called as
 ``await handler(job, ctx)`` where `job` is the `Message` (consumers) or the `Tick` (periodic tasks).
 The user's function may ask for less: a decoded payload, the `Context`, both, or (periodic) nothing.
+A batch consumer's job is a `Batch`, and its function takes the list of decoded payloads.
 A plain `def` runs in a worker thread so it never blocks the event loop.
 """
 
@@ -12,10 +13,11 @@ import asyncio
 import functools
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, cast
 
+from taskflow.batch import Batch
 from taskflow.codec import ALLOWED, Decoder, decoder_for, identity
 from taskflow.context import Context, Tick
 from taskflow.exceptions import HandlerSignatureError, HandlerTimeout
@@ -25,6 +27,7 @@ from taskflow.threads import HandlerThreads
 __all__ = [
     "Handler",
     "Job",
+    "batch_handler",
     "call_with_timeout",
     "consumer_handler",
     "handler_name",
@@ -33,8 +36,8 @@ __all__ = [
     "threads_of",
 ]
 
-Job: TypeAlias = Message | Tick
-"""What a handler is run for: a consumed message or a scheduled tick."""
+Job: TypeAlias = Message | Tick | Batch
+"""What a handler is run for: a consumed message, a batch of them, or a scheduled tick."""
 
 
 class Handler(Protocol):
@@ -93,6 +96,28 @@ def consumer_handler(func: Callable[..., Any]) -> Handler:
     return _adapt(func, _inspect(func, with_payload=True))
 
 
+def batch_handler(func: Callable[..., Any]) -> tuple[Handler, Decoder]:
+    """Adapt a batch consumer function ``(payloads: list[T], ctx?)`` to the handler shape.
+
+    Returns:
+        The handler, called with a `Batch`, and the decoder of one record to a `T`.
+
+    Raises:
+        HandlerSignatureError: naming the function and what is allowed.
+    """
+    shape = _inspect(func, with_payload=True, batch=True)
+    assert shape.decode is not None
+    return _adapt(func, _Shape(_payloads, *_rest(shape))), shape.decode
+
+
+def _payloads(job: Message) -> list[Any]:
+    return list(cast(Batch, job).payloads)
+
+
+def _rest(shape: _Shape) -> tuple[str | None, bool, bool]:
+    return shape.ctx_keyword, shape.wants_ctx, shape.is_async
+
+
 def periodic_handler(func: Callable[..., Any]) -> Handler:
     """Adapt a periodic-task function ``(ctx?)`` to the handler shape.
 
@@ -102,7 +127,7 @@ def periodic_handler(func: Callable[..., Any]) -> Handler:
     return _adapt(func, _inspect(func, with_payload=False))
 
 
-def _inspect(func: Callable[..., Any], *, with_payload: bool) -> _Shape:
+def _inspect(func: Callable[..., Any], *, with_payload: bool, batch: bool = False) -> _Shape:
     if not callable(func):
         raise HandlerSignatureError(
             f"handler {func!r} is not callable; a handler is an `async def` or `def` function, "
@@ -163,10 +188,26 @@ def _inspect(func: Callable[..., Any], *, with_payload: bool) -> _Shape:
                 f"{where}: annotate the payload parameter {param.name!r} with one of {ALLOWED}"
             )
         try:
-            decode = decoder_for(annotation)
+            decode = _element_decoder(annotation) if batch else decoder_for(annotation)
         except HandlerSignatureError as exc:
             raise HandlerSignatureError(f"{where}: {exc}") from None
+    if batch and decode is None:
+        raise HandlerSignatureError(
+            f"{where} takes no payload; a batch handler takes the records as `list[T]` "
+            f"(T one of {ALLOWED}) and optionally `ctx: Context`"
+        )
     return _Shape(decode, ctx_keyword, wants_ctx, inspect.iscoroutinefunction(code))
+
+
+def _element_decoder(annotation: Any) -> Decoder:
+    """The decoder of one record of a batch whose payload parameter is `annotation`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin not in (list, Sequence) or len(args) != 1:
+        raise HandlerSignatureError(
+            f"with batch= the payload parameter is `list[T]` or `Sequence[T]` (T one of "
+            f"{ALLOWED}), got {getattr(annotation, '__name__', None) or annotation!r}"
+        )
+    return decoder_for(args[0])
 
 
 def _rules(with_payload: bool) -> str:

@@ -42,6 +42,9 @@ DEFAULT_LEASE = 30.0
 """Seconds an idempotency claim lasts unless renewed; renewed every third of it while running."""
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 """Seconds a done mark is kept, so a duplicate within that time is skipped."""
+DEFAULT_BATCH_WAIT = 0.1
+"""Seconds a batch consumer's oldest waiting record waits for its batch to fill, while its
+partition is behind (a caught-up partition's records go at once)."""
 DEFAULT_GRACE = 3600.0
 """Seconds back that a periodic task's missed ticks are caught up (with `catch_up=`)."""
 
@@ -78,6 +81,9 @@ class ConsumerSpec:
         default_factory=lambda: MappingProxyType({}), hash=False
     )
     """Kafka consumer options of this registration only, over the App's `broker_options`."""
+    batch: int | None = None
+    batch_wait: float = DEFAULT_BATCH_WAIT
+    batch_decode: Callable[[Message], Any] | None = None  # one record to the handler's element type
 
 
 @dataclass(frozen=True, slots=True)

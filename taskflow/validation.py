@@ -15,13 +15,14 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from taskflow.backoff import Backoff
-from taskflow.config import POSITIVE_SECONDS
+from taskflow.config import POSITIVE_SECONDS, Seconds
 from taskflow.config import flag as config_flag
 from taskflow.exceptions import ConfigurationError
 from taskflow.ratelimit import RateLimit
 from taskflow.ratelimit import rate_limit as parse_rate_limit
 from taskflow.schedule import Cron, Schedule, interval
 from taskflow.specs import (
+    DEFAULT_BATCH_WAIT,
     CatchUp,
     IdempotencyKey,
     MiddlewareFactory,
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "app_name",
+    "batch",
+    "batch_wait",
     "broker_url",
     "catch_up",
     "concurrency",
@@ -180,6 +183,34 @@ def concurrency(ordering: str, value: int | None) -> int:
             "runs one handler at a time and partitions run concurrently"
         )
     return positive_int("concurrency", value)
+
+
+def batch(value: int | None, ordering: str, max_buffered: int) -> int | None:
+    """No batching, or a batch size of at least 1, at most `max_buffered`, not in "key" mode."""
+    if value is None:
+        return None
+    positive_int("batch", value)
+    if ordering == "key":
+        raise ConfigurationError(
+            "batch= works with ordering='partition' (a batch holds one partition's records, in "
+            "order) or 'none' (records of several partitions); in 'key' mode use one of those"
+        )
+    if value > max_buffered:
+        raise ConfigurationError(
+            f"batch={value} is more than max_buffered={max_buffered}, so a batch could never "
+            f"fill; pass max_buffered={value} or more"
+        )
+    return value
+
+
+def batch_wait(value: timedelta | float | None, batch: int | None) -> float:
+    """Seconds a partial batch waits to fill while its partition is behind (default 0.1)."""
+    if value is None:
+        return DEFAULT_BATCH_WAIT
+    if batch is None:
+        raise ConfigurationError("batch_wait= needs batch=: it is how long a batch waits to fill")
+    amount = value.total_seconds() if isinstance(value, timedelta) else value
+    return float(Seconds(zero=True).check(amount, "batch_wait"))
 
 
 def retry(value: Backoff | None) -> Backoff:

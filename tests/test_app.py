@@ -32,6 +32,9 @@ def app() -> App:
 async def on_order(order: dict, ctx: Context) -> None: ...
 
 
+async def on_orders(orders: list[dict], ctx: Context) -> None: ...
+
+
 async def on_refund(refund: dict) -> None: ...
 
 
@@ -553,6 +556,8 @@ CONSUMER_OPTIONS: dict[str, dict[str, Any]] = {
     "on_store_error": {"on_store_error": "proceed"},
     "start": {"start": "latest"},
     "consumer_options": {"consumer_options": {"isolation_level": "read_committed"}},
+    "batch": {"batch": 10},
+    "batch_wait": {"batch": 10, "batch_wait": 1},
 }
 
 SCHEDULE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -573,8 +578,9 @@ SCHEDULE_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def _registered(spec: Any) -> dict[str, Any]:
-    """What a registration holds, but for the handler built from the function on each call."""
-    return {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "handler"}
+    """What a registration holds, but for the functions built from the handler on each call."""
+    built = ("handler", "batch_decode")
+    return {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in built}
 
 
 def test_every_option_of_the_add_methods_has_a_case_below() -> None:
@@ -587,11 +593,12 @@ def test_each_consume_option_registers_what_add_consumer_registers(
     options: dict[str, Any],
 ) -> None:
     decorated, added = App("billing"), App("billing")
-    decorated.consume("orders", **options)(on_order)
-    expected = added.add_consumer(on_order, "orders", **options)
+    handler = on_orders if "batch" in options else on_order
+    decorated.consume("orders", **options)(handler)
+    expected = added.add_consumer(handler, "orders", **options)
 
     assert _registered(decorated.consumers[0]) == _registered(expected)
-    assert _registered(expected) != _registered(App("billing").add_consumer(on_order, "orders"))
+    assert _registered(expected) != _registered(App("billing").add_consumer(handler, "orders"))
 
 
 @pytest.mark.parametrize("options", SCHEDULE_OPTIONS.values(), ids=list(SCHEDULE_OPTIONS))

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from redis.asyncio import Redis
 
 from examples import (
+    batches,
     billing,
     compacted,
     consuming,
@@ -312,6 +313,20 @@ async def test_consuming_guide_handlers_retry_reject_and_publish() -> None:
     assert [(m.key, m.value) for m in lines] == [(b"o1", b"a"), (b"o1", b"b"), (b"o1", b"c")]
     assert client.report is not None
     assert client.report.clean
+
+
+async def test_batches_guide_stores_events_in_batches_and_dead_letters_a_refused_row() -> None:
+    batches.store.rows.clear()
+    async with TestClient(batches.app, partitions=1) as client:
+        for number in range(3):
+            await client.publish("events", {"id": f"e{number}"})
+        await client.publish("events", {"kind": "no id"})
+        await client.publish("events", {"id": "e4"})
+        await client.drain()
+        dead = [m for log in client.broker.topic("events.DLQ").logs for m in log]
+    assert sorted(batches.store.rows) == ["e0", "e1", "e2", "e4"]
+    assert [m.value for m in dead] == [b'{"kind":"no id"}']
+    assert dead[0].header("taskflow-reason") == b"rejected"
 
 
 async def test_scheduling_guide_tasks_run_on_their_ticks(caplog: pytest.LogCaptureFixture) -> None:

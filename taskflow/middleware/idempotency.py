@@ -11,6 +11,13 @@ token and a lease. Then, by what the claim found:
   success the claim becomes a done mark kept for the retention; on failure it is released and the
   handler's exception goes on to the error policy, so the retry can claim it again.
 
+A batch (`taskflow.batch.Batch`, a batch consumer's job) is checked record by record, with the
+claims of its explicit keys made in one call: records found done are left out of the batch the
+handler gets; a record claimed elsewhere, or a partition another consumer holds, defers the whole
+batch. When the handler succeeds every record it got is marked done; when it raises `BatchError`,
+the records before the failed one are, and the index is translated to the batch the worker formed.
+`ctx.transaction` is not offered to a batch.
+
 A periodic task keys on its name and scheduled tick; a tick done or in progress elsewhere is
 skipped (there is no redelivery to wait for).
 
@@ -28,8 +35,9 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, NamedTuple, cast
 
+from taskflow.batch import Batch
 from taskflow.context import Tick
-from taskflow.exceptions import Defer, StoreError
+from taskflow.exceptions import BatchError, Defer, StoreError
 from taskflow.message import Message, TopicPartition
 from taskflow.middleware.offsets import LINGER, FinishedBelow, OffsetClaims
 from taskflow.specs import ConsumerSpec
@@ -232,6 +240,9 @@ class Idempotency:
     # -- one job ---------------------------------------------------------------------------
 
     async def __call__(self, job: Job, ctx: Context) -> None:
+        if isinstance(job, Batch):
+            await self._batch(job, ctx)
+            return
         key = self.key_for(job)
         if key is None:
             await self._by_offset(cast("Message", job), ctx)
@@ -485,6 +496,146 @@ class Idempotency:
     def _store_answers(self) -> None:
         self.health.answered("%s: the idempotency store answers again", self.name)
 
+    # -- a batch consumer's batch ----------------------------------------------------------
+
+    async def _batch(self, batch: Batch, ctx: Context) -> None:
+        """Run the records of `batch` not done yet; see the module docstring."""
+        try:
+            plan = await self._plan(batch)
+        except _Unanswered as unanswered:
+            await self._without_store(batch, ctx, unanswered.error)
+            return
+        if plan.deferral is not None:
+            await self._release_claims(plan.claims)
+            self._note("deferred")
+            raise plan.deferral
+        for index in plan.skipped:
+            message = batch.messages[index]
+            where = plan.keys.get(index) or f"{message.topic}[{message.partition}]"
+            self._skip(message, ctx, where, "already done")
+        if not plan.run:
+            return
+        renewals = [
+            _Renewal(self, batch.messages[i], ctx, key, owner, at)
+            for i, (key, owner, at) in plan.claims.items()
+        ]
+        try:
+            await self.next(batch.select(plan.run), ctx)
+        except BatchError as exc:
+            await _stop_all(renewals)
+            index = exc.index if 0 <= exc.index < len(plan.run) else len(plan.run)
+            self._batch_done(batch, plan, plan.run[:index])
+            await self._release_claims(
+                {i: plan.claims[i] for i in plan.run[index:] if i in plan.claims}
+            )
+            if index == len(plan.run):
+                raise
+            raise BatchError(plan.run[index], exc.error) from exc.error
+        except BaseException:
+            await _stop_all(renewals)
+            await self._release_claims(plan.claims)
+            raise
+        await _stop_all(renewals)
+        self._batch_done(batch, plan, plan.run)
+
+    async def _plan(self, batch: Batch) -> _BatchPlan:
+        """Which records of `batch` run, which are done, and the claims taken for them."""
+        plan = _BatchPlan()
+        wanted: dict[str, int] = {}
+        for index, message in enumerate(batch.messages):
+            key = self.key_for(message)
+            if key is None:
+                await self._plan_by_offset(plan, index, message)
+            elif key in self._marks or key in wanted:  # done, or a duplicate within the batch
+                plan.skipped.append(index)
+            else:
+                wanted[key] = index
+                plan.keys[index] = key
+            if plan.deferral is not None:
+                return plan
+        if wanted:
+            await self._claim_batch(plan, wanted)
+        skipped = set(plan.skipped)
+        plan.run = [i for i in range(len(batch)) if i not in skipped]
+        return plan
+
+    async def _plan_by_offset(self, plan: _BatchPlan, index: int, message: Message) -> None:
+        offsets = cast("OffsetClaims", self.offsets)
+        try:
+            state = await offsets.state(message)
+        except StoreError as exc:
+            raise _Unanswered(exc) from exc
+        if state.held:
+            where = f"{message.topic}[{message.partition}]"
+            plan.deferral = Defer(
+                f"{where} is held by another consumer", min(state.held_for, DEFER_POLL)
+            )
+        elif state.done(message.offset):
+            plan.skipped.append(index)
+
+    async def _claim_batch(self, plan: _BatchPlan, wanted: dict[str, int]) -> None:
+        """Claim the explicit keys of a batch: what a prefetch claimed is reused, the rest is
+        claimed in one call."""
+        fresh: list[str] = []
+        for key, index in wanted.items():
+            prefetched = self._prefetched.pop(key, None) if self._prefetched else None
+            if prefetched is None:
+                fresh.append(key)
+                continue
+            owner, outcome, claimed_at = await self._reuse(key, prefetched)
+            self._planned(plan, key, index, owner, outcome, claimed_at)
+        if not fresh:
+            return
+        owner, claimed_at = new_owner(), time.monotonic()
+        try:
+            outcomes = await self.store.claim_many(fresh, owner, self.lease)
+        except StoreError as exc:
+            await self._release_claims(plan.claims)
+            raise _Unanswered(exc) from exc
+        self._store_answers()
+        for key, outcome in zip(fresh, outcomes, strict=True):
+            self._planned(plan, key, wanted[key], owner, outcome, claimed_at)
+
+    def _planned(
+        self,
+        plan: _BatchPlan,
+        key: str,
+        index: int,
+        owner: str,
+        outcome: ClaimOutcome,
+        claimed_at: float,
+    ) -> None:
+        if outcome is ClaimOutcome.CLAIMED:
+            plan.claims[index] = (key, owner, claimed_at)
+        elif outcome is ClaimOutcome.DONE:
+            plan.skipped.append(index)
+        elif plan.deferral is None:
+            plan.deferral = Defer(f"claimed by another worker ({key})", DEFER_POLL)
+
+    def _batch_done(self, batch: Batch, plan: _BatchPlan, indexes: Sequence[int]) -> None:
+        """The records at `indexes` ran: record them in the ledger, or mark their keys done."""
+        offsets = self.offsets
+        for index in indexes:
+            claim = plan.claims.get(index)
+            if claim is not None:
+                self._marks.add(claim[0], claim[1])
+            elif offsets is not None and index not in plan.keys:
+                offsets.finished(batch.messages[index])
+            self._note("ran")
+
+    async def _release_claims(self, claims: dict[int, tuple[str, str, float]]) -> None:
+        if not claims:
+            return
+        try:
+            await self.store.release_many([(key, owner) for key, owner, _ in claims.values()])
+        except StoreError as exc:
+            logger.warning(
+                "%s: releasing %d claims failed (%s); they can be claimed again after the lease",
+                self.name,
+                len(claims),
+                exc,
+            )
+
     # -- batches (the BatchAware protocol) -------------------------------------------------
 
     def watch_progress(self, finished_below: FinishedBelow) -> None:
@@ -555,6 +706,24 @@ class Idempotency:
                 len(claims),
                 exc,
             )
+
+
+class _BatchPlan:
+    """What the idempotency check decided for the records of a batch, by position."""
+
+    __slots__ = ("claims", "deferral", "keys", "run", "skipped")
+
+    def __init__(self) -> None:
+        self.run: list[int] = []
+        self.skipped: list[int] = []
+        self.keys: dict[int, str] = {}  # records with an explicit key
+        self.claims: dict[int, tuple[str, str, float]] = {}  # key, owner, claimed at
+        self.deferral: Defer | None = None
+
+
+async def _stop_all(renewals: Sequence[_Renewal]) -> None:
+    for renewal in renewals:
+        await renewal.stop()
 
 
 class _Prefetched(NamedTuple):

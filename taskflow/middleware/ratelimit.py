@@ -13,6 +13,10 @@ long-run rate down. After idle the limit does not refill into a burst: no run go
   arrival time, at ``taskflow:{app:consumer}:ratelimit``, and answers how long to wait; the
   middleware sleeps that long and asks again.
 
+A batch (`taskflow.batch.Batch`) counts as its number of records: a batch of 500 takes the limit
+of 500 runs (locally it waits for them before it runs; globally it books them, and the next run
+waits until they have passed), so a batch consumer handles at most `rate` records per second.
+
 A lane waiting here does not take its next record, so its partition's buffer fills up to
 `max_buffered` and the consumer pauses it while it keeps polling: the backpressure.
 
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
 
+from taskflow.batch import Batch
 from taskflow.exceptions import Defer, StoreError
 from taskflow.stores import keys
 from taskflow.stores.health import StoreHealth
@@ -143,13 +148,33 @@ class LocalRateLimit:
 
     async def __call__(self, job: Job, ctx: Context) -> None:
         limiter = self.limiter
-        if limiter.has_capacity():
+        if isinstance(job, Batch):
+            await self._acquire_many(len(job), ctx)
+        elif limiter.has_capacity():
             await limiter.acquire()
         else:
             started = time.monotonic()
             await unless_stopping(limiter.acquire(), ctx.stopping)
             self._waited(time.monotonic() - started)
         await self.next(job, ctx)
+
+    async def _acquire_many(self, count: int, ctx: Context) -> None:
+        """Take `count` runs' worth of the limit, a bucketful at a time."""
+        limiter = self.limiter
+        if limiter.has_capacity(count):
+            await limiter.acquire(count)
+            return
+        started = time.monotonic()
+
+        async def take_all() -> None:
+            left = float(count)
+            while left > 0:
+                amount = min(left, limiter.max_rate)
+                await limiter.acquire(amount)
+                left -= amount
+
+        await unless_stopping(take_all(), ctx.stopping)
+        self._waited(time.monotonic() - started)
 
     def _waited(self, seconds: float) -> None:
         self.waits += 1
@@ -199,12 +224,13 @@ class GlobalRateLimit:
         self.health = StoreHealth(logger)
 
     async def __call__(self, job: Job, ctx: Context) -> None:
-        wait = await self._ask()
+        count = len(job) if isinstance(job, Batch) else 1
+        wait = await self._ask(count)
         if wait > 0:
             started = time.monotonic()
             while wait > 0:
                 await unless_stopping(asyncio.sleep(wait), ctx.stopping)
-                wait = await self._ask()
+                wait = await self._ask(count)
             self._waited(time.monotonic() - started)
         await self.next(job, ctx)
 
@@ -214,10 +240,10 @@ class GlobalRateLimit:
         if self.report is not None:
             self.report(seconds)
 
-    async def _ask(self) -> float:
-        """Book a run now (0.0), or the seconds to wait before asking again."""
+    async def _ask(self, count: int = 1) -> float:
+        """Book `count` runs now (0.0), or the seconds to wait before asking again."""
         try:
-            wait = await self.store.acquire(self.key, self.interval, TOLERANCE)
+            wait = await self.store.acquire(self.key, self.interval * count, TOLERANCE)
         except StoreError as exc:
             self.health.failed(
                 "%s: the shared rate limit at %s is unavailable (%s); "

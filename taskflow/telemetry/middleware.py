@@ -1,11 +1,13 @@
 """The telemetry middleware: spans and per-attempt metrics around consumers and periodic tasks.
 
 Per consumed message, one `process {topic}` span of kind CONSUMER, parented on the producer's
-context from the message's W3C `traceparent` header; per periodic run, one `run {task}` span of
-kind INTERNAL. What the error policy does after a failed attempt is the policy's own decision
-(`taskflow.policy`), recorded as a span event. With telemetry off (`telemetry_enabled`),
-`telemetry_layer` returns None, no layer is added and a handler stack keeps its fast path
-(`taskflow.handler.ignores_ctx`). See docs/observability.md for every attribute and metric.
+context from the message's W3C `traceparent` header; per batch (a batch consumer), one
+`process {topic}` span with a Link to each record's producer context instead of a parent; per
+periodic run, one `run {task}` span of kind INTERNAL. What the error policy does after a failed
+attempt is the policy's own decision (`taskflow.policy`), recorded as a span event. With telemetry
+off (`telemetry_enabled`), `telemetry_layer` returns None, no layer is added and a handler stack
+keeps its fast path (`taskflow.handler.ignores_ctx`). See docs/observability.md for every
+attribute and metric.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import attach, detach
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Link, SpanKind
 
+from taskflow.batch import Batch
 from taskflow.exceptions import Defer
 from taskflow.middleware import Middleware
 from taskflow.policy import DEFER, RETRY, SKIP, SKIP_TOMBSTONE, Decision, ErrorPolicy
@@ -96,6 +99,9 @@ class ConsumerTelemetry:
         return attributes
 
     async def __call__(self, job: Job, ctx: Context) -> None:
+        if isinstance(job, Batch):
+            await self._batch(job, ctx)
+            return
         message = cast("Message", job)
         attempt = ctx.attempt
         metric_attributes = self._attributes.get(
@@ -138,6 +144,57 @@ class ConsumerTelemetry:
             detach(token)
             span.end()
 
+    async def _batch(self, batch: Batch, ctx: Context) -> None:
+        """One span for the batch, linked to each record's producer context; the metrics count
+        its records."""
+        attempt = ctx.attempt
+        first = batch.messages[0]
+        partitions = batch.partitions
+        metric_attributes = dict(self._partition_attributes(first.topic, first.partition))
+        if len(partitions) > 1:
+            del metric_attributes["messaging.destination.partition.id"]
+        if len({tp.topic for tp in partitions}) > 1:
+            del metric_attributes["messaging.destination.name"]
+        span = self.tracer.start_span(
+            f"process {first.topic}"
+            if "messaging.destination.name" in metric_attributes
+            else "process",
+            kind=SpanKind.CONSUMER,
+            links=_links(batch),
+            attributes={
+                **metric_attributes,
+                "messaging.operation.type": "process",
+                "messaging.batch.message_count": len(batch),
+                "taskflow.attempt": attempt,
+            },
+        )
+        delivered = attempt == 1
+        token = attach(trace.set_span_in_context(span))
+        started = time.perf_counter()
+        try:
+            await self.next(batch, ctx)
+        except BaseException as exc:
+            decision = self.policy.after_failure(exc, attempt)
+            if decision == DEFER:
+                delivered = False
+                signal = cast("Defer", exc)
+                span.add_event(
+                    "taskflow.defer",
+                    {"taskflow.reason": signal.reason, "taskflow.delay": signal.delay},
+                )
+                raise
+            kind = error_type(exc)
+            metric_attributes = {**metric_attributes, "error.type": kind}
+            fail(span, exc, kind)
+            self._record_decision(span, decision, attempt)
+            raise
+        finally:
+            self.duration.record(time.perf_counter() - started, metric_attributes)
+            if delivered:
+                self.consumed.add(len(batch), metric_attributes)
+            detach(token)
+            span.end()
+
     def _span_attributes(
         self, message: Message, metric_attributes: dict[str, Any], attempt: int
     ) -> dict[str, Any]:
@@ -169,6 +226,20 @@ class ConsumerTelemetry:
                     "taskflow.dead_letter.reason": decision.reason or "",
                 },
             )
+
+
+def _links(batch: Batch) -> list[Link]:
+    """A Link to the producer context of each record that carries one."""
+    links = []
+    for message in batch.messages:
+        if not message.headers:
+            continue
+        context = trace.get_current_span(
+            propagate.extract(message.headers, getter=GETTER)
+        ).get_span_context()
+        if context.is_valid:
+            links.append(Link(context, {"messaging.kafka.offset": message.offset}))
+    return links
 
 
 class PeriodicTelemetry:

@@ -152,6 +152,14 @@ class Account:
         self.held -= size
         self.budget.release(size)
 
+    def finished_many(self, messages: Sequence[Message]) -> None:
+        """Release records finished together (a batch's)."""
+        if self.closed:
+            return
+        size = sum(map(message_bytes, messages))
+        self.held -= size
+        self.budget.release(size)
+
     def close(self) -> None:
         """Release everything still counted; from now on nothing is counted."""
         if self.closed:

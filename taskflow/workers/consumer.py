@@ -30,6 +30,8 @@ from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import BrokerError, ProcessExit
 from taskflow.handler import threads_of
 from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PolicyCount
+from taskflow.workers.batch_work import one_record
+from taskflow.workers.batching import Batches
 from taskflow.workers.budget import BufferBudget
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
@@ -83,7 +85,8 @@ class ConsumerWorker:
         self.revoke_timeout = revoke_timeout
         self.options = _with_fetch_bytes(options or ConsumerOptions(), self.budget)
         self.log = WorkerLogger(logging.getLogger(app.name), spec.name)
-        self.processor = Processor(spec, app, broker, handler, stopping, self.log)
+        self.processor = Processor(spec, app, broker, one_record(spec, handler), stopping, self.log)
+        self.batches = Batches(self.processor, handler) if spec.batch is not None else None
         self.processor.on_exit = self._exit_requested
         self.rebalances = 0
         self.last_poll: float | None = None
@@ -322,6 +325,18 @@ class ConsumerWorker:
         self.rebalances += 1
         for tp in sorted(assigned):
             self._epoch += 1
+            if self.batches is not None:
+                assert self._consumer is not None
+                self._runners[tp] = self.batches.runner(
+                    tp,
+                    self._epoch,
+                    group,
+                    self._consumer,
+                    progress=self._commit_due,
+                    on_drained=self._resume,
+                )
+                self._runners[tp].account = self.budget.account()
+                continue
             runner = PartitionRunner(
                 tp,
                 self._epoch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 __all__ = ["OffsetTracker", "SequentialTracker"]
 
@@ -30,6 +31,10 @@ class OffsetTracker:
         """Record that `offset` (greater than every earlier one) is being worked on."""
         self._pending.append(offset)
 
+    def dispatched_many(self, offsets: Iterable[int]) -> None:
+        """Record `offsets` (increasing, greater than every earlier one) in one step."""
+        self._pending.extend(offsets)
+
     def finished(self, offset: int) -> None:
         """Record that `offset` is done: handled, skipped or dead-lettered."""
         pending = self._pending
@@ -45,6 +50,27 @@ class OffsetTracker:
             last = pending.popleft()
             finished.discard(last)
         self._last = last
+
+    def finished_run(self, first: int, last: int, count: int) -> bool:
+        """Record that the `count` oldest unfinished records, from `first` to `last`, are done,
+        in one step; False (nothing recorded) when they are not those."""
+        pending = self._pending
+        if self._finished or len(pending) < count or pending[0] != first:
+            return False
+        if pending[count - 1] != last:
+            return False
+        if count == len(pending):
+            pending.clear()
+        else:
+            for _ in range(count):
+                pending.popleft()
+        self._last = last
+        return True
+
+    def finished_many(self, offsets: Iterable[int]) -> None:
+        """Record that each of `offsets` is done (a batch, settled at once)."""
+        for offset in offsets:
+            self.finished(offset)
 
     @property
     def commit_target(self) -> int | None:

@@ -234,6 +234,13 @@ class Processor:
         key = (decision, message.topic, type(exc), fate)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
+    async def give_up(
+        self, message: Message, exc: BaseException, attempt: int, decision: Decision, pause: Pause
+    ) -> bool:
+        """Skip or dead-letter `message` after `attempt` failed with `exc` (a batch that was
+        given up, record by record); False if stopped meanwhile."""
+        return await self._give_up(message, exc, attempt, decision, pause)
+
     async def _give_up(
         self, message: Message, exc: BaseException, attempt: int, decision: Decision, pause: Pause
     ) -> bool:

@@ -235,3 +235,30 @@ def test_a_record_counts_its_value_key_and_headers_and_a_missing_value_counts_no
     account.close()
     account.finished(full)  # after its partition left: already given back
     assert (budget.used, account.held) == (0, 0)
+
+
+@pytest.mark.parametrize("ordering", ["partition", "none"])
+async def test_a_batch_consumer_holds_the_budget_until_its_batches_finish(ordering: str) -> None:
+    app = App("shop", buffer_bytes="1MiB")
+    gate = asyncio.Event()
+    batches: list[int] = []
+
+    @app.consume("events", batch=4, ordering=ordering)  # type: ignore[call-overload]
+    async def on_events(events: list[bytes]) -> None:
+        await gate.wait()
+        batches.append(len(events))
+
+    async with TestClient(app, partitions=2) as client:
+        worker = consumer_worker(client, "on_events")
+        for i in range(40):
+            await client.publish("events", bytes(RECORD), key=f"k{i}")
+        await settle()
+        status = worker.status()
+        assert status.paused == status.assigned  # the waiting batches hold the budget
+        assert status.buffered_bytes >= 512 * 1024
+
+        gate.set()
+        await client.drain()
+        status = worker.status()
+        assert (status.paused, status.buffered_bytes) == (frozenset(), 0)
+    assert sum(batches) == 40
