@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskflow import App, Context
-from taskflow.runner import running
+from taskflow.runner import open_runtime
 from taskflow.testing import ManualClock, TestClient
 
 RESULT = "RESULT "
@@ -101,13 +101,13 @@ async def lateness(tasks: int, seconds: float, *, freeze: bool = False) -> dict[
 
     With `freeze`, `gc.freeze()` is called once the app runs: every object made at start moves
     to the permanent generation, so a full collection no longer walks them. `taskflow run`
-    (`taskflow.runner.serve`) does this; an app run through `running()` in a process of its own
+    (`taskflow.runner.serve`) does this; an app run through `open_runtime()` in a process of its own
     does not, which is what the run without `freeze` shows.
     """
     record: dict[str, list[tuple[datetime, float]]] = {}
     app = _periodic_app(tasks, record)
     with GcPauses() as collections:
-        async with running(app) as runtime:
+        async with open_runtime(app) as runtime:
             run = asyncio.create_task(runtime.manager.run())
             try:
                 if freeze:

@@ -23,7 +23,7 @@ from kafka_contenders import (
 )
 
 from taskflow import App, Message, TopicPartition
-from taskflow.runner import running
+from taskflow.runner import open_runtime
 from taskflow.workers.consumer import ConsumerWorker
 
 __all__ = [
@@ -100,7 +100,7 @@ async def _run_app(
 ) -> tuple[float, Any]:
     """Run `app` until `counter` is done and, when `targets` are given, they are committed;
     then stop it (which commits what was handled). Returns the final commit's stamp."""
-    async with running(app) as runtime:
+    async with open_runtime(app) as runtime:
         run = asyncio.create_task(runtime.manager.run())
         worker = runtime.worker("handler")
         assert isinstance(worker, ConsumerWorker)
