@@ -77,8 +77,9 @@ class PartitionRunner:
     ) -> None:
         self.tp = tp
         self.sequential = ordering == "partition"
+        self._running: dict[Hashable, Message] = {}
         self.tracker: OffsetTracker | SequentialTracker = (
-            SequentialTracker(epoch) if self.sequential else OffsetTracker(epoch)
+            SequentialTracker(epoch, self._running) if self.sequential else OffsetTracker(epoch)
         )
         self.processor = processor
         self.task_group = task_group
@@ -92,7 +93,8 @@ class PartitionRunner:
         self.closed = False
         self._waiting: deque[Message] = deque()
         self._lanes: dict[Hashable, deque[Message]] = {}
-        self._running: dict[Hashable, Message] = {}
+        self._runs: deque[Sequence[Message]] = deque()  # partition mode's one lane, by fetch
+        self._lane_running = False  # partition mode: the lane's task is alive
         self._ready: deque[Hashable] = deque()  # lanes with records and no worker yet
         self._workers = 0  # worker tasks alive (key and none modes)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,13 +125,13 @@ class PartitionRunner:
         self._dispatch()
 
     def _feed_lane(self, records: Sequence[Message]) -> None:
-        queue = self._lanes.get(None)
-        if queue is None:
-            queue = self._lanes[None] = deque()
-            self._start_lane(None, queue)
         assert isinstance(self.tracker, SequentialTracker)
         self.tracker.dispatched_run(records[0].offset, len(records))
-        queue.extend(records)
+        self._runs.append(records)
+        if not self._lane_running:
+            self._lane_running = True
+            self._idle.clear()
+            self._spawn(self._run_lane(self.tracker), f"{self.tp}:lane")
 
     def _dispatch(self) -> None:
         waiting, lanes, tracker = self._waiting, self._lanes, self.tracker
@@ -148,9 +150,6 @@ class PartitionRunner:
 
     def _start_lane(self, lane: Hashable, queue: deque[Message]) -> None:
         self._idle.clear()
-        if self.sequential:
-            self._spawn(self._run_lane(lane, queue), f"{self.tp}:{lane!r}")
-            return
         # Key and none modes: a lane waits for a worker; a worker that finishes its lane takes
         # the next ready one, so a task is started only when every worker is busy (a task per
         # lane would make one task per record when keys cycle, each a round of event-loop work).
@@ -166,11 +165,58 @@ class PartitionRunner:
 
     # -- running ---------------------------------------------------------------------------
 
-    async def _run_lane(self, lane: Hashable, queue: deque[Message]) -> None:
-        """Run the one lane of partition mode until its queue is empty."""
+    async def _run_lane(self, tracker: SequentialTracker) -> None:
+        """Run the one lane of partition mode until no fetched run of records is left.
+
+        The offsets are settled once per run, not per record (see `SequentialTracker`): per
+        record the lane notes the record in `running`, awaits its handler and sets `progress`.
+        """
+        runs, running, processor = self._runs, self._running, self.processor
+        first_try, progress = processor.first_try, self.progress
+        direct = processor.handler if processor.direct else None
+        shared_ctx = processor.shared_ctx
+        message: Message | None = None
+        task = loopwatch.handling(processor.spec.name, running, None)
         try:
-            await self._drain_lane(lane, queue)
+            while runs and not self.closed:
+                run = runs.popleft()
+                tracker.started(run)
+                try:
+                    for message in run:
+                        if self.closed:
+                            break  # `message` never started: it and the rest stay unfinished
+                        running[None] = message
+                        try:
+                            if direct is not None:
+                                await direct(message, shared_ctx)  # type: ignore[arg-type]
+                            else:
+                                await first_try(message)
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as exc:  # SystemExit and the like: processing.py
+                            if not await processor.recover(message, exc, self._pause):
+                                break  # closed while retrying: left unfinished, never committed
+                        # The commit loop, once it runs, commits below the running record.
+                        progress.set()
+                    else:
+                        message = None  # the whole run finished
+                    running.pop(None, None)
+                finally:  # on cancellation too: what finished below `message` is committed
+                    tracker.settled(run, message)
+                if self.paused and self.buffered <= self.resume_below:
+                    self.on_drained(self)
+        except asyncio.CancelledError:
+            if running.pop(None, None) is not None:
+                logger.warning(
+                    "cancelled handler %s for %s: not committed, it will be redelivered",
+                    processor.spec.name,
+                    message,
+                )
+            raise
         finally:
+            loopwatch.done(task)
+            running.pop(None, None)
+            self._lane_running = False
             if not self._lanes:
                 self._idle.set()
 
@@ -249,12 +295,13 @@ class PartitionRunner:
         self.closed = True
         self._closed.set()
         self._waiting.clear()
+        self._runs.clear()
         for queue in self._lanes.values():
             queue.clear()
         for lane in self._ready:  # lanes no worker has taken: nothing of theirs runs now
             self._lanes.pop(lane, None)
         self._ready.clear()
-        if not self._lanes:
+        if not self._lanes and not self._lane_running:
             self._idle.set()
 
     async def wait_idle(self, timeout: float | None) -> bool:
