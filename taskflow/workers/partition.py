@@ -97,6 +97,9 @@ class PartitionRunner:
         self._lane_running = False  # partition mode: the lane's task is alive
         self._ready: deque[Hashable] = deque()  # lanes with records and no worker yet
         self._workers = 0  # worker tasks alive (key and none modes)
+        self._spare = False  # a worker was started and has not taken a lane yet
+        self._slot = 0  # the last worker's key in `_running`
+        self.by_key = ordering == "key"
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         self._idle = asyncio.Event()
@@ -123,6 +126,8 @@ class PartitionRunner:
             return
         self._waiting.extend(records)
         self._dispatch()
+        if self._ready:
+            self._add_worker()
 
     def _feed_lane(self, records: Sequence[Message]) -> None:
         assert isinstance(self.tracker, SequentialTracker)
@@ -134,29 +139,44 @@ class PartitionRunner:
             self._spawn(self._run_lane(self.tracker), f"{self.tp}:lane")
 
     def _dispatch(self) -> None:
-        waiting, lanes, tracker = self._waiting, self._lanes, self.tracker
+        """Move waiting records into their lanes, in offset order, while the concurrency allows.
+
+        A lane that gets its first record becomes ready; starting a worker for it is the
+        caller's (`feed`, or the worker that freed a lane and takes the next ready one itself).
+        """
+        waiting, lanes, ready, tracker = self._waiting, self._lanes, self._ready, self.tracker
+        lane_of, by_key, concurrency = self.lane_of, self.by_key, self.concurrency
+        if not lanes:
+            self._idle.clear()  # else it is clear already: it is set only once no lane is left
         while waiting:
             message = waiting[0]
-            lane = self.lane_of(message)
+            lane: Hashable = message.key if by_key else None
+            if lane is None:
+                lane = lane_of(message)
             queue = lanes.get(lane)
             if queue is None:
-                if len(lanes) >= self.concurrency:
+                if len(lanes) >= concurrency:
                     return  # the head waits for a free lane; order within the partition holds
                 queue = lanes[lane] = deque()
-                self._start_lane(lane, queue)
+                ready.append(lane)
             waiting.popleft()
             tracker.dispatched(message.offset)
             queue.append(message)
 
-    def _start_lane(self, lane: Hashable, queue: deque[Message]) -> None:
-        self._idle.clear()
-        # Key and none modes: a lane waits for a worker; a worker that finishes its lane takes
-        # the next ready one, so a task is started only when every worker is busy (a task per
-        # lane would make one task per record when keys cycle, each a round of event-loop work).
-        self._ready.append(lane)
-        if self._workers < len(self._lanes):
-            self._workers += 1
-            self._spawn(self._run_worker(), f"{self.tp}:worker")
+    def _add_worker(self) -> None:
+        """Start a worker for the ready lanes, unless one is on its way or `concurrency` run.
+
+        Key and none modes: a worker that finishes a lane takes the next ready one, and a worker
+        that takes a lane while more are ready starts the next worker. So workers grow as
+        handlers wait (each one's first wait lets the next one start), while handlers that never
+        wait are all run by one worker: a task per lane, or per ready lane at each fetch, would
+        be a round of event-loop work per record when keys cycle.
+        """
+        if self._spare or self._workers >= self.concurrency:
+            return
+        self._spare = True
+        self._workers += 1
+        self._spawn(self._run_worker(), f"{self.tp}:worker")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = self.task_group.create_task(work, name=name)
@@ -221,61 +241,67 @@ class PartitionRunner:
                 self._idle.set()
 
     async def _run_worker(self) -> None:
-        """Run ready lanes one after another until none is ready (key and none modes)."""
-        try:
-            while self._ready and not self.closed:
-                lane = self._ready.popleft()
-                queue = self._lanes.get(lane)
-                if queue is not None and not await self._drain_lane(lane, queue):
-                    return
-        finally:
-            self._workers -= 1
-            if not self._lanes:
-                self._idle.set()
+        """Run ready lanes one after another until none is ready (key and none modes).
 
-    async def _drain_lane(self, lane: Hashable, queue: deque[Message]) -> bool:
-        """Run `lane`'s records in order; False when the partition closed meanwhile."""
+        Each lane's records run in order; the worker notes the record it runs in `running` under
+        a key of its own, so the loop watch is told once per worker, not once per lane.
+        """
+        ready, lanes, waiting = self._ready, self._lanes, self._waiting
         running, tracker, processor = self._running, self.tracker, self.processor
         first_try, progress = processor.first_try, self.progress
         direct = processor.handler if processor.direct else None
         shared_ctx = processor.shared_ctx
+        slot = self._slot = self._slot + 1
+        taken = False
         message: Message | None = None
-        # Once per run of records: a blocked loop's watch finds the record in `running`.
-        task = loopwatch.handling(processor.spec.name, running, lane)
+        task = loopwatch.handling(processor.spec.name, running, slot)
         try:
-            while queue and not self.closed:
-                message = queue.popleft()
-                running[lane] = message
+            while ready and not self.closed:
+                lane = ready.popleft()
+                if not taken:
+                    taken, self._spare = True, False
+                if ready and not self._spare:
+                    self._add_worker()
+                queue = lanes[lane]
                 try:
-                    if direct is not None:
-                        await direct(message, shared_ctx)  # type: ignore[arg-type]
-                    else:
-                        await first_try(message)
+                    while queue and not self.closed:
+                        message = queue.popleft()
+                        running[slot] = message
+                        try:
+                            if direct is not None:
+                                await direct(message, shared_ctx)  # type: ignore[arg-type]
+                            else:
+                                await first_try(message)
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as exc:  # SystemExit and the like: processing.py
+                            if not await processor.recover(message, exc, self._pause):
+                                return  # closed while retrying: left unfinished, not committed
+                        del running[slot]
+                        tracker.finished(message.offset)
+                        progress.set()
+                        if self.paused and self.buffered <= self.resume_below:
+                            self.on_drained(self)
                 except asyncio.CancelledError:
+                    if running.pop(slot, None) is not None:
+                        logger.warning(
+                            "cancelled handler %s for %s: not committed, it will be redelivered",
+                            processor.spec.name,
+                            message,
+                        )
                     raise
-                except BaseException as exc:  # SystemExit and the like too: see processing.py
-                    if not await processor.recover(message, exc, self._pause):
-                        return False  # closed while retrying: left unfinished, never committed
-                del running[lane]
-                tracker.finished(message.offset)
-                progress.set()
-                if self.paused and self.buffered <= self.resume_below:
-                    self.on_drained(self)
-        except asyncio.CancelledError:
-            if running.pop(lane, None) is not None:
-                logger.warning(
-                    "cancelled handler %s for %s: not committed, it will be redelivered",
-                    processor.spec.name,
-                    message,
-                )
-            raise
+                finally:
+                    running.pop(slot, None)
+                    del lanes[lane]
+                if waiting and not self.closed:
+                    self._dispatch()  # new lanes go to `_ready`, for this worker to take next
         finally:
             loopwatch.done(task)
-            running.pop(lane, None)
-            del self._lanes[lane]
-            if not self.closed and self._waiting:
-                self._dispatch()  # new lanes go to `_ready`, for this worker to take next
-        return not self.closed
+            if not taken:
+                self._spare = False
+            self._workers -= 1
+            if not self._lanes:
+                self._idle.set()
 
     async def _pause(self, seconds: float) -> bool:
         """Wait before a retry; False when the partition closes meanwhile (give the record up)."""

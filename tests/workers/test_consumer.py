@@ -14,6 +14,7 @@ from collections import defaultdict
 import pytest
 
 from taskflow import App, Backoff, Context, Defer, Message, Reject, TopicPartition
+from taskflow.loopwatch import LoopWatch
 from taskflow.testing import TestClient
 from taskflow.workers import ConsumerWorker
 
@@ -611,3 +612,30 @@ async def test_ctx_attempt_counts_the_attempts_at_a_message() -> None:
         await client.publish("orders", b"x")
         await client.drain()
     assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+async def test_a_blocked_loop_is_reported_naming_the_record_being_handled(
+    ordering: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App("shop")
+
+    @app.consume("orders", ordering=ordering, **({"concurrency": 4} if ordering == "key" else {}))
+    async def on_order(message: Message) -> None:
+        if message.value == b"block":
+            time.sleep(0.5)  # noqa: ASYNC251 - the bug the watch reports
+
+    watch = LoopWatch(interval=0.05, limit=0.2)
+    with caplog.at_level(logging.WARNING, logger="taskflow.loop"):
+        async with TestClient(app, partitions=1) as client:
+            watch.start()
+            try:
+                await client.publish("orders", b"first", key="a")
+                await client.publish("orders", b"block", key="b")
+                await client.drain()
+            finally:
+                watch.stop()
+
+    reports = [r.getMessage() for r in caplog.records if "is blocked" in r.getMessage()]
+    assert reports
+    assert "running handler on_order for orders[0]@1" in reports[0]
