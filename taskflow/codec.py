@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -22,7 +23,7 @@ from typing import Any
 from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError
 from taskflow.message import Headers, Message
 
-__all__ = ["Decoder", "decoder_for", "encode_headers", "encode_key", "encode_value"]
+__all__ = ["Decoder", "decoder_for", "encode_headers", "encode_key", "encode_value", "feeding"]
 
 Decoder = Callable[[Message], Any]
 
@@ -123,9 +124,20 @@ def _not_utf8(message: Message) -> DecodeError | None:
     return None
 
 
+@functools.cache
 def _json_of(kind: type) -> Decoder:
-    # Per message: `_json` inlined, one call less each.
-    def decode(message: Message) -> Any:
+    decode = _json_feeding(kind, None)
+    _JSON_KINDS[decode] = kind
+    return decode
+
+
+def _json_feeding(kind: type, target: Callable[[Any], Any] | None) -> Callable[..., Any]:
+    """``(message, ctx=None)``: the payload's JSON value of type `kind`, or `target(value)``.
+
+    Per message: `_json` inlined, and the handler's own call too when there is a `target`.
+    """
+
+    def call(message: Message, ctx: object = None) -> Any:
         try:
             text = message.value.decode()
             value, end = _raw_decode(text)
@@ -138,9 +150,28 @@ def _json_of(kind: type) -> Decoder:
             raise DecodeError(
                 f"payload of {message} is a JSON {type(value).__name__}, expected {kind.__name__}"
             )
-        return value
+        return value if target is None else target(value)
 
-    return decode
+    return call
+
+
+_JSON_KINDS: dict[Decoder, type] = {}  # the decoder of each JSON payload type: dict, list
+
+
+def feeding(decode: Decoder, target: Callable[[Any], Any]) -> Callable[[Message, object], Any]:
+    """``(message, ctx) -> target(decode(message))``, ctx ignored, in one call per message.
+
+    The handler adapter of a function that takes a payload and no Context: for a JSON payload
+    the parse runs in the adapter itself rather than in a call of `decode`.
+    """
+    kind = _JSON_KINDS.get(decode)
+    if kind is not None:
+        return _json_feeding(kind, target)
+
+    def call(message: Message, ctx: object) -> Any:
+        return target(decode(message))
+
+    return call
 
 
 def _dataclass_of(cls: type) -> Decoder:
