@@ -145,6 +145,34 @@ async def test_none_mode_runs_up_to_concurrency_handlers_at_once() -> None:
     assert running.most == 4
 
 
+async def test_key_mode_runs_up_to_concurrency_handlers_when_a_fetch_holds_more_keys() -> None:
+    app = App("shop")
+    running = InFlight()
+    four_running = asyncio.Event()
+    handled: list[tuple[str, int]] = []
+
+    @app.consume("orders", ordering="key", concurrency=4)
+    async def on_order(message: Message) -> None:
+        with running:
+            if running.now == 4:
+                four_running.set()
+            await four_running.wait()
+            assert message.key is not None
+            handled.append((message.key.decode(), message.offset))
+
+    async with TestClient(app, partitions=1) as client:
+        for i in range(60):
+            await client.publish("orders", b"x", key=f"c{i % 30}")
+        await client.drain()
+        assert client.committed("shop", "orders", 0) == 60
+    assert running.most == 4
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for key, offset in handled:
+        by_key[key].append(offset)
+    assert len(by_key) == 30
+    assert all(offsets == sorted(offsets) for offsets in by_key.values())
+
+
 async def test_two_workers_in_one_group_split_the_partitions() -> None:
     app = App("shop")
     handled: dict[str, list[int]] = {"left": [], "right": []}
