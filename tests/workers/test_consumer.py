@@ -667,3 +667,38 @@ async def test_a_blocked_loop_is_reported_naming_the_record_being_handled(
     reports = [r.getMessage() for r in caplog.records if "is blocked" in r.getMessage()]
     assert reports
     assert "running handler on_order for orders[0]@1" in reports[0]
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["finishes", "is-cancelled"])
+async def test_stopping_inside_a_fetched_batch_commits_exactly_what_finished(
+    finishes: bool,
+) -> None:
+    app = App("shop")
+    first_held, release_first, third_started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    shipped: list[int] = []
+
+    @app.consume("orders")
+    async def ship(order: dict[str, int], ctx: Context) -> None:
+        if order["id"] == 0:  # the others arrive meanwhile, to be fetched as one batch
+            first_held.set()
+            await release_first.wait()
+        if order["id"] == 3:
+            third_started.set()
+            await (ctx.stopping.wait() if finishes else asyncio.Event().wait())
+        shipped.append(order["id"])
+
+    client = TestClient(app, partitions=1, shutdown_timeout=0.2)
+    async with client:
+        await client.publish("orders", {"id": 0})
+        await first_held.wait()
+        for i in range(1, 7):
+            await client.publish("orders", {"id": i})
+        release_first.set()
+        await third_started.wait()
+        async with asyncio.timeout(5):  # committed below the running record, while it runs
+            while client.committed("shop", "orders", 0) != 3:
+                await client.broker.group("shop").wait_for_commit()
+    # the running record finishes (and, before the partition closes, maybe a few more), or not
+    assert shipped == list(range(len(shipped)))
+    assert len(shipped) >= 4 if finishes else shipped == [0, 1, 2]
+    assert client.committed("shop", "orders", 0) == len(shipped)
