@@ -5,16 +5,17 @@ mode picks the lane of a record:
 
 - ``partition``: one lane, so the partition runs in offset order;
 - ``key``: one lane per key (a record without a key gets a lane of its own), up to `concurrency`
-  lanes running at once, so each key runs in offset order and different keys overlap;
-- ``none``: a lane per record, up to `concurrency` running at once.
+  lanes at once, so each key runs in offset order and different keys overlap;
+- ``none``: a lane per record, up to `concurrency` at once.
 
 Whatever the mode, the commit target is the lowest unfinished offset: an `OffsetTracker` keeps it
 when records may finish out of order, a `SequentialTracker` (two numbers) in partition mode.
 
-This is the per-message path, so it is written for speed: a fetched batch is handed out in one
-step (to partition mode's lane, or into the lanes of its keys), a lane awaits the handler directly
-and only calls into the error policy when a handler raises, partition mode settles its offsets
-once per batch, and progress is reported by setting an event.
+This is the per-message path, so it is written for speed: partition mode hands a fetched batch to
+its lane in one step and settles its offsets once per batch, a lane awaits the handler directly
+and only calls into the error policy when a handler raises, and progress is reported by setting
+an event. Key and none modes keep at most `concurrency` lanes (a lane's queue is a deque of
+about 0.75 KiB), the rest of a fetched batch waits in order for one to free.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class PartitionRunner:
         self.paused = False  # set by the worker when it pauses fetching for backpressure
         self.resume_below = 0
         self.closed = False
+        self._waiting: deque[Message] = deque()
         self._lanes: dict[Hashable, deque[Message]] = {}
         self._runs: deque[Sequence[Message]] = deque()  # partition mode's one lane, by fetch
         self._lane_running = False  # partition mode: the lane's task is alive
@@ -109,8 +111,8 @@ class PartitionRunner:
 
     @property
     def buffered(self) -> int:
-        """Records fetched and not finished (queued in a lane, or running)."""
-        return self.tracker.in_flight
+        """Records fetched and not finished (waiting, queued in a lane, or running)."""
+        return self.tracker.in_flight + len(self._waiting)
 
     @property
     def running(self) -> list[Message]:
@@ -124,7 +126,8 @@ class PartitionRunner:
         if self.sequential:
             self._feed_lane(records)
             return
-        self._dispatch(records)
+        self._waiting.extend(records)
+        self._dispatch()
         if self._ready:
             self._add_worker()
 
@@ -137,27 +140,30 @@ class PartitionRunner:
             self._idle.clear()
             self._spawn(self._run_lane(self.tracker), f"{self.tp}:lane")
 
-    def _dispatch(self, records: Sequence[Message]) -> None:
-        """Queue each fetched record in its lane at once, in offset order (key and none modes).
+    def _dispatch(self) -> None:
+        """Move waiting records into their lanes, in offset order, while the concurrency allows.
 
-        A lane that gets its first record becomes ready, for a worker to run; at most
-        `concurrency` workers run, so at most that many lanes run at once, and each lane runs
-        its records in order. Starting a worker is the caller's.
+        A lane that gets its first record becomes ready; starting a worker for it is the
+        caller's (`feed`, or the worker that freed a lane and takes the next ready one itself).
         """
-        lanes, ready, lane_of, by_key = self._lanes, self._ready, self.lane_of, self.by_key
+        waiting, lanes, ready, tracker = self._waiting, self._lanes, self._ready, self.tracker
+        lane_of, by_key, concurrency = self.lane_of, self.by_key, self.concurrency
         if not lanes:
             self._idle.clear()  # else it is clear already: it is set only once no lane is left
-        for message in records:
+        while waiting:
+            message = waiting[0]
             lane: Hashable = message.key if by_key else None
             if lane is None:
                 lane = lane_of(message)
             queue = lanes.get(lane)
             if queue is None:
+                if len(lanes) >= concurrency:
+                    return  # the head waits for a free lane; order within the partition holds
                 queue = lanes[lane] = deque()
                 ready.append(lane)
+            waiting.popleft()
+            tracker.dispatched(message.offset)
             queue.append(message)
-        assert isinstance(self.tracker, OffsetTracker)
-        self.tracker.dispatched_all(records)
 
     def _add_worker(self) -> None:
         """Start a worker for the ready lanes, unless one is on its way or `concurrency` run.
@@ -242,7 +248,7 @@ class PartitionRunner:
         Each lane's records run in order; the worker notes the record it runs in `running` under
         a key of its own, so the loop watch is told once per worker, not once per lane.
         """
-        ready, lanes = self._ready, self._lanes
+        ready, lanes, waiting = self._ready, self._lanes, self._waiting
         running, tracker, processor = self._running, self.tracker, self.processor
         first_try, progress = processor.first_try, self.progress
         direct = processor.handler if processor.direct else None
@@ -289,6 +295,8 @@ class PartitionRunner:
                 finally:
                     running.pop(slot, None)
                     del lanes[lane]
+                if waiting and not self.closed:
+                    self._dispatch()  # new lanes go to `_ready`, for this worker to take next
         finally:
             loopwatch.done(task)
             if not taken:
@@ -314,6 +322,7 @@ class PartitionRunner:
         """Stop dispatching: running handlers finish, the rest is dropped (redelivered later)."""
         self.closed = True
         self._closed.set()
+        self._waiting.clear()
         self._runs.clear()
         for queue in self._lanes.values():
             queue.clear()
