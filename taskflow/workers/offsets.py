@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,6 +35,11 @@ class OffsetTracker:
     def dispatched(self, offset: int) -> None:
         """Record that `offset` (greater than every earlier one) is being worked on."""
         self._pending.append(offset)
+
+    def dispatched_all(self, records: Iterable[Message]) -> None:
+        """Record that each of `records` (in offset order, after every earlier one) is being
+        worked on, in one step."""
+        self._pending.extend(map(_offset, records))
 
     def finished(self, offset: int) -> None:
         """Record that `offset` is done: handled, skipped or dead-lettered."""

@@ -5,8 +5,8 @@ mode picks the lane of a record:
 
 - ``partition``: one lane, so the partition runs in offset order;
 - ``key``: one lane per key (a record without a key gets a lane of its own), up to `concurrency`
-  lanes at once, so each key runs in offset order and different keys overlap;
-- ``none``: a lane per record, up to `concurrency` at once.
+  lanes running at once, so each key runs in offset order and different keys overlap;
+- ``none``: a lane per record, up to `concurrency` running at once.
 
 Whatever the mode, the commit target is the lowest unfinished offset: an `OffsetTracker` keeps it
 when records may finish out of order, a `SequentialTracker` (two numbers) in partition mode.
@@ -14,8 +14,8 @@ when records may finish out of order, a `SequentialTracker` (two numbers) in par
 This is the per-message path, so it is written for speed: partition mode hands a fetched batch to
 its lane in one step and settles its offsets once per batch, a lane awaits the handler directly
 and only calls into the error policy when a handler raises, and progress is reported by setting
-an event. Key and none modes keep at most `concurrency` lanes (a lane's queue is a deque of
-about 0.75 KiB), the rest of a fetched batch waits in order for one to free.
+an event. Key and none modes queue a fetched batch into its lanes at once; a lane gets a deque
+only once a second record of it waits, so a lane per buffered key costs a dict entry.
 """
 
 from __future__ import annotations
@@ -93,11 +93,13 @@ class PartitionRunner:
         self.paused = False  # set by the worker when it pauses fetching for backpressure
         self.resume_below = 0
         self.closed = False
-        self._waiting: deque[Message] = deque()
-        self._lanes: dict[Hashable, deque[Message]] = {}
+        # Key and none modes: each lane's records after its first (a deque only once a lane has
+        # a second record waiting: most lanes never do when keys cycle, and none never does).
+        self._lanes: dict[Hashable, deque[Message] | None] = {}
         self._runs: deque[Sequence[Message]] = deque()  # partition mode's one lane, by fetch
         self._lane_running = False  # partition mode: the lane's task is alive
-        self._ready: deque[Hashable] = deque()  # lanes with records and no worker yet
+        # lanes no worker has taken yet, with their first record, in offset order
+        self._ready: deque[tuple[Hashable, Message]] = deque()
         self._workers = 0  # worker tasks alive (key and none modes)
         self._spare = False  # a worker was started and has not taken a lane yet
         self._slot = 0  # the last worker's key in `_running`
@@ -111,8 +113,8 @@ class PartitionRunner:
 
     @property
     def buffered(self) -> int:
-        """Records fetched and not finished (waiting, queued in a lane, or running)."""
-        return self.tracker.in_flight + len(self._waiting)
+        """Records fetched and not finished (queued in a lane, or running)."""
+        return self.tracker.in_flight
 
     @property
     def running(self) -> list[Message]:
@@ -126,8 +128,7 @@ class PartitionRunner:
         if self.sequential:
             self._feed_lane(records)
             return
-        self._waiting.extend(records)
-        self._dispatch()
+        self._dispatch(records)
         if self._ready:
             self._add_worker()
 
@@ -140,30 +141,31 @@ class PartitionRunner:
             self._idle.clear()
             self._spawn(self._run_lane(self.tracker), f"{self.tp}:lane")
 
-    def _dispatch(self) -> None:
-        """Move waiting records into their lanes, in offset order, while the concurrency allows.
+    def _dispatch(self, records: Sequence[Message]) -> None:
+        """Queue each fetched record in its lane at once, in offset order (key and none modes).
 
-        A lane that gets its first record becomes ready; starting a worker for it is the
-        caller's (`feed`, or the worker that freed a lane and takes the next ready one itself).
+        A lane's first record makes it ready, for a worker to run; at most `concurrency` workers
+        run, each one lane at a time, so each lane runs its records in order and at most that
+        many handlers run at once. Starting a worker is the caller's.
         """
-        waiting, lanes, ready, tracker = self._waiting, self._lanes, self._ready, self.tracker
-        lane_of, by_key, concurrency = self.lane_of, self.by_key, self.concurrency
+        lanes, ready, lane_of, by_key = self._lanes, self._ready, self.lane_of, self.by_key
         if not lanes:
             self._idle.clear()  # else it is clear already: it is set only once no lane is left
-        while waiting:
-            message = waiting[0]
+        for message in records:
             lane: Hashable = message.key if by_key else None
             if lane is None:
                 lane = lane_of(message)
-            queue = lanes.get(lane)
+            if lane not in lanes:
+                lanes[lane] = None
+                ready.append((lane, message))
+                continue
+            queue = lanes[lane]
             if queue is None:
-                if len(lanes) >= concurrency:
-                    return  # the head waits for a free lane; order within the partition holds
-                queue = lanes[lane] = deque()
-                ready.append(lane)
-            waiting.popleft()
-            tracker.dispatched(message.offset)
-            queue.append(message)
+                lanes[lane] = deque((message,))
+            else:
+                queue.append(message)
+        assert isinstance(self.tracker, OffsetTracker)
+        self.tracker.dispatched_all(records)
 
     def _add_worker(self) -> None:
         """Start a worker for the ready lanes, unless one is on its way or `concurrency` run.
@@ -248,26 +250,23 @@ class PartitionRunner:
         Each lane's records run in order; the worker notes the record it runs in `running` under
         a key of its own, so the loop watch is told once per worker, not once per lane.
         """
-        ready, lanes, waiting = self._ready, self._lanes, self._waiting
+        ready, lanes = self._ready, self._lanes
         running, tracker, processor = self._running, self.tracker, self.processor
         first_try, progress = processor.first_try, self.progress
         direct = processor.handler if processor.direct else None
         shared_ctx = processor.shared_ctx
         slot = self._slot = self._slot + 1
         taken = False
-        message: Message | None = None
         task = loopwatch.handling(processor.spec.name, running, slot)
         try:
             while ready and not self.closed:
-                lane = ready.popleft()
+                lane, message = ready.popleft()
                 if not taken:
                     taken, self._spare = True, False
                 if ready and not self._spare:
                     self._add_worker()
-                queue = lanes[lane]
                 try:
-                    while queue and not self.closed:
-                        message = queue.popleft()
+                    while True:
                         running[slot] = message
                         try:
                             if direct is not None:
@@ -284,6 +283,10 @@ class PartitionRunner:
                         progress.set()
                         if self.paused and self.buffered <= self.resume_below:
                             self.on_drained(self)
+                        queue = lanes[lane]
+                        if not queue or self.closed:
+                            break
+                        message = queue.popleft()
                 except asyncio.CancelledError:
                     if running.pop(slot, None) is not None:
                         logger.warning(
@@ -295,8 +298,6 @@ class PartitionRunner:
                 finally:
                     running.pop(slot, None)
                     del lanes[lane]
-                if waiting and not self.closed:
-                    self._dispatch()  # new lanes go to `_ready`, for this worker to take next
         finally:
             loopwatch.done(task)
             if not taken:
@@ -322,11 +323,11 @@ class PartitionRunner:
         """Stop dispatching: running handlers finish, the rest is dropped (redelivered later)."""
         self.closed = True
         self._closed.set()
-        self._waiting.clear()
         self._runs.clear()
         for queue in self._lanes.values():
-            queue.clear()
-        for lane in self._ready:  # lanes no worker has taken: nothing of theirs runs now
+            if queue is not None:
+                queue.clear()
+        for lane, _ in self._ready:  # lanes no worker has taken: nothing of theirs runs now
             self._lanes.pop(lane, None)
         self._ready.clear()
         if not self._lanes and not self._lane_running:
