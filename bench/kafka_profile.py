@@ -94,11 +94,11 @@ class PySpied(contextlib.AbstractContextManager["PySpied"]):
 MESSAGE = "Message construction (kafka.py getmany → Message)"
 FETCH = "ConsumerWorker._fetch_loop + backpressure"
 DISPATCH = "PartitionRunner dispatch (feed, _dispatch, lane start)"
-LANE = "PartitionRunner._run_lane loop"
+LANE = "PartitionRunner lane loop (_run_lane, _run_worker)"
 OFFSETS = "OffsetTracker (dispatched/finished)"
 PROCESSOR = "Processor.process/_call"
 CONTEXT = "Context creation"
-ADAPTER = "handler adapter + decode (handler.py, codec.py)"
+ADAPTER = "handler adapter + decode, without the JSON parse"
 PROGRESS = "on_progress (ConsumerWorker._progress, Event.set)"
 COMMIT = "commit (commit loop, KafkaConsumer.commit)"
 IDEMPOTENCY = "idempotency middleware + store (own code, tasks)"
@@ -110,6 +110,7 @@ OWN_STAGES = [
 ]  # fmt: skip
 
 HANDLER = "the no-op handler itself (bench code)"
+JSON = "the JSON parse (json's decoder: raw's work too)"
 REDIS = "redis-py, called by taskflow (pack, send, parse)"
 REDIS_OTHER = "redis-py, other"
 OTEL = "OpenTelemetry API/SDK, called by taskflow"
@@ -117,7 +118,9 @@ OTEL_OTHER = "OpenTelemetry SDK, other (the BatchSpanProcessor thread)"
 AIOKAFKA_FETCH = "aiokafka: getmany, record decoding"
 AIOKAFKA_OTHER = "aiokafka: network, heartbeat, other"
 LOOP = "asyncio event loop, other"
-OTHER_STAGES = [HANDLER, REDIS, REDIS_OTHER, OTEL, OTEL_OTHER, AIOKAFKA_FETCH, AIOKAFKA_OTHER, LOOP]
+OTHER_STAGES = [
+    HANDLER, JSON, REDIS, REDIS_OTHER, OTEL, OTEL_OTHER, AIOKAFKA_FETCH, AIOKAFKA_OTHER, LOOP,
+]  # fmt: skip
 # broken down by the taskflow function above them (the outermost library function, for the others)
 DETAILED = (IDEMPOTENCY, REDIS, REDIS_OTHER, TELEMETRY, OTEL, OTEL_OTHER, OTHER_OWN)
 
@@ -145,7 +148,7 @@ def _own_stage(name: str, path: str, below_aiokafka: bool) -> str:
             return FETCH
         return OTHER_OWN
     if path == "workers/partition.py":
-        return LANE if "_run_lane" in name else DISPATCH
+        return LANE if name.endswith(("_run_lane", "_run_worker", "_drain_lane")) else DISPATCH
     return {
         "workers/offsets.py": OFFSETS,
         "workers/processing.py": PROCESSOR,
@@ -158,7 +161,7 @@ def _own_stage(name: str, path: str, below_aiokafka: bool) -> str:
 def _stage(frames: list[str]) -> tuple[str, str]:
     """The stage of a sample (py-spy's full file names), and where in it: the taskflow function
     it is under (and the library function that one called), or the outermost library function."""
-    below_aiokafka = below_redis = below_otel = False
+    below_aiokafka = below_redis = below_otel = below_json = False
     outermost = ""  # of the library frames, for a sample that no taskflow frame is above
     for frame in reversed(frames):
         name, _, where = frame.partition(" (")
@@ -173,6 +176,8 @@ def _stage(frames: list[str]) -> tuple[str, str]:
             below_redis = True
         elif "/opentelemetry/" in where:
             below_otel = True
+        elif "/json/" in where:
+            below_json = True
         if "/site-packages/" in where:
             outermost = frame  # at the taskflow frame: the library function that it called
         if not where.startswith(TASKFLOW):
@@ -182,6 +187,8 @@ def _stage(frames: list[str]) -> tuple[str, str]:
         if below_otel:
             return OTEL, f"{_short(frame)} → {_short(outermost)}"
         path = where[len(TASKFLOW) :].rsplit(":", 1)[0]
+        if below_json and path == "codec.py":
+            return JSON, ""
         return _own_stage(name, path, below_aiokafka), _short(frame)
     if below_redis:
         return REDIS_OTHER, _short(outermost)
@@ -248,6 +255,8 @@ HOT_PATH = [
     ("PartitionRunner.feed", "workers/partition.py", "feed"),
     ("PartitionRunner._dispatch", "workers/partition.py", "_dispatch"),
     ("PartitionRunner._run_lane", "workers/partition.py", "_run_lane"),
+    ("PartitionRunner._run_worker", "workers/partition.py", "_run_worker"),
+    ("SequentialTracker.settled", "workers/offsets.py", "settled"),
     ("OffsetTracker.dispatched", "workers/offsets.py", "dispatched"),
     ("OffsetTracker.finished", "workers/offsets.py", "finished"),
     ("ConsumerWorker._progress (on_progress)", "workers/consumer.py", "_progress"),
@@ -277,6 +286,8 @@ HOT_PATH = [
     ("  otel context attach", "opentelemetry/context/__init__.py", "attach"),
     ("  otel context detach", "opentelemetry/context/__init__.py", "detach"),
     ("handler adapter call_payload", "taskflow/handler.py", "call_payload"),
+    ("handler adapter with the JSON decode (codec.py)", "taskflow/codec.py", "call"),
+    ("  JSONDecoder.raw_decode (raw's work too)", "json/decoder.py", "raw_decode"),
     ("the no-op handler (bench code)", "taskflow_contenders.py", "handler"),
     ("Counter.hit (bench code)", "_child.py", "hit"),
     ("ConsumerWorker.commit", "workers/consumer.py", "commit"),

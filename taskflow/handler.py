@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, cast
 
 from taskflow.batch import Batch
-from taskflow.codec import ALLOWED, Decoder, decoder_for, identity
+from taskflow.codec import ALLOWED, Decoder, decoder_for, feeding, identity
 from taskflow.context import Context, Tick
 from taskflow.exceptions import HandlerSignatureError, HandlerTimeout
 from taskflow.message import Message
@@ -274,12 +274,8 @@ def _caller(func: Callable[..., Any], shape: _Shape) -> Handler:
 
         return _ignoring_ctx(call_message)
     if decode is not None:
-
-        def call_payload(job: Job, ctx: Context) -> Awaitable[None]:
-            # Per message: no typing.cast calls here, they cost a call each at run time.
-            return target(decode(job))  # type: ignore[arg-type]
-
-        return _ignoring_ctx(call_payload)
+        # Per message: the decode runs in the adapter, one call less (see `codec.feeding`).
+        return _ignoring_ctx(cast(Handler, feeding(decode, target)))
     if shape.wants_ctx:
 
         def call_ctx(job: Job, ctx: Context) -> Awaitable[None]:

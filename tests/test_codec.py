@@ -101,6 +101,23 @@ def test_invalid_json_is_a_decode_error_naming_the_message(annotation: Any) -> N
         decoder_for(annotation)(message(b'{"id": 1'))
 
 
+@pytest.mark.parametrize("annotation", [dict, Order], ids=repr)
+@pytest.mark.parametrize(
+    "payload", [b' {"id": 1, "customer": "ada"}', b'{"id":1,"customer":"ada"}\r\n']
+)
+def test_json_with_whitespace_around_it_is_decoded(annotation: Any, payload: bytes) -> None:
+    decoded = decoder_for(annotation)(message(payload))
+
+    assert decoded == annotation(id=1, customer="ada")
+
+
+@pytest.mark.parametrize("annotation", [dict, list, Order], ids=repr)
+@pytest.mark.parametrize("payload", [b'{"id": 1} {"id": 2}', b"[1] x", b""])
+def test_anything_but_one_json_value_is_a_decode_error(annotation: Any, payload: bytes) -> None:
+    with pytest.raises(DecodeError, match="is not valid JSON"):
+        decoder_for(annotation)(message(payload))
+
+
 def test_deeply_nested_json_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="not valid JSON"):
         decoder_for(list)(message(b"[" * 100_000 + b"]" * 100_000))

@@ -441,6 +441,8 @@ class BatchRunner(PartitionRunner):
     def feed(self, records: Sequence[Message]) -> None:
         if self.closed or not records:
             return
+        if self.account is not None:
+            self.account.take(records)
         self.tracker.dispatched_many([m.offset for m in records])
         self.pool.put(records)
 

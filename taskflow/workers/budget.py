@@ -130,13 +130,21 @@ class Account:
         self.held = 0
         self.closed = False
 
-    def take(self, records: Sequence[Message]) -> None:
-        """Count fetched records handed to the partition."""
+    def take(self, records: Sequence[Message]) -> int:
+        """Count fetched records handed to the partition; returns their bytes, for `release`."""
         if self.closed:
-            return
+            return 0
         size = sum(map(message_bytes, records))
         self.held += size
         self.budget.take(size)
+        return size
+
+    def release(self, size: int) -> None:
+        """Release `size` bytes of records finished together (a run `take` counted)."""
+        if self.closed:
+            return
+        self.held -= size
+        self.budget.release(size)
 
     def finished(self, message: Message) -> None:
         """Release a record whose handler finished: `message_bytes`, inlined (once per record)."""

@@ -196,9 +196,7 @@ class ConsumerWorker:
                 runner = self._runners.get(tp)
                 # Else revoked meanwhile (or closing): the next owner reads them again.
                 if runner is not None and not runner.closed:
-                    if runner.account is not None:
-                        runner.account.take(records)
-                    runner.feed(records)
+                    runner.feed(records)  # counted against the budget by the runner
                     self._apply_backpressure(runner)
             if batches and self.budget.spent:
                 self._hold()  # also any partition assigned while the budget could not pause it

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskflow.message import Message
 
 __all__ = ["OffsetTracker", "SequentialTracker"]
 
@@ -34,6 +39,11 @@ class OffsetTracker:
     def dispatched_many(self, offsets: Iterable[int]) -> None:
         """Record `offsets` (increasing, greater than every earlier one) in one step."""
         self._pending.extend(offsets)
+
+    def dispatched_all(self, records: Iterable[Message]) -> None:
+        """Record that each of `records` (in offset order, after every earlier one) is being
+        worked on, in one step."""
+        self._pending.extend(map(_offset, records))
 
     def finished(self, offset: int) -> None:
         """Record that `offset` is done: handled, skipped or dead-lettered."""
@@ -93,17 +103,33 @@ class SequentialTracker:
     """The tracker for records finished in the order they were dispatched (partition ordering).
 
     Then the lowest unfinished offset is always just after the last finished one, so the tracker
-    keeps two numbers and a count instead of a queue: nothing per record but an assignment, which
-    matters on a path that runs for every message.
+    keeps two numbers and a count instead of a queue. The lane settles it once per run of
+    records (`started`, then `settled`), not per record: while a run is worked on, the record
+    the lane is running (`running[lane]`, which the lane sets anyway for the loop watch) is the
+    lowest unfinished one, and the commit target and the in-flight count are read from it when
+    they are asked for. Per record, that costs the lane nothing but that one assignment.
+
+    Args:
+        epoch: The assignment this tracker belongs to.
+        running: The record each lane of the partition runs now, absent between records.
+        lane: The key of the one lane in `running`.
     """
 
-    __slots__ = ("_first", "_last", "_open", "epoch")
+    __slots__ = ("_first", "_lane", "_last", "_open", "_run", "_running", "epoch")
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(
+        self,
+        epoch: int,
+        running: Mapping[Hashable, Message] | None = None,
+        lane: Hashable = None,
+    ) -> None:
         self.epoch = epoch
         self._first: int | None = None  # the first offset dispatched, until one finishes
         self._last: int | None = None  # the last offset finished
         self._open = 0
+        self._running: Mapping[Hashable, Message] = {} if running is None else running
+        self._lane = lane
+        self._run: Sequence[Message] = ()  # the run the lane works on, in offset order
 
     def dispatched(self, offset: int) -> None:
         """Record that `offset` is being worked on; offsets come in increasing order."""
@@ -120,12 +146,36 @@ class SequentialTracker:
         self._last = offset
         self._open -= 1
 
+    def started(self, run: Sequence[Message]) -> None:
+        """The lane starts on `run`, dispatched records in offset order, one by one."""
+        self._run = run
+
+    def settled(self, run: Sequence[Message], unfinished: Message | None) -> None:
+        """The lane is done with `run`: every record of it finished, or, when the lane stopped
+        in it, those below `unfinished` (the rest is never committed by this tracker)."""
+        done = len(run) if unfinished is None else bisect_left(run, unfinished.offset, key=_offset)
+        if done:
+            self._last = run[done - 1].offset
+            self._open -= done
+        self._run = ()
+
     @property
     def commit_target(self) -> int | None:
-        """One past the last finished offset; before any finishes, the first dispatched one."""
+        """The running record's offset; between records, one past the last finished offset;
+        before any finishes, the first dispatched one."""
+        current = self._running.get(self._lane)
+        if current is not None:
+            return current.offset
         return self._first if self._last is None else self._last + 1
 
     @property
     def in_flight(self) -> int:
         """Records dispatched and not finished."""
-        return self._open
+        current = self._running.get(self._lane)
+        if current is None:
+            return self._open
+        return self._open - bisect_left(self._run, current.offset, key=_offset)
+
+
+def _offset(message: Message) -> int:
+    return message.offset

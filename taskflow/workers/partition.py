@@ -5,15 +5,17 @@ mode picks the lane of a record:
 
 - ``partition``: one lane, so the partition runs in offset order;
 - ``key``: one lane per key (a record without a key gets a lane of its own), up to `concurrency`
-  lanes at once, so each key runs in offset order and different keys overlap;
-- ``none``: a lane per record, up to `concurrency` at once.
+  lanes running at once, so each key runs in offset order and different keys overlap;
+- ``none``: a lane per record, up to `concurrency` running at once.
 
 Whatever the mode, the commit target is the lowest unfinished offset: an `OffsetTracker` keeps it
 when records may finish out of order, a `SequentialTracker` (two numbers) in partition mode.
 
 This is the per-message path, so it is written for speed: partition mode hands a fetched batch to
-its lane in one step, a lane awaits the handler directly and only calls into the error policy when
-a handler raises, and progress is reported by setting an event.
+its lane in one step and settles its offsets once per batch, a lane awaits the handler directly
+and only calls into the error policy when a handler raises, and progress is reported by setting
+an event. Key and none modes queue a fetched batch into its lanes at once; a lane gets a deque
+only once a second record of it waits, so a lane per buffered key costs a dict entry.
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ class PartitionRunner:
     ) -> None:
         self.tp = tp
         self.sequential = ordering == "partition"
+        self._running: dict[Hashable, Message] = {}
         self.tracker: OffsetTracker | SequentialTracker = (
-            SequentialTracker(epoch) if self.sequential else OffsetTracker(epoch)
+            SequentialTracker(epoch, self._running) if self.sequential else OffsetTracker(epoch)
         )
         self.processor = processor
         self.task_group = task_group
@@ -92,11 +95,18 @@ class PartitionRunner:
         self.resume_below = 0
         self.account: Account | None = None  # its share of the memory budget, set by the worker
         self.closed = False
-        self._waiting: deque[Message] = deque()
-        self._lanes: dict[Hashable, deque[Message]] = {}
-        self._running: dict[Hashable, Message] = {}
-        self._ready: deque[Hashable] = deque()  # lanes with records and no worker yet
+        # Key and none modes: each lane's records after its first (a deque only once a lane has
+        # a second record waiting: most lanes never do when keys cycle, and none never does).
+        self._lanes: dict[Hashable, deque[Message] | None] = {}
+        # Partition mode's one lane: each fetched run of records, with its bytes in the budget.
+        self._runs: deque[tuple[Sequence[Message], int]] = deque()
+        self._lane_running = False  # partition mode: the lane's task is alive
+        # lanes no worker has taken yet, with their first record, in offset order
+        self._ready: deque[tuple[Hashable, Message]] = deque()
         self._workers = 0  # worker tasks alive (key and none modes)
+        self._spare = False  # a worker was started and has not taken a lane yet
+        self._slot = 0  # the last worker's key in `_running`
+        self.by_key = ordering == "key"
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         self._idle = asyncio.Event()
@@ -106,8 +116,8 @@ class PartitionRunner:
 
     @property
     def buffered(self) -> int:
-        """Records fetched and not finished (waiting, queued in a lane, or running)."""
-        return self.tracker.in_flight + len(self._waiting)
+        """Records fetched and not finished (queued in a lane, or running)."""
+        return self.tracker.in_flight
 
     @property
     def running(self) -> list[Message]:
@@ -118,48 +128,64 @@ class PartitionRunner:
         """Take fetched records, in offset order, and start what the concurrency allows."""
         if self.closed or not records:
             return
+        account = self.account
+        size = 0 if account is None else account.take(records)
         if self.sequential:
-            self._feed_lane(records)
+            self._feed_lane(records, size)
             return
-        self._waiting.extend(records)
-        self._dispatch()
+        self._dispatch(records)
+        if self._ready:
+            self._add_worker()
 
-    def _feed_lane(self, records: Sequence[Message]) -> None:
-        queue = self._lanes.get(None)
-        if queue is None:
-            queue = self._lanes[None] = deque()
-            self._start_lane(None, queue)
+    def _feed_lane(self, records: Sequence[Message], size: int) -> None:
         assert isinstance(self.tracker, SequentialTracker)
         self.tracker.dispatched_run(records[0].offset, len(records))
-        queue.extend(records)
+        self._runs.append((records, size))
+        if not self._lane_running:
+            self._lane_running = True
+            self._idle.clear()
+            self._spawn(self._run_lane(self.tracker), f"{self.tp}:lane")
 
-    def _dispatch(self) -> None:
-        waiting, lanes, tracker = self._waiting, self._lanes, self.tracker
-        while waiting:
-            message = waiting[0]
-            lane = self.lane_of(message)
-            queue = lanes.get(lane)
+    def _dispatch(self, records: Sequence[Message]) -> None:
+        """Queue each fetched record in its lane at once, in offset order (key and none modes).
+
+        A lane's first record makes it ready, for a worker to run; at most `concurrency` workers
+        run, each one lane at a time, so each lane runs its records in order and at most that
+        many handlers run at once. Starting a worker is the caller's.
+        """
+        lanes, ready, lane_of, by_key = self._lanes, self._ready, self.lane_of, self.by_key
+        if not lanes:
+            self._idle.clear()  # else it is clear already: it is set only once no lane is left
+        for message in records:
+            lane: Hashable = message.key if by_key else None
+            if lane is None:
+                lane = lane_of(message)
+            if lane not in lanes:
+                lanes[lane] = None
+                ready.append((lane, message))
+                continue
+            queue = lanes[lane]
             if queue is None:
-                if len(lanes) >= self.concurrency:
-                    return  # the head waits for a free lane; order within the partition holds
-                queue = lanes[lane] = deque()
-                self._start_lane(lane, queue)
-            waiting.popleft()
-            tracker.dispatched(message.offset)
-            queue.append(message)
+                lanes[lane] = deque((message,))
+            else:
+                queue.append(message)
+        assert isinstance(self.tracker, OffsetTracker)
+        self.tracker.dispatched_all(records)
 
-    def _start_lane(self, lane: Hashable, queue: deque[Message]) -> None:
-        self._idle.clear()
-        if self.sequential:
-            self._spawn(self._run_lane(lane, queue), f"{self.tp}:{lane!r}")
+    def _add_worker(self) -> None:
+        """Start a worker for the ready lanes, unless one is on its way or `concurrency` run.
+
+        Key and none modes: a worker that finishes a lane takes the next ready one, and a worker
+        that takes a lane while more are ready starts the next worker. So workers grow as
+        handlers wait (each one's first wait lets the next one start), while handlers that never
+        wait are all run by one worker: a task per lane, or per ready lane at each fetch, would
+        be a round of event-loop work per record when keys cycle.
+        """
+        if self._spare or self._workers >= self.concurrency:
             return
-        # Key and none modes: a lane waits for a worker; a worker that finishes its lane takes
-        # the next ready one, so a task is started only when every worker is busy (a task per
-        # lane would make one task per record when keys cycle, each a round of event-loop work).
-        self._ready.append(lane)
-        if self._workers < len(self._lanes):
-            self._workers += 1
-            self._spawn(self._run_worker(), f"{self.tp}:worker")
+        self._spare = True
+        self._workers += 1
+        self._spawn(self._run_worker(), f"{self.tp}:worker")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = self.task_group.create_task(work, name=name)
@@ -168,60 +194,53 @@ class PartitionRunner:
 
     # -- running ---------------------------------------------------------------------------
 
-    async def _run_lane(self, lane: Hashable, queue: deque[Message]) -> None:
-        """Run the one lane of partition mode until its queue is empty."""
-        try:
-            await self._drain_lane(lane, queue)
-        finally:
-            if not self._lanes:
-                self._idle.set()
+    async def _run_lane(self, tracker: SequentialTracker) -> None:
+        """Run the one lane of partition mode until no fetched run of records is left.
 
-    async def _run_worker(self) -> None:
-        """Run ready lanes one after another until none is ready (key and none modes)."""
-        try:
-            while self._ready and not self.closed:
-                lane = self._ready.popleft()
-                queue = self._lanes.get(lane)
-                if queue is not None and not await self._drain_lane(lane, queue):
-                    return
-        finally:
-            self._workers -= 1
-            if not self._lanes:
-                self._idle.set()
-
-    async def _drain_lane(self, lane: Hashable, queue: deque[Message]) -> bool:
-        """Run `lane`'s records in order; False when the partition closed meanwhile."""
-        running, tracker, processor = self._running, self.tracker, self.processor
+        The offsets are settled once per run, not per record (see `SequentialTracker`): per
+        record the lane notes the record in `running`, awaits its handler and sets `progress`.
+        """
+        runs, running, processor = self._runs, self._running, self.processor
         first_try, progress = processor.first_try, self.progress
         direct = processor.handler if processor.direct else None
         shared_ctx = processor.shared_ctx
         account = self.account
         message: Message | None = None
-        # Once per run of records: a blocked loop's watch finds the record in `running`.
-        task = loopwatch.handling(processor.spec.name, running, lane)
+        task = loopwatch.handling(processor.spec.name, running, None)
         try:
-            while queue and not self.closed:
-                message = queue.popleft()
-                running[lane] = message
+            while runs and not self.closed:
+                run, size = runs.popleft()
+                tracker.started(run)
                 try:
-                    if direct is not None:
-                        await direct(message, shared_ctx)  # type: ignore[arg-type]
+                    for message in run:
+                        if self.closed:
+                            break  # `message` never started: it and the rest stay unfinished
+                        running[None] = message
+                        try:
+                            if direct is not None:
+                                await direct(message, shared_ctx)  # type: ignore[arg-type]
+                            else:
+                                await first_try(message)
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as exc:  # SystemExit and the like: processing.py
+                            if not await processor.recover(message, exc, self._pause):
+                                break  # closed while retrying: left unfinished, never committed
+                        # The commit loop, once it runs, commits below the running record.
+                        progress.set()
                     else:
-                        await first_try(message)
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:  # SystemExit and the like too: see processing.py
-                    if not await processor.recover(message, exc, self._pause):
-                        return False  # closed while retrying: left unfinished, never committed
-                del running[lane]
-                tracker.finished(message.offset)
-                if account is not None:
-                    account.finished(message)
-                progress.set()
+                        message = None  # the whole run finished
+                    running.pop(None, None)
+                finally:  # on cancellation too: what finished below `message` is committed
+                    tracker.settled(run, message)
+                    if message is None and account is not None:
+                        # A run cut short is released when the closing partition's account
+                        # closes: only a closing partition leaves a run unfinished.
+                        account.release(size)
                 if self.paused and self.buffered <= self.resume_below:
                     self.on_drained(self)
         except asyncio.CancelledError:
-            if running.pop(lane, None) is not None:
+            if running.pop(None, None) is not None:
                 logger.warning(
                     "cancelled handler %s for %s: not committed, it will be redelivered",
                     processor.spec.name,
@@ -230,11 +249,75 @@ class PartitionRunner:
             raise
         finally:
             loopwatch.done(task)
-            running.pop(lane, None)
-            del self._lanes[lane]
-            if not self.closed and self._waiting:
-                self._dispatch()  # new lanes go to `_ready`, for this worker to take next
-        return not self.closed
+            running.pop(None, None)
+            self._lane_running = False
+            if not self._lanes:
+                self._idle.set()
+
+    async def _run_worker(self) -> None:
+        """Run ready lanes one after another until none is ready (key and none modes).
+
+        Each lane's records run in order; the worker notes the record it runs in `running` under
+        a key of its own, so the loop watch is told once per worker, not once per lane.
+        """
+        ready, lanes = self._ready, self._lanes
+        running, tracker, processor = self._running, self.tracker, self.processor
+        first_try, progress = processor.first_try, self.progress
+        direct = processor.handler if processor.direct else None
+        shared_ctx = processor.shared_ctx
+        account = self.account
+        slot = self._slot = self._slot + 1
+        taken = False
+        task = loopwatch.handling(processor.spec.name, running, slot)
+        try:
+            while ready and not self.closed:
+                lane, message = ready.popleft()
+                if not taken:
+                    taken, self._spare = True, False
+                if ready and not self._spare:
+                    self._add_worker()
+                try:
+                    while True:
+                        running[slot] = message
+                        try:
+                            if direct is not None:
+                                await direct(message, shared_ctx)  # type: ignore[arg-type]
+                            else:
+                                await first_try(message)
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as exc:  # SystemExit and the like: processing.py
+                            if not await processor.recover(message, exc, self._pause):
+                                return  # closed while retrying: left unfinished, not committed
+                        del running[slot]
+                        tracker.finished(message.offset)
+                        if account is not None:
+                            account.finished(message)
+                        progress.set()
+                        if self.paused and self.buffered <= self.resume_below:
+                            self.on_drained(self)
+                        queue = lanes[lane]
+                        if not queue or self.closed:
+                            break
+                        message = queue.popleft()
+                except asyncio.CancelledError:
+                    if running.pop(slot, None) is not None:
+                        logger.warning(
+                            "cancelled handler %s for %s: not committed, it will be redelivered",
+                            processor.spec.name,
+                            message,
+                        )
+                    raise
+                finally:
+                    running.pop(slot, None)
+                    del lanes[lane]
+        finally:
+            loopwatch.done(task)
+            if not taken:
+                self._spare = False
+            self._workers -= 1
+            if not self._lanes:
+                self._idle.set()
 
     async def _pause(self, seconds: float) -> bool:
         """Wait before a retry; False when the partition closes meanwhile (give the record up)."""
@@ -253,13 +336,14 @@ class PartitionRunner:
         """Stop dispatching: running handlers finish, the rest is dropped (redelivered later)."""
         self.closed = True
         self._closed.set()
-        self._waiting.clear()
+        self._runs.clear()
         for queue in self._lanes.values():
-            queue.clear()
-        for lane in self._ready:  # lanes no worker has taken: nothing of theirs runs now
+            if queue is not None:
+                queue.clear()
+        for lane, _ in self._ready:  # lanes no worker has taken: nothing of theirs runs now
             self._lanes.pop(lane, None)
         self._ready.clear()
-        if not self._lanes:
+        if not self._lanes and not self._lane_running:
             self._idle.set()
 
     async def wait_idle(self, timeout: float | None) -> bool:

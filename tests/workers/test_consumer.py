@@ -14,6 +14,7 @@ from collections import defaultdict
 import pytest
 
 from taskflow import App, Backoff, Context, Defer, Message, Reject, TopicPartition
+from taskflow.loopwatch import LoopWatch
 from taskflow.testing import TestClient
 from taskflow.workers import ConsumerWorker
 
@@ -142,6 +143,34 @@ async def test_none_mode_runs_up_to_concurrency_handlers_at_once() -> None:
         assert client.committed("shop", "orders", 0) == 10
     assert sorted(handled) == list(range(10))
     assert running.most == 4
+
+
+async def test_key_mode_runs_up_to_concurrency_handlers_when_a_fetch_holds_more_keys() -> None:
+    app = App("shop")
+    running = InFlight()
+    four_running = asyncio.Event()
+    handled: list[tuple[str, int]] = []
+
+    @app.consume("orders", ordering="key", concurrency=4)
+    async def on_order(message: Message) -> None:
+        with running:
+            if running.now == 4:
+                four_running.set()
+            await four_running.wait()
+            assert message.key is not None
+            handled.append((message.key.decode(), message.offset))
+
+    async with TestClient(app, partitions=1) as client:
+        for i in range(60):
+            await client.publish("orders", b"x", key=f"c{i % 30}")
+        await client.drain()
+        assert client.committed("shop", "orders", 0) == 60
+    assert running.most == 4
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for key, offset in handled:
+        by_key[key].append(offset)
+    assert len(by_key) == 30
+    assert all(offsets == sorted(offsets) for offsets in by_key.values())
 
 
 async def test_two_replicas_in_one_group_split_the_partitions() -> None:
@@ -613,6 +642,68 @@ async def test_ctx_attempt_counts_the_attempts_at_a_message() -> None:
         await client.publish("orders", b"x")
         await client.drain()
     assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+async def test_a_blocked_loop_is_reported_naming_the_record_being_handled(
+    ordering: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App("shop")
+
+    @app.consume("orders", ordering=ordering, **({"concurrency": 4} if ordering == "key" else {}))
+    async def on_order(message: Message) -> None:
+        if message.value == b"block":
+            time.sleep(0.5)  # noqa: ASYNC251 - the bug the watch reports
+
+    watch = LoopWatch(interval=0.05, limit=0.2)
+    with caplog.at_level(logging.WARNING, logger="taskflow.loop"):
+        async with TestClient(app, partitions=1) as client:
+            watch.start()
+            try:
+                await client.publish("orders", b"first", key="a")
+                await client.publish("orders", b"block", key="b")
+                await client.drain()
+            finally:
+                watch.stop()
+
+    reports = [r.getMessage() for r in caplog.records if "is blocked" in r.getMessage()]
+    assert reports
+    assert "running handler on_order for orders[0]@1" in reports[0]
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["finishes", "is-cancelled"])
+async def test_stopping_inside_a_fetched_batch_commits_exactly_what_finished(
+    finishes: bool,
+) -> None:
+    app = App("shop")
+    first_held, release_first, third_started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    shipped: list[int] = []
+
+    @app.consume("orders")
+    async def ship(order: dict[str, int], ctx: Context) -> None:
+        if order["id"] == 0:  # the others arrive meanwhile, to be fetched as one batch
+            first_held.set()
+            await release_first.wait()
+        if order["id"] == 3:
+            third_started.set()
+            await (ctx.stopping.wait() if finishes else asyncio.Event().wait())
+        shipped.append(order["id"])
+
+    client = TestClient(app, partitions=1, shutdown_timeout=0.2)
+    async with client:
+        await client.publish("orders", {"id": 0})
+        await first_held.wait()
+        for i in range(1, 7):
+            await client.publish("orders", {"id": i})
+        release_first.set()
+        await third_started.wait()
+        async with asyncio.timeout(5):  # committed below the running record, while it runs
+            while client.committed("shop", "orders", 0) != 3:
+                await client.broker.group("shop").wait_for_commit()
+    # the running record finishes (and, before the partition closes, maybe a few more), or not
+    assert shipped == list(range(len(shipped)))
+    assert len(shipped) >= 4 if finishes else shipped == [0, 1, 2]
+    assert client.committed("shop", "orders", 0) == len(shipped)
 
 
 # -- tombstones ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskflow.message import Message
 from taskflow.workers.offsets import OffsetTracker, SequentialTracker
 
 
@@ -156,3 +157,32 @@ def test_sequential_tracker_never_moves_past_an_unfinished_record() -> None:
     tracker.dispatched(6)
     tracker.finished(5)
     assert tracker.commit_target == 6  # 6 is still running: a restart starts there
+
+
+def test_sequential_tracker_reads_a_run_in_progress_from_the_running_record() -> None:
+    running: dict[object, Message] = {}
+    tracker = SequentialTracker(epoch=1, running=running)
+    run = [Message("orders", 0, offset, None, b"") for offset in (10, 11, 13, 14)]
+    tracker.dispatched_run(10, len(run))
+    tracker.started(run)
+
+    running[None] = run[2]  # 10 and 11 finished, 13 is running
+
+    assert tracker.commit_target == 13
+    assert tracker.in_flight == 2
+    running.clear()
+    tracker.settled(run, None)
+    assert (tracker.commit_target, tracker.in_flight) == (15, 0)
+
+
+def test_sequential_tracker_settles_only_below_the_record_a_lane_stopped_at() -> None:
+    running: dict[object, Message] = {}
+    tracker = SequentialTracker(epoch=1, running=running)
+    run = [Message("orders", 0, offset, None, b"") for offset in (3, 4, 5)]
+    tracker.dispatched_run(3, len(run))
+    tracker.started(run)
+
+    tracker.settled(run, run[1])  # closed while 4 was retried: it and 5 stay unfinished
+
+    assert tracker.commit_target == 4
+    assert tracker.in_flight == 2
