@@ -39,6 +39,7 @@ from examples import (
 )
 from taskflow import Context
 from taskflow.brokers.memory import MemoryBroker
+from taskflow.config import size_text
 from taskflow.http import SERVER_CLOSE_TIMEOUT
 from taskflow.manager import CANCEL_GRACE
 from taskflow.message import TopicPartition
@@ -285,6 +286,12 @@ def test_kubernetes_manifest_gives_the_drain_time_to_finish(folder: str, app_ref
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
     assert container["args"][:3] == ["taskflow", "run", app_ref]
+    if "TASKFLOW_BUFFER_BYTES" in env:  # the records held fit well within the pod's memory
+        budget = size_text(env["TASKFLOW_BUFFER_BYTES"])
+        limit = size_text(container["resources"]["limits"]["memory"] + "B")
+        assert budget is not None
+        assert limit is not None
+        assert budget <= limit / 4
     dockerfile = (ROOT / folder / "Dockerfile").read_text()
     cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))
     assert json.loads(cmd.removeprefix("CMD ")) == container["args"]  # exec form: PID 1 is taskflow
