@@ -25,6 +25,7 @@ from taskflow.message import Headers, Message
 
 __all__ = [
     "Decoder",
+    "decode_headers",
     "decoder_for",
     "encode_headers",
     "encode_key",
@@ -376,3 +377,12 @@ def encode_headers(
             raise PublishError(f"header {name!r} must be str or bytes, got {type(value).__name__}")
         out.append((name, value))
     return tuple(out)
+
+
+def decode_headers(headers: Headers) -> dict[str, str]:
+    """Headers as a dict of text, for reading and comparing.
+
+    Values are decoded as UTF-8; bytes that are not UTF-8 read as ``\\xNN`` escapes. A name that
+    repeats keeps its last value, as `Message.header` reads it.
+    """
+    return {name: value.decode(errors="backslashreplace") for name, value in headers}

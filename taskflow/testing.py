@@ -14,22 +14,57 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 from taskflow.app import App
 from taskflow.brokers.memory import MemoryBroker
-from taskflow.codec import encode_headers, encode_key, encode_value
+from taskflow.clock import Clock, SystemClock
+from taskflow.codec import decode_headers, encode_headers, encode_key, encode_value
 from taskflow.context import Tick
-from taskflow.exceptions import StateError
+from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.manager import ShutdownReport
-from taskflow.message import TopicPartition
+from taskflow.message import Headers, Message, TopicPartition
 from taskflow.runner import Runtime, open_runtime
 from taskflow.workers import ScheduledWorker
+from taskflow.workers.dead_letter import DeadLetterRecord
 
-__all__ = ["ManualClock", "TestClient"]
+__all__ = ["DeadLetterRecord", "ManualClock", "Published", "TestClient"]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One record on a topic of the test broker, as `TestClient.published` returns it.
+
+    Header values are decoded as UTF-8 into `headers`; bytes that are not UTF-8 read as
+    ``\\xNN`` escapes there, and `raw_headers` keeps them as they were.
+    """
+
+    value: bytes | None
+    """The raw value; None for a tombstone."""
+    key: bytes | None
+    headers: dict[str, str]
+    """The headers as text; a repeated name keeps its last value."""
+    partition: int
+    offset: int
+    raw_headers: Headers = ()
+    """The headers as they were published, in order."""
+
+    def json(self) -> Any:
+        """The value decoded as JSON (None for a tombstone)."""
+        return None if self.value is None else json.loads(self.value)
+
+    @classmethod
+    def from_message(cls, message: Message) -> Published:
+        """The record `message` as a `Published`."""
+        headers = decode_headers(message.headers)
+        return cls(
+            message.value, message.key, headers, message.partition, message.offset, message.headers
+        )
 
 
 class ManualClock:
@@ -147,16 +182,34 @@ class TestClient:
         app: The app under test. Its broker setting is ignored: the test kit uses memory.
         partitions: Partitions per topic on the memory broker.
         shutdown_timeout: Seconds to let work finish on exit (default: the app's).
+        clock: A clock (a [ManualClock][taskflow.testing.ManualClock]) for the app's periodic
+            tasks while the block runs, for an app built without one; the app gets its own
+            clock back on exit.
+
+    Raises:
+        ConfigurationError: when `clock` is given and the app was built with another clock.
     """
 
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, app: App, *, partitions: int = 4, shutdown_timeout: float | None = None
+        self,
+        app: App,
+        *,
+        partitions: int = 4,
+        shutdown_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        if clock is not None and not isinstance(app.clock, SystemClock) and app.clock is not clock:
+            raise ConfigurationError(
+                f"app {app.name!r} already has a clock of its own: drop clock= from the "
+                "TestClient, or build the app without one"
+            )
         self.app = app
         self.broker = MemoryBroker(partitions)
         self.shutdown_timeout = shutdown_timeout
+        self._clock = clock
+        self._app_clock: Clock | None = None
         self.report: ShutdownReport | None = None
         self._runtime: Runtime | None = None
         self._context: Any = None
@@ -170,10 +223,16 @@ class TestClient:
         return self._runtime
 
     async def __aenter__(self) -> TestClient:
+        if self._clock is not None:
+            self._app_clock, self.app.clock = self.app.clock, self._clock
         self._context = open_runtime(
             self.app, broker=self.broker, commit_interval=0, shutdown_timeout=self.shutdown_timeout
         )
-        self._runtime = await self._context.__aenter__()
+        try:
+            self._runtime = await self._context.__aenter__()
+        except BaseException:
+            self._restore_clock()
+            raise
         self._task = asyncio.create_task(self._runtime.manager.run(), name="taskflow-testclient")
         await _let_run()
         return self
@@ -191,7 +250,14 @@ class TestClient:
             self.report = await task
         finally:
             self._runtime = None
-            await self._context.__aexit__(exc_type, exc, tb)
+            try:
+                await self._context.__aexit__(exc_type, exc, tb)
+            finally:
+                self._restore_clock()
+
+    def _restore_clock(self) -> None:
+        if self._app_clock is not None:
+            self.app.clock, self._app_clock = self._app_clock, None
 
     async def publish(
         self,
@@ -237,6 +303,22 @@ class TestClient:
             for partition, log in enumerate(self.broker.topic(topic).logs)
         )
 
+    def published(self, topic: str) -> list[Published]:
+        """Every record on `topic`, over all partitions, in the order they were written.
+
+        Within one partition that is offset order. Records published by the app, by
+        `publish`, and dead letters alike; a topic nothing was written to gives ``[]``.
+        """
+        return [Published.from_message(message) for message in self.broker.topic(topic).written]
+
+    def dead_letters(self, topic: str) -> list[DeadLetterRecord]:
+        """The dead letters on dead-letter topic `topic`, in the order they were written.
+
+        Raises:
+            ValueError: when a record on `topic` is not a dead letter taskflow wrote.
+        """
+        return [DeadLetterRecord.from_message(m) for m in self.broker.topic(topic).written]
+
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         """The offset `group` has committed for one partition."""
         return self.broker.committed(group, TopicPartition(topic, partition))
@@ -251,5 +333,5 @@ class TestClient:
 
     @property
     def clock(self) -> Any:
-        """The app's clock (a [ManualClock][taskflow.testing.ManualClock] when the app has one)."""
-        return self.app.clock
+        """The clock the app runs on: the one given to the TestClient, else the app's own."""
+        return self._clock or self.app.clock

@@ -69,11 +69,12 @@ async def test_an_order_is_invoiced_and_a_bad_one_dead_lettered() -> None:
         await client.publish("orders", b"not json", key="c2")
         await client.drain()  # all handled (or dead-lettered) and committed
         await client.run_schedule("cleanup")  # a periodic task, run now
-        topic = client.broker.topic
-        invoices = [m for log in topic("invoices").logs for m in log]
-        dead = [m for log in topic("orders.DLQ").logs for m in log]
-    assert [(m.key, m.value) for m in invoices] == [(b"c1", b'{"order":7}')]
-    assert [m.header("taskflow-reason") for m in dead] == [b"rejected"]
+    (invoice,) = client.published("invoices")
+    assert (invoice.key, invoice.json()) == (b"c1", {"order": 7})
+    (letter,) = client.dead_letters("orders.DLQ")
+    assert (letter.reason, letter.key) == ("rejected", b"c2")
+    assert letter.value == b"not json"
+    assert letter.exception_type == "taskflow.exceptions.DecodeError"
     assert client.report is not None
     assert client.report.clean  # the shutdown cancelled nothing
 
@@ -194,6 +195,28 @@ async def test_reports_run_on_their_ticks_when_the_clock_moves() -> None:
 
 
 # --8<-- [end:clock]
+
+
+# --8<-- [start:client-clock]
+async def test_cleanup_runs_every_five_minutes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = ManualClock(datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+    # billing.app runs on this clock for the length of the block
+    async with TestClient(billing.app, clock=clock):
+        await clock.wait_for_sleepers()
+        await clock.advance(timedelta(minutes=11))
+    logged = [record.getMessage() for record in caplog.records]
+    runs = [line for line in logged if line.startswith("cleaning")]
+    assert runs == [
+        "cleaning up the run of 2026-03-02 06:05:00+00:00",
+        "cleaning up the run of 2026-03-02 06:10:00+00:00",
+    ]
+    assert billing.app.clock is not clock  # the app has its own clock back
+
+
+# --8<-- [end:client-clock]
 
 
 async def test_fastapi_service_publishes_from_the_api_and_welcomes_in_the_worker() -> None:

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taskflow import App, Backoff, Context, StateError
-from taskflow.testing import ManualClock, TestClient
+from taskflow import App, Backoff, ConfigurationError, Context, Reject, StateError
+from taskflow.clock import SystemClock
+from taskflow.testing import ManualClock, Published, TestClient
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -147,6 +148,150 @@ async def test_the_client_exposes_the_apps_clock() -> None:
     clock = ManualClock(START)
     async with TestClient(App("svc", clock=clock)) as client:
         assert client.clock is clock
+
+
+# -- What the app wrote --------------------------------------------------------------------
+
+
+async def test_published_lists_records_in_write_order_with_keys_headers_and_tombstones() -> None:
+    app = App("svc")
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int] | None, ctx: Context) -> None:
+        if order is None:
+            await ctx.publish("invoices", None, key="gone")
+            return
+        await ctx.publish(
+            "invoices",
+            {"order": order["id"]},
+            key=f"c{order['id']}",
+            headers={"trace": f"t{order['id']}", "raw": b"\xff"},
+        )
+
+    async with TestClient(app, partitions=1) as client:
+        assert client.published("invoices") == []
+        await client.publish("orders", {"id": 1})
+        await client.publish("orders", {"id": 2})
+        await client.publish("orders", None)
+        await client.drain()
+        invoices = client.published("invoices")
+
+    assert [(r.key, r.json(), r.headers) for r in invoices] == [
+        (b"c1", {"order": 1}, {"trace": "t1", "raw": "\\xff"}),
+        (b"c2", {"order": 2}, {"trace": "t2", "raw": "\\xff"}),
+        (b"gone", None, {}),
+    ]
+    assert invoices[0].raw_headers == (("trace", b"t1"), ("raw", b"\xff"))
+    assert invoices[2].value is None  # a tombstone
+    assert [(r.partition, r.offset) for r in invoices] == [(0, 0), (0, 1), (0, 2)]
+
+
+async def test_published_follows_the_write_order_across_partitions() -> None:
+    async with TestClient(App("svc"), partitions=4) as client:
+        for n in range(8):
+            await client.publish("events", n, key=f"k{n}")
+        records = client.published("events")
+    assert [r.json() for r in records] == list(range(8))
+    assert len({r.partition for r in records}) > 1
+    assert records[0] == Published(b"0", b"k0", {}, records[0].partition, 0)
+
+
+async def test_dead_letters_after_a_reject_say_where_from_and_why() -> None:
+    app = App("svc")
+
+    @app.consume("orders", group="billing", dead_letter="orders.DLQ")
+    async def on_order(order: dict[str, int]) -> None:
+        raise Reject(f"order {order['id']} has no lines")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 7}, key="c7", headers={"trace": "abc"})
+        await client.drain()
+        (letter,) = client.dead_letters("orders.DLQ")
+
+    assert (letter.topic, letter.partition, letter.offset) == ("orders.DLQ", 0, 0)
+    assert (letter.original_topic, letter.original_partition, letter.original_offset) == (
+        "orders",
+        0,
+        0,
+    )
+    assert letter.reason == "rejected"
+    assert letter.exception_type == "taskflow.exceptions.Reject"
+    assert letter.exception_message == "order 7 has no lines"
+    assert letter.attempts == 1
+    assert letter.group == "billing"
+    assert (letter.key, letter.json(), letter.headers) == (b"c7", {"id": 7}, {"trace": "abc"})
+    assert letter.value_omitted is None
+
+
+# --8<-- [start:exhausted]
+async def test_dead_letters_after_the_last_attempt_count_the_attempts() -> None:
+    app = App("svc")
+
+    @app.consume(
+        "orders",
+        group="billing",
+        max_attempts=2,
+        retry=Backoff(initial=0.01, maximum=0.02),  # fast, for the test
+        dead_letter="orders.DLQ",
+    )
+    async def on_order(order: dict[str, int]) -> None:
+        raise ConnectionError("database is down")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+    (letter,) = client.dead_letters("orders.DLQ")
+    assert (letter.reason, letter.attempts) == ("exhausted", 2)
+    assert letter.exception_type == "builtins.ConnectionError"
+    assert letter.exception_message == "database is down"
+    assert "ConnectionError: database is down" in letter.traceback
+    assert (letter.original_topic, letter.group) == ("orders", "billing")
+    assert letter.json() == {"id": 1}
+
+
+# --8<-- [end:exhausted]
+
+
+async def test_dead_letters_of_a_topic_that_holds_other_records_is_an_error() -> None:
+    async with TestClient(App("svc")) as client:
+        await client.publish("orders", {"id": 1})
+        with pytest.raises(ValueError, match="is not a taskflow dead letter"):
+            client.dead_letters("orders")
+        assert client.dead_letters("nothing-here") == []
+
+
+# -- TestClient(clock=...) ------------------------------------------------------------------
+
+
+async def test_the_client_drives_the_clock_of_an_app_built_without_one() -> None:
+    app = App("svc")
+    ticks: list[datetime] = []
+
+    @app.every(60)
+    async def report(ctx: Context) -> None:
+        assert ctx.tick is not None
+        ticks.append(ctx.tick.scheduled_at)
+
+    own = app.clock
+    clock = ManualClock(START)
+    async with TestClient(app, clock=clock) as client:
+        assert client.clock is clock
+        assert app.clock is clock
+        await clock.wait_for_sleepers()
+        await clock.advance(150)
+    assert ticks == [START + timedelta(minutes=1), START + timedelta(minutes=2)]
+    assert app.clock is own
+    assert isinstance(app.clock, SystemClock)
+
+
+async def test_a_clock_for_an_app_with_another_clock_is_refused() -> None:
+    clock = ManualClock(START)
+    app = App("svc", clock=clock)
+    with pytest.raises(ConfigurationError, match="already has a clock of its own"):
+        TestClient(app, clock=ManualClock(START))
+    async with TestClient(app, clock=clock) as client:  # the same clock is no conflict
+        assert client.clock is clock
+    assert app.clock is clock
 
 
 # -- ManualClock ----------------------------------------------------------------------------

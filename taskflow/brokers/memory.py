@@ -57,13 +57,17 @@ MAX_REQUEST_SIZE = 2**31 - 1  # the largest size Kafka's protocol carries
 
 
 class MemoryTopic:
-    """One topic of a memory broker: `logs[p]` is partition p's records, in offset order."""
+    """One topic of a memory broker: `logs[p]` is partition p's records, in offset order.
 
-    __slots__ = ("logs", "name", "round_robin", "subscribers")
+    `written` holds the same records over every partition, in the order they were published.
+    """
+
+    __slots__ = ("logs", "name", "round_robin", "subscribers", "written")
 
     def __init__(self, name: str, partitions: int) -> None:
         self.name = name
         self.logs: list[list[Message]] = [[] for _ in range(partitions)]
+        self.written: list[Message] = []
         self.subscribers: set[MemoryConsumer] = set()
         self.round_robin = itertools.cycle(range(partitions))
 
@@ -75,6 +79,7 @@ class MemoryTopic:
     def append(self, record: Message) -> None:
         """Add a record to its partition and wake the members subscribed to the topic."""
         self.logs[record.partition].append(record)
+        self.written.append(record)
         for subscriber in self.subscribers:
             subscriber.wakeup.set()
 

@@ -10,16 +10,21 @@ next smaller one leaves the value out and carries its size and SHA-256 instead
 (`taskflow-value-omitted` says why); the smallest also leaves out the key and the original headers.
 Each keeps where the original is (`taskflow-original-topic`, `-partition`, `-offset`), which is
 where its value can be read while the topic's retention keeps it.
+
+`DeadLetterRecord.from_message` reads a dead letter back: the one place that knows the headers
+`dead_letter_headers` writes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from taskflow.brokers.base import record_size
+from taskflow.codec import decode_headers
 
 if TYPE_CHECKING:
     from taskflow.message import Headers, Message
@@ -29,6 +34,7 @@ __all__ = [
     "TRACEBACK_LIMIT",
     "WHOLE",
     "DeadLetter",
+    "DeadLetterRecord",
     "dead_letter",
     "dead_letter_headers",
     "fitting",
@@ -138,3 +144,115 @@ def _tail(text: str, limit: int) -> bytes:
     if len(data) <= limit:
         return data
     return _ELLIPSIS + data[len(data) - limit + len(_ELLIPSIS) :].decode(errors="ignore").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A dead letter read back from a dead-letter topic: the original and why it was given up.
+
+    Built by [from_message][taskflow.workers.dead_letter.DeadLetterRecord.from_message] from a
+    record taskflow wrote. Header values are decoded as UTF-8; bytes that are not UTF-8 read as
+    ``\\xNN`` escapes (``raw_headers`` keeps the bytes).
+    """
+
+    topic: str
+    """The dead-letter topic."""
+    partition: int
+    """The dead letter's partition in `topic`."""
+    offset: int
+    """The dead letter's offset in its partition."""
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    original_timestamp_ms: int
+    """The original's broker timestamp, in milliseconds since the Unix epoch."""
+    group: str
+    """The consumer group that gave the message up."""
+    reason: str
+    """``"rejected"`` (the handler raised `Reject`, or the payload did not decode) or
+    ``"exhausted"`` (every attempt failed)."""
+    attempts: int
+    """How many times the handler was called for the message."""
+    exception_type: str
+    """The qualified name of the last exception, e.g. ``"taskflow.exceptions.Reject"``."""
+    exception_message: str
+    """Its message (the first `MESSAGE_LIMIT` bytes)."""
+    traceback: str
+    """The end of its traceback (the last `TRACEBACK_LIMIT` bytes)."""
+    value: bytes | None
+    """The original's value (None for a tombstone); ``b""`` when `value_omitted` says why."""
+    key: bytes | None
+    headers: dict[str, str]
+    """The original's own headers (not taskflow's) as text; a repeated name keeps its last."""
+    raw_headers: Headers
+    """The original's own headers as they were, in order."""
+    value_omitted: str | None = None
+    """Why the value was left out (the dead letter would have been too large), or None."""
+    key_omitted: bool = False
+    headers_omitted: bool = False
+    original_size: int | None = None
+    """The left-out value's size in bytes, or None."""
+    original_sha256: str | None = None
+    """The left-out value's SHA-256 (hex), or None."""
+
+    def json(self) -> Any:
+        """The original value decoded as JSON (None for a tombstone)."""
+        return None if self.value is None else json.loads(self.value)
+
+    @classmethod
+    def from_message(cls, message: Message) -> DeadLetterRecord:
+        """Read the dead letter `message`, as taskflow wrote it to a dead-letter topic.
+
+        Raises:
+            ValueError: when `message` lacks the `taskflow-` headers of a dead letter.
+        """
+        ours = {
+            name.removeprefix(HEADER_PREFIX): value.decode(errors="backslashreplace")
+            for name, value in message.headers
+            if name.startswith(HEADER_PREFIX)
+        }
+        missing = [name for name in _REQUIRED if name not in ours]
+        if missing:
+            raise ValueError(
+                f"{message} is not a taskflow dead letter: it has no "
+                f"{', '.join(HEADER_PREFIX + name for name in missing)} header"
+            )
+        own = tuple((n, v) for n, v in message.headers if not n.startswith(HEADER_PREFIX))
+        size = ours.get("original-size")
+        return cls(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            original_topic=ours["original-topic"],
+            original_partition=int(ours["original-partition"]),
+            original_offset=int(ours["original-offset"]),
+            original_timestamp_ms=int(ours["original-timestamp"]),
+            group=ours["consumer-group"],
+            reason=ours["reason"],
+            attempts=int(ours["attempts"]),
+            exception_type=ours["exception-type"],
+            exception_message=ours["exception-message"],
+            traceback=ours.get("traceback", ""),
+            value=message.value,
+            key=message.key,
+            headers=decode_headers(own),
+            raw_headers=own,
+            value_omitted=ours.get("value-omitted"),
+            key_omitted="key-omitted" in ours,
+            headers_omitted="headers-omitted" in ours,
+            original_size=None if size is None else int(size),
+            original_sha256=ours.get("original-sha256"),
+        )
+
+
+_REQUIRED: Final = (
+    "original-topic",
+    "original-partition",
+    "original-offset",
+    "original-timestamp",
+    "consumer-group",
+    "attempts",
+    "reason",
+    "exception-type",
+    "exception-message",
+)
