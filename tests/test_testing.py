@@ -294,6 +294,20 @@ async def test_a_clock_for_an_app_with_another_clock_is_refused() -> None:
     assert app.clock is clock
 
 
+async def test_the_apps_clock_comes_back_when_startup_fails() -> None:
+    app = App("svc")
+
+    @app.on_startup
+    async def connect() -> None:
+        raise ConnectionError("no database")
+
+    own = app.clock
+    with pytest.raises(ConnectionError, match="no database"):
+        async with TestClient(app, clock=ManualClock(START)):
+            pass
+    assert app.clock is own
+
+
 # -- ManualClock ----------------------------------------------------------------------------
 
 

@@ -18,7 +18,14 @@ from taskflow.brokers.base import record_size
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.message import TopicPartition
 from taskflow.testing import TestClient
-from taskflow.workers.dead_letter import MESSAGE_LIMIT, TRACEBACK_LIMIT
+from taskflow.workers.dead_letter import (
+    BARE,
+    MESSAGE_LIMIT,
+    TRACEBACK_LIMIT,
+    DeadLetterRecord,
+    dead_letter,
+    dead_letter_headers,
+)
 
 FAST = Backoff(initial=0.001, maximum=0.001, jitter=0)
 
@@ -110,6 +117,35 @@ async def test_a_rejected_record_too_large_to_dead_letter_whole_goes_without_its
     assert "taskflow-key-omitted" not in ours
     assert record_size(letter.value, letter.key, letter.headers) <= limit
     assert f"sent to orders.DLQ without its value ({len(big)} bytes): too large" in caplog.text
+    [read] = client.dead_letters("orders.DLQ")
+    assert read.value_omitted == ours["taskflow-value-omitted"].decode()
+    assert (read.original_size, read.original_sha256) == (len(big), hashlib.sha256(big).hexdigest())
+    assert (read.key, read.headers, read.key_omitted, read.headers_omitted) == (
+        b"k-1",
+        {"trace": "t-1"},
+        False,
+        False,
+    )
+
+
+def test_the_smallest_dead_letter_reads_back_what_it_left_out() -> None:
+    original = Message("orders", 2, 41, b"k", b"v" * 10, (("trace", b"t"),), 1_700_000_000_000)
+    ours = dead_letter_headers(original, "shop", Reject("too big"), 1, "rejected")
+    letter = dead_letter(original, ours, BARE, "too large")
+    read = DeadLetterRecord.from_message(
+        Message("orders.DLQ", 0, 5, letter.key, letter.value, letter.headers)
+    )
+    assert (read.topic, read.partition, read.offset) == ("orders.DLQ", 0, 5)
+    assert (read.original_topic, read.original_partition, read.original_offset) == ("orders", 2, 41)
+    assert read.original_timestamp_ms == 1_700_000_000_000
+    assert (read.reason, read.attempts, read.group) == ("rejected", 1, "shop")
+    assert (read.exception_type, read.exception_message) == (
+        "taskflow.exceptions.Reject",
+        "too big",
+    )
+    assert (read.value, read.key, read.headers, read.raw_headers) == (b"", None, {}, ())
+    assert (read.value_omitted, read.key_omitted, read.headers_omitted) == ("too large", True, True)
+    assert read.original_size == 10
 
 
 async def test_a_dead_letter_the_broker_will_never_take_is_skipped_with_an_error_and_counted(
