@@ -17,10 +17,12 @@ where its value can be read while the topic's retention keeps it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from taskflow.brokers.base import record_size
@@ -195,6 +197,11 @@ class DeadLetterRecord:
     original_sha256: str | None = None
     """The left-out value's SHA-256 (hex), or None."""
 
+    @property
+    def original_timestamp(self) -> datetime:
+        """The original's broker timestamp as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.original_timestamp_ms / 1000, tz=UTC)
+
     def json(self) -> Any:
         """The original value decoded as JSON (None for a tombstone)."""
         return None if self.value is None else json.loads(self.value)
@@ -218,18 +225,19 @@ class DeadLetterRecord:
                 f"{', '.join(HEADER_PREFIX + name for name in missing)} header"
             )
         own = tuple((n, v) for n, v in message.headers if not n.startswith(HEADER_PREFIX))
-        size = ours.get("original-size")
+        number = functools.partial(_number, message, ours)
+        size = number("original-size") if "original-size" in ours else None
         return cls(
             topic=message.topic,
             partition=message.partition,
             offset=message.offset,
             original_topic=ours["original-topic"],
-            original_partition=int(ours["original-partition"]),
-            original_offset=int(ours["original-offset"]),
-            original_timestamp_ms=int(ours["original-timestamp"]),
+            original_partition=number("original-partition"),
+            original_offset=number("original-offset"),
+            original_timestamp_ms=number("original-timestamp"),
             group=ours["consumer-group"],
             reason=ours["reason"],
-            attempts=int(ours["attempts"]),
+            attempts=number("attempts"),
             exception_type=ours["exception-type"],
             exception_message=ours["exception-message"],
             traceback=ours.get("traceback", ""),
@@ -240,9 +248,19 @@ class DeadLetterRecord:
             value_omitted=ours.get("value-omitted"),
             key_omitted="key-omitted" in ours,
             headers_omitted="headers-omitted" in ours,
-            original_size=None if size is None else int(size),
+            original_size=size,
             original_sha256=ours.get("original-sha256"),
         )
+
+
+def _number(message: Message, ours: dict[str, str], name: str) -> int:
+    try:
+        return int(ours[name])
+    except ValueError:
+        raise ValueError(
+            f"{message} is not a taskflow dead letter: its {HEADER_PREFIX}{name} header is "
+            f"{ours[name]!r}, not a number"
+        ) from None
 
 
 _REQUIRED: Final = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -146,6 +147,17 @@ def test_the_smallest_dead_letter_reads_back_what_it_left_out() -> None:
     assert (read.value, read.key, read.headers, read.raw_headers) == (b"", None, {}, ())
     assert (read.value_omitted, read.key_omitted, read.headers_omitted) == ("too large", True, True)
     assert read.original_size == 10
+    assert read.original_timestamp == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+
+
+def test_a_record_that_is_not_a_dead_letter_is_refused_naming_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"orders\[0\]@3 is not a taskflow dead letter: it has no"):
+        DeadLetterRecord.from_message(Message("orders", 0, 3, None, b"{}", ()))
+    original = Message("orders", 0, 3, None, b"{}")
+    ours = dead_letter_headers(original, "shop", Reject("no"), 1, "rejected")
+    forged = tuple((n, b"two" if n == "taskflow-attempts" else v) for n, v in ours)
+    with pytest.raises(ValueError, match="its taskflow-attempts header is 'two', not a number"):
+        DeadLetterRecord.from_message(original._replace(headers=forged))
 
 
 async def test_a_dead_letter_the_broker_will_never_take_is_skipped_with_an_error_and_counted(
