@@ -753,9 +753,9 @@ def show(
     TOPIC is read through the app's broker (with its broker_options), every partition from its
     beginning to its end as of now, without joining a consumer group or committing anything. Any
     dead-letter topic taskflow wrote can be read, another app's too. Newest first: by the time
-    each dead letter was written. Exit code 0; 1 when the broker cannot be reached; 2 for a usage
-    error (the memory broker, whose topics live inside one process, or a topic that does not
-    exist).
+    each dead letter was written. Exit code 0; 1 when the broker cannot be reached (or stops
+    answering while the topic is read); 2 for a usage error (the memory broker, whose topics live
+    inside one process, or a topic that does not exist).
     """
     _configure_logging("WARNING", "text")
     app = _prepare(app_ref, app_dir, debug, {"broker": broker})

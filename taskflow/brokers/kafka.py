@@ -82,6 +82,7 @@ logger = logging.getLogger(__name__)
 FACTS_TIMEOUT = 5.0  # for committed offsets, which aiokafka waits for while the broker is down
 STOP_TIMEOUT = 2.0  # for stopping a client whose start failed or was cancelled
 _READ_WAIT_MS = 500  # how long one fetch of `KafkaBroker.read_topic` waits for records
+_READ_STALLED = 60  # fetches in a row that bring nothing before `read_topic` gives up (~30 s)
 # Set by taskflow itself: a user value would break its delivery guarantees or its decoding.
 _RESERVED = {
     "bootstrap_servers": "give the servers in the URL: kafka://host:port,host:port",
@@ -532,7 +533,7 @@ class KafkaBroker:
 
         Raises:
             ConfigurationError: when the topic does not exist.
-            BrokerError: when the broker cannot be reached.
+            BrokerError: when the broker cannot be reached, or stops answering for a partition.
         """
         settings = {**self.consumer_options, "group_id": None, "enable_auto_commit": False}
         settings.pop("group_instance_id", None)
@@ -851,11 +852,18 @@ class KafkaConsumer:
 async def _read_to_ends(
     consumer: AIOKafkaConsumer, partitions: list[KafkaTopicPartition]
 ) -> AsyncIterator[list[Message]]:
-    """The records of `partitions` up to the high watermark each one's first fetch reports."""
+    """The records of `partitions` up to the high watermark each one's first fetch reports.
+
+    Raises:
+        BrokerError: when `_READ_STALLED` fetches in a row bring neither a record nor a
+            partition's high watermark (a partition without a leader, a broker gone).
+    """
     ends: dict[KafkaTopicPartition, int] = {}
     left = set(partitions)
+    stalled = 0
     while left:
         fetched = await consumer.getmany(*left, timeout_ms=_READ_WAIT_MS)
+        known = len(ends)
         for tp in sorted(left):
             highwater = consumer.highwater(tp)
             if highwater is None:  # not fetched yet
@@ -867,6 +875,10 @@ async def _read_to_ends(
             if await consumer.position(tp) >= end:
                 left.discard(tp)
                 consumer.pause(tp)
+        stalled = 0 if fetched or len(ends) > known else stalled + 1
+        if stalled >= _READ_STALLED:
+            waiting = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(left))
+            raise BrokerError(f"reading stalled: no answer for {waiting} from the broker")
 
 
 def _position(state: Any) -> int | None:
