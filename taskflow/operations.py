@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from taskflow import validation as check
-from taskflow.brokers.kafka import KafkaBroker
 from taskflow.codec import encode_value
 from taskflow.context import Tick
 from taskflow.exceptions import ConfigurationError, StoreError
@@ -339,6 +338,8 @@ async def dead_letters(app: App, topic: str, limit: int) -> DeadLetters:
             "no dead-letter topic to read: pass --broker kafka://host:port or set TASKFLOW_BROKER"
         )
     check.topic(topic)
+    from taskflow.brokers.kafka import KafkaBroker  # here: a memory app never imports aiokafka
+
     broker = resolve_broker(app)
     assert isinstance(broker, KafkaBroker)  # the only broker besides memory://
     newest: list[tuple[tuple[int, int, int], DeadLetterRecord]] = []
