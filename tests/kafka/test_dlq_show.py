@@ -106,6 +106,16 @@ async def test_dlq_show_lists_the_dead_letters_newest_first_with_their_origins_a
         "(no taskflow headers) 1"
     )
 
+    code, out, err = await dlq_show(app_env, dlq, "--limit", "1")
+
+    assert code == 0, err
+    assert out.splitlines() == [
+        letters[0],
+        "1 of 6 record(s) shown, newest first; counted over all of them:",
+        reasons,
+        exceptions,
+    ]
+
     code, out, err = await dlq_show(app_env, dlq, "--json", "--limit", "2")
 
     assert code == 0, err
