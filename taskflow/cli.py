@@ -1,4 +1,5 @@
-"""The command line: ``taskflow run``, ``info``, ``trigger`` and ``send`` of a ``module:app``.
+"""The command line: ``taskflow run``, ``info``, ``trigger``, ``send`` and ``dlq show`` of a
+``module:app``.
 
 Every mistake a person can make on the command line (a module that does not import, a missing
 attribute, something that is not an App, a bad broker URL, a bad ``TASKFLOW_*`` variable) ends
@@ -12,14 +13,16 @@ over its settings here, once it is loaded, in one new `Settings` value handed ba
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
+import json
 import logging
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
@@ -47,6 +50,7 @@ from taskflow.runner import (
 )
 from taskflow.specs import ConsumerSpec
 from taskflow.telemetry import setup as otel
+from taskflow.workers.dead_letter import DeadLetterHeaders
 
 __all__ = ["load_app", "main"]
 
@@ -708,3 +712,110 @@ def send(
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_UNCLEAN)
     click.echo(f"sent to {where}@{offset}")
+
+
+@main.group()
+def dlq() -> None:
+    """Look at dead-letter topics."""
+
+
+DLQ_LIMIT = 20
+MESSAGE_SHOWN = 80  # characters of an exception message in the text view
+
+
+@dlq.command(cls=_Command)
+@click.argument("app_ref", metavar="MODULE:APP")
+@click.argument("topic")
+@click.option(
+    "--limit",
+    default=str(DLQ_LIMIT),
+    show_default=True,
+    type=_WholeNumber(1, 1_000_000),
+    help="Show at most this many dead letters, the newest.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line, then a summary object."
+)
+@_app_dir
+@_broker
+@_debug
+def show(
+    app_ref: str,
+    topic: str,
+    limit: int,
+    as_json: bool,
+    app_dir: str,
+    broker: str | None,
+    debug: bool,
+) -> None:
+    """Print the newest dead letters on TOPIC, and counts of every one by reason and exception.
+
+    TOPIC is read through the app's broker (with its broker_options), every partition from its
+    beginning to its end as of now, without joining a consumer group or committing anything. Any
+    dead-letter topic taskflow wrote can be read, another app's too. Newest first: by the time
+    each dead letter was written. Exit code 0; 1 when the broker cannot be reached (or stops
+    answering while the topic is read); 2 for a usage error (the memory broker, whose topics live
+    inside one process, or a topic that does not exist).
+    """
+    _configure_logging("WARNING", "text")
+    app = _prepare(app_ref, app_dir, debug, {"broker": broker})
+    try:
+        found = asyncio.run(operations.dead_letters(app, topic, limit))
+    except ConfigurationError as exc:
+        _fail(str(exc), debug)
+    except BrokerError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_UNCLEAN)
+    if as_json:
+        _dead_letters_json(found)
+    else:
+        _dead_letters_text(found)
+
+
+def _dead_letters_text(found: operations.DeadLetters) -> None:
+    for letter in found.newest:
+        click.echo(_dead_letter_line(letter))
+    click.echo(
+        f"{len(found.newest)} of {found.read} record(s) shown, newest first; "
+        "counted over all of them:"
+    )
+    click.echo("  by reason     " + _counts(found.by_reason))
+    click.echo("  by exception  " + _counts(found.by_exception))
+
+
+def _dead_letter_line(letter: DeadLetterHeaders) -> str:
+    where = f"{letter.topic}[{letter.partition}]@{letter.offset}  {_ms_time(letter.timestamp_ms)}"
+    if not letter.taskflow:
+        return f"{where}  {operations.NOT_TASKFLOW}"
+    origin = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+    message = (letter.exception_message or "").splitlines()
+    text = message[0] if message else ""
+    if len(text) > MESSAGE_SHOWN or len(message) > 1:
+        text = text[: MESSAGE_SHOWN - 1] + "…"
+    return (
+        f"{where}  from {origin}  group {letter.consumer_group}  {letter.reason}"
+        f" after {letter.attempts} attempt(s)  {letter.exception_type}: {text}"
+    )
+
+
+def _ms_time(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _counts(counts: tuple[tuple[str, int], ...]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts) or "none"
+
+
+def _dead_letters_json(found: operations.DeadLetters) -> None:
+    for letter in found.newest:
+        row = {**dataclasses.asdict(letter), "time": _ms_time(letter.timestamp_ms)}
+        click.echo(json.dumps(row, ensure_ascii=False))
+    summary = {
+        "shown": len(found.newest),
+        "read": found.read,
+        "by_reason": dict(found.by_reason),
+        "by_exception_type": dict(found.by_exception),
+    }
+    click.echo(json.dumps({"summary": summary}, ensure_ascii=False))

@@ -1,7 +1,9 @@
-"""What the operator commands do: run a periodic task once now, read its runs, send a message.
+"""What the operator commands do: run a periodic task once now, read its runs, send a message,
+read a dead-letter topic.
 
-These back ``taskflow trigger``, ``taskflow info`` and ``taskflow send``. Each takes a loaded App,
-does the I/O and returns what happened; what to print is the CLI's business.
+These back ``taskflow trigger``, ``taskflow info``, ``taskflow send`` and ``taskflow dlq show``.
+Each takes a loaded App, does the I/O and returns what happened; what to print is the CLI's
+business.
 
 `trigger` runs the app as ``taskflow run`` would up to its workers (Redis, the broker, the
 lifespan and the startup hooks, so ``ctx.state`` and ``ctx.publish`` work as in a replica) but
@@ -16,13 +18,15 @@ any run still going; and the outcome becomes the task's last run. Without Redis 
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from taskflow import validation as check
 from taskflow.codec import encode_value
@@ -32,6 +36,7 @@ from taskflow.runner import open_runtime, resolve_broker
 from taskflow.stores.connect import open_stores
 from taskflow.stores.lease import LeaseLost, hold, new_owner
 from taskflow.stores.schedule import LastRun, ScheduleStore, TickClaim
+from taskflow.workers.dead_letter import DeadLetterHeaders, read_dead_letter
 from taskflow.workers.scheduled import CLAIM_MARGIN, ScheduledWorker
 
 if TYPE_CHECKING:
@@ -293,3 +298,67 @@ async def send(
         return await broker.publish(topic, value, key=key, headers=tuple(headers))
     finally:
         await broker.close()
+
+
+# -- dead letters --------------------------------------------------------------------------
+
+NOT_TASKFLOW: Final = "(no taskflow headers)"
+"""The reason and exception type a summary counts a record without taskflow headers under."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """What a dead-letter topic holds: the newest dead letters and counts over all of it."""
+
+    newest: tuple[DeadLetterHeaders, ...]
+    """At most the limit asked for, newest first: by the time each dead letter was written,
+    then by partition and offset, both descending."""
+    read: int
+    """How many records the topic held (every one read, and counted below)."""
+    by_reason: tuple[tuple[str, int], ...]
+    """(reason, count) over every record read, the most common first."""
+    by_exception: tuple[tuple[str, int], ...]
+    """(exception type, count) over every record read, the most common first."""
+
+
+async def dead_letters(app: App, topic: str, limit: int) -> DeadLetters:
+    """Read the dead-letter topic `topic` through the app's broker, joining no consumer group.
+
+    Every partition is read from its beginning to its end as of the read's start, so the counts
+    cover the whole topic as its retention keeps it; only the newest `limit` are kept.
+
+    Raises:
+        ConfigurationError: for the memory broker (nothing of it outlives its process) or a
+            topic that does not exist.
+        BrokerError: when the broker cannot be reached.
+    """
+    if app.broker_url.startswith("memory:"):
+        raise ConfigurationError(
+            f"the app's broker is {app.broker_url}, which lives inside one process, so there is "
+            "no dead-letter topic to read: pass --broker kafka://host:port or set TASKFLOW_BROKER"
+        )
+    check.topic(topic)
+    from taskflow.brokers.kafka import KafkaBroker  # here: a memory app never imports aiokafka
+
+    broker = resolve_broker(app)
+    assert isinstance(broker, KafkaBroker)  # the only broker besides memory://
+    newest: list[tuple[tuple[int, int, int], DeadLetterHeaders]] = []
+    reasons: Counter[str] = Counter()
+    exceptions: Counter[str] = Counter()
+    async for run in broker.read_topic(topic):
+        for message in run:
+            letter = read_dead_letter(message)
+            reasons[letter.reason or NOT_TASKFLOW] += 1
+            exceptions[letter.exception_type or NOT_TASKFLOW] += 1
+            entry = ((letter.timestamp_ms, letter.partition, letter.offset), letter)
+            if len(newest) < limit:
+                heapq.heappush(newest, entry)
+            elif limit and entry[0] > newest[0][0]:
+                heapq.heapreplace(newest, entry)
+    ordered = [letter for _, letter in sorted(newest, key=lambda entry: entry[0], reverse=True)]
+    return DeadLetters(
+        tuple(ordered),
+        reasons.total(),
+        tuple(reasons.most_common()),
+        tuple(exceptions.most_common()),
+    )

@@ -994,3 +994,39 @@ def test_info_shows_where_each_consumer_starts_its_static_member_and_its_own_opt
         "  static member pod-a.live"
     )
     assert _settings_rows(result.stdout)["instance_id"] == ["pod-a", "flag", "--instance-id"]
+
+
+def test_dlq_show_refuses_the_memory_broker_with_one_line() -> None:
+    result = taskflow("dlq", "show", IDLE, "orders.dlq")
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "Error: the app's broker is memory://, which lives inside one process, so there is no "
+        "dead-letter topic to read: pass --broker kafka://host:port or set TASKFLOW_BROKER"
+    ]
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "many"])
+def test_dlq_show_refuses_a_limit_that_is_not_a_positive_whole_number(limit: str) -> None:
+    result = taskflow("dlq", "show", IDLE, "orders.dlq", "--limit", limit)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"Error: Invalid value for '--limit': must be a whole number from 1 to 1000000, "
+        f"got '{limit}'"
+    ]
+
+
+def test_dlq_show_without_a_topic_is_a_usage_error() -> None:
+    result = taskflow("dlq", "show", IDLE)
+
+    assert result.returncode == 2
+    assert "Missing argument 'TOPIC'" in result.stderr
+
+
+def test_dlq_show_refuses_a_bad_topic_name_with_one_line() -> None:
+    result = taskflow("dlq", "show", IDLE, "no spaces", "--broker", "kafka://127.0.0.1:1")
+
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("Error: ")

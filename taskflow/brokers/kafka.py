@@ -25,7 +25,7 @@ import difflib
 import inspect
 import logging
 import ssl
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,6 +81,8 @@ logger = logging.getLogger(__name__)
 
 FACTS_TIMEOUT = 5.0  # for committed offsets, which aiokafka waits for while the broker is down
 STOP_TIMEOUT = 2.0  # for stopping a client whose start failed or was cancelled
+_READ_WAIT_MS = 500  # how long one fetch of `KafkaBroker.read_topic` waits for records
+_READ_STALLED = 60  # fetches in a row that bring nothing before `read_topic` gives up (~30 s)
 # Set by taskflow itself: a user value would break its delivery guarantees or its decoding.
 _RESERVED = {
     "bootstrap_servers": "give the servers in the URL: kafka://host:port,host:port",
@@ -521,6 +523,46 @@ class KafkaBroker:
         sent.add_done_callback(lambda done: _settle(delivery, topic, done))
         return delivery
 
+    async def read_topic(self, topic: str) -> AsyncIterator[list[Message]]:
+        """Every record of `topic`, each partition from its beginning to its end, in fetched runs.
+
+        A partition's end is its high watermark as the first fetch of it reports it: what is
+        written after that is not read, so the read ends. No consumer group is joined and nothing
+        is committed (a plain consumer, assigned every partition), so reading changes nothing
+        any group sees. The broker's options apply, as to the app's consumers (credentials, TLS).
+
+        Raises:
+            ConfigurationError: when the topic does not exist.
+            BrokerError: when the broker cannot be reached, or stops answering for a partition.
+        """
+        settings = {**self.consumer_options, "group_id": None, "enable_auto_commit": False}
+        settings.pop("group_instance_id", None)
+        consumer = _build(AIOKafkaConsumer, self.bootstrap_servers, settings)
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await _quietly_stop(consumer)
+            raise BrokerError(f"cannot reach Kafka at {self.url}: {exc}") from exc
+        try:
+            partitions = await self._partitions(consumer, topic)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            async for run in _read_to_ends(consumer, partitions):
+                yield run
+        finally:
+            await consumer.stop()
+
+    async def _partitions(
+        self, consumer: AIOKafkaConsumer, topic: str
+    ) -> list[KafkaTopicPartition]:
+        await consumer.topics()  # every topic's metadata: naming one could create it
+        numbers = consumer.partitions_for_topic(topic)
+        if not numbers:
+            raise ConfigurationError(
+                f"topic {topic!r} does not exist on {self.url}: check its name"
+            )
+        return [KafkaTopicPartition(topic, number) for number in sorted(numbers)]
+
     def consumer(
         self,
         topics: Sequence[str],
@@ -805,6 +847,38 @@ class KafkaConsumer:
         except (KafkaError, TimeoutError):
             return None
         return offset
+
+
+async def _read_to_ends(
+    consumer: AIOKafkaConsumer, partitions: list[KafkaTopicPartition]
+) -> AsyncIterator[list[Message]]:
+    """The records of `partitions` up to the high watermark each one's first fetch reports.
+
+    Raises:
+        BrokerError: when `_READ_STALLED` fetches in a row bring neither a record nor a
+            partition's high watermark (a partition without a leader, a broker gone).
+    """
+    ends: dict[KafkaTopicPartition, int] = {}
+    left = set(partitions)
+    stalled = 0
+    while left:
+        fetched = await consumer.getmany(*left, timeout_ms=_READ_WAIT_MS)
+        known = len(ends)
+        for tp in sorted(left):
+            highwater = consumer.highwater(tp)
+            if highwater is None:  # not fetched yet
+                continue
+            end = ends.setdefault(tp, highwater)
+            records = [record for record in fetched.get(tp, ()) if record.offset < end]
+            if records:
+                yield _messages(records)
+            if await consumer.position(tp) >= end:
+                left.discard(tp)
+                consumer.pause(tp)
+        stalled = 0 if fetched or len(ends) > known else stalled + 1
+        if stalled >= _READ_STALLED:
+            waiting = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(left))
+            raise BrokerError(f"reading stalled: no answer for {waiting} from the broker")
 
 
 def _position(state: Any) -> int | None:

@@ -36,10 +36,12 @@ __all__ = [
     "TRACEBACK_LIMIT",
     "WHOLE",
     "DeadLetter",
+    "DeadLetterHeaders",
     "DeadLetterRecord",
     "dead_letter",
     "dead_letter_headers",
     "fitting",
+    "read_dead_letter",
 ]
 
 HEADER_PREFIX = "taskflow-"
@@ -130,6 +132,75 @@ def dead_letter_headers(
         "traceback": _tail("".join(traceback.format_exception(exc, limit=-5)), TRACEBACK_LIMIT),
     }
     return tuple((HEADER_PREFIX + name, value) for name, value in fields.items())
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterHeaders:
+    """What the `taskflow-` headers of any record on a dead-letter topic say, as far as it has
+    them: the forgiving reading `taskflow dlq show` lists a topic with. Tests and code that
+    expect a dead letter taskflow wrote read it with `DeadLetterRecord.from_message`.
+
+    Every field is None when the record does not carry its header (`taskflow` is False when it
+    carries none: the record was not written by taskflow).
+    """
+
+    topic: str
+    """The dead-letter topic, and where the record is on it:"""
+    partition: int
+    offset: int
+    timestamp_ms: int
+    """When the dead letter was written, as the broker stamped it."""
+    taskflow: bool
+    """True when the record carries taskflow's headers."""
+    original_topic: str | None
+    original_partition: int | None
+    original_offset: int | None
+    original_timestamp_ms: int | None
+    consumer_group: str | None
+    attempts: int | None
+    reason: str | None
+    exception_type: str | None
+    exception_message: str | None
+    traceback: str | None
+    value_omitted: str | None
+    """Why the original value was left out, when it was (the dead letter was too large)."""
+
+
+def read_dead_letter(message: Message) -> DeadLetterHeaders:
+    """The dead letter `message` is, read from its `taskflow-` headers (see `dead_letter_headers`).
+
+    Never raises: a header that is missing, or a number that does not parse, is None.
+    """
+    ours = {
+        name[len(HEADER_PREFIX) :]: value.decode(errors="replace")
+        for name, value in message.headers
+        if name.startswith(HEADER_PREFIX)
+    }
+    return DeadLetterHeaders(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=message.timestamp_ms,
+        taskflow="original-topic" in ours or "reason" in ours,
+        original_topic=ours.get("original-topic"),
+        original_partition=_maybe_number(ours.get("original-partition")),
+        original_offset=_maybe_number(ours.get("original-offset")),
+        original_timestamp_ms=_maybe_number(ours.get("original-timestamp")),
+        consumer_group=ours.get("consumer-group"),
+        attempts=_maybe_number(ours.get("attempts")),
+        reason=ours.get("reason"),
+        exception_type=ours.get("exception-type"),
+        exception_message=ours.get("exception-message"),
+        traceback=ours.get("traceback"),
+        value_omitted=ours.get("value-omitted"),
+    )
+
+
+def _maybe_number(text: str | None) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None
 
 
 def _head(text: str, limit: int) -> bytes:
