@@ -21,9 +21,9 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -58,6 +58,7 @@ EXIT_USAGE = 2
 LEFTOVER_GRACE = 0.5  # how long tasks left after the app stopped may take to end once cancelled
 
 logger = logging.getLogger("taskflow")
+T = TypeVar("T")
 
 
 def load_app(reference: str, app_dir: str = ".") -> App:
@@ -127,6 +128,20 @@ def _fail(message: str, debug: bool) -> NoReturn:
         traceback.print_exc()
     click.echo(f"Error: {message}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+def _on_the_broker(work: Coroutine[Any, Any, T], debug: bool) -> T:
+    """Run a one-off command's `work` against the broker: a ConfigurationError is a usage error
+    (exit 2), a BrokerError an unreachable or refusing broker (one line, exit 1)."""
+    try:
+        return asyncio.run(work)
+    except ConfigurationError as exc:
+        _fail(str(exc), debug)
+    except BrokerError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_UNCLEAN)
 
 
 def _prepare(
@@ -700,17 +715,9 @@ def send(
     text = sys.stdin.read() if value == "-" else value
     payload = operations.value_from_text(text, raw=raw)
     message_key = None if key is None else key.encode("utf-8")
-    try:
-        where, offset = asyncio.run(
-            operations.send(app, topic, payload, key=message_key, headers=headers)
-        )
-    except ConfigurationError as exc:
-        _fail(str(exc), debug)
-    except BrokerError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_UNCLEAN)
+    where, offset = _on_the_broker(
+        operations.send(app, topic, payload, key=message_key, headers=headers), debug
+    )
     click.echo(f"sent to {where}@{offset}")
 
 
@@ -759,15 +766,7 @@ def show(
     """
     _configure_logging("WARNING", "text")
     app = _prepare(app_ref, app_dir, debug, {"broker": broker})
-    try:
-        found = asyncio.run(operations.dead_letters(app, topic, limit))
-    except ConfigurationError as exc:
-        _fail(str(exc), debug)
-    except BrokerError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_UNCLEAN)
+    found = _on_the_broker(operations.dead_letters(app, topic, limit), debug)
     if as_json:
         _dead_letters_json(found)
     else:
