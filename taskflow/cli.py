@@ -827,7 +827,9 @@ def _dead_letters_json(found: operations.DeadLetters) -> None:
 @click.argument("app_ref", metavar="MODULE:APP")
 @click.argument("topic")
 @click.option(
-    "--reason", type=click.Choice(replaying.REASONS), help="Only dead letters given up so."
+    "--reason",
+    type=click.Choice(replaying.REASONS),
+    help="Only dead letters given up for this reason.",
 )
 @click.option(
     "--error",
@@ -845,6 +847,7 @@ def _dead_letters_json(found: operations.DeadLetters) -> None:
 @click.option("--rate", metavar="RATE", help="Replay at most RATE, e.g. 100/s, 30/m, 1000/h.")
 @click.option(
     "--group",
+    metavar="NAME",
     help="The consumer group that keeps the replay's place (default: one named after TOPIC and "
     "the filters).",
 )

@@ -214,6 +214,50 @@ async def test_a_replay_killed_halfway_and_run_again_has_each_dead_letter_handle
     assert len(await records(bootstrap, topic)) == 100
 
 
+async def replay_killed_after(env: dict[str, str], dlq: str, count: int) -> tuple[int, list[str]]:
+    """Run a replay, SIGKILL it once it has replayed `count` (unless it ended first); its exit
+    code and stdout lines."""
+    replay = Replay(env, dlq)
+
+    def enough() -> bool:
+        return len(steps(replay.lines, "replayed")) >= count or replay.proc.poll() is not None
+
+    await asyncio.to_thread(wait_until, enough, 60, f"{count} replayed")
+    replay.proc.kill()
+    code, lines, _ = await asyncio.to_thread(replay.wait)
+    return code, lines
+
+
+async def test_a_replay_killed_again_and_again_at_full_speed_publishes_each_dead_letter_once(
+    dlq_env: dict[str, str], bootstrap: str, topic: str, producer: AIOKafkaProducer
+) -> None:
+    dlq = dlq_env["DEAD_LETTERS_DLQ"]
+    await create_topic(bootstrap, dlq, 2)
+    with dead_lettering(dlq_env, dlq, 40):
+        await publish(producer, topic, [f"reject {n}" for n in range(40)])
+    lines: list[str] = []
+    for _ in range(30):
+        code, out = await replay_killed_after(dlq_env, dlq, 4)  # no --rate: killed anywhere
+        lines += out
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL
+    else:
+        raise AssertionError("the replay never finished")
+
+    code, out, err = await run_replay(dlq_env, dlq)
+
+    assert code == 0, err
+    assert out[-1].startswith("replayed 0, already replayed 0,")
+    origins = Counter(
+        r[3]["taskflow-replayed-from"]
+        for r in await records(bootstrap, topic)
+        if "taskflow-replayed-from" in r[3]
+    )
+    assert len(origins) == 40
+    assert set(origins.values()) == {1}  # none twice
+
+
 async def test_a_dead_letter_published_but_not_committed_is_found_and_not_published_again(
     dlq_env: dict[str, str], bootstrap: str, topic: str, producer: AIOKafkaProducer
 ) -> None:
