@@ -10,8 +10,9 @@ joining it, and commits as it goes. For each dead letter it replays, in this ord
 
 1. it commits the dead letter's own offset on the dead-letter partition (everything before it
    there is done);
-2. it commits, in the same group, an offset on the original partition: its end as of now, a
-   *mark* at or below where the replayed record will land;
+2. it makes sure the group has, on the original partition, a committed offset at or below where
+   the replayed record will land: a *mark* (the partition's end as it was before this run's first
+   record to it, and again every `MARK_EVERY` records);
 3. it publishes the record and waits for the broker's acknowledgement;
 4. it commits the offset after the dead letter.
 
@@ -81,6 +82,8 @@ VALUE_LEFT_OUT: Final = "value left out"
 NO_TOPIC: Final = "original topic gone"
 NO_PARTITION: Final = "original partition gone"
 
+MARK_EVERY: Final = 1000
+"""Records replayed to one original partition before its mark is moved up to its end."""
 _SINCE_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _RELATIVE = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
 
@@ -253,6 +256,7 @@ class _Replay:
         self.position: dict[int, int] = {}  # dead-letter partition: the next offset to look at
         self.marks: dict[tuple[str, int], int] = {}  # original partition: its committed mark
         self.found: dict[tuple[str, int], set[str]] = {}  # replayed-from values after the mark
+        self.since_mark: dict[tuple[str, int], int] = {}  # published since this run's last mark
         self.replayed = self.already = self.filtered_out = 0
         self.skipped: Counter[str] = Counter()
 
@@ -378,14 +382,22 @@ class _Replay:
         return not self.stopping.is_set()
 
     async def _mark(self, topic: str, partition: int) -> None:
-        """Commit the original partition's end: the rerun's search for this record starts there.
+        """Make sure the group's mark on the original partition is at or below where the next
+        record lands: a rerun's search for it starts there.
 
-        Ends only grow, so each mark is at or above the last (and at or below the record).
+        Ends only grow, so any mark this run committed is still below every record it publishes
+        after: the mark is moved up (to the partition's end now) once per `MARK_EVERY` records,
+        which bounds how far a rerun reads, and costs no round trip in between.
         """
+        key = (topic, partition)
+        if 0 < self.since_mark.get(key, 0) < MARK_EVERY:
+            self.since_mark[key] += 1
+            return
         end = await self.reader.end_offset(topic, partition)
-        if end > self.marks.get((topic, partition), -1):
+        if end > self.marks.get(key, -1):
             await self.reader.commit(topic, partition, end)
-            self.marks[topic, partition] = end
+            self.marks[key] = end
+        self.since_mark[key] = 1
 
     async def _commit(self, partition: int, offset: int) -> None:
         await self.reader.commit(self.topic, partition, offset)
