@@ -199,9 +199,8 @@ async def replay(
     """Replay the dead letters on `topic` that match `filters`; see the module docstring.
 
     `opened` is called once the topic is found, then each dead letter is reported to `report`
-    as it is dealt with. A dry run publishes and commits nothing:
-    it reports what a replay would publish now. Setting `stopping` ends the replay after the
-    dead letter being replayed.
+    as it is dealt with. A dry run publishes and commits nothing: it reports what a replay
+    would publish now. Setting `stopping` ends the replay after the dead letter in hand.
 
     Raises:
         ConfigurationError: for the memory broker or a topic that does not exist.
@@ -223,9 +222,18 @@ async def replay(
         if not dry_run:
             await broker.start()
         try:
-            run = _Replay(reader, broker, topic, group, filters, report, dry_run)
-            run.limit, run.stopping = limit, stopping or asyncio.Event()
-            run.limiter = None if rate is None else smooth_limiter(rate.per_second)
+            run = _Replay(
+                reader,
+                broker,
+                topic,
+                group,
+                filters,
+                report=report,
+                dry_run=dry_run,
+                limit=limit,
+                limiter=None if rate is None else smooth_limiter(rate.per_second),
+                stopping=stopping or asyncio.Event(),
+            )
             await run.resolve()
             finished = await run.all()
         finally:
@@ -243,14 +251,16 @@ class _Replay:
         topic: str,
         group: str,
         filters: Filters,
+        *,
         report: Callable[[Step], None],
         dry_run: bool,
+        limit: int | None,
+        limiter: AsyncLimiter | None,
+        stopping: asyncio.Event,
     ) -> None:
         self.reader, self.broker, self.topic, self.group = reader, broker, topic, group
         self.filters, self.report, self.dry_run = filters, report, dry_run
-        self.limit: int | None = None
-        self.limiter: AsyncLimiter | None = None
-        self.stopping = asyncio.Event()
+        self.limit, self.limiter, self.stopping = limit, limiter, stopping
         self.done: set[tuple[int, int]] = set()  # published by an interrupted run
         self.committed: dict[int, int] = {}  # dead-letter partition: the offset committed
         self.position: dict[int, int] = {}  # dead-letter partition: the next offset to look at
