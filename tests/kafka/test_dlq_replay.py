@@ -33,11 +33,11 @@ APP = "tests.apps.dead_letters:app"
 class Replay:
     """One ``taskflow dlq replay APP ARGS`` child, its stdout read line by line as it comes."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, app: str = APP) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
         base.pop("PYTHONASYNCIODEBUG", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "taskflow", "dlq", "replay", APP, *args],
+            [sys.executable, "-m", "taskflow", "dlq", "replay", app, *args],
             cwd=ROOT,
             env={**base, **env, "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
@@ -79,8 +79,8 @@ class Replay:
         return self.proc.returncode, self.lines, "\n".join(self.errors)
 
 
-async def run_replay(env: dict[str, str], *args: str) -> tuple[int, list[str], str]:
-    replay = Replay(env, *args)
+async def run_replay(env: dict[str, str], *args: str, app: str = APP) -> tuple[int, list[str], str]:
+    replay = Replay(env, *args, app=app)
     return await asyncio.to_thread(replay.wait)
 
 
@@ -311,6 +311,10 @@ async def test_a_dry_run_lists_what_would_be_replayed_and_publishes_and_commits_
     )
     assert await records(bootstrap, topic) == before
     assert await committed_offsets(bootstrap, group_of(lines), dlq, 2) == {0: None, 1: None}
+    # Another app, on the same broker, sees the same dead letters.
+    code, other, err = await run_replay(dlq_env, dlq, "--dry-run", app="tests.apps.idle:app")
+    assert code == 0, err
+    assert other == lines
 
     code, lines, err = await run_replay(dlq_env, dlq)  # the dry run took nothing away
 
