@@ -1,5 +1,5 @@
-"""The command line: ``taskflow run``, ``info``, ``trigger``, ``send`` and ``dlq show`` of a
-``module:app``.
+"""The command line: ``taskflow run``, ``info``, ``trigger``, ``send``, ``dlq show`` and
+``dlq replay`` of a ``module:app``.
 
 Every mistake a person can make on the command line (a module that does not import, a missing
 attribute, something that is not an App, a bad broker URL, a bad ``TASKFLOW_*`` variable) ends
@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
@@ -29,6 +30,7 @@ import click
 from click.core import ParameterSource
 
 from taskflow import logfmt, operations, supervisor
+from taskflow import replay as replaying
 from taskflow.app import App
 from taskflow.config import Settings, mask_url, quoted, shown, whole_number_text
 from taskflow.exceptions import (
@@ -41,6 +43,7 @@ from taskflow.exceptions import (
 )
 from taskflow.leftovers import name_leftovers
 from taskflow.manager import ShutdownReport
+from taskflow.ratelimit import RateLimit, rate_limit
 from taskflow.runner import (
     EXIT_CLEAN,
     EXIT_UNCLEAN,
@@ -723,7 +726,7 @@ def send(
 
 @main.group()
 def dlq() -> None:
-    """Look at dead-letter topics."""
+    """Look at dead-letter topics, and replay them."""
 
 
 DLQ_LIMIT = 20
@@ -818,3 +821,187 @@ def _dead_letters_json(found: operations.DeadLetters) -> None:
         "by_exception_type": dict(found.by_exception),
     }
     click.echo(json.dumps({"summary": summary}, ensure_ascii=False))
+
+
+@dlq.command(name="replay", cls=_Command)
+@click.argument("app_ref", metavar="MODULE:APP")
+@click.argument("topic")
+@click.option(
+    "--reason",
+    type=click.Choice(replaying.REASONS),
+    help="Only dead letters given up for this reason.",
+)
+@click.option(
+    "--error",
+    "error_type",
+    metavar="TYPE",
+    help="Only those whose exception is TYPE: its qualified name or its last part (KeyError).",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    help="Only those written at or after TIME: ISO 8601 (UTC without an offset), or a time "
+    "before now such as 30m, 2h, 7d.",
+)
+@click.option("--limit", type=_WholeNumber(1, 1_000_000_000), help="Replay at most N.")
+@click.option("--rate", metavar="RATE", help="Replay at most RATE, e.g. 100/s, 30/m, 1000/h.")
+@click.option(
+    "--group",
+    metavar="NAME",
+    help="The consumer group that keeps the replay's place (default: one named after TOPIC and "
+    "the filters).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be replayed; change nothing.")
+@_app_dir
+@_broker
+@_debug
+def replay(
+    app_ref: str,
+    topic: str,
+    reason: str | None,
+    error_type: str | None,
+    since: str | None,
+    limit: int | None,
+    rate: str | None,
+    group: str | None,
+    dry_run: bool,
+    app_dir: str,
+    broker: str | None,
+    debug: bool,
+) -> None:
+    """Publish the dead letters on TOPIC back to the topic and partition each came from.
+
+    Each goes back with its value, key and own headers, plus taskflow-replayed-from naming it.
+    The replay keeps its place in a consumer group (printed; --group names another), so the
+    same command run again resumes where it stopped, even after a crash, and replays nothing
+    twice. A dead letter without its value or without taskflow headers is reported and skipped.
+    Exit code 0 when it reached the topic's end or the limit; 1 when stopped by a signal
+    (SIGINT, SIGTERM) or when the broker cannot be reached or fails; 2 for a usage error.
+    """
+    _configure_logging("WARNING", "text")
+    app = _prepare(app_ref, app_dir, debug, {"broker": broker})
+    try:
+        filters = _replay_filters(reason, error_type, since)
+        limiter = None if rate is None else _replay_rate(rate)
+        if group is not None and not group.strip():
+            raise ConfigurationError("--group must not be empty")
+    except ConfigurationError as exc:
+        _fail(str(exc), debug)
+    group = group or replaying.default_group(topic, filters)
+
+    def opened() -> None:
+        if dry_run:
+            click.echo(f"dry run of {topic}: nothing is published or committed; group {group}")
+        else:
+            click.echo(f"replaying {topic} with group {group} (the same command resumes)")
+
+    work = _replaying(app, topic, filters, group, limit, limiter, dry_run, opened)
+    try:
+        summary = _on_the_broker(work, debug)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted again: stopped at once; the same command resumes", err=True)
+        sys.exit(EXIT_UNCLEAN)
+    click.echo(_replay_summary(summary, dry_run))
+    sys.exit(EXIT_UNCLEAN if summary.stopped else EXIT_CLEAN)
+
+
+def _replay_rate(text: str) -> RateLimit:
+    try:
+        return rate_limit(text)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"--rate takes a positive count per second, minute or hour (100/s, 30/m, 1000/h), "
+            f"got {text!r}"
+        ) from None
+
+
+def _replay_filters(
+    reason: str | None, error_type: str | None, since: str | None
+) -> replaying.Filters:
+    if error_type is not None and not error_type.strip():
+        raise ConfigurationError("--error takes an exception type, e.g. KeyError; got ''")
+    moment = None if since is None else replaying.parse_since(since, datetime.now(UTC))
+    return replaying.Filters(reason, error_type and error_type.strip(), moment, since)
+
+
+async def _replaying(
+    app: App,
+    topic: str,
+    filters: replaying.Filters,
+    group: str,
+    limit: int | None,
+    rate: RateLimit | None,
+    dry_run: bool,
+    opened: Callable[[], None],
+) -> replaying.ReplaySummary:
+    """The replay, stopped after the dead letter in hand by a first SIGINT or SIGTERM (a second
+    one acts as without taskflow)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(sig: signal.Signals) -> None:
+        click.echo(f"{sig.name}: stopping after the dead letter in hand", err=True)
+        stopping.set()
+        for each in signals:
+            loop.remove_signal_handler(each)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await replaying.replay(
+            app,
+            topic,
+            filters=filters,
+            group=group,
+            limit=limit,
+            rate=rate,
+            dry_run=dry_run,
+            report=_replay_step,
+            opened=opened,
+            stopping=stopping,
+        )
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _replay_step(step: replaying.Step) -> None:
+    letter = step.letter
+    where = f"{letter.topic}[{letter.partition}]@{letter.offset}"
+    target = "" if step.target is None else f"{step.target[0]}[{step.target[1]}]"
+    if step.outcome == "replayed":
+        click.echo(f"replayed {where} to {target}@{step.offset}")
+    elif step.outcome == "would replay":
+        click.echo(f"would replay {where} to {target}  {letter.reason}  {letter.exception_type}")
+    elif step.outcome == "already replayed":
+        click.echo(f"already replayed {where} to {target} (by an interrupted run): not again")
+    else:
+        click.echo(f"skipped {where}: {_skip_reason(step)}")
+
+
+def _skip_reason(step: replaying.Step) -> str:
+    letter = step.letter
+    original = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+    if step.why == replaying.VALUE_LEFT_OUT:
+        return f"its value was left out ({letter.value_omitted}); the original is at {original}"
+    if step.why == replaying.NO_TOPIC:
+        return f"its original topic {letter.original_topic!r} does not exist"
+    if step.why == replaying.NO_PARTITION:
+        return f"its original partition {original} does not exist"
+    return "it has no taskflow headers, so where it came from is unknown"
+
+
+def _replay_summary(summary: replaying.ReplaySummary, dry_run: bool) -> str:
+    skipped = sum(count for _, count in summary.skipped)
+    why = f" ({_counts(summary.skipped)})" if skipped else ""
+    counts = (
+        f"{'would replay' if dry_run else 'replayed'} {summary.replayed}, "
+        f"already replayed {summary.already}, skipped {skipped}{why}, "
+        f"filtered out {summary.filtered_out}"
+    )
+    if summary.stopped:
+        return f"{counts}; stopped: the same command resumes"
+    if not summary.finished:
+        return f"{counts}; the limit was reached: the same command goes on"
+    return f"{counts}; the end of the topic was reached"

@@ -1030,3 +1030,60 @@ def test_dlq_show_refuses_a_bad_topic_name_with_one_line() -> None:
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("Error: ")
+
+
+def test_dlq_replay_refuses_the_memory_broker_with_one_line() -> None:
+    result = taskflow("dlq", "replay", IDLE, "orders.dlq")
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "Error: the app's broker is memory://, which lives inside one process, so there is no "
+        "dead-letter topic here to replay from: pass --broker kafka://host:port or set "
+        "TASKFLOW_BROKER"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--since", "yesterday"],
+            "Error: --since takes an ISO 8601 time (2026-12-04T10:00:00Z) or a time before now "
+            "(30m, 2h, 7d), got 'yesterday'",
+        ),
+        (
+            ["--rate", "5/fortnight"],
+            "Error: --rate takes a positive count per second, minute or hour (100/s, 30/m, "
+            "1000/h), got '5/fortnight'",
+        ),
+        (
+            ["--rate", "0/s"],
+            "Error: --rate takes a positive count per second, minute or hour (100/s, 30/m, "
+            "1000/h), got '0/s'",
+        ),
+        (
+            ["--reason", "failed"],
+            "Error: Invalid value for '--reason': 'failed' is not one of 'rejected', 'exhausted'.",
+        ),
+        (
+            ["--limit", "0"],
+            "Error: Invalid value for '--limit': must be a whole number from 1 to 1000000000, "
+            "got '0'",
+        ),
+        (["--error", " "], "Error: --error takes an exception type, e.g. KeyError; got ''"),
+        (["--group", ""], "Error: --group must not be empty"),
+    ],
+)
+def test_dlq_replay_refuses_a_bad_argument_with_one_line(args: list[str], error: str) -> None:
+    result = taskflow("dlq", "replay", IDLE, "orders.dlq", *args, "--broker", "kafka://127.0.0.1:1")
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [error]
+
+
+def test_dlq_replay_refuses_a_bad_topic_name_with_one_line() -> None:
+    result = taskflow("dlq", "replay", IDLE, "no spaces", "--broker", "kafka://127.0.0.1:1")
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("Error: ")

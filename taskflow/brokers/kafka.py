@@ -25,7 +25,7 @@ import difflib
 import inspect
 import logging
 import ssl
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +70,7 @@ from taskflow.exceptions import (
 from taskflow.message import Headers, Message, TopicPartition
 
 __all__ = [
+    "GroupReader",
     "KafkaBroker",
     "KafkaConsumer",
     "check_consumer_options",
@@ -493,13 +494,23 @@ class KafkaBroker:
                 raise BrokerError(f"flushing the Kafka producer failed: {exc}") from exc
 
     async def publish(
-        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers = (),
+        partition: int | None = None,
     ) -> tuple[TopicPartition, int]:
+        """Publish one record and wait for the broker's answer; `partition` None: the
+        partitioner's choice (by key)."""
         producer = self._producer
         if producer is None:
             raise PublishError("the Kafka producer is not started")
         try:
-            meta = await producer.send_and_wait(topic, value, key=key, headers=list(headers))
+            meta = await producer.send_and_wait(
+                topic, value, key=key, headers=list(headers), partition=partition
+            )
         except KafkaError as exc:
             raise _publish_error(topic, exc) from exc
         return TopicPartition(meta.topic, meta.partition), meta.offset
@@ -555,13 +566,19 @@ class KafkaBroker:
     async def _partitions(
         self, consumer: AIOKafkaConsumer, topic: str
     ) -> list[KafkaTopicPartition]:
-        await consumer.topics()  # every topic's metadata: naming one could create it
-        numbers = consumer.partitions_for_topic(topic)
-        if not numbers:
-            raise ConfigurationError(
-                f"topic {topic!r} does not exist on {self.url}: check its name"
-            )
-        return [KafkaTopicPartition(topic, number) for number in sorted(numbers)]
+        return await _partitions_of(consumer, topic, self.url)
+
+    def group_reader(self, topic: str, group: str) -> GroupReader:
+        """A reader of `topic` from `group`'s committed offsets that commits in `group` without
+        joining it; see `GroupReader`. The broker's options apply, as to the app's consumers."""
+        settings = {
+            "auto_offset_reset": "earliest",
+            **self.consumer_options,
+            "group_id": group,
+            "enable_auto_commit": False,
+        }
+        settings.pop("group_instance_id", None)
+        return GroupReader(self.bootstrap_servers, settings, topic)
 
     def consumer(
         self,
@@ -847,6 +864,182 @@ class KafkaConsumer:
         except (KafkaError, TimeoutError):
             return None
         return offset
+
+
+async def _partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, url: str
+) -> list[KafkaTopicPartition]:
+    """Every partition of `topic`, refusing a topic that does not exist."""
+    numbers = await _partition_numbers(consumer, topic)
+    if not numbers:
+        raise ConfigurationError(f"topic {topic!r} does not exist on {url}: check its name")
+    return [KafkaTopicPartition(topic, number) for number in sorted(numbers)]
+
+
+async def _partition_numbers(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partition numbers of `topic` (none when it does not exist), from every topic's
+    metadata: naming one topic could create it. Read from the answer itself, since a consumer
+    with an assignment keeps only its assigned topics' metadata."""
+    cluster = await consumer._client.fetch_all_metadata()
+    numbers: set[int] | None = cluster.partitions_for_topic(topic)
+    return numbers or set()
+
+
+class GroupReader:
+    """A topic read from a consumer group's committed offsets, committing in the group as it goes,
+    without joining it (as a plain consumer, assigned every partition).
+
+    The group is only a place to keep offsets: no member's partitions are taken, so two readers
+    of one group at once would both read everything. Offsets may be committed for any partition
+    (of the topic read, or of another topic) through `commit`. A second consumer, also of the
+    group, answers questions about other topics (`partition_count`, `end_offset`, `scan`), so
+    reading one topic and looking at another never disturb each other.
+    """
+
+    def __init__(self, servers: list[str], settings: Mapping[str, Any], topic: str) -> None:
+        self.servers = servers
+        self.topic = topic
+        self._reader = _build(AIOKafkaConsumer, servers, settings)
+        self._side = _build(AIOKafkaConsumer, servers, settings)
+        self._partitions: list[KafkaTopicPartition] = []
+        self._counts: dict[str, int | None] = {}
+
+    @property
+    def url(self) -> str:
+        return "kafka://" + ",".join(self.servers)
+
+    @property
+    def partitions(self) -> list[int]:
+        """The numbers of the topic's partitions."""
+        return [tp.partition for tp in self._partitions]
+
+    async def __aenter__(self) -> GroupReader:
+        for consumer in (self._reader, self._side):
+            try:
+                await consumer.start()
+            except KafkaError as exc:
+                await self.aclose()
+                raise BrokerError(f"cannot reach Kafka at {self.url}: {exc}") from exc
+        try:
+            self._partitions = await _partitions_of(self._side, self.topic, self.url)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for consumer in (self._reader, self._side):
+            await _quietly_stop(consumer)
+
+    async def committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset on `topic` `partition`, or None when it has none."""
+        try:
+            offset: int | None = await self._side.committed(KafkaTopicPartition(topic, partition))
+        except KafkaError as exc:
+            raise BrokerError(f"reading the committed offsets failed: {exc}") from exc
+        return offset if offset is not None and offset >= 0 else None
+
+    async def commit(self, topic: str, partition: int, offset: int) -> None:
+        """Commit `offset` on `topic` `partition` in the group."""
+        tp = KafkaTopicPartition(topic, partition)
+        consumer = self._reader if tp in self._partitions else self._side
+        if tp not in consumer.assignment():
+            consumer.assign([tp])
+        try:
+            await consumer.commit({tp: offset})
+        except KafkaError as exc:
+            raise CommitError(f"committing {topic}[{partition}]@{offset} failed: {exc}") from exc
+
+    async def firsts(self) -> dict[int, Message]:
+        """The record at each partition's committed offset, for the partitions that have one and a
+        record there (none yet past the partition's end)."""
+        starts = {}
+        for tp in self._partitions:
+            offset = await self.committed(tp.topic, tp.partition)
+            if offset is not None:
+                starts[tp] = offset
+        if not starts:
+            return {}
+        self._side.assign(list(starts))
+        for tp, offset in starts.items():
+            self._side.seek(tp, offset)
+        try:
+            return await _firsts(self._side, starts)
+        except KafkaError as exc:
+            raise BrokerError(f"reading {self.topic!r} failed: {exc}") from exc
+
+    async def records(self) -> AsyncGenerator[list[Message], None]:
+        """The topic's records from the group's committed offsets (the beginning, where it has
+        none) to each partition's end as of the read's start, in fetched runs."""
+        self._reader.assign(self._partitions)
+        try:
+            async for run in _read_to_ends(self._reader, self._partitions):
+                yield run
+        except KafkaError as exc:
+            raise BrokerError(f"reading {self.topic!r} failed: {exc}") from exc
+
+    async def partition_count(self, topic: str) -> int | None:
+        """How many partitions `topic` has, or None when it does not exist."""
+        if topic not in self._counts:
+            try:
+                numbers = await _partition_numbers(self._side, topic)
+            except KafkaError as exc:
+                raise BrokerError(f"reading the topics' metadata failed: {exc}") from exc
+            self._counts[topic] = len(numbers) if numbers else None
+        return self._counts[topic]
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """The offset the next record of `topic` `partition` will get, or an offset below it."""
+        tp = KafkaTopicPartition(topic, partition)
+        try:
+            ends = await self._side.end_offsets([tp])
+        except KafkaError as exc:
+            raise BrokerError(f"reading the end of {topic}[{partition}] failed: {exc}") from exc
+        return int(ends[tp])
+
+    async def scan(
+        self, topic: str, partition: int, start: int
+    ) -> AsyncGenerator[list[Message], None]:
+        """The records of `topic` `partition` from `start` to its end as of now, in runs."""
+        tp = KafkaTopicPartition(topic, partition)
+        self._side.assign([tp])
+        self._side.seek(tp, start)
+        try:
+            async for run in _read_to_ends(self._side, [tp]):
+                yield run
+        except KafkaError as exc:
+            raise BrokerError(f"reading {topic}[{partition}] failed: {exc}") from exc
+
+
+async def _firsts(
+    consumer: AIOKafkaConsumer, starts: Mapping[KafkaTopicPartition, int]
+) -> dict[int, Message]:
+    """The record at offset `starts[tp]` of each partition `tp` that has one (the consumer is
+    positioned there); see `_read_to_ends` for when it gives up."""
+    left = dict(starts)
+    found: dict[int, Message] = {}
+    stalled = 0
+    while left:
+        fetched = await consumer.getmany(*left, timeout_ms=_READ_WAIT_MS)
+        before = len(left)
+        for tp in sorted(left):
+            records = fetched.get(tp)
+            highwater = consumer.highwater(tp)
+            if records:
+                if records[0].offset == left[tp]:  # else it is gone (retention, compaction)
+                    found[tp.partition] = _messages(records[:1])[0]
+            elif highwater is None or left[tp] < highwater:
+                continue
+            del left[tp]
+            consumer.pause(tp)
+        stalled = 0 if len(left) < before else stalled + 1
+        if stalled >= _READ_STALLED:
+            waiting = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(left))
+            raise BrokerError(f"reading stalled: no answer for {waiting} from the broker")
+    return found
 
 
 async def _read_to_ends(

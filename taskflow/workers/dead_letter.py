@@ -11,8 +11,10 @@ next smaller one leaves the value out and carries its size and SHA-256 instead
 Each keeps where the original is (`taskflow-original-topic`, `-partition`, `-offset`), which is
 where its value can be read while the topic's retention keeps it.
 
-`DeadLetterRecord.from_message` reads a dead letter back: the one place that knows the headers
-`dead_letter_headers` writes.
+Two readers read a dead letter back, through one parsing of its `taskflow-` headers
+(`_read_headers`, the one place on the reading side that knows their names): the strict
+`DeadLetterRecord.from_message`, for a record that must be a dead letter taskflow wrote, and the
+forgiving `read_dead_letter`, for any record on a dead-letter topic.
 """
 
 from __future__ import annotations
@@ -171,29 +173,89 @@ def read_dead_letter(message: Message) -> DeadLetterHeaders:
 
     Never raises: a header that is missing, or a number that does not parse, is None.
     """
-    ours = {
-        name[len(HEADER_PREFIX) :]: value.decode(errors="replace")
-        for name, value in message.headers
-        if name.startswith(HEADER_PREFIX)
-    }
+    read = _read_headers(message, "replace")
     return DeadLetterHeaders(
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
         timestamp_ms=message.timestamp_ms,
-        taskflow="original-topic" in ours or "reason" in ours,
-        original_topic=ours.get("original-topic"),
-        original_partition=_maybe_number(ours.get("original-partition")),
-        original_offset=_maybe_number(ours.get("original-offset")),
-        original_timestamp_ms=_maybe_number(ours.get("original-timestamp")),
-        consumer_group=ours.get("consumer-group"),
-        attempts=_maybe_number(ours.get("attempts")),
-        reason=ours.get("reason"),
-        exception_type=ours.get("exception-type"),
-        exception_message=ours.get("exception-message"),
-        traceback=ours.get("traceback"),
-        value_omitted=ours.get("value-omitted"),
+        taskflow="original_topic" in read.texts or "reason" in read.texts,
+        original_topic=read.texts.get("original_topic"),
+        original_partition=read.numbers.get("original_partition"),
+        original_offset=read.numbers.get("original_offset"),
+        original_timestamp_ms=read.numbers.get("original_timestamp_ms"),
+        consumer_group=read.texts.get("consumer_group"),
+        attempts=read.numbers.get("attempts"),
+        reason=read.texts.get("reason"),
+        exception_type=read.texts.get("exception_type"),
+        exception_message=read.texts.get("exception_message"),
+        traceback=read.texts.get("traceback"),
+        value_omitted=read.texts.get("value_omitted"),
     )
+
+
+# Every `taskflow-` header a dead letter is read from: (field, header name after the prefix, a
+# number?). `DeadLetterHeaders` and `DeadLetterRecord` both read through `_read_headers`.
+_HEADERS: Final = (
+    ("original_topic", "original-topic", False),
+    ("original_partition", "original-partition", True),
+    ("original_offset", "original-offset", True),
+    ("original_timestamp_ms", "original-timestamp", True),
+    ("consumer_group", "consumer-group", False),
+    ("attempts", "attempts", True),
+    ("reason", "reason", False),
+    ("exception_type", "exception-type", False),
+    ("exception_message", "exception-message", False),
+    ("traceback", "traceback", False),
+    ("value_omitted", "value-omitted", False),
+    ("key_omitted", "key-omitted", False),
+    ("headers_omitted", "headers-omitted", False),
+    ("original_size", "original-size", True),
+    ("original_sha256", "original-sha256", False),
+)
+_HEADER_OF: Final = {field: HEADER_PREFIX + name for field, name, _ in _HEADERS}
+# What `DeadLetterRecord.from_message` requires of a dead letter taskflow wrote.
+_REQUIRED: Final = (
+    "original_topic",
+    "original_partition",
+    "original_offset",
+    "original_timestamp_ms",
+    "consumer_group",
+    "attempts",
+    "reason",
+    "exception_type",
+    "exception_message",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A record's `taskflow-` headers by field: the text of each one it carries, and the
+    numbers among them (None for one that does not parse)."""
+
+    texts: dict[str, str]
+    numbers: dict[str, int | None]
+    own: Headers
+    """The record's other headers, in order: the original's own."""
+
+
+def _read_headers(message: Message, errors: str) -> _Read:
+    """Read `message`'s headers, decoding taskflow's as UTF-8 with `errors` for bad bytes."""
+    by_name = {
+        name: value.decode(errors=errors)
+        for name, value in message.headers
+        if name.startswith(HEADER_PREFIX)
+    }
+    texts = {
+        field: by_name[_HEADER_OF[field]] for field in _HEADER_OF if _HEADER_OF[field] in by_name
+    }
+    numbers = {
+        field: _maybe_number(texts[field])
+        for field, _, number in _HEADERS
+        if number and field in texts
+    }
+    own = tuple((n, v) for n, v in message.headers if not n.startswith(HEADER_PREFIX))
+    return _Read(texts, numbers, own)
 
 
 def _maybe_number(text: str | None) -> int | None:
@@ -284,64 +346,45 @@ class DeadLetterRecord:
         Raises:
             ValueError: when `message` lacks the `taskflow-` headers of a dead letter.
         """
-        ours = {
-            name.removeprefix(HEADER_PREFIX): value.decode(errors="backslashreplace")
-            for name, value in message.headers
-            if name.startswith(HEADER_PREFIX)
-        }
-        missing = [name for name in _REQUIRED if name not in ours]
+        read = _read_headers(message, "backslashreplace")
+        missing = [_HEADER_OF[field] for field in _REQUIRED if field not in read.texts]
         if missing:
             raise ValueError(
-                f"{message} is not a taskflow dead letter: it has no "
-                f"{', '.join(HEADER_PREFIX + name for name in missing)} header"
+                f"{message} is not a taskflow dead letter: it has no {', '.join(missing)} header"
             )
-        own = tuple((n, v) for n, v in message.headers if not n.startswith(HEADER_PREFIX))
-        number = functools.partial(_number, message, ours)
-        size = number("original-size") if "original-size" in ours else None
+        number = functools.partial(_number, message, read)
+        texts = read.texts
         return cls(
             topic=message.topic,
             partition=message.partition,
             offset=message.offset,
-            original_topic=ours["original-topic"],
-            original_partition=number("original-partition"),
-            original_offset=number("original-offset"),
-            original_timestamp_ms=number("original-timestamp"),
-            group=ours["consumer-group"],
-            reason=ours["reason"],
+            original_topic=texts["original_topic"],
+            original_partition=number("original_partition"),
+            original_offset=number("original_offset"),
+            original_timestamp_ms=number("original_timestamp_ms"),
+            group=texts["consumer_group"],
+            reason=texts["reason"],
             attempts=number("attempts"),
-            exception_type=ours["exception-type"],
-            exception_message=ours["exception-message"],
-            traceback=ours.get("traceback", ""),
+            exception_type=texts["exception_type"],
+            exception_message=texts["exception_message"],
+            traceback=texts.get("traceback", ""),
             value=message.value,
             key=message.key,
-            headers=decode_headers(own),
-            raw_headers=own,
-            value_omitted=ours.get("value-omitted"),
-            key_omitted="key-omitted" in ours,
-            headers_omitted="headers-omitted" in ours,
-            original_size=size,
-            original_sha256=ours.get("original-sha256"),
+            headers=decode_headers(read.own),
+            raw_headers=read.own,
+            value_omitted=texts.get("value_omitted"),
+            key_omitted="key_omitted" in texts,
+            headers_omitted="headers_omitted" in texts,
+            original_size=number("original_size") if "original_size" in texts else None,
+            original_sha256=texts.get("original_sha256"),
         )
 
 
-def _number(message: Message, ours: dict[str, str], name: str) -> int:
-    try:
-        return int(ours[name])
-    except ValueError:
+def _number(message: Message, read: _Read, field: str) -> int:
+    value = read.numbers[field]
+    if value is None:
         raise ValueError(
-            f"{message} is not a taskflow dead letter: its {HEADER_PREFIX}{name} header is "
-            f"{ours[name]!r}, not a number"
-        ) from None
-
-
-_REQUIRED: Final = (
-    "original-topic",
-    "original-partition",
-    "original-offset",
-    "original-timestamp",
-    "consumer-group",
-    "attempts",
-    "reason",
-    "exception-type",
-    "exception-message",
-)
+            f"{message} is not a taskflow dead letter: its {_HEADER_OF[field]} header is "
+            f"{read.texts[field]!r}, not a number"
+        )
+    return value

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import pytest
+
 from taskflow.message import Message
 from taskflow.workers.dead_letter import (
     WITHOUT_VALUE,
     DeadLetterHeaders,
+    DeadLetterRecord,
     dead_letter,
     dead_letter_headers,
     read_dead_letter,
@@ -88,3 +93,53 @@ def test_unreadable_numbers_read_as_none_rather_than_failing() -> None:
         None,
     )
     assert record.reason == "exhausted"
+
+
+def test_the_strict_and_the_forgiving_reader_read_a_dead_letter_alike() -> None:
+    ours = dead_letter_headers(ORIGINAL, "billing", _failed(), 2, "exhausted")
+    message = _on_the_topic(dead_letter(ORIGINAL, ours, WITHOUT_VALUE, "too large").headers)
+
+    forgiving = read_dead_letter(message)
+    strict = DeadLetterRecord.from_message(message)
+
+    assert (
+        forgiving.original_topic,
+        forgiving.original_partition,
+        forgiving.original_offset,
+        forgiving.original_timestamp_ms,
+        forgiving.consumer_group,
+        forgiving.attempts,
+        forgiving.reason,
+        forgiving.exception_type,
+        forgiving.exception_message,
+        forgiving.traceback,
+        forgiving.value_omitted,
+    ) == (
+        strict.original_topic,
+        strict.original_partition,
+        strict.original_offset,
+        strict.original_timestamp_ms,
+        strict.group,
+        strict.attempts,
+        strict.reason,
+        strict.exception_type,
+        strict.exception_message,
+        strict.traceback,
+        strict.value_omitted,
+    )
+    assert strict.raw_headers == ORIGINAL.headers
+    assert (strict.original_size, strict.original_sha256) == (
+        len(ORIGINAL.value or b""),
+        hashlib.sha256(ORIGINAL.value or b"").hexdigest(),
+    )
+
+
+def test_the_strict_reader_names_what_is_missing_or_not_a_number() -> None:
+    ours = dead_letter_headers(ORIGINAL, "billing", _failed(), 2, "exhausted")
+    without = tuple((n, v) for n, v in ours if n != "taskflow-reason")
+    garbled = tuple((n, b"two" if n == "taskflow-attempts" else v) for n, v in ours)
+
+    with pytest.raises(ValueError, match=r"it has no taskflow-reason header$"):
+        DeadLetterRecord.from_message(_on_the_topic(without))
+    with pytest.raises(ValueError, match=r"its taskflow-attempts header is 'two', not a number$"):
+        DeadLetterRecord.from_message(_on_the_topic(garbled))
