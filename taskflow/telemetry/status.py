@@ -54,15 +54,19 @@ class PolicyCount:
     """How often the error policy took one action, for one topic and error type."""
 
     action: str
-    """``retry``, ``skip`` (rejected, no dead-letter topic), ``skip_tombstone`` (a tombstone
-    the handler's payload type does not admit) or ``dead_letter``."""
+    """``retry`` (in place), ``retry_topic`` (sent to a retry stage), ``skip`` (rejected, no
+    dead-letter topic), ``skip_tombstone`` (a tombstone the handler's payload type does not
+    admit) or ``dead_letter``."""
     topic: str
     error: type[BaseException]
     reason: str | None
-    """Why a message was given up on: ``rejected`` or ``exhausted``; None for a retry."""
+    """Why a message was given up on: ``rejected``, ``exhausted`` or ``unretryable``; None for
+    a retry."""
     fate: str | None
     """For a dead letter not written whole: ``value_omitted`` or ``dropped``."""
     count: int
+    stage: int | None = None
+    """For ``retry_topic``, the retry stage the messages were sent to (1 for the first)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
