@@ -8,9 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from taskflow import App, ConfigurationError, Context, Defer, Reject, Retry
+from taskflow.telemetry.status import ConsumerStatus
 from taskflow.testing import ManualClock, TestClient
+from tests._redis import REDIS_URL
 
 pytestmark = pytest.mark.usefixtures("caplog")
 
@@ -241,3 +244,102 @@ def test_stage_topics_are_named_by_topic_and_delay() -> None:
         "refunds.retry.60s",
     )
     assert spec.max_attempts is None
+
+
+# -- idempotency: every stage of a record shares the original's identity ---------------------
+
+
+async def _redeliver(client: TestClient, topic: str) -> None:
+    """Write the first record of `topic` again, as a redelivery of it would be seen."""
+    (record, *_) = client.broker.topic(topic).written
+    await client.broker.publish(topic, record.value, key=record.key, headers=record.headers)
+
+
+@pytest.mark.redis
+async def test_a_retried_record_known_by_its_offset_runs_once_when_its_stage_record_comes_again(
+    redis: Redis,
+) -> None:
+    clock = ManualClock()
+    app = App("svc", clock=clock, redis_url=REDIS_URL, idempotent=True)
+    runs: list[tuple[int, int]] = []
+
+    @app.consume("orders", group="billing", dead_letter="orders.DLQ", retry_topics=[10])
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        runs.append((order["id"], ctx.attempt))
+        if ctx.attempt == 1:
+            raise ConnectionError("down")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+        await clock.advance(10)
+        await client.drain()
+        assert runs == [(1, 1), (1, 2)]
+        # Its done mark is the original's (group, topic, partition, offset), not the retry's.
+        assert await redis.exists("taskflow:{billing}:idem:orders:0:0")
+        await _redeliver(client, "orders.retry.10s")
+        await client.drain()
+        await clock.advance(10)
+        await client.drain()
+        assert client.committed("billing.retry", "orders.retry.10s", 0) == 2
+    assert runs == [(1, 1), (1, 2)]
+
+
+@pytest.mark.redis
+async def test_a_retried_record_whose_key_was_done_meanwhile_is_not_run_again(
+    redis: Redis,
+) -> None:
+    clock = ManualClock()
+    app = App("svc", clock=clock, redis_url=REDIS_URL, idempotent=True)
+    runs: list[tuple[int, int]] = []
+
+    @app.consume("orders", group="billing", dead_letter="orders.DLQ", retry_topics=[10])
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        runs.append((order["id"], ctx.attempt))
+        if order["id"] == 1:
+            raise ConnectionError("down")
+
+    async with TestClient(app, partitions=1) as client:
+        # The same order twice, by its idempotency-key: the first copy fails, the second one
+        # succeeds, so when the first comes back from its retry topic it is done already.
+        await client.publish("orders", {"id": 1}, headers={"idempotency-key": "order-1"})
+        await client.publish("orders", {"id": 2}, headers={"idempotency-key": "order-1"})
+        await client.drain()
+        assert len(client.published("orders.retry.10s")) == 1
+        await clock.advance(10)
+        await client.drain()
+        assert client.committed("billing.retry", "orders.retry.10s", 0) == 1
+    assert runs == [(1, 1), (2, 1)]
+    assert client.published("orders.DLQ") == []
+
+
+async def test_the_retry_stage_is_a_worker_of_its_own_with_its_status_and_counts() -> None:
+    clock = ManualClock()
+    app, _ = _app(clock, fails={1})
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+        main = client.runtime.worker("on_order").status()
+        stage = client.runtime.worker("on_order.retry").status()
+        assert isinstance(main, ConsumerStatus)
+        assert isinstance(stage, ConsumerStatus)
+        assert (stage.group, stage.topics) == (
+            "billing.retry",
+            ("orders.retry.10s", "orders.retry.60s"),
+        )
+        # The stage holds its record, not due yet, with its partition paused.
+        (held,) = [p for p in stage.partitions if p.tp.topic == "orders.retry.10s"]
+        assert held.paused
+        (sent,) = main.policy_counts
+        assert (sent.action, sent.topic, sent.stage, sent.count) == ("retry_topic", "orders", 1, 1)
+        await clock.advance(10)
+        await client.drain()
+        stage = client.runtime.worker("on_order.retry").status()
+        assert isinstance(stage, ConsumerStatus)
+        (sent,) = stage.policy_counts
+        assert (sent.action, sent.topic, sent.stage) == ("retry_topic", "orders.retry.10s", 2)
+        describe = client.runtime.worker("on_order").describe()  # type: ignore[attr-defined]
+        assert describe == (
+            "consumes orders as group billing, retrying through orders.retry.10s, "
+            "orders.retry.60s, dead letters to orders.DLQ"
+        )
