@@ -332,6 +332,9 @@ async def test_the_retry_stage_is_a_worker_of_its_own_with_its_status_and_counts
         assert held.paused
         (sent,) = main.policy_counts
         assert (sent.action, sent.topic, sent.stage, sent.count) == ("retry_topic", "orders", 1, 1)
+        shown = main.as_json()
+        assert shown["retry_topics"] == ["orders.retry.10s", "orders.retry.60s"]
+        assert shown["dead_letter"] == "orders.DLQ"
         await clock.advance(10)
         await client.drain()
         stage = client.runtime.worker("on_order.retry").status()

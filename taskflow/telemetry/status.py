@@ -35,7 +35,7 @@ class PartitionStatus:
     """Records fetched and not finished (waiting, queued in a lane, or running)."""
     paused: bool
     """True while fetching is paused for backpressure: the partition's own (``max_buffered``)
-    or the process's memory budget."""
+    or the process's memory budget; on a retry stage, also while its next record is not due."""
 
     def as_json(self) -> dict[str, Any]:
         """The partition's entry in /status."""
@@ -88,6 +88,10 @@ class ConsumerStatus(WorkerStatus):
     policy_counts: tuple[PolicyCount, ...]
     stuck_threads: int | None
     """Threads of a `def` handler still running calls cut off by its timeout; None for async."""
+    retry_topics: tuple[str, ...] = ()
+    """Where its failures wait (its retry stages' topics); none when it retries in place."""
+    dead_letter: str | None = None
+    """Its dead-letter topic, or None."""
 
     @property
     def assigned(self) -> frozenset[TopicPartition]:
@@ -126,6 +130,8 @@ class ConsumerStatus(WorkerStatus):
             "buffer_budget": self.buffer_budget,
             "rebalances": self.rebalances,
             "last_poll_age": age,
+            "retry_topics": list(self.retry_topics),
+            "dead_letter": self.dead_letter,
         }
 
 

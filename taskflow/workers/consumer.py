@@ -518,6 +518,8 @@ class ConsumerWorker:
             last_poll=self.last_poll,
             policy_counts=self._policy_counts(),
             stuck_threads=len(threads.stuck) if threads is not None else None,
+            retry_topics=self.spec.stage_topics if not self.spec.retrying else (),
+            dead_letter=self.spec.dead_letter,
         )
 
     def _activity(self) -> str:
