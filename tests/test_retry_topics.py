@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from taskflow import App, ConfigurationError, Context, Defer, Reject, Retry
+from taskflow import App, Backoff, ConfigurationError, Context, Defer, Reject, Retry
+from taskflow.brokers.memory import MemoryBroker
+from taskflow.exceptions import PublishError
+from taskflow.message import Headers, TopicPartition
 from taskflow.telemetry.status import ConsumerStatus
 from taskflow.testing import ManualClock, TestClient
 from tests._redis import REDIS_URL
@@ -346,3 +349,58 @@ async def test_the_retry_stage_is_a_worker_of_its_own_with_its_status_and_counts
             "consumes orders as group billing, retrying through orders.retry.10s, "
             "orders.retry.60s, dead letters to orders.DLQ"
         )
+
+
+async def test_a_record_its_retry_topic_will_never_take_is_dead_lettered_as_unretryable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    app, runs = _app(clock, fails={1})
+    client = TestClient(app)
+    # The original fits; its copy, with taskflow's headers, does not.
+    client.broker = MemoryBroker(1, max_request_size=1500)
+    async with client:
+        await client.publish("orders", {"id": 1, "pad": "x" * 1300})
+        await client.drain()
+        assert client.committed("billing", "orders", 0) == 1
+    assert runs == [(1, 1)]
+    assert client.published("orders.retry.10s") == []
+    (letter,) = client.dead_letters("orders.DLQ")
+    assert (letter.reason, letter.attempts, letter.original_offset) == ("unretryable", 1, 0)
+    assert letter.exception_type == "builtins.ConnectionError"
+    assert letter.value_omitted is not None  # the dead letter is too large whole as well
+    assert "cannot go to retry topic orders.retry.10s (RecordTooLarge" in caplog.text
+
+
+class StageOutage(MemoryBroker):
+    """A memory broker that cannot take the first `failures` records for a retry topic."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(1)
+        self.failures = failures
+        self.committed_at_failure: list[int | None] = []
+
+    async def publish(
+        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
+    ) -> tuple[TopicPartition, int]:
+        if ".retry." in topic and self.failures:
+            self.failures -= 1
+            self.committed_at_failure.append(self.committed("billing", TopicPartition("orders", 0)))
+            raise PublishError(f"publishing to {topic!r} failed: the leader moved")
+        return await super().publish(topic, value, key=key, headers=headers)
+
+
+async def test_a_copy_the_broker_may_yet_take_is_sent_again_and_committed_only_once_taken(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    app, _ = _app(clock, fails={1}, retry=Backoff(initial=0.01, maximum=0.02))
+    client = TestClient(app)
+    client.broker = broker = StageOutage(failures=2)
+    async with client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+        assert client.committed("billing", "orders", 0) == 1
+    assert broker.committed_at_failure == [None, None]  # not committed while it was not taken
+    assert len(client.published("orders.retry.10s")) == 1
+    assert caplog.text.count("sending orders[0]@0 to retry topic orders.retry.10s failed") == 2
