@@ -278,6 +278,10 @@ class TestClient:
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every message in every consumed topic is handled and committed.
 
+        On retry topics (see "Retry topics" in the consuming guide) that means every record
+        due by the app's clock: move a ManualClock on (`await clock.advance(10)`) to let the
+        next stage run.
+
         Raises:
             TimeoutError: naming the groups still behind, when `timeout` passes first.
         """

@@ -121,6 +121,7 @@ class Processor:
         # Told when a handler raised SystemExit or KeyboardInterrupt (set by the worker).
         self.on_exit: Callable[[ProcessExit], None] | None = None
         self._tombstones_told: set[TopicPartition] = set()  # partitions whose skip was logged
+        self._others_told: set[TopicPartition] = set()  # retry partitions shared with a group
 
     def first_try(self, message: Message) -> Awaitable[None]:
         """Start the first attempt at `message`: the fast path, the handler and nothing else.
@@ -200,7 +201,19 @@ class Processor:
         """A retry stage's first try: only a record its own group failed runs (a registration
         of another group consuming the same topic shares the retry topics); others are skipped,
         so committed."""
-        if failed_in(message) != self.spec.group:
+        group = failed_in(message)
+        if group != self.spec.group:
+            tp = message.topic_partition
+            if tp not in self._others_told:
+                self._others_told.add(tp)
+                self.log.debug(
+                    "records of %s that group %s failed are skipped and committed by group %s's "
+                    "retries (first: %s)",
+                    tp,
+                    group,
+                    self.spec.group,
+                    message,
+                )
             return
         await self._call(message, self.attempt_of(message))
 
