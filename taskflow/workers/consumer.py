@@ -9,6 +9,10 @@ explicitly, and buffered records are dropped, to be fetched again by the next ow
 `BatchAware` middleware (idempotency) sees each fetched batch before its records are handed out,
 is flushed before a revoke or stop commits, and is told which partitions left.
 
+A retry stage (a registration's retry worker, `spec.retrying`) hands its runners only records that
+are due: each partition has a `DueGate` that holds what is not due yet, while the partition is
+paused and a task waits on the app's clock for the head to fall due (`taskflow.workers.due`).
+
 Two bounds pause fetching: a partition's own (``max_buffered`` records), and the process's memory
 budget (`taskflow.workers.budget`), shared by every consumer worker: while it is spent, every
 partition is paused; each partition's `Account` releases its records as they finish.
