@@ -289,6 +289,7 @@ async def test_a_process_killed_during_the_retries_loses_none_of_them(
     repeated = {key: n for key, n in runs.items() if n > 1}
     print(
         f"\nSIGKILL after {len(before)} attempts: {len(attempts)} attempts in all, "
-        f"{len(repeated)} (id, attempt) pairs run more than once, "
+        f"{len(repeated)} (id, attempt) pairs run more than once "
+        f"(by attempt: {dict(sorted(Counter(attempt for _, attempt in repeated).items()))}), "
         f"{len(letters)} dead letters for {len(DOOMED)} records"
     )
