@@ -95,6 +95,7 @@ async def test_a_failure_goes_through_each_stage_after_its_delay_then_to_the_dea
     assert "due 2026-01-01T00:00:10.000+00:00" in staged_lines[0]
 
 
+# --8<-- [start:stages]
 async def test_a_record_that_succeeds_on_a_stage_is_done() -> None:
     clock = ManualClock()
     app = App("svc", clock=clock)
@@ -109,12 +110,16 @@ async def test_a_record_that_succeeds_on_a_stage_is_done() -> None:
     async with TestClient(app, partitions=1) as client:
         await client.publish("orders", {"id": 1})
         await client.drain()
+        assert runs == [1]  # the record waits on orders.retry.500ms
         assert len(client.published("orders.retry.500ms")) == 1
         await clock.advance(0.5)
         await client.drain()
         assert runs == [1, 2]
         assert client.committed("svc.retry", "orders.retry.500ms", 0) == 1
     assert client.published("orders.DLQ") == []
+
+
+# --8<-- [end:stages]
 
 
 async def test_a_reject_on_a_stage_goes_straight_to_the_dead_letters() -> None:
