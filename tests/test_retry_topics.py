@@ -409,3 +409,27 @@ async def test_a_copy_the_broker_may_yet_take_is_sent_again_and_committed_only_o
     assert broker.committed_at_failure == [None, None]  # not committed while it was not taken
     assert len(client.published("orders.retry.10s")) == 1
     assert caplog.text.count("sending orders[0]@0 to retry topic orders.retry.10s failed") == 2
+
+
+async def test_a_waiting_record_keeps_its_due_time_across_a_restart() -> None:
+    clock = ManualClock()
+    app, runs = _app(clock, fails={1})
+    first = TestClient(app, partitions=1)
+    async with first:
+        await first.publish("orders", {"id": 1})
+        await first.drain()
+        await clock.advance(6)
+    # Stopped with the record held on its stage: nothing of it committed, nothing run.
+    assert first.committed("billing.retry", "orders.retry.10s", 0) is None
+    assert runs == [(1, 1)]
+
+    again = TestClient(app, partitions=1)
+    again.broker = first.broker  # the same topics and offsets, a new process
+    async with again:
+        await again.drain()
+        await clock.advance(3.9)
+        await again.drain()
+        assert runs == [(1, 1)]  # 9.9 s after it failed: not yet
+        await clock.advance(0.1)
+        await again.drain()
+        assert runs == [(1, 1), (1, 2)]
