@@ -1,5 +1,6 @@
 """The Consuming guide's handlers: retries, a plain `def`, rejects and dead
-letters, publishing from a handler (and without waiting for the broker).
+letters, retry topics, publishing from a handler (and without waiting for the
+broker).
 
     taskflow run examples.consuming:app
 """
@@ -58,6 +59,22 @@ async def on_return(item: dict, ctx: Context) -> None:
 
 
 # --8<-- [end:reject]
+
+
+# --8<-- [start:retry-topics]
+class CarrierDown(Exception):
+    """The carrier's API did not answer: worth trying again later."""
+
+
+@app.consume("labels", retry_topics=[10, 60, 600], dead_letter="labels.DLQ")
+async def on_label(label: dict, ctx: Context) -> None:
+    # 1 here; 2, 3 and 4 on the retry topics labels.retry.10s, .60s and .600s
+    ctx.logger.info("attempt %d at label %s", ctx.attempt, label["id"])
+    if label.get("carrier") == "down":
+        raise CarrierDown(f"no answer for label {label['id']}")
+
+
+# --8<-- [end:retry-topics]
 
 
 # --8<-- [start:fanout]

@@ -268,6 +268,7 @@ class App:
         """Every registered worker name, in registration order within each kind."""
         return [
             *(c.name for c in self.consumers),
+            *(f"{c.name}.retry" for c in self.consumers if c.retry_topics is not None),
             *(s.name for s in self.schedules),
             *(f.name for f in self.function_workers),
             *(w.name for w in self.workers),
@@ -301,6 +302,7 @@ class App:
         consumer_options: Mapping[str, Any] | None = None,
         batch: int | None = None,
         batch_wait: timedelta | float | None = None,
+        retry_topics: Sequence[timedelta | float] | None = None,
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -319,7 +321,7 @@ class App:
             retry: The backoff between attempts of a failing message (default 1 s doubling to 30 s).
             max_attempts: Attempts before a failing message goes to `dead_letter` (default 5
                 when `dead_letter` is set). Without a dead-letter topic a failing message is
-                retried until it succeeds, so nothing is lost.
+                retried until it succeeds, so nothing is lost. Not with `retry_topics`.
             dead_letter: A topic for messages that exhaust their attempts or are rejected.
             reject_on: Exception types that mean "reject": no retry, straight to the dead letters.
             middleware: Middleware for this consumer only, inside the app-wide middleware.
@@ -358,6 +360,15 @@ class App:
             batch_wait: Seconds the oldest waiting record waits for its batch to fill while its
                 partition is behind (default 0.1; 0 never waits). A partition that is caught
                 up sends what waits at once. Needs `batch`.
+            retry_topics: Retry without holding the partition: delays (seconds or timedeltas,
+                e.g. ``[10, 60, 600]``), one per retry stage. A failing message is committed
+                and published to the first stage's topic (``<topic>.retry.10s``; ``500ms``
+                for a delay that is not whole seconds), run there once its delay has passed
+                by a second worker, ``<name>.retry`` in group ``<group>.retry``, then sent to
+                the next stage, and after the last to `dead_letter` (needed). Each stage is one
+                attempt (`ctx.attempt` counts across them), so not with `max_attempts`; not
+                with `batch`. Retried messages lose their order. See "Retry topics" in the
+                consuming guide.
 
         Returns:
             The registration.
@@ -373,6 +384,15 @@ class App:
         check.no_overlap(self.consumers, name, topics, group)
         max_buffered = check.positive_int("max_buffered", max_buffered)
         batch = check.batch(batch, check.ordering(ordering), max_buffered)
+        stages = check.retry_topics(
+            retry_topics,
+            topics=topics,
+            dead_letter=dead_letter,
+            max_attempts=max_attempts,
+            batch=batch,
+        )
+        if stages is not None:
+            self._new_name(f"{name}.retry")
         adapted, decode = (
             batch_handler(handler) if batch is not None else (consumer_handler(handler), None)
         )
@@ -386,7 +406,7 @@ class App:
             concurrency=check.concurrency(ordering, concurrency),
             timeout=check.timeout(timeout),
             retry=check.retry(retry),
-            max_attempts=check.max_attempts(max_attempts, dead_letter),
+            max_attempts=None if stages else check.max_attempts(max_attempts, dead_letter),
             dead_letter=check.dead_letter(dead_letter, topics),
             reject_on=check.reject_on(reject_on),
             middleware=check.middleware(middleware),
@@ -403,6 +423,7 @@ class App:
             batch=batch,
             batch_wait=check.batch_wait(batch_wait, batch),
             batch_decode=decode,
+            retry_topics=stages,
         )
         self.consumers.append(spec)
         return spec
@@ -432,6 +453,7 @@ class App:
         consumer_options: Mapping[str, Any] | None = None,
         batch: int | None = None,
         batch_wait: timedelta | float | None = None,
+        retry_topics: Sequence[timedelta | float] | None = None,
     ) -> Callable[[F], F]:
         """Decorator: consume `topics` with the function; returns the function unchanged.
 
@@ -471,6 +493,7 @@ class App:
                 consumer_options=consumer_options,
                 batch=batch,
                 batch_wait=batch_wait,
+                retry_topics=retry_topics,
             )
             return func
 

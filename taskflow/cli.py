@@ -51,7 +51,7 @@ from taskflow.runner import (
     group_instance_id,
     serve,
 )
-from taskflow.specs import ConsumerSpec
+from taskflow.specs import ConsumerSpec, retry_stage_spec
 from taskflow.telemetry import setup as otel
 from taskflow.workers.dead_letter import DeadLetterHeaders
 
@@ -532,8 +532,14 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
     for spec in app.consumers:
         click.echo(
             f"  consumer  {spec.name}  topics {', '.join(spec.topics)}  group {spec.group}"
-            f"  ordering {spec.ordering}{_consumer_settings(app, spec)}"
+            f"  ordering {spec.ordering}{_consumer_settings(app, spec)}{_failures(spec)}"
         )
+        if spec.retry_topics is not None:
+            stage = retry_stage_spec(spec)
+            click.echo(
+                f"  consumer  {stage.name}  topics {', '.join(stage.topics)}"
+                f"  group {stage.consumer_group}  runs the retries of {spec.name}"
+            )
     for task in app.schedules:
         nxt = task.schedule.next_after(now).isoformat()
         line = f"  periodic  {task.name}  {task.schedule.describe()}  next {nxt}"
@@ -544,6 +550,12 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
         click.echo(f"  worker    {worker.name}")
     for custom in app.workers:
         click.echo(f"  worker    {custom.name}  ({type(custom).__qualname__})")
+
+
+def _failures(spec: ConsumerSpec) -> str:
+    """Where a consumer's failed messages go: its retry topics and its dead-letter topic."""
+    text = f"  retries {', '.join(spec.stage_topics)}" if spec.stage_topics else ""
+    return text + (f"  dead letters {spec.dead_letter}" if spec.dead_letter else "")
 
 
 def _consumer_settings(app: App, spec: ConsumerSpec) -> str:

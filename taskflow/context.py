@@ -70,7 +70,8 @@ class Context:
         tick: The scheduled run (periodic tasks), else None.
         stopping: Set when shutdown begins; long handlers may watch it to finish early.
         attempt: Which attempt at the message this is: 1, then 2 after a failure, and so on (a
-            [Defer][taskflow.Defer] does not count).
+            [Defer][taskflow.Defer] does not count). With retry topics it counts across the
+            stages: 1 in the consumer, 2 in the first retry stage, and so on.
 
     Example:
         ```python

@@ -39,11 +39,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from taskflow import validation as check
 from taskflow.exceptions import ConfigurationError
 from taskflow.middleware.ratelimit import smooth_limiter
+from taskflow.policy import DeadLetterReason
 from taskflow.runner import resolve_broker
 from taskflow.workers.dead_letter import HEADER_PREFIX, DeadLetterHeaders, read_dead_letter
 
@@ -75,7 +76,8 @@ REPLAYED_FROM: Final = HEADER_PREFIX + "replayed-from"
 """The header of a replayed record naming its dead letter: ``<topic>/<partition>/<offset>``."""
 REPLAY_GROUP: Final = HEADER_PREFIX + "replay-group"
 """The header of a replayed record naming the replay's consumer group."""
-REASONS: Final = ("rejected", "exhausted")
+REASONS: Final = get_args(DeadLetterReason)
+"""The reasons a dead letter is given up for, as `--reason` takes them."""
 
 NOT_TASKFLOW: Final = "no taskflow headers"
 VALUE_LEFT_OUT: Final = "value left out"

@@ -42,6 +42,7 @@ from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
 from taskflow.middleware.timeout import Watchdog
+from taskflow.specs import retry_stage_spec
 from taskflow.stores.connect import Stores, open_stores
 from taskflow.telemetry.instruments import observe
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
@@ -146,7 +147,7 @@ def _check_consumer(broker: Broker, spec: ConsumerSpec, options: ConsumerOptions
     kafka = sys.modules.get("taskflow.brokers.kafka")  # not loaded: not a Kafka broker
     if kafka is not None and isinstance(broker, kafka.KafkaBroker):
         try:
-            broker.consumer_settings(spec.group, options)
+            broker.consumer_settings(spec.consumer_group, options)
         except ConfigurationError as exc:
             raise ConfigurationError(f"consumer {spec.name}: {exc}") from exc
 
@@ -172,7 +173,12 @@ def build_workers(
     interval = app.settings.commit_interval if commit_interval is None else commit_interval
     resources = resources or Resources(app.name, _in_process(app))
     # One memory budget for every consumer of the process (`taskflow.workers.budget`).
-    budget = BufferBudget(app.settings.buffer_bytes, consumers=len(app.consumers))
+    consumers = [
+        stage
+        for spec in app.consumers
+        for stage in ((spec, retry_stage_spec(spec)) if spec.retry_topics else (spec,))
+    ]
+    budget = BufferBudget(app.settings.buffer_bytes, consumers=len(consumers))
 
     def stack(
         spec: ConsumerSpec | ScheduleSpec, batch_aware: list[BatchAware] | None = None
@@ -197,7 +203,8 @@ def build_workers(
             budget=budget,
         )
 
-    workers: list[Worker] = [consumer(spec) for spec in app.consumers]
+    # A registration with retry topics has a second consumer, its retry stage, right after it.
+    workers: list[Worker] = [consumer(spec) for spec in consumers]
     workers += [
         ScheduledWorker(
             spec,

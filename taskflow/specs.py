@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskflow.backoff import Backoff
+from taskflow.retry_topics import RetryTopics
 
 if TYPE_CHECKING:
     from taskflow.context import Context
@@ -28,6 +29,7 @@ __all__ = [
     "RateLimitScope",
     "ScheduleSpec",
     "Start",
+    "retry_stage_spec",
 ]
 
 Ordering = Literal["partition", "key", "none"]
@@ -84,6 +86,37 @@ class ConsumerSpec:
     batch: int | None = None
     batch_wait: float = DEFAULT_BATCH_WAIT
     batch_decode: Callable[[Message], Any] | None = None  # one record to the handler's element type
+    retry_topics: RetryTopics | None = None
+    """The retry stages of `topics`: a failure goes to the next one instead of holding its
+    partition; None retries in place."""
+    retrying: bool = False
+    """True for the registration's retry stage: it consumes the retry topics of `retry_topics`
+    as group `consumer_group` and runs only records that `group` failed."""
+
+    @property
+    def consumer_group(self) -> str:
+        """The consumer group its broker consumer joins: `group`, or ``<group>.retry`` for a
+        retry stage (`group` still scopes idempotency keys and names dead letters)."""
+        return f"{self.group}.retry" if self.retrying else self.group
+
+    @property
+    def stage_topics(self) -> tuple[str, ...]:
+        """The retry topics of this registration's topics, stage by stage (none without)."""
+        return () if self.retry_topics is None else self.retry_topics.topics(self.topics)
+
+
+def retry_stage_spec(spec: ConsumerSpec) -> ConsumerSpec:
+    """The registration of `spec`'s retry stage: named ``<name>.retry``, it consumes the retry
+    topics from the earliest record (a retry record is never skipped for want of an offset)
+    with the same handler and options."""
+    assert spec.retry_topics is not None, "only a registration with retry topics has a stage"
+    return replace(
+        spec,
+        name=f"{spec.name}.retry",
+        topics=spec.stage_topics,
+        start="earliest",
+        retrying=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)

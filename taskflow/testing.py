@@ -30,8 +30,10 @@ from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.manager import ShutdownReport
 from taskflow.message import Headers, Message, TopicPartition
 from taskflow.runner import Runtime, open_runtime
+from taskflow.specs import ConsumerSpec, retry_stage_spec
 from taskflow.workers import ScheduledWorker
 from taskflow.workers.dead_letter import DeadLetterRecord
+from taskflow.workers.due import DueGate, epoch_ms
 
 __all__ = ["DeadLetterRecord", "ManualClock", "Published", "TestClient"]
 
@@ -276,6 +278,10 @@ class TestClient:
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every message in every consumed topic is handled and committed.
 
+        On retry topics (see "Retry topics" in the consuming guide) that means every record
+        due by the app's clock: move a ManualClock on (`await clock.advance(10)`) to let the
+        next stage run.
+
         Raises:
             TimeoutError: naming the groups still behind, when `timeout` passes first.
         """
@@ -291,17 +297,30 @@ class TestClient:
     def _behind(self) -> dict[str, int]:
         lags: dict[str, int] = {}
         for spec in self.app.consumers:
-            lag = sum(self._lag(spec.group, topic) for topic in spec.topics)
-            if lag:
-                lags[spec.group] = lags.get(spec.group, 0) + lag
+            stages = (spec, retry_stage_spec(spec)) if spec.retry_topics else (spec,)
+            for stage in stages:
+                group = stage.consumer_group
+                lag = sum(self._lag(stage, topic) for topic in stage.topics)
+                if lag:
+                    lags[group] = lags.get(group, 0) + lag
         return lags
 
-    def _lag(self, group: str, topic: str) -> int:
-        """Records of `topic` that `group` has not committed yet."""
-        return sum(
-            len(log) - (self.broker.committed(group, TopicPartition(topic, partition)) or 0)
-            for partition, log in enumerate(self.broker.topic(topic).logs)
-        )
+    def _lag(self, spec: ConsumerSpec, topic: str) -> int:
+        """Records of `topic` that the group of `spec` has not committed yet; on a retry stage
+        only those that are due by the app's clock (and nothing from the first that is not)."""
+        gate = None
+        if spec.retrying:
+            assert spec.retry_topics is not None
+            gate = DueGate(spec.retry_topics.delay_of(topic), spec.group)
+        now = epoch_ms(self.clock.now())
+        lag = 0
+        for partition, log in enumerate(self.broker.topic(topic).logs):
+            committed = self.broker.committed(spec.consumer_group, TopicPartition(topic, partition))
+            waiting = log[committed or 0 :]
+            if gate is not None:
+                waiting = _due(gate, waiting, now)
+            lag += len(waiting)
+        return lag
 
     def published(self, topic: str) -> list[Published]:
         """Every record on `topic`, over all partitions, in the order they were written.
@@ -335,3 +354,8 @@ class TestClient:
     def clock(self) -> Any:
         """The clock the app runs on: the one given to the TestClient, else the app's own."""
         return self._clock or self.app.clock
+
+
+def _due(gate: DueGate, records: Sequence[Message], now_ms: int) -> list[Message]:
+    """The records from the head of `records` that are due by `now_ms`."""
+    return list(itertools.takewhile(lambda record: gate.due(record) <= now_ms, records))

@@ -20,6 +20,7 @@ from taskflow.config import flag as config_flag
 from taskflow.exceptions import ConfigurationError
 from taskflow.ratelimit import RateLimit
 from taskflow.ratelimit import rate_limit as parse_rate_limit
+from taskflow.retry_topics import RetryTopics
 from taskflow.schedule import Cron, Schedule, interval
 from taskflow.specs import (
     DEFAULT_BATCH_WAIT,
@@ -65,6 +66,7 @@ __all__ = [
     "rate_limit_scope",
     "reject_on",
     "retry",
+    "retry_topics",
     "schedule",
     "seconds",
     "start",
@@ -243,6 +245,72 @@ def dead_letter(value: str | None, topics: Sequence[str]) -> str | None:
     if value in topics:
         raise ConfigurationError(f"the dead-letter topic {value!r} is also consumed here")
     return value
+
+
+def retry_topics(
+    delays: Sequence[timedelta | float] | None,
+    *,
+    topics: Sequence[str],
+    dead_letter: str | None,
+    max_attempts: int | None,
+    batch: int | None,
+) -> RetryTopics | None:
+    """Retry stages: distinct positive delays (seconds or timedeltas, whole milliseconds), with a
+    dead-letter topic for the last failure, never with `max_attempts` or `batch`, and topic
+    names that are valid and clash with neither the consumed topics nor the dead-letter topic."""
+    if delays is None:
+        return None
+    if isinstance(delays, str | bytes | timedelta | int | float) or not isinstance(
+        delays, Iterable
+    ):
+        raise ConfigurationError(
+            f"retry_topics takes a list of delays, e.g. retry_topics=[10, 60, 600], got {delays!r}"
+        )
+    stages = RetryTopics(tuple(_retry_delay(delay) for delay in delays))
+    if not stages.delays:
+        raise ConfigurationError("retry_topics needs at least one delay, e.g. [10, 60, 600]")
+    if len({round(d * 1000) for d in stages.delays}) != len(stages.delays):
+        raise ConfigurationError(f"retry_topics lists a delay twice: {list(stages.delays)}")
+    if dead_letter is None:
+        raise ConfigurationError(
+            "retry_topics needs dead_letter=: a message that fails its last retry stage goes there"
+        )
+    if max_attempts is not None:
+        raise ConfigurationError(
+            "retry_topics and max_attempts do not go together: each retry stage is one "
+            f"attempt, so retry_topics={list(stages.delays)} makes {len(stages) + 1} attempts"
+        )
+    if batch is not None:
+        raise ConfigurationError(
+            "retry_topics does not work with batch=: a failed batch is retried in place "
+            "(use retry= and max_attempts= for it)"
+        )
+    for name in stages.topics(topics):
+        if not _is_topic(name):
+            raise ConfigurationError(
+                f"the retry topic {name!r} is not a valid topic name (at most {_MAX_TOPIC} "
+                "characters): use a shorter topic name"
+            )
+        if name in topics or name == dead_letter:
+            what = "consumed here" if name in topics else "the dead-letter topic"
+            raise ConfigurationError(f"the retry topic {name!r} is also {what}")
+    return stages
+
+
+def _retry_delay(delay: object) -> float:
+    """One retry stage's delay in seconds: positive, whole milliseconds."""
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ConfigurationError(
+            f"a retry_topics delay is seconds (int or float) or a timedelta, got {delay!r}"
+        )
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigurationError(f"a retry_topics delay is positive and finite, got {delay!r}")
+    if abs(seconds * 1000 - round(seconds * 1000)) > 1e-6 or round(seconds * 1000) < 1:
+        raise ConfigurationError(
+            f"a retry_topics delay is whole milliseconds (it names its topic), got {delay!r}"
+        )
+    return float(seconds)
 
 
 def reject_on(types: Sequence[type[BaseException]]) -> tuple[type[BaseException], ...]:

@@ -558,6 +558,7 @@ CONSUMER_OPTIONS: dict[str, dict[str, Any]] = {
     "consumer_options": {"consumer_options": {"isolation_level": "read_committed"}},
     "batch": {"batch": 10},
     "batch_wait": {"batch": 10, "batch_wait": 1},
+    "retry_topics": {"dead_letter": "orders.DLQ", "retry_topics": [10, 60]},
 }
 
 SCHEDULE_OPTIONS: dict[str, dict[str, Any]] = {

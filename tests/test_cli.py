@@ -1063,7 +1063,8 @@ def test_dlq_replay_refuses_the_memory_broker_with_one_line() -> None:
         ),
         (
             ["--reason", "failed"],
-            "Error: Invalid value for '--reason': 'failed' is not one of 'rejected', 'exhausted'.",
+            "Error: Invalid value for '--reason': 'failed' is not one of 'rejected', 'exhausted', "
+            "'unretryable'.",
         ),
         (
             ["--limit", "0"],
@@ -1087,3 +1088,18 @@ def test_dlq_replay_refuses_a_bad_topic_name_with_one_line() -> None:
     assert (result.returncode, result.stdout) == (2, "")
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("Error: ")
+
+
+def test_info_shows_the_retry_stage_and_where_failures_go() -> None:
+    result = taskflow("info", "tests.apps.retry_stages:app", RETRY_STAGES_TOPIC="orders")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == (
+        "  consumer  handle  topics orders  group retry-stages  ordering partition"
+        "  retries orders.retry.1s, orders.retry.2s  dead letters orders.DLQ"
+    )
+    assert lines[2] == (
+        "  consumer  handle.retry  topics orders.retry.1s, orders.retry.2s"
+        "  group retry-stages.retry  runs the retries of handle"
+    )

@@ -322,6 +322,8 @@ def test_kubernetes_manifest_gives_the_drain_time_to_finish(folder: str, app_ref
 
 async def test_consuming_guide_handlers_retry_reject_and_publish() -> None:
     async with TestClient(consuming.app) as client:
+        await client.publish("labels", {"id": "l1", "carrier": "down"})
+        await client.publish("labels", {"id": "l2"})
         await client.publish("shipments", {"id": "s1"})
         await client.publish("audit", b"logged in")
         good = {"id": "r1", "order": 7, "customer": "c1", "amount": 5}
@@ -341,6 +343,11 @@ async def test_consuming_guide_handlers_retry_reject_and_publish() -> None:
     assert exceptions == {b"taskflow.exceptions.Reject", b"examples.consuming.InvalidReturn"}
     assert {m.header("taskflow-reason") for m in dead} == {b"rejected"}
     assert [(m.key, m.value) for m in lines] == [(b"o1", b"a"), (b"o1", b"b"), (b"o1", b"c")]
+    (waiting,) = client.published("labels.retry.10s")  # l1 waits out its first delay
+    assert (waiting.json(), waiting.headers["taskflow-attempts"]) == (
+        {"id": "l1", "carrier": "down"},
+        "1",
+    )
     assert client.report is not None
     assert client.report.clean
 

@@ -16,6 +16,7 @@ from taskflow.policy import (
     SKIP,
     Decision,
     ErrorPolicy,
+    retry_stage,
 )
 
 
@@ -49,6 +50,28 @@ def test_what_happens_after_a_failed_attempt(
     policy: ErrorPolicy, exc: BaseException, attempt: int, decision: Decision
 ) -> None:
     assert policy.after_failure(exc, attempt) == decision
+
+
+STAGED = ErrorPolicy((Reject, Blocked), dead_letter="orders.DLQ", stages=2)
+
+
+@pytest.mark.parametrize(
+    ("exc", "attempt", "decision"),
+    [
+        (RuntimeError("down"), 1, retry_stage(1)),
+        (Retry("later"), 2, retry_stage(2)),  # an explicit Retry goes to the next stage too
+        (RuntimeError("down"), 3, DEAD_LETTER_EXHAUSTED),  # two stages: the third attempt ends
+        (Reject("bad"), 2, DEAD_LETTER_REJECTED),
+        (DecodeError("not json"), 1, DEAD_LETTER_REJECTED),
+        (Blocked("customer"), 1, DEAD_LETTER_REJECTED),
+        (Defer("not yet", 1.0), 1, DEFER),  # waits in place
+        (asyncio.CancelledError(), 1, RAISE),
+    ],
+)
+def test_with_retry_topics_each_failure_goes_to_the_next_stage(
+    exc: BaseException, attempt: int, decision: Decision
+) -> None:
+    assert STAGED.after_failure(exc, attempt) == decision
 
 
 def test_the_policy_of_a_registration() -> None:

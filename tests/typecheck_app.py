@@ -67,11 +67,15 @@ def registrations(app: App) -> None:
 
     app.add_consumer(on_payment, "orders", idempotent=True, idempotency_key=message_key)
 
+    @app.consume("labels", dead_letter="labels.DLQ", retry_topics=[10, 60.5, timedelta(hours=1)])
+    async def on_label(label: dict[str, object]) -> None: ...
+
 
 def refused(app: App) -> None:
     app.consume("orders", ordering="fifo")  # type: ignore[arg-type]
     app.consume("orders", concurency=4)  # type: ignore[call-arg]
     app.consume("orders", dead_letter=b"orders.DLQ")  # type: ignore[arg-type]
+    app.consume("orders", dead_letter="d", retry_topics=["10s"])  # type: ignore[list-item]
     app.every(minutes=5, catch_up="some")  # type: ignore[arg-type]
     app.every(minutes=5, jitter="10s")  # type: ignore[arg-type]
     app.cron("0 3 * * *", fleet="yes")  # type: ignore[arg-type]

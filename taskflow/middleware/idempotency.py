@@ -40,6 +40,7 @@ from taskflow.context import Tick
 from taskflow.exceptions import BatchError, Defer, StoreError
 from taskflow.message import Message, TopicPartition
 from taskflow.middleware.offsets import LINGER, FinishedBelow, OffsetClaims
+from taskflow.retry_topics import original
 from taskflow.specs import ConsumerSpec
 from taskflow.stores import keys
 from taskflow.stores.base import ClaimOutcome, TransactionalStore
@@ -94,7 +95,11 @@ _MIN_DEFER = 0.01  # a claim about to expire: look again almost at once, without
 
 
 def consumer_key(
-    group: str, key: IdempotencyKey | None = None, *, by_offset: bool = False
+    group: str,
+    key: IdempotencyKey | None = None,
+    *,
+    by_offset: bool = False,
+    retried: bool = False,
 ) -> Callable[[Job], str | None]:
     """The store key of a consumed message: always scoped by consumer group.
 
@@ -102,11 +107,18 @@ def consumer_key(
     store key is ``taskflow:{group}:idem:<identity>`` (`taskflow.stores.keys`). A message with
     neither is known by its offset: None when `by_offset` (the store's offset ledger answers
     for it), else the key of identity ``topic:partition:offset``.
+
+    With `retried` (a retry stage), each message stands for its original
+    (`taskflow.retry_topics.original`): `key` gets the original, and a message with no explicit
+    identity is known by the original's ``topic:partition:offset``, never by its place on the
+    retry topic, so every stage of one record shares one key.
     """
     prefix = keys.idempotency(group, "")
 
     def key_for(job: Job) -> str | None:
         assert isinstance(job, Message), "a consumer's job is a Message"
+        if retried:
+            job = original(job)
         ident = key(job) if key is not None else None
         if not ident:
             ident = job.header(HEADER)
@@ -147,7 +159,14 @@ def idempotency_layer(spec: ConsumerSpec | ScheduleSpec, resources: Resources) -
                 retention=spec.idempotency_retention,
                 name=spec.name,
             )
-        key_for = consumer_key(spec.group, spec.idempotency_key, by_offset=offsets is not None)
+        if spec.retrying:  # known by the original record's identity, never by a ledger here
+            offsets = None
+        key_for = consumer_key(
+            spec.group,
+            spec.idempotency_key,
+            by_offset=offsets is not None,
+            retried=spec.retrying,
+        )
     else:
         key_for = periodic_key(resources.app_name)
     return functools.partial(

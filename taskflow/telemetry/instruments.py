@@ -87,7 +87,7 @@ class WorkerInstruments:
         return (s for s in self._statuses() if isinstance(s, ConsumerStatus))
 
     def _retries(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._counts("retry")
+        return self._counts("retry") + self._counts("retry_topic")
 
     def _dead_letters(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._counts("dead_letter")
@@ -105,7 +105,7 @@ class WorkerInstruments:
             for counted in status.policy_counts:
                 if counted.action != action:
                     continue
-                attributes = {
+                attributes: dict[str, Any] = {
                     "messaging.destination.name": counted.topic,
                     "messaging.consumer.group.name": status.group,
                 }
@@ -115,6 +115,8 @@ class WorkerInstruments:
                     attributes["taskflow.dead_letter.reason"] = counted.reason
                 if counted.fate is not None:
                     attributes["taskflow.dead_letter.outcome"] = counted.fate
+                if counted.stage is not None:
+                    attributes["taskflow.retry.stage"] = counted.stage
                 key = frozenset(attributes.items())
                 totals[key] = totals.get(key, 0) + counted.count
         return [Observation(count, dict(key)) for key, count in totals.items()]

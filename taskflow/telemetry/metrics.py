@@ -146,7 +146,8 @@ CONSUMER_RETRIES: Final = Instrument(
     "{retry}",
     "Failed attempts at a message that the error policy retries.",
 )
-"""Retries decided by the error policy, per topic, group and error type."""
+"""Retries decided by the error policy, per topic, group and error type; a message sent to a
+retry topic also carries ``taskflow.retry.stage`` (1 for the first stage)."""
 
 CONSUMER_DEAD_LETTERS: Final = Instrument(
     "taskflow.consumer.dead_letters",

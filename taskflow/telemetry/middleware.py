@@ -216,6 +216,11 @@ class ConsumerTelemetry:
         """
         if decision == RETRY:
             span.add_event("taskflow.retry", {"taskflow.attempt": attempt})
+        elif decision.action == "retry_topic":
+            span.add_event(
+                "taskflow.retry",
+                {"taskflow.attempt": attempt, "taskflow.retry.stage": decision.stage or 0},
+            )
         elif decision == SKIP:
             span.add_event("taskflow.reject")
         elif decision.action == "dead_letter":

@@ -35,7 +35,7 @@ class PartitionStatus:
     """Records fetched and not finished (waiting, queued in a lane, or running)."""
     paused: bool
     """True while fetching is paused for backpressure: the partition's own (``max_buffered``)
-    or the process's memory budget."""
+    or the process's memory budget; on a retry stage, also while its next record is not due."""
 
     def as_json(self) -> dict[str, Any]:
         """The partition's entry in /status."""
@@ -54,15 +54,19 @@ class PolicyCount:
     """How often the error policy took one action, for one topic and error type."""
 
     action: str
-    """``retry``, ``skip`` (rejected, no dead-letter topic), ``skip_tombstone`` (a tombstone
-    the handler's payload type does not admit) or ``dead_letter``."""
+    """``retry`` (in place), ``retry_topic`` (sent to a retry stage), ``skip`` (rejected, no
+    dead-letter topic), ``skip_tombstone`` (a tombstone the handler's payload type does not
+    admit) or ``dead_letter``."""
     topic: str
     error: type[BaseException]
     reason: str | None
-    """Why a message was given up on: ``rejected`` or ``exhausted``; None for a retry."""
+    """Why a message was given up on: ``rejected``, ``exhausted`` or ``unretryable``; None for
+    a retry."""
     fate: str | None
     """For a dead letter not written whole: ``value_omitted`` or ``dropped``."""
     count: int
+    stage: int | None = None
+    """For ``retry_topic``, the retry stage the messages were sent to (1 for the first)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +88,10 @@ class ConsumerStatus(WorkerStatus):
     policy_counts: tuple[PolicyCount, ...]
     stuck_threads: int | None
     """Threads of a `def` handler still running calls cut off by its timeout; None for async."""
+    retry_topics: tuple[str, ...] = ()
+    """Where its failures wait (its retry stages' topics); none when it retries in place."""
+    dead_letter: str | None = None
+    """Its dead-letter topic, or None."""
 
     @property
     def assigned(self) -> frozenset[TopicPartition]:
@@ -122,6 +130,8 @@ class ConsumerStatus(WorkerStatus):
             "buffer_budget": self.buffer_budget,
             "rebalances": self.rebalances,
             "last_poll_age": age,
+            "retry_topics": list(self.retry_topics),
+            "dead_letter": self.dead_letter,
         }
 
 

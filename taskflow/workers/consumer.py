@@ -9,6 +9,10 @@ explicitly, and buffered records are dropped, to be fetched again by the next ow
 `BatchAware` middleware (idempotency) sees each fetched batch before its records are handed out,
 is flushed before a revoke or stop commits, and is told which partitions left.
 
+A retry stage (a registration's retry worker, `spec.retrying`) hands its runners only records that
+are due: each partition has a `DueGate` that holds what is not due yet, while the partition is
+paused and a task waits on the app's clock for the head to fall due (`taskflow.workers.due`).
+
 Two bounds pause fetching: a partition's own (``max_buffered`` records), and the process's memory
 budget (`taskflow.workers.budget`), shared by every consumer worker: while it is spent, every
 partition is paused; each partition's `Account` releases its records as they finish.
@@ -33,6 +37,7 @@ from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PolicyCou
 from taskflow.workers.batch_work import one_record
 from taskflow.workers.batching import Batches
 from taskflow.workers.budget import BufferBudget
+from taskflow.workers.due import DueGate, epoch_ms
 from taskflow.workers.partition import PartitionRunner
 from taskflow.workers.processing import Processor
 
@@ -96,6 +101,8 @@ class ConsumerWorker:
         self._runners: dict[TopicPartition, PartitionRunner] = {}
         self._leaving: dict[TopicPartition, PartitionRunner] = {}  # revoked, being finished
         self._paused: set[TopicPartition] = set()
+        self._gates: dict[TopicPartition, DueGate] = {}  # a retry stage's, per partition
+        self.clock = app.clock
         self._epoch = 0
         self._consumer: Consumer | None = None
         self._task_group: Crew | None = None
@@ -111,14 +118,22 @@ class ConsumerWorker:
 
     def describe(self) -> str:
         """One line for `taskflow info`."""
-        return f"consumes {', '.join(self.spec.topics)} as group {self.spec.group}"
+        spec = self.spec
+        text = f"consumes {', '.join(spec.topics)} as group {spec.consumer_group}"
+        if spec.retrying:
+            return f"{text}, running the retries of group {spec.group}"
+        if spec.stage_topics:
+            text += f", retrying through {', '.join(spec.stage_topics)}"
+        if spec.dead_letter:
+            text += f", dead letters to {spec.dead_letter}"
+        return text
 
     # -- the Worker protocol ---------------------------------------------------------------
 
     async def start(self) -> None:
         self._stop.clear()
         consumer = self.broker.consumer(
-            self.spec.topics, group=self.spec.group, listener=self, options=self.options
+            self.spec.topics, group=self.spec.consumer_group, listener=self, options=self.options
         )
         lanes = Crew()  # the handlers' tasks: one that ignores cancellation is given up on
         self.budget.subscribe(self)
@@ -130,7 +145,7 @@ class ConsumerWorker:
                 self.log.info(
                     "→ consuming %s as group %s%s",
                     ", ".join(self.spec.topics),
-                    self.spec.group,
+                    self.spec.consumer_group,
                     f", static member {member}" if member else "",
                 )
                 fetcher = group.create_task(self._fetch_loop(consumer), name=f"{self.name}:fetch")
@@ -196,8 +211,7 @@ class ConsumerWorker:
                 runner = self._runners.get(tp)
                 # Else revoked meanwhile (or closing): the next owner reads them again.
                 if runner is not None and not runner.closed:
-                    runner.feed(records)  # counted against the budget by the runner
-                    self._apply_backpressure(runner)
+                    self._deliver(runner, records)
             if batches and self.budget.spent:
                 self._hold()  # also any partition assigned while the budget could not pause it
             # Let the lanes run before fetching more: a consumer's buffered records are handed
@@ -232,6 +246,46 @@ class ConsumerWorker:
             except Exception:
                 self.log.exception("%r failed to flush", middleware)
 
+    def _deliver(self, runner: PartitionRunner, records: Sequence[Message]) -> None:
+        """Hand fetched records to their runner (counted against the budget by it); on a retry
+        stage only those that are due, holding the rest with the partition paused."""
+        gate = self._gates.get(runner.tp)
+        if gate is not None:
+            records = gate.admit(records, epoch_ms(self.clock.now()))
+            if gate.held and gate.waiter is None:
+                self._hold_until_due(runner, gate)
+        runner.feed(records)
+        self._apply_backpressure(runner)
+
+    def _hold_until_due(self, runner: PartitionRunner, gate: DueGate) -> None:
+        assert self._consumer is not None
+        assert self._task_group is not None
+        self._consumer.pause([runner.tp])
+        gate.waiter = self._task_group.create_task(
+            self._wait_due(runner, gate), name=f"{runner.tp}:due"
+        )
+
+    async def _wait_due(self, runner: PartitionRunner, gate: DueGate) -> None:
+        """Feed the held records as they fall due, then resume fetching the partition."""
+        try:
+            while (head := gate.head_due) is not None:
+                await self.clock.sleep_until(head)
+                if runner.closed:
+                    return
+                ready = gate.release(epoch_ms(self.clock.now()))
+                runner.feed(ready)
+                self._apply_backpressure(runner)
+        finally:
+            gate.waiter = None
+        if not runner.paused and not self.budget.spent and self._consumer is not None:
+            with contextlib.suppress(BrokerError):  # the partition left meanwhile
+                self._consumer.resume([runner.tp])
+
+    def _holding(self, tp: TopicPartition) -> bool:
+        """True while a retry stage holds records of `tp` that are not due."""
+        gate = self._gates.get(tp)
+        return gate is not None and bool(gate.held)
+
     def _apply_backpressure(self, runner: PartitionRunner) -> None:
         if not runner.paused and runner.buffered >= self.spec.max_buffered:
             runner.paused = True
@@ -243,7 +297,7 @@ class ConsumerWorker:
         """Called by a runner that was paused once it has drained below its low-water mark."""
         runner.paused = False
         self._paused.discard(runner.tp)
-        if self._consumer is not None and not self.budget.spent:
+        if self._consumer is not None and not self.budget.spent and not self._holding(runner.tp):
             self._consumer.resume([runner.tp])
 
     # -- the memory budget (the BudgetListener protocol) -----------------------------------
@@ -254,7 +308,11 @@ class ConsumerWorker:
 
     def on_budget_available(self) -> None:
         """Resume every partition, except those paused by their own `max_buffered` bound."""
-        resumed = [tp for tp, runner in self._runners.items() if not runner.paused]
+        resumed = [
+            tp
+            for tp, runner in self._runners.items()
+            if not runner.paused and not self._holding(tp)
+        ]
         if self._consumer is not None and resumed:
             with contextlib.suppress(BrokerError):  # still starting: nothing of it was paused
                 self._consumer.resume(resumed)
@@ -348,12 +406,28 @@ class ConsumerWorker:
             runner.resume_below = self.spec.max_buffered // 2
             runner.account = self.budget.account()
             self._runners[tp] = runner
+            if self.spec.retrying:
+                self._gate(tp)
         if self.budget.spent:
             self._hold()
         self.log.info("assigned %s", _partitions(assigned))
 
+    def _gate(self, tp: TopicPartition) -> None:
+        stages = self.spec.retry_topics
+        assert stages is not None
+        self._drop_gate(tp)
+        self._gates[tp] = DueGate(stages.delay_of(tp.topic), self.spec.group)
+
+    def _drop_gate(self, tp: TopicPartition) -> None:
+        """Forget what a retry-stage partition held: the next owner fetches it again."""
+        gate = self._gates.pop(tp, None)
+        if gate is not None and gate.waiter is not None:
+            gate.waiter.cancel()
+
     async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         runners = [r for tp in revoked if (r := self._runners.pop(tp, None)) is not None]
+        for tp in revoked:
+            self._drop_gate(tp)
         self._paused.difference_update(revoked)
         self._leaving.update((r.tp, r) for r in runners)
         try:
@@ -375,6 +449,7 @@ class ConsumerWorker:
         """Close runners, let running handlers end within `timeout`, commit what they finished."""
         for runner in runners:
             runner.close()
+            self._drop_gate(runner.tp)
         try:
             results = await asyncio.gather(*(r.wait_idle(timeout) for r in runners))
             for runner, idle in zip(runners, results, strict=True):
@@ -413,14 +488,18 @@ class ConsumerWorker:
             async with asyncio.timeout(budget):
                 await consumer.stop()
         except TimeoutError:
-            self.log.error("leaving group %s took over %gs; gave up", self.spec.group, budget)
+            self.log.error(
+                "leaving group %s took over %gs; gave up", self.spec.consumer_group, budget
+            )
         except BrokerError as exc:
-            self.log.error("leaving group %s failed: %s", self.spec.group, exc)
+            self.log.error("leaving group %s failed: %s", self.spec.consumer_group, exc)
         finally:
             for runner in self._runners.values():
                 if runner.account is not None:
                     runner.account.close()
             self._runners.clear()
+            for tp in list(self._gates):
+                self._drop_gate(tp)
             self._paused.clear()
             self._consumer = self._task_group = None
 
@@ -434,7 +513,7 @@ class ConsumerWorker:
             kind=self.kind,
             activity=self._activity(),
             topics=tuple(self.spec.topics),
-            group=self.spec.group,
+            group=self.spec.consumer_group,
             partitions=tuple(self._partitions()),
             in_flight=sum(r.tracker.in_flight for r in self._runners.copy().values()),
             buffered_bytes=self.buffered_bytes,
@@ -443,6 +522,8 @@ class ConsumerWorker:
             last_poll=self.last_poll,
             policy_counts=self._policy_counts(),
             stuck_threads=len(threads.stuck) if threads is not None else None,
+            retry_topics=self.spec.stage_topics if not self.spec.retrying else (),
+            dead_letter=self.spec.dead_letter,
         )
 
     def _activity(self) -> str:
@@ -457,7 +538,9 @@ class ConsumerWorker:
         consumer = self._consumer
         if consumer is None:
             return []
-        runners, paused = self._runners.copy(), frozenset(self._paused)
+        runners = self._runners.copy()
+        gates = self._gates.copy()
+        paused = frozenset(self._paused) | {tp for tp, gate in gates.items() if gate.held}
         held = self.budget.spent  # every partition is paused for the memory budget
         positions = consumer.positions()
         partitions = []
@@ -479,7 +562,7 @@ class ConsumerWorker:
 
     def _policy_counts(self) -> tuple[PolicyCount, ...]:
         return tuple(
-            PolicyCount(decision.action, topic, error, decision.reason, fate, count)
+            PolicyCount(decision.action, topic, error, decision.reason, fate, count, decision.stage)
             for (decision, topic, error, fate), count in self.processor.outcomes.copy().items()
         )
 

@@ -44,6 +44,7 @@ __all__ = [
     "dead_letter_headers",
     "fitting",
     "read_dead_letter",
+    "retry_headers",
 ]
 
 HEADER_PREFIX = "taskflow-"
@@ -132,6 +133,25 @@ def dead_letter_headers(
         "exception-type": f"{type(exc).__module__}.{type(exc).__qualname__}".encode(),
         "exception-message": _head(str(exc), MESSAGE_LIMIT),
         "traceback": _tail("".join(traceback.format_exception(exc, limit=-5)), TRACEBACK_LIMIT),
+    }
+    return tuple((HEADER_PREFIX + name, value) for name, value in fields.items())
+
+
+def retry_headers(
+    message: Message, group: str, exc: BaseException, attempts: int, due_ms: int
+) -> Headers:
+    """The `taskflow-` headers of the record that takes the original `message` to a retry topic
+    (read back by `taskflow.retry_topics`): where it came from, what failed, when it is due."""
+    fields = {
+        "original-topic": message.topic.encode(),
+        "original-partition": str(message.partition).encode(),
+        "original-offset": str(message.offset).encode(),
+        "original-timestamp": str(message.timestamp_ms).encode(),
+        "consumer-group": group.encode(),
+        "attempts": str(attempts).encode(),
+        "exception-type": f"{type(exc).__module__}.{type(exc).__qualname__}".encode(),
+        "exception-message": _head(str(exc), MESSAGE_LIMIT),
+        "due": str(due_ms).encode(),
     }
     return tuple((HEADER_PREFIX + name, value) for name, value in fields.items())
 

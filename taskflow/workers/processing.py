@@ -10,6 +10,12 @@ Cancellation and MemoryError propagate and are never dead-lettered. A handler ra
 KeyboardInterrupt asks for the process to stop: the message is left unfinished (`stop_process`).
 Any other BaseException is a failure of the message, under the policy like an Exception.
 
+With retry topics (`taskflow.retry_topics`) a failure does not wait in place: the original is
+published to the next retry stage (retried while the broker may yet take it; one it will never
+take is dead-lettered as ``unretryable``) and is finished once the broker acknowledged it. On a
+retry stage (`spec.retrying`) the attempt is read from the record, a record another group failed
+is skipped, and a dead letter or the next stage names the original record.
+
 A dead letter is retried for as long as the broker may yet take it (it is down, a leader moves). One
 that is too large goes without the original's value (`taskflow.workers.dead_letter`); one the broker
 will never take (not authorised, an invalid topic) is skipped with an ERROR line, so that it never
@@ -25,6 +31,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from taskflow.context import Context, WorkerLogger
@@ -37,13 +44,24 @@ from taskflow.exceptions import (
     Retry,
 )
 from taskflow.handler import ignores_ctx
-from taskflow.policy import DEFER, RAISE, RETRY, SKIP, SKIP_TOMBSTONE, Decision, ErrorPolicy
+from taskflow.policy import (
+    DEAD_LETTER_UNRETRYABLE,
+    DEFER,
+    RAISE,
+    RETRY,
+    SKIP,
+    SKIP_TOMBSTONE,
+    Decision,
+    ErrorPolicy,
+)
+from taskflow.retry_topics import attempts_made, failed_in, original
 from taskflow.workers.dead_letter import (
     WHOLE,
     DeadLetter,
     dead_letter,
     dead_letter_headers,
     fitting,
+    retry_headers,
 )
 
 if TYPE_CHECKING:
@@ -90,20 +108,28 @@ class Processor:
         self.policy = ErrorPolicy.of(spec)
         # How often each outcome was applied: retries, skips and dead letters (once acknowledged).
         self.outcomes: dict[DecisionKey, int] = {}
-        # A handler that never reads its Context can share one instead of getting one per message.
-        self.shared_ctx = Context(app, spec.name, log, stopping) if ignores_ctx(handler) else None
+        # A handler that never reads its Context can share one instead of getting one per message
+        # (not on a retry stage, whose first try reads the attempt from the record).
+        self.shared_ctx = (
+            Context(app, spec.name, log, stopping)
+            if ignores_ctx(handler) and not spec.retrying
+            else None
+        )
         # Then a lane may call the handler itself. (A timeout is a middleware layer, so a handler
         # with one never gets here: see `taskflow.middleware.timeout`.)
         self.direct = self.shared_ctx is not None
         # Told when a handler raised SystemExit or KeyboardInterrupt (set by the worker).
         self.on_exit: Callable[[ProcessExit], None] | None = None
         self._tombstones_told: set[TopicPartition] = set()  # partitions whose skip was logged
+        self._others_told: set[TopicPartition] = set()  # retry partitions shared with a group
 
     def first_try(self, message: Message) -> Awaitable[None]:
         """Start the first attempt at `message`: the fast path, the handler and nothing else.
 
         If it raises, hand the exception to `recover`.
         """
+        if self.spec.retrying:
+            return self._first_retry(message)
         ctx = self.shared_ctx or Context(
             self.app, self.spec.name, self.log, self.stopping, message=message
         )
@@ -125,7 +151,7 @@ class Processor:
         Returns True once the message is finished (handled, skipped or dead-lettered), False
         when `pause` says to stop waiting (the partition is closing): then it is not finished.
         """
-        attempt, deferred = 1, False
+        attempt, deferred = self.attempt_of(message), False
         while True:
             if isinstance(exc, STOPS_PROCESS):
                 self._stop_process(message, exc)
@@ -142,6 +168,8 @@ class Processor:
                 deferred = True
                 if not await pause(exc.delay):
                     return False
+            elif decision.action == "retry_topic":
+                return await self._to_stage(message, exc, attempt, decision, pause)
             elif decision == RETRY:
                 delay = self.spec.retry.delay(attempt, self.rng)
                 self._log_failure(message, exc, attempt, delay)
@@ -159,6 +187,35 @@ class Processor:
                 exc = failure
             else:
                 return True
+
+    def attempt_of(self, message: Message) -> int:
+        """The attempt a run of `message` is: 1, or on a retry stage one more than its record
+        says were made."""
+        return attempts_made(message) + 1 if self.spec.retrying else 1
+
+    def original(self, message: Message) -> Message:
+        """The record `message` stands for: itself, or on a retry stage the original."""
+        return original(message) if self.spec.retrying else message
+
+    async def _first_retry(self, message: Message) -> None:
+        """A retry stage's first try: only a record its own group failed runs (a registration
+        of another group consuming the same topic shares the retry topics); others are skipped,
+        so committed."""
+        group = failed_in(message)
+        if group != self.spec.group:
+            tp = message.topic_partition
+            if tp not in self._others_told:
+                self._others_told.add(tp)
+                self.log.debug(
+                    "records of %s that group %s failed are skipped and committed by group %s's "
+                    "retries (first: %s)",
+                    tp,
+                    group,
+                    self.spec.group,
+                    message,
+                )
+            return
+        await self._call(message, self.attempt_of(message))
 
     def _stop_process(self, message: Message, exc: BaseException) -> None:
         request = exit_request(exc)
@@ -251,6 +308,80 @@ class Processor:
             return True
         return await self._dead_letter(message, exc, attempt, decision, pause)
 
+    async def _to_stage(
+        self, message: Message, exc: BaseException, attempt: int, decision: Decision, pause: Pause
+    ) -> bool:
+        """Publish the original of `message` to retry stage `decision.stage`, retrying while the
+        broker may yet take it; True once the broker acknowledged it (then `message` is
+        finished, so committed), False if stopped meanwhile. A retry record the broker will
+        never take (too large, refused) is dead-lettered at once, as ``unretryable``."""
+        stages = self.spec.retry_topics
+        assert stages is not None
+        assert decision.stage is not None
+        source = self.original(message)
+        topic = stages.topic(source.topic, decision.stage)
+        delay = stages.delays[decision.stage - 1]
+        failures = 0
+        while True:
+            due = self.app.clock.now().timestamp() + delay
+            ours = retry_headers(source, self.spec.group, exc, attempt, round(due * 1000))
+            try:
+                await self.broker.publish(
+                    topic, source.value, key=source.key, headers=source.headers + ours
+                )
+            except (RecordTooLarge, RecordRefused) as error:
+                self.log.error(
+                    "%s cannot go to retry topic %s (%s: %s): dead-lettered instead",
+                    message,
+                    topic,
+                    type(error).__name__,
+                    error,
+                )
+                return await self._dead_letter(
+                    message, exc, attempt, DEAD_LETTER_UNRETRYABLE, pause
+                )
+            except BrokerError as error:
+                failures += 1
+                wait = self.spec.retry.delay(failures, self.rng)
+                self.log.error(
+                    "sending %s to retry topic %s failed: %s; again in %.3gs",
+                    message,
+                    topic,
+                    error,
+                    wait,
+                )
+                if not await pause(wait):
+                    return False
+                continue
+            self._log_staged(message, exc, attempt, topic, due)
+            self._count(decision, message, exc)
+            return True
+
+    def _log_staged(
+        self, message: Message, exc: BaseException, attempt: int, topic: str, due: float
+    ) -> None:
+        when = datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds")
+        if isinstance(exc, Retry):
+            self.log.info(
+                "↻ %s attempt %d: retry requested (%s); sent to %s, due %s",
+                message,
+                attempt,
+                exc.reason or "no reason given",
+                topic,
+                when,
+            )
+            return
+        self.log.warning(
+            "✗ %s attempt %d failed: %s: %s; sent to %s, due %s",
+            message,
+            attempt,
+            type(exc).__name__,
+            exc,
+            topic,
+            when,
+            exc_info=exc if attempt == 1 else None,
+        )
+
     async def _dead_letter(
         self, message: Message, exc: BaseException, attempt: int, decision: Decision, pause: Pause
     ) -> bool:
@@ -261,8 +392,9 @@ class Processor:
         """
         topic = self.spec.dead_letter
         assert topic is not None
-        ours = dead_letter_headers(message, self.spec.group, exc, attempt, decision.reason or "")
-        letter = fitting(message, ours, self.broker.max_request_size)
+        source = self.original(message)  # a retry record's dead letter names the original
+        ours = dead_letter_headers(source, self.spec.group, exc, attempt, decision.reason or "")
+        letter = fitting(source, ours, self.broker.max_request_size)
         failures = 0
         while True:
             try:
@@ -273,7 +405,7 @@ class Processor:
                 if letter.smallest:
                     return self._drop(message, exc, attempt, decision, error)
                 why = f"the broker refused the dead letter as too large: {error}"
-                letter = dead_letter(message, ours, letter.omits + 1, why)
+                letter = dead_letter(source, ours, letter.omits + 1, why)
                 continue
             except RecordRefused as error:
                 return self._drop(message, exc, attempt, decision, error)

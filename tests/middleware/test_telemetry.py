@@ -566,6 +566,41 @@ async def test_retries_dead_letters_and_rejects_are_counted_as_the_policy_decide
     assert sorted(events) == ["taskflow.dead_letter"] * 3 + ["taskflow.retry"] * 2
 
 
+async def test_messages_sent_to_retry_topics_are_counted_per_stage(otel: Telemetry) -> None:
+    clock = ManualClock()
+    app = otel.app(clock=clock)
+
+    @app.consume("orders", dead_letter="orders.DLQ", retry_topics=[10])
+    async def on_order(order: dict[str, str]) -> None:
+        raise RuntimeError("database is down")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": "1"})
+        await client.drain()
+        await clock.advance(10)
+        await client.drain()
+        metrics = otel.metrics()
+
+    assert values(metrics["taskflow.consumer.retries"]) == {
+        of(**ORDERS, error__type="RuntimeError", taskflow__retry__stage=1): 1
+    }
+    # The last stage gives up: counted by the retry worker, on its topic and in its group.
+    assert values(metrics["taskflow.consumer.dead_letters"]) == {
+        of(
+            messaging__destination__name="orders.retry.10s",
+            messaging__consumer__group__name="billing.retry",
+            error__type="RuntimeError",
+            taskflow__dead_letter__reason="exhausted",
+        ): 1
+    }
+    (first,) = otel.finished("process orders")
+    (retry,) = [e for e in first.events if e.name == "taskflow.retry"]
+    assert dict(retry.attributes or {}) == {"taskflow.attempt": 1, "taskflow.retry.stage": 1}
+    (staged,) = otel.finished("process orders.retry.10s")
+    assert (staged.attributes or {})["taskflow.attempt"] == 2
+    assert [e.name for e in staged.events if e.name != "exception"] == ["taskflow.dead_letter"]
+
+
 async def test_lag_and_in_flight_come_from_what_the_consumer_knows(otel: Telemetry) -> None:
     app = otel.app()
     release = asyncio.Event()
