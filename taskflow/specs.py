@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from taskflow.message import Message
     from taskflow.ratelimit import RateLimit
     from taskflow.schedule import Schedule
+    from taskflow.types import Codec
 
 __all__ = [
     "CatchUp",
@@ -84,6 +85,8 @@ class ConsumerSpec:
     batch: int | None = None
     batch_wait: float = DEFAULT_BATCH_WAIT
     batch_decode: Callable[[Message], Any] | None = None  # one record to the handler's element type
+    codec: Codec | None = None
+    """The codec that reads this consumer's payloads; None: the App's."""
 
 
 @dataclass(frozen=True, slots=True)
