@@ -113,6 +113,11 @@ def checked_codec(codec: Any) -> Codec:
     Raises:
         ConfigurationError: naming what is missing.
     """
+    if isinstance(codec, type):
+        raise ConfigurationError(
+            f"{codec.__qualname__} is not a codec but a class of them: pass an instance, "
+            f"{codec.__qualname__}()"
+        )
     content_type = getattr(codec, "content_type", None)
     if not isinstance(content_type, str) or "/" not in content_type:
         raise ConfigurationError(
@@ -267,10 +272,12 @@ def _reading(
     def call(message: Message, ctx: object = None) -> Any:
         headers = message.headers
         if headers:
-            found = None
-            for name, header in headers:
-                if name == "content-type":
-                    found = header  # the last one counts, as `Message.header` reads it
+            name, found = headers[-1]  # where taskflow writes it
+            if name != "content-type":
+                found = None  # type: ignore[assignment]
+                for name, header in headers:
+                    if name == "content-type":
+                        found = header  # the last one counts, as `Message.header` reads it
             if found is not None and found != own:
                 decoded = other(message, found)
                 return decoded if target is None else target(decoded)

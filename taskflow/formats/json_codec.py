@@ -79,10 +79,7 @@ class JsonCodec:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = dataclasses.asdict(value)
         try:
-            # allow_nan=False: NaN and Infinity are not JSON, and other consumers would refuse them
-            return json.dumps(
-                value, separators=(",", ":"), allow_nan=False, default=_builtins
-            ).encode("utf-8")
+            return _dumps(value).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             raise PublishError(
                 f"cannot publish a {type(value).__name__}: values are bytes, str, or "
@@ -95,6 +92,11 @@ def _builtins(value: Any) -> Any:
     if isinstance(value, msgspec.Struct):
         return msgspec.to_builtins(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# One encoder for every value (json.dumps with options makes one per call). allow_nan=False: NaN
+# and Infinity are not JSON, and other consumers would refuse them.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_builtins).encode
 
 
 def _encode_struct(value: msgspec.Struct) -> bytes:
