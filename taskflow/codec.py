@@ -39,6 +39,7 @@ __all__ = [
     "MSGPACK",
     "Codecs",
     "Decoder",
+    "codec_shown",
     "decode_headers",
     "decoder_for",
     "encode_headers",
@@ -131,6 +132,16 @@ def checked_codec(codec: Any) -> Codec:
 
 
 BUILTIN = Codecs()
+
+
+def codec_shown(codec: Codec) -> str | None:
+    """How `taskflow info` names a consumer's codec: its content type, with its class when it is
+    not a built-in; None for the default, JSON."""
+    if codec == JSON:
+        return None
+    if isinstance(codec, JsonCodec | MsgpackCodec):
+        return codec.content_type
+    return f"{codec.content_type} ({type(codec).__qualname__})"
 
 
 # -- decoding ------------------------------------------------------------------------------
