@@ -71,7 +71,11 @@ def media_type(content_type: str | bytes) -> str:
 
 class Codecs:
     """The codecs an app reads records with, by media type: the built-ins (JSON, MessagePack)
-    and the codecs it was given, which replace a built-in of the same type."""
+    and the codecs it was given, which replace a built-in of the same type.
+
+    Codecs of one class are taken for one format: of several instances given for a content
+    type, the first one given reads the records that name it.
+    """
 
     def __init__(self, given: Iterable[Codec] = ()) -> None:
         self._builtin: dict[str, Codec] = {JSON.content_type: JSON, MSGPACK.content_type: MSGPACK}
@@ -83,16 +87,17 @@ class Codecs:
         """Read records of `codec`'s content type with it; returns it.
 
         Raises:
-            ConfigurationError: when it is not a codec, or another codec was given for its type.
+            ConfigurationError: when it is not a codec, or a codec of another class was given
+                for its content type.
         """
         kind = media_type(checked_codec(codec).content_type)
         known = self._given.get(kind)
-        if known is not None and known != codec:
+        if known is not None and type(known) is not type(codec):
             raise ConfigurationError(
                 f"two codecs for {kind}: {known!r} and {codec!r}; an app reads each content "
                 "type with one codec"
             )
-        self._given[kind] = codec
+        self._given.setdefault(kind, codec)  # of one class, the first one given reads
         return codec
 
     def get(self, content_type: str | bytes) -> Codec | None:

@@ -645,8 +645,17 @@ def test_a_record_of_a_codec_that_does_not_read_the_payload_type_is_a_decode_err
 
 
 def test_two_codecs_of_one_content_type_are_a_configuration_error() -> None:
+    class OtherCsv(Csv):
+        pass
+
     with pytest.raises(ConfigurationError, match="two codecs for text/csv"):
-        Codecs([Csv(), Csv()])
+        Codecs([Csv(), OtherCsv()])
+
+
+def test_codecs_of_one_class_are_taken_for_one_format() -> None:
+    first = Csv()
+
+    assert Codecs([first, Csv()]).get("text/csv") is first
 
 
 def test_the_built_in_codecs_are_values() -> None:

@@ -234,7 +234,10 @@ def test_a_codec_class_given_for_a_codec_is_a_configuration_error() -> None:
 
 
 def test_two_different_codecs_of_one_content_type_are_a_configuration_error() -> None:
-    app = App("shop", codecs=[Csv()])
+    class OtherCsv(Csv):
+        pass
+
+    app = App("shop", codecs=[OtherCsv()])
 
     async def on_row(row: list) -> None:  # type: ignore[type-arg]
         ...
