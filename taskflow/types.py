@@ -30,7 +30,7 @@ class Codec(Protocol):
 
             def decoder(self, annotation: Any) -> Callable[[bytes], Any]:
                 if annotation is not dict:
-                    raise TypeError(f"YAML payloads are read as dict, not {annotation!r}")
+                    raise TypeError("YAML payloads are read as dict")
                 return yaml.safe_load
 
             def encode(self, value: Any) -> bytes:
