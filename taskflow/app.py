@@ -754,8 +754,9 @@ class App:
 
         Args:
             topic: The topic.
-            value: bytes, str (UTF-8), or anything JSON-serialisable (dataclasses and pydantic
-                models included); None publishes a tombstone, a record with a null value (to
+            value: bytes, str (UTF-8), or any value the codec encodes (with JSON, the default:
+                anything JSON-serialisable, dataclasses, msgspec Structs and pydantic models
+                included); None publishes a tombstone, a record with a null value (to
                 publish the JSON ``null``, publish ``b"null"``).
             key: The message key; messages with one key go to one partition, in order.
             headers: Header names and values (str or bytes).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import types
 import typing
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -309,7 +310,10 @@ def _reading(
     return call
 
 
-_READINGS: dict[Decoder, tuple[Fast, Slow, bytes, Other]] = {}  # the parts of each decoder
+# The parts of each decoder `_decoder_of` made, for `feeding`; kept while the decoder is.
+_READINGS: weakref.WeakKeyDictionary[Decoder, tuple[Fast, Slow, bytes, Other]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _others(annotation: Any, codec: Codec, codecs: Codecs) -> Other:
