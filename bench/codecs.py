@@ -6,12 +6,16 @@ the contenders alternate, round after round, and the medians are printed with ea
 `json.loads` of the same round. The decoders are the ones a consumer registration builds
 (`taskflow.codec.decoder_for`), called on a `Message` as a consumer calls them.
 
-    .venv/bin/python bench/codecs.py [--rounds 7] [--number 100000]
+    .venv/bin/python bench/codecs.py [--rounds 7] [--number 100000] [--before CODEC_PY]
+
+With ``--before``, the ``dict`` decoder of another taskflow's ``taskflow/codec.py`` (an older
+commit's, say: ``git show e5eeb7d:taskflow/codec.py > /tmp/codec_before.py``) is measured too, in
+the same rounds.
 
 Rows:
 
 - ``json.loads``: the baseline, ``json.loads(value)``;
-- ``stdlib scanner (taskflow before)``: ``JSONDecoder().raw_decode(value.decode())``, the fast
+- ``stdlib scanner, raw_decode``: ``JSONDecoder().raw_decode(value.decode())``, the fast
   path taskflow's JSON decoder took before it read JSON with msgspec;
 - ``msgspec alone``: ``msgspec.json.Decoder(dict).decode(value)``, the floor;
 - ``taskflow dict ...``: the decoder of a ``dict`` payload: with no headers; with the
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import statistics
 import sys
@@ -73,7 +78,17 @@ def record(value: bytes, *headers: tuple[str, bytes]) -> Message:
     return Message("orders", 0, 0, b"c-0042", value, tuple(headers))
 
 
-def contenders() -> dict[str, Callable[[], Any]]:
+def before(path: str) -> Callable[[Any], Callable[[Message], Any]]:
+    """`decoder_for` of the taskflow codec module at `path`."""
+    spec = importlib.util.spec_from_file_location("codec_before", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.decoder_for  # type: ignore[no-any-return]
+
+
+def contenders(before_path: str | None) -> dict[str, Callable[[], Any]]:
     value = json.dumps(FIELDS, separators=(",", ":")).encode()
     packed = msgspec.msgpack.encode(FIELDS)
     as_json = ("content-type", b"application/json")
@@ -93,9 +108,9 @@ def contenders() -> dict[str, Callable[[], Any]]:
         decode, message = decoder_for(annotation, codec), typed if codec is JSON else packed_record
         return lambda: decode(message)
 
-    return {
+    calls: dict[str, Callable[[], Any]] = {
         "json.loads": lambda: json.loads(value),
-        "stdlib scanner (taskflow before)": stdlib_scanner,
+        "stdlib scanner, raw_decode": stdlib_scanner,
         "msgspec alone": lambda: alone(value),
         "taskflow dict, no headers": lambda: as_dict(bare),
         "taskflow dict, content-type header": lambda: as_dict(typed),
@@ -109,11 +124,19 @@ def contenders() -> dict[str, Callable[[], Any]]:
         "encode taskflow JSON": lambda: encode_record(FIELDS, (), JSON),
         "encode taskflow MessagePack": lambda: encode_record(FIELDS, (), MSGPACK),
     }
+    if before_path is not None:
+        old_dict = before(before_path)(dict)
+        calls = {
+            **dict(list(calls.items())[:3]),
+            "taskflow dict before (--before)": lambda: old_dict(bare),
+            **dict(list(calls.items())[3:]),
+        }
+    return calls
 
 
-def measure(rounds: int, number: int) -> dict[str, tuple[float, float]]:
+def measure(rounds: int, number: int, before_path: str | None) -> dict[str, tuple[float, float]]:
     """Per contender: the median nanoseconds per call, and the median ratio to json.loads."""
-    calls = contenders()
+    calls = contenders(before_path)
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
@@ -132,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--number", type=int, default=100_000)
+    parser.add_argument("--before", help="another taskflow's taskflow/codec.py to compare")
     args = parser.parse_args()
     print(
         f"Python {sys.version.split()[0]}, msgspec {msgspec.__version__}, "
@@ -139,7 +163,7 @@ def main() -> None:
     )
     print(f"| {'contender':<42} | {'ns per call':>11} | {'x json.loads':>12} |")
     print(f"| {'-' * 42} | {'-' * 10}: | {'-' * 11}: |")
-    for name, (ns, ratio) in measure(args.rounds, args.number).items():
+    for name, (ns, ratio) in measure(args.rounds, args.number, args.before).items():
         print(f"| {name:<42} | {ns:>11.0f} | {ratio:>12.2f} |")
 
 
