@@ -28,7 +28,7 @@ __all__ = [
     "Fast",
     "Parts",
     "Slow",
-    "describe",
+    "does_not_fit",
     "is_dataclass_type",
     "is_pydantic_model",
     "is_struct",
@@ -83,11 +83,6 @@ def pydantic_summary(exc: Any) -> str:
     return "; ".join(
         f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in exc.errors()
     )
-
-
-def describe(value: Any) -> str:
-    """A decoded value's kind, as the error of a payload of the wrong kind names it."""
-    return type(value).__name__
 
 
 def does_not_fit(message: Message, cls: type, exc: Exception) -> DecodeError:
