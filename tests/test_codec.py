@@ -459,6 +459,28 @@ def test_a_struct_inside_a_published_dict_is_encoded_as_its_object() -> None:
     assert json.loads(encode_value({"line": Line("a", 1)})) == {"line": {"sku": "a", "quantity": 1}}
 
 
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=repr)
+def test_a_list_of_structs_is_decoded_and_validated_whole(codec: Any) -> None:
+    decode = decoder_for(list[Line], codec)
+    good = codec.encode([{"sku": "a", "quantity": 1}, {"sku": "b", "quantity": 2}])
+    bad = codec.encode([{"sku": "a", "quantity": 1}, {"sku": "b"}])
+
+    assert decode(message(good)) == [Line("a", 1), Line("b", 2)]
+    with pytest.raises(
+        DecodeError, match=r"Object missing required field `quantity` - at `\$\[1\]`"
+    ):
+        decode(message(bad))
+
+
+def test_a_dict_of_structs_is_decoded_and_validated_whole() -> None:
+    decode = decoder_for(dict[str, list[Line]])
+
+    assert decode(message(b'{"x": [{"sku": "a", "quantity": 1}]}')) == {"x": [Line("a", 1)]}
+    # msgspec names a dict's value by `[...]`, not by its key
+    with pytest.raises(DecodeError, match=r"got `str` - at `\$\[\.\.\.\]\[0\]\.quantity`"):
+        decode(message(b'{"x": [{"sku": "a", "quantity": "1"}]}'))
+
+
 def test_a_struct_admitting_none_gets_none_for_a_tombstone() -> None:
     assert decoder_for(Basket | None)(TOMBSTONE) is None
     with pytest.raises(SkipTombstone):

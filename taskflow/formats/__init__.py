@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+import typing
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -29,6 +30,7 @@ __all__ = [
     "Parts",
     "Slow",
     "does_not_fit",
+    "holds_structs",
     "is_dataclass_type",
     "is_pydantic_model",
     "is_struct",
@@ -68,6 +70,14 @@ def is_dataclass_type(annotation: Any) -> bool:
 
 def is_struct(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, msgspec.Struct)
+
+
+def holds_structs(annotation: Any) -> bool:
+    """True for a ``list`` or ``dict`` of Structs (``list[Line]``, ``dict[str, list[Line]]``):
+    msgspec then decodes and validates the whole payload, as it does a Struct."""
+    if typing.get_origin(annotation) not in (list, dict):
+        return False
+    return any(is_struct(arg) or holds_structs(arg) for arg in typing.get_args(annotation))
 
 
 def is_pydantic_model(annotation: Any) -> bool:

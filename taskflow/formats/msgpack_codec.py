@@ -19,6 +19,7 @@ from taskflow.formats import (
     Fast,
     Parts,
     does_not_fit,
+    holds_structs,
     is_dataclass_type,
     is_pydantic_model,
     is_struct,
@@ -54,10 +55,10 @@ class MsgpackCodec:
             HandlerSignatureError: when the annotation is not a payload type MessagePack reads.
         """
         origin = typing.get_origin(annotation) or annotation
+        if is_struct(annotation) or holds_structs(annotation):
+            return _struct_parts(annotation)
         if origin is dict or origin is list:
             return _kind_parts(origin)
-        if is_struct(annotation):
-            return _struct_parts(annotation)
         if is_dataclass_type(annotation):
             return _dataclass_parts(annotation)
         if is_pydantic_model(annotation):
