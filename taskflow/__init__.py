@@ -45,6 +45,8 @@ from taskflow.exceptions import (
     StoreError,
     TaskflowError,
 )
+from taskflow.formats.json_codec import JsonCodec
+from taskflow.formats.msgpack_codec import MsgpackCodec
 from taskflow.handler import Handler, Job
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.message import Message, TopicPartition
@@ -52,7 +54,7 @@ from taskflow.middleware import Middleware
 from taskflow.ratelimit import RateLimit
 from taskflow.runner import running
 from taskflow.schedule import Cron, Interval, Schedule
-from taskflow.types import Worker, WorkerState, WorkerStatus
+from taskflow.types import Codec, Worker, WorkerState, WorkerStatus
 
 __all__ = [
     "App",
@@ -62,6 +64,7 @@ __all__ = [
     "BatchError",
     "BrokerError",
     "Clock",
+    "Codec",
     "CommitError",
     "ConfigurationError",
     "Context",
@@ -74,9 +77,11 @@ __all__ = [
     "HandlerTimeout",
     "Interval",
     "Job",
+    "JsonCodec",
     "Manager",
     "Message",
     "Middleware",
+    "MsgpackCodec",
     "PublishError",
     "RateLimit",
     "RecordRefused",

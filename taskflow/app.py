@@ -7,6 +7,7 @@ registrations only; `taskflow.runner` builds the workers from them and runs them
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 from taskflow import validation as check
 from taskflow.backoff import Backoff
 from taskflow.clock import Clock, SystemClock
-from taskflow.codec import encode_headers, encode_key, encode_value
+from taskflow.codec import JSON, Codecs, decoder_for, encode_headers, encode_key, encode_record
 from taskflow.config import DEFAULT_BROKER, Settings
 from taskflow.deliveries import Deliveries
 from taskflow.exceptions import ConfigurationError, PublishError, StateError
@@ -45,7 +46,7 @@ from taskflow.telemetry.tracing import (
     traced_publish,
     with_trace_context,
 )
-from taskflow.types import Worker
+from taskflow.types import Codec, Worker
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -143,6 +144,10 @@ class App:
             replica restarted within the session timeout gets its partitions back without a
             rebalance. Letters, digits, `.`, `_`, `-`; default none (dynamic membership). See
             [Deployment](../deployment.md#rolling-deploys-without-rebalances).
+        codec: How payloads are written and, unless a consumer names its own, read: a
+            [Codec][taskflow.Codec]; default JSON. See [Payloads and codecs](../payloads.md).
+        codecs: Further codecs whose records consumers read when a record's ``content-type``
+            header names them (JSON and MessagePack are always read).
 
     Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
@@ -185,6 +190,8 @@ class App:
         http_port: int | None = None,
         http_host: str | None = None,
         instance_id: str | None = None,
+        codec: Codec | None = None,
+        codecs: Sequence[Codec] = (),
     ) -> None:
         self.name = check.app_name(name)
         self.settings = Settings.resolve(
@@ -209,6 +216,8 @@ class App:
         self.meter_provider = meter_provider
         self.idempotency_store = check.idempotency_store(idempotency_store)
         self.state = State()
+        self.codecs = Codecs(codecs)  # the content types consumers read
+        self.codec: Codec = JSON if codec is None else self.codecs.add(codec)
         self.consumers: list[ConsumerSpec] = []
         self.schedules: list[ScheduleSpec] = []
         self.function_workers: list[FunctionWorkerSpec] = []
@@ -303,6 +312,7 @@ class App:
         batch: int | None = None,
         batch_wait: timedelta | float | None = None,
         retry_topics: Sequence[timedelta | float] | None = None,
+        codec: Codec | None = None,
     ) -> ConsumerSpec:
         """Register a consumer of `topics` in a consumer group.
 
@@ -369,6 +379,9 @@ class App:
                 attempt (`ctx.attempt` counts across them), so not with `max_attempts`; not
                 with `batch`. Retried messages lose their order. See "Retry topics" in the
                 consuming guide.
+            codec: How this consumer reads payloads (default the App's `codec`): a record whose
+                ``content-type`` header names another codec of the app is read with that one.
+                See [Payloads and codecs](../payloads.md).
 
         Returns:
             The registration.
@@ -393,8 +406,11 @@ class App:
         )
         if stages is not None:
             self._new_name(f"{name}.retry")
+        decoders = self._decoders(codec)
         adapted, decode = (
-            batch_handler(handler) if batch is not None else (consumer_handler(handler), None)
+            batch_handler(handler, decoders)
+            if batch is not None
+            else (consumer_handler(handler, decoders), None)
         )
         spec = ConsumerSpec(
             name=name,
@@ -424,9 +440,16 @@ class App:
             batch_wait=check.batch_wait(batch_wait, batch),
             batch_decode=decode,
             retry_topics=stages,
+            codec=codec,
         )
         self.consumers.append(spec)
         return spec
+
+    def _decoders(self, codec: Codec | None) -> Callable[[Any], Any]:
+        """The payload decoders of a registration with `codec` (None: the App's)."""
+        if codec is not None:
+            self.codecs.add(codec)
+        return functools.partial(decoder_for, codec=codec or self.codec, codecs=self.codecs)
 
     def consume(
         self,
@@ -454,6 +477,7 @@ class App:
         batch: int | None = None,
         batch_wait: timedelta | float | None = None,
         retry_topics: Sequence[timedelta | float] | None = None,
+        codec: Codec | None = None,
     ) -> Callable[[F], F]:
         """Decorator: consume `topics` with the function; returns the function unchanged.
 
@@ -494,6 +518,7 @@ class App:
                 batch=batch,
                 batch_wait=batch_wait,
                 retry_topics=retry_topics,
+                codec=codec,
             )
             return func
 
@@ -746,13 +771,15 @@ class App:
         key: bytes | str | None = None,
         headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
         wait: bool = True,
+        codec: Codec | None = None,
     ) -> None:
         """Publish a message and, by default, wait until the broker has it.
 
         Args:
             topic: The topic.
-            value: bytes, str (UTF-8), or anything JSON-serialisable (dataclasses and pydantic
-                models included); None publishes a tombstone, a record with a null value (to
+            value: bytes, str (UTF-8), or any value the codec encodes (with JSON, the default:
+                anything JSON-serialisable, dataclasses, msgspec Structs and pydantic models
+                included); None publishes a tombstone, a record with a null value (to
                 publish the JSON ``null``, publish ``b"null"``).
             key: The message key; messages with one key go to one partition, in order.
             headers: Header names and values (str or bytes).
@@ -762,6 +789,8 @@ class App:
                 (`taskflow.publish.undelivered`) instead of raised, and shutdown sends what is
                 queued before the process exits. See
                 [Publishing without waiting](../consuming.md#publishing-without-waiting).
+            codec: How a value that is not bytes, str or None is encoded (default the App's
+                `codec`); the record's ``content-type`` header names it.
 
         With a tracer provider set up (see [Observability](../observability.md#spans)), a
         `send {topic}` span of kind PRODUCER covers the publish, until the broker answers (with
@@ -779,8 +808,8 @@ class App:
                 f"app {self.name!r} is not running: publish from a handler, a startup hook, "
                 "or inside `async with TestClient(app)`"
             )
-        payload, raw_key = encode_value(value), encode_key(key)
-        raw_headers = encode_headers(headers)
+        raw_key = encode_key(key)
+        payload, raw_headers = encode_record(value, encode_headers(headers), codec or self.codec)
         if not wait:
             await self._enqueue(broker, topic, payload, raw_key, raw_headers)
         elif self._tracer is not None:

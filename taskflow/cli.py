@@ -32,6 +32,7 @@ from click.core import ParameterSource
 from taskflow import logfmt, operations, supervisor
 from taskflow import replay as replaying
 from taskflow.app import App
+from taskflow.codec import codec_shown
 from taskflow.config import Settings, mask_url, quoted, shown, whole_number_text
 from taskflow.exceptions import (
     AppLoadError,
@@ -565,7 +566,8 @@ def _consumer_settings(app: App, spec: ConsumerSpec) -> str:
         text += f"  static member {group_instance_id(app.settings.instance_id, spec.name)}"
     for name, value in spec.consumer_options.items():
         text += f"  {name} {shown(name, value)}"
-    return text
+    shown_codec = codec_shown(spec.codec or app.codec)
+    return text + (f"  codec {shown_codec}" if shown_codec else "")
 
 
 def _last_run(fleet: bool, task: str, recorded: dict[str, operations.Recorded] | None) -> str:

@@ -1,34 +1,51 @@
-"""Payload encoding and decoding: bytes on the wire, Python values in handlers.
+"""Payloads: bytes on the wire, Python values in handlers, and the codecs between them.
 
-Decoders are chosen once, when a handler is registered, from its payload annotation; encoding is
-chosen per published value. JSON is the format for everything that is not bytes or text.
+Decoders are chosen once, when a handler is registered, from its payload annotation and the
+registration's codec (JSON unless the app or the registration names another); encoding is
+chosen per published value. `Message`, `bytes` and `str` are no codec's business: a handler
+taking one gets the record, its value, or its value as UTF-8 text, whatever the format.
 
-JSON is UTF-8 (RFC 8259), for every payload type that is JSON: a payload in another encoding
-(UTF-16 or UTF-32, which `json.loads` would otherwise guess from the bytes) or with invalid UTF-8 is
-a `DecodeError`. A UTF-8 byte order mark before the JSON is ignored, as RFC 8259 allows. The
-success path decodes UTF-8 and parses, nothing more; what went wrong is worked out only on failure.
+A record names its format in its ``content-type`` header; taskflow writes it on every value a
+codec encodes. A consumer reads a record whose header names another content type than its own
+codec's with the app's codec of that type, and rejects one whose type the app has no codec for
+(a `DecodeError`, so it is dead-lettered). A record without the header is read with the
+registration's codec. Per record, the header is the only thing looked at before the parse.
 """
 
 from __future__ import annotations
 
-import codecs
-import dataclasses
-import functools
-import json
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from taskflow.exceptions import DecodeError, HandlerSignatureError, PublishError, SkipTombstone
+from taskflow.exceptions import (
+    ConfigurationError,
+    DecodeError,
+    HandlerSignatureError,
+    PublishError,
+    SkipTombstone,
+)
+from taskflow.formats import ALLOWED, Fast, Parts, Slow, name_of
+from taskflow.formats.json_codec import JsonCodec
+from taskflow.formats.msgpack_codec import MsgpackCodec
 from taskflow.message import Headers, Message
+from taskflow.types import Codec
 
 __all__ = [
+    "ALLOWED",
+    "CONTENT_TYPE",
+    "JSON",
+    "MSGPACK",
+    "Codecs",
     "Decoder",
+    "codec_shown",
     "decode_headers",
     "decoder_for",
     "encode_headers",
     "encode_key",
+    "encode_record",
     "encode_value",
     "feeding",
     "takes_tombstones",
@@ -36,26 +53,125 @@ __all__ = [
 
 Decoder = Callable[[Message], Any]
 
-ALLOWED = (
-    "Message, bytes, str, dict or list (JSON), a dataclass, or a pydantic model "
-    "(when pydantic is installed)"
-)
+CONTENT_TYPE = "content-type"
+"""The header that names a record's format, as in the CloudEvents Kafka binding."""
+
+JSON = JsonCodec()
+"""The built-in JSON codec (``application/json``), the default."""
+MSGPACK = MsgpackCodec()
+"""The built-in MessagePack codec (``application/msgpack``)."""
 
 
-def decoder_for(annotation: Any) -> Decoder:
+def media_type(content_type: str | bytes) -> str:
+    """The media type of a content type, for comparing: ``Application/JSON; charset=utf-8`` is
+    ``application/json``."""
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    return content_type.partition(";")[0].strip().lower()
+
+
+class Codecs:
+    """The codecs an app reads records with, by media type: the built-ins (JSON, MessagePack)
+    and the codecs it was given, which replace a built-in of the same type.
+
+    Codecs of one class are taken for one format: of several instances given for a content
+    type, the first one given reads the records that name it.
+    """
+
+    def __init__(self, given: Iterable[Codec] = ()) -> None:
+        self._builtin: dict[str, Codec] = {JSON.content_type: JSON, MSGPACK.content_type: MSGPACK}
+        self._given: dict[str, Codec] = {}
+        for codec in given:
+            self.add(codec)
+
+    def add(self, codec: Codec) -> Codec:
+        """Read records of `codec`'s content type with it; returns it.
+
+        Raises:
+            ConfigurationError: when it is not a codec, or a codec of another class was given
+                for its content type.
+        """
+        kind = media_type(checked_codec(codec).content_type)
+        known = self._given.get(kind)
+        if known is not None and type(known) is not type(codec):
+            raise ConfigurationError(
+                f"two codecs for {kind}: {known!r} and {codec!r}; an app reads each content "
+                "type with one codec"
+            )
+        self._given.setdefault(kind, codec)  # of one class, the first one given reads
+        return codec
+
+    def get(self, content_type: str | bytes) -> Codec | None:
+        """The codec of a content type (its parameters ignored), or None."""
+        kind = media_type(content_type)
+        return self._given.get(kind) or self._builtin.get(kind)
+
+    def __iter__(self) -> Iterator[Codec]:
+        return iter({**self._builtin, **self._given}.values())
+
+    def content_types(self) -> list[str]:
+        """The media types read, sorted."""
+        return sorted({*self._builtin, *self._given})
+
+
+def checked_codec(codec: Any) -> Codec:
+    """`codec`, once it is seen to be one.
+
+    Raises:
+        ConfigurationError: naming what is missing.
+    """
+    if isinstance(codec, type):
+        raise ConfigurationError(
+            f"{codec.__qualname__} is not a codec but a class of them: pass an instance, "
+            f"{codec.__qualname__}()"
+        )
+    content_type = getattr(codec, "content_type", None)
+    if not isinstance(content_type, str) or "/" not in content_type:
+        raise ConfigurationError(
+            f"{codec!r} is not a codec: a codec has a `content_type` such as "
+            "'application/json', a `decoder(annotation)` and an `encode(value)` method"
+        )
+    for method in ("decoder", "encode"):
+        if not callable(getattr(codec, method, None)):
+            raise ConfigurationError(f"codec {codec!r} has no `{method}` method")
+    return typing.cast(Codec, codec)
+
+
+BUILTIN = Codecs()
+
+
+def codec_shown(codec: Codec) -> str | None:
+    """How `taskflow info` names a consumer's codec: its content type, with its class when it is
+    not a built-in; None for the default, JSON."""
+    if codec == JSON:
+        return None
+    if isinstance(codec, JsonCodec | MsgpackCodec):
+        return codec.content_type
+    return f"{codec.content_type} ({type(codec).__qualname__})"
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def decoder_for(
+    annotation: Any, codec: Codec | None = None, codecs: Codecs | None = None
+) -> Decoder:
     """Return the function that turns a message into the value a handler's parameter asks for.
+
+    `codec` reads the payload (default JSON), and `codecs` a record whose ``content-type``
+    names another format (default the built-ins).
 
     A tombstone (a record whose value is None) decodes to None for an annotation that admits
     None (``dict | None``, ``Optional[Order]``), and to the message itself for `Message`; for
     any other annotation the decoder raises `SkipTombstone`.
 
     Raises:
-        HandlerSignatureError: when the annotation is not a payload type taskflow can decode.
+        HandlerSignatureError: when the annotation is not a payload type the codec can decode.
     """
+    codec, codecs = codec or JSON, codecs or BUILTIN
     inner = _without_none(annotation)
-    if inner is not annotation:
-        return _or_none(_decoder_of(inner))
-    return _decoder_of(annotation)
+    decode = _decoder_of(inner, codec, codecs)
+    return decode if inner is annotation else _or_none(decode)
 
 
 def takes_tombstones(annotation: Any) -> bool:
@@ -88,21 +204,19 @@ def _tombstone(message: Message) -> SkipTombstone:
     )
 
 
-def _decoder_of(annotation: Any) -> Decoder:
+def _decoder_of(annotation: Any, codec: Codec, codecs: Codecs) -> Decoder:
     if annotation is Message:
         return identity
     if annotation is bytes:
         return _raw
     if annotation is str:
         return _text
-    origin = typing.get_origin(annotation) or annotation
-    if origin is dict or origin is list:
-        return _json_of(origin)
-    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        return _dataclass_of(annotation)
-    if _is_pydantic_model(annotation):
-        return _pydantic_of(annotation)
-    raise HandlerSignatureError(f"payload type {_name(annotation)} is not supported; use {ALLOWED}")
+    fast, slow = parts_of(codec, annotation)
+    own = codec.content_type.encode("latin-1")
+    other = _others(annotation, codec, codecs)
+    decode = _reading(fast, slow, own, other, None)
+    _READINGS[decode] = fast, slow, own, other
+    return decode
 
 
 def identity(message: Message) -> Message:
@@ -117,130 +231,142 @@ def _raw(message: Message) -> bytes:
     return value
 
 
-# The decoders below read ``message.value.decode()`` at once: for a tombstone (None) that raises
-# AttributeError, which costs the other messages nothing.
-
-
 def _text(message: Message) -> str:
     try:
         return message.value.decode("utf-8")  # type: ignore[union-attr]
     except UnicodeDecodeError as exc:
         raise DecodeError(f"payload of {message} is not UTF-8 text: {exc}") from exc
-    except AttributeError:
+    except AttributeError:  # a tombstone: None has no decode
         raise _tombstone(message) from None
 
 
-# Per message: `raw_decode` is json's scanner with one Python call around it, where
-# `json.loads` adds three calls and two regular-expression matches (about 1 µs a payload).
-_raw_decode = json.JSONDecoder().raw_decode
+def parts_of(codec: Codec, annotation: Any) -> Parts:
+    """The fast and slow readers of `annotation` by `codec` (see `taskflow.formats`).
 
+    A built-in codec gives its own; any other codec's decoder is the fast part, and the slow part
+    calls it again to turn its error into a `DecodeError` naming the record.
 
-def _json(message: Message) -> Any:
-    """The payload's JSON value. The fast path takes a payload that is one JSON value from its
-    first byte to its last; anything else (whitespace around it, a BOM, an error) is parsed
-    again by `_json_exact`."""
+    Raises:
+        HandlerSignatureError: when the codec does not read that payload type.
+    """
+    parts = getattr(codec, "parts", None)
+    if isinstance(codec, JsonCodec | MsgpackCodec) and callable(parts):
+        return typing.cast(Parts, parts(annotation))
     try:
-        text = message.value.decode()  # type: ignore[union-attr]
-        value, end = _raw_decode(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return _json_exact(message)
-    except AttributeError:
-        raise _tombstone(message) from None
-    return value if end == len(text) else _json_exact(message)
+        fast = codec.decoder(annotation)
+    except HandlerSignatureError:
+        raise
+    except TypeError as exc:
+        raise HandlerSignatureError(
+            f"payload type {name_of(annotation)} is not read by the {codec.content_type} codec "
+            f"{codec!r}: {exc}"
+        ) from exc
+    return fast, _naming_errors(fast, codec.content_type)
 
 
-def _json_exact(message: Message) -> Any:
-    """The payload's JSON value as `json.loads` reads it, or a DecodeError saying why not."""
-    try:
-        return json.loads(message.value.decode())  # type: ignore[union-attr]
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        return _json_after(message, exc)
-    except AttributeError:
-        raise _tombstone(message) from None
+def _naming_errors(fast: Fast, content_type: str) -> Slow:
+    def slow(message: Message) -> Any:
+        try:
+            return fast(message.value)  # type: ignore[arg-type]
+        except (ValueError, TypeError, RecursionError) as exc:  # DecodeError is a ValueError
+            raise DecodeError(f"payload of {message} is not valid {content_type}: {exc}") from exc
+
+    return slow
 
 
-def _json_after(message: Message, exc: Exception) -> Any:
-    """Parse a payload whose first reading failed with `exc`: without its BOM, or a DecodeError."""
-    value = _value(message)
-    if not value.startswith(codecs.BOM_UTF8):
-        raise _not_json(message, exc) from exc
-    try:
-        return json.loads(value[len(codecs.BOM_UTF8) :].decode())
-    except (ValueError, RecursionError) as again:
-        raise _not_json(message, again) from again
+Other = Callable[[Message, bytes], Any]  # reads a record by its content-type header's value
 
 
-def _value(message: Message) -> bytes:
-    """The value of a message known not to be a tombstone."""
-    value = message.value
-    assert value is not None
-    return value
+def _reading(
+    fast: Fast, slow: Slow, own: bytes, other: Other, target: Callable[[Any], Any] | None
+) -> Callable[..., Any]:
+    """``(message, ctx=None)``: the payload, or `target(payload)` when there is a target.
 
-
-def _not_json(message: Message, exc: Exception) -> DecodeError:
-    return _not_utf8(message) or DecodeError(f"payload of {message} is not valid JSON: {exc}")
-
-
-def _not_utf8(message: Message) -> DecodeError | None:
-    """The DecodeError of a payload that is not UTF-8, or None if it is."""
-    value = _value(message)
-    encoding = json.detect_encoding(value)  # UTF-16 and UTF-32 by their BOM or zero bytes
-    if not encoding.startswith("utf-8"):
-        return DecodeError(
-            f"payload of {message} is {encoding.upper()} text; JSON payloads must be UTF-8"
-        )
-    try:
-        value.decode()
-    except UnicodeDecodeError as exc:
-        return DecodeError(f"payload of {message} is not UTF-8, as JSON payloads must be: {exc}")
-    return None
-
-
-@functools.cache
-def _json_of(kind: type) -> Decoder:
-    decode = _json_feeding(kind, None)
-    _JSON_KINDS[decode] = kind
-    return decode
-
-
-def _json_feeding(kind: type, target: Callable[[Any], Any] | None) -> Callable[..., Any]:
-    """``(message, ctx=None)``: the payload's JSON value of type `kind`, or `target(value)``.
-
-    Per message: `_json` inlined, and the handler's own call too when there is a `target`.
+    Per record: the ``content-type`` header is looked for (when the record has headers); when
+    it names the registration's own type, or is absent, `fast` reads the value in one call.
     """
 
     def call(message: Message, ctx: object = None) -> Any:
+        headers = message.headers
+        if headers:
+            name, found = headers[-1]  # where taskflow writes it
+            if name != "content-type":
+                found = None  # type: ignore[assignment]
+                for name, header in headers:
+                    if name == "content-type":
+                        found = header  # the last one counts, as `Message.header` reads it
+            if found is not None and found != own:
+                decoded = other(message, found)
+                return decoded if target is None else target(decoded)
+        value = message.value
+        if value is None:
+            raise _tombstone(message)
         try:
-            text = message.value.decode()  # type: ignore[union-attr]
-            value, end = _raw_decode(text)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            value = _json_exact(message)
-        except AttributeError:
-            raise _tombstone(message) from None
-        else:
-            if end != len(text):
-                value = _json_exact(message)
-        if not isinstance(value, kind):
-            raise DecodeError(
-                f"payload of {message} is a JSON {type(value).__name__}, expected {kind.__name__}"
-            )
-        return value if target is None else target(value)
+            decoded = fast(value)
+        except (ValueError, TypeError, RecursionError):
+            decoded = slow(message)
+        return decoded if target is None else target(decoded)
 
     return call
 
 
-_JSON_KINDS: dict[Decoder, type] = {}  # the decoder of each JSON payload type: dict, list
+# The parts of each decoder `_decoder_of` made, for `feeding`; kept while the decoder is.
+_READINGS: weakref.WeakKeyDictionary[Decoder, tuple[Fast, Slow, bytes, Other]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _others(annotation: Any, codec: Codec, codecs: Codecs) -> Other:
+    """How a registration reads records whose content type is not its codec's: with the app's
+    codec of that type, its decoder made at the first such record."""
+    known: dict[bytes, Parts] = {}
+
+    def other(message: Message, found: bytes) -> Any:
+        parts = known.get(found)
+        if parts is None:
+            parts = known[found] = _parts_by_type(message, found, annotation, codec, codecs)
+        value = message.value
+        if value is None:
+            raise _tombstone(message)
+        fast, slow = parts
+        try:
+            return fast(value)
+        except (ValueError, TypeError, RecursionError):
+            return slow(message)
+
+    return other
+
+
+def _parts_by_type(
+    message: Message, found: bytes, annotation: Any, own: Codec, codecs: Codecs
+) -> Parts:
+    shown = found.decode(errors="backslashreplace")
+    codec = codecs.get(found)
+    if codec is None:
+        raise DecodeError(
+            f"payload of {message} has content-type {shown!r}, which this app has no codec "
+            f"for (it reads {', '.join(codecs.content_types())})"
+        )
+    if media_type(codec.content_type) == media_type(own.content_type):
+        codec = own
+    try:
+        return parts_of(codec, annotation)
+    except HandlerSignatureError as exc:
+        raise DecodeError(
+            f"payload of {message} has content-type {shown!r}, which cannot be read as "
+            f"{name_of(annotation)}: {exc}"
+        ) from exc
 
 
 def feeding(decode: Decoder, target: Callable[[Any], Any]) -> Callable[[Message, object], Any]:
     """``(message, ctx) -> target(decode(message))``, ctx ignored, in one call per message.
 
-    The handler adapter of a function that takes a payload and no Context: for a JSON payload
-    the parse runs in the adapter itself rather than in a call of `decode`.
+    The handler adapter of a function that takes a payload and no Context: for a payload a codec
+    reads, the parse runs in the adapter itself rather than in a call of `decode`.
     """
-    kind = _JSON_KINDS.get(decode)
-    if kind is not None:
-        return _json_feeding(kind, target)
+    reading = _READINGS.get(decode)
+    if reading is not None:
+        return _reading(*reading, target)
 
     def call(message: Message, ctx: object) -> Any:
         return target(decode(message))
@@ -248,95 +374,63 @@ def feeding(decode: Decoder, target: Callable[[Any], Any]) -> Callable[[Message,
     return call
 
 
-def _dataclass_of(cls: type) -> Decoder:
-    def decode(message: Message) -> Any:
-        fields = _json(message)
-        if not isinstance(fields, dict):
-            raise DecodeError(f"payload of {message} is not a JSON object for {cls.__name__}")
-        try:
-            return cls(**fields)
-        except (TypeError, ValueError) as exc:  # a field mismatch, or __post_init__ refusing it
-            raise DecodeError(f"payload of {message} does not fit {cls.__name__}: {exc}") from exc
-
-    return decode
+# -- encoding ------------------------------------------------------------------------------
 
 
-def _is_pydantic_model(annotation: Any) -> bool:
-    try:
-        from pydantic import BaseModel
-    except ImportError:
-        return False
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _pydantic_of(model: Any) -> Decoder:
-    from pydantic import ValidationError
-
-    def decode(message: Message) -> Any:
-        value = message.value
-        if value is None:
-            raise _tombstone(message)
-        try:
-            return model.model_validate_json(value)
-        except ValidationError as exc:
-            failure = exc
-        if value.startswith(codecs.BOM_UTF8):
-            try:
-                return model.model_validate_json(value[len(codecs.BOM_UTF8) :])
-            except ValidationError as exc:
-                failure = exc
-        not_utf8 = _not_utf8(message)
-        if not_utf8 is not None:
-            raise not_utf8
-        summary = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}"
-            for err in failure.errors()
-        )
-        raise DecodeError(f"payload of {message} is not a valid {model.__name__}: {summary}")
-
-    return decode
-
-
-def _name(annotation: Any) -> str:
-    if isinstance(annotation, type) and not isinstance(annotation, types.GenericAlias):
-        return annotation.__qualname__
-    return repr(annotation)
-
-
-def encode_value(value: Any) -> bytes | None:
+def encode_value(value: Any, codec: Codec | None = None) -> bytes | None:
     """Encode a published value: bytes as they are, str as UTF-8, None as None (a tombstone),
-    anything else as JSON.
+    anything else by `codec` (default JSON).
 
-    Dataclass instances and pydantic models are encoded as their JSON objects. To publish the
-    JSON ``null``, publish ``b"null"``.
+    With JSON, dataclass instances, msgspec Structs and pydantic models are encoded as their
+    JSON objects. To publish the JSON ``null``, publish ``b"null"``.
+
+    Raises:
+        PublishError: when the value cannot be encoded.
+    """
+    return encode_record(value, (), codec)[0]
+
+
+def encode_record(
+    value: Any, headers: Headers, codec: Codec | None = None
+) -> tuple[bytes | None, Headers]:
+    """A published value's bytes and its headers: for a value `codec` encodes, `headers` with
+    the codec's ``content-type`` in place of any the caller gave; else `headers` as they are.
 
     Raises:
         PublishError: when the value cannot be encoded.
     """
     if value is None:
-        return None
+        return None, headers
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
+        return bytes(value), headers
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return value.encode("utf-8"), headers
     if isinstance(value, Message):
         raise PublishError(
             f"cannot publish a Message itself ({value}): publish its value, e.g. "
             "ctx.publish(topic, message.value, key=message.key, headers=message.headers)"
         )
-    dump = None if isinstance(value, type) else getattr(value, "model_dump_json", None)
-    if callable(dump):
-        return str(dump()).encode("utf-8")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
+    codec = codec or JSON
+    payload = _encoded(value, codec)
+    kept = tuple(pair for pair in headers if pair[0] != CONTENT_TYPE) if headers else ()
+    return payload, (*kept, (CONTENT_TYPE, codec.content_type.encode("latin-1")))
+
+
+def _encoded(value: Any, codec: Codec) -> bytes:
     try:
-        # allow_nan=False: NaN and Infinity are not JSON, and other consumers would refuse them
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
+        payload = codec.encode(value)
+    except PublishError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise PublishError(
-            f"cannot publish a {type(value).__name__}: values are bytes, str, or "
-            f"JSON-serialisable ({exc})"
+            f"cannot publish a {type(value).__name__} as {codec.content_type}: {exc}"
         ) from exc
+    if not isinstance(payload, bytes):
+        raise PublishError(
+            f"codec {codec!r} encoded a {type(value).__name__} as a "
+            f"{type(payload).__name__}; a codec's encode returns bytes"
+        )
+    return payload
 
 
 def encode_key(key: bytes | str | None) -> bytes | None:

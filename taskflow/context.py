@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
     from taskflow.app import App, State
+    from taskflow.types import Codec
 
 __all__ = ["Context", "Tick", "WorkerLogger"]
 
@@ -182,10 +183,11 @@ class Context:
         key: bytes | str | None = None,
         headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
         wait: bool = True,
+        codec: Codec | None = None,
     ) -> None:
         """Publish a message through the app's broker; see `App.publish`.
 
         With `wait=False` it returns once the message is queued, and a message the broker does
         not take is logged and counted rather than raised in the handler.
         """
-        await self.app.publish(topic, value, key=key, headers=headers, wait=wait)
+        await self.app.publish(topic, value, key=key, headers=headers, wait=wait, codec=codec)

@@ -48,6 +48,9 @@ class Handler(Protocol):
 
 _CONTEXT_NAMES = ("ctx", "context")
 
+Decoders: TypeAlias = Callable[[Any], Decoder]
+"""The decoder of each payload annotation: `decoder_for` with a registration's codec."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
@@ -87,16 +90,19 @@ def handler_name(func: Callable[..., Any]) -> str:
     return str(name)
 
 
-def consumer_handler(func: Callable[..., Any]) -> Handler:
-    """Adapt a consumer function ``(payload?, ctx?)`` to the handler shape.
+def consumer_handler(func: Callable[..., Any], decoders: Decoders = decoder_for) -> Handler:
+    """Adapt a consumer function ``(payload?, ctx?)`` to the handler shape; `decoders` gives
+    the payload's decoder (default JSON).
 
     Raises:
         HandlerSignatureError: naming the function and what is allowed.
     """
-    return _adapt(func, _inspect(func, with_payload=True))
+    return _adapt(func, _inspect(func, with_payload=True, decoders=decoders))
 
 
-def batch_handler(func: Callable[..., Any]) -> tuple[Handler, Decoder]:
+def batch_handler(
+    func: Callable[..., Any], decoders: Decoders = decoder_for
+) -> tuple[Handler, Decoder]:
     """Adapt a batch consumer function ``(payloads: list[T], ctx?)`` to the handler shape.
 
     Returns:
@@ -105,7 +111,7 @@ def batch_handler(func: Callable[..., Any]) -> tuple[Handler, Decoder]:
     Raises:
         HandlerSignatureError: naming the function and what is allowed.
     """
-    shape = _inspect(func, with_payload=True, batch=True)
+    shape = _inspect(func, with_payload=True, batch=True, decoders=decoders)
     assert shape.decode is not None
     return _adapt(func, _Shape(_payloads, *_rest(shape))), shape.decode
 
@@ -127,7 +133,13 @@ def periodic_handler(func: Callable[..., Any]) -> Handler:
     return _adapt(func, _inspect(func, with_payload=False))
 
 
-def _inspect(func: Callable[..., Any], *, with_payload: bool, batch: bool = False) -> _Shape:
+def _inspect(
+    func: Callable[..., Any],
+    *,
+    with_payload: bool,
+    batch: bool = False,
+    decoders: Decoders = decoder_for,
+) -> _Shape:
     if not callable(func):
         raise HandlerSignatureError(
             f"handler {func!r} is not callable; a handler is an `async def` or `def` function, "
@@ -188,7 +200,7 @@ def _inspect(func: Callable[..., Any], *, with_payload: bool, batch: bool = Fals
                 f"{where}: annotate the payload parameter {param.name!r} with one of {ALLOWED}"
             )
         try:
-            decode = _element_decoder(annotation) if batch else decoder_for(annotation)
+            decode = _element_decoder(annotation, decoders) if batch else decoders(annotation)
         except HandlerSignatureError as exc:
             raise HandlerSignatureError(f"{where}: {exc}") from None
     if batch and decode is None:
@@ -199,7 +211,7 @@ def _inspect(func: Callable[..., Any], *, with_payload: bool, batch: bool = Fals
     return _Shape(decode, ctx_keyword, wants_ctx, inspect.iscoroutinefunction(code))
 
 
-def _element_decoder(annotation: Any) -> Decoder:
+def _element_decoder(annotation: Any, decoders: Decoders) -> Decoder:
     """The decoder of one record of a batch whose payload parameter is `annotation`."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin not in (list, Sequence) or len(args) != 1:
@@ -207,7 +219,7 @@ def _element_decoder(annotation: Any) -> Decoder:
             f"with batch= the payload parameter is `list[T]` or `Sequence[T]` (T one of "
             f"{ALLOWED}), got {getattr(annotation, '__name__', None) or annotation!r}"
         )
-    return decoder_for(args[0])
+    return decoders(args[0])
 
 
 def _rules(with_payload: bool) -> str:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from taskflow.message import Message
     from taskflow.ratelimit import RateLimit
     from taskflow.schedule import Schedule
+    from taskflow.types import Codec
 
 __all__ = [
     "CatchUp",
@@ -86,6 +87,8 @@ class ConsumerSpec:
     batch: int | None = None
     batch_wait: float = DEFAULT_BATCH_WAIT
     batch_decode: Callable[[Message], Any] | None = None  # one record to the handler's element type
+    codec: Codec | None = None
+    """The codec that reads this consumer's payloads; None: the App's."""
     retry_topics: RetryTopics | None = None
     """The retry stages of `topics`: a failure goes to the next one instead of holding its
     partition; None retries in place."""

@@ -24,13 +24,14 @@ from typing import Any
 from taskflow.app import App
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.clock import Clock, SystemClock
-from taskflow.codec import decode_headers, encode_headers, encode_key, encode_value
+from taskflow.codec import decode_headers, encode_headers, encode_key, encode_record
 from taskflow.context import Tick
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.manager import ShutdownReport
 from taskflow.message import Headers, Message, TopicPartition
 from taskflow.runner import Runtime, open_runtime
 from taskflow.specs import ConsumerSpec, retry_stage_spec
+from taskflow.types import Codec
 from taskflow.workers import ScheduledWorker
 from taskflow.workers.dead_letter import DeadLetterRecord
 from taskflow.workers.due import DueGate, epoch_ms
@@ -268,12 +269,18 @@ class TestClient:
         *,
         key: bytes | str | None = None,
         headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+        codec: Codec | None = None,
     ) -> tuple[TopicPartition, int]:
-        """Publish as a producer outside the app would; returns the partition and offset."""
+        """Publish as a producer outside the app would; returns the partition and offset.
+
+        A value is encoded as `App.publish` encodes it, by `codec` (default the app's), and its
+        record carries the codec's ``content-type`` header; bytes and str go as they are.
+        """
         self.runtime  # noqa: B018 - raises when not running
-        return await self.broker.publish(
-            topic, encode_value(value), key=encode_key(key), headers=encode_headers(headers)
+        payload, raw_headers = encode_record(
+            value, encode_headers(headers), codec or self.app.codec
         )
+        return await self.broker.publish(topic, payload, key=encode_key(key), headers=raw_headers)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every message in every consumed topic is handled and committed.

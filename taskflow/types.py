@@ -3,11 +3,63 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Worker", "WorkerState", "WorkerStatus", "status_of"]
+__all__ = ["Codec", "Worker", "WorkerState", "WorkerStatus", "status_of"]
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """A payload format: how a handler's payload type is read from bytes, and a value written.
+
+    taskflow asks `decoder` once per registration, for the handler's payload annotation, and
+    calls what it returns on each record's value; it calls `encode` on each published value that
+    is not bytes, str or None (those are published as they are). The records a codec encodes
+    carry its `content_type` in their ``content-type`` header, and a consumer reads a record
+    that names a content type with the app's codec of that type. See
+    [Payloads and codecs](../payloads.md).
+
+    Example:
+        ```python
+        import yaml
+
+        class YamlCodec:
+            content_type = "application/yaml"
+
+            def decoder(self, annotation: Any) -> Callable[[bytes], Any]:
+                if annotation is not dict:
+                    raise TypeError("YAML payloads are read as dict")
+                return yaml.safe_load
+
+            def encode(self, value: Any) -> bytes:
+                return yaml.safe_dump(value).encode()
+
+        app = App("billing", codecs=[YamlCodec()])
+        ```
+    """
+
+    @property
+    def content_type(self) -> str:
+        """The media type of the bytes, such as ``application/json``: what records carry in their
+        ``content-type`` header."""
+        ...
+
+    def decoder(self, annotation: Any) -> Callable[[bytes], Any]:
+        """The function from a record's value (never None) to an instance of `annotation`.
+
+        Called once per registration. Raise `TypeError` (or `HandlerSignatureError`) for a
+        payload type the codec cannot read: the registration then fails, naming the handler.
+        The function raises `ValueError` (or `DecodeError`) for a value it cannot read; the
+        record is then dead-lettered, never retried.
+        """
+        ...
+
+    def encode(self, value: Any) -> bytes:
+        """The bytes of a published value; raise `TypeError` or `ValueError` for a value the
+        format cannot hold."""
+        ...
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ from taskflow.backoff import Backoff
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.context import Context
 from taskflow.exceptions import ConfigurationError, HandlerSignatureError, StateError
+from taskflow.formats.msgpack_codec import MsgpackCodec
 from taskflow.handler import Handler
 from taskflow.message import Message
 from taskflow.schedule import Cron, Interval
@@ -464,7 +465,7 @@ async def test_publishing_while_running_reaches_the_broker(app: App) -> None:
     assert (message.value, message.key, message.headers) == (
         b'{"id":1}',
         b"c1",
-        (("trace", b"t"),),
+        (("trace", b"t"), ("content-type", b"application/json")),
     )
 
 
@@ -559,6 +560,7 @@ CONSUMER_OPTIONS: dict[str, dict[str, Any]] = {
     "batch": {"batch": 10},
     "batch_wait": {"batch": 10, "batch_wait": 1},
     "retry_topics": {"dead_letter": "orders.DLQ", "retry_topics": [10, 60]},
+    "codec": {"codec": MsgpackCodec()},
 }
 
 SCHEDULE_OPTIONS: dict[str, dict[str, Any]] = {

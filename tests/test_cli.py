@@ -996,6 +996,21 @@ def test_info_shows_where_each_consumer_starts_its_static_member_and_its_own_opt
     assert _settings_rows(result.stdout)["instance_id"] == ["pod-a", "flag", "--instance-id"]
 
 
+@pytest.mark.parametrize(
+    ("codec", "shown"),
+    [("json", ""), ("msgpack", "  codec application/msgpack"), ("csv", "  codec text/csv (Csv)")],
+)
+def test_info_shows_a_consumers_codec_when_it_is_not_json(codec: str, shown: str) -> None:
+    result = taskflow("info", "tests.apps.codec_relay:app", RELAY_CODEC=codec, RELAY_GROUP="g")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:3] == [
+        f"  consumer  relay  topics lines  group g-relay  ordering partition{shown}"
+        "  dead letters lines.DLQ",
+        f"  consumer  seen  topics lines.out  group g-seen  ordering partition{shown}",
+    ]
+
+
 def test_dlq_show_refuses_the_memory_broker_with_one_line() -> None:
     result = taskflow("dlq", "show", IDLE, "orders.dlq")
 

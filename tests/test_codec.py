@@ -6,23 +6,30 @@ import json
 import typing
 from typing import Any
 
+import msgspec
 import pydantic
 import pytest
 
 from taskflow.codec import (
+    JSON,
+    MSGPACK,
+    Codecs,
     decoder_for,
     encode_headers,
     encode_key,
+    encode_record,
     encode_value,
     takes_tombstones,
 )
 from taskflow.exceptions import (
+    ConfigurationError,
     DecodeError,
     HandlerSignatureError,
     PublishError,
     Reject,
     SkipTombstone,
 )
+from taskflow.formats.msgpack_codec import MsgpackCodec
 from taskflow.message import Message
 
 
@@ -390,3 +397,308 @@ def test_no_headers_are_an_empty_tuple(headers: Any) -> None:
 def test_bad_headers_are_a_publish_error(headers: Any, message: str) -> None:
     with pytest.raises(PublishError, match=message):
         encode_headers(headers)
+
+
+# -- msgspec Structs -----------------------------------------------------------------------
+
+
+class Line(msgspec.Struct):
+    sku: str
+    quantity: int
+
+
+class Basket(msgspec.Struct):
+    id: int
+    lines: list[Line]
+
+
+def test_a_struct_parameter_gets_a_validated_struct() -> None:
+    payload = b'{"id": 7, "lines": [{"sku": "a", "quantity": 2}]}'
+
+    assert decoder_for(Basket)(message(payload)) == Basket(7, [Line("a", 2)])
+
+
+def test_a_struct_validation_failure_is_a_decode_error_naming_the_field_path() -> None:
+    payload = b'{"id": 7, "lines": [{"sku": "a", "quantity": "two"}]}'
+
+    with pytest.raises(DecodeError, match=r"not a valid Basket: .*`\$\.lines\[0\]\.quantity`"):
+        decoder_for(Basket)(message(payload))
+
+
+def test_a_struct_missing_a_field_is_a_decode_error_naming_it() -> None:
+    with pytest.raises(DecodeError, match="not a valid Basket: Object missing required field `id`"):
+        decoder_for(Basket)(message(b'{"lines": []}'))
+
+
+@pytest.mark.parametrize("payload", [b'{"id": 7', b"", b"\xef\xbb\xbf" * 2 + b"{}"])
+def test_a_struct_payload_that_is_not_json_is_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError, match=r"orders\[2\]@41 is not valid JSON"):
+        decoder_for(Basket)(message(payload))
+
+
+def test_a_struct_payload_after_a_byte_order_mark_is_decoded() -> None:
+    payload = codecs.BOM_UTF8 + b'{"id": 7, "lines": []}'
+
+    assert decoder_for(Basket)(message(payload)) == Basket(7, [])
+
+
+def test_a_struct_payload_in_utf16_is_a_decode_error_naming_it() -> None:
+    with pytest.raises(DecodeError, match="is UTF-16 text; JSON payloads must be UTF-8"):
+        decoder_for(Basket)(message('{"id": 7, "lines": []}'.encode("utf-16")))
+
+
+def test_a_struct_is_published_as_its_json_object_and_decodes_back() -> None:
+    basket = Basket(7, [Line("a", 2)])
+    encoded = encode_value(basket)
+
+    assert json.loads(encoded) == {"id": 7, "lines": [{"sku": "a", "quantity": 2}]}
+    assert decoder_for(Basket)(message(encoded)) == basket
+
+
+def test_a_struct_inside_a_published_dict_is_encoded_as_its_object() -> None:
+    assert json.loads(encode_value({"line": Line("a", 1)})) == {"line": {"sku": "a", "quantity": 1}}
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=repr)
+def test_a_list_of_structs_is_decoded_and_validated_whole(codec: Any) -> None:
+    decode = decoder_for(list[Line], codec)
+    good = codec.encode([{"sku": "a", "quantity": 1}, {"sku": "b", "quantity": 2}])
+    bad = codec.encode([{"sku": "a", "quantity": 1}, {"sku": "b"}])
+
+    assert decode(message(good)) == [Line("a", 1), Line("b", 2)]
+    with pytest.raises(
+        DecodeError, match=r"Object missing required field `quantity` - at `\$\[1\]`"
+    ):
+        decode(message(bad))
+
+
+def test_a_dict_of_structs_is_decoded_and_validated_whole() -> None:
+    decode = decoder_for(dict[str, list[Line]])
+
+    assert decode(message(b'{"x": [{"sku": "a", "quantity": 1}]}')) == {"x": [Line("a", 1)]}
+    # msgspec names a dict's value by `[...]`, not by its key
+    with pytest.raises(DecodeError, match=r"got `str` - at `\$\[\.\.\.\]\[0\]\.quantity`"):
+        decode(message(b'{"x": [{"sku": "a", "quantity": "1"}]}'))
+
+
+def test_a_struct_admitting_none_gets_none_for_a_tombstone() -> None:
+    assert decoder_for(Basket | None)(TOMBSTONE) is None
+    with pytest.raises(SkipTombstone):
+        decoder_for(Basket)(TOMBSTONE)
+
+
+# -- MessagePack ---------------------------------------------------------------------------
+
+
+def packed(value: Any) -> Message:
+    return message(msgspec.msgpack.encode(value))
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "expected"),
+    [
+        (dict, {"id": 7, "customer": "ada"}, {"id": 7, "customer": "ada"}),
+        (list[int], [1, 2], [1, 2]),
+        (Order, {"id": 7, "customer": "ada"}, Order(7, "ada")),
+        (Basket, {"id": 7, "lines": [{"sku": "a", "quantity": 2}]}, Basket(7, [Line("a", 2)])),
+        (Invoice, {"id": "7", "total": 9.5}, Invoice(id=7, total=9.5)),
+    ],
+    ids=repr,
+)
+def test_msgpack_payloads_decode_into_the_handler_type(
+    annotation: Any, value: Any, expected: Any
+) -> None:
+    assert decoder_for(annotation, MSGPACK)(packed(value)) == expected
+
+
+@pytest.mark.parametrize(
+    "value", [{"id": 7, "customer": "ada"}, Order(7, "ada"), Basket(7, []), Invoice(id=1, total=2)]
+)
+def test_msgpack_values_round_trip(value: Any) -> None:
+    encoded = encode_value(value, MSGPACK)
+
+    assert decoder_for(type(value), MSGPACK)(message(encoded)) == value
+    assert encoded != encode_value(value)  # not JSON
+
+
+@pytest.mark.parametrize(
+    ("annotation", "payload", "error"),
+    [
+        (dict, b"\xc1", r"orders\[2\]@41 is not valid MessagePack"),
+        (dict, msgspec.msgpack.encode([1]), "is a MessagePack list, expected dict"),
+        (Order, msgspec.msgpack.encode({"id": 7}), "does not fit Order"),
+        (
+            Basket,
+            msgspec.msgpack.encode({"id": "x", "lines": []}),
+            r"not a valid Basket: .*`\$\.id`",
+        ),
+        (Invoice, msgspec.msgpack.encode({"id": 1, "total": "lots"}), "not a valid Invoice: total"),
+    ],
+    ids=["malformed", "wrong kind", "dataclass", "struct", "pydantic"],
+)
+def test_msgpack_payloads_that_do_not_fit_are_decode_errors(
+    annotation: Any, payload: bytes, error: str
+) -> None:
+    with pytest.raises(DecodeError, match=error):
+        decoder_for(annotation, MSGPACK)(message(payload))
+
+
+def test_a_value_msgpack_cannot_hold_is_a_publish_error() -> None:
+    with pytest.raises(PublishError, match="as MessagePack"):
+        encode_value(object(), MSGPACK)
+
+
+# -- content types -------------------------------------------------------------------------
+
+
+def typed(value: bytes | None, content_type: bytes, *before: tuple[str, bytes]) -> Message:
+    return message(value)._replace(headers=(*before, ("content-type", content_type)))
+
+
+def test_an_encoded_value_carries_its_codecs_content_type_after_the_callers_headers() -> None:
+    assert encode_record({"id": 1}, (("trace", b"t"),)) == (
+        b'{"id":1}',
+        (("trace", b"t"), ("content-type", b"application/json")),
+    )
+    assert encode_record({"id": 1}, (), MSGPACK)[1] == (("content-type", b"application/msgpack"),)
+
+
+def test_an_encoded_value_replaces_a_content_type_the_caller_gave() -> None:
+    _, headers = encode_record({"id": 1}, (("content-type", b"text/plain"),), MSGPACK)
+
+    assert headers == (("content-type", b"application/msgpack"),)
+
+
+@pytest.mark.parametrize("value", [b"raw", "text", None], ids=repr)
+def test_bytes_text_and_tombstones_carry_no_content_type(value: Any) -> None:
+    assert encode_record(value, (("content-type", b"text/csv"),))[1] == (
+        ("content-type", b"text/csv"),
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type", [b"application/json", b"Application/JSON; charset=utf-8"], ids=repr
+)
+def test_a_record_naming_the_registrations_own_content_type_is_read_with_it(
+    content_type: bytes,
+) -> None:
+    assert decoder_for(dict)(typed(b'{"a": 1}', content_type)) == {"a": 1}
+
+
+def test_a_record_naming_another_codec_of_the_app_is_read_with_that_codec() -> None:
+    record = typed(msgspec.msgpack.encode({"id": 7, "lines": []}), b"application/msgpack")
+
+    assert decoder_for(Basket)(record) == Basket(7, [])
+    assert decoder_for(dict, JSON)(record) == {"id": 7, "lines": []}
+
+
+def test_the_last_content_type_header_counts() -> None:
+    record = typed(b'{"a": 1}', b"application/json", ("content-type", b"application/msgpack"))
+
+    assert decoder_for(dict, MSGPACK)(record) == {"a": 1}
+
+
+def test_a_record_without_the_header_is_read_with_the_registrations_codec() -> None:
+    record = message(msgspec.msgpack.encode({"a": 1}))._replace(headers=(("trace", b"t"),))
+
+    assert decoder_for(dict, MSGPACK)(record) == {"a": 1}
+
+
+def test_a_content_type_the_app_has_no_codec_for_is_a_decode_error_naming_it() -> None:
+    with pytest.raises(
+        DecodeError,
+        match=r"orders\[2\]@41 has content-type 'application/avro', which this app has no "
+        r"codec for \(it reads application/json, application/msgpack\)",
+    ):
+        decoder_for(dict)(typed(b"\x00", b"application/avro"))
+
+
+def test_raw_payload_types_take_any_content_type() -> None:
+    record = typed(b"\x00x", b"application/avro")
+
+    assert decoder_for(bytes)(record) == b"\x00x"
+    assert decoder_for(str)(record) == "\x00x"
+    assert decoder_for(Message)(record) is record
+
+
+class Csv:
+    """A codec of the app's own: comma-separated text, read as a list of str."""
+
+    content_type = "text/csv"
+
+    def decoder(self, annotation: Any) -> Any:
+        if annotation is not list:
+            raise TypeError("CSV is read as a list")
+
+        def decode(value: bytes) -> list[str]:
+            text = value.decode()
+            if not text:
+                raise ValueError("empty line")
+            return text.split(",")
+
+        return decode
+
+    def encode(self, value: Any) -> bytes:
+        return ",".join(value).encode()
+
+
+def test_a_codec_of_the_apps_own_reads_and_writes_its_content_type() -> None:
+    csv, registry = Csv(), Codecs([Csv()])
+    payload, headers = encode_record(["a", "b"], (), csv)
+
+    assert (payload, headers) == (b"a,b", (("content-type", b"text/csv"),))
+    assert decoder_for(list, csv, registry)(message(payload)) == ["a", "b"]
+    assert decoder_for(list, JSON, registry)(typed(payload, b"text/csv")) == ["a", "b"]
+
+
+def test_a_failure_of_an_apps_own_codec_is_a_decode_error_naming_the_record() -> None:
+    with pytest.raises(DecodeError, match=r"payload of orders\[2\]@41 is not valid text/csv"):
+        decoder_for(list, Csv())(message(b""))
+
+
+def test_a_payload_type_an_apps_codec_does_not_read_is_a_signature_error() -> None:
+    with pytest.raises(HandlerSignatureError, match="not read by the text/csv codec"):
+        decoder_for(dict, Csv())
+
+
+def test_a_record_of_a_codec_that_does_not_read_the_payload_type_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="content-type 'text/csv', which cannot be read as dict"):
+        decoder_for(dict, JSON, Codecs([Csv()]))(typed(b"a,b", b"text/csv"))
+
+
+def test_two_codecs_of_one_content_type_are_a_configuration_error() -> None:
+    class OtherCsv(Csv):
+        pass
+
+    with pytest.raises(ConfigurationError, match="two codecs for text/csv"):
+        Codecs([Csv(), OtherCsv()])
+
+
+def test_codecs_of_one_class_are_taken_for_one_format() -> None:
+    first = Csv()
+
+    assert Codecs([first, Csv()]).get("text/csv") is first
+
+
+def test_the_built_in_codecs_are_values() -> None:
+    assert Codecs([MsgpackCodec(), MsgpackCodec()]).get("application/msgpack") == MSGPACK
+
+
+@pytest.mark.parametrize("codec", [object(), "application/json"], ids=repr)
+def test_something_that_is_not_a_codec_is_a_configuration_error(codec: Any) -> None:
+    with pytest.raises(ConfigurationError, match="is not a codec"):
+        Codecs([codec])
+
+
+def test_a_codec_class_in_place_of_a_codec_is_a_configuration_error_saying_so() -> None:
+    with pytest.raises(ConfigurationError, match=r"pass an instance, MsgpackCodec\(\)"):
+        Codecs([MsgpackCodec])  # type: ignore[list-item]
+
+
+def test_a_codec_whose_encode_returns_no_bytes_is_a_publish_error() -> None:
+    class Lazy(Csv):
+        def encode(self, value: Any) -> bytes:
+            return ",".join(value)  # type: ignore[return-value]
+
+    with pytest.raises(PublishError, match="a codec's encode returns bytes"):
+        encode_record(["a"], (), Lazy())

@@ -30,6 +30,7 @@ from examples import (
     fastapi_service,
     idempotency,
     middleware,
+    payloads,
     quickstart,
     rate_limits,
     reports,
@@ -440,3 +441,25 @@ async def test_telemetry_guide_puts_the_own_span_under_taskflows() -> None:
     (own,) = [span for span in finished if span.name == "render pdf"]
     assert own.parent is not None
     assert by_id[own.parent.span_id].name == "process invoices"
+
+
+async def test_payloads_guide_reads_structs_msgpack_and_csv_and_rejects_a_bad_parcel() -> None:
+    for found in (payloads.shipped, payloads.labels, payloads.rows):
+        found.clear()
+    async with TestClient(payloads.app, partitions=1) as client:
+        await client.publish("shipments", {"id": 1, "parcels": [{"sku": "a", "grams": 900}]})
+        await client.publish("shipments", {"id": 2, "parcels": [{"sku": "b"}]})
+        await client.publish("manifests", ["truck 7", "Lyon, FR"], codec=payloads.CsvCodec())
+        await client.publish("manifests", b"truck 8,Turin")  # no header: the consumer's codec
+        await client.drain()
+        (letter,) = client.dead_letters("shipments.DLQ")
+        (label,) = client.published("labels")
+
+    assert payloads.shipped == [payloads.Shipment(1, [payloads.Parcel("a", 900)])]
+    assert payloads.labels == ["1: 1 parcel(s)"]
+    assert label.headers["content-type"] == "application/msgpack"
+    assert letter.exception_message == (
+        "payload of shipments[0]@1 is not a valid Shipment: "
+        "Object missing required field `grams` - at `$.parcels[0]`"
+    )
+    assert payloads.rows == [["truck 7", "Lyon, FR"], ["truck 8", "Turin"]]

@@ -153,6 +153,9 @@ async def test_the_client_exposes_the_apps_clock() -> None:
 # -- What the app wrote --------------------------------------------------------------------
 
 
+JSON_TYPE = "application/json"
+
+
 async def test_published_lists_records_in_write_order_with_keys_headers_and_tombstones() -> None:
     app = App("svc")
 
@@ -177,11 +180,15 @@ async def test_published_lists_records_in_write_order_with_keys_headers_and_tomb
         invoices = client.published("invoices")
 
     assert [(r.key, r.json(), r.headers) for r in invoices] == [
-        (b"c1", {"order": 1}, {"trace": "t1", "raw": "\\xff"}),
-        (b"c2", {"order": 2}, {"trace": "t2", "raw": "\\xff"}),
+        (b"c1", {"order": 1}, {"trace": "t1", "raw": "\\xff", "content-type": JSON_TYPE}),
+        (b"c2", {"order": 2}, {"trace": "t2", "raw": "\\xff", "content-type": JSON_TYPE}),
         (b"gone", None, {}),
     ]
-    assert invoices[0].raw_headers == (("trace", b"t1"), ("raw", b"\xff"))
+    assert invoices[0].raw_headers == (
+        ("trace", b"t1"),
+        ("raw", b"\xff"),
+        ("content-type", JSON_TYPE.encode()),
+    )
     assert invoices[2].value is None  # a tombstone
     assert [(r.partition, r.offset) for r in invoices] == [(0, 0), (0, 1), (0, 2)]
 
@@ -193,7 +200,10 @@ async def test_published_follows_the_write_order_across_partitions() -> None:
         records = client.published("events")
     assert [r.json() for r in records] == list(range(8))
     assert len({r.partition for r in records}) > 1
-    assert records[0] == Published(b"0", b"k0", {}, records[0].partition, 0)
+    json_type = (("content-type", JSON_TYPE.encode()),)
+    assert records[0] == Published(
+        b"0", b"k0", {"content-type": JSON_TYPE}, records[0].partition, 0, json_type
+    )
 
 
 async def test_dead_letters_after_a_reject_say_where_from_and_why() -> None:
@@ -219,7 +229,11 @@ async def test_dead_letters_after_a_reject_say_where_from_and_why() -> None:
     assert letter.exception_message == "order 7 has no lines"
     assert letter.attempts == 1
     assert letter.group == "billing"
-    assert (letter.key, letter.json(), letter.headers) == (b"c7", {"id": 7}, {"trace": "abc"})
+    assert (letter.key, letter.json(), letter.headers) == (
+        b"c7",
+        {"id": 7},
+        {"trace": "abc", "content-type": JSON_TYPE},
+    )
     assert letter.value_omitted is None
 
 

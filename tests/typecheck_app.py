@@ -8,9 +8,33 @@ file stops type-checking if a decorator's options lose their types. Nothing here
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
-from taskflow import App, Backoff, Context, Message
+from taskflow import App, Backoff, Codec, Context, Message, MsgpackCodec
+
+
+class Lines:
+    """A codec of the app's own, a `Codec` by its shape alone."""
+
+    content_type = "text/plain"
+
+    def decoder(self, annotation: Any) -> Callable[[bytes], list[str]]:
+        return lambda value: value.decode().splitlines()
+
+    def encode(self, value: Any) -> bytes:
+        return "\n".join(value).encode()
+
+
+def codecs() -> None:
+    app = App("lines", codec=MsgpackCodec(), codecs=[Lines()])
+    own: Codec = Lines()
+
+    @app.consume("lines", codec=own, batch=10)
+    async def on_lines(batch: list[list[str]], ctx: Context) -> None:
+        await ctx.publish("lines.out", batch[0], codec=Lines())
+        await app.publish("lines.out", {"n": len(batch)}, codec=MsgpackCodec())
 
 
 def registrations(app: App) -> None:
@@ -80,3 +104,5 @@ def refused(app: App) -> None:
     app.every(minutes=5, jitter="10s")  # type: ignore[arg-type]
     app.cron("0 3 * * *", fleet="yes")  # type: ignore[arg-type]
     app.cron("0 3 * * *", on_store_error="retry")  # type: ignore[arg-type]
+    app.consume("orders", codec="application/msgpack")  # type: ignore[arg-type]
+    App("orders", codec=MsgpackCodec)  # type: ignore[arg-type]

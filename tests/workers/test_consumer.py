@@ -312,6 +312,7 @@ async def test_a_rejected_message_goes_to_the_dead_letter_topic_with_its_story()
     story = headers_of(letter)
     assert {k: v for k, v in story.items() if k != "taskflow-traceback"} == {
         "trace-id": "abc",
+        "content-type": "application/json",
         "taskflow-original-topic": "orders",
         "taskflow-original-partition": "0",
         "taskflow-original-offset": "0",
