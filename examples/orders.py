@@ -7,7 +7,7 @@ attempts. Every handled order publishes an invoice event. The revenue is logged
 at start and then every minute, by one replica of the fleet.
 
 Start Kafka and Redis, then run it (`/healthz`, `/readyz`, `/metrics` and
-`/status` answer on port 8080):
+`/status` answer on port 8080, and `/asyncapi` shows its contract):
 
     taskflow run examples.orders:app
 

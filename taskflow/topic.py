@@ -45,7 +45,7 @@ class Topic(Generic[T]):
 
     Example:
         ```python
-        invoices = app.topic("invoices", Invoice, key=str, description="One per paid order.")
+        invoices = app.topic("invoices", Invoice, key=str, description="One per order.")
 
         @app.consume("orders")
         async def on_order(order: Order) -> None:
