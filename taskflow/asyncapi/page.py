@@ -100,17 +100,22 @@ def _channels(built: dict[str, Any]) -> list[str]:
 
 
 def _message(ident: str, message: dict[str, Any]) -> list[str]:
-    out = [f"<h4>Message {_e(ident)}</h4><ul>"]
+    out = [f"<h4>Message {_e(message.get('name', ident))}</h4><ul>"]
     if message.get("contentType"):
         out.append(f"<li>content type <code>{_e(message['contentType'])}</code></li>")
     if message.get("summary"):
         out.append(f"<li>{_e(message['summary'])}</li>")
     key = message.get("bindings", {}).get("kafka", {}).get("key")
     if key:
-        out.append(f"<li>key <code>{_e(_json(key))}</code></li>")
+        out.append(f"<li>key <code>{_e(json.dumps(key, ensure_ascii=False))}</code></li>")
+    payload = message.get("payload")
+    named = _ref_name(payload) if isinstance(payload, dict) and len(payload) == 1 else ""
+    if named:
+        out.append(f'<li>payload <a href="#schema-{_e(named)}">{_e(named)}</a></li></ul>')
+        return out
     out.append("</ul>")
-    if "payload" in message:
-        out.append(f"<pre>{_e(_json(message['payload']))}</pre>")
+    if payload is not None:
+        out.append(f"<pre>{_e(_json(payload))}</pre>")
     return out
 
 

@@ -8,6 +8,7 @@ The definitions of named types (``Order``, ``Parcel``) go to the document's
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = ["REF_TEMPLATE", "Schemas"]
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 
+_UNSAFE = re.compile(r"[^\w.-]+")  # what a name in components.schemas may not hold
 RAW = {"type": "string", "format": "binary"}
 TEXT = {"type": "string"}
 
@@ -60,7 +62,12 @@ class Schemas:
             ref_template=REF_TEMPLATE.replace("{name}", "{model}")
         )
         self.components.update(schema.pop("$defs", {}))
-        return schema
+        if not is_pydantic_model(annotation):
+            return schema
+        # a model is named, as msgspec names a Struct: its schema goes with the others
+        name = _UNSAFE.sub("_", annotation.__name__).strip("_")
+        self.components[name] = schema
+        return {"$ref": REF_TEMPLATE.format(name=name)}
 
 
 def _holds_pydantic(annotation: Any) -> bool:
