@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import pkgutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -389,3 +390,43 @@ def test_the_document_in_the_docs_is_up_to_date() -> None:
     ``taskflow asyncapi examples.orders:app --format yaml -o docs/_snippets/asyncapi-orders.yaml``.
     """
     assert DOCS_DOCUMENT.read_text() == as_yaml(document(orders.app))
+
+
+WRONG_PAYLOADS = """
+from taskflow import App, Context
+from tests.apps.contract import Invoice
+
+app = App("shop")
+invoices = app.topic("invoices", Invoice, key=str)
+
+
+@app.consume("orders")
+async def on_order(order: dict[str, str], ctx: Context) -> None:
+    await invoices.publish(Invoice(order["id"], 1), key="c1")
+    await invoices.publish(order)
+    await ctx.publish(invoices, Invoice(order["id"], 1))
+    await ctx.publish(invoices, order)
+"""
+
+
+def test_mypy_refuses_a_payload_of_another_type(tmp_path: Path) -> None:
+    """As a user's editor and CI see it (tests/typecheck_app.py holds every such case)."""
+    source = tmp_path / "shop.py"
+    source.write_text(WRONG_PAYLOADS)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), source],
+        cwd=ROOT,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=300,
+        check=False,
+    )
+    errors = [
+        line.partition(": error: ")[::2] for line in done.stdout.splitlines() if ": error: " in line
+    ]
+    assert done.returncode == 1
+    assert [(where.rpartition(":")[2], what.rpartition("  ")[2]) for where, what in errors] == [
+        ("12", "[arg-type]"),
+        ("14", "[misc]"),
+    ]
+    assert 'expected "Invoice | None"' in errors[0][1]
