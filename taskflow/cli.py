@@ -33,6 +33,7 @@ from taskflow import asyncapi as contract
 from taskflow import logfmt, operations, supervisor
 from taskflow import replay as replaying
 from taskflow.app import App
+from taskflow.asyncapi.schemas import type_name
 from taskflow.codec import codec_shown
 from taskflow.config import Settings, mask_url, quoted, shown, whole_number_text
 from taskflow.exceptions import (
@@ -55,6 +56,7 @@ from taskflow.runner import (
 )
 from taskflow.specs import ConsumerSpec, retry_stage_spec
 from taskflow.telemetry import setup as otel
+from taskflow.topic import Topic
 from taskflow.workers.dead_letter import DeadLetterHeaders
 
 __all__ = ["load_app", "main"]
@@ -542,6 +544,8 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
                 f"  consumer  {stage.name}  topics {', '.join(stage.topics)}"
                 f"  group {stage.consumer_group}  runs the retries of {spec.name}"
             )
+    for topic in app.topics:
+        click.echo(f"  publishes {topic.name}  {_declared(app, topic)}")
     for task in app.schedules:
         nxt = task.schedule.next_after(now).isoformat()
         line = f"  periodic  {task.name}  {task.schedule.describe()}  next {nxt}"
@@ -552,6 +556,14 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
         click.echo(f"  worker    {worker.name}")
     for custom in app.workers:
         click.echo(f"  worker    {custom.name}  ({type(custom).__qualname__})")
+
+
+def _declared(app: App, topic: Topic[Any]) -> str:
+    """What a topic declared with `app.topic` carries: its payload and key types and codec."""
+    text = f"payload {type_name(topic.payload)}"
+    text += f"  key {topic.key.__name__}" if topic.key is not None else ""
+    shown_codec = codec_shown(topic.codec or app.codec)
+    return text + (f"  codec {shown_codec}" if shown_codec else "")
 
 
 def _failures(spec: ConsumerSpec) -> str:

@@ -334,6 +334,17 @@ def test_the_cli_writes_the_document_as_json_and_yaml(tmp_path: Path) -> None:
     _valid(yaml.safe_load(target.read_text()))
 
 
+def test_info_lists_the_declared_topics() -> None:
+    done = taskflow("info", "tests.apps.contract:app")
+    assert done.returncode == 0
+    declared = [line for line in done.stdout.splitlines() if line.startswith("  publishes")]
+    assert declared == [
+        "  publishes invoices  payload Invoice  key str",
+        "  publishes receipts  payload bytes  key bytes",
+        "  publishes audit  payload dict[str, str]  codec application/msgpack",
+    ]
+
+
 def test_the_cli_servers_follow_the_broker_flag() -> None:
     done = taskflow("asyncapi", "tests.apps.contract:app", "--broker", "kafka://elsewhere:9092")
     assert done.returncode == 0
