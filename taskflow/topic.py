@@ -62,6 +62,12 @@ class Topic(Generic[T]):
 
     def __post_init__(self) -> None:
         check.topic(self.name)
+        payload = self.payload
+        if not (payload is Any or isinstance(payload, type) or typing.get_origin(payload)):
+            raise ConfigurationError(
+                f"topic {self.name!r}: the payload is a type (a dataclass, Struct or pydantic "
+                f"model, dict, list, bytes or str), got {payload!r}"
+            )
         if self.key is not None and self.key not in KEY_TYPES:
             raise ConfigurationError(
                 f"topic {self.name!r}: key= is str or bytes (the type of the message keys), "

@@ -307,6 +307,7 @@ async def test_a_topic_publishes_only_while_its_app_runs() -> None:
     [
         (lambda app: app.topic("bad topic", dict), "a topic name uses letters"),
         (lambda app: app.topic("t", dict, key=int), "key= is str or bytes"),
+        (lambda app: app.topic("t", "Invoice"), "the payload is a type"),
         (lambda app: app.topic("t", dict, description=""), "description is text"),
         (lambda app: (app.topic("t", dict), app.topic("t", dict)), "already declared"),
     ],
