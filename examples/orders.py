@@ -7,7 +7,7 @@ attempts. Every handled order publishes an invoice event. The revenue is logged
 at start and then every minute, by one replica of the fleet.
 
 Start Kafka and Redis, then run it (`/healthz`, `/readyz`, `/metrics` and
-`/status` answer on port 8080):
+`/status` answer on port 8080, and `/asyncapi` shows its contract):
 
     taskflow run examples.orders:app
 
@@ -61,6 +61,8 @@ async def lifespan(app: App) -> AsyncIterator[None]:
 
 app = App(
     "orders",
+    version="1.0.0",
+    description="Counts each order into its customer's revenue, once.",
     broker=os.environ.get("TASKFLOW_BROKER", "kafka://localhost:9092"),
     redis_url=os.environ.get("TASKFLOW_REDIS_URL", "redis://localhost:6379/0"),
     lifespan=lifespan,
@@ -77,6 +79,19 @@ class Order:
     id: str
     customer: str
     amount_cents: int
+
+
+@dataclass
+class Invoice:
+    order: str
+    amount_cents: int
+
+
+# the topic this service writes, with what it carries: typed for mypy, and
+# in the service's AsyncAPI document (`taskflow asyncapi examples.orders:app`)
+invoices = app.topic(
+    "invoices", Invoice, key=str, description="One invoice per order handled."
+)
 
 
 class InvalidOrder(Exception):
@@ -101,14 +116,14 @@ def order_id(message: Message) -> bytes | None:
     idempotency_key=order_id,
 )
 async def on_order(order: Order, ctx: Context) -> None:
+    """Counts the order into its customer's revenue and invoices it."""
     if order.amount_cents <= 0:
         raise InvalidOrder(f"order {order.id}: the amount must be positive")
     # Applied with the order's done mark, in one MULTI/EXEC: counted once, or
     # not at all.
     ctx.transaction.hincrby(REVENUE, order.customer, order.amount_cents)
-    await ctx.publish(
-        "invoices",
-        {"order": order.id, "amount_cents": order.amount_cents},
+    await invoices.publish(
+        Invoice(order.id, order.amount_cents),
         key=order.customer,
         headers={"order-id": order.id},
     )

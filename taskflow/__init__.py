@@ -54,6 +54,7 @@ from taskflow.middleware import Middleware
 from taskflow.ratelimit import RateLimit
 from taskflow.runner import running
 from taskflow.schedule import Cron, Interval, Schedule
+from taskflow.topic import Topic
 from taskflow.types import Codec, Worker, WorkerState, WorkerStatus
 
 __all__ = [
@@ -98,6 +99,7 @@ __all__ = [
     "SystemClock",
     "TaskflowError",
     "Tick",
+    "Topic",
     "TopicPartition",
     "Worker",
     "WorkerState",

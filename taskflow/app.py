@@ -46,6 +46,7 @@ from taskflow.telemetry.tracing import (
     traced_publish,
     with_trace_context,
 )
+from taskflow.topic import Topic, topic_name
 from taskflow.types import Codec, Worker
 
 if TYPE_CHECKING:
@@ -148,6 +149,8 @@ class App:
             [Codec][taskflow.Codec]; default JSON. See [Payloads and codecs](../payloads.md).
         codecs: Further codecs whose records consumers read when a record's ``content-type``
             header names them (JSON and MessagePack are always read).
+        version: The version of the app's contract, shown in its AsyncAPI document.
+        description: What the app does, shown in its AsyncAPI document.
 
     Each option that can be written as text also comes from a `TASKFLOW_*` environment variable,
     which wins over the argument (`TASKFLOW_BROKER`, `TASKFLOW_KAFKA_<OPTION>`,
@@ -192,8 +195,12 @@ class App:
         instance_id: str | None = None,
         codec: Codec | None = None,
         codecs: Sequence[Codec] = (),
+        version: str | None = None,
+        description: str | None = None,
     ) -> None:
         self.name = check.app_name(name)
+        self.version = check.text("version", version)
+        self.description = check.text("description", description)
         self.settings = Settings.resolve(
             {
                 "broker": broker,
@@ -219,6 +226,7 @@ class App:
         self.codecs = Codecs(codecs)  # the content types consumers read
         self.codec: Codec = JSON if codec is None else self.codecs.add(codec)
         self.consumers: list[ConsumerSpec] = []
+        self.topics: list[Topic[Any]] = []  # declared with `topic`, in declaration order
         self.schedules: list[ScheduleSpec] = []
         self.function_workers: list[FunctionWorkerSpec] = []
         self.workers: list[Worker] = []
@@ -288,7 +296,7 @@ class App:
     def add_consumer(
         self,
         handler: Callable[..., Any],
-        *topics: str,
+        *topics: str | Topic[Any],
         group: str | None = None,
         name: str | None = None,
         ordering: Ordering = "partition",
@@ -319,7 +327,8 @@ class App:
         Args:
             handler: `async def` or `def` taking one payload parameter (Message, bytes, str,
                 dict, list, a dataclass or a pydantic model) and optionally `ctx: Context`.
-            *topics: One or more topics, consumed by one group.
+            *topics: One or more topics (names, or `Topic`s declared with `topic`), consumed
+                by one group.
             group: The consumer group; default the app name.
             name: The worker name; default the function name.
             ordering: "partition" (in order per partition), "key" (in order per key, keys
@@ -392,14 +401,14 @@ class App:
         self._check_open()
         idempotent = check.idempotent(idempotent, self.idempotent)
         name = self._new_name(handler_name(handler) if name is None else name)
-        topics = check.topics(topics)
+        names = check.topics(tuple(topic_name(topic) for topic in topics))
         group = check.group(self.name if group is None else group)
-        check.no_overlap(self.consumers, name, topics, group)
+        check.no_overlap(self.consumers, name, names, group)
         max_buffered = check.positive_int("max_buffered", max_buffered)
         batch = check.batch(batch, check.ordering(ordering), max_buffered)
         stages = check.retry_topics(
             retry_topics,
-            topics=topics,
+            topics=names,
             dead_letter=dead_letter,
             max_attempts=max_attempts,
             batch=batch,
@@ -414,7 +423,7 @@ class App:
         )
         spec = ConsumerSpec(
             name=name,
-            topics=topics,
+            topics=names,
             group=group,
             func=handler,
             handler=adapted,
@@ -423,7 +432,7 @@ class App:
             timeout=check.timeout(timeout),
             retry=check.retry(retry),
             max_attempts=None if stages else check.max_attempts(max_attempts, dead_letter),
-            dead_letter=check.dead_letter(dead_letter, topics),
+            dead_letter=check.dead_letter(dead_letter, names),
             reject_on=check.reject_on(reject_on),
             middleware=check.middleware(middleware),
             max_buffered=max_buffered,
@@ -453,7 +462,7 @@ class App:
 
     def consume(
         self,
-        *topics: str,
+        *topics: str | Topic[Any],
         group: str | None = None,
         name: str | None = None,
         ordering: Ordering = "partition",
@@ -761,11 +770,97 @@ class App:
         self.shutdown_hooks.append(func)
         return func
 
+    @overload
+    def topic(
+        self,
+        name: str,
+        payload: type[T],
+        *,
+        key: type[str] | type[bytes] | None = None,
+        description: str | None = None,
+        codec: Codec | None = None,
+    ) -> Topic[T]: ...
+    @overload
+    def topic(
+        self,
+        name: str,
+        *,
+        key: type[str] | type[bytes] | None = None,
+        description: str | None = None,
+        codec: Codec | None = None,
+    ) -> Topic[Any]: ...
+    def topic(
+        self,
+        name: str,
+        payload: Any = Any,
+        *,
+        key: type[str] | type[bytes] | None = None,
+        description: str | None = None,
+        codec: Codec | None = None,
+    ) -> Topic[Any]:
+        """Declare a topic the app publishes to, with the type of its payloads.
+
+        The returned `Topic` publishes (``await orders.publish(order)``, or
+        ``ctx.publish(orders, order)``) with the payload type-checked by mypy and, at run time,
+        refused when it is not of `payload`; `consume` takes it as it takes a name. The app's
+        AsyncAPI document shows it as a ``send`` operation. See [AsyncAPI](../asyncapi.md).
+
+        Args:
+            name: The topic.
+            payload: What its records carry: a dataclass, msgspec Struct or pydantic model,
+                ``dict``, ``list`` (or a parametrised ``dict[str, int]``), ``bytes`` or ``str``;
+                default anything.
+            key: The type of its message keys, ``str`` or ``bytes``; default undeclared.
+            description: What the topic carries, for the AsyncAPI document.
+            codec: How its values are encoded (default the App's `codec`).
+
+        Returns:
+            The topic's handle.
+
+        Raises:
+            ConfigurationError: for a bad name or option, or a topic declared twice.
+        """
+        self._check_open()
+        declared: Topic[Any] = Topic(
+            name,
+            payload,
+            key=key,
+            description=check.text("description", description),
+            codec=codec if codec is None else self.codecs.add(codec),
+            app=self,
+        )
+        if any(known.name == name for known in self.topics):
+            raise ConfigurationError(f"topic {name!r} is already declared with app.topic")
+        self.topics.append(declared)
+        return declared
+
     # -- running ---------------------------------------------------------------------------
 
+    @overload
+    async def publish(
+        self,
+        topic: Topic[T],
+        value: T | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+        wait: bool = True,
+        codec: Codec | None = None,
+    ) -> None: ...
+    @overload
     async def publish(
         self,
         topic: str,
+        value: Any,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+        wait: bool = True,
+        codec: Codec | None = None,
+    ) -> None: ...
+    async def publish(
+        self,
+        topic: str | Topic[Any],
         value: Any,
         *,
         key: bytes | str | None = None,
@@ -776,7 +871,8 @@ class App:
         """Publish a message and, by default, wait until the broker has it.
 
         Args:
-            topic: The topic.
+            topic: The topic: its name, or a `Topic` declared with `topic` (whose payload and
+                key types the value and key must have).
             value: bytes, str (UTF-8), or any value the codec encodes (with JSON, the default:
                 anything JSON-serialisable, dataclasses, msgspec Structs and pydantic models
                 included); None publishes a tombstone, a record with a null value (to
@@ -799,8 +895,8 @@ class App:
 
         Raises:
             StateError: when the app is not running.
-            PublishError: when the value cannot be encoded; with `wait=True`, also when the
-                broker refuses it.
+            PublishError: when the value cannot be encoded, or is not of a `Topic`'s payload
+                type; with `wait=True`, also when the broker refuses it.
         """
         broker = self._broker
         if broker is None:
@@ -808,6 +904,10 @@ class App:
                 f"app {self.name!r} is not running: publish from a handler, a startup hook, "
                 "or inside `async with TestClient(app)`"
             )
+        if isinstance(topic, Topic):
+            topic.checked(value, key)
+            codec = codec or topic.codec
+            topic = topic.name
         raw_key = encode_key(key)
         payload, raw_headers = encode_record(value, encode_headers(headers), codec or self.codec)
         if not wait:

@@ -1,5 +1,5 @@
-"""The command line: ``taskflow run``, ``info``, ``trigger``, ``send``, ``dlq show`` and
-``dlq replay`` of a ``module:app``.
+"""The command line: ``taskflow run``, ``info``, ``asyncapi``, ``trigger``, ``send``, ``dlq show``
+and ``dlq replay`` of a ``module:app``.
 
 Every mistake a person can make on the command line (a module that does not import, a missing
 attribute, something that is not an App, a bad broker URL, a bad ``TASKFLOW_*`` variable) ends
@@ -29,9 +29,11 @@ from typing import Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
+from taskflow import asyncapi as contract
 from taskflow import logfmt, operations, supervisor
 from taskflow import replay as replaying
 from taskflow.app import App
+from taskflow.asyncapi.schemas import type_name
 from taskflow.codec import codec_shown
 from taskflow.config import Settings, mask_url, quoted, shown, whole_number_text
 from taskflow.exceptions import (
@@ -54,6 +56,7 @@ from taskflow.runner import (
 )
 from taskflow.specs import ConsumerSpec, retry_stage_spec
 from taskflow.telemetry import setup as otel
+from taskflow.topic import Topic
 from taskflow.workers.dead_letter import DeadLetterHeaders
 
 __all__ = ["load_app", "main"]
@@ -541,6 +544,8 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
                 f"  consumer  {stage.name}  topics {', '.join(stage.topics)}"
                 f"  group {stage.consumer_group}  runs the retries of {spec.name}"
             )
+    for topic in app.topics:
+        click.echo(f"  publishes {topic.name}  {_declared(app, topic)}")
     for task in app.schedules:
         nxt = task.schedule.next_after(now).isoformat()
         line = f"  periodic  {task.name}  {task.schedule.describe()}  next {nxt}"
@@ -551,6 +556,14 @@ def _show_workers(app: App, recorded: dict[str, operations.Recorded] | None) -> 
         click.echo(f"  worker    {worker.name}")
     for custom in app.workers:
         click.echo(f"  worker    {custom.name}  ({type(custom).__qualname__})")
+
+
+def _declared(app: App, topic: Topic[Any]) -> str:
+    """What a topic declared with `app.topic` carries: its payload and key types and codec."""
+    text = f"payload {type_name(topic.payload)}"
+    text += f"  key {topic.key.__name__}" if topic.key is not None else ""
+    shown_codec = codec_shown(topic.codec or app.codec)
+    return text + (f"  codec {shown_codec}" if shown_codec else "")
 
 
 def _failures(spec: ConsumerSpec) -> str:
@@ -602,6 +615,51 @@ def _show_settings(settings: Settings) -> None:
     for row in rows:
         line = f"  {row.name:<{names}}  {row.shown:<{values}}  {row.source:<7}  {row.origin}"
         click.echo(line.rstrip())
+
+
+@main.command(cls=_Command)
+@click.argument("app_ref", metavar="MODULE:APP")
+@_app_dir
+@_broker
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "yaml"], case_sensitive=False),
+    default="json",
+    show_default=True,
+    help="JSON, or YAML (needs PyYAML: taskflow[yaml]).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the document to FILE instead of stdout.",
+)
+@_debug
+def asyncapi(
+    app_ref: str, app_dir: str, broker: str | None, fmt: str, output: str | None, debug: bool
+) -> None:
+    """Write the app's AsyncAPI 3.0.0 document.
+
+    One channel per topic consumed or declared with app.topic(...), a receive operation per
+    consumer (its group, ordering, dead-letter and retry topics), a send operation per declared
+    topic, and each message's payload schema from the handler's annotation. The servers are
+    the Kafka broker's (--broker over TASKFLOW_BROKER over the code); nothing secret is written.
+    """
+    app = _prepare(app_ref, app_dir, debug, {"broker": broker}, serve_http=False)
+    try:
+        built = contract.document(app)
+        text = contract.as_yaml(built) if fmt.lower() == "yaml" else contract.as_json(built)
+    except TaskflowError as exc:
+        _fail(str(exc), debug)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}", debug)
 
 
 @main.command(cls=_Command)

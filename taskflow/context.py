@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from taskflow.exceptions import StateError
 from taskflow.message import Message
@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
     from taskflow.app import App, State
+    from taskflow.topic import Topic
     from taskflow.types import Codec
 
 __all__ = ["Context", "Tick", "WorkerLogger"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,18 @@ class Context:
         self._open_transaction = None
         return transaction
 
+    @overload
+    async def publish(
+        self,
+        topic: Topic[T],
+        value: T | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+        wait: bool = True,
+        codec: Codec | None = None,
+    ) -> None: ...
+    @overload
     async def publish(
         self,
         topic: str,
@@ -184,8 +199,20 @@ class Context:
         headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
         wait: bool = True,
         codec: Codec | None = None,
+    ) -> None: ...
+    async def publish(
+        self,
+        topic: str | Topic[Any],
+        value: Any,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None = None,
+        wait: bool = True,
+        codec: Codec | None = None,
     ) -> None:
-        """Publish a message through the app's broker; see `App.publish`.
+        """Publish a message through the app's broker; see `App.publish`. `topic` is a name,
+        or a `Topic` declared with `App.topic` (the value is then checked against its payload
+        type, by mypy and at run time).
 
         With `wait=False` it returns once the message is queued, and a message the broker does
         not take is logged and counted rather than raised in the handler.

@@ -32,6 +32,7 @@ __all__ = [
     "consumer_handler",
     "handler_name",
     "ignores_ctx",
+    "payload_type",
     "periodic_handler",
     "threads_of",
 ]
@@ -122,6 +123,23 @@ def _payloads(job: Message) -> list[Any]:
 
 def _rest(shape: _Shape) -> tuple[str | None, bool, bool]:
     return shape.ctx_keyword, shape.wants_ctx, shape.is_async
+
+
+def payload_type(func: Callable[..., Any], *, batch: bool = False) -> Any:
+    """The payload annotation of a consumer function (of one record, for a batch consumer), read
+    as registration reads it; None when it takes no payload.
+
+    Raises:
+        HandlerSignatureError: naming the function and what is allowed.
+    """
+    seen: list[Any] = []
+
+    def note(annotation: Any) -> Decoder:
+        seen.append(annotation)
+        return identity
+
+    _inspect(func, with_payload=True, batch=batch, decoders=note)
+    return seen[0] if seen else None
 
 
 def periodic_handler(func: Callable[..., Any]) -> Handler:

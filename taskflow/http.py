@@ -14,6 +14,8 @@ signal handlers of its own: the Manager owns SIGINT and SIGTERM.
   in a thread, one render at a time; requests that come while one runs share it, and an answer is
   served again for `METRICS_MAX_AGE` (1 s), so scrapes never hold up the handlers.
 - ``GET /status``: every worker as JSON.
+- ``GET /asyncapi.json``: the app's AsyncAPI 3.0 document (`taskflow.asyncapi`); ``GET /asyncapi``
+  the same as a page.
 
 At most `MAX_CONNECTIONS` (64) connections are served at once; one more is answered 503 and
 closed, after a second. `App(http_host=...)`, ``--http-host`` or ``TASKFLOW_HTTP_HOST`` chooses
@@ -40,6 +42,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from taskflow import asyncapi
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.loopwatch import LoopWatch
 from taskflow.telemetry.providers import global_meter_is_set
@@ -245,6 +248,7 @@ class OperationsEndpoint:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._metrics_renderer = MetricsRenderer(self.registry)
+        self._asyncapi: dict[str, Any] | None = None
 
     @property
     def port(self) -> int:
@@ -301,7 +305,7 @@ class OperationsEndpoint:
         if self._owns_monitor:
             self.monitor.start()
         logger.info(
-            "operations endpoint on http://%s:%d (/healthz /readyz /metrics /status)",
+            "operations endpoint on http://%s:%d (/healthz /readyz /metrics /status /asyncapi)",
             self.host,
             self._port,
         )
@@ -346,6 +350,8 @@ class OperationsEndpoint:
         routes.router.add_get("/readyz", self._readyz)
         routes.router.add_get("/metrics", self._metrics)
         routes.router.add_get("/status", self._status)
+        routes.router.add_get("/asyncapi.json", self._asyncapi_json)
+        routes.router.add_get("/asyncapi", self._asyncapi_page)
         return routes
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -362,7 +368,20 @@ class OperationsEndpoint:
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(await self.status())
 
+    async def _asyncapi_json(self, request: web.Request) -> web.Response:
+        return web.json_response(self.asyncapi())
+
+    async def _asyncapi_page(self, request: web.Request) -> web.Response:
+        return web.Response(text=asyncapi.page(self.asyncapi()), content_type="text/html")
+
     # -- what they say ---------------------------------------------------------------------
+
+    def asyncapi(self) -> dict[str, Any]:
+        """The app's AsyncAPI document, made at the first request (registrations are fixed
+        while the app runs)."""
+        if self._asyncapi is None:
+            self._asyncapi = asyncapi.document(self.app)
+        return self._asyncapi
 
     def health(self) -> dict[str, Any]:
         """The /healthz body: ``{"status": "ok" | "failing", "reasons": [...], ...}``."""

@@ -31,6 +31,7 @@ from taskflow.manager import ShutdownReport
 from taskflow.message import Headers, Message, TopicPartition
 from taskflow.runner import Runtime, open_runtime
 from taskflow.specs import ConsumerSpec, retry_stage_spec
+from taskflow.topic import Topic, topic_name
 from taskflow.types import Codec
 from taskflow.workers import ScheduledWorker
 from taskflow.workers.dead_letter import DeadLetterRecord
@@ -264,7 +265,7 @@ class TestClient:
 
     async def publish(
         self,
-        topic: str,
+        topic: str | Topic[Any],
         value: Any,
         *,
         key: bytes | str | None = None,
@@ -277,10 +278,14 @@ class TestClient:
         record carries the codec's ``content-type`` header; bytes and str go as they are.
         """
         self.runtime  # noqa: B018 - raises when not running
+        if isinstance(topic, Topic):
+            codec = codec or topic.codec
         payload, raw_headers = encode_record(
             value, encode_headers(headers), codec or self.app.codec
         )
-        return await self.broker.publish(topic, payload, key=encode_key(key), headers=raw_headers)
+        return await self.broker.publish(
+            topic_name(topic), payload, key=encode_key(key), headers=raw_headers
+        )
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every message in every consumed topic is handled and committed.
@@ -329,13 +334,14 @@ class TestClient:
             lag += len(waiting)
         return lag
 
-    def published(self, topic: str) -> list[Published]:
+    def published(self, topic: str | Topic[Any]) -> list[Published]:
         """Every record on `topic`, over all partitions, in the order they were written.
 
         Within one partition that is offset order. Records published by the app, by
         `publish`, and dead letters alike; a topic nothing was written to gives ``[]``.
         """
-        return [Published.from_message(message) for message in self.broker.topic(topic).written]
+        written = self.broker.topic(topic_name(topic)).written
+        return [Published.from_message(message) for message in written]
 
     def dead_letters(self, topic: str) -> list[DeadLetterRecord]:
         """The dead letters on dead-letter topic `topic`, in the order they were written.

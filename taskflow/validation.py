@@ -165,6 +165,13 @@ def flag(option: str, value: bool) -> bool:
     return config_flag(value, option)
 
 
+def text(option: str, value: str | None) -> str | None:
+    """None, or text that is not blank."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigurationError(f"{option} is text that is not blank, or None; got {value!r}")
+    return value
+
+
 # -- consumers -----------------------------------------------------------------------------
 
 

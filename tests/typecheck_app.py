@@ -9,6 +9,7 @@ file stops type-checking if a decorator's options lose their types. Nothing here
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,29 @@ def codecs() -> None:
     async def on_lines(batch: list[list[str]], ctx: Context) -> None:
         await ctx.publish("lines.out", batch[0], codec=Lines())
         await app.publish("lines.out", {"n": len(batch)}, codec=MsgpackCodec())
+
+
+@dataclass
+class Invoice:
+    order: str
+    cents: int
+
+
+def topics(app: App) -> None:
+    invoices = app.topic("invoices", Invoice, key=str, description="One per order.")
+    counts = app.topic("counts", dict[str, int], codec=MsgpackCodec())
+    anything = app.topic("anything")
+
+    @app.consume(invoices, "refunds", group="books")
+    async def book(invoice: Invoice, ctx: Context) -> None:
+        await invoices.publish(Invoice("o1", 1), key="c1", headers={"a": "b"}, wait=False)
+        await invoices.publish(None, key="c1")
+        await ctx.publish(invoices, invoice)
+        await app.publish(counts, {"a": 1})
+        await ctx.publish("plain", {"any": "thing"})
+        await anything.publish(object())
+
+    app.add_consumer(book, invoices)
 
 
 def registrations(app: App) -> None:
@@ -106,3 +130,14 @@ def refused(app: App) -> None:
     app.cron("0 3 * * *", on_store_error="retry")  # type: ignore[arg-type]
     app.consume("orders", codec="application/msgpack")  # type: ignore[arg-type]
     App("orders", codec=MsgpackCodec)  # type: ignore[arg-type]
+
+
+async def wrong_payloads(app: App, ctx: Context) -> None:
+    invoices = app.topic("invoices", Invoice, key=str)
+    counts = app.topic("counts", dict[str, int])
+    await invoices.publish({"order": "o1", "cents": 1})  # type: ignore[arg-type]
+    await invoices.publish(Invoice("o1", 1), key=1)  # type: ignore[arg-type]
+    await ctx.publish(invoices, {"order": "o1"})  # type: ignore[misc]
+    await app.publish(invoices, "o1")  # type: ignore[misc]
+    await counts.publish({"a": "b"})  # type: ignore[dict-item]
+    app.topic("invoices", Invoice, key=int)  # type: ignore[arg-type]
