@@ -222,12 +222,12 @@ async def test_cleanup_runs_every_five_minutes(
 
 
 # --8<-- [start:failures]
-async def test_a_parcel_the_rates_lack_goes_through_both_stages_to_the_dead_letters() -> None:
+async def test_a_parcel_goes_through_both_stages_to_the_dead_letters() -> None:
     clock = ManualClock()
     parcel = {"id": "P-7", "country": "NL", "grams": 2400}
     async with TestClient(failures.app, clock=clock) as client:
         await client.publish("parcels", parcel, key="P-7")
-        await client.drain()  # attempt 1 failed: the parcel waits on the first stage
+        await client.drain()  # attempt 1 failed: it waits on the first stage
         (waiting,) = client.published("parcels.retry.2s")
         assert waiting.headers["taskflow-attempts"] == "1"
         await clock.advance(2)  # due: attempt 2 fails, on to the second stage
@@ -238,7 +238,8 @@ async def test_a_parcel_the_rates_lack_goes_through_both_stages_to_the_dead_lett
         await client.drain()
     (letter,) = client.dead_letters("parcels.DLQ")
     assert (letter.reason, letter.attempts) == ("exhausted", 3)
-    assert (letter.exception_type, letter.exception_message) == ("builtins.KeyError", "'NL'")
+    assert letter.exception_type == "builtins.KeyError"
+    assert letter.exception_message == "'NL'"
     assert (letter.original_topic, letter.original_offset) == ("parcels", 0)
     assert letter.json() == parcel
 
