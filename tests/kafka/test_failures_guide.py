@@ -7,10 +7,11 @@ shows is what they print now, but for the times and the checkout's path, which d
 The page wraps long lines to fit its code column: a line that goes on is followed by lines
 indented by four spaces (a command's by a trailing backslash, as in a shell).
 
-The broker is a fresh Tansu, as a reader's new local Kafka is: the topics are created as they are
-first used (4 partitions each) and start empty, so partitions, offsets and counts are those of the
-page. The page says `--broker kafka://localhost:9092` and `localhost:8080`; here they are the test
-broker's address and a free port.
+The broker is a fresh Tansu of the test's own (whatever `TASKFLOW_TEST_KAFKA` says), as a
+reader's new local Kafka is: the topics are created as they are first used (4 partitions each)
+and start empty, so partitions, offsets and counts are those of the page. The page says
+`--broker kafka://localhost:9092` and `localhost:8080`; here they are the test broker's address
+and a free port.
 """
 
 from __future__ import annotations
