@@ -27,6 +27,7 @@ from examples import (
     compacted,
     consuming,
     custom_worker,
+    failures,
     fastapi_service,
     idempotency,
     middleware,
@@ -53,7 +54,8 @@ from tests._redis import REDIS_URL
 
 async def test_quickstart_places_and_handles_an_order(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    async with TestClient(quickstart.app) as client:
+    # a clock that stands still: place_order runs only when asked, never on a tick of its own
+    async with TestClient(quickstart.app, clock=ManualClock()) as client:
         await client.run_schedule("place_order")
         await client.drain()
     assert client.report is not None
@@ -218,6 +220,55 @@ async def test_cleanup_runs_every_five_minutes(
 
 
 # --8<-- [end:client-clock]
+
+
+# --8<-- [start:failures]
+async def test_a_parcel_goes_through_both_stages_to_the_dead_letters() -> None:
+    clock = ManualClock()
+    parcel = {"id": "P-7", "country": "NL", "grams": 2400}
+    async with TestClient(failures.app, clock=clock) as client:
+        await client.publish("parcels", parcel, key="P-7")
+        await client.drain()  # attempt 1 failed: it waits on the first stage
+        (waiting,) = client.published("parcels.retry.2s")
+        assert waiting.headers["taskflow-attempts"] == "1"
+        await clock.advance(2)  # due: attempt 2 fails, on to the second stage
+        await client.drain()
+        assert len(client.published("parcels.retry.5s")) == 1
+        assert client.published("parcels.DLQ") == []
+        await clock.advance(5)  # due: attempt 3, the last, fails
+        await client.drain()
+    (letter,) = client.dead_letters("parcels.DLQ")
+    assert (letter.reason, letter.attempts) == ("exhausted", 3)
+    assert letter.exception_type == "builtins.KeyError"
+    assert letter.exception_message == "'NL'"
+    assert (letter.original_topic, letter.original_offset) == ("parcels", 0)
+    assert letter.json() == parcel
+
+
+# --8<-- [end:failures]
+
+
+async def test_a_parcel_too_heavy_is_dead_lettered_at_once() -> None:
+    async with TestClient(failures.app, clock=ManualClock()) as client:
+        await client.publish("parcels", {"id": "P-8", "country": "DE", "grams": 40000})
+        await client.drain()
+        assert client.published("parcels.retry.2s") == []
+    (letter,) = client.dead_letters("parcels.DLQ")
+    assert (letter.reason, letter.attempts) == ("rejected", 1)
+    assert letter.exception_type == "examples.failures.TooHeavy"
+
+
+async def test_the_fixed_parcel_service_prices_the_netherlands(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PARCELS_FIXED", "1")
+    caplog.set_level(logging.INFO)
+    async with TestClient(failures.app, clock=ManualClock()) as client:
+        await client.publish("parcels", {"id": "P-7", "country": "NL", "grams": 2400})
+        await client.drain()
+        assert client.published("parcels.retry.2s") == []
+    logged = [record.getMessage() for record in caplog.records]
+    assert "label for parcel P-7 to NL: 2.64 EUR (attempt 1)" in logged
 
 
 async def test_fastapi_service_publishes_from_the_api_and_welcomes_in_the_worker() -> None:
