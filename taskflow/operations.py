@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from taskflow import validation as check
-from taskflow.codec import CONTENT_TYPE, encode_record
+from taskflow.codec import encode_record, with_content_type
 from taskflow.context import Tick
 from taskflow.exceptions import ConfigurationError, PublishError, StoreError
 from taskflow.runner import open_runtime, resolve_broker
@@ -282,8 +282,7 @@ def record_from_text(
         payload = codec.encode(None)
     except (TypeError, ValueError) as exc:
         raise PublishError(f"cannot send null as {codec.content_type}: {exc}") from exc
-    kept = tuple(pair for pair in headers if pair[0] != CONTENT_TYPE)
-    return payload, (*kept, (CONTENT_TYPE, codec.content_type.encode("latin-1")))
+    return payload, with_content_type(tuple(headers), codec)
 
 
 def _codec_of(app: App, content_type: str) -> Codec:
