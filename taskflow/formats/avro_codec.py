@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import decimal
 import io
+import typing
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ def _fastavro() -> Any:
     return fastavro
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # a schema is a dict: compared, hashed by identity
 class AvroCodec:
     """Avro (``application/avro``), in the binary encoding of the `schema` given.
 
@@ -66,7 +67,7 @@ class AvroCodec:
     content_type: ClassVar[str] = CONTENT_TYPE
 
     schema: Mapping[str, Any]
-    _parsed: Any = field(init=False, repr=False, compare=False)
+    _parsed: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         fastavro = _fastavro()
@@ -83,7 +84,7 @@ class AvroCodec:
             TypeError: for a payload type other than dict, a dataclass or a Struct.
         """
         read = self._reader()
-        if annotation is dict or getattr(annotation, "__origin__", None) is dict:
+        if (typing.get_origin(annotation) or annotation) is dict:
             return read
         if is_struct(annotation):
             return _then(read, lambda fields: msgspec.convert(fields, annotation))
