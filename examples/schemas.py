@@ -1,7 +1,7 @@
 """The Payloads and codecs page: records with a schema, in Avro and in
 Protocol Buffers.
 
-    pip install 'taskflow[avro,protobuf]'
+    pip install 'path/to/taskflow[avro,protobuf]'
     taskflow run examples.schemas:app
 """
 

@@ -176,5 +176,8 @@ def test_a_codec_whose_library_is_missing_names_the_extra(
     module: str, make: Any, extra: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # an import of it raises ImportError
-    with pytest.raises(ConfigurationError, match=rf"pip install 'taskflow\[{extra}\]'"):
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"with its {extra} extra \(pip install 'path/to/taskflow\[{extra}\]'\)",
+    ):
         make()

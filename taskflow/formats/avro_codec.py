@@ -3,7 +3,7 @@
 Each value is one record in the schemaless binary encoding (no container file, no schema id in
 front): the schema is the codec's, given by the application, as both ends of a topic agree on it
 without a registry. fastavro reads and writes it; it is the ``avro`` extra
-(``pip install 'taskflow[avro]'``).
+(``pip install 'path/to/taskflow[avro]'``).
 
 A record is read as a dict, and from it a dataclass or a msgspec Struct when the handler's payload
 is annotated with one. A value that ends too soon, or has bytes left over after the record, is
@@ -44,7 +44,8 @@ def _fastavro() -> Any:
         import fastavro
     except ImportError as exc:
         raise ConfigurationError(
-            "AvroCodec needs fastavro, which is not installed: pip install 'taskflow[avro]'"
+            "AvroCodec needs fastavro, which is not installed: install taskflow with its avro "
+            "extra (pip install 'path/to/taskflow[avro]'), or fastavro itself"
         ) from exc
     return fastavro
 

@@ -3,7 +3,7 @@
 A handler's payload is annotated with a message class generated from a ``.proto`` file (by
 ``protoc --python_out`` or ``python -m grpc_tools.protoc``, its ``*_pb2`` module committed with
 the application), and each record's value is that message's binary encoding. The ``protobuf``
-package reads and writes it; it is the ``protobuf`` extra (``pip install 'taskflow[protobuf]'``).
+package reads and writes it; it comes with taskflow's ``protobuf`` extra.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def _message_class() -> Any:
         from google.protobuf import message
     except ImportError as exc:
         raise ConfigurationError(
-            "ProtobufCodec needs protobuf, which is not installed: pip install 'taskflow[protobuf]'"
+            "ProtobufCodec needs protobuf, which is not installed: install taskflow with its "
+            "protobuf extra (pip install 'path/to/taskflow[protobuf]'), or protobuf itself"
         ) from exc
     return message.Message
 
