@@ -5,7 +5,9 @@ extra or a bad schema says."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -15,6 +17,7 @@ from examples.proto.readings_pb2 import Reading
 from taskflow import App, AvroCodec, Context, ProtobufCodec
 from taskflow.exceptions import ConfigurationError, HandlerSignatureError, PublishError
 from taskflow.testing import TestClient
+from tests._process import ROOT
 
 LINE = {
     "type": "record",
@@ -181,3 +184,17 @@ def test_a_codec_whose_library_is_missing_names_the_extra(
         match=rf"with its {extra} extra \(pip install 'path/to/taskflow\[{extra}\]'\)",
     ):
         make()
+
+
+def test_the_committed_generated_module_is_that_of_the_proto_file(tmp_path: Path) -> None:
+    protoc = pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools (the test extra) is not installed")
+    proto = ROOT / "examples/proto"
+    code = protoc.main(["protoc", f"-I{proto}", f"--python_out={tmp_path}", "readings.proto"])
+    assert code == 0
+
+    def descriptor(path: Path) -> str:  # the compiled .proto, whatever protoc's version
+        found = re.search(r"AddSerializedFile\((b'.*?')\)", path.read_text())
+        assert found is not None, path
+        return found.group(1)
+
+    assert descriptor(tmp_path / "readings_pb2.py") == descriptor(proto / "readings_pb2.py")
