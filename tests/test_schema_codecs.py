@@ -5,6 +5,7 @@ extra or a bad schema says."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 import sys
 from pathlib import Path
@@ -187,7 +188,9 @@ def test_a_codec_whose_library_is_missing_names_the_extra(
 
 
 def test_the_committed_generated_module_is_that_of_the_proto_file(tmp_path: Path) -> None:
-    protoc = pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools (the test extra) is not installed")
+    protoc = pytest.importorskip(
+        "grpc_tools.protoc", reason="grpcio-tools (the test extra) is not installed"
+    )
     proto = ROOT / "examples/proto"
     code = protoc.main(["protoc", f"-I{proto}", f"--python_out={tmp_path}", "readings.proto"])
     assert code == 0
@@ -198,3 +201,29 @@ def test_the_committed_generated_module_is_that_of_the_proto_file(tmp_path: Path
         return found.group(1)
 
     assert descriptor(tmp_path / "readings_pb2.py") == descriptor(proto / "readings_pb2.py")
+
+
+class Event(msgspec.Struct):
+    at: datetime.datetime
+    blob: bytes
+    kind: str
+    note: str | None = None
+
+
+def test_a_struct_keeps_avros_timestamps_bytes_enums_and_unions() -> None:
+    codec = AvroCodec(
+        {
+            "type": "record",
+            "name": "Event",
+            "fields": [
+                {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                {"name": "blob", "type": "bytes"},
+                {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["A", "B"]}},
+                {"name": "note", "type": ["null", "string"], "default": None},
+            ],
+        }
+    )
+    sent = Event(datetime.datetime(2026, 12, 4, 9, 30, tzinfo=datetime.UTC), b"\x00\xff", "B")
+
+    assert codec.decoder(Event)(codec.encode(sent)) == sent
+    assert codec.decoder(Event)(codec.encode(msgspec.structs.replace(sent, note="n"))).note == "n"
