@@ -107,6 +107,10 @@ async def test_a_value_that_does_not_fit_the_avro_schema_is_not_published() -> N
     async with TestClient(app, partitions=1) as client:
         with pytest.raises(PublishError, match=r"cannot publish a dict as Avro Line: .*quantity"):
             await client.publish("lines", {"sku": "a"})
+        with pytest.raises(
+            PublishError, match="cannot publish a Event as Avro Line: record contains more fields"
+        ):
+            await client.publish("lines", Event(datetime.datetime.now(datetime.UTC), b"", "A"))
         with pytest.raises(PublishError, match="more fields than the schema specifies: colour"):
             await client.publish("lines", {"sku": "a", "quantity": 1, "colour": "red"})
         assert client.published("lines") == []

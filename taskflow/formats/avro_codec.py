@@ -102,6 +102,7 @@ class AvroCodec:
         Raises:
             PublishError: when the value does not fit the schema.
         """
+        kind = type(value).__name__
         if isinstance(value, msgspec.Struct):
             value = msgspec.to_builtins(value, builtin_types=_AVRO_BUILTINS)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -110,9 +111,7 @@ class AvroCodec:
         try:
             _fastavro().schemaless_writer(out, self._parsed, value, strict_allow_default=True)
         except _UNREADABLE as exc:
-            raise PublishError(
-                f"cannot publish a {type(value).__name__} as Avro {self._name()}: {exc}"
-            ) from exc
+            raise PublishError(f"cannot publish a {kind} as Avro {self._name()}: {exc}") from exc
         return out.getvalue()
 
     def _name(self) -> str:
