@@ -15,6 +15,8 @@ overhead is the difference:
 * ``raw-all``: ``raw-redis`` and ``raw-tracing`` together, plus the two messaging metrics, a rate
   limiter acquire and a timeout per record.
 * ``taskflow``: an App in partition mode, no middleware (counterpart ``raw``).
+* ``taskflow-struct``: ``taskflow`` with a handler taking a msgspec Struct of the record's four
+  fields instead of a dict (counterpart ``raw``).
 * ``taskflow-key16``: ``ordering="key", concurrency=16`` (counterpart ``raw``).
 * ``taskflow-batch``: ``batch=500``, a handler taking ``list[dict]`` that counts each record
   (counterpart ``raw``).
@@ -292,6 +294,7 @@ CONTENDERS: dict[str, Contender] = {
     "taskflow": Contender(
         "taskflow_contenders:run_taskflow", "raw", profile_file="profile-consume.txt"
     ),
+    "taskflow-struct": Contender("taskflow_contenders:run_taskflow_struct", "raw"),
     "taskflow-key16": Contender(
         "taskflow_contenders:run_taskflow_key16", "raw", profile_file="profile-key.txt"
     ),

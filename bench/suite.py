@@ -126,6 +126,12 @@ ENTRANTS = [
     ),
     Entrant("taskflow", "main", "child_kafka.py", "taskflow, partition mode, no middleware"),
     Entrant(
+        "taskflow-struct",
+        "main",
+        "child_kafka.py",
+        "taskflow, partition mode, a handler taking a msgspec Struct",
+    ),
+    Entrant(
         "taskflow-batch",
         "main",
         "child_kafka.py",

@@ -12,6 +12,7 @@ import contextlib
 import time
 from typing import Any
 
+import msgspec
 from _child import Counter
 from kafka_contenders import (
     COMMIT_INTERVAL,
@@ -33,6 +34,7 @@ __all__ = [
     "run_taskflow_idem",
     "run_taskflow_idem_key",
     "run_taskflow_key16",
+    "run_taskflow_struct",
     "run_taskflow_tracing",
 ]
 
@@ -45,11 +47,13 @@ async def run_taskflow(
     observe: contextlib.AbstractContextManager[Any] | None = None,
     consumer_options: dict[str, Any] | None = None,
     batch: int | None = None,
+    payload: Any = dict[str, Any],
     **app_options: Any,
 ) -> Result:
     """`observe` (a profiler) is entered just before the app starts and left once it stopped.
 
     With `batch`, the handler takes the batch as ``list[dict]`` and counts each record of it.
+    `payload` is the handler's payload annotation (a dict, read by the default JSON codec).
     """
     counter = Counter(setup.expected)
     app = App(
@@ -62,6 +66,8 @@ async def run_taskflow(
 
     async def handler(order: dict[str, Any]) -> None:
         counter.hit()
+
+    handler.__annotations__["order"] = payload
 
     async def batch_handler(orders: list[dict[str, Any]]) -> None:
         for _ in orders:
@@ -125,6 +131,19 @@ async def run_taskflow_key16(setup: Setup, group: str, **kwargs: Any) -> Result:
     return await run_taskflow(
         setup, group, name="taskflow-key16", consumer_options=options, **kwargs
     )
+
+
+class Order(msgspec.Struct):
+    """The bench's record, as a Struct: decoded and validated by msgspec in one step."""
+
+    id: int
+    customer: str
+    amount: int
+    note: str
+
+
+async def run_taskflow_struct(setup: Setup, group: str, **kwargs: Any) -> Result:
+    return await run_taskflow(setup, group, name="taskflow-struct", payload=Order, **kwargs)
 
 
 async def run_taskflow_batch(setup: Setup, group: str, **kwargs: Any) -> Result:

@@ -45,8 +45,10 @@ from taskflow.exceptions import (
     StoreError,
     TaskflowError,
 )
+from taskflow.formats.avro_codec import AvroCodec
 from taskflow.formats.json_codec import JsonCodec
 from taskflow.formats.msgpack_codec import MsgpackCodec
+from taskflow.formats.protobuf_codec import ProtobufCodec
 from taskflow.handler import Handler, Job
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.message import Message, TopicPartition
@@ -60,6 +62,7 @@ from taskflow.types import Codec, Worker, WorkerState, WorkerStatus
 __all__ = [
     "App",
     "AppLoadError",
+    "AvroCodec",
     "Backoff",
     "Batch",
     "BatchError",
@@ -83,6 +86,7 @@ __all__ = [
     "Message",
     "Middleware",
     "MsgpackCodec",
+    "ProtobufCodec",
     "PublishError",
     "RateLimit",
     "RecordRefused",

@@ -40,6 +40,7 @@ from taskflow.exceptions import (
     AppLoadError,
     BrokerError,
     ConfigurationError,
+    PublishError,
     StartupInterrupted,
     StoreError,
     TaskflowError,
@@ -764,6 +765,11 @@ def _header(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     help="A header; repeat for more.",
 )
 @click.option("--raw", is_flag=True, help="Send VALUE as it is, never as JSON.")
+@click.option(
+    "--content-type",
+    metavar="TYPE",
+    help="Encode VALUE with the app's codec of this content type (default: the app's codec).",
+)
 @_app_dir
 @_broker
 @_debug
@@ -774,6 +780,7 @@ def send(
     key: str | None,
     headers: list[tuple[str, bytes]],
     raw: bool,
+    content_type: str | None,
     app_dir: str,
     broker: str | None,
     debug: bool,
@@ -781,17 +788,23 @@ def send(
     """Publish VALUE to TOPIC through the app's broker, and print its partition and offset.
 
     VALUE is sent as the app would publish it when it parses as JSON (42, '{"id": 1}', '"text"'),
-    else as UTF-8 text; --raw sends it exactly as given; '-' reads it from standard input. The
+    through its codec and with its content-type header, else as UTF-8 text; --raw sends it
+    exactly as given; '-' reads it from standard input. The
     broker must be Kafka: the memory broker lives inside one process. Exit code 0 once the broker
     has the message, 1 when it cannot be reached or refuses it, 2 for a usage error.
     """
     _configure_logging("WARNING", "text")
     app = _prepare(app_ref, app_dir, debug, {"broker": broker})
     text = sys.stdin.read() if value == "-" else value
-    payload = operations.value_from_text(text, raw=raw)
+    try:
+        payload, sent = operations.record_from_text(
+            app, text, raw=raw, content_type=content_type, headers=headers
+        )
+    except (ConfigurationError, PublishError) as exc:
+        _fail(str(exc), debug)
     message_key = None if key is None else key.encode("utf-8")
     where, offset = _on_the_broker(
-        operations.send(app, topic, payload, key=message_key, headers=headers), debug
+        operations.send(app, topic, payload, key=message_key, headers=sent), debug
     )
     click.echo(f"sent to {where}@{offset}")
 

@@ -48,7 +48,9 @@ __all__ = [
     "encode_record",
     "encode_value",
     "feeding",
+    "is_content_type",
     "takes_tombstones",
+    "with_content_type",
 ]
 
 Decoder = Callable[[Message], Any]
@@ -60,6 +62,12 @@ JSON = JsonCodec()
 """The built-in JSON codec (``application/json``), the default."""
 MSGPACK = MsgpackCodec()
 """The built-in MessagePack codec (``application/msgpack``)."""
+
+
+def is_content_type(name: str) -> bool:
+    """True for a header named ``content-type`` in any case: Kafka header names are
+    case-sensitive, but producers that follow HTTP write ``Content-Type``."""
+    return len(name) == len(CONTENT_TYPE) and name.lower() == CONTENT_TYPE
 
 
 def media_type(content_type: str | bytes) -> str:
@@ -282,8 +290,9 @@ def _reading(
 ) -> Callable[..., Any]:
     """``(message, ctx=None)``: the payload, or `target(payload)` when there is a target.
 
-    Per record: the ``content-type`` header is looked for (when the record has headers); when
-    it names the registration's own type, or is absent, `fast` reads the value in one call.
+    Per record: the ``content-type`` header, its name in any case, is looked for (when the
+    record has headers); when it names the registration's own type, or is absent, `fast` reads
+    the value in one call.
     """
 
     def call(message: Message, ctx: object = None) -> Any:
@@ -293,8 +302,8 @@ def _reading(
             if name != "content-type":
                 found = None  # type: ignore[assignment]
                 for name, header in headers:
-                    if name == "content-type":
-                        found = header  # the last one counts, as `Message.header` reads it
+                    if is_content_type(name):
+                        found = header  # the last one counts
             if found is not None and found != own:
                 decoded = other(message, found)
                 return decoded if target is None else target(decoded)
@@ -412,8 +421,13 @@ def encode_record(
         )
     codec = codec or JSON
     payload = _encoded(value, codec)
-    kept = tuple(pair for pair in headers if pair[0] != CONTENT_TYPE) if headers else ()
-    return payload, (*kept, (CONTENT_TYPE, codec.content_type.encode("latin-1")))
+    return payload, with_content_type(headers, codec)
+
+
+def with_content_type(headers: Headers, codec: Codec) -> Headers:
+    """`headers` without any content type (its name in any case), then `codec`'s."""
+    kept = tuple(pair for pair in headers if not is_content_type(pair[0])) if headers else ()
+    return (*kept, (CONTENT_TYPE, codec.content_type.encode("latin-1")))
 
 
 def _encoded(value: Any, codec: Codec) -> bytes:

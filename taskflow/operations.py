@@ -29,9 +29,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from taskflow import validation as check
-from taskflow.codec import encode_value
+from taskflow.codec import encode_record, with_content_type
 from taskflow.context import Tick
-from taskflow.exceptions import ConfigurationError, StoreError
+from taskflow.exceptions import ConfigurationError, PublishError, StoreError
 from taskflow.runner import open_runtime, resolve_broker
 from taskflow.stores.connect import open_stores
 from taskflow.stores.lease import LeaseLost, hold, new_owner
@@ -43,16 +43,17 @@ if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.message import Headers, TopicPartition
     from taskflow.specs import ScheduleSpec
+    from taskflow.types import Codec
 
 __all__ = [
     "Recorded",
     "RunOutcome",
     "Triggered",
     "periodic_task",
+    "record_from_text",
     "recorded_runs",
     "send",
     "trigger",
-    "value_from_text",
 ]
 
 logger = logging.getLogger("taskflow")
@@ -246,22 +247,52 @@ async def recorded_runs(app: App) -> dict[str, Recorded]:
 # -- send ----------------------------------------------------------------------------------
 
 
-def value_from_text(text: str, *, raw: bool = False) -> bytes:
-    """The payload ``taskflow send`` publishes for `text`.
+def record_from_text(
+    app: App,
+    text: str,
+    *,
+    raw: bool = False,
+    content_type: str | None = None,
+    headers: Sequence[tuple[str, bytes]] = (),
+) -> tuple[bytes, Headers]:
+    """The value and headers ``taskflow send`` publishes for `text`.
 
     When `text` parses as JSON (``42``, ``{"id": 1}``, ``"hi"``) its value is encoded as
-    `App.publish` encodes it (compact JSON; a string as its UTF-8 text), except ``null``, which
-    is sent as the text ``null``, not as a tombstone; else `text` itself is sent as UTF-8. With
-    `raw`, always `text` itself.
+    `App.publish` encodes it: by the app's codec, or its codec of `content_type`, with that
+    codec's ``content-type`` header (a string as its UTF-8 text, without one). ``null`` is the
+    codec's null, not a tombstone. Else, and always with `raw`, `text` itself is sent as UTF-8
+    with `headers` as given.
+
+    Raises:
+        ConfigurationError: when the app has no codec of `content_type`.
+        PublishError: when the codec cannot encode the value.
     """
+    codec = app.codec if content_type is None else _codec_of(app, content_type)
     if raw:
-        return text.encode("utf-8")
+        return text.encode("utf-8"), tuple(headers)
     try:
         value = json.loads(text, parse_constant=_not_json)
     except ValueError:
-        return text.encode("utf-8")
-    encoded = encode_value(value)
-    return b"null" if encoded is None else encoded
+        return text.encode("utf-8"), tuple(headers)
+    if value is not None:
+        payload, sent = encode_record(value, tuple(headers), codec)
+        assert payload is not None
+        return payload, sent
+    try:  # JSON's null is a value here; publishing None would send a tombstone
+        payload = codec.encode(None)
+    except (TypeError, ValueError) as exc:
+        raise PublishError(f"cannot send null as {codec.content_type}: {exc}") from exc
+    return payload, with_content_type(tuple(headers), codec)
+
+
+def _codec_of(app: App, content_type: str) -> Codec:
+    codec = app.codecs.get(content_type)
+    if codec is None:
+        raise ConfigurationError(
+            f"the app has no codec for {content_type!r}: it writes "
+            f"{', '.join(app.codecs.content_types())}"
+        )
+    return codec
 
 
 def _not_json(constant: str) -> object:

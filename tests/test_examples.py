@@ -36,9 +36,11 @@ from examples import (
     rate_limits,
     reports,
     scheduling,
+    schemas,
     telemetry,
     topics_and_groups,
 )
+from examples.proto.readings_pb2 import Reading
 from taskflow import Context
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.config import size_text
@@ -514,3 +516,32 @@ async def test_payloads_guide_reads_structs_msgpack_and_csv_and_rejects_a_bad_pa
         "Object missing required field `grams` - at `$.parcels[0]`"
     )
     assert payloads.rows == [["truck 7", "Lyon, FR"], ["truck 8", "Turin"]]
+
+
+async def test_schemas_guide_reads_avro_and_protobuf_and_rejects_what_does_not_fit() -> None:
+    for found in (schemas.invoices, schemas.readings):
+        found.clear()
+    hot = Reading(sensor="roof", celsius=31.5, taken_at=1_700_000_000_000)
+    async with TestClient(schemas.app, partitions=1) as client:
+        await client.publish(
+            "invoices", {"id": 7, "customer": "c-1", "cents": 1250}, codec=schemas.avro
+        )
+        await client.publish("invoices", b"\x0e", headers={"content-type": "application/avro"})
+        await client.publish("readings", hot, codec=schemas.protobuf)
+        await client.publish(
+            "readings", Reading(sensor="cellar", celsius=12.0), codec=schemas.protobuf
+        )
+        await client.drain()
+        (letter,) = client.dead_letters("invoices.DLQ")
+        (forwarded,) = client.published("readings.hot")
+
+    assert schemas.invoices == [schemas.Invoice(7, "c-1", 1250)]
+    assert [r.sensor for r in schemas.readings] == ["roof", "cellar"]
+    assert (forwarded.headers, forwarded.value) == (
+        {"content-type": "application/x-protobuf"},
+        hot.SerializeToString(),
+    )
+    assert letter.exception_message == (
+        "payload of invoices[0]@1 is not valid application/avro: "
+        "the value ends before a whole Invoice record"
+    )

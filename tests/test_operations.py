@@ -12,10 +12,10 @@ from datetime import timedelta
 import pytest
 from redis.asyncio import Redis
 
-from taskflow import App, Context
+from taskflow import App, Context, MsgpackCodec, ProtobufCodec
 from taskflow.clock import Clock
-from taskflow.exceptions import ConfigurationError
-from taskflow.operations import recorded_runs, send, trigger, value_from_text
+from taskflow.exceptions import ConfigurationError, PublishError
+from taskflow.operations import record_from_text, recorded_runs, send, trigger
 from taskflow.stores import RedisScheduleStore, TickClaim
 from taskflow.testing import ManualClock
 from tests._redis import REDIS_URL
@@ -213,19 +213,46 @@ async def test_recorded_runs_tell_the_last_and_next_run_of_each_fleet_task(redis
 # -- send --------------------------------------------------------------------------------------
 
 
+JSON_TYPE = [("content-type", b"application/json")]
+
+
 @pytest.mark.parametrize(
-    ("text", "raw", "payload"),
+    ("text", "raw", "payload", "headers"),
     [
-        ('{"id": 1, "note": "é"}', False, b'{"id":1,"note":"\\u00e9"}'),
-        ("42", False, b"42"),
-        ('"quoted"', False, b"quoted"),
-        ("plain text", False, b"plain text"),
-        ("NaN", False, b"NaN"),
-        ('{"id": 1}', True, b'{"id": 1}'),
+        ('{"id": 1, "note": "é"}', False, b'{"id":1,"note":"\\u00e9"}', JSON_TYPE),
+        ("42", False, b"42", JSON_TYPE),
+        ("null", False, b"null", JSON_TYPE),
+        ('"quoted"', False, b"quoted", []),
+        ("plain text", False, b"plain text", []),
+        ("NaN", False, b"NaN", []),
+        ('{"id": 1}', True, b'{"id": 1}', []),
     ],
 )
-def test_a_value_is_sent_as_the_app_would_publish_it(text: str, raw: bool, payload: bytes) -> None:
-    assert value_from_text(text, raw=raw) == payload
+def test_a_value_is_sent_as_the_app_would_publish_it(
+    text: str, raw: bool, payload: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    assert record_from_text(App("ops"), text, raw=raw) == (payload, tuple(headers))
+
+
+def test_a_value_is_sent_through_the_apps_codec_with_its_content_type() -> None:
+    app = App("ops", codec=MsgpackCodec())
+    given = [("source", b"cli"), ("content-type", b"text/plain")]
+
+    sent = record_from_text(app, '{"id": 1}', headers=given)
+    as_json = record_from_text(app, "null", content_type="Application/JSON")
+
+    assert sent == (
+        b"\x81\xa2id\x01",
+        (("source", b"cli"), ("content-type", b"application/msgpack")),
+    )
+    assert as_json == (b"null", (("content-type", b"application/json"),))
+
+
+def test_a_value_the_apps_codec_cannot_write_is_refused_before_sending() -> None:
+    with pytest.raises(PublishError, match="publish an instance of a generated message class"):
+        record_from_text(App("ops", codec=ProtobufCodec()), '{"sensor": "s1"}')
+    with pytest.raises(ConfigurationError, match="no codec for 'text/csv': it writes"):
+        record_from_text(App("ops"), "{}", content_type="text/csv")
 
 
 async def test_send_refuses_the_memory_broker_which_nobody_else_can_read() -> None:

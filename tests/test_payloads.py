@@ -125,6 +125,37 @@ async def test_a_consumer_reads_a_record_of_another_codec_by_its_content_type() 
     ]
 
 
+@pytest.mark.parametrize("name", ["Content-Type", "CONTENT-TYPE"])
+async def test_a_content_type_header_is_read_whatever_the_case_of_its_name(name: str) -> None:
+    app = App("shop")  # JSON
+    received: list[Line] = []
+
+    @app.consume("lines")
+    async def on_line(line: Line) -> None:
+        received.append(line)
+
+    packed = MSGPACK.encode(Line("b", 2))
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("lines", packed, headers={name: "application/msgpack"})
+        await client.publish(
+            "lines", packed, headers=[(name, b"application/msgpack"), ("traceparent", b"00-x")]
+        )
+        await client.drain()
+
+    assert received == [Line("b", 2), Line("b", 2)]
+
+
+async def test_a_content_type_the_caller_gave_in_another_case_gives_way_to_the_codecs() -> None:
+    app = App("shop")
+    async with TestClient(app, partitions=1) as client:
+        await client.publish(
+            "lines", Line("a", 1), headers={"Content-Type": "text/plain", "source": "shop"}
+        )
+        (record,) = client.published("lines")
+
+    assert record.headers == {"source": "shop", "content-type": "application/json"}
+
+
 async def test_a_record_of_a_content_type_the_app_cannot_read_is_dead_lettered_naming_it() -> None:
     app = App("shop")
     received: list[dict[str, Any]] = []

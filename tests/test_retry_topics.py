@@ -7,10 +7,20 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from taskflow import App, Backoff, ConfigurationError, Context, Defer, Reject, Retry
+from taskflow import (
+    App,
+    Backoff,
+    ConfigurationError,
+    Context,
+    Defer,
+    MsgpackCodec,
+    Reject,
+    Retry,
+)
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.exceptions import PublishError
 from taskflow.message import Headers, TopicPartition
@@ -433,3 +443,32 @@ async def test_a_waiting_record_keeps_its_due_time_across_a_restart() -> None:
         await clock.advance(0.1)
         await again.drain()
         assert runs == [(1, 1), (1, 2)]
+
+
+class Line(msgspec.Struct):
+    sku: str
+    quantity: int
+
+
+async def test_retry_copies_and_the_dead_letter_keep_the_originals_content_type() -> None:
+    clock = ManualClock()
+    app = App("svc", clock=clock)  # JSON: only the header says the record is MessagePack
+    runs: list[tuple[Line, int]] = []
+
+    @app.consume("lines", group="stock", dead_letter="lines.DLQ", retry_topics=[10])
+    async def on_line(line: Line, ctx: Context) -> None:
+        runs.append((line, ctx.attempt))
+        raise ConnectionError("stock service down")
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("lines", Line("a", 2), codec=MsgpackCodec())
+        await client.drain()
+        await clock.advance(10)
+        await client.drain()
+        (staged,) = client.published("lines.retry.10s")
+    (letter,) = client.dead_letters("lines.DLQ")
+
+    assert runs == [(Line("a", 2), 1), (Line("a", 2), 2)]  # the stage read it as MessagePack
+    assert staged.headers["content-type"] == "application/msgpack"
+    assert ("content-type", b"application/msgpack") in letter.raw_headers
+    assert letter.value == MsgpackCodec().encode(Line("a", 2))

@@ -11,9 +11,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from examples.proto.readings_pb2 import Reading
 from tests._process import AppProcess, count_lines, wait_until
 from tests._tansu import create_topic
-from tests.apps.codec_relay import CODECS, Line
+from tests.apps.codec_relay import CODECS, Line, shown
 
 RELAY = "tests.apps.codec_relay:app"
 WAIT = 60.0
@@ -38,10 +39,35 @@ async def read_all(bootstrap: str, topic: str, count: int) -> list[ConsumerRecor
 
 
 def sample(name: str, n: int) -> object:
-    return [f"s{n}", str(n)] if name == "csv" else Line(f"s{n}", n)
+    if name == "csv":
+        return [f"s{n}", str(n)]
+    if name == "protobuf":
+        return Reading(sensor=f"s{n}", celsius=n + 0.5, taken_at=n)
+    return Line(f"s{n}", n)
 
 
-@pytest.mark.parametrize("name", ["json", "msgpack", "csv"])
+# Per codec: the record it cannot read, with its own content type, and the dead letter's reason.
+UNREADABLE = {
+    "json": (
+        CODECS["json"].encode({"sku": "s", "quantity": "many"}),
+        "is not a valid Line: Expected `int`, got `str` - at `$.quantity`",
+    ),
+    "msgpack": (
+        CODECS["msgpack"].encode({"sku": "s", "quantity": "many"}),
+        "is not a valid Line: Expected `int`, got `str` - at `$.quantity`",
+    ),
+    "avro": (b"\x02s", "is not valid application/avro: the value ends before a whole Line record"),
+    "protobuf": (
+        b"\x0a\xff",
+        "is not valid application/x-protobuf: Error parsing message with type "
+        "'taskflow.examples.Reading'",
+    ),
+}
+# Per codec: the built-in format of another content type whose records it reads into its payload.
+OTHER = {"json": "msgpack", "msgpack": "json", "avro": "json"}
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack", "avro", "protobuf", "csv"])
 async def test_records_are_read_by_their_content_type_and_written_with_the_apps_codec(
     name: str,
     app_env: dict[str, str],
@@ -57,21 +83,21 @@ async def test_records_are_read_by_their_content_type_and_written_with_the_apps_
     await producer.send_and_wait(source, codec.encode(sample(name, 0)), key=b"a", headers=own)
     await producer.send_and_wait(source, codec.encode(sample(name, 1)), key=b"b")  # no header
     await producer.send_and_wait(
-        source, b"\x00\x02", key=b"c", headers=[("content-type", b"application/avro")]
+        source, b"\x00\x02", key=b"c", headers=[("content-type", b"application/cbor")]
     )
-    if name != "csv":  # a record of the other built-in format, read by its header
-        other = CODECS["msgpack" if name == "json" else "json"]
+    good = 2
+    if name in OTHER:  # a record of another built-in format, read by its header
+        other = CODECS[OTHER[name]]
         await producer.send_and_wait(
             source,
             other.encode(sample(name, 2)),
             key=b"d",
             headers=[("content-type", other.content_type.encode())],
         )
-        await producer.send_and_wait(
-            source, codec.encode({"sku": "s", "quantity": "many"}), key=b"e", headers=own
-        )
+        good = 3
+    if name in UNREADABLE:
+        await producer.send_and_wait(source, UNREADABLE[name][0], key=b"e", headers=own)
     seen = tmp_path / "seen.txt"
-    good = 2 if name == "csv" else 3
     env = {
         **app_env,
         "RELAY_CODEC": name,
@@ -82,16 +108,14 @@ async def test_records_are_read_by_their_content_type_and_written_with_the_apps_
     }
     with AppProcess(RELAY, env=env) as app:
         await asyncio.to_thread(wait_until, lambda: count_lines(seen) >= good, WAIT, "relayed")
-        letters = await read_all(bootstrap, f"{source}.DLQ", 1 if name == "csv" else 2)
+        letters = await read_all(bootstrap, f"{source}.DLQ", 2 if name in UNREADABLE else 1)
         assert app.stop(signal.SIGTERM) == 0, app.log
 
-    assert seen.read_text().splitlines() == [repr(sample(name, n)) for n in range(good)]
+    assert seen.read_text().splitlines() == [shown(sample(name, n)) for n in range(good)]
     relayed = await read_all(bootstrap, target, good)
     assert {dict(r.headers)["content-type"] for r in relayed} == {codec.content_type.encode()}
     assert [r.value for r in relayed] == [codec.encode(sample(name, n)) for n in range(good)]
     reasons = {r.key: dict(r.headers)["taskflow-exception-message"].decode() for r in letters}
-    assert "has content-type 'application/avro', which this app has no codec for" in reasons[b"c"]
-    if name != "csv":
-        assert reasons[b"e"].endswith(
-            "is not a valid Line: Expected `int`, got `str` - at `$.quantity`"
-        )
+    assert "has content-type 'application/cbor', which this app has no codec for" in reasons[b"c"]
+    if name in UNREADABLE:
+        assert UNREADABLE[name][1] in reasons[b"e"]

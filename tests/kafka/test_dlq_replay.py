@@ -161,7 +161,7 @@ async def publish(producer: AIOKafkaProducer, topic: str, values: list[str]) -> 
             topic,
             value.encode(),
             key=f"k{number}".encode(),
-            headers=[("trace", f"t{number}".encode())],
+            headers=[("trace", f"t{number}".encode()), ("content-type", b"text/plain")],
             partition=number % 4,
         )
 
@@ -332,6 +332,7 @@ async def test_filters_select_what_they_say_and_unreplayable_dead_letters_are_sk
         await publish(producer, topic, values)
     written = datetime.now(UTC)
     letters = await records(bootstrap, dlq)
+    assert {letter[3]["content-type"] for letter in letters} == {b"text/plain"}
     # One whose value was left out (too large to dead-letter whole), and one not from taskflow.
     omitted = {**letters[0][3], "taskflow-value-omitted": b"the whole dead letter is too large"}
     await producer.send_and_wait(dlq, b"", key=b"big", headers=list(omitted.items()))
@@ -384,6 +385,7 @@ async def test_filters_select_what_they_say_and_unreplayable_dead_letters_are_sk
         number = int((value or b"").split()[1])
         assert (partition, key) == (number % 4, f"k{number}".encode())
         assert headers["trace"] == f"t{number}".encode()  # the original's own headers
+        assert headers["content-type"] == b"text/plain"
         assert headers["taskflow-replay-group"] == group_of(lines).encode()
         assert [name for name in headers if name.startswith("taskflow-")] == list(ours)
 

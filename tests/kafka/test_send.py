@@ -72,7 +72,37 @@ async def test_send_publishes_json_with_its_key_and_headers(
     record = await record_at(bootstrap, line)
     assert record.value == b'{"id":7,"total":12.5}'
     assert record.key == b"customer-1"
-    assert list(record.headers) == [("source", b"cli"), ("note", b"a=b")]
+    assert list(record.headers) == [
+        ("source", b"cli"),
+        ("note", b"a=b"),
+        ("content-type", b"application/json"),
+    ]
+
+
+async def test_send_encodes_with_the_apps_codec_of_the_content_type_asked_for(
+    app_env: dict[str, str], bootstrap: str, topic: str
+) -> None:
+    code, out, err = await taskflow_send(
+        app_env, topic, '{"id": 7}', "--content-type", "application/msgpack"
+    )
+
+    assert code == 0, err
+    record = await record_at(bootstrap, out.strip())
+    assert record.value == b"\x81\xa2id\x07"
+    assert list(record.headers) == [("content-type", b"application/msgpack")]
+
+
+async def test_send_with_a_content_type_the_app_has_no_codec_for_is_a_usage_error() -> None:
+    code, out, err = await taskflow_send(
+        {"TASKFLOW_BROKER": "kafka://127.0.0.1:1"}, "orders", "{}", "--content-type", "text/csv"
+    )
+
+    assert code == 2
+    assert out == ""
+    assert err.splitlines()[-1] == (
+        "Error: the app has no codec for 'text/csv': it writes application/json, "
+        "application/msgpack"
+    )
 
 
 async def test_send_raw_from_standard_input_sends_the_bytes_as_given(
