@@ -7,10 +7,11 @@ Both are built on `open_runtime`, which opens everything and builds the workers 
 them.
 
 The order on the way up is the operations endpoint (with `http_port`), Redis, broker, lifespan and
-startup hooks, workers; on the way down it is the reverse: workers drain, shutdown hooks and
-lifespan exit, the broker sends what is queued (`taskflow.deliveries`) and closes, and the
-operations endpoint closes last (it stops accepting connections, and /readyz answers 503, before
-any worker is asked to stop).
+startup hooks, the fleet snapshots (with Redis, `taskflow.fleet`), workers; on the way down it is
+the reverse: workers drain, the snapshot is withdrawn, shutdown hooks and lifespan exit, the
+broker sends what is queued (`taskflow.deliveries`) and closes, and the operations endpoint
+closes last (it stops accepting connections, and /readyz answers 503, before any worker is asked
+to stop).
 
 A loop watch (`taskflow.loopwatch`) runs for the whole run, with or without the endpoint.
 
@@ -37,6 +38,7 @@ from taskflow.brokers import broker_from_settings
 from taskflow.brokers.base import ConsumerOptions
 from taskflow.deliveries import Deliveries
 from taskflow.exceptions import BrokerError, ConfigurationError, StartupInterrupted
+from taskflow.fleet import publishing_snapshots
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
@@ -300,7 +302,8 @@ async def open_runtime(
                             http.attach(runtime)
                         if signals is not None:
                             signals.started()
-                        yield runtime
+                        async with publishing_snapshots(runtime):
+                            yield runtime
             finally:
                 app.attach(None)
                 await _close(broker, deliveries)
