@@ -14,6 +14,8 @@ signal handlers of its own: the Manager owns SIGINT and SIGTERM.
   in a thread, one render at a time; requests that come while one runs share it, and an answer is
   served again for `METRICS_MAX_AGE` (1 s), so scrapes never hold up the handlers.
 - ``GET /status``: every worker as JSON.
+- ``GET /``: the operations dashboard (`taskflow.dashboard`): the fleet's replicas, consumers,
+  periodic tasks and dead letters, read from Redis (without it, this replica alone).
 
 At most `MAX_CONNECTIONS` (64) connections are served at once; one more is answered 503 and
 closed, after a second. `App(http_host=...)`, ``--http-host`` or ``TASKFLOW_HTTP_HOST`` chooses
@@ -346,6 +348,9 @@ class OperationsEndpoint:
         routes.router.add_get("/readyz", self._readyz)
         routes.router.add_get("/metrics", self._metrics)
         routes.router.add_get("/status", self._status)
+        from taskflow.dashboard.server import Dashboard, RuntimeSources  # Jinja2 only when served
+
+        Dashboard(RuntimeSources(self.app, lambda: self.runtime)).add_routes(routes)
         return routes
 
     async def _healthz(self, request: web.Request) -> web.Response:
