@@ -783,7 +783,7 @@ def dashboard(
     _configure_logging(log_level, log_format)
     app = _prepare(app_ref, app_dir, debug, {"broker": broker, "redis_url": redis})
     try:
-        asyncio.run(serve_dashboard(app, host=host, port=port))
+        asyncio.run(serve_dashboard(app, host=host, port=port, app_ref=app_ref))
     except ConfigurationError as exc:
         _fail(str(exc), debug)
     except StoreError as exc:

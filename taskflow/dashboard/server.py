@@ -170,7 +170,12 @@ def dead_letter_reader(app: App) -> DeadLetterReader | None:
 
 
 async def serve(
-    app: App, *, host: str, port: int, ready: Callable[[int], Any] | None = None
+    app: App,
+    *,
+    host: str,
+    port: int,
+    app_ref: str = "MODULE:APP",
+    ready: Callable[[int], Any] | None = None,
 ) -> None:
     """Serve the dashboard of `app` on `host`:`port` until SIGINT or SIGTERM.
 
@@ -197,6 +202,7 @@ async def serve(
             fleet=RedisFleetStore(stores.client, app.name) if stores.client is not None else None,
             schedules=stores.schedules,
             dead_letters=dead_letter_reader(app),
+            app_ref=app_ref,
         )
         routes = web.Application()
         Dashboard(lambda: sources).add_routes(routes)

@@ -82,6 +82,7 @@ class Sources:
         local: This replica's snapshots, shown when there is no fleet store.
         schedules: The fleet's schedule store; None without Redis.
         dead_letters: The dead-letter reader; None to leave the panel out.
+        app_ref: How ``taskflow`` commands name the app, in the replay command shown.
     """
 
     app: App
@@ -89,6 +90,7 @@ class Sources:
     local: Snapshots | None = None
     schedules: ScheduleStore | None = None
     dead_letters: DeadLetterReader | None = None
+    app_ref: str = "MODULE:APP"
 
 
 async def gather(sources: Sources) -> dict[str, Any]:
@@ -258,7 +260,7 @@ async def _dead_letters(sources: Sources) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for topic in topics:
         row: dict[str, Any] = {"topic": topic, "count": None, "newest": [], "problem": None}
-        row["replay"] = f"taskflow dlq replay MODULE:APP {topic}"
+        row["replay"] = f"taskflow dlq replay {sources.app_ref} {topic}"
         found = await reader.topic(topic) if reader is not None else "not read here"
         if isinstance(found, str):
             row["problem"] = found
