@@ -30,7 +30,7 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -232,12 +232,15 @@ async def open_runtime(
     shutdown_timeout: float | None = None,
     install_signal_handlers: bool = False,
     workers: bool = True,
+    snapshots: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Start the broker and lifespan and build the workers; yield the Runtime; then tear down.
 
     The workers are not started: call `runtime.manager.run()` (or use `running`, which does).
-    With `workers=False` none is built: the Runtime only publishes. With `install_signal_handlers`,
-    SIGINT, SIGTERM and SIGHUP request a graceful stop from the very start. One that comes before
+    With `workers=False` none is built: the Runtime only publishes. With Redis, the run publishes
+    its fleet snapshots (`taskflow.fleet`) unless `snapshots` is False. With
+    `install_signal_handlers`, SIGINT, SIGTERM and SIGHUP request a graceful stop from the very
+    start. One that comes before
     the Runtime is yielded cancels the start-up: what was opened is closed, within the shutdown
     timeout, and [StartupInterrupted][taskflow.StartupInterrupted] is raised. Once the Runtime is
     yielded a signal is the Manager's; a second one while no worker is running (a shutdown hook
@@ -302,7 +305,8 @@ async def open_runtime(
                             http.attach(runtime)
                         if signals is not None:
                             signals.started()
-                        async with publishing_snapshots(runtime):
+                        fleet = publishing_snapshots(runtime) if snapshots else nullcontext()
+                        async with fleet:
                             yield runtime
             finally:
                 app.attach(None)

@@ -96,3 +96,11 @@ async def test_a_redis_that_does_not_answer_is_logged_once_until_it_answers_agai
     assert lines[0].startswith("fleet snapshot not published, trying again")
     assert lines[1] == "fleet snapshot published again"
     assert publisher.published == 1
+
+
+async def test_a_test_client_run_is_no_replica_of_the_fleet(redis: Redis) -> None:
+    from taskflow.testing import TestClient
+
+    async with TestClient(App("tested", redis_url=REDIS_URL)):
+        await asyncio.sleep(0.1)
+    assert await fleet_of(redis, "tested") == []
