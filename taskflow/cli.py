@@ -809,6 +809,59 @@ def send(
     click.echo(f"sent to {where}@{offset}")
 
 
+@main.command(cls=_Command)
+@click.argument("app_ref", metavar="MODULE:APP")
+@_app_dir
+@_broker
+@_redis
+@click.option(
+    "--port",
+    default="8080",
+    show_default=True,
+    type=_WholeNumber(0, 65535),
+    help="The port to serve the dashboard on; 0: any free port.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on; 0.0.0.0 for every interface (set TASKFLOW_DASHBOARD_TOKEN).",
+)
+@_log_level
+@_log_format
+@_debug
+def dashboard(
+    app_ref: str,
+    app_dir: str,
+    broker: str | None,
+    redis: str | None,
+    port: int,
+    host: str,
+    log_level: str,
+    log_format: str,
+    debug: bool,
+) -> None:
+    """Serve the operations dashboard of the app until SIGINT or SIGTERM.
+
+    One page shows every replica that publishes to the app's Redis, their consumers' partitions,
+    the periodic tasks' runs and the dead-letter topics, read-only. It runs no worker and joins no
+    consumer group. With TASKFLOW_DASHBOARD_TOKEN set, the page asks for that token (open
+    /?token=... once, or send an 'Authorization: Bearer' header). Exit code 0 on a signal; 1 when
+    Redis cannot be reached; 2 for a usage error (a port that cannot be listened on).
+    """
+    from taskflow.dashboard import serve as serve_dashboard
+
+    _configure_logging(log_level, log_format)
+    app = _prepare(app_ref, app_dir, debug, {"broker": broker, "redis_url": redis})
+    try:
+        asyncio.run(serve_dashboard(app, host=host, port=port, app_ref=app_ref))
+    except ConfigurationError as exc:
+        _fail(str(exc), debug)
+    except StoreError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_UNCLEAN)
+
+
 @main.group()
 def dlq() -> None:
     """Look at dead-letter topics, and replay them."""

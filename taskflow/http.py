@@ -16,6 +16,8 @@ signal handlers of its own: the Manager owns SIGINT and SIGTERM.
 - ``GET /status``: every worker as JSON.
 - ``GET /asyncapi.json``: the app's AsyncAPI 3.0 document (`taskflow.asyncapi`); ``GET /asyncapi``
   the same as a page.
+- ``GET /``: the operations dashboard (`taskflow.dashboard`): the fleet's replicas, consumers,
+  periodic tasks and dead letters, read from Redis (without it, this replica alone).
 
 At most `MAX_CONNECTIONS` (64) connections are served at once; one more is answered 503 and
 closed, after a second. `App(http_host=...)`, ``--http-host`` or ``TASKFLOW_HTTP_HOST`` chooses
@@ -46,6 +48,7 @@ from taskflow import asyncapi
 from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.loopwatch import LoopWatch
 from taskflow.telemetry.providers import global_meter_is_set
+from taskflow.telemetry.snapshot import status_body
 from taskflow.telemetry.status import ConsumerStatus
 from taskflow.types import WorkerState, status_of
 
@@ -58,7 +61,6 @@ if TYPE_CHECKING:
     from taskflow.manager import Manager
     from taskflow.middleware.timeout import Watchdog
     from taskflow.runner import Runtime
-    from taskflow.types import Worker
 
 __all__ = ["EndpointState", "MetricsRenderer", "OperationsEndpoint"]
 
@@ -352,6 +354,9 @@ class OperationsEndpoint:
         routes.router.add_get("/status", self._status)
         routes.router.add_get("/asyncapi.json", self._asyncapi_json)
         routes.router.add_get("/asyncapi", self._asyncapi_page)
+        from taskflow.dashboard.server import Dashboard, RuntimeSources  # Jinja2 only when served
+
+        Dashboard(RuntimeSources(self.app, lambda: self.runtime)).add_routes(routes)
         return routes
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -410,32 +415,7 @@ class OperationsEndpoint:
 
     async def status(self) -> dict[str, Any]:
         """The /status body: the app's state and every worker's."""
-        runtime = self.runtime
-        workers: list[dict[str, Any]] = []
-        if runtime is not None:
-            manager = runtime.manager
-            workers = [self._describe(manager, w) for w in runtime.workers]
-        return {
-            "app": self.app.name,
-            "state": _app_state(runtime),
-            "loop_lag": round(self.monitor.lag, 4),
-            "workers": workers,
-            "publishing": _publishing(runtime),
-        }
-
-    def _describe(self, manager: Manager, worker: Worker) -> dict[str, Any]:
-        supervision = manager.statuses.get(worker.name)
-        status = status_of(worker)
-        entry: dict[str, Any] = {
-            "name": worker.name,
-            "kind": status.kind,
-            "state": supervision.state.value if supervision else WorkerState.STOPPED.value,
-            "restarts": supervision.restarts if supervision else 0,
-            "last_error": supervision.last_error if supervision else None,
-        }
-        if self.watchdog is not None and worker.name in self.watchdog.threads:
-            entry["stuck_threads"] = self.watchdog.stuck_threads()[worker.name]
-        return entry | status.as_json(time.monotonic())
+        return status_body(self.runtime, self.app.name, self.monitor.lag)
 
 
 def _answer(body: dict[str, Any]) -> web.Response:
@@ -453,26 +433,6 @@ def _unready(manager: Manager) -> list[str]:
         if isinstance(status, ConsumerStatus) and not status.assigned:
             reasons.append(f"consumer {name} has no partitions assigned")
     return reasons
-
-
-def _publishing(runtime: Runtime | None) -> dict[str, int]:
-    """Records published without waiting: not answered yet, and lost."""
-    if runtime is None:
-        return {"pending": 0, "undelivered": 0}
-    deliveries = runtime.deliveries
-    return {"pending": len(deliveries.pending), "undelivered": deliveries.failed}
-
-
-def _app_state(runtime: Runtime | None) -> str:
-    if runtime is None:
-        return "starting"
-    manager = runtime.manager
-    if manager.stop_requested:
-        return "stopping"
-    statuses = manager.statuses.values()
-    if statuses and all(status.task is None for status in statuses):  # none: publishing only
-        return "starting"
-    return "running"
 
 
 def _discard(hooks: list[Callable[[], object]], hook: Callable[[], Awaitable[None]]) -> None:

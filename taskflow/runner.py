@@ -7,10 +7,11 @@ Both are built on `open_runtime`, which opens everything and builds the workers 
 them.
 
 The order on the way up is the operations endpoint (with `http_port`), Redis, broker, lifespan and
-startup hooks, workers; on the way down it is the reverse: workers drain, shutdown hooks and
-lifespan exit, the broker sends what is queued (`taskflow.deliveries`) and closes, and the
-operations endpoint closes last (it stops accepting connections, and /readyz answers 503, before
-any worker is asked to stop).
+startup hooks, the fleet snapshots (with Redis, `taskflow.fleet`), workers; on the way down it is
+the reverse: workers drain, the snapshot is withdrawn, shutdown hooks and lifespan exit, the
+broker sends what is queued (`taskflow.deliveries`) and closes, and the operations endpoint
+closes last (it stops accepting connections, and /readyz answers 503, before any worker is asked
+to stop).
 
 A loop watch (`taskflow.loopwatch`) runs for the whole run, with or without the endpoint.
 
@@ -29,7 +30,7 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ from taskflow.brokers import broker_from_settings
 from taskflow.brokers.base import ConsumerOptions
 from taskflow.deliveries import Deliveries
 from taskflow.exceptions import BrokerError, ConfigurationError, StartupInterrupted
+from taskflow.fleet import publishing_snapshots
 from taskflow.loopwatch import LoopWatch
 from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
@@ -230,12 +232,15 @@ async def open_runtime(
     shutdown_timeout: float | None = None,
     install_signal_handlers: bool = False,
     workers: bool = True,
+    snapshots: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Start the broker and lifespan and build the workers; yield the Runtime; then tear down.
 
     The workers are not started: call `runtime.manager.run()` (or use `running`, which does).
-    With `workers=False` none is built: the Runtime only publishes. With `install_signal_handlers`,
-    SIGINT, SIGTERM and SIGHUP request a graceful stop from the very start. One that comes before
+    With `workers=False` none is built: the Runtime only publishes. With Redis, the run publishes
+    its fleet snapshots (`taskflow.fleet`) unless `snapshots` is False. With
+    `install_signal_handlers`, SIGINT, SIGTERM and SIGHUP request a graceful stop from the very
+    start. One that comes before
     the Runtime is yielded cancels the start-up: what was opened is closed, within the shutdown
     timeout, and [StartupInterrupted][taskflow.StartupInterrupted] is raised. Once the Runtime is
     yielded a signal is the Manager's; a second one while no worker is running (a shutdown hook
@@ -300,7 +305,9 @@ async def open_runtime(
                             http.attach(runtime)
                         if signals is not None:
                             signals.started()
-                        yield runtime
+                        fleet = publishing_snapshots(runtime) if snapshots else nullcontext()
+                        async with fleet:
+                            yield runtime
             finally:
                 app.attach(None)
                 await _close(broker, deliveries)

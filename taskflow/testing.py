@@ -229,8 +229,13 @@ class TestClient:
     async def __aenter__(self) -> TestClient:
         if self._clock is not None:
             self._app_clock, self.app.clock = self.app.clock, self._clock
+        # No fleet snapshot: a test's run is no replica of the fleet.
         self._context = open_runtime(
-            self.app, broker=self.broker, commit_interval=0, shutdown_timeout=self.shutdown_timeout
+            self.app,
+            broker=self.broker,
+            commit_interval=0,
+            shutdown_timeout=self.shutdown_timeout,
+            snapshots=False,
         )
         try:
             self._runtime = await self._context.__aenter__()

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class AppProcess:
-    """One ``python -m taskflow run`` child with its log captured.
+    """One ``python -m taskflow run`` child with its log captured (`command` names another
+    taskflow command taking ``MODULE:APP``, ``dashboard`` say).
 
     `program` replaces ``python -m taskflow`` (with the ``taskflow`` script, say), and `cwd` the
     checkout's root as the directory it runs in.
@@ -36,8 +37,10 @@ class AppProcess:
         stdout: Path | None = None,
         cwd: Path = ROOT,
         program: Sequence[str] = (sys.executable, "-m", "taskflow"),
+        command: str = "run",
     ) -> None:
         self.app_ref = app_ref
+        self.command = command
         self.cwd = cwd
         self.program = list(program)
         self.stdout = stdout
@@ -52,7 +55,7 @@ class AppProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> Self:
-        command = [*self.program, "run", self.app_ref, *self.args]
+        command = [*self.program, self.command, self.app_ref, *self.args]
         out = self.stdout.open("wb") if self.stdout else None
         try:
             self._proc = subprocess.Popen(

@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -1118,3 +1119,38 @@ def test_info_shows_the_retry_stage_and_where_failures_go() -> None:
         "  consumer  handle.retry  topics orders.retry.1s, orders.retry.2s"
         "  group retry-stages.retry  runs the retries of handle"
     )
+
+
+# -- taskflow dashboard ------------------------------------------------------------------------
+
+
+def test_dashboard_on_a_port_in_use_is_one_line_and_exit_code_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = taskflow("dashboard", IDLE, "--port", str(port))
+
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in line
+
+
+def test_dashboard_with_an_unreachable_redis_is_exit_code_1() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = taskflow(
+        "dashboard", IDLE, "--port", "0", "--redis", f"redis://:pw@127.0.0.1:{port}/0"
+    )
+
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr
+    assert ":pw@" not in result.stderr
+
+
+def test_dashboard_refuses_a_port_that_is_not_one() -> None:
+    result = taskflow("dashboard", IDLE, "--port", "web")
+
+    assert result.returncode == 2
+    assert "--port" in result.stderr

@@ -16,18 +16,22 @@ belongs to, so what one script touches always shares it.
 | ``taskflow:{group}:offsets:<topic>:<p>`` | a hash: ``base``, offsets done above | idempotency |
 | ``taskflow:{group}:owner:<topic>:<p>`` | the token holding partition p's lease | idempotency |
 | ``taskflow:{app:consumer}:ratelimit`` | the limit's theoretical arrival time (µs) | rate limit |
+| ``taskflow:{app:fleet}:replica:<id>`` | a replica's status snapshot (JSON), short TTL | fleet |
+| ``taskflow:{app:fleet}:seen`` | a hash: replica → identity, last snapshot time | fleet |
 
 The schedule's claim script touches the tick, ``running``, ``last`` and ``next`` keys of one task:
 they share the ``{app:task}`` tag. The idempotency scripts touch the keys of one consumer group
 (``{group}``): a fetched batch, all partitions, is claimed in one call. A message's identity is its
 ``idempotency_key`` or its ``idempotency-key`` header; a message with neither is known by its
 offset, in its partition's ``offsets`` hash (`taskflow.stores.ledger`). The rate limit's script
-touches one key.
+touches one key. The fleet's script writes a snapshot and the ``seen`` record together: they share
+the ``{app:fleet}`` tag.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "fleet",
     "idempotency",
     "offsets",
     "partition_owner",
@@ -77,3 +81,8 @@ def tick_idempotency(app: str, task: str, tick_iso: str) -> str:
 def rate_limit(app: str, consumer: str) -> str:
     """A global rate limit: ``taskflow:{app:consumer}:ratelimit``."""
     return f"{PREFIX}:{_tag(app, consumer)}:ratelimit"
+
+
+def fleet(app: str, suffix: str) -> str:
+    """The fleet's records: ``taskflow:{app:fleet}:<suffix>``, ``replica:<replica>`` or ``seen``."""
+    return f"{PREFIX}:{_tag(app, 'fleet')}:{suffix}"

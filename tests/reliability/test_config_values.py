@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from taskflow import App, cli, supervisor
 from taskflow.brokers.kafka import _CONSUMER_PARAMS, _PRODUCER_PARAMS, kafka_variables
 from taskflow.config import OPTIONS
+from taskflow.dashboard.server import TOKEN_VARIABLE
 from taskflow.exceptions import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +47,7 @@ def variables() -> list[str]:
     for command in (cli.run, cli.info):
         names |= {p.envvar for p in command.params if isinstance(p.envvar, str)}
     names |= {supervisor.PROCESS_INDEX_ENV, supervisor.SUPERVISOR_PID_ENV}
+    names.add(TOKEN_VARIABLE)  # the dashboard's: any text is a token
     names |= set(kafka_variables())
     return sorted(names)
 

@@ -1,0 +1,139 @@
+"""The operations dashboard served by a running app: its replica, consumers and periodic tasks on
+one page, refreshed panels, every value escaped, and a token when one is set."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+import taskflow
+from taskflow import App, Context
+from taskflow.dashboard import Dashboard
+from taskflow.dashboard.view import Sources
+from taskflow.runner import Runtime
+from taskflow.stores.fleet import MemoryFleetStore, Snapshot
+from tests._redis import REDIS_URL
+
+WAIT = 15.0
+
+
+def _app(name: str, redis_url: str = "") -> App:
+    app = App(name, broker="memory://?partitions=2", redis_url=redis_url, http_port=0)
+
+    @app.consume("orders")
+    async def on_order(order: dict[str, int], ctx: Context) -> None: ...
+
+    @app.every(seconds=1)
+    async def beat(ctx: Context) -> None: ...
+
+    return app
+
+
+def _client(runtime: Runtime) -> httpx.AsyncClient:
+    assert runtime.http is not None
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http.port}", timeout=WAIT)
+
+
+async def _page_with(client: httpx.AsyncClient, path: str, *texts: str) -> str:
+    async with asyncio.timeout(WAIT):
+        while True:
+            answer = await client.get(path)
+            if answer.status_code == 200 and all(text in answer.text for text in texts):
+                return answer.text
+            await asyncio.sleep(0.1)
+
+
+async def test_without_redis_the_page_shows_this_replica_its_partitions_and_tasks() -> None:
+    app = _app("solo")
+    async with taskflow.running(app) as runtime, _client(runtime) as client:
+        page = await _page_with(client, "/", 'data-topic="orders" data-partition="1"', "beat")
+        panels = await client.get("/dashboard/panels")
+        data = (await client.get("/dashboard/data.json")).json()
+        css = await client.get("/dashboard/static/dashboard.css")
+        missing = await client.get("/dashboard/static/../http.py")
+
+    assert "<title>solo · taskflow</title>" in page
+    assert page.count('class="replica"') == 1
+    assert 'data-state="running"' in page
+    assert 'data-task="beat"' in page
+    assert "<html" not in panels.text
+    assert 'id="fleet"' in panels.text
+    assert [row["partition"] for row in data["consumers"]] == [0, 1]
+    assert data["fleet"][0]["pid"] > 0
+    assert css.headers["content-type"].startswith("text/css")
+    assert missing.status_code == 404
+    assert "default-src 'none'" in panels.headers["content-security-policy"]
+
+
+@pytest.mark.redis
+async def test_with_redis_the_page_shows_the_fleet_and_the_recorded_runs(redis: Redis) -> None:
+    app = _app("fleeted", REDIS_URL)
+    async with taskflow.running(app) as runtime, _client(runtime) as client:
+        await _page_with(client, "/", 'data-state="running"', "outcome ok")
+        data = (await client.get("/dashboard/data.json")).json()
+
+    (beat,) = data["schedules"]
+    assert beat["last_replica"]
+    assert beat["outcome"] == "ok"
+    assert beat["next_tick"]
+    assert beat["missed"] == 0
+    assert data["redis"] == REDIS_URL
+
+
+@asynccontextmanager
+async def _served(sources: Sources, token: str | None = None) -> AsyncIterator[str]:
+    routes = web.Application()
+    Dashboard(lambda: sources, token=token).add_routes(routes)
+    runner = web.AppRunner(routes)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_what_replicas_report_is_escaped_and_a_gone_replica_is_marked() -> None:
+    fleet = MemoryFleetStore("escaped")
+    hostile = "<script>alert(1)</script>"
+    now = time.time()
+    snapshot = Snapshot(hostile, hostile, 7, hostile, "0.1.0", now, now, "running", {})
+    await fleet.publish(snapshot, ttl=0.0)  # expired at once: gone
+    async with _served(Sources(App("escaped"), fleet=fleet)) as url, httpx.AsyncClient() as client:
+        page = (await client.get(url + "/")).text
+
+    assert hostile not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'class="replica gone"' in page
+    assert 'data-state="gone"' in page
+
+
+async def test_with_a_token_nothing_is_served_without_it() -> None:
+    sources = Sources(App("guarded"), fleet=MemoryFleetStore("guarded"))
+    async with _served(sources, token="s3cret") as url, httpx.AsyncClient(base_url=url) as client:
+        refused = await client.get("/")
+        refused_data = await client.get("/dashboard/data.json")
+        wrong = await client.get("/dashboard/data.json", headers={"Authorization": "Bearer x"})
+        bearer = await client.get(
+            "/dashboard/data.json", headers={"Authorization": "Bearer s3cret"}
+        )
+        signed_in = await client.get("/?token=s3cret")
+        with_cookie = await client.get("/dashboard/panels")
+
+    assert refused.status_code == refused_data.status_code == wrong.status_code == 401
+    assert "TASKFLOW_DASHBOARD_TOKEN" in refused.text
+    assert bearer.status_code == 200
+    assert bearer.json()["app"] == "guarded"
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == "/"
+    assert "s3cret" not in signed_in.headers["set-cookie"]
+    assert with_cookie.status_code == 200
+    assert 'id="fleet"' in with_cookie.text
