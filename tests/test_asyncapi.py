@@ -73,7 +73,9 @@ def test_the_document_of_every_example_is_valid_asyncapi(reference: str) -> None
     app = EXAMPLES[reference]
     built = _valid(document(app))
     consumed = {topic for spec in app.consumers for topic in spec.topics}
-    assert set(built["channels"]) == consumed | {topic.name for topic in app.topics}
+    failures = {spec.dead_letter for spec in app.consumers if spec.dead_letter}
+    failures |= {topic for spec in app.consumers for topic in spec.stage_topics}
+    assert set(built["channels"]) == consumed | failures | {topic.name for topic in app.topics}
     assert yaml.safe_load(as_yaml(built)) == built
 
 
@@ -181,7 +183,15 @@ def test_declared_topics_are_send_operations_with_their_payload_and_key() -> Non
     built = document(contract.app)
     operations = built["operations"]
     sends = {name for name, op in operations.items() if op["action"] == "send"}
-    assert sends == {"invoices.send", "receipts.send", "audit.send"}
+    assert sends == {
+        "invoices.send",
+        "receipts.send",
+        "audit.send",
+        "on_signup.send.signups.DLQ",
+        "on_shipment.send.shipments.retry.10s",
+        "on_shipment.send.shipments.retry.60s",
+        "on_shipment.send.shipments.DLQ",
+    }
 
     invoice = operations["invoices.send"]
     assert invoice["channel"] == {"$ref": "#/channels/invoices"}
