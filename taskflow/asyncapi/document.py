@@ -275,14 +275,16 @@ def _taskflow_fields(spec: ConsumerSpec) -> dict[str, Any]:
     """What taskflow adds to a receive operation: the consumer and where its failures go."""
     fields: dict[str, Any] = {
         "x-taskflow-consumer": spec.name,
-        "x-taskflow-group": spec.group,
+        "x-taskflow-group": spec.consumer_group,
         "x-taskflow-ordering": spec.ordering,
     }
+    if spec.retrying:  # the retry stage: it runs the failures of the consumer's group only
+        fields["x-taskflow-retries-of-group"] = spec.group
     if spec.batch is not None:
         fields["x-taskflow-batch"] = spec.batch
     if spec.max_attempts is not None:
         fields["x-taskflow-max-attempts"] = spec.max_attempts
-    if spec.retry_topics is not None:
+    if spec.retry_topics is not None and not spec.retrying:
         stage = retry_stage_spec(spec)
         fields["x-taskflow-retry-topics"] = list(stage.topics)
         fields["x-taskflow-retry-group"] = stage.consumer_group

@@ -7,8 +7,9 @@ from the header names `taskflow.workers.dead_letter` and `taskflow.retry_topics`
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, get_args
 
+from taskflow.policy import DeadLetterReason
 from taskflow.retry_topics import DUE, RETRY_HEADERS
 from taskflow.workers.dead_letter import DEAD_LETTER_HEADERS
 
@@ -26,7 +27,7 @@ _SAID: Final = {
     "taskflow-original-timestamp": "The original record's timestamp, in ms since the epoch.",
     "taskflow-consumer-group": "The consumer group whose handler gave the record up.",
     "taskflow-attempts": "The attempts made at the record.",
-    "taskflow-reason": "Why it was given up: the attempts ran out, the payload did not decode…",
+    "taskflow-reason": f"Why it was given up: {', '.join(get_args(DeadLetterReason))}.",
     "taskflow-exception-type": "The last exception's class, qualified by its module.",
     "taskflow-exception-message": "The start of the last exception's message.",
     "taskflow-traceback": "The end of the last exception's traceback.",
