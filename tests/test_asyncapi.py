@@ -608,6 +608,23 @@ def test_two_payload_types_of_one_name_each_keep_their_schema() -> None:
     assert list(schemas["Order_2"]["properties"]) == ["sku"]
 
 
+def test_a_type_holding_a_renamed_type_refers_to_it_by_its_new_name() -> None:
+    import msgspec
+
+    first, second = _two_orders()
+    box = type("Box", (msgspec.Struct,), {"__annotations__": {"order": first}})
+    other_box = type("Box", (msgspec.Struct,), {"__annotations__": {"order": second}})
+    app = App("shop")
+    app.topic("boxes", box)
+    app.topic("crates", other_box)
+    built = _valid(document(app))
+    assert _message(built, "crates.send")["payload"] == {"$ref": "#/components/schemas/Box_2"}
+    schemas = built["components"]["schemas"]
+    assert schemas["Box"]["properties"]["order"] == {"$ref": "#/components/schemas/Order"}
+    assert schemas["Box_2"]["properties"]["order"] == {"$ref": "#/components/schemas/Order_2"}
+    assert list(schemas["Order_2"]["properties"]) == ["sku"]
+
+
 def _failing_app(clock: Any) -> App:
     app = App("shop", clock=clock)
 
@@ -641,6 +658,7 @@ def test_retry_and_dead_letter_topics_are_channels_the_consumer_sends_to() -> No
     assert stage["x-taskflow-dead-letter"] == "orders.DLQ"
     assert operations["on_order.send.orders.retry.60s"]["x-taskflow-retry-stage"] == 2
     assert operations["on_order.send.orders.retry.60s"]["x-taskflow-delay"] == "60s"
+    assert operations["on_order.send.orders.DLQ"]["x-taskflow-original-topics"] == ["orders"]
     # a stage receives what the consumer sends: one message, the original payload plus headers
     sent = _message(built, "on_order.send.orders.retry.10s")
     assert _message(built, "on_order.retry.orders.retry.10s") is sent
@@ -650,6 +668,21 @@ def test_retry_and_dead_letter_topics_are_channels_the_consumer_sends_to() -> No
     assert dead["payload"] == {"$ref": "#/components/schemas/Refund"}
     assert dead["headers"] == {"$ref": "#/components/schemas/TaskflowDeadLetterHeaders"}
     assert dead["contentType"] == "application/json"
+
+
+async def test_a_consumer_of_several_topics_sends_its_dead_letters_in_one_operation() -> None:
+    app = App("shop")
+
+    @app.consume("refunds", "chargebacks", dead_letter="money.DLQ", retry_topics=[5])
+    async def on_money(refund: contract.Refund) -> None: ...
+
+    built = _valid(document(app))
+    sends = {name: op for name, op in built["operations"].items() if op["action"] == "send"}
+    assert {name: op["x-taskflow-original-topics"] for name, op in sends.items()} == {
+        "on_money.send.refunds.retry.5s": ["refunds"],
+        "on_money.send.chargebacks.retry.5s": ["chargebacks"],
+        "on_money.send.money.DLQ": ["refunds", "chargebacks"],
+    }
 
 
 async def test_the_headers_schemas_describe_the_records_taskflow_writes() -> None:

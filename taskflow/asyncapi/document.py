@@ -140,22 +140,21 @@ class _Builder:
                         f"{label(delay)} by {stage.name}."
                     )
                     fields = {"x-taskflow-retry-stage": number, "x-taskflow-delay": label(delay)}
-                    self._sent_on_failure(spec, topic, retry_topic, RETRY, summary, fields)
+                    self._sent_on_failure(spec, (topic,), retry_topic, RETRY, summary, fields)
         if spec.dead_letter is not None:
             summary = f"The records {spec.name} gave up on, and where they came from and why."
-            for topic in spec.topics:
-                self._sent_on_failure(spec, topic, spec.dead_letter, DEAD_LETTER, summary, {})
+            self._sent_on_failure(spec, spec.topics, spec.dead_letter, DEAD_LETTER, summary, {})
 
     def _sent_on_failure(
         self,
         spec: ConsumerSpec,
-        original: str,
+        originals: tuple[str, ...],
         topic: str,
         headers: str,
         summary: str,
         fields: dict[str, Any],
     ) -> None:
-        """The send operation of `spec`'s failed records of `original` to `topic`."""
+        """The send operation of `spec`'s failed records of `originals` to `topic`."""
         annotation = payload_type(spec.func, batch=spec.batch is not None)
         message = self._message(topic, annotation, spec.codec or self.app.codec, headers=headers)
         self.channels[topic].setdefault("description", summary)
@@ -163,10 +162,10 @@ class _Builder:
             "action": "send",
             "channel": {"$ref": f"#/channels/{topic}"},
             "messages": [{"$ref": f"#/channels/{topic}/messages/{message}"}],
-            "title": f"{spec.name} sends {original} failures to {topic}",
+            "title": f"{spec.name} sends failed records to {topic}",
             "summary": summary,
             "x-taskflow-consumer": spec.name,
-            "x-taskflow-original-topic": original,
+            "x-taskflow-original-topics": list(originals),
             **fields,
         }
         self._add_operation(f"{spec.name}.send.{topic}", operation)

@@ -80,20 +80,17 @@ class Schemas:
         """Add `components` to the document's, and return `schema`: a name already taken by
         another definition (two classes ``Order`` of different modules) gets the first free
         ``Order_2``, ``Order_3``…, and the references to it follow."""
-        refs: dict[str, str] = {}
-        while True:  # a renamed definition changes those that refer to it: until none does
-            renamed = {
+        renamed: dict[str, str] = {}
+        for _ in range(len(components) + 1):  # a renamed one changes those referring to it
+            refs = _refs(renamed)
+            again = {
                 name: self._free(name, _rerefed(definition, refs))
                 for name, definition in components.items()
             }
-            found = {
-                REF_TEMPLATE.format(name=old): REF_TEMPLATE.format(name=new)
-                for old, new in renamed.items()
-                if new != old
-            }
-            if found == refs:
+            if again == renamed:
                 break
-            refs = found
+            renamed = again
+        refs = _refs(renamed)
         for name, definition in components.items():
             self.components[renamed[name]] = _rerefed(definition, refs)
         return dict(_rerefed(schema, refs))
@@ -119,6 +116,15 @@ class Schemas:
         name = _UNSAFE.sub("_", annotation.__name__).strip("_")
         components[name] = schema
         return self._merged({"$ref": REF_TEMPLATE.format(name=name)}, components)
+
+
+def _refs(renamed: dict[str, str]) -> dict[str, str]:
+    """The references to change, from the names that changed."""
+    return {
+        REF_TEMPLATE.format(name=old): REF_TEMPLATE.format(name=new)
+        for old, new in renamed.items()
+        if new != old
+    }
 
 
 def _rerefed(value: Any, refs: dict[str, str]) -> Any:
