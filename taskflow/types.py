@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Codec", "Worker", "WorkerState", "WorkerStatus", "status_of"]
+__all__ = ["Codec", "DescribesPayload", "Worker", "WorkerState", "WorkerStatus", "status_of"]
 
 
 @runtime_checkable
@@ -59,6 +59,22 @@ class Codec(Protocol):
     def encode(self, value: Any) -> bytes:
         """The bytes of a published value; raise `TypeError` or `ValueError` for a value the
         format cannot hold."""
+        ...
+
+
+@runtime_checkable
+class DescribesPayload(Protocol):
+    """What a `Codec` may add, and need not: the schema of a payload in its own terms.
+
+    A codec that carries its schema (Avro's, a Protocol Buffers message's) describes its payloads
+    in the app's [AsyncAPI](../asyncapi.md) document better than the payload's annotation can.
+    Without the method, or when it returns None, the document has the annotation's JSON Schema.
+    """
+
+    def payload_schema(self, annotation: Any) -> Mapping[str, Any] | None:
+        """The schema of the payloads read as (and written from) `annotation`, as JSON values:
+        an AsyncAPI Schema Object (JSON Schema), or a Multi Format Schema Object
+        (``{"schemaFormat": ..., "schema": ...}``); None to leave it to taskflow."""
         ...
 
 

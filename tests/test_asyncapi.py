@@ -73,7 +73,9 @@ def test_the_document_of_every_example_is_valid_asyncapi(reference: str) -> None
     app = EXAMPLES[reference]
     built = _valid(document(app))
     consumed = {topic for spec in app.consumers for topic in spec.topics}
-    assert set(built["channels"]) == consumed | {topic.name for topic in app.topics}
+    failures = {spec.dead_letter for spec in app.consumers if spec.dead_letter}
+    failures |= {topic for spec in app.consumers for topic in spec.stage_topics}
+    assert set(built["channels"]) == consumed | failures | {topic.name for topic in app.topics}
     assert yaml.safe_load(as_yaml(built)) == built
 
 
@@ -181,7 +183,15 @@ def test_declared_topics_are_send_operations_with_their_payload_and_key() -> Non
     built = document(contract.app)
     operations = built["operations"]
     sends = {name for name, op in operations.items() if op["action"] == "send"}
-    assert sends == {"invoices.send", "receipts.send", "audit.send"}
+    assert sends == {
+        "invoices.send",
+        "receipts.send",
+        "audit.send",
+        "on_signup.send.signups.DLQ",
+        "on_shipment.send.shipments.retry.10s",
+        "on_shipment.send.shipments.retry.60s",
+        "on_shipment.send.shipments.DLQ",
+    }
 
     invoice = operations["invoices.send"]
     assert invoice["channel"] == {"$ref": "#/channels/invoices"}
@@ -442,3 +452,277 @@ def test_mypy_refuses_a_payload_of_another_type(tmp_path: Path) -> None:
         ("14", "[misc]"),
     ]
     assert 'expected "Invoice | None"' in errors[0][1]
+
+
+# -- codecs with a schema of their own, failures, names ----------------------------------
+
+
+def test_an_avro_payload_is_described_by_its_avro_schema() -> None:
+    from examples import schemas
+
+    built = _valid(document(schemas.app))
+    invoice = _message(built, "on_invoice")
+    assert invoice["contentType"] == "application/avro"
+    assert invoice["payload"] == {
+        "schemaFormat": "application/vnd.apache.avro;version=1.9.0",
+        "schema": schemas.INVOICE,
+    }
+    dead = built["channels"]["invoices.DLQ"]["messages"]["Invoice"]
+    assert dead["payload"] == invoice["payload"]
+
+
+def test_a_protobuf_payload_is_described_by_its_message_fields() -> None:
+    from examples import schemas
+
+    built = _valid(document(schemas.app))
+    reading = _message(built, "on_reading")
+    assert reading["contentType"] == "application/x-protobuf"
+    assert reading["payload"] == {
+        "type": "object",
+        "title": "taskflow.examples.Reading",
+        "properties": {
+            "sensor": {"type": "string"},
+            "celsius": {"type": "number", "format": "double"},
+            "taken_at": {"type": "integer", "format": "int64"},
+        },
+    }
+
+
+def test_a_protobuf_schema_has_repeated_fields_maps_enums_and_nested_messages() -> None:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    from taskflow import ProtobufCodec
+
+    proto = descriptor_pb2.FileDescriptorProto(name="asyncapi_shop.proto", package="shop")
+    proto.syntax = "proto3"
+    kind = proto.enum_type.add(name="Kind")
+    kind.value.add(name="KIND_UNSPECIFIED", number=0)
+    kind.value.add(name="GIFT", number=1)
+    node = proto.message_type.add(name="Node")
+    field = descriptor_pb2.FieldDescriptorProto
+    node.field.add(name="child", number=1, type=field.TYPE_MESSAGE, type_name=".shop.Node")
+    order = proto.message_type.add(name="Order")
+    order.field.add(name="tags", number=1, type=field.TYPE_STRING, label=field.LABEL_REPEATED)
+    order.field.add(name="kind", number=2, type=field.TYPE_ENUM, type_name=".shop.Kind")
+    order.field.add(name="tree", number=3, type=field.TYPE_MESSAGE, type_name=".shop.Node")
+    entry = order.nested_type.add(name="CountsEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=field.TYPE_STRING)
+    entry.field.add(name="value", number=2, type=field.TYPE_UINT32)
+    order.field.add(
+        name="counts",
+        number=4,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_REPEATED,
+        type_name=".shop.Order.CountsEntry",
+    )
+    order.field.add(name="blob", number=5, type=field.TYPE_BYTES)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("shop.Order"))
+
+    schema = ProtobufCodec().payload_schema(cls)
+    assert schema is not None
+    assert schema["properties"] == {
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "kind": {"type": "string", "title": "shop.Kind", "enum": ["KIND_UNSPECIFIED", "GIFT"]},
+        "tree": {
+            "type": "object",
+            "title": "shop.Node",
+            "properties": {
+                "child": {"type": "object", "title": "shop.Node", "description": "recursive"}
+            },
+        },
+        "counts": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "format": "uint32", "minimum": 0},
+        },
+        "blob": {"type": "string", "format": "binary"},
+    }
+    assert ProtobufCodec().payload_schema(dict) is None
+
+
+class _SchemaCodec:
+    """A codec of its own whose payloads' schema it gives itself."""
+
+    content_type = "application/x-shop"
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+    def decoder(self, annotation: Any) -> Any:
+        return bytes
+
+    def encode(self, value: Any) -> bytes:
+        return bytes(value)
+
+    def payload_schema(self, annotation: Any) -> Any:
+        return self.schema
+
+
+def test_a_codec_of_your_own_gives_its_schema_and_a_wrong_one_is_refused() -> None:
+    app = App("shop")
+    described = _SchemaCodec({"type": "object", "title": "Shop record"})
+    app.topic("records", dict, codec=described)
+    built = _valid(document(app))
+    assert _message(built, "records.send")["payload"] == {"type": "object", "title": "Shop record"}
+    # None: the annotation's own schema
+    app = App("shop")
+    app.topic("records", dict[str, int], codec=_SchemaCodec(None))
+    assert _message(document(app), "records.send")["payload"] == {
+        "type": "object",
+        "additionalProperties": {"type": "integer"},
+    }
+    app = App("shop")
+    app.topic("records", dict, codec=_SchemaCodec("a schema"))
+    with pytest.raises(ConfigurationError, match=r"_SchemaCodec.payload_schema returned a str"):
+        document(app)
+
+
+def _two_orders() -> tuple[type, type]:
+    from dataclasses import make_dataclass
+
+    import msgspec
+
+    first = make_dataclass("Order", [("id", int)])
+    second = type("Order", (msgspec.Struct,), {"__annotations__": {"sku": str}})
+    return first, second
+
+
+def test_two_payload_types_of_one_name_each_keep_their_schema() -> None:
+    first, second = _two_orders()
+    app = App("shop")
+    app.topic("orders", first)
+    app.topic("stock", second)
+    app.topic("boxes", list[second])  # type: ignore[valid-type]
+    app.topic("again", first)
+    built = _valid(document(app))
+    assert _message(built, "orders.send")["payload"] == {"$ref": "#/components/schemas/Order"}
+    assert _message(built, "stock.send")["payload"] == {"$ref": "#/components/schemas/Order_2"}
+    assert _message(built, "boxes.send")["payload"]["items"] == {
+        "$ref": "#/components/schemas/Order_2"
+    }
+    assert _message(built, "again.send")["payload"] == {"$ref": "#/components/schemas/Order"}
+    schemas = built["components"]["schemas"]
+    assert list(schemas["Order"]["properties"]) == ["id"]
+    assert list(schemas["Order_2"]["properties"]) == ["sku"]
+
+
+def test_a_type_holding_a_renamed_type_refers_to_it_by_its_new_name() -> None:
+    import msgspec
+
+    first, second = _two_orders()
+    box = type("Box", (msgspec.Struct,), {"__annotations__": {"order": first}})
+    other_box = type("Box", (msgspec.Struct,), {"__annotations__": {"order": second}})
+    app = App("shop")
+    app.topic("boxes", box)
+    app.topic("crates", other_box)
+    built = _valid(document(app))
+    assert _message(built, "crates.send")["payload"] == {"$ref": "#/components/schemas/Box_2"}
+    schemas = built["components"]["schemas"]
+    assert schemas["Box"]["properties"]["order"] == {"$ref": "#/components/schemas/Order"}
+    assert schemas["Box_2"]["properties"]["order"] == {"$ref": "#/components/schemas/Order_2"}
+    assert list(schemas["Order_2"]["properties"]) == ["sku"]
+
+
+def _failing_app(clock: Any) -> App:
+    app = App("shop", clock=clock)
+
+    @app.consume("orders", group="billing", dead_letter="orders.DLQ", retry_topics=[10, 60])
+    async def on_order(order: contract.Refund) -> None:
+        """Books a refund."""
+        raise ConnectionError(f"order {order.order} failed")
+
+    return app
+
+
+def test_retry_and_dead_letter_topics_are_channels_the_consumer_sends_to() -> None:
+    from taskflow.testing import ManualClock
+
+    built = _valid(document(_failing_app(ManualClock())))
+    operations = built["operations"]
+    assert {name: op["action"] for name, op in operations.items()} == {
+        "on_order": "receive",
+        "on_order.retry.orders.retry.10s": "receive",
+        "on_order.retry.orders.retry.60s": "receive",
+        "on_order.send.orders.retry.10s": "send",
+        "on_order.send.orders.retry.60s": "send",
+        "on_order.send.orders.DLQ": "send",
+    }
+    stage = operations["on_order.retry.orders.retry.60s"]
+    assert stage["channel"] == {"$ref": "#/channels/orders.retry.60s"}
+    assert stage["bindings"]["kafka"]["groupId"] == {"type": "string", "enum": ["billing.retry"]}
+    assert stage["x-taskflow-group"] == "billing.retry"
+    assert stage["x-taskflow-retries-of-group"] == "billing"
+    assert "x-taskflow-retry-topics" not in stage
+    assert stage["x-taskflow-dead-letter"] == "orders.DLQ"
+    assert operations["on_order.send.orders.retry.60s"]["x-taskflow-retry-stage"] == 2
+    assert operations["on_order.send.orders.retry.60s"]["x-taskflow-delay"] == "60s"
+    assert operations["on_order.send.orders.DLQ"]["x-taskflow-original-topics"] == ["orders"]
+    # a stage receives what the consumer sends: one message, the original payload plus headers
+    sent = _message(built, "on_order.send.orders.retry.10s")
+    assert _message(built, "on_order.retry.orders.retry.10s") is sent
+    assert sent["payload"] == {"$ref": "#/components/schemas/Refund"}
+    assert sent["headers"] == {"$ref": "#/components/schemas/TaskflowRetryHeaders"}
+    dead = _message(built, "on_order.send.orders.DLQ")
+    assert dead["payload"] == {"$ref": "#/components/schemas/Refund"}
+    assert dead["headers"] == {"$ref": "#/components/schemas/TaskflowDeadLetterHeaders"}
+    assert dead["contentType"] == "application/json"
+
+
+async def test_a_consumer_of_several_topics_sends_its_dead_letters_in_one_operation() -> None:
+    app = App("shop")
+
+    @app.consume("refunds", "chargebacks", dead_letter="money.DLQ", retry_topics=[5])
+    async def on_money(refund: contract.Refund) -> None: ...
+
+    built = _valid(document(app))
+    sends = {name: op for name, op in built["operations"].items() if op["action"] == "send"}
+    assert {name: op["x-taskflow-original-topics"] for name, op in sends.items()} == {
+        "on_money.send.refunds.retry.5s": ["refunds"],
+        "on_money.send.chargebacks.retry.5s": ["chargebacks"],
+        "on_money.send.money.DLQ": ["refunds", "chargebacks"],
+    }
+
+
+async def test_the_headers_schemas_describe_the_records_taskflow_writes() -> None:
+    """Each retry record and dead letter of a real run fits its headers schema, and each of
+    their `taskflow-` headers is described."""
+    from taskflow.testing import ManualClock
+
+    clock = ManualClock()
+    app = _failing_app(clock)
+    built = document(app)
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"order": "o1", "cents": 5}, headers={"trace": "t1"})
+        await client.drain()
+        for _ in range(2):
+            await clock.advance(60)
+            await client.drain()
+    written = {
+        name: client.published(name)
+        for name in ("orders.retry.10s", "orders.retry.60s", "orders.DLQ")
+    }
+    assert [len(records) for records in written.values()] == [1, 1, 1]
+    for name, records in written.items():
+        message = _message(built, f"on_order.send.{name}")
+        schema = _resolved(built, message["headers"])
+        (record,) = records
+        headers = dict(record.headers)
+        assert list(jsonschema.Draft7Validator(schema).iter_errors(headers)) == []
+        ours = {header for header in headers if header.startswith("taskflow-")}
+        assert ours <= set(schema["properties"])
+        assert headers["trace"] == "t1"  # the original's own headers, kept
+
+
+def test_the_page_shows_avro_schemas_headers_and_failure_topics() -> None:
+    from examples import schemas
+    from taskflow.testing import ManualClock
+
+    html = page(document(schemas.app))
+    assert "schema format <code>application/vnd.apache.avro;version=1.9.0</code>" in html
+    assert "&quot;namespace&quot;: &quot;billing&quot;" in html
+    html = page(document(_failing_app(ManualClock())))
+    assert '<a href="#schema-TaskflowDeadLetterHeaders">TaskflowDeadLetterHeaders</a>' in html
+    assert "retry stage: <code>2</code>" in html
+    assert "Dead letter of Refund" in html

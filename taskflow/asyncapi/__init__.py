@@ -33,5 +33,5 @@ def as_yaml(built: dict[str, Any]) -> str:
         raise ConfigurationError(
             "writing YAML needs PyYAML: pip install 'taskflow[yaml]', or use --format json"
         ) from None
-    text: str = yaml.safe_dump(built, sort_keys=False, allow_unicode=True, width=100)
+    text: str = yaml.safe_dump(built, sort_keys=False, allow_unicode=True, width=72)
     return text

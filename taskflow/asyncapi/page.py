@@ -1,7 +1,8 @@
 """The AsyncAPI document as one HTML page, rendered on the server: no script, nothing fetched.
 
 Every value from the document is escaped; the page reads only the parts taskflow writes
-(servers, channels, operations, messages and their schemas).
+(servers, channels, operations, messages with their headers and payload schemas, in JSON
+Schema or another schema format such as Avro's).
 """
 
 from __future__ import annotations
@@ -100,7 +101,13 @@ def _channels(built: dict[str, Any]) -> list[str]:
 
 
 def _message(ident: str, message: dict[str, Any]) -> list[str]:
-    out = [f"<h4>Message {_e(message.get('name', ident))}</h4><ul>"]
+    name = message.get("name", ident)
+    title = message.get("title")
+    shown = title if title and title != name else name
+    out = [f"<h4>Message {_e(shown)}</h4>"]
+    if message.get("description"):
+        out.append(f"<p>{_e(message['description'])}</p>")
+    out.append("<ul>")
     if message.get("contentType"):
         out.append(f"<li>content type <code>{_e(message['contentType'])}</code></li>")
     if message.get("summary"):
@@ -108,15 +115,22 @@ def _message(ident: str, message: dict[str, Any]) -> list[str]:
     key = message.get("bindings", {}).get("kafka", {}).get("key")
     if key:
         out.append(f"<li>key <code>{_e(json.dumps(key, ensure_ascii=False))}</code></li>")
-    payload = message.get("payload")
-    named = _ref_name(payload) if isinstance(payload, dict) and len(payload) == 1 else ""
-    if named:
-        out.append(f'<li>payload <a href="#schema-{_e(named)}">{_e(named)}</a></li></ul>')
-        return out
+    shown_inline: list[str] = []
+    for part in ("headers", "payload"):
+        schema = message.get(part)
+        if schema is None:
+            continue
+        named = _ref_name(schema) if isinstance(schema, dict) and len(schema) == 1 else ""
+        if named:
+            out.append(f'<li>{part} <a href="#schema-{_e(named)}">{_e(named)}</a></li>')
+        elif isinstance(schema, dict) and "schemaFormat" in schema:
+            out.append(f"<li>{part} schema format <code>{_e(schema['schemaFormat'])}</code></li>")
+            shown_inline.append(f"<pre>{_e(_json(schema.get('schema')))}</pre>")
+        else:
+            out.append(f"<li>{part}:</li>")
+            shown_inline.append(f"<pre>{_e(_json(schema))}</pre>")
     out.append("</ul>")
-    if payload is not None:
-        out.append(f"<pre>{_e(_json(payload))}</pre>")
-    return out
+    return out + shown_inline
 
 
 def _components(built: dict[str, Any]) -> list[str]:
@@ -125,7 +139,11 @@ def _components(built: dict[str, Any]) -> list[str]:
         return []
     out = ["<h2>Schemas</h2>"]
     for name, schema in schemas.items():
-        out.append(f'<h3 id="schema-{_e(name)}">{_e(name)}</h3><pre>{_e(_json(schema))}</pre>')
+        out.append(f'<h3 id="schema-{_e(name)}">{_e(name)}</h3>')
+        if isinstance(schema, dict) and "schemaFormat" in schema:
+            out.append(f"<p>schema format <code>{_e(schema['schemaFormat'])}</code></p>")
+            schema = schema.get("schema")
+        out.append(f"<pre>{_e(_json(schema))}</pre>")
     return out
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import decimal
 import io
+import json
 import typing
 import uuid
 from collections.abc import Callable, Mapping
@@ -30,6 +31,8 @@ from taskflow.formats import is_dataclass_type, is_struct, name_of
 __all__ = ["AvroCodec"]
 
 CONTENT_TYPE = "application/avro"
+AVRO_SCHEMA_FORMAT = "application/vnd.apache.avro;version=1.9.0"
+"""How AsyncAPI 3.0 names a schema written in Avro."""
 
 # What Avro's logical types read as: kept as they are when a Struct is written.
 _AVRO_BUILTINS: tuple[type, ...] = (bytes, bytearray, datetime.datetime, datetime.date)
@@ -95,6 +98,11 @@ class AvroCodec:
             f"Avro records are read as dict, a dataclass or a msgspec Struct, not "
             f"{name_of(annotation)}"
         )
+
+    def payload_schema(self, annotation: Any) -> dict[str, Any]:
+        """The codec's Avro schema, as AsyncAPI's multi-format schema object: whichever type
+        `annotation` is (a dict, a dataclass, a Struct), the bytes are records of this schema."""
+        return {"schemaFormat": AVRO_SCHEMA_FORMAT, "schema": json.loads(json.dumps(self.schema))}
 
     def encode(self, value: Any) -> bytes:
         """`value` as a record of the schema: a dict, a dataclass or a Struct.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from taskflow.exceptions import ConfigurationError, PublishError
 from taskflow.formats import name_of
@@ -62,6 +62,16 @@ class ProtobufCodec:
             )
         return _parser(annotation)
 
+    def payload_schema(self, annotation: Any) -> dict[str, Any] | None:
+        """The JSON Schema of a generated message class, from its descriptor: each field by its
+        ``.proto`` name, with its type, repeated fields as arrays, maps as objects, enums by
+        their value names and nested messages inline. It describes the message's fields; the
+        bytes are the binary encoding (the ``contentType``). None for any other annotation.
+        """
+        if not (isinstance(annotation, type) and issubclass(annotation, _message_class())):
+            return None
+        return _message_schema(cast("Any", annotation).DESCRIPTOR, ())
+
     def encode(self, value: Any) -> bytes:
         """`value`, a protobuf message, in its binary encoding.
 
@@ -93,3 +103,56 @@ def _parser(cls: Any) -> Callable[[bytes], Any]:
             raise ValueError(str(exc)) from exc  # taskflow dead-letters it, naming the record
 
     return decode
+
+
+# The JSON Schema of each scalar field type, by the descriptor's type number (TYPE_DOUBLE is 1).
+_SCALARS: dict[int, dict[str, Any]] = {
+    1: {"type": "number", "format": "double"},
+    2: {"type": "number", "format": "float"},
+    3: {"type": "integer", "format": "int64"},
+    4: {"type": "integer", "format": "uint64", "minimum": 0},
+    5: {"type": "integer", "format": "int32"},
+    6: {"type": "integer", "format": "fixed64", "minimum": 0},
+    7: {"type": "integer", "format": "fixed32", "minimum": 0},
+    8: {"type": "boolean"},
+    9: {"type": "string"},
+    12: {"type": "string", "format": "binary"},
+    13: {"type": "integer", "format": "uint32", "minimum": 0},
+    15: {"type": "integer", "format": "sfixed32"},
+    16: {"type": "integer", "format": "sfixed64"},
+    17: {"type": "integer", "format": "sint32"},
+    18: {"type": "integer", "format": "sint64"},
+}
+_ENUM, _MESSAGE, _GROUP = 14, 11, 10
+
+
+def _message_schema(descriptor: Any, seen: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON Schema of a message descriptor; a message inside itself is named, not repeated."""
+    if descriptor.full_name in seen:
+        return {"type": "object", "title": descriptor.full_name, "description": "recursive"}
+    seen = (*seen, descriptor.full_name)
+    properties = {field.name: _field_schema(field, seen) for field in descriptor.fields}
+    schema: dict[str, Any] = {"type": "object", "title": descriptor.full_name}
+    schema["properties"] = properties
+    required = [field.name for field in descriptor.fields if field.is_required]
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _field_schema(field: Any, seen: tuple[str, ...]) -> dict[str, Any]:
+    entry = field.message_type
+    if entry is not None and entry.GetOptions().map_entry:
+        value = _single_schema(entry.fields_by_name["value"], seen)
+        return {"type": "object", "additionalProperties": value}
+    single = _single_schema(field, seen)
+    return {"type": "array", "items": single} if field.is_repeated else single
+
+
+def _single_schema(field: Any, seen: tuple[str, ...]) -> dict[str, Any]:
+    if field.type in (_MESSAGE, _GROUP):
+        return _message_schema(field.message_type, seen)
+    if field.type == _ENUM:
+        names = [value.name for value in field.enum_type.values]
+        return {"type": "string", "title": field.enum_type.full_name, "enum": names}
+    return dict(_SCALARS[field.type])

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from taskflow.message import Headers, Message
 
 __all__ = [
+    "DEAD_LETTER_HEADERS",
     "MESSAGE_LIMIT",
     "TRACEBACK_LIMIT",
     "WHOLE",
@@ -234,6 +235,8 @@ _HEADERS: Final = (
     ("original_sha256", "original-sha256", False),
 )
 _HEADER_OF: Final = {field: HEADER_PREFIX + name for field, name, _ in _HEADERS}
+DEAD_LETTER_HEADERS: Final = tuple((HEADER_PREFIX + name, number) for _, name, number in _HEADERS)
+"""Every `taskflow-` header a dead letter may carry, and whether it holds a decimal number."""
 # What `DeadLetterRecord.from_message` requires of a dead letter taskflow wrote.
 _REQUIRED: Final = (
     "original_topic",
