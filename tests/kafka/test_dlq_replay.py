@@ -349,6 +349,25 @@ async def test_filters_select_what_they_say_and_unreplayable_dead_letters_are_sk
     assert len(await would("--error", "taskflow.exceptions.Reject")) == 3
     assert len(await would("--error", "KeyError")) == 0
     assert len(await would("--since", "1h")) == 5
+    # A filter that matches nothing says what there was instead, on stderr; still exit code 0.
+    code, lines, err = await run_replay(dlq_env, dlq, "--dry-run", "--error", "NoSuchError")
+    assert (code, err) == (
+        0,
+        "nothing matched --error NoSuchError; the 6 dead letter(s) filtered out were by "
+        "exception taskflow.exceptions.Reject 4, builtins.ValueError 2",
+    )
+    assert lines[-1].startswith("would replay 0, already replayed 0, skipped 1 ")
+    code, lines, err = await run_replay(
+        dlq_env, dlq, "--dry-run", "--reason", "exhausted", "--error", "Reject"
+    )
+    assert (code, err) == (
+        0,
+        "nothing matched --reason exhausted --error Reject; the 6 dead letter(s) filtered out "
+        "were by reason rejected 4, exhausted 2; by exception taskflow.exceptions.Reject 4, "
+        "builtins.ValueError 2",
+    )
+    code, lines, err = await run_replay(dlq_env, dlq, "--dry-run", "--error", "ValueError")
+    assert (code, err) == (0, "")  # something matched: no hint
     assert len(await would("--since", (written + timedelta(minutes=1)).isoformat())) == 0
     assert len(await would("--since", (written - timedelta(hours=1)).isoformat())) == 5
     assert len(await would("--limit", "2")) == 2
