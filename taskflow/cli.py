@@ -972,13 +972,20 @@ def replay(
             raise ConfigurationError("--group must not be empty")
     except ConfigurationError as exc:
         _fail(str(exc), debug)
+    # The default group is named after the filters as typed, not what they match: say so where
+    # the group is named, since a rerun spelt otherwise would replay the same dead letters again.
+    spelling = "" if group else "a different filter spelling starts a new replay"
     group = group or replaying.default_group(topic, filters)
 
     def opened() -> None:
         if dry_run:
-            click.echo(f"dry run of {topic}: nothing is published or committed; group {group}")
+            note = f" ({spelling})" if spelling else ""
+            click.echo(
+                f"dry run of {topic}: nothing is published or committed; group {group}{note}"
+            )
         else:
-            click.echo(f"replaying {topic} with group {group} (the same command resumes)")
+            note = f"; {spelling}" if spelling else ""
+            click.echo(f"replaying {topic} with group {group} (the same command resumes{note})")
 
     work = _replaying(app, topic, filters, group, limit, limiter, dry_run, opened)
     try:

@@ -304,6 +304,8 @@ async def test_a_dry_run_lists_what_would_be_replayed_and_publishes_and_commits_
 
     assert code == 0, err
     assert lines[0].startswith(f"dry run of {dlq}: nothing is published or committed; group ")
+    # The default group is named after the filters as typed, and the first line says so.
+    assert lines[0].endswith(" (a different filter spelling starts a new replay)")
     assert len(steps(lines, "would replay")) == 4
     assert lines[-1] == (
         "would replay 4, already replayed 0, skipped 0, filtered out 0; "
@@ -316,9 +318,17 @@ async def test_a_dry_run_lists_what_would_be_replayed_and_publishes_and_commits_
     assert code == 0, err
     assert other == lines
 
+    code, named, err = await run_replay(dlq_env, dlq, "--dry-run", "--group", "by-hand")
+    assert code == 0, err
+    assert named[0] == f"dry run of {dlq}: nothing is published or committed; group by-hand"
+
     code, lines, err = await run_replay(dlq_env, dlq)  # the dry run took nothing away
 
     assert code == 0, err
+    assert lines[0] == (
+        f"replaying {dlq} with group {group_of(lines)} (the same command resumes; a different "
+        "filter spelling starts a new replay)"
+    )
     assert len(steps(lines, "replayed")) == 4
 
 
