@@ -1102,6 +1102,8 @@ def _nothing_matched(summary: replaying.ReplaySummary, filters: replaying.Filter
         counts.append("by exception " + _counts(summary.filtered_exceptions))
     if not given:
         return None
+    if filters.since_text is not None:  # then the types counted may be there, but older
+        given.append(f"--since {filters.since_text}")
     return (
         f"nothing matched {' '.join(given)}; the {summary.filtered_out} dead letter(s) "
         f"filtered out were {'; '.join(counts)}"
