@@ -1025,13 +1025,20 @@ def replay(
             raise ConfigurationError("--group must not be empty")
     except ConfigurationError as exc:
         _fail(str(exc), debug)
+    # The default group is named after the filters as typed, not what they match: say so where
+    # the group is named, since a rerun spelt otherwise would replay the same dead letters again.
+    spelling = "" if group else "a different filter spelling starts a new replay"
     group = group or replaying.default_group(topic, filters)
 
     def opened() -> None:
         if dry_run:
-            click.echo(f"dry run of {topic}: nothing is published or committed; group {group}")
+            note = f" ({spelling})" if spelling else ""
+            click.echo(
+                f"dry run of {topic}: nothing is published or committed; group {group}{note}"
+            )
         else:
-            click.echo(f"replaying {topic} with group {group} (the same command resumes)")
+            note = f"; {spelling}" if spelling else ""
+            click.echo(f"replaying {topic} with group {group} (the same command resumes{note})")
 
     work = _replaying(app, topic, filters, group, limit, limiter, dry_run, opened)
     try:
@@ -1040,6 +1047,8 @@ def replay(
         click.echo("Error: interrupted again: stopped at once; the same command resumes", err=True)
         sys.exit(EXIT_UNCLEAN)
     click.echo(_replay_summary(summary, dry_run))
+    if hint := _nothing_matched(summary, filters):
+        click.echo(hint, err=True)
     sys.exit(EXIT_UNCLEAN if summary.stopped else EXIT_CLEAN)
 
 
@@ -1128,6 +1137,30 @@ def _skip_reason(step: replaying.Step) -> str:
     if step.why == replaying.NO_PARTITION:
         return f"its original partition {original} does not exist"
     return "it has no taskflow headers, so where it came from is unknown"
+
+
+def _nothing_matched(summary: replaying.ReplaySummary, filters: replaying.Filters) -> str | None:
+    """When `--reason` or `--error` matched none of the dead letters read: what they were."""
+    matched = summary.replayed + summary.already
+    # Every skip but one without taskflow headers (which no filter can look at) came after a match.
+    matched += sum(count for why, count in summary.skipped if why != replaying.NOT_TASKFLOW)
+    if matched or not summary.filtered_out or not summary.finished:
+        return None
+    given, counts = [], []
+    if filters.reason is not None:
+        given.append(f"--reason {filters.reason}")
+        counts.append("by reason " + _counts(summary.filtered_reasons))
+    if filters.error is not None:
+        given.append(f"--error {filters.error}")
+        counts.append("by exception " + _counts(summary.filtered_exceptions))
+    if not given:
+        return None
+    if filters.since_text is not None:  # then the types counted may be there, but older
+        given.append(f"--since {filters.since_text}")
+    return (
+        f"nothing matched {' '.join(given)}; the {summary.filtered_out} dead letter(s) "
+        f"filtered out were {'; '.join(counts)}"
+    )
 
 
 def _replay_summary(summary: replaying.ReplaySummary, dry_run: bool) -> str:

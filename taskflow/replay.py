@@ -83,6 +83,8 @@ NOT_TASKFLOW: Final = "no taskflow headers"
 VALUE_LEFT_OUT: Final = "value left out"
 NO_TOPIC: Final = "original topic gone"
 NO_PARTITION: Final = "original partition gone"
+UNKNOWN: Final = "(not given)"
+"""What a dead letter's reason or exception type is counted under when its headers lack it."""
 
 MARK_EVERY: Final = 1000
 """Records replayed to one original partition before its mark is moved up to its end."""
@@ -179,6 +181,10 @@ class ReplaySummary:
     skipped: tuple[tuple[str, int], ...]
     """(why, count), the most common first: matched, but cannot be replayed."""
     filtered_out: int
+    filtered_reasons: tuple[tuple[str, int], ...]
+    """(reason, count) over the dead letters filtered out, the most common first."""
+    filtered_exceptions: tuple[tuple[str, int], ...]
+    """(exception type, count) over the dead letters filtered out, the most common first."""
     finished: bool
     """True when it read to the topic's end; False when the limit or a stop ended it first."""
     stopped: bool
@@ -271,6 +277,8 @@ class _Replay:
         self.since_mark: dict[tuple[str, int], int] = {}  # published since this run's last mark
         self.replayed = self.already = self.filtered_out = 0
         self.skipped: Counter[str] = Counter()
+        self.filtered_reasons: Counter[str] = Counter()
+        self.filtered_exceptions: Counter[str] = Counter()
 
     # -- after an interruption --------------------------------------------------------
 
@@ -333,13 +341,19 @@ class _Replay:
             letter = read_dead_letter(message)
             target = await self._target(letter)
             if target != NOT_TASKFLOW and not self.filters.matches(letter):
-                self.filtered_out += 1
+                self._filter_out(letter)
             elif isinstance(target, str):
                 self.skipped[target] += 1
                 self.report(Step(letter, "skipped", why=target))
             elif not await self._replay(message, letter, target):
                 return  # stopped while it waited for its turn: not dealt with
         self.position[partition] = offset + 1
+
+    def _filter_out(self, letter: DeadLetterHeaders) -> None:
+        """Count `letter` as filtered out, by its reason and exception type (`dlq show`'s)."""
+        self.filtered_out += 1
+        self.filtered_reasons[letter.reason or UNKNOWN] += 1
+        self.filtered_exceptions[letter.exception_type or UNKNOWN] += 1
 
     async def _target(self, letter: DeadLetterHeaders) -> tuple[str, int] | str:
         """Where `letter` goes back to, or why it cannot."""
@@ -429,6 +443,8 @@ class _Replay:
             already=self.already,
             skipped=tuple(self.skipped.most_common()),
             filtered_out=self.filtered_out,
+            filtered_reasons=tuple(self.filtered_reasons.most_common()),
+            filtered_exceptions=tuple(self.filtered_exceptions.most_common()),
             finished=finished,
             stopped=self.stopping.is_set(),
         )

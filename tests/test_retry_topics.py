@@ -3,6 +3,7 @@ the record waits out each stage's delay on its retry topic, then goes to the dea
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from taskflow import (
 )
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.exceptions import PublishError
+from taskflow.logfmt import JsonFormatter
 from taskflow.message import Headers, TopicPartition
 from taskflow.telemetry.status import ConsumerStatus
 from taskflow.testing import ManualClock, TestClient
@@ -130,6 +132,32 @@ async def test_a_record_that_succeeds_on_a_stage_is_done() -> None:
 
 
 # --8<-- [end:stages]
+
+
+async def test_every_line_about_a_record_on_a_stage_names_its_original_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    app, _ = _app(clock, fails={1}, retry_topics=[10])
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+        await clock.advance(10)
+        await client.drain()
+    lines = [r for r in caplog.records if r.getMessage().startswith(("✗", "☠"))]
+    assert [r.getMessage().split(" attempt")[0].split(" exhausted")[0] for r in lines] == [
+        "✗ orders[0]@0",
+        "☠ orders.retry.10s[0]@0 (orders[0]@0)",
+    ]
+    assert all("orders[0]@0" in r.getMessage() for r in lines)  # one search finds them all
+    entry = json.loads(JsonFormatter().format(lines[1]))
+    assert (entry["topic"], entry["partition"], entry["offset"]) == ("orders.retry.10s", 0, 0)
+    assert (entry["original_topic"], entry["original_partition"], entry["original_offset"]) == (
+        "orders",
+        0,
+        0,
+    )
+    assert "original_topic" not in json.loads(JsonFormatter().format(lines[0]))
 
 
 async def test_a_reject_on_a_stage_goes_straight_to_the_dead_letters() -> None:

@@ -14,7 +14,8 @@ With retry topics (`taskflow.retry_topics`) a failure does not wait in place: th
 published to the next retry stage (retried while the broker may yet take it; one it will never
 take is dead-lettered as ``unretryable``) and is finished once the broker acknowledged it. On a
 retry stage (`spec.retrying`) the attempt is read from the record, a record another group failed
-is skipped, and a dead letter or the next stage names the original record.
+is skipped, a dead letter or the next stage names the original record, and so does every line
+logged about it, after the copy's own place (`Processor.named`).
 
 A dead letter is retried for as long as the broker may yet take it (it is down, a leader moves). One
 that is too large goes without the original's value (`taskflow.workers.dead_letter`); one the broker
@@ -197,6 +198,20 @@ class Processor:
         """The record `message` stands for: itself, or on a retry stage the original."""
         return original(message) if self.spec.retrying else message
 
+    def named(self, message: Message) -> tuple[str, dict[str, object] | None]:
+        """How a line names `message` after its own place: on a retry stage, the original it
+        stands for (`` (orders[2]@17)``, so a search for the original finds every line of it),
+        with the same as `extra` fields for JSON logs; else nothing."""
+        source = self.original(message)
+        if source is message:
+            return "", None
+        fields = {
+            "original_topic": source.topic,
+            "original_partition": source.partition,
+            "original_offset": source.offset,
+        }
+        return f" ({source})", fields
+
     async def _first_retry(self, message: Message) -> None:
         """A retry stage's first try: only a record its own group failed runs (a registration
         of another group consuming the same topic shares the retry topics); others are skipped,
@@ -219,12 +234,15 @@ class Processor:
 
     def _stop_process(self, message: Message, exc: BaseException) -> None:
         request = exit_request(exc)
+        also, fields = self.named(message)
         self.log.error(
-            "handler %s raised %s for %s: stopping the process; the message is not committed, "
+            "handler %s raised %s for %s%s: stopping the process; the message is not committed, "
             "it will be redelivered",
             self.spec.name,
             request.reason,
             message,
+            also,
+            extra=fields,
         )
         if self.on_exit is not None:
             self.on_exit(request)
@@ -251,34 +269,42 @@ class Processor:
             )
 
     def _log_deferral(self, message: Message, signal: Defer, *, first: bool) -> None:
+        also, fields = self.named(message)
         self.log.log(
             logging.INFO if first else logging.DEBUG,
-            "⏸ %s deferred (%s); again in %.3gs",
+            "⏸ %s%s deferred (%s); again in %.3gs",
             message,
+            also,
             signal.reason or "no reason given",
             signal.delay,
+            extra=fields,
         )
 
     def _log_failure(
         self, message: Message, exc: BaseException, attempt: int, delay: float
     ) -> None:
+        also, fields = self.named(message)
         if isinstance(exc, Retry):
             self.log.info(
-                "↻ %s attempt %d: retry requested (%s); again in %.3gs",
+                "↻ %s%s attempt %d: retry requested (%s); again in %.3gs",
                 message,
+                also,
                 attempt,
                 exc.reason or "no reason given",
                 delay,
+                extra=fields,
             )
             return
         self.log.warning(
-            "✗ %s attempt %d failed: %s: %s; retrying in %.3gs",
+            "✗ %s%s attempt %d failed: %s: %s; retrying in %.3gs",
             message,
+            also,
             attempt,
             type(exc).__name__,
             exc,
             delay,
             exc_info=exc if attempt == 1 else None,
+            extra=fields,
         )
 
     def _count(
@@ -303,7 +329,15 @@ class Processor:
     ) -> bool:
         """Skip or dead-letter `message`, as `decision` says; False if stopped meanwhile."""
         if decision == SKIP:
-            self.log.warning("⊘ %s rejected and skipped: %s: %s", message, type(exc).__name__, exc)
+            also, fields = self.named(message)
+            self.log.warning(
+                "⊘ %s%s rejected and skipped: %s: %s",
+                message,
+                also,
+                type(exc).__name__,
+                exc,
+                extra=fields,
+            )
             self._count(decision, message, exc)
             return True
         return await self._dead_letter(message, exc, attempt, decision, pause)
@@ -319,6 +353,7 @@ class Processor:
         assert stages is not None
         assert decision.stage is not None
         source = self.original(message)
+        also, fields = self.named(message)
         topic = stages.topic(source.topic, decision.stage)
         delay = stages.delays[decision.stage - 1]
         failures = 0
@@ -331,11 +366,13 @@ class Processor:
                 )
             except (RecordTooLarge, RecordRefused) as error:
                 self.log.error(
-                    "%s cannot go to retry topic %s (%s: %s): dead-lettered instead",
+                    "%s%s cannot go to retry topic %s (%s: %s): dead-lettered instead",
                     message,
+                    also,
                     topic,
                     type(error).__name__,
                     error,
+                    extra=fields,
                 )
                 return await self._dead_letter(
                     message, exc, attempt, DEAD_LETTER_UNRETRYABLE, pause
@@ -344,11 +381,13 @@ class Processor:
                 failures += 1
                 wait = self.spec.retry.delay(failures, self.rng)
                 self.log.error(
-                    "sending %s to retry topic %s failed: %s; again in %.3gs",
+                    "sending %s%s to retry topic %s failed: %s; again in %.3gs",
                     message,
+                    also,
                     topic,
                     error,
                     wait,
+                    extra=fields,
                 )
                 if not await pause(wait):
                     return False
@@ -361,25 +400,30 @@ class Processor:
         self, message: Message, exc: BaseException, attempt: int, topic: str, due: float
     ) -> None:
         when = datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds")
+        also, fields = self.named(message)
         if isinstance(exc, Retry):
             self.log.info(
-                "↻ %s attempt %d: retry requested (%s); sent to %s, due %s",
+                "↻ %s%s attempt %d: retry requested (%s); sent to %s, due %s",
                 message,
+                also,
                 attempt,
                 exc.reason or "no reason given",
                 topic,
                 when,
+                extra=fields,
             )
             return
         self.log.warning(
-            "✗ %s attempt %d failed: %s: %s; sent to %s, due %s",
+            "✗ %s%s attempt %d failed: %s: %s; sent to %s, due %s",
             message,
+            also,
             attempt,
             type(exc).__name__,
             exc,
             topic,
             when,
             exc_info=exc if attempt == 1 else None,
+            extra=fields,
         )
 
     async def _dead_letter(
@@ -412,12 +456,15 @@ class Processor:
             except BrokerError as error:
                 failures += 1
                 delay = self.spec.retry.delay(failures, self.rng)
+                also, fields = self.named(message)
                 self.log.error(
-                    "dead-lettering %s to %s failed: %s; again in %.3gs",
+                    "dead-lettering %s%s to %s failed: %s; again in %.3gs",
                     message,
+                    also,
                     topic,
                     error,
                     delay,
+                    extra=fields,
                 )
                 if not await pause(delay):
                     return False
@@ -438,15 +485,18 @@ class Processor:
             rest = ", key and headers" if letter.smallest else ""
             size = len(message.value or b"")
             shrunk = f" without its value ({size} bytes){rest}: too large"
+        also, fields = self.named(message)
         self.log.warning(
-            "☠ %s %s after %d attempt(s) (%s: %s); sent to %s%s",
+            "☠ %s%s %s after %d attempt(s) (%s: %s); sent to %s%s",
             message,
+            also,
             decision.reason,
             attempt,
             type(exc).__name__,
             exc,
             self.spec.dead_letter,
             shrunk,
+            extra=fields,
         )
         self._count(decision, message, exc, None if letter.omits == WHOLE else VALUE_OMITTED)
 
@@ -458,10 +508,12 @@ class Processor:
         decision: Decision,
         error: BrokerError,
     ) -> bool:
+        also, fields = self.named(message)
         self.log.error(
-            "☠ %s %s after %d attempt(s) (%s: %s); its dead letter can never be written to %s "
+            "☠ %s%s %s after %d attempt(s) (%s: %s); its dead letter can never be written to %s "
             "(%s: %s), so it is skipped: it stays in %s until retention removes it",
             message,
+            also,
             decision.reason,
             attempt,
             type(exc).__name__,
@@ -470,6 +522,7 @@ class Processor:
             type(error).__name__,
             error,
             message,
+            extra=fields,
         )
         self._count(decision, message, exc, DROPPED)
         return True

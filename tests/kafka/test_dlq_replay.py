@@ -304,6 +304,8 @@ async def test_a_dry_run_lists_what_would_be_replayed_and_publishes_and_commits_
 
     assert code == 0, err
     assert lines[0].startswith(f"dry run of {dlq}: nothing is published or committed; group ")
+    # The default group is named after the filters as typed, and the first line says so.
+    assert lines[0].endswith(" (a different filter spelling starts a new replay)")
     assert len(steps(lines, "would replay")) == 4
     assert lines[-1] == (
         "would replay 4, already replayed 0, skipped 0, filtered out 0; "
@@ -316,9 +318,17 @@ async def test_a_dry_run_lists_what_would_be_replayed_and_publishes_and_commits_
     assert code == 0, err
     assert other == lines
 
+    code, named, err = await run_replay(dlq_env, dlq, "--dry-run", "--group", "by-hand")
+    assert code == 0, err
+    assert named[0] == f"dry run of {dlq}: nothing is published or committed; group by-hand"
+
     code, lines, err = await run_replay(dlq_env, dlq)  # the dry run took nothing away
 
     assert code == 0, err
+    assert lines[0] == (
+        f"replaying {dlq} with group {group_of(lines)} (the same command resumes; a different "
+        "filter spelling starts a new replay)"
+    )
     assert len(steps(lines, "replayed")) == 4
 
 
@@ -349,6 +359,34 @@ async def test_filters_select_what_they_say_and_unreplayable_dead_letters_are_sk
     assert len(await would("--error", "taskflow.exceptions.Reject")) == 3
     assert len(await would("--error", "KeyError")) == 0
     assert len(await would("--since", "1h")) == 5
+    # A filter that matches nothing says what there was instead, on stderr; still exit code 0.
+    code, lines, err = await run_replay(dlq_env, dlq, "--dry-run", "--error", "NoSuchError")
+    assert (code, err) == (
+        0,
+        "nothing matched --error NoSuchError; the 6 dead letter(s) filtered out were by "
+        "exception taskflow.exceptions.Reject 4, builtins.ValueError 2",
+    )
+    assert lines[-1].startswith("would replay 0, already replayed 0, skipped 1 ")
+    code, lines, err = await run_replay(
+        dlq_env, dlq, "--dry-run", "--reason", "exhausted", "--error", "Reject"
+    )
+    assert (code, err) == (
+        0,
+        "nothing matched --reason exhausted --error Reject; the 6 dead letter(s) filtered out "
+        "were by reason rejected 4, exhausted 2; by exception taskflow.exceptions.Reject 4, "
+        "builtins.ValueError 2",
+    )
+    code, lines, err = await run_replay(dlq_env, dlq, "--dry-run", "--error", "ValueError")
+    assert (code, err) == (0, "")  # something matched: no hint
+    later = (written + timedelta(minutes=1)).isoformat()
+    code, lines, err = await run_replay(
+        dlq_env, dlq, "--dry-run", "--error", "ValueError", "--since", later
+    )
+    assert (code, err) == (
+        0,
+        f"nothing matched --error ValueError --since {later}; the 6 dead letter(s) filtered out "
+        "were by exception taskflow.exceptions.Reject 4, builtins.ValueError 2",
+    )
     assert len(await would("--since", (written + timedelta(minutes=1)).isoformat())) == 0
     assert len(await would("--since", (written - timedelta(hours=1)).isoformat())) == 5
     assert len(await would("--limit", "2")) == 2
