@@ -64,6 +64,9 @@ async def test_without_redis_the_page_shows_this_replica_its_partitions_and_task
     assert 'data-state="running"' in page
     assert 'data-task="beat"' in page
     assert "<html" not in panels.text
+    assert "<main" in page
+    assert '<th scope="col">Partition</th>' in panels.text
+    assert '<td class="n lag lead" data-label="Lag">' in panels.text
     assert 'id="fleet"' in panels.text
     assert [row["partition"] for row in data["consumers"]] == [0, 1]
     assert data["fleet"][0]["pid"] > 0

@@ -1,5 +1,6 @@
 """An app with something for each panel of the dashboard: a consumer that dead-letters records
-starting with ``reject``, and a periodic task of the fleet every second.
+starting with ``reject`` and takes an hour over records starting with ``slow`` (so the records
+after one back up behind it), and a periodic task of the fleet every second.
 
 ``DASHBOARD_TOPIC`` is the topic it consumes, ``DASHBOARD_DLQ`` its dead-letter topic and
 ``DASHBOARD_GROUP`` its consumer group.
@@ -7,6 +8,7 @@ starting with ``reject``, and a periodic task of the fleet every second.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from taskflow import App, Context, Message, Reject
@@ -21,8 +23,11 @@ app = App("dashboard-fleet")
     max_attempts=1,
 )
 async def price_order(message: Message) -> None:
-    if (message.value or b"").startswith(b"reject"):
-        raise Reject(f"not a valid order: {(message.value or b'').decode()}")
+    value = message.value or b""
+    if value.startswith(b"reject"):
+        raise Reject(f"not a valid order: {value.decode()}")
+    if value.startswith(b"slow"):
+        await asyncio.sleep(3600)
 
 
 @app.every(seconds=1)
