@@ -375,7 +375,7 @@ def run(
     except ConfigurationError as exc:
         _fail(str(exc), debug)
     try:
-        report = asyncio.run(_serve(app, flush_telemetry))
+        report = asyncio.run(_serve(app, flush_telemetry, app_ref))
     except ConfigurationError as exc:
         _fail(str(exc), debug)
     except StartupInterrupted as exc:
@@ -402,13 +402,16 @@ def _exit_code(report: ShutdownReport) -> int:
     return EXIT_CLEAN if report.clean else EXIT_UNCLEAN
 
 
-async def _serve(app: App, flush_telemetry: Callable[[], None] | None) -> ShutdownReport:
-    """Serve `app`; then, if handler threads or tasks would not end, name them and exit at once.
+async def _serve(
+    app: App, flush_telemetry: Callable[[], None] | None, app_ref: str
+) -> ShutdownReport:
+    """Serve `app`, loaded from `app_ref`; then, if handler threads or tasks would not end, name
+    them and exit at once.
 
     Python would wait for them forever (it joins executor threads at exit), so the process ends
     with `os._exit`, after the log and telemetry are flushed. Only `taskflow run` does this.
     """
-    report = await serve(app)
+    report = await serve(app, app_ref=app_ref)
     if await name_leftovers(LEFTOVER_GRACE):
         if flush_telemetry is not None:
             flush_telemetry()

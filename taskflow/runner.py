@@ -93,6 +93,8 @@ class Runtime:
         http: The operations endpoint, with `http_port`; `http.port` is the port it listens on.
         deliveries: The records published without waiting that the broker has not answered yet,
             and the count of those it did not take.
+        app_ref: How ``taskflow`` commands name the app (``MODULE:APP``), when the run was
+            started by one (`taskflow run`); None when the app was run another way.
     """
 
     app: App
@@ -104,6 +106,7 @@ class Runtime:
     watchdog: Watchdog | None = None  # the handler calls running under a timeout
     loop_watch: LoopWatch | None = None  # watches the event loop for blocks
     deliveries: Deliveries = field(default_factory=Deliveries)  # what publish(wait=False) queued
+    app_ref: str | None = None  # the MODULE:APP `taskflow run` was given
 
     @property
     def redis(self) -> RedisClient | None:
@@ -233,6 +236,7 @@ async def open_runtime(
     install_signal_handlers: bool = False,
     workers: bool = True,
     snapshots: bool = True,
+    app_ref: str | None = None,
 ) -> AsyncIterator[Runtime]:
     """Start the broker and lifespan and build the workers; yield the Runtime; then tear down.
 
@@ -240,7 +244,8 @@ async def open_runtime(
     With `workers=False` none is built: the Runtime only publishes. With Redis, the run publishes
     its fleet snapshots (`taskflow.fleet`) unless `snapshots` is False. With
     `install_signal_handlers`, SIGINT, SIGTERM and SIGHUP request a graceful stop from the very
-    start. One that comes before
+    start. `app_ref` is how ``taskflow`` commands name the app, kept on the Runtime (the
+    dashboard's replay commands show it). One that comes before
     the Runtime is yielded cancels the start-up: what was opened is closed, within the shutdown
     timeout, and [StartupInterrupted][taskflow.StartupInterrupted] is raised. Once the Runtime is
     yielded a signal is the Manager's; a second one while no worker is running (a shutdown hook
@@ -300,6 +305,7 @@ async def open_runtime(
                             watchdog=watchdog,
                             loop_watch=loop_watch,
                             deliveries=deliveries,
+                            app_ref=app_ref,
                         )
                         if http is not None:
                             http.attach(runtime)
@@ -580,14 +586,20 @@ async def serve(
     install_signal_handlers: bool = True,
     shutdown_timeout: float | None = None,
     on_ready: Callable[[Runtime], object] | None = None,
+    app_ref: str | None = None,
 ) -> ShutdownReport:
     """Run `app` until SIGINT, SIGTERM or SIGHUP (or `request_stop`), then shut down gracefully.
+
+    `app_ref` is the ``MODULE:APP`` the app was loaded from, when a command loaded it.
 
     Raises:
         StartupInterrupted: when a signal came before the app was ready.
     """
     async with open_runtime(
-        app, shutdown_timeout=shutdown_timeout, install_signal_handlers=install_signal_handlers
+        app,
+        shutdown_timeout=shutdown_timeout,
+        install_signal_handlers=install_signal_handlers,
+        app_ref=app_ref,
     ) as runtime:
         _log_start(runtime)
         # What start-up made (modules, the app, its workers) lives as long as the process: moved

@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 import taskflow
 from taskflow import App, Context
 from taskflow.dashboard import Dashboard
+from taskflow.dashboard.server import RuntimeSources
 from taskflow.dashboard.view import Sources
-from taskflow.runner import Runtime
+from taskflow.runner import Runtime, open_runtime
 from taskflow.stores.fleet import MemoryFleetStore, Snapshot
 from tests._redis import REDIS_URL
 
@@ -140,3 +141,14 @@ async def test_with_a_token_nothing_is_served_without_it() -> None:
     assert "s3cret" not in signed_in.headers["set-cookie"]
     assert with_cookie.status_code == 200
     assert 'id="fleet"' in with_cookie.text
+
+
+async def test_the_replay_command_names_the_app_only_when_a_command_started_it() -> None:
+    app = _app("referenced")
+    async with taskflow.running(app) as runtime:
+        unnamed = RuntimeSources(app, lambda: runtime)()
+    async with open_runtime(app, app_ref="shop.workers:app") as runtime:
+        named = RuntimeSources(app, lambda: runtime)()
+
+    assert unnamed.app_ref == "MODULE:APP"  # run from code: the placeholder
+    assert named.app_ref == "shop.workers:app"

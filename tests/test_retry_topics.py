@@ -3,6 +3,7 @@ the record waits out each stage's delay on its retry topic, then goes to the dea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import timedelta
@@ -105,6 +106,96 @@ async def test_a_failure_goes_through_each_stage_after_its_delay_then_to_the_dea
     assert len(staged_lines) == 2
     assert all(r.levelno == logging.WARNING for r in caplog.records if "sent to" in r.message)
     assert "due 2026-01-01T00:00:10.000+00:00" in staged_lines[0]
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+async def test_out_of_order_only_the_failed_record_leaves_its_place_for_its_stage(
+    ordering: str,
+) -> None:
+    clock = ManualClock()
+    app, runs = _app(clock, fails={1}, retry_topics=[10], ordering=ordering, concurrency=4)
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1}, key="a")
+        await client.publish("orders", {"id": 2}, key="a")  # behind the failure, same key
+        await client.publish("orders", {"id": 3}, key="b")
+        await client.drain()
+        # Nothing held: the records behind the failed one ran, its own key's too.
+        assert sorted(runs) == [(1, 1), (2, 1), (3, 1)]
+        (staged,) = client.published("orders.retry.10s")
+        assert (staged.json(), staged.key) == ({"id": 1}, b"a")
+        assert client.committed("billing", "orders", 0) == 3
+
+        await clock.advance(9.9)
+        await client.drain()
+        assert len(runs) == 3  # not before its delay
+        await clock.advance(0.1)
+        await client.drain()
+        assert runs[3:] == [(1, 2)]
+        assert client.committed("billing.retry", "orders.retry.10s", 0) == 1
+    (letter,) = client.dead_letters("orders.DLQ")
+    assert (letter.reason, letter.attempts, letter.original_offset) == ("exhausted", 2, 0)
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+async def test_out_of_order_nothing_is_committed_past_a_record_still_running(
+    ordering: str,
+) -> None:
+    clock = ManualClock()
+    app = App("svc", clock=clock)
+    runs: list[tuple[int, int]] = []
+    finished: set[tuple[int, int]] = set()  # handled: the worker marks it finished at once
+    changed = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.consume(
+        "orders",
+        group="billing",
+        dead_letter="orders.DLQ",
+        retry_topics=[10],
+        ordering=ordering,
+        concurrency=4,
+    )
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        runs.append((order["id"], ctx.attempt))
+        if order["id"] == 2:
+            await release.wait()  # slow, on each attempt
+        if order["id"] in (2, 5) and ctx.attempt == 1:
+            raise ConnectionError("down")
+        finished.add((order["id"], ctx.attempt))
+        changed.set()
+
+    async def settled(worker: str, done: set[tuple[int, int]]) -> None:
+        """Wait until `done` were handled, then commit what `worker` finished."""
+        async with asyncio.timeout(10):
+            while not done <= finished:
+                changed.clear()
+                await changed.wait()
+        await client.runtime.worker(worker).commit()  # type: ignore[attr-defined]
+
+    async with TestClient(app, partitions=1) as client:
+        for order in range(1, 5):
+            await client.publish("orders", {"id": order}, key="a" if order < 3 else "b")
+        await settled("on_order", {(1, 1), (3, 1), (4, 1)})
+        # Orders 1, 3 and 4 are done; order 2 (offset 1) still runs: the commit stays at it.
+        assert client.committed("billing", "orders", 0) == 1
+        release.set()
+        await client.drain()
+        assert client.committed("billing", "orders", 0) == 4
+        assert len(client.published("orders.retry.10s")) == 1
+
+        # On its stage, too, a record still running holds the commit below it.
+        release.clear()
+        await client.publish("orders", {"id": 5}, key="c")
+        await client.drain()
+        await clock.advance(10)
+        await settled("on_order.retry", {(5, 2)})
+        assert (2, 2) in runs  # running, at offset 0 of the stage
+        assert client.committed("billing.retry", "orders.retry.10s", 0) == 0
+        release.set()
+        await client.drain()
+        assert client.committed("billing.retry", "orders.retry.10s", 0) == 2
+    assert sorted(runs) == [(1, 1), (2, 1), (2, 2), (3, 1), (4, 1), (5, 1), (5, 2)]
+    assert client.published("orders.DLQ") == []
 
 
 # --8<-- [start:stages]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from taskflow.dashboard.view import DeadLetterReader, Sources, gather
+from taskflow.dashboard.view import UNKNOWN_APP_REF, DeadLetterReader, Sources, gather
 
 if TYPE_CHECKING:
     import jinja2
@@ -174,7 +174,7 @@ async def serve(
     *,
     host: str,
     port: int,
-    app_ref: str = "MODULE:APP",
+    app_ref: str = UNKNOWN_APP_REF,
     ready: Callable[[int], Any] | None = None,
 ) -> None:
     """Serve the dashboard of `app` on `host`:`port` until SIGINT or SIGTERM.
@@ -266,4 +266,5 @@ class RuntimeSources:
             local=self._snapshots,
             schedules=stores.schedules if stores is not None else None,
             dead_letters=self._dead_letters,
+            app_ref=runtime.app_ref or UNKNOWN_APP_REF,
         )

@@ -27,10 +27,17 @@ if TYPE_CHECKING:
     from taskflow.stores.fleet import FleetMember, FleetStore
     from taskflow.stores.schedule import ScheduleStore
 
-__all__ = ["DEAD_LETTER_MAX_AGE", "DeadLetterReader", "Sources", "gather"]
+__all__ = [
+    "DEAD_LETTER_MAX_AGE",
+    "UNKNOWN_APP_REF",
+    "DeadLetterReader",
+    "Sources",
+    "gather",
+]
 
 logger = logging.getLogger(__name__)
 
+UNKNOWN_APP_REF = "MODULE:APP"  # in the replay command, for an app no command started
 DEAD_LETTER_MAX_AGE = 30.0
 """Seconds a dead-letter topic's reading is shown again before it is read anew."""
 DEAD_LETTER_TIMEOUT = 15.0
@@ -82,7 +89,8 @@ class Sources:
         local: This replica's snapshots, shown when there is no fleet store.
         schedules: The fleet's schedule store; None without Redis.
         dead_letters: The dead-letter reader; None to leave the panel out.
-        app_ref: How ``taskflow`` commands name the app, in the replay command shown.
+        app_ref: How ``taskflow`` commands name the app, in the replay command shown; a
+            placeholder when it is not known (the app was not started by a ``taskflow`` command).
     """
 
     app: App
@@ -90,7 +98,7 @@ class Sources:
     local: Snapshots | None = None
     schedules: ScheduleStore | None = None
     dead_letters: DeadLetterReader | None = None
-    app_ref: str = "MODULE:APP"
+    app_ref: str = UNKNOWN_APP_REF
 
 
 async def gather(sources: Sources) -> dict[str, Any]:
