@@ -94,7 +94,7 @@ garbage = st.one_of(
 def quiet() -> Iterator[None]:
     """`taskflow run` in-process, up to the point where the workers would start."""
 
-    async def serve(app: App) -> Any:
+    async def serve(app: App, app_ref: str | None = None) -> Any:
         return SimpleNamespace(clean=True, exit_code=None)
 
     with (
