@@ -72,6 +72,10 @@ class DeadLetter:
     omits: int
     """`WHOLE`, or how much of the original it leaves out (`WITHOUT_VALUE`, then `BARE`)."""
 
+    def record(self) -> tuple[bytes | None, bytes | None, Headers]:
+        """Its value, key and headers, as they are published."""
+        return self.value, self.key, self.headers
+
     @property
     def size(self) -> int:
         """Its size as the producer counts it against `max_request_size`."""

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from taskflow.app import App
     from taskflow.brokers.base import Broker
     from taskflow.handler import Handler
-    from taskflow.message import Message, TopicPartition
+    from taskflow.message import Headers, Message, TopicPartition
     from taskflow.specs import ConsumerSpec
 
 __all__ = ["STOPS_PROCESS", "DeadLetterFate", "DecisionKey", "Processor", "exit_request"]
@@ -356,45 +356,32 @@ class Processor:
         also, fields = self.named(message)
         topic = stages.topic(source.topic, decision.stage)
         delay = stages.delays[decision.stage - 1]
-        failures = 0
-        while True:
-            due = self.app.clock.now().timestamp() + delay
-            ours = retry_headers(source, self.spec.group, exc, attempt, round(due * 1000))
-            try:
-                await self.broker.publish(
-                    topic, source.value, key=source.key, headers=source.headers + ours
-                )
-            except (RecordTooLarge, RecordRefused) as error:
-                self.log.error(
-                    "%s%s cannot go to retry topic %s (%s: %s): dead-lettered instead",
-                    message,
-                    also,
-                    topic,
-                    type(error).__name__,
-                    error,
-                    extra=fields,
-                )
-                return await self._dead_letter(
-                    message, exc, attempt, DEAD_LETTER_UNRETRYABLE, pause
-                )
-            except BrokerError as error:
-                failures += 1
-                wait = self.spec.retry.delay(failures, self.rng)
-                self.log.error(
-                    "sending %s%s to retry topic %s failed: %s; again in %.3gs",
-                    message,
-                    also,
-                    topic,
-                    error,
-                    wait,
-                    extra=fields,
-                )
-                if not await pause(wait):
-                    return False
-                continue
-            self._log_staged(message, exc, attempt, topic, due)
+        sent_due = 0.0
+
+        def record() -> tuple[bytes | None, bytes | None, Headers]:
+            nonlocal sent_due  # the due time of the copy sent last, for the log line
+            sent_due = self.app.clock.now().timestamp() + delay
+            ours = retry_headers(source, self.spec.group, exc, attempt, round(sent_due * 1000))
+            return source.value, source.key, source.headers + ours
+
+        outcome = await self._publish_until_taken(
+            message, topic, f"retry topic {topic}", record, pause
+        )
+        if isinstance(outcome, RecordRefused):
+            self.log.error(
+                "%s%s cannot go to retry topic %s (%s: %s): dead-lettered instead",
+                message,
+                also,
+                topic,
+                type(outcome).__name__,
+                outcome,
+                extra=fields,
+            )
+            return await self._dead_letter(message, exc, attempt, DEAD_LETTER_UNRETRYABLE, pause)
+        if outcome:
+            self._log_staged(message, exc, attempt, topic, sent_due)
             self._count(decision, message, exc)
-            return True
+        return outcome
 
     def _log_staged(
         self, message: Message, exc: BaseException, attempt: int, topic: str, due: float
@@ -439,29 +426,46 @@ class Processor:
         source = self.original(message)  # a retry record's dead letter names the original
         ours = dead_letter_headers(source, self.spec.group, exc, attempt, decision.reason or "")
         letter = fitting(source, ours, self.broker.max_request_size)
-        failures = 0
         while True:
-            try:
-                await self.broker.publish(
-                    topic, letter.value, key=letter.key, headers=letter.headers
-                )
-            except RecordTooLarge as error:
-                if letter.smallest:
-                    return self._drop(message, exc, attempt, decision, error)
-                why = f"the broker refused the dead letter as too large: {error}"
+            outcome = await self._publish_until_taken(message, topic, topic, letter.record, pause)
+            if isinstance(outcome, RecordTooLarge) and not letter.smallest:
+                why = f"the broker refused the dead letter as too large: {outcome}"
                 letter = dead_letter(source, ours, letter.omits + 1, why)
                 continue
+            if isinstance(outcome, RecordRefused):
+                return self._drop(message, exc, attempt, decision, outcome)
+            if outcome:
+                self._sent(message, exc, attempt, decision, letter)
+            return outcome
+
+    async def _publish_until_taken(
+        self,
+        message: Message,
+        topic: str,
+        where: str,
+        record: Callable[[], tuple[bytes | None, bytes | None, Headers]],
+        pause: Pause,
+    ) -> bool | RecordRefused:
+        """Publish what `record()` makes (value, key, headers) to `topic` for `message`, again
+        with backoff while the broker may yet take it: True once it is acknowledged, False if
+        `pause` says to stop meanwhile, or the `RecordRefused` of a record it never will take.
+        `where` names the topic in the ERROR line of each failure."""
+        failures = 0
+        while True:
+            value, key, headers = record()
+            try:
+                await self.broker.publish(topic, value, key=key, headers=headers)
             except RecordRefused as error:
-                return self._drop(message, exc, attempt, decision, error)
+                return error
             except BrokerError as error:
                 failures += 1
                 delay = self.spec.retry.delay(failures, self.rng)
                 also, fields = self.named(message)
                 self.log.error(
-                    "dead-lettering %s%s to %s failed: %s; again in %.3gs",
+                    "sending %s%s to %s failed: %s; again in %.3gs",
                     message,
                     also,
-                    topic,
+                    where,
                     error,
                     delay,
                     extra=fields,
@@ -469,7 +473,6 @@ class Processor:
                 if not await pause(delay):
                     return False
                 continue
-            self._sent(message, exc, attempt, decision, letter)
             return True
 
     def _sent(
