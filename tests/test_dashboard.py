@@ -1,9 +1,13 @@
 """The operations dashboard served by a running app: its replica, consumers and periodic tasks on
-one page, refreshed panels, every value escaped, and a token when one is set."""
+one page, refreshed panels, a SIGKILLed replica shown gone, every value escaped, and a token when
+one is set."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,8 +22,10 @@ from taskflow import App, Context
 from taskflow.dashboard import Dashboard
 from taskflow.dashboard.server import RuntimeSources
 from taskflow.dashboard.view import Sources
+from taskflow.fleet import PUBLISH_INTERVAL
 from taskflow.runner import Runtime, open_runtime
-from taskflow.stores.fleet import MemoryFleetStore, Snapshot
+from taskflow.stores.fleet import SNAPSHOT_TTL, MemoryFleetStore, Snapshot
+from tests._process import AppProcess
 from tests._redis import REDIS_URL
 
 WAIT = 15.0
@@ -42,8 +48,10 @@ def _client(runtime: Runtime) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http.port}", timeout=WAIT)
 
 
-async def _page_with(client: httpx.AsyncClient, path: str, *texts: str) -> str:
-    async with asyncio.timeout(WAIT):
+async def _page_with(
+    client: httpx.AsyncClient, path: str, *texts: str, within: float = WAIT
+) -> str:
+    async with asyncio.timeout(within):
         while True:
             answer = await client.get(path)
             if answer.status_code == 200 and all(text in answer.text for text in texts):
@@ -89,6 +97,54 @@ async def test_with_redis_the_page_shows_the_fleet_and_the_recorded_runs(redis: 
     assert beat["next_tick"]
     assert beat["missed"] == 0
     assert data["redis"] == REDIS_URL
+
+
+IDLE = "tests.apps.idle:app"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rows(page: str) -> dict[str, str]:
+    """Each replica row of the page: its name (host:pid) and its state."""
+    row = re.compile(r'<tr class="replica[^"]*" data-replica="([^"]+)" data-state="([^"]+)">')
+    return dict(row.findall(page))
+
+
+@pytest.mark.redis
+async def test_a_killed_replica_is_shown_gone_once_its_snapshot_expires(redis: Redis) -> None:
+    """SIGKILL leaves a replica no chance to say it stopped: its last snapshot expires and the
+    standalone dashboard marks it gone, while the replica that stayed up is still running."""
+    env = {"TASKFLOW_REDIS_URL": REDIS_URL}
+    port = _free_port()
+    with (
+        AppProcess(IDLE, env=env) as victim,
+        AppProcess(IDLE, env=env) as survivor,
+        AppProcess(IDLE, "--port", str(port), env=env, command="dashboard") as dashboard,
+    ):
+        for process in (victim, survivor):
+            await asyncio.to_thread(process.wait_for, "running 2 worker", 60)
+        await asyncio.to_thread(dashboard.wait_for, "dashboard of app idle on", 60)
+        names = {process: f"{socket.gethostname()}:{process.pid}" for process in (victim, survivor)}
+        running = [f'data-replica="{name}" data-state="running"' for name in names.values()]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=WAIT) as client:
+            await _page_with(client, "/dashboard/panels", *running)
+            victim.send(signal.SIGKILL)
+            killed = time.monotonic()
+            gone = f'data-replica="{names[victim]}" data-state="gone"'
+            page = await _page_with(
+                client, "/dashboard/panels", gone, within=SNAPSHOT_TTL + PUBLISH_INTERVAL + WAIT
+            )
+            took = time.monotonic() - killed
+        assert await asyncio.to_thread(victim.wait) == -signal.SIGKILL
+
+    print(f"a SIGKILLed replica was shown gone {took:.1f}s after the kill")
+    # Not before its last snapshot (published at most PUBLISH_INTERVAL before the kill) expired.
+    assert took >= SNAPSHOT_TTL - PUBLISH_INTERVAL - 1
+    assert _rows(page) == {names[victim]: "gone", names[survivor]: "running"}
 
 
 @asynccontextmanager
