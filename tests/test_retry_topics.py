@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -26,9 +26,10 @@ from taskflow import (
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.exceptions import PublishError
 from taskflow.logfmt import JsonFormatter
-from taskflow.message import Headers, TopicPartition
+from taskflow.message import Headers, Message, TopicPartition
 from taskflow.telemetry.status import ConsumerStatus
 from taskflow.testing import ManualClock, TestClient
+from taskflow.workers.due import DueGate, epoch_ms
 from tests._redis import REDIS_URL
 
 pytestmark = pytest.mark.usefixtures("caplog")
@@ -562,6 +563,51 @@ async def test_a_waiting_record_keeps_its_due_time_across_a_restart() -> None:
         await clock.advance(0.1)
         await again.drain()
         assert runs == [(1, 1), (1, 2)]
+
+
+def _stage_headers(due: str) -> dict[str, str]:
+    """The headers taskflow gives a retry record of orders[0]@0 that group svc failed once, with
+    `due` as its due time."""
+    return {
+        "taskflow-original-topic": "orders",
+        "taskflow-original-partition": "0",
+        "taskflow-original-offset": "0",
+        "taskflow-consumer-group": "svc",
+        "taskflow-attempts": "1",
+        "taskflow-due": due,
+    }
+
+
+@pytest.mark.parametrize("due", ["soon", str(10**20)])
+async def test_a_due_time_that_is_no_time_counts_from_the_records_timestamp(
+    due: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(datetime.now(UTC))  # the memory broker stamps records by the wall clock
+    app = App("svc", clock=clock)
+    runs: list[tuple[int, int]] = []
+
+    @app.consume("orders", dead_letter="orders.DLQ", retry_topics=[10])
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        runs.append((order["id"], ctx.attempt))
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders.retry.10s", {"id": 1}, headers=_stage_headers(due))
+        await client.publish("orders.retry.10s", {"id": 2}, headers=_stage_headers("0"))
+        await client.drain()
+        assert runs == []  # held, with what follows it
+        await clock.advance(11)  # its timestamp plus the stage's delay
+        await client.drain()
+        assert runs == [(1, 2), (2, 2)]
+    assert "crashed" not in caplog.text
+
+
+def test_a_record_stamped_past_the_year_9999_waits_for_a_moment_a_clock_can_show() -> None:
+    ours = (("taskflow-consumer-group", b"svc"),)  # no due time: its timestamp plus the delay
+    record = Message("orders.retry.10s", 0, 0, None, b"{}", ours, timestamp_ms=10**20)
+    gate = DueGate(10, "svc")
+    assert list(gate.admit([record], epoch_ms(datetime.now(UTC)))) == []  # held
+    assert gate.head_due is not None
+    assert gate.head_due.year == 9999
 
 
 class Line(msgspec.Struct):
