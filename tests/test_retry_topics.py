@@ -486,6 +486,26 @@ async def test_the_retry_stage_is_a_worker_of_its_own_with_its_status_and_counts
         )
 
 
+async def test_the_lag_of_a_stage_partition_counts_the_records_it_holds() -> None:
+    clock = ManualClock()
+    app, runs = _app(clock, fails={1, 2}, retry_topics=[10])
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.publish("orders", {"id": 2})
+        await client.drain()
+        stage = client.runtime.worker("on_order.retry").status()
+        assert isinstance(stage, ConsumerStatus)
+        (held,) = stage.partitions
+        assert (held.paused, held.lag, stage.lag) == (True, 2, 2)  # both wait for their due time
+        await clock.advance(10)
+        await client.drain()
+        stage = client.runtime.worker("on_order.retry").status()
+        assert isinstance(stage, ConsumerStatus)
+        (done,) = stage.partitions
+        assert (done.paused, done.lag) == (False, 0)
+    assert runs == [(1, 1), (2, 1), (1, 2), (2, 2)]
+
+
 async def test_a_record_its_retry_topic_will_never_take_is_dead_lettered_as_unretryable(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
