@@ -27,6 +27,7 @@ from taskflow.brokers.memory import MemoryBroker
 from taskflow.exceptions import PublishError
 from taskflow.logfmt import JsonFormatter
 from taskflow.message import Headers, Message, TopicPartition
+from taskflow.retry_topics import LATEST_MS
 from taskflow.telemetry.status import ConsumerStatus
 from taskflow.testing import ManualClock, TestClient
 from taskflow.workers.due import DueGate, epoch_ms
@@ -628,6 +629,22 @@ def test_a_record_stamped_past_the_year_9999_waits_for_a_moment_a_clock_can_show
     assert list(gate.admit([record], epoch_ms(datetime.now(UTC)))) == []  # held
     assert gate.head_due is not None
     assert gate.head_due.year == 9999
+
+
+async def test_a_delay_reaching_past_the_year_9999_sends_one_copy_due_at_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    app, runs = _app(clock, fails={1}, retry_topics=[300e9])  # about 9,500 years
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+        assert client.committed("billing", "orders", 0) == 1
+    (staged,) = client.published("orders.retry.300000000000s")
+    assert staged.headers["taskflow-due"] == str(LATEST_MS)
+    assert "sent to orders.retry.300000000000s, due 9999-12-31T23:59:59." in caplog.text
+    assert "crashed" not in caplog.text
+    assert runs == [(1, 1)]
 
 
 class Line(msgspec.Struct):
