@@ -22,6 +22,7 @@ idempotency key all name the original record, never its place on a retry topic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from taskflow.message import Message
@@ -65,6 +66,8 @@ RETRY_HEADERS: Final = frozenset(
     }
 )
 """The headers taskflow adds to a record on a retry topic (and takes off again)."""
+LATEST_MS: Final = round(datetime.max.replace(tzinfo=UTC).timestamp() * 1000) - 1
+"""The latest due time a clock can wait for (the last millisecond of the year 9999)."""
 
 
 def label(delay: float) -> str:
@@ -128,10 +131,12 @@ def failed_in(message: Message) -> str | None:
 
 
 def due_ms(message: Message, delay: float) -> int:
-    """When a retry record may run (epoch ms): its ``taskflow-due`` header, else its timestamp
-    plus its stage's `delay`."""
+    """When a retry record may run (epoch ms): its ``taskflow-due`` header, else (missing, or no
+    time a clock can show) its timestamp plus its stage's `delay`."""
     due = _number(message, DUE)
-    return due if due is not None else message.timestamp_ms + round(delay * 1000)
+    if due is None or due > LATEST_MS:
+        due = message.timestamp_ms + round(delay * 1000)
+    return min(due, LATEST_MS)
 
 
 def original(message: Message) -> Message:

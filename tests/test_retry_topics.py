@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -26,9 +26,11 @@ from taskflow import (
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.exceptions import PublishError
 from taskflow.logfmt import JsonFormatter
-from taskflow.message import Headers, TopicPartition
+from taskflow.message import Headers, Message, TopicPartition
+from taskflow.retry_topics import LATEST_MS
 from taskflow.telemetry.status import ConsumerStatus
 from taskflow.testing import ManualClock, TestClient
+from taskflow.workers.due import DueGate, epoch_ms
 from tests._redis import REDIS_URL
 
 pytestmark = pytest.mark.usefixtures("caplog")
@@ -485,6 +487,26 @@ async def test_the_retry_stage_is_a_worker_of_its_own_with_its_status_and_counts
         )
 
 
+async def test_the_lag_of_a_stage_partition_counts_the_records_it_holds() -> None:
+    clock = ManualClock()
+    app, runs = _app(clock, fails={1, 2}, retry_topics=[10])
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.publish("orders", {"id": 2})
+        await client.drain()
+        stage = client.runtime.worker("on_order.retry").status()
+        assert isinstance(stage, ConsumerStatus)
+        (held,) = stage.partitions
+        assert (held.paused, held.lag, stage.lag) == (True, 2, 2)  # both wait for their due time
+        await clock.advance(10)
+        await client.drain()
+        stage = client.runtime.worker("on_order.retry").status()
+        assert isinstance(stage, ConsumerStatus)
+        (done,) = stage.partitions
+        assert (done.paused, done.lag) == (False, 0)
+    assert runs == [(1, 1), (2, 1), (1, 2), (2, 2)]
+
+
 async def test_a_record_its_retry_topic_will_never_take_is_dead_lettered_as_unretryable(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -562,6 +584,67 @@ async def test_a_waiting_record_keeps_its_due_time_across_a_restart() -> None:
         await clock.advance(0.1)
         await again.drain()
         assert runs == [(1, 1), (1, 2)]
+
+
+def _stage_headers(due: str) -> dict[str, str]:
+    """The headers taskflow gives a retry record of orders[0]@0 that group svc failed once, with
+    `due` as its due time."""
+    return {
+        "taskflow-original-topic": "orders",
+        "taskflow-original-partition": "0",
+        "taskflow-original-offset": "0",
+        "taskflow-consumer-group": "svc",
+        "taskflow-attempts": "1",
+        "taskflow-due": due,
+    }
+
+
+@pytest.mark.parametrize("due", ["soon", str(10**20)])
+async def test_a_due_time_that_is_no_time_counts_from_the_records_timestamp(
+    due: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(datetime.now(UTC))  # the memory broker stamps records by the wall clock
+    app = App("svc", clock=clock)
+    runs: list[tuple[int, int]] = []
+
+    @app.consume("orders", dead_letter="orders.DLQ", retry_topics=[10])
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        runs.append((order["id"], ctx.attempt))
+
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders.retry.10s", {"id": 1}, headers=_stage_headers(due))
+        await client.publish("orders.retry.10s", {"id": 2}, headers=_stage_headers("0"))
+        await client.drain()
+        assert runs == []  # held, with what follows it
+        await clock.advance(11)  # its timestamp plus the stage's delay
+        await client.drain()
+        assert runs == [(1, 2), (2, 2)]
+    assert "crashed" not in caplog.text
+
+
+def test_a_record_stamped_past_the_year_9999_waits_for_a_moment_a_clock_can_show() -> None:
+    ours = (("taskflow-consumer-group", b"svc"),)  # no due time: its timestamp plus the delay
+    record = Message("orders.retry.10s", 0, 0, None, b"{}", ours, timestamp_ms=10**20)
+    gate = DueGate(10, "svc")
+    assert list(gate.admit([record], epoch_ms(datetime.now(UTC)))) == []  # held
+    assert gate.head_due is not None
+    assert gate.head_due.year == 9999
+
+
+async def test_a_delay_reaching_past_the_year_9999_sends_one_copy_due_at_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    app, runs = _app(clock, fails={1}, retry_topics=[300e9])  # about 9,500 years
+    async with TestClient(app, partitions=1) as client:
+        await client.publish("orders", {"id": 1})
+        await client.drain()
+        assert client.committed("billing", "orders", 0) == 1
+    (staged,) = client.published("orders.retry.300000000000s")
+    assert staged.headers["taskflow-due"] == str(LATEST_MS)
+    assert "sent to orders.retry.300000000000s, due 9999-12-31T23:59:59." in caplog.text
+    assert "crashed" not in caplog.text
+    assert runs == [(1, 1)]
 
 
 class Line(msgspec.Struct):

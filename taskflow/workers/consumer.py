@@ -533,8 +533,9 @@ class ConsumerWorker:
 
     def _partitions(self) -> list[PartitionStatus]:
         """Each assigned partition, in order. The lag is the high watermark as of its last
-        fetch minus the lowest offset not finished yet (the one committed next; before any
-        record of it arrived, the fetch position); None until it has been fetched once."""
+        fetch minus the lowest offset not finished yet (the one committed next, or on a retry
+        stage the first record held for its due time; before any record of it arrived, the
+        fetch position); None until it has been fetched once."""
         consumer = self._consumer
         if consumer is None:
             return []
@@ -549,6 +550,8 @@ class ConsumerWorker:
             try:  # the runner may change under a reader on another thread: skip it this time
                 unfinished = runner.tracker.commit_target if runner is not None else None
                 in_flight = runner.buffered if runner is not None else 0
+                if unfinished is None and (gate := gates.get(tp)) is not None and gate.held:
+                    unfinished = gate.held[0].offset  # fetched, but waiting for its due time
             except (IndexError, RuntimeError):
                 continue
             high = fetched.high_watermark if fetched is not None else None

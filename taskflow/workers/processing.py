@@ -55,7 +55,7 @@ from taskflow.policy import (
     Decision,
     ErrorPolicy,
 )
-from taskflow.retry_topics import attempts_made, failed_in, original
+from taskflow.retry_topics import LATEST_MS, attempts_made, failed_in, original
 from taskflow.workers.dead_letter import (
     WHOLE,
     DeadLetter,
@@ -356,12 +356,13 @@ class Processor:
         also, fields = self.named(message)
         topic = stages.topic(source.topic, decision.stage)
         delay = stages.delays[decision.stage - 1]
-        sent_due = 0.0
+        sent_due = 0
 
         def record() -> tuple[bytes | None, bytes | None, Headers]:
-            nonlocal sent_due  # the due time of the copy sent last, for the log line
-            sent_due = self.app.clock.now().timestamp() + delay
-            ours = retry_headers(source, self.spec.group, exc, attempt, round(sent_due * 1000))
+            nonlocal sent_due  # the due time (epoch ms) of the copy sent last, for the log line
+            due = round((self.app.clock.now().timestamp() + delay) * 1000)
+            sent_due = min(due, LATEST_MS)  # what a clock can wait for
+            ours = retry_headers(source, self.spec.group, exc, attempt, sent_due)
             return source.value, source.key, source.headers + ours
 
         outcome = await self._publish_until_taken(
@@ -384,9 +385,9 @@ class Processor:
         return outcome
 
     def _log_staged(
-        self, message: Message, exc: BaseException, attempt: int, topic: str, due: float
+        self, message: Message, exc: BaseException, attempt: int, topic: str, due_ms: int
     ) -> None:
-        when = datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds")
+        when = datetime.fromtimestamp(due_ms / 1000, UTC).isoformat(timespec="milliseconds")
         also, fields = self.named(message)
         if isinstance(exc, Retry):
             self.log.info(

@@ -4,7 +4,8 @@
 ``retry_topics=[1, 2]`` (tests/apps/retry_stages.py): the failures do not hold the stream, each
 retry runs once its stage's delay has passed, the 10 land in the dead-letter topic with 3 attempts
 and the coordinates of the original, and every offset the groups committed was handled. A
-process killed (SIGKILL) during the retries and started again loses none of them.
+process killed (SIGKILL) during the retries and started again loses none of them. The lag
+``/status`` shows for a stage partition counts the copies waiting there for their due time.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -22,6 +25,7 @@ from aiokafka.structs import ConsumerRecord
 from tests._process import AppProcess, wait_until
 from tests._tansu import committed_offsets, create_topic
 from tests.apps.retry_stages import fails
+from tests.kafka.test_examples_kafka import free_port, get
 
 APP = "tests.apps.retry_stages:app"
 PARTITIONS = 4
@@ -294,3 +298,57 @@ async def test_a_process_killed_during_the_retries_loses_none_of_them(
         f"(by attempt: {dict(sorted(Counter(attempt for _, attempt in repeated).items()))}), "
         f"{len(letters)} dead letters for {len(DOOMED)} records"
     )
+
+
+async def test_the_lag_of_a_stage_counts_the_copies_waiting_for_their_due_time(
+    bootstrap: str,
+    app_env: dict[str, str],
+    unique: str,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+) -> None:
+    topics = await _topics(bootstrap, unique)
+    due = round(time.time() * 1000) + 600_000  # ten minutes away
+    for offset in range(3):
+        await producer.send_and_wait(
+            topics.stage1,
+            f'{{"id": {offset}}}'.encode(),
+            partition=0,
+            headers=[
+                ("taskflow-original-topic", topics.main.encode()),
+                ("taskflow-original-partition", b"0"),
+                ("taskflow-original-offset", str(offset).encode()),
+                ("taskflow-consumer-group", topics.group.encode()),
+                ("taskflow-attempts", b"1"),
+                ("taskflow-due", str(due).encode()),
+            ],
+        )
+    env = {
+        **app_env,
+        "RETRY_STAGES_TOPIC": topics.main,
+        "RETRY_STAGES_GROUP": topics.group,
+        "RETRY_STAGES_DLQ": topics.dlq,
+        "RETRY_STAGES_OUT": str(tmp_path / "attempts.txt"),
+    }
+    port = free_port()
+
+    def stage_partition() -> dict[str, Any] | None:
+        _, body = get(f"http://127.0.0.1:{port}/status")
+        workers = cast("list[dict[str, Any]]", body.get("workers", []))
+        for worker in workers:
+            for partition in worker["partitions"]:
+                if (partition["topic"], partition["partition"]) == (topics.stage1, 0):
+                    return cast("dict[str, Any]", partition)
+        return None
+
+    def held() -> bool:
+        partition = stage_partition()
+        return partition is not None and partition["paused"]
+
+    with AppProcess(APP, "--http-port", str(port), env=env) as app:
+        await asyncio.to_thread(wait_until, held, 30, "the stage partition paused")
+        partition = stage_partition()
+        assert app.stop(signal.SIGTERM) == 0
+    assert partition is not None
+    assert partition["lag"] == 3
+    assert read_attempts(tmp_path / "attempts.txt") == []
