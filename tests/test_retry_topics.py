@@ -30,7 +30,7 @@ from taskflow.message import Headers, Message, TopicPartition
 from taskflow.retry_topics import LATEST_MS
 from taskflow.telemetry.status import ConsumerStatus
 from taskflow.testing import ManualClock, TestClient
-from taskflow.workers.due import DueGate, epoch_ms
+from taskflow.workers.due import CLOCK_SKEW, DueGate, epoch_ms
 from tests._redis import REDIS_URL
 
 pytestmark = pytest.mark.usefixtures("caplog")
@@ -620,6 +620,56 @@ async def test_a_due_time_that_is_no_time_counts_from_the_records_timestamp(
         await client.drain()
         assert runs == [(1, 2), (2, 2)]
     assert "crashed" not in caplog.text
+
+
+async def test_a_record_due_further_ahead_than_its_delay_is_held_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    app = App("svc", clock=clock)
+    runs: list[int] = []
+
+    @app.consume("orders", dead_letter="orders.DLQ", retry_topics=[10])
+    async def on_order(order: dict[str, int], ctx: Context) -> None:
+        runs.append(order["id"])
+
+    far = datetime(2126, 1, 1, tzinfo=UTC)  # written by a clock a century ahead
+    async with TestClient(app, partitions=1) as client:
+        await client.publish(
+            "orders.retry.10s", {"id": 1}, headers=_stage_headers(str(epoch_ms(far)))
+        )
+        await client.publish("orders.retry.10s", {"id": 2}, headers=_stage_headers("0"))
+        await client.drain()
+        await clock.advance(3600)
+        await client.drain()
+        stage = client.runtime.worker("on_order.retry").status()
+        assert isinstance(stage, ConsumerStatus)
+        (held,) = stage.partitions
+    assert runs == []  # the head and what follows it wait: nothing runs before it is due
+    assert (held.paused, held.lag) == (True, 2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "orders.retry.10s[0]@0 (orders[0]@0) is due 2126-01-01T00:00:00+00:00, further ahead "
+        "than its stage's 10s delay: a clock ahead of this replica's wrote it, or its "
+        "taskflow-due header was changed; orders.retry.10s[0] waits for it"
+    ]
+
+
+def test_a_record_due_within_its_delay_and_the_clock_skew_is_not_called_too_far() -> None:
+    now = epoch_ms(datetime(2026, 1, 1, tzinfo=UTC))
+    gate = DueGate(10, "svc")
+
+    def record(offset: int, ahead: float) -> Message:
+        due = str(now + round(ahead * 1000)).encode()
+        headers = (("taskflow-consumer-group", b"svc"), ("taskflow-due", due))
+        return Message("orders.retry.10s", 0, offset, None, b"{}", headers)
+
+    gate.admit([record(0, 10 + CLOCK_SKEW)], now)  # a clock up to CLOCK_SKEW ahead wrote it
+    assert gate.too_far_ahead(now) is None
+    gate.held.clear()
+    gate.admit([record(1, 10 + CLOCK_SKEW + 1)], now)
+    assert gate.too_far_ahead(now) is not None
+    assert gate.too_far_ahead(now) is None  # said once
 
 
 def test_a_record_stamped_past_the_year_9999_waits_for_a_moment_a_clock_can_show() -> None:

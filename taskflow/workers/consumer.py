@@ -33,6 +33,7 @@ from taskflow.context import WorkerLogger
 from taskflow.crew import ABANDON_GRACE, Crew
 from taskflow.exceptions import BrokerError, ProcessExit
 from taskflow.handler import threads_of
+from taskflow.retry_topics import label
 from taskflow.telemetry.status import ConsumerStatus, PartitionStatus, PolicyCount
 from taskflow.workers.batch_work import one_record
 from taskflow.workers.batching import Batches
@@ -43,6 +44,7 @@ from taskflow.workers.processing import Processor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
     from taskflow.app import App
     from taskflow.brokers.base import Broker, Consumer
@@ -269,6 +271,7 @@ class ConsumerWorker:
         """Feed the held records as they fall due, then resume fetching the partition."""
         try:
             while (head := gate.head_due) is not None:
+                self._warn_if_too_far_ahead(runner, gate, head)
                 await self.clock.sleep_until(head)
                 if runner.closed:
                     return
@@ -280,6 +283,24 @@ class ConsumerWorker:
         if not runner.paused and not self.budget.spent and self._consumer is not None:
             with contextlib.suppress(BrokerError):  # the partition left meanwhile
                 self._consumer.resume([runner.tp])
+
+    def _warn_if_too_far_ahead(self, runner: PartitionRunner, gate: DueGate, due: datetime) -> None:
+        """Say so when the head is due further ahead than its stage's delay could make it: the
+        partition waits for it, and nothing else would tell why."""
+        head = gate.too_far_ahead(epoch_ms(self.clock.now()))
+        if head is None:
+            return
+        also, fields = self.processor.named(head)
+        self.log.warning(
+            "%s%s is due %s, further ahead than its stage's %s delay: a clock ahead of this "
+            "replica's wrote it, or its taskflow-due header was changed; %s waits for it",
+            head,
+            also,
+            due.isoformat(timespec="seconds"),
+            label(gate.delay),
+            runner.tp,
+            extra=fields,
+        )
 
     def _holding(self, tp: TopicPartition) -> bool:
         """True while a retry stage holds records of `tp` that are not due."""

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
     from taskflow.message import Message
 
-__all__ = ["DueGate", "epoch_ms"]
+__all__ = ["CLOCK_SKEW", "DueGate", "epoch_ms"]
+
+CLOCK_SKEW = 60.0
+"""Seconds two replicas' clocks may differ before a due time is called further ahead than its
+stage's delay could make it."""
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -43,6 +47,7 @@ class DueGate:
         self.group = group
         self.held: deque[Message] = deque()
         self.waiter: asyncio.Task[None] | None = None  # the worker's wait for the head
+        self._told: int | None = None  # the offset of the last head called too far ahead
 
     def due(self, message: Message) -> int:
         """When `message` may run (epoch ms); a record of another group at once (it is
@@ -67,6 +72,19 @@ class DueGate:
         while self.held and self.due(self.held[0]) <= now_ms:
             ready.append(self.held.popleft())
         return ready
+
+    def too_far_ahead(self, now_ms: int) -> Message | None:
+        """The head, the first time it is seen due further ahead than the stage's delay (plus
+        `CLOCK_SKEW`) could make it: written by a clock ahead of ours, or with a changed
+        header. It is held all the same, and what follows it with it."""
+        if not self.held:
+            return None
+        head = self.held[0]
+        limit = now_ms + round((self.delay + CLOCK_SKEW) * 1000)
+        if self.due(head) <= limit or head.offset == self._told:
+            return None
+        self._told = head.offset
+        return head
 
     @property
     def head_due(self) -> datetime | None:
