@@ -919,13 +919,24 @@ def show(
 
 def _dead_letters_text(found: operations.DeadLetters) -> None:
     for letter in found.newest:
-        click.echo(_dead_letter_line(letter))
+        click.echo(_printable(_dead_letter_line(letter)))
     click.echo(
         f"{len(found.newest)} of {found.read} record(s) shown, newest first; "
         "counted over all of them:"
     )
-    click.echo("  by reason     " + _counts(found.by_reason))
-    click.echo("  by exception  " + _counts(found.by_exception))
+    click.echo(_printable("  by reason     " + _counts(found.by_reason)))
+    click.echo(_printable("  by exception  " + _counts(found.by_exception)))
+
+
+# C0 and C1 control characters, and the two separators `str.splitlines` breaks lines at.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(text: str) -> str:
+    """`text` with its control characters escaped (``\\x1b``, ``\\n``): the `taskflow-` headers
+    of a record are whatever its writer chose, and printed raw they could forge a line, clear
+    the terminal or retitle it."""
+    return _CONTROL.sub(lambda match: match[0].encode("unicode_escape").decode(), text)
 
 
 def _dead_letter_line(letter: DeadLetterHeaders) -> str:
@@ -1051,7 +1062,7 @@ def replay(
         sys.exit(EXIT_UNCLEAN)
     click.echo(_replay_summary(summary, dry_run))
     if hint := _nothing_matched(summary, filters):
-        click.echo(hint, err=True)
+        click.echo(_printable(hint), err=True)
     sys.exit(EXIT_UNCLEAN if summary.stopped else EXIT_CLEAN)
 
 
@@ -1117,17 +1128,20 @@ async def _replaying(
 
 
 def _replay_step(step: replaying.Step) -> None:
+    click.echo(_printable(_replay_line(step)))
+
+
+def _replay_line(step: replaying.Step) -> str:
     letter = step.letter
     where = f"{letter.topic}[{letter.partition}]@{letter.offset}"
     target = "" if step.target is None else f"{step.target[0]}[{step.target[1]}]"
     if step.outcome == "replayed":
-        click.echo(f"replayed {where} to {target}@{step.offset}")
-    elif step.outcome == "would replay":
-        click.echo(f"would replay {where} to {target}  {letter.reason}  {letter.exception_type}")
-    elif step.outcome == "already replayed":
-        click.echo(f"already replayed {where} to {target} (by an interrupted run): not again")
-    else:
-        click.echo(f"skipped {where}: {_skip_reason(step)}")
+        return f"replayed {where} to {target}@{step.offset}"
+    if step.outcome == "would replay":
+        return f"would replay {where} to {target}  {letter.reason}  {letter.exception_type}"
+    if step.outcome == "already replayed":
+        return f"already replayed {where} to {target} (by an interrupted run): not again"
+    return f"skipped {where}: {_skip_reason(step)}"
 
 
 def _skip_reason(step: replaying.Step) -> str:

@@ -474,3 +474,38 @@ async def test_dlq_replay_of_an_unreachable_broker_is_one_error_and_exit_code_1(
 
     assert (code, lines) == (1, [])
     assert err.splitlines()[-1].startswith("Error: cannot reach Kafka at kafka://127.0.0.1:1")
+
+
+async def test_a_replay_escapes_control_characters_in_a_dead_letters_headers(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-original-offset": b"3",
+        "taskflow-reason": b"rejected",
+        "taskflow-exception-type": b"myapp.Bad\x1b]0;owned\x07",
+    }
+    await producer.send_and_wait(dlq, b"{}", headers=list(headers.items()))
+    omitted = {**headers, "taskflow-value-omitted": b"too large\nreplayed everything"}
+    await producer.send_and_wait(dlq, b"", headers=list(omitted.items()))
+
+    code, lines, err = await run_replay(app_env, dlq, "--dry-run", "--error", "NoSuchError")
+
+    assert code == 0, err
+    assert err == (
+        "nothing matched --error NoSuchError; the 2 dead letter(s) filtered out were by "
+        "exception myapp.Bad\\x1b]0;owned\\x07 2"
+    )
+
+    code, lines, err = await run_replay(app_env, dlq, "--dry-run")
+
+    assert code == 0, err
+    assert lines[1:3] == [
+        f"would replay {dlq}[0]@0 to {topic}[0]  rejected  myapp.Bad\\x1b]0;owned\\x07",
+        f"skipped {dlq}[0]@1: its value was left out (too large\\nreplayed everything); "
+        f"the original is at {topic}[0]@3",
+    ]
+    assert not any("\x1b" in line for line in lines)
