@@ -46,6 +46,7 @@ from taskflow.exceptions import ConfigurationError
 from taskflow.middleware.ratelimit import smooth_limiter
 from taskflow.policy import DeadLetterReason
 from taskflow.runner import resolve_broker
+from taskflow.specs import retry_stage_spec
 from taskflow.workers.dead_letter import HEADER_PREFIX, DeadLetterHeaders, read_dead_letter
 
 if TYPE_CHECKING:
@@ -211,7 +212,8 @@ async def replay(
     would publish now. Setting `stopping` ends the replay after the dead letter in hand.
 
     Raises:
-        ConfigurationError: for the memory broker or a topic that does not exist.
+        ConfigurationError: for the memory broker, a topic that does not exist, or a `group`
+            that one of the app's consumers joins.
         BrokerError: when the broker cannot be reached or fails meanwhile.
     """
     if app.broker_url.startswith("memory:"):
@@ -221,6 +223,13 @@ async def replay(
             "TASKFLOW_BROKER"
         )
     check.topic(topic)
+    if (consumer := _consumer_in(app, group)) is not None:
+        raise ConfigurationError(
+            f"--group {group} is the consumer group of the app's consumer {consumer}, and a "
+            "replay commits in its group (on the dead-letter topic, and on each partition it "
+            "replays to), which would move that consumer past records: name a group of the "
+            "replay's own, or leave --group out"
+        )
     from taskflow.brokers.kafka import KafkaBroker  # here: a memory app never imports aiokafka
 
     broker = resolve_broker(app)
@@ -247,6 +256,16 @@ async def replay(
         finally:
             await broker.close()
     return run.summary(finished)
+
+
+def _consumer_in(app: App, group: str) -> str | None:
+    """The name of the app's consumer (or retry stage) that joins `group`, if one does."""
+    for spec in app.consumers:
+        stages = [spec] if spec.retry_topics is None else [spec, retry_stage_spec(spec)]
+        for stage in stages:
+            if stage.consumer_group == group:
+                return stage.name
+    return None
 
 
 class _Replay:

@@ -509,3 +509,43 @@ async def test_a_replay_escapes_control_characters_in_a_dead_letters_headers(
         f"the original is at {topic}[0]@3",
     ]
     assert not any("\x1b" in line for line in lines)
+
+
+async def test_a_replay_refuses_a_group_the_apps_consumers_join(
+    dlq_env: dict[str, str], bootstrap: str, topic: str, producer: AIOKafkaProducer
+) -> None:
+    # The replay commits a mark on each original partition in its group: in the app's own group
+    # that would move the app's consumers past the records they have not handled yet.
+    dlq, app_group = dlq_env["DEAD_LETTERS_DLQ"], dlq_env["DEAD_LETTERS_GROUP"]
+    await create_topic(bootstrap, dlq, 1)
+    for number in range(10):
+        await producer.send_and_wait(topic, f"ok {number}".encode(), partition=0)
+    handled = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=app_group, enable_auto_commit=False
+    )
+    await handled.start()
+    try:
+        handled.assign([TopicPartition(topic, 0)])
+        await handled.commit({TopicPartition(topic, 0): 4})  # the app has handled 4 of 10
+    finally:
+        await handled.stop()
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-original-offset": b"2",
+        "taskflow-consumer-group": app_group.encode(),
+        "taskflow-reason": b"rejected",
+    }
+    await producer.send_and_wait(dlq, b"reject 2", headers=list(headers.items()))
+
+    code, lines, err = await run_replay(dlq_env, dlq, "--group", app_group)
+
+    assert (code, lines) == (2, [])
+    assert err.splitlines() == [
+        f"Error: --group {app_group} is the consumer group of the app's consumer handle, and a "
+        "replay commits in its group (on the dead-letter topic, and on each partition it "
+        "replays to), which would move that consumer past records: name a group of the "
+        "replay's own, or leave --group out"
+    ]
+    assert len(await records(bootstrap, topic)) == 10
+    assert (await committed_offsets(bootstrap, app_group, topic, 4))[0] == 4
