@@ -98,11 +98,16 @@ def parse_since(text: str, now: datetime) -> datetime:
     a duration before `now` (``90s``, ``30m``, ``2h``, ``7d``, ``1w``).
 
     Raises:
-        ConfigurationError: naming the forms it takes.
+        ConfigurationError: naming the forms it takes (or the year 1, for a time before it).
     """
     if match := _RELATIVE.fullmatch(text.lower()):
         count, unit = match.groups()
-        return now - timedelta(seconds=int(count) * _SINCE_UNITS[unit])
+        try:
+            return now - timedelta(seconds=int(count) * _SINCE_UNITS[unit])
+        except OverflowError:
+            raise ConfigurationError(
+                f"--since takes a time after the year 1, got {text!r}"
+            ) from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
