@@ -940,7 +940,8 @@ def _printable(text: str) -> str:
 
 
 def _dead_letter_line(letter: DeadLetterHeaders) -> str:
-    where = f"{letter.topic}[{letter.partition}]@{letter.offset}  {_ms_time(letter.timestamp_ms)}"
+    written = _ms_time(letter.timestamp_ms) or f"(timestamp {letter.timestamp_ms} ms)"
+    where = f"{letter.topic}[{letter.partition}]@{letter.offset}  {written}"
     if not letter.taskflow:
         return f"{where}  {operations.NOT_TASKFLOW}"
     origin = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
@@ -954,8 +955,14 @@ def _dead_letter_line(letter: DeadLetterHeaders) -> str:
     )
 
 
-def _ms_time(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
+def _ms_time(timestamp_ms: int) -> str | None:
+    """`timestamp_ms` in ISO 8601, or None beyond the years datetime has (a record's timestamp is
+    whatever its producer chose)."""
+    try:
+        moment = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _counts(counts: tuple[tuple[str, int], ...]) -> str:
