@@ -1195,8 +1195,12 @@ def _replay_summary(summary: replaying.ReplaySummary, dry_run: bool) -> str:
         f"already replayed {summary.already}, skipped {skipped}{why}, "
         f"filtered out {summary.filtered_out}"
     )
+    # A dry run commits nothing, so the same command does not go on from where it stopped.
+    again = " (a dry run commits nothing: run again, it lists the same)"
     if summary.stopped:
-        return f"{counts}; stopped: the same command resumes"
+        return f"{counts}; stopped{again if dry_run else ': the same command resumes'}"
     if not summary.finished:
-        return f"{counts}; the limit was reached: the same command goes on"
+        return (
+            f"{counts}; the limit was reached{again if dry_run else ': the same command goes on'}"
+        )
     return f"{counts}; the end of the topic was reached"

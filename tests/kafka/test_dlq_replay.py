@@ -549,3 +549,30 @@ async def test_a_replay_refuses_a_group_the_apps_consumers_join(
     ]
     assert len(await records(bootstrap, topic)) == 10
     assert (await committed_offsets(bootstrap, app_group, topic, 4))[0] == 4
+
+
+async def test_a_dry_run_stopped_by_its_limit_does_not_say_the_same_command_goes_on(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-reason": b"rejected",
+    }
+    for number in range(3):
+        await producer.send_and_wait(dlq, f"reject {number}".encode(), headers=[*headers.items()])
+
+    for _ in range(2):  # a dry run commits nothing, so the next one lists the same
+        code, lines, err = await run_replay(app_env, dlq, "--dry-run", "--limit", "2")
+
+        assert code == 0, err
+        assert [line.split(" to ")[0] for line in steps(lines, "would replay")] == [
+            f"would replay {dlq}[0]@0",
+            f"would replay {dlq}[0]@1",
+        ]
+        assert lines[-1] == (
+            "would replay 2, already replayed 0, skipped 0, filtered out 0; the limit was "
+            "reached (a dry run commits nothing: run again, it lists the same)"
+        )
