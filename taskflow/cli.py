@@ -1154,6 +1154,11 @@ def _replay_line(step: replaying.Step) -> str:
 def _skip_reason(step: replaying.Step) -> str:
     letter = step.letter
     original = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+    if step.why == replaying.NOT_A_DEAD_LETTER:
+        return (
+            "it has no taskflow-reason header, so it is not a dead letter (a retry topic's "
+            "record, whose retry stage delivers it)"
+        )
     if step.why == replaying.VALUE_LEFT_OUT:
         return f"its value was left out ({letter.value_omitted}); the original is at {original}"
     if step.why == replaying.NO_TOPIC:

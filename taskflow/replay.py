@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from taskflow.ratelimit import RateLimit
 
 __all__ = [
+    "NOT_A_DEAD_LETTER",
     "NOT_TASKFLOW",
     "NO_PARTITION",
     "NO_TOPIC",
@@ -81,6 +82,7 @@ REASONS: Final = get_args(DeadLetterReason)
 """The reasons a dead letter is given up for, as `--reason` takes them."""
 
 NOT_TASKFLOW: Final = "no taskflow headers"
+NOT_A_DEAD_LETTER: Final = "not a dead letter"
 VALUE_LEFT_OUT: Final = "value left out"
 NO_TOPIC: Final = "original topic gone"
 NO_PARTITION: Final = "original partition gone"
@@ -172,7 +174,8 @@ class Step:
     offset: int | None = None
     """The offset the replayed record got, for ``replayed``."""
     why: str | None = None
-    """Why it was skipped: `NOT_TASKFLOW`, `VALUE_LEFT_OUT`, `NO_TOPIC` or `NO_PARTITION`."""
+    """Why it was skipped: `NOT_TASKFLOW`, `NOT_A_DEAD_LETTER`, `VALUE_LEFT_OUT`, `NO_TOPIC` or
+    `NO_PARTITION`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +387,8 @@ class _Replay:
         topic, partition = letter.original_topic, letter.original_partition
         if not letter.taskflow or topic is None or partition is None:
             return NOT_TASKFLOW
+        if letter.reason is None:  # a retry topic's record: its retry stage delivers it
+            return NOT_A_DEAD_LETTER
         if letter.value_omitted is not None:
             return VALUE_LEFT_OUT
         count = await self.reader.partition_count(topic)

@@ -23,6 +23,8 @@ from typing import IO
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from taskflow.message import Message
+from taskflow.workers.dead_letter import retry_headers
 from tests._process import AppProcess, wait_until
 from tests._tansu import committed_offsets, create_topic
 
@@ -576,3 +578,26 @@ async def test_a_dry_run_stopped_by_its_limit_does_not_say_the_same_command_goes
             "would replay 2, already replayed 0, skipped 0, filtered out 0; the limit was "
             "reached (a dry run commits nothing: run again, it lists the same)"
         )
+
+
+async def test_a_replay_of_a_retry_topic_skips_its_records_which_their_stage_delivers(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    # A retry topic's records look like dead letters (where they came from, what failed) but are
+    # waiting for their retry stage: published back too, each would be handled twice.
+    retry = f"{topic}.retry-1s"
+    await create_topic(bootstrap, retry, 1)
+    original = Message(topic, 0, 5, None, b'{"id": 10}', (), 1)
+    headers = retry_headers(original, f"{unique}-group", ConnectionError("down"), 1, 2**40)
+    await producer.send_and_wait(retry, original.value, headers=list(headers))
+
+    code, lines, err = await run_replay(app_env, retry)
+
+    assert code == 0, err
+    assert lines[1:] == [
+        f"skipped {retry}[0]@0: it has no taskflow-reason header, so it is not a dead letter "
+        "(a retry topic's record, whose retry stage delivers it)",
+        "replayed 0, already replayed 0, skipped 1 (not a dead letter 1), filtered out 0; "
+        "the end of the topic was reached",
+    ]
+    assert await records(bootstrap, topic) == []
