@@ -919,17 +919,29 @@ def show(
 
 def _dead_letters_text(found: operations.DeadLetters) -> None:
     for letter in found.newest:
-        click.echo(_dead_letter_line(letter))
+        click.echo(_printable(_dead_letter_line(letter)))
     click.echo(
         f"{len(found.newest)} of {found.read} record(s) shown, newest first; "
         "counted over all of them:"
     )
-    click.echo("  by reason     " + _counts(found.by_reason))
-    click.echo("  by exception  " + _counts(found.by_exception))
+    click.echo(_printable("  by reason     " + _counts(found.by_reason)))
+    click.echo(_printable("  by exception  " + _counts(found.by_exception)))
+
+
+# C0 and C1 control characters, and the two separators `str.splitlines` breaks lines at.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(text: str) -> str:
+    """`text` with its control characters escaped (``\\x1b``, ``\\n``): the `taskflow-` headers
+    of a record are whatever its writer chose, and printed raw they could forge a line, clear
+    the terminal or retitle it."""
+    return _CONTROL.sub(lambda match: match[0].encode("unicode_escape").decode(), text)
 
 
 def _dead_letter_line(letter: DeadLetterHeaders) -> str:
-    where = f"{letter.topic}[{letter.partition}]@{letter.offset}  {_ms_time(letter.timestamp_ms)}"
+    written = _ms_time(letter.timestamp_ms) or f"(timestamp {letter.timestamp_ms} ms)"
+    where = f"{letter.topic}[{letter.partition}]@{letter.offset}  {written}"
     if not letter.taskflow:
         return f"{where}  {operations.NOT_TASKFLOW}"
     origin = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
@@ -943,8 +955,14 @@ def _dead_letter_line(letter: DeadLetterHeaders) -> str:
     )
 
 
-def _ms_time(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
+def _ms_time(timestamp_ms: int) -> str | None:
+    """`timestamp_ms` in ISO 8601, or None beyond the years datetime has (a record's timestamp is
+    whatever its producer chose)."""
+    try:
+        moment = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _counts(counts: tuple[tuple[str, int], ...]) -> str:
@@ -1051,7 +1069,7 @@ def replay(
         sys.exit(EXIT_UNCLEAN)
     click.echo(_replay_summary(summary, dry_run))
     if hint := _nothing_matched(summary, filters):
-        click.echo(hint, err=True)
+        click.echo(_printable(hint), err=True)
     sys.exit(EXIT_UNCLEAN if summary.stopped else EXIT_CLEAN)
 
 
@@ -1117,22 +1135,30 @@ async def _replaying(
 
 
 def _replay_step(step: replaying.Step) -> None:
+    click.echo(_printable(_replay_line(step)))
+
+
+def _replay_line(step: replaying.Step) -> str:
     letter = step.letter
     where = f"{letter.topic}[{letter.partition}]@{letter.offset}"
     target = "" if step.target is None else f"{step.target[0]}[{step.target[1]}]"
     if step.outcome == "replayed":
-        click.echo(f"replayed {where} to {target}@{step.offset}")
-    elif step.outcome == "would replay":
-        click.echo(f"would replay {where} to {target}  {letter.reason}  {letter.exception_type}")
-    elif step.outcome == "already replayed":
-        click.echo(f"already replayed {where} to {target} (by an interrupted run): not again")
-    else:
-        click.echo(f"skipped {where}: {_skip_reason(step)}")
+        return f"replayed {where} to {target}@{step.offset}"
+    if step.outcome == "would replay":
+        return f"would replay {where} to {target}  {letter.reason}  {letter.exception_type}"
+    if step.outcome == "already replayed":
+        return f"already replayed {where} to {target} (by an interrupted run): not again"
+    return f"skipped {where}: {_skip_reason(step)}"
 
 
 def _skip_reason(step: replaying.Step) -> str:
     letter = step.letter
     original = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+    if step.why == replaying.NOT_A_DEAD_LETTER:
+        return (
+            "it has no taskflow-reason header, so it is not a dead letter (a retry topic's "
+            "record, whose retry stage delivers it)"
+        )
     if step.why == replaying.VALUE_LEFT_OUT:
         return f"its value was left out ({letter.value_omitted}); the original is at {original}"
     if step.why == replaying.NO_TOPIC:
@@ -1174,8 +1200,12 @@ def _replay_summary(summary: replaying.ReplaySummary, dry_run: bool) -> str:
         f"already replayed {summary.already}, skipped {skipped}{why}, "
         f"filtered out {summary.filtered_out}"
     )
+    # A dry run commits nothing, so the same command does not go on from where it stopped.
+    again = " (a dry run commits nothing: run again, it lists the same)"
     if summary.stopped:
-        return f"{counts}; stopped: the same command resumes"
+        return f"{counts}; stopped{again if dry_run else ': the same command resumes'}"
     if not summary.finished:
-        return f"{counts}; the limit was reached: the same command goes on"
+        return (
+            f"{counts}; the limit was reached{again if dry_run else ': the same command goes on'}"
+        )
     return f"{counts}; the end of the topic was reached"

@@ -46,6 +46,7 @@ from taskflow.exceptions import ConfigurationError
 from taskflow.middleware.ratelimit import smooth_limiter
 from taskflow.policy import DeadLetterReason
 from taskflow.runner import resolve_broker
+from taskflow.specs import retry_stage_spec
 from taskflow.workers.dead_letter import HEADER_PREFIX, DeadLetterHeaders, read_dead_letter
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from taskflow.ratelimit import RateLimit
 
 __all__ = [
+    "NOT_A_DEAD_LETTER",
     "NOT_TASKFLOW",
     "NO_PARTITION",
     "NO_TOPIC",
@@ -80,6 +82,7 @@ REASONS: Final = get_args(DeadLetterReason)
 """The reasons a dead letter is given up for, as `--reason` takes them."""
 
 NOT_TASKFLOW: Final = "no taskflow headers"
+NOT_A_DEAD_LETTER: Final = "not a dead letter"
 VALUE_LEFT_OUT: Final = "value left out"
 NO_TOPIC: Final = "original topic gone"
 NO_PARTITION: Final = "original partition gone"
@@ -97,11 +100,16 @@ def parse_since(text: str, now: datetime) -> datetime:
     a duration before `now` (``90s``, ``30m``, ``2h``, ``7d``, ``1w``).
 
     Raises:
-        ConfigurationError: naming the forms it takes.
+        ConfigurationError: naming the forms it takes (or the year 1, for a time before it).
     """
     if match := _RELATIVE.fullmatch(text.lower()):
         count, unit = match.groups()
-        return now - timedelta(seconds=int(count) * _SINCE_UNITS[unit])
+        try:
+            return now - timedelta(seconds=int(count) * _SINCE_UNITS[unit])
+        except OverflowError:
+            raise ConfigurationError(
+                f"--since takes a time after the year 1, got {text!r}"
+            ) from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -166,7 +174,8 @@ class Step:
     offset: int | None = None
     """The offset the replayed record got, for ``replayed``."""
     why: str | None = None
-    """Why it was skipped: `NOT_TASKFLOW`, `VALUE_LEFT_OUT`, `NO_TOPIC` or `NO_PARTITION`."""
+    """Why it was skipped: `NOT_TASKFLOW`, `NOT_A_DEAD_LETTER`, `VALUE_LEFT_OUT`, `NO_TOPIC` or
+    `NO_PARTITION`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +220,8 @@ async def replay(
     would publish now. Setting `stopping` ends the replay after the dead letter in hand.
 
     Raises:
-        ConfigurationError: for the memory broker or a topic that does not exist.
+        ConfigurationError: for the memory broker, a topic that does not exist, or a `group`
+            that one of the app's consumers joins.
         BrokerError: when the broker cannot be reached or fails meanwhile.
     """
     if app.broker_url.startswith("memory:"):
@@ -221,6 +231,13 @@ async def replay(
             "TASKFLOW_BROKER"
         )
     check.topic(topic)
+    if (consumer := _consumer_in(app, group)) is not None:
+        raise ConfigurationError(
+            f"--group {group} is the consumer group of the app's consumer {consumer}, and a "
+            "replay commits in its group (on the dead-letter topic, and on each partition it "
+            "replays to), which would move that consumer past records: name a group of the "
+            "replay's own, or leave --group out"
+        )
     from taskflow.brokers.kafka import KafkaBroker  # here: a memory app never imports aiokafka
 
     broker = resolve_broker(app)
@@ -247,6 +264,16 @@ async def replay(
         finally:
             await broker.close()
     return run.summary(finished)
+
+
+def _consumer_in(app: App, group: str) -> str | None:
+    """The name of the app's consumer (or retry stage) that joins `group`, if one does."""
+    for spec in app.consumers:
+        stages = [spec] if spec.retry_topics is None else [spec, retry_stage_spec(spec)]
+        for stage in stages:
+            if stage.consumer_group == group:
+                return stage.name
+    return None
 
 
 class _Replay:
@@ -360,6 +387,8 @@ class _Replay:
         topic, partition = letter.original_topic, letter.original_partition
         if not letter.taskflow or topic is None or partition is None:
             return NOT_TASKFLOW
+        if letter.reason is None:  # a retry topic's record: its retry stage delivers it
+            return NOT_A_DEAD_LETTER
         if letter.value_omitted is not None:
             return VALUE_LEFT_OUT
         count = await self.reader.partition_count(topic)

@@ -78,3 +78,9 @@ def test_the_default_group_is_the_same_for_the_same_topic_and_filters_only() -> 
     assert default_group("orders.dlq", Filters(error="KeyError")) != default_group(
         "orders.dlq", Filters(error="ValueError")
     )
+
+
+@pytest.mark.parametrize("text", ["1000000w", "99999999999999999999d"])
+def test_since_refuses_a_time_before_now_that_reaches_past_the_year_1(text: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"--since takes a time after the year 1, got"):
+        parse_since(text, NOW)

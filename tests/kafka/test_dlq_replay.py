@@ -23,6 +23,8 @@ from typing import IO
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from taskflow.message import Message
+from taskflow.workers.dead_letter import retry_headers
 from tests._process import AppProcess, wait_until
 from tests._tansu import committed_offsets, create_topic
 
@@ -474,3 +476,128 @@ async def test_dlq_replay_of_an_unreachable_broker_is_one_error_and_exit_code_1(
 
     assert (code, lines) == (1, [])
     assert err.splitlines()[-1].startswith("Error: cannot reach Kafka at kafka://127.0.0.1:1")
+
+
+async def test_a_replay_escapes_control_characters_in_a_dead_letters_headers(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-original-offset": b"3",
+        "taskflow-reason": b"rejected",
+        "taskflow-exception-type": b"myapp.Bad\x1b]0;owned\x07",
+    }
+    await producer.send_and_wait(dlq, b"{}", headers=list(headers.items()))
+    omitted = {**headers, "taskflow-value-omitted": b"too large\nreplayed everything"}
+    await producer.send_and_wait(dlq, b"", headers=list(omitted.items()))
+
+    code, lines, err = await run_replay(app_env, dlq, "--dry-run", "--error", "NoSuchError")
+
+    assert code == 0, err
+    assert err == (
+        "nothing matched --error NoSuchError; the 2 dead letter(s) filtered out were by "
+        "exception myapp.Bad\\x1b]0;owned\\x07 2"
+    )
+
+    code, lines, err = await run_replay(app_env, dlq, "--dry-run")
+
+    assert code == 0, err
+    assert lines[1:3] == [
+        f"would replay {dlq}[0]@0 to {topic}[0]  rejected  myapp.Bad\\x1b]0;owned\\x07",
+        f"skipped {dlq}[0]@1: its value was left out (too large\\nreplayed everything); "
+        f"the original is at {topic}[0]@3",
+    ]
+    assert not any("\x1b" in line for line in lines)
+
+
+async def test_a_replay_refuses_a_group_the_apps_consumers_join(
+    dlq_env: dict[str, str], bootstrap: str, topic: str, producer: AIOKafkaProducer
+) -> None:
+    # The replay commits a mark on each original partition in its group: in the app's own group
+    # that would move the app's consumers past the records they have not handled yet.
+    dlq, app_group = dlq_env["DEAD_LETTERS_DLQ"], dlq_env["DEAD_LETTERS_GROUP"]
+    await create_topic(bootstrap, dlq, 1)
+    for number in range(10):
+        await producer.send_and_wait(topic, f"ok {number}".encode(), partition=0)
+    handled = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=app_group, enable_auto_commit=False
+    )
+    await handled.start()
+    try:
+        handled.assign([TopicPartition(topic, 0)])
+        await handled.commit({TopicPartition(topic, 0): 4})  # the app has handled 4 of 10
+    finally:
+        await handled.stop()
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-original-offset": b"2",
+        "taskflow-consumer-group": app_group.encode(),
+        "taskflow-reason": b"rejected",
+    }
+    await producer.send_and_wait(dlq, b"reject 2", headers=list(headers.items()))
+
+    code, lines, err = await run_replay(dlq_env, dlq, "--group", app_group)
+
+    assert (code, lines) == (2, [])
+    assert err.splitlines() == [
+        f"Error: --group {app_group} is the consumer group of the app's consumer handle, and a "
+        "replay commits in its group (on the dead-letter topic, and on each partition it "
+        "replays to), which would move that consumer past records: name a group of the "
+        "replay's own, or leave --group out"
+    ]
+    assert len(await records(bootstrap, topic)) == 10
+    assert (await committed_offsets(bootstrap, app_group, topic, 4))[0] == 4
+
+
+async def test_a_dry_run_stopped_by_its_limit_does_not_say_the_same_command_goes_on(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-reason": b"rejected",
+    }
+    for number in range(3):
+        await producer.send_and_wait(dlq, f"reject {number}".encode(), headers=[*headers.items()])
+
+    for _ in range(2):  # a dry run commits nothing, so the next one lists the same
+        code, lines, err = await run_replay(app_env, dlq, "--dry-run", "--limit", "2")
+
+        assert code == 0, err
+        assert [line.split(" to ")[0] for line in steps(lines, "would replay")] == [
+            f"would replay {dlq}[0]@0",
+            f"would replay {dlq}[0]@1",
+        ]
+        assert lines[-1] == (
+            "would replay 2, already replayed 0, skipped 0, filtered out 0; the limit was "
+            "reached (a dry run commits nothing: run again, it lists the same)"
+        )
+
+
+async def test_a_replay_of_a_retry_topic_skips_its_records_which_their_stage_delivers(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    # A retry topic's records look like dead letters (where they came from, what failed) but are
+    # waiting for their retry stage: published back too, each would be handled twice.
+    retry = f"{topic}.retry-1s"
+    await create_topic(bootstrap, retry, 1)
+    original = Message(topic, 0, 5, None, b'{"id": 10}', (), 1)
+    headers = retry_headers(original, f"{unique}-group", ConnectionError("down"), 1, 2**40)
+    await producer.send_and_wait(retry, original.value, headers=list(headers))
+
+    code, lines, err = await run_replay(app_env, retry)
+
+    assert code == 0, err
+    assert lines[1:] == [
+        f"skipped {retry}[0]@0: it has no taskflow-reason header, so it is not a dead letter "
+        "(a retry topic's record, whose retry stage delivers it)",
+        "replayed 0, already replayed 0, skipped 1 (not a dead letter 1), filtered out 0; "
+        "the end of the topic was reached",
+    ]
+    assert await records(bootstrap, topic) == []

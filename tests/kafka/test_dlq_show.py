@@ -159,3 +159,62 @@ async def test_dlq_show_of_an_unreachable_broker_is_one_error_and_exit_code_1() 
 
     assert (code, out) == (1, "")
     assert err.splitlines()[-1].startswith("Error: cannot reach Kafka at kafka://127.0.0.1:1")
+
+
+async def test_dlq_show_escapes_control_characters_in_a_dead_letters_headers(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    # Anyone who can write to the topic chooses these bytes: an escape sequence that retitles
+    # the terminal, one that clears it, and a newline that would forge a line of the listing.
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-original-offset": b"3",
+        "taskflow-consumer-group": b"billing\nforged line",
+        "taskflow-attempts": b"1",
+        "taskflow-reason": b"rejected",
+        "taskflow-exception-type": b"myapp.Bad\x1b]0;owned\x07",
+        "taskflow-exception-message": b"\x1b[2Jcleared",
+    }
+    await producer.send_and_wait(dlq, b"{}", headers=list(headers.items()))
+
+    code, out, err = await dlq_show(app_env, dlq)
+
+    assert code == 0, err
+    letter, _, _, exceptions = out.splitlines()
+    assert letter.endswith(
+        f"from {topic}[0]@3  group billing\\nforged line  rejected after 1 attempt(s)  "
+        "myapp.Bad\\x1b]0;owned\\x07: \\x1b[2Jcleared"
+    )
+    assert exceptions == "  by exception  myapp.Bad\\x1b]0;owned\\x07 1"
+    assert "\x1b" not in out
+
+
+async def test_dlq_show_lists_a_dead_letter_whose_timestamp_is_beyond_the_year_9999(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    # A record's timestamp is what its producer chose, and the broker keeps it as it is.
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = [("taskflow-original-topic", topic.encode()), ("taskflow-reason", b"rejected")]
+    await producer.send_and_wait(dlq, b"{}", headers=headers, timestamp_ms=2**62)
+    await producer.send_and_wait(dlq, b"{}", headers=headers, timestamp_ms=1_764_367_397_204)
+
+    code, out, err = await dlq_show(app_env, dlq)
+
+    assert code == 0, err
+    assert [line.split("  ")[:2] for line in out.splitlines()[:2]] == [
+        [f"{dlq}[0]@0", f"(timestamp {2**62} ms)"],
+        [f"{dlq}[0]@1", "2025-11-28T22:03:17.204+00:00"],
+    ]
+
+    code, out, err = await dlq_show(app_env, dlq, "--json")
+
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()[:2]]
+    assert [(row["timestamp_ms"], row["time"]) for row in rows] == [
+        (2**62, None),
+        (1_764_367_397_204, "2025-11-28T22:03:17.204+00:00"),
+    ]
