@@ -1070,6 +1070,8 @@ def replay(
     click.echo(_replay_summary(summary, dry_run))
     if hint := _nothing_matched(summary, filters):
         click.echo(_printable(hint), err=True)
+    if hint := _window_moves(summary, filters, group, dry_run):
+        click.echo(hint, err=True)
     sys.exit(EXIT_UNCLEAN if summary.stopped else EXIT_CLEAN)
 
 
@@ -1166,6 +1168,21 @@ def _skip_reason(step: replaying.Step) -> str:
     if step.why == replaying.NO_PARTITION:
         return f"its original partition {original} does not exist"
     return "it has no taskflow headers, so where it came from is unknown"
+
+
+def _window_moves(
+    summary: replaying.ReplaySummary, filters: replaying.Filters, group: str, dry_run: bool
+) -> str | None:
+    """When a replay with a relative `--since` did not reach the end: how to go on with the
+    same window, since the same command counts it again from its own start."""
+    if dry_run or summary.finished or not filters.since_moves or filters.since is None:
+        return None
+    moment = filters.since.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (
+        f"note: --since {filters.since_text} counts back from each run's start, so the same "
+        "command run later leaves out the dead letters that have aged out of its window "
+        f"meanwhile; to go on with this run's window: --group {group} --since {moment}"
+    )
 
 
 def _nothing_matched(summary: replaying.ReplaySummary, filters: replaying.Filters) -> str | None:

@@ -133,6 +133,13 @@ class Filters:
     since_text: str | None = None
     """`since` as it was given (``2h``): what the default group name is made from."""
 
+    @property
+    def since_moves(self) -> bool:
+        """True when `since` was given as a time before now (``2h``): each run counts it from
+        its own start, so a rerun's window has moved on."""
+        text = self.since_text
+        return text is not None and _RELATIVE.fullmatch(text.lower()) is not None
+
     def matches(self, letter: DeadLetterHeaders) -> bool:
         """True when `letter` passes every filter."""
         if self.reason is not None and letter.reason != self.reason:

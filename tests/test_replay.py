@@ -84,3 +84,11 @@ def test_the_default_group_is_the_same_for_the_same_topic_and_filters_only() -> 
 def test_since_refuses_a_time_before_now_that_reaches_past_the_year_1(text: str) -> None:
     with pytest.raises(ConfigurationError, match=r"--since takes a time after the year 1, got"):
         parse_since(text, NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "moves"), [("2h", True), (" 90 S ", True), ("2026-12-04T10:00:00Z", False)]
+)
+def test_a_since_given_as_a_time_before_now_moves_with_each_run(text: str, moves: bool) -> None:
+    assert Filters(since=NOW, since_text=text).since_moves is moves
+    assert not Filters().since_moves

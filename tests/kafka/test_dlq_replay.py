@@ -601,3 +601,42 @@ async def test_a_replay_of_a_retry_topic_skips_its_records_which_their_stage_del
         "the end of the topic was reached",
     ]
     assert await records(bootstrap, topic) == []
+
+
+async def test_a_relative_since_cut_short_says_how_to_go_on_with_the_same_window(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    # `--since 1h` counts from each run's start: a later rerun of the same command would leave
+    # out what aged out of the window meanwhile. The run says how to go on with its own window.
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = {
+        "taskflow-original-topic": topic.encode(),
+        "taskflow-original-partition": b"0",
+        "taskflow-reason": b"rejected",
+    }
+    for number in range(3):
+        await producer.send_and_wait(dlq, f"reject {number}".encode(), headers=[*headers.items()])
+
+    code, lines, err = await run_replay(app_env, dlq, "--since", "1h", "--limit", "1")
+
+    assert code == 0, err
+    assert len(steps(lines, "replayed")) == 1
+    group = group_of(lines)
+    (note,) = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert note.startswith(
+        "note: --since 1h counts back from each run's start, so the same command run later "
+        "leaves out the dead letters that have aged out of its window meanwhile; to go on with "
+        f"this run's window: --group {group} --since "
+    )
+    moment = note.rsplit(" ", 1)[1]
+    assert moment.endswith("Z")
+
+    code, lines, err = await run_replay(app_env, dlq, "--group", group, "--since", moment)
+
+    assert code == 0, err
+    assert [line.split(" to ")[0] for line in steps(lines, "replayed")] == [
+        f"replayed {dlq}[0]@1",
+        f"replayed {dlq}[0]@2",
+    ]
+    assert "note: " not in err  # an absolute time does not move
