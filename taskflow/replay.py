@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from taskflow import validation as check
-from taskflow.exceptions import ConfigurationError
+from taskflow.exceptions import ConfigurationError, RecordRefused, RecordTooLarge
 from taskflow.middleware.ratelimit import smooth_limiter
 from taskflow.policy import DeadLetterReason
 from taskflow.runner import resolve_broker
@@ -283,6 +283,23 @@ def _consumer_in(app: App, group: str) -> str | None:
     return None
 
 
+def _refused(message: Message, target: tuple[str, int], exc: RecordRefused) -> RecordRefused:
+    """The error a record the broker will never take ends the replay with: it names the dead
+    letter, and says how to go on (the replay stopped before it; nothing after it was lost)."""
+    where = f"{message.topic}[{message.partition}]@{message.offset}"
+    if isinstance(exc, RecordTooLarge):
+        fix = (
+            "raise max_request_size (TASKFLOW_KAFKA_MAX_REQUEST_SIZE, and the topic's "
+            "max.message.bytes if the broker refused it)"
+        )
+    else:
+        fix = "mend what the broker refused it for"
+    return type(exc)(
+        f"the dead letter {where} cannot be published back to {target[0]}[{target[1]}]: {exc}; "
+        f"the replay stopped before it: {fix}, then run the same command again"
+    )
+
+
 class _Replay:
     """One replay's state: where it is, what it counted."""
 
@@ -423,9 +440,12 @@ class _Replay:
             (REPLAYED_FROM, _replayed_from(letter).encode()),
             (REPLAY_GROUP, self.group.encode()),
         )
-        _, landed = await self.broker.publish(
-            target[0], message.value, key=message.key, headers=headers, partition=target[1]
-        )
+        try:
+            _, landed = await self.broker.publish(
+                target[0], message.value, key=message.key, headers=headers, partition=target[1]
+            )
+        except RecordRefused as exc:
+            raise _refused(message, target, exc) from exc
         await self._commit(partition, offset + 1)
         self.replayed += 1
         self.report(Step(letter, "replayed", target, landed))

@@ -640,3 +640,48 @@ async def test_a_relative_since_cut_short_says_how_to_go_on_with_the_same_window
         f"replayed {dlq}[0]@2",
     ]
     assert "note: " not in err  # an absolute time does not move
+
+
+async def test_a_dead_letter_too_large_to_publish_stops_the_replay_naming_it_and_the_fix(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str
+) -> None:
+    # Written by a producer allowed larger records than the replay's default max_request_size.
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    headers = [
+        ("taskflow-original-topic", topic.encode()),
+        ("taskflow-original-partition", b"0"),
+        ("taskflow-reason", b"rejected"),
+    ]
+    large = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000)
+    await large.start()
+    try:
+        await large.send_and_wait(dlq, b"x" * 1_100_000, headers=headers, partition=0)
+        await large.send_and_wait(dlq, b"after", headers=headers, partition=0)
+    finally:
+        await large.stop()
+
+    code, lines, err = await run_replay(app_env, dlq)
+
+    assert code == 1
+    assert f"Error: the dead letter {dlq}[0]@0 cannot be published back to {topic}[0]: " in err
+    assert (
+        "the replay stopped before it: raise max_request_size (TASKFLOW_KAFKA_MAX_REQUEST_SIZE, "
+        "and the topic's max.message.bytes if the broker refused it), then run the same command "
+        "again"
+    ) in " ".join(err.split())
+    assert "Traceback" not in err
+    assert await records(bootstrap, topic) == []  # nothing published, nothing skipped
+
+    bigger = {**app_env, "TASKFLOW_KAFKA_MAX_REQUEST_SIZE": "4000000"}
+    code, lines, err = await run_replay(bigger, dlq)
+
+    assert code == 0, err
+    assert [line.split(" to ")[0] for line in steps(lines, "replayed")] == [
+        f"replayed {dlq}[0]@0",
+        f"replayed {dlq}[0]@1",
+    ]
+    assert [value for _, _, value, _ in await records(bootstrap, topic)] == [
+        b"x" * 1_100_000,
+        b"after",
+    ]
