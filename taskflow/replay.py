@@ -100,7 +100,8 @@ def parse_since(text: str, now: datetime) -> datetime:
     a duration before `now` (``90s``, ``30m``, ``2h``, ``7d``, ``1w``).
 
     Raises:
-        ConfigurationError: naming the forms it takes (or the year 1, for a time before it).
+        ConfigurationError: naming the forms it takes (or the year 1, for a time before it; or
+            now, for a time after it).
     """
     if match := _RELATIVE.fullmatch(text.lower()):
         count, unit = match.groups()
@@ -117,7 +118,13 @@ def parse_since(text: str, now: datetime) -> datetime:
             f"--since takes an ISO 8601 time (2026-12-04T10:00:00Z) or a time before now "
             f"(30m, 2h, 7d), got {text!r}"
         ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if moment > now:
+        raise ConfigurationError(
+            f"--since {text.strip()} is in the future ({now.isoformat(timespec='seconds')} "
+            "now): no dead letter was written after it"
+        )
+    return moment
 
 
 @dataclass(frozen=True, slots=True)

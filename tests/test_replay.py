@@ -32,6 +32,15 @@ def test_since_takes_iso_8601_or_a_time_before_now(text: str, moment: datetime) 
     assert parse_since(text, NOW) == moment
 
 
+def test_since_refuses_a_time_in_the_future_which_no_dead_letter_comes_after() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        parse_since("2027-01-01T00:00:00Z", NOW)
+    assert str(refused.value) == (
+        f"--since 2027-01-01T00:00:00Z is in the future ({NOW.isoformat(timespec='seconds')} "
+        "now): no dead letter was written after it"
+    )
+
+
 @pytest.mark.parametrize("text", ["yesterday", "2h ago", "-2h", "2 hours", ""])
 def test_since_refuses_anything_else_naming_the_forms_it_takes(text: str) -> None:
     with pytest.raises(ConfigurationError, match=r"ISO 8601 time .* or a time before now"):
