@@ -944,15 +944,24 @@ def _dead_letter_line(letter: DeadLetterHeaders) -> str:
     where = f"{letter.topic}[{letter.partition}]@{letter.offset}  {written}"
     if not letter.taskflow:
         return f"{where}  {operations.NOT_TASKFLOW}"
-    origin = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+    origin = (
+        f"{_known(letter.original_topic)}[{_known(letter.original_partition)}]"
+        f"@{_known(letter.original_offset)}"
+    )
     message = (letter.exception_message or "").splitlines()
     text = message[0] if message else ""
     if len(text) > MESSAGE_SHOWN or len(message) > 1:
         text = text[: MESSAGE_SHOWN - 1] + "…"
     return (
-        f"{where}  from {origin}  group {letter.consumer_group}  {letter.reason}"
-        f" after {letter.attempts} attempt(s)  {letter.exception_type}: {text}"
+        f"{where}  from {origin}  group {_known(letter.consumer_group)}  {_known(letter.reason)}"
+        f" after {_known(letter.attempts)} attempt(s)  {_known(letter.exception_type)}: {text}"
     )
+
+
+def _known(value: object) -> str:
+    """`value` as printed, or ``?`` for a header the record does not carry (or not as a number
+    where one belongs)."""
+    return "?" if value is None else str(value)
 
 
 def _ms_time(timestamp_ms: int) -> str | None:
@@ -1167,6 +1176,11 @@ def _skip_reason(step: replaying.Step) -> str:
         return f"its original topic {letter.original_topic!r} does not exist"
     if step.why == replaying.NO_PARTITION:
         return f"its original partition {original} does not exist"
+    if step.why == replaying.NO_ORIGIN:
+        return (
+            "its taskflow headers do not say where it came from (taskflow-original-topic, and "
+            "taskflow-original-partition as a whole number)"
+        )
     return "it has no taskflow headers, so where it came from is unknown"
 
 

@@ -335,6 +335,11 @@ async def send(
 
 NOT_TASKFLOW: Final = "(no taskflow headers)"
 """The reason and exception type a summary counts a record without taskflow headers under."""
+NO_REASON: Final = "(no reason)"
+"""The reason counted for a record with taskflow headers but no `taskflow-reason` (a retry
+topic's, say)."""
+NO_EXCEPTION: Final = "(no exception type)"
+"""The exception type counted for a record with taskflow headers but no exception type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +384,9 @@ async def dead_letters(app: App, topic: str, limit: int) -> DeadLetters:
     async for run in broker.read_topic(topic):
         for message in run:
             letter = read_dead_letter(message)
-            reasons[letter.reason or NOT_TASKFLOW] += 1
-            exceptions[letter.exception_type or NOT_TASKFLOW] += 1
+            unknown = NOT_TASKFLOW if not letter.taskflow else None
+            reasons[letter.reason or unknown or NO_REASON] += 1
+            exceptions[letter.exception_type or unknown or NO_EXCEPTION] += 1
             entry = ((letter.timestamp_ms, letter.partition, letter.offset), letter)
             if len(newest) < limit:
                 heapq.heappush(newest, entry)

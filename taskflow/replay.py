@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NOT_A_DEAD_LETTER",
     "NOT_TASKFLOW",
+    "NO_ORIGIN",
     "NO_PARTITION",
     "NO_TOPIC",
     "REASONS",
@@ -83,6 +84,7 @@ REASONS: Final = get_args(DeadLetterReason)
 
 NOT_TASKFLOW: Final = "no taskflow headers"
 NOT_A_DEAD_LETTER: Final = "not a dead letter"
+NO_ORIGIN: Final = "origin unknown"
 VALUE_LEFT_OUT: Final = "value left out"
 NO_TOPIC: Final = "original topic gone"
 NO_PARTITION: Final = "original partition gone"
@@ -188,8 +190,8 @@ class Step:
     offset: int | None = None
     """The offset the replayed record got, for ``replayed``."""
     why: str | None = None
-    """Why it was skipped: `NOT_TASKFLOW`, `NOT_A_DEAD_LETTER`, `VALUE_LEFT_OUT`, `NO_TOPIC` or
-    `NO_PARTITION`."""
+    """Why it was skipped: `NOT_TASKFLOW`, `NO_ORIGIN`, `NOT_A_DEAD_LETTER`, `VALUE_LEFT_OUT`,
+    `NO_TOPIC` or `NO_PARTITION`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,8 +418,10 @@ class _Replay:
     async def _target(self, letter: DeadLetterHeaders) -> tuple[str, int] | str:
         """Where `letter` goes back to, or why it cannot."""
         topic, partition = letter.original_topic, letter.original_partition
-        if not letter.taskflow or topic is None or partition is None:
+        if not letter.taskflow:
             return NOT_TASKFLOW
+        if topic is None or partition is None:
+            return NO_ORIGIN
         if letter.reason is None:  # a retry topic's record: its retry stage delivers it
             return NOT_A_DEAD_LETTER
         if letter.value_omitted is not None:

@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests._process import AppProcess
 from tests._tansu import committed_offsets, create_topic
+from tests.kafka.test_dlq_replay import run_replay
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 APP = "tests.apps.dead_letters:app"
@@ -217,4 +218,38 @@ async def test_dlq_show_lists_a_dead_letter_whose_timestamp_is_beyond_the_year_9
     assert [(row["timestamp_ms"], row["time"]) for row in rows] == [
         (2**62, None),
         (1_764_367_397_204, "2025-11-28T22:03:17.204+00:00"),
+    ]
+
+
+async def test_dlq_show_and_replay_name_what_a_record_with_some_taskflow_headers_lacks(
+    app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
+) -> None:
+    # Written by hand, or cut short: taskflow headers, but not all of them.
+    dlq = f"{unique}-dead"
+    await create_topic(bootstrap, dlq, 1)
+    origin = ("taskflow-original-topic", topic.encode())
+    await producer.send_and_wait(
+        dlq,
+        b"{}",
+        headers=[origin, ("taskflow-original-partition", b"two"), ("taskflow-reason", b"rejected")],
+    )
+    await producer.send_and_wait(dlq, b"{}", headers=[origin, ("taskflow-attempts", b"1")])
+
+    code, out, err = await dlq_show(app_env, dlq)
+
+    assert code == 0, err
+    retry, by_hand, _, reasons, exceptions = out.splitlines()
+    assert retry.endswith(f"from {topic}[?]@?  group ?  ? after 1 attempt(s)  ?: ")
+    assert by_hand.endswith(f"from {topic}[?]@?  group ?  rejected after ? attempt(s)  ?: ")
+    assert reasons == "  by reason     rejected 1, (no reason) 1"
+    assert exceptions == "  by exception  (no exception type) 2"
+
+    code, lines, err = await run_replay(app_env, dlq, "--dry-run")
+
+    assert code == 0, err
+    assert [line for line in lines if line.startswith("skipped ")] == [
+        f"skipped {dlq}[0]@0: its taskflow headers do not say where it came from "
+        "(taskflow-original-topic, and taskflow-original-partition as a whole number)",
+        f"skipped {dlq}[0]@1: its taskflow headers do not say where it came from "
+        "(taskflow-original-topic, and taskflow-original-partition as a whole number)",
     ]
