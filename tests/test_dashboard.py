@@ -24,7 +24,9 @@ from taskflow.dashboard.server import RuntimeSources
 from taskflow.dashboard.view import Sources
 from taskflow.fleet import PUBLISH_INTERVAL
 from taskflow.runner import Runtime, open_runtime
+from taskflow.stores.connect import redis_client
 from taskflow.stores.fleet import SNAPSHOT_TTL, MemoryFleetStore, Snapshot
+from taskflow.stores.redis_fleet import RedisFleetStore
 from tests._process import AppProcess
 from tests._redis import REDIS_URL
 
@@ -174,6 +176,42 @@ async def test_what_replicas_report_is_escaped_and_a_gone_replica_is_marked() ->
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'class="replica gone"' in page
     assert 'data-state="gone"' in page
+
+
+CORRUPT_SNAPSHOTS = [
+    b"[1, 2]",
+    b'"running"',
+    b"null",
+    b"{}",
+    b'{"replica": "bad:3:c", "host": "bad", "pid": "three", "started": "yesterday"}',
+    b'{"replica": "bad:3:c", "host": "bad", "pid": 3, "instance_id": null, "version": "1", '
+    b'"started": 1e300, "published": NaN, "state": "running", "status": []}',
+]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("corrupt", CORRUPT_SNAPSHOTS)
+async def test_a_corrupt_snapshot_in_redis_is_left_out_and_the_rest_of_the_fleet_shown(
+    redis: Redis, corrupt: bytes
+) -> None:
+    now = time.time()
+    healthy = Snapshot("ok:2:b", "ok", 2, None, "0.1.0", now - 10, now, "running", {})
+    async with redis_client(REDIS_URL) as client:
+        assert client is not None
+        fleet = RedisFleetStore(client, "corrupt")
+        await fleet.publish(healthy)
+        await redis.set(fleet.snapshot_key("bad:3:c"), corrupt)
+        await redis.hset(fleet.seen_key, "bad:3:c", corrupt)
+        await redis.hset(fleet.seen_key, "gone:4:d", corrupt)  # its snapshot expired
+        sources = Sources(App("corrupt"), fleet=fleet)
+        async with _served(sources) as url, httpx.AsyncClient(base_url=url, timeout=WAIT) as http:
+            answers = [await http.get(path) for path in ("/", "/dashboard/panels")]
+            data = await http.get("/dashboard/data.json")
+
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert all('data-state="running"' in answer.text for answer in answers)
+    assert data.status_code == 200
+    assert [replica["replica"] for replica in data.json()["fleet"]] == ["ok:2:b"]
 
 
 async def test_with_a_token_nothing_is_served_without_it() -> None:
