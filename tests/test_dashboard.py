@@ -237,6 +237,16 @@ async def test_with_a_token_nothing_is_served_without_it() -> None:
     assert 'id="fleet"' in with_cookie.text
 
 
+async def test_a_token_or_cookie_that_is_not_utf8_is_refused_like_a_wrong_one() -> None:
+    sources = Sources(App("guarded"), fleet=MemoryFleetStore("guarded"))
+    async with _served(sources, token="s3cret") as url, httpx.AsyncClient(base_url=url) as client:
+        bearer = await client.get("/", headers={b"Authorization": b"Bearer \xff\xfe"})
+        cookie = await client.get("/", headers={b"Cookie": b"taskflow_dashboard=\xff\xfe"})
+
+    assert bearer.status_code == cookie.status_code == 401
+    assert "TASKFLOW_DASHBOARD_TOKEN" in bearer.text
+
+
 async def test_the_replay_command_names_the_app_only_when_a_command_started_it() -> None:
     app = _app("referenced")
     async with taskflow.running(app) as runtime:

@@ -153,12 +153,17 @@ def _templates() -> jinja2.Environment:
 
 
 def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # A header's bytes that are not UTF-8 arrive as surrogates: compared as the bytes they were.
+    return hmac.compare_digest(
+        given.encode(errors="surrogateescape"), expected.encode(errors="surrogateescape")
+    )
 
 
 def _cookie_value(token: str) -> str:
     """What the cookie holds: a digest of the token, not the token."""
-    return hashlib.sha256(b"taskflow-dashboard:" + token.encode()).hexdigest()
+    return hashlib.sha256(
+        b"taskflow-dashboard:" + token.encode(errors="surrogateescape")
+    ).hexdigest()
 
 
 def dead_letter_reader(app: App) -> DeadLetterReader | None:
