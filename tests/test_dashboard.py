@@ -24,11 +24,12 @@ from taskflow.dashboard.server import RuntimeSources
 from taskflow.dashboard.view import Sources
 from taskflow.fleet import PUBLISH_INTERVAL
 from taskflow.runner import Runtime, open_runtime
-from taskflow.stores.connect import redis_client
+from taskflow.stores.connect import REDIS_TIMEOUT, open_stores, redis_client
 from taskflow.stores.fleet import SNAPSHOT_TTL, MemoryFleetStore, Snapshot
 from taskflow.stores.redis_fleet import RedisFleetStore
 from tests._process import AppProcess
 from tests._redis import REDIS_URL
+from tests._redis_server import RedisServer
 
 WAIT = 15.0
 
@@ -212,6 +213,36 @@ async def test_a_corrupt_snapshot_in_redis_is_left_out_and_the_rest_of_the_fleet
     assert all('data-state="running"' in answer.text for answer in answers)
     assert data.status_code == 200
     assert [replica["replica"] for replica in data.json()["fleet"]] == ["ok:2:b"]
+
+
+@pytest.mark.redis
+async def test_a_redis_that_hangs_costs_the_page_one_timeout_whatever_the_number_of_tasks() -> None:
+    app = App("hung")
+    tasks = [f"tick{n}" for n in range(6)]
+    for name in tasks:
+
+        async def tick(ctx: Context) -> None: ...
+
+        app.every(seconds=60, name=name)(tick)
+    with RedisServer() as server:
+        async with open_stores(app.name, server.url) as stores:
+            assert stores.client is not None
+            fleet = RedisFleetStore(stores.client, app.name)
+            sources = Sources(app, fleet=fleet, schedules=stores.schedules)
+            # Waiting REDIS_TIMEOUT for each task's runs would outlast the client's timeout.
+            timeout = 3 * REDIS_TIMEOUT
+            async with _served(sources) as url, httpx.AsyncClient(timeout=timeout) as client:
+                server.pause()
+                try:
+                    answer = await client.get(url + "/dashboard/data.json")
+                finally:
+                    server.resume()
+
+    assert answer.status_code == 200
+    fleet_problem, runs_problem = answer.json()["problems"]
+    assert fleet_problem.startswith("the fleet could not be read")
+    assert runs_problem.startswith(f"the runs of {', '.join(tasks)} were not read: ")
+    assert "Timeout" in runs_problem
 
 
 async def test_with_a_token_nothing_is_served_without_it() -> None:
