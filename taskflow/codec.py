@@ -327,13 +327,18 @@ _READINGS: weakref.WeakKeyDictionary[Decoder, tuple[Fast, Slow, bytes, Other]] =
 
 def _others(annotation: Any, codec: Codec, codecs: Codecs) -> Other:
     """How a registration reads records whose content type is not its codec's: with the app's
-    codec of that type, its decoder made at the first such record."""
-    known: dict[bytes, Parts] = {}
+    codec of that type, its decoder made at the first such record.
+
+    The decoders are kept by media type, of which there are as many as the app has codecs: by
+    the header's whole value, a producer varying its parameters would grow them without end.
+    """
+    known: dict[str, Parts] = {}
 
     def other(message: Message, found: bytes) -> Any:
-        parts = known.get(found)
+        kind = media_type(found)
+        parts = known.get(kind)
         if parts is None:
-            parts = known[found] = _parts_by_type(message, found, annotation, codec, codecs)
+            parts = known[kind] = _parts_by_type(message, found, annotation, codec, codecs)
         value = message.value
         if value is None:
             raise _tombstone(message)
