@@ -8,8 +8,9 @@ taking one gets the record, its value, or its value as UTF-8 text, whatever the 
 A record names its format in its ``content-type`` header; taskflow writes it on every value a
 codec encodes. A consumer reads a record whose header names another content type than its own
 codec's with the app's codec of that type, and rejects one whose type the app has no codec for
-(a `DecodeError`, so it is dead-lettered). A record without the header is read with the
-registration's codec. Per record, the header is the only thing looked at before the parse.
+(a `DecodeError`, so it is dead-lettered). A record without the header, or whose header names
+no type (an empty value), is read with the registration's codec. Per record, the header is the
+only thing looked at before the parse.
 """
 
 from __future__ import annotations
@@ -355,7 +356,8 @@ def _parts_by_type(
     message: Message, found: bytes, annotation: Any, own: Codec, codecs: Codecs
 ) -> Parts:
     shown = found.decode(errors="backslashreplace")
-    codec = codecs.get(found)
+    # A header naming no type (empty: a null value arrives so from Kafka) is as if absent.
+    codec = codecs.get(found) if media_type(found) else own
     if codec is None:
         raise DecodeError(
             f"payload of {message} has content-type {shown!r}, which this app has no codec "

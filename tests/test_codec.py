@@ -605,6 +605,14 @@ def test_a_record_without_the_header_is_read_with_the_registrations_codec() -> N
     assert decoder_for(dict, MSGPACK)(record) == {"a": 1}
 
 
+@pytest.mark.parametrize("empty", [b"", b"  ", b"; charset=utf-8"], ids=repr)
+def test_a_content_type_header_naming_no_type_is_read_as_if_it_were_absent(empty: bytes) -> None:
+    # A null header value reaches the handler as empty bytes on Kafka.
+    record = typed(msgspec.msgpack.encode({"a": 1}), empty)
+
+    assert decoder_for(dict, MSGPACK)(record) == {"a": 1}
+
+
 def test_content_types_that_differ_only_in_parameters_do_not_grow_a_decoder() -> None:
     decode = decoder_for(dict)
     records = [typed(b"\x81\xa1a\x01", b"application/msgpack; n=%d" % n) for n in range(20_000)]
