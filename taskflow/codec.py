@@ -355,12 +355,12 @@ def _others(annotation: Any, codec: Codec, codecs: Codecs) -> Other:
 def _parts_by_type(
     message: Message, found: bytes, annotation: Any, own: Codec, codecs: Codecs
 ) -> Parts:
-    shown = found.decode(errors="backslashreplace")
+    shown = repr(found)[2:-1]  # the bytes escaped once, on one line: media types are ASCII
     # A header naming no type (empty: a null value arrives so from Kafka) is as if absent.
     codec = codecs.get(found) if media_type(found) else own
     if codec is None:
         raise DecodeError(
-            f"payload of {message} has content-type {shown!r}, which this app has no codec "
+            f"payload of {message} has content-type '{shown}', which this app has no codec "
             f"for (it reads {', '.join(codecs.content_types())})"
         )
     if media_type(codec.content_type) == media_type(own.content_type):
@@ -369,7 +369,7 @@ def _parts_by_type(
         return parts_of(codec, annotation)
     except HandlerSignatureError as exc:
         raise DecodeError(
-            f"payload of {message} has content-type {shown!r}, which cannot be read as "
+            f"payload of {message} has content-type '{shown}', which cannot be read as "
             f"{name_of(annotation)}: {exc}"
         ) from exc
 

@@ -638,6 +638,15 @@ def test_a_content_type_the_app_has_no_codec_for_is_a_decode_error_naming_it() -
         decoder_for(dict)(typed(b"\x00", b"application/avro"))
 
 
+def test_a_content_type_that_is_not_ascii_is_named_by_its_bytes_escaped_once() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decoder_for(dict)(typed(b"{}", b"app\xff\xfe\nx"))
+
+    assert "has content-type 'app\\xff\\xfe\\nx', which this app has no codec for" in str(
+        caught.value
+    )
+
+
 def test_raw_payload_types_take_any_content_type() -> None:
     record = typed(b"\x00x", b"application/avro")
 
