@@ -268,6 +268,17 @@ async def test_with_a_token_nothing_is_served_without_it() -> None:
     assert 'id="fleet"' in with_cookie.text
 
 
+async def test_the_bearer_scheme_is_read_in_any_case() -> None:
+    sources = Sources(App("guarded"), fleet=MemoryFleetStore("guarded"))
+    async with _served(sources, token="s3cret") as url, httpx.AsyncClient(base_url=url) as client:
+        answers = [
+            await client.get("/dashboard/data.json", headers={"Authorization": f"{scheme} s3cret"})
+            for scheme in ("bearer", "BEARER", "Bearer")
+        ]
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+
+
 async def test_a_token_or_cookie_that_is_not_utf8_is_refused_like_a_wrong_one() -> None:
     sources = Sources(App("guarded"), fleet=MemoryFleetStore("guarded"))
     async with _served(sources, token="s3cret") as url, httpx.AsyncClient(base_url=url) as client:

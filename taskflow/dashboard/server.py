@@ -103,7 +103,8 @@ class Dashboard:
     def _allowed(self, request: web.Request) -> bool:
         assert self.token is not None
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and _same(header[7:].strip(), self.token):
+        # The scheme is case-insensitive (RFC 9110): "bearer" is as good as "Bearer".
+        if header[:7].lower() == "bearer " and _same(header[7:].strip(), self.token):
             return True
         cookie = request.cookies.get(COOKIE)
         return cookie is not None and _same(cookie, _cookie_value(self.token))
