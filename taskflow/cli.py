@@ -750,7 +750,7 @@ def _header(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", ctx, param)
-        headers.append((name, value.encode("utf-8")))
+        headers.append((name, value.encode("utf-8", "surrogateescape")))  # bytes as given
     return headers
 
 
@@ -798,14 +798,15 @@ def send(
     """
     _configure_logging("WARNING", "text")
     app = _prepare(app_ref, app_dir, debug, {"broker": broker})
-    text = sys.stdin.read() if value == "-" else value
+    # Bytes that are not UTF-8 become surrogate escapes, as in sys.argv, whatever the locale.
+    text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape") if value == "-" else value
     try:
         payload, sent = operations.record_from_text(
             app, text, raw=raw, content_type=content_type, headers=headers
         )
     except (ConfigurationError, PublishError) as exc:
         _fail(str(exc), debug)
-    message_key = None if key is None else key.encode("utf-8")
+    message_key = None if key is None else key.encode("utf-8", "surrogateescape")
     where, offset = _on_the_broker(
         operations.send(app, topic, payload, key=message_key, headers=sent), debug
     )

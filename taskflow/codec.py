@@ -8,8 +8,9 @@ taking one gets the record, its value, or its value as UTF-8 text, whatever the 
 A record names its format in its ``content-type`` header; taskflow writes it on every value a
 codec encodes. A consumer reads a record whose header names another content type than its own
 codec's with the app's codec of that type, and rejects one whose type the app has no codec for
-(a `DecodeError`, so it is dead-lettered). A record without the header is read with the
-registration's codec. Per record, the header is the only thing looked at before the parse.
+(a `DecodeError`, so it is dead-lettered). A record without the header, or whose header names
+no type (an empty value), is read with the registration's codec. Per record, the header is the
+only thing looked at before the parse.
 """
 
 from __future__ import annotations
@@ -327,13 +328,18 @@ _READINGS: weakref.WeakKeyDictionary[Decoder, tuple[Fast, Slow, bytes, Other]] =
 
 def _others(annotation: Any, codec: Codec, codecs: Codecs) -> Other:
     """How a registration reads records whose content type is not its codec's: with the app's
-    codec of that type, its decoder made at the first such record."""
-    known: dict[bytes, Parts] = {}
+    codec of that type, its decoder made at the first such record.
+
+    The decoders are kept by media type, of which there are as many as the app has codecs: by
+    the header's whole value, a producer varying its parameters would grow them without end.
+    """
+    known: dict[str, Parts] = {}
 
     def other(message: Message, found: bytes) -> Any:
-        parts = known.get(found)
+        kind = media_type(found)
+        parts = known.get(kind)
         if parts is None:
-            parts = known[found] = _parts_by_type(message, found, annotation, codec, codecs)
+            parts = known[kind] = _parts_by_type(message, found, annotation, codec, codecs)
         value = message.value
         if value is None:
             raise _tombstone(message)
@@ -349,11 +355,12 @@ def _others(annotation: Any, codec: Codec, codecs: Codecs) -> Other:
 def _parts_by_type(
     message: Message, found: bytes, annotation: Any, own: Codec, codecs: Codecs
 ) -> Parts:
-    shown = found.decode(errors="backslashreplace")
-    codec = codecs.get(found)
+    shown = repr(found)[2:-1]  # the bytes escaped once, on one line: media types are ASCII
+    # A header naming no type (empty: a null value arrives so from Kafka) is as if absent.
+    codec = codecs.get(found) if media_type(found) else own
     if codec is None:
         raise DecodeError(
-            f"payload of {message} has content-type {shown!r}, which this app has no codec "
+            f"payload of {message} has content-type '{shown}', which this app has no codec "
             f"for (it reads {', '.join(codecs.content_types())})"
         )
     if media_type(codec.content_type) == media_type(own.content_type):
@@ -362,7 +369,7 @@ def _parts_by_type(
         return parts_of(codec, annotation)
     except HandlerSignatureError as exc:
         raise DecodeError(
-            f"payload of {message} has content-type {shown!r}, which cannot be read as "
+            f"payload of {message} has content-type '{shown}', which cannot be read as "
             f"{name_of(annotation)}: {exc}"
         ) from exc
 

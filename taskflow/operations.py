@@ -261,19 +261,28 @@ def record_from_text(
     `App.publish` encodes it: by the app's codec, or its codec of `content_type`, with that
     codec's ``content-type`` header (a string as its UTF-8 text, without one). ``null`` is the
     codec's null, not a tombstone. Else, and always with `raw`, `text` itself is sent as UTF-8
-    with `headers` as given.
+    with `headers` as given; with `raw`, bytes that are not UTF-8 (which reach `text` as
+    surrogate escapes, as in ``sys.argv``) are sent as they were.
 
     Raises:
-        ConfigurationError: when the app has no codec of `content_type`.
+        ConfigurationError: when the app has no codec of `content_type`, or `text` is not UTF-8
+            and `raw` is not set.
         PublishError: when the codec cannot encode the value.
     """
     codec = app.codec if content_type is None else _codec_of(app, content_type)
     if raw:
-        return text.encode("utf-8"), tuple(headers)
+        return text.encode("utf-8", "surrogateescape"), tuple(headers)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"VALUE is not UTF-8 text (from its character {exc.start}): send it with --raw "
+            "to send its bytes as they are"
+        ) from None
     try:
         value = json.loads(text, parse_constant=_not_json)
-    except ValueError:
-        return text.encode("utf-8"), tuple(headers)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python reads
+        return encoded, tuple(headers)
     if value is not None:
         payload, sent = encode_record(value, tuple(headers), codec)
         assert payload is not None

@@ -3,6 +3,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import json
+import tracemalloc
 import typing
 from typing import Any
 
@@ -604,6 +605,30 @@ def test_a_record_without_the_header_is_read_with_the_registrations_codec() -> N
     assert decoder_for(dict, MSGPACK)(record) == {"a": 1}
 
 
+@pytest.mark.parametrize("empty", [b"", b"  ", b"; charset=utf-8"], ids=repr)
+def test_a_content_type_header_naming_no_type_is_read_as_if_it_were_absent(empty: bytes) -> None:
+    # A null header value reaches the handler as empty bytes on Kafka.
+    record = typed(msgspec.msgpack.encode({"a": 1}), empty)
+
+    assert decoder_for(dict, MSGPACK)(record) == {"a": 1}
+
+
+def test_content_types_that_differ_only_in_parameters_do_not_grow_a_decoder() -> None:
+    decode = decoder_for(dict)
+    records = [typed(b"\x81\xa1a\x01", b"application/msgpack; n=%d" % n) for n in range(20_000)]
+    decode(records[0])  # the codec's reading of its first record is made once, and kept
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        assert all(decode(record) == {"a": 1} for record in records)
+        grown = tracemalloc.take_snapshot().compare_to(before, "filename")
+    finally:
+        tracemalloc.stop()
+
+    # Each distinct value kept would be some 100 bytes: 2 MB for these records.
+    assert sum(stat.size_diff for stat in grown) < 200_000
+
+
 def test_a_content_type_the_app_has_no_codec_for_is_a_decode_error_naming_it() -> None:
     with pytest.raises(
         DecodeError,
@@ -611,6 +636,15 @@ def test_a_content_type_the_app_has_no_codec_for_is_a_decode_error_naming_it() -
         r"codec for \(it reads application/json, application/msgpack\)",
     ):
         decoder_for(dict)(typed(b"\x00", b"application/avro"))
+
+
+def test_a_content_type_that_is_not_ascii_is_named_by_its_bytes_escaped_once() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decoder_for(dict)(typed(b"{}", b"app\xff\xfe\nx"))
+
+    assert "has content-type 'app\\xff\\xfe\\nx', which this app has no codec for" in str(
+        caught.value
+    )
 
 
 def test_raw_payload_types_take_any_content_type() -> None:

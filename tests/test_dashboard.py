@@ -24,9 +24,12 @@ from taskflow.dashboard.server import RuntimeSources
 from taskflow.dashboard.view import Sources
 from taskflow.fleet import PUBLISH_INTERVAL
 from taskflow.runner import Runtime, open_runtime
+from taskflow.stores.connect import REDIS_TIMEOUT, open_stores, redis_client
 from taskflow.stores.fleet import SNAPSHOT_TTL, MemoryFleetStore, Snapshot
+from taskflow.stores.redis_fleet import RedisFleetStore
 from tests._process import AppProcess
 from tests._redis import REDIS_URL
+from tests._redis_server import RedisServer
 
 WAIT = 15.0
 
@@ -176,6 +179,72 @@ async def test_what_replicas_report_is_escaped_and_a_gone_replica_is_marked() ->
     assert 'data-state="gone"' in page
 
 
+CORRUPT_SNAPSHOTS = [
+    b"[1, 2]",
+    b'"running"',
+    b"null",
+    b"{}",
+    b'{"replica": "bad:3:c", "host": "bad", "pid": "three", "started": "yesterday"}',
+    b'{"replica": "bad:3:c", "host": "bad", "pid": 3, "instance_id": null, "version": "1", '
+    b'"started": 1e300, "published": NaN, "state": "running", "status": []}',
+]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("corrupt", CORRUPT_SNAPSHOTS)
+async def test_a_corrupt_snapshot_in_redis_is_left_out_and_the_rest_of_the_fleet_shown(
+    redis: Redis, corrupt: bytes
+) -> None:
+    now = time.time()
+    healthy = Snapshot("ok:2:b", "ok", 2, None, "0.1.0", now - 10, now, "running", {})
+    async with redis_client(REDIS_URL) as client:
+        assert client is not None
+        fleet = RedisFleetStore(client, "corrupt")
+        await fleet.publish(healthy)
+        await redis.set(fleet.snapshot_key("bad:3:c"), corrupt)
+        await redis.hset(fleet.seen_key, "bad:3:c", corrupt)
+        await redis.hset(fleet.seen_key, "gone:4:d", corrupt)  # its snapshot expired
+        sources = Sources(App("corrupt"), fleet=fleet)
+        async with _served(sources) as url, httpx.AsyncClient(base_url=url, timeout=WAIT) as http:
+            answers = [await http.get(path) for path in ("/", "/dashboard/panels")]
+            data = await http.get("/dashboard/data.json")
+
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert all('data-state="running"' in answer.text for answer in answers)
+    assert data.status_code == 200
+    assert [replica["replica"] for replica in data.json()["fleet"]] == ["ok:2:b"]
+
+
+@pytest.mark.redis
+async def test_a_redis_that_hangs_costs_the_page_one_timeout_whatever_the_number_of_tasks() -> None:
+    app = App("hung")
+    tasks = [f"tick{n}" for n in range(6)]
+    for name in tasks:
+
+        async def tick(ctx: Context) -> None: ...
+
+        app.every(seconds=60, name=name)(tick)
+    with RedisServer() as server:
+        async with open_stores(app.name, server.url) as stores:
+            assert stores.client is not None
+            fleet = RedisFleetStore(stores.client, app.name)
+            sources = Sources(app, fleet=fleet, schedules=stores.schedules)
+            # Waiting REDIS_TIMEOUT for each task's runs would outlast the client's timeout.
+            timeout = 3 * REDIS_TIMEOUT
+            async with _served(sources) as url, httpx.AsyncClient(timeout=timeout) as client:
+                server.pause()
+                try:
+                    answer = await client.get(url + "/dashboard/data.json")
+                finally:
+                    server.resume()
+
+    assert answer.status_code == 200
+    fleet_problem, runs_problem = answer.json()["problems"]
+    assert fleet_problem.startswith("the fleet could not be read")
+    assert runs_problem.startswith(f"the runs of {', '.join(tasks)} were not read: ")
+    assert "Timeout" in runs_problem
+
+
 async def test_with_a_token_nothing_is_served_without_it() -> None:
     sources = Sources(App("guarded"), fleet=MemoryFleetStore("guarded"))
     async with _served(sources, token="s3cret") as url, httpx.AsyncClient(base_url=url) as client:
@@ -197,6 +266,27 @@ async def test_with_a_token_nothing_is_served_without_it() -> None:
     assert "s3cret" not in signed_in.headers["set-cookie"]
     assert with_cookie.status_code == 200
     assert 'id="fleet"' in with_cookie.text
+
+
+async def test_the_bearer_scheme_is_read_in_any_case() -> None:
+    sources = Sources(App("guarded"), fleet=MemoryFleetStore("guarded"))
+    async with _served(sources, token="s3cret") as url, httpx.AsyncClient(base_url=url) as client:
+        answers = [
+            await client.get("/dashboard/data.json", headers={"Authorization": f"{scheme} s3cret"})
+            for scheme in ("bearer", "BEARER", "Bearer")
+        ]
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+
+
+async def test_a_token_or_cookie_that_is_not_utf8_is_refused_like_a_wrong_one() -> None:
+    sources = Sources(App("guarded"), fleet=MemoryFleetStore("guarded"))
+    async with _served(sources, token="s3cret") as url, httpx.AsyncClient(base_url=url) as client:
+        bearer = await client.get("/", headers={b"Authorization": b"Bearer \xff\xfe"})
+        cookie = await client.get("/", headers={b"Cookie": b"taskflow_dashboard=\xff\xfe"})
+
+    assert bearer.status_code == cookie.status_code == 401
+    assert "TASKFLOW_DASHBOARD_TOKEN" in bearer.text
 
 
 async def test_the_replay_command_names_the_app_only_when_a_command_started_it() -> None:

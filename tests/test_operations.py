@@ -248,6 +248,20 @@ def test_a_value_is_sent_through_the_apps_codec_with_its_content_type() -> None:
     assert as_json == (b"null", (("content-type", b"application/json"),))
 
 
+def test_json_nested_deeper_than_python_reads_is_sent_as_text() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+
+    assert record_from_text(App("ops"), deep) == (deep.encode(), ())
+
+
+def test_a_value_whose_bytes_are_not_utf8_is_sent_as_given_only_with_raw() -> None:
+    text = b'{"id": 1, "note": "\xff"}'.decode("utf-8", "surrogateescape")  # as argv holds it
+
+    assert record_from_text(App("ops"), text, raw=True) == (b'{"id": 1, "note": "\xff"}', ())
+    with pytest.raises(ConfigurationError, match=r"VALUE is not UTF-8 text .* --raw"):
+        record_from_text(App("ops"), text)
+
+
 def test_a_value_the_apps_codec_cannot_write_is_refused_before_sending() -> None:
     with pytest.raises(PublishError, match="publish an instance of a generated message class"):
         record_from_text(App("ops", codec=ProtobufCodec()), '{"sensor": "s1"}')

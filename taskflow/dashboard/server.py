@@ -103,7 +103,8 @@ class Dashboard:
     def _allowed(self, request: web.Request) -> bool:
         assert self.token is not None
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and _same(header[7:].strip(), self.token):
+        # The scheme is case-insensitive (RFC 9110): "bearer" is as good as "Bearer".
+        if header[:7].lower() == "bearer " and _same(header[7:].strip(), self.token):
             return True
         cookie = request.cookies.get(COOKIE)
         return cookie is not None and _same(cookie, _cookie_value(self.token))
@@ -153,12 +154,17 @@ def _templates() -> jinja2.Environment:
 
 
 def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # A header's bytes that are not UTF-8 arrive as surrogates: compared as the bytes they were.
+    return hmac.compare_digest(
+        given.encode(errors="surrogateescape"), expected.encode(errors="surrogateescape")
+    )
 
 
 def _cookie_value(token: str) -> str:
     """What the cookie holds: a digest of the token, not the token."""
-    return hashlib.sha256(b"taskflow-dashboard:" + token.encode()).hexdigest()
+    return hashlib.sha256(
+        b"taskflow-dashboard:" + token.encode(errors="surrogateescape")
+    ).hexdigest()
 
 
 def dead_letter_reader(app: App) -> DeadLetterReader | None:

@@ -105,6 +105,7 @@ async def gather(sources: Sources) -> dict[str, Any]:
     """Everything the page shows, as plain values (JSON-ready)."""
     app = sources.app
     members, problems = await _members(sources)
+    fleet_failed = problems[0] if problems else None
     now = time.time()
     return {
         "app": app.name,
@@ -114,7 +115,7 @@ async def gather(sources: Sources) -> dict[str, Any]:
         "problems": problems,
         "fleet": [_replica(member, now) for member in members],
         "consumers": _consumers(members),
-        "schedules": await _schedules(sources, members, problems),
+        "schedules": await _schedules(sources, members, problems, fleet_failed),
         "dead_letters": await _dead_letters(sources),
     }
 
@@ -188,11 +189,14 @@ def _consumers(members: list[FleetMember]) -> list[dict[str, Any]]:
 
 
 async def _schedules(
-    sources: Sources, members: list[FleetMember], problems: list[str]
+    sources: Sources, members: list[FleetMember], problems: list[str], failed: str | None
 ) -> list[dict[str, Any]]:
+    """The periodic tasks' rows. Once a read of Redis failed (`failed`, the fleet's), the other
+    tasks' runs are not read: a Redis that hangs costs the page one timeout, not one a task."""
     running = _running_now(members)
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
+    unread: list[str] = []
     for spec in sources.app.schedules:
         row: dict[str, Any] = {
             "task": spec.name,
@@ -209,14 +213,19 @@ async def _schedules(
         local = _local_schedule(members, spec.name)
         if local is not None:
             row["last_tick"], row["next_tick"] = local.get("last_run"), local.get("next_run")
-        if spec.fleet and sources.schedules is not None:
+        if spec.fleet and sources.schedules is not None and failed is not None:
+            unread.append(spec.name)
+        elif spec.fleet and sources.schedules is not None:
             try:
                 await _recorded(sources.schedules, spec.name, row)
             except TaskflowError as exc:
-                problems.append(f"the runs of {spec.name} could not be read: {exc}")
+                failed = f"the runs of {spec.name} could not be read: {exc}"
+                problems.append(failed)
         if row["last_tick"] is not None:
             row["missed"] = _missed(spec.schedule, datetime.fromisoformat(row["last_tick"]), now)
         rows.append(row)
+    if unread:
+        problems.append(f"the runs of {', '.join(unread)} were not read: {failed}")
     return rows
 
 

@@ -104,7 +104,7 @@ class RedisFleetStore:
                     continue
                 identity = Snapshot.from_json(identities[replica])
             except (ValueError, TypeError, json.JSONDecodeError):
-                continue  # not ours to read: written by another version
+                continue  # not ours to read: written by another version, or by something else
             if identity.published >= oldest:
                 found.append(FleetMember(identity, gone=True))
         return ordered(found)

@@ -32,6 +32,21 @@ async def taskflow_send(
     return result.returncode, result.stdout, result.stderr
 
 
+def _send_bytes(
+    env: dict[str, str], args: list[str | bytes], stdin: bytes | None
+) -> subprocess.CompletedProcess[bytes]:
+    """``taskflow send APP ARGS`` with arguments and standard input that need not be UTF-8."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskflow", "send", APP, *args],
+        cwd=ROOT,
+        env={**_base_env(), **env},
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
 
@@ -114,6 +129,30 @@ async def test_send_raw_from_standard_input_sends_the_bytes_as_given(
     record = await record_at(bootstrap, out.strip())
     assert record.value == b'{"id": 1}\n'
     assert record.key is None
+
+
+async def test_send_raw_sends_bytes_that_are_not_utf8_as_given_in_value_key_and_headers(
+    app_env: dict[str, str], bootstrap: str, topic: str
+) -> None:
+    args: list[str | bytes] = [topic, "-", "--raw", "--key", b"k\xff", "--header", b"trace=\xfe"]
+    result = await asyncio.to_thread(_send_bytes, app_env, args, b"\x00\xff binary")
+
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    record = await record_at(bootstrap, result.stdout.decode().strip())
+    assert record.value == b"\x00\xff binary"
+    assert record.key == b"k\xff"
+    assert list(record.headers) == [("trace", b"\xfe")]
+
+
+async def test_send_of_a_value_that_is_not_utf8_without_raw_is_a_usage_error() -> None:
+    unreachable = {"TASKFLOW_BROKER": "kafka://127.0.0.1:1"}
+    result = await asyncio.to_thread(_send_bytes, unreachable, ["orders", b"\xff"], None)
+
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines()[-1] == (
+        "Error: VALUE is not UTF-8 text (from its character 0): send it with --raw to send its "
+        "bytes as they are"
+    )
 
 
 async def test_send_to_an_unreachable_broker_is_one_error_and_exit_code_1() -> None:
