@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -213,6 +214,61 @@ async def test_a_corrupt_snapshot_in_redis_is_left_out_and_the_rest_of_the_fleet
     assert all('data-state="running"' in answer.text for answer in answers)
     assert data.status_code == 200
     assert [replica["replica"] for replica in data.json()["fleet"]] == ["ok:2:b"]
+
+
+UNREADABLE_STATUSES = {
+    "workers not a list": {"workers": "x"},
+    "a worker not an object": {"workers": [1]},
+    "a partition without its topic": {
+        "workers": [{"kind": "consumer", "name": "c", "partitions": [{}]}]
+    },
+    "a lag not a number": {
+        "workers": [
+            {
+                "kind": "consumer",
+                "name": "c",
+                "partitions": [{"topic": "t", "partition": 0, "lag": "x"}],
+            }
+        ]
+    },
+    "a last run not a time": {
+        "workers": [{"kind": "periodic", "name": "beat", "last_run": "soon"}]
+    },
+}
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("status", UNREADABLE_STATUSES.values(), ids=UNREADABLE_STATUSES.keys())
+async def test_a_replica_whose_status_the_page_cannot_read_is_named_and_the_rest_shown(
+    redis: Redis, status: dict[str, Any]
+) -> None:
+    # A replica of another taskflow version, say, whose /status has another layout.
+    now = time.time()
+    healthy = Snapshot("ok:2:b", "ok", 2, None, "0.1.0", now - 10, now, "running", {})
+    other = Snapshot("bad:3:c", "bad", 3, None, "9.0.0", now - 10, now, "running", status)
+    async with redis_client(REDIS_URL) as client:
+        assert client is not None
+        fleet = RedisFleetStore(client, "layouts")
+        await fleet.publish(healthy)
+        await fleet.publish(other)
+        app = App("layouts")
+
+        @app.every(seconds=1, fleet=False)
+        async def beat(ctx: Context) -> None: ...
+
+        sources = Sources(app, fleet=fleet)
+        async with _served(sources) as url, httpx.AsyncClient(base_url=url, timeout=WAIT) as http:
+            answers = [await http.get(path) for path in ("/", "/dashboard/panels")]
+            data = await http.get("/dashboard/data.json")
+
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert data.status_code == 200
+    assert [replica["replica"] for replica in data.json()["fleet"]] == ["ok:2:b"]
+    (problem,) = data.json()["problems"]
+    assert problem.startswith(
+        "replica bad:3 (taskflow 9.0.0) is not shown: its status cannot be read here: "
+    )
+    assert "replica bad:3 (taskflow 9.0.0) is not shown" in answers[1].text
 
 
 @pytest.mark.redis

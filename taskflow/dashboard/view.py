@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from taskflow.config import mask_url
 from taskflow.exceptions import TaskflowError
 
@@ -46,6 +48,38 @@ NEWEST_DEAD_LETTERS = 5
 MISSED_MARGIN = 5.0
 """Seconds after its time a tick without a run counts as missed (claims take a moment)."""
 MISSED_CAP = 1000
+
+
+class _PartitionShape(msgspec.Struct):
+    topic: str
+    partition: int
+    committed: int | None = None
+    high_watermark: int | None = None
+    lag: int | None = None
+    in_flight: int = 0
+    paused: bool = False
+    messages_per_s: float | None = None
+
+
+class _WorkerShape(msgspec.Struct):
+    name: str
+    kind: str | None = None
+    group: str | None = None
+    partitions: list[_PartitionShape] = []
+    in_flight: int = 0
+    errors_per_s: float | None = None
+    retries: int = 0
+    dead_letters: int = 0
+    last_run: datetime | None = None
+    next_run: datetime | None = None
+
+
+class _StatusShape(msgspec.Struct):
+    """What the page reads of a replica's /status body, and the types it reads them as (other
+    fields are not looked at): a snapshot whose status does not fit, written by another
+    taskflow version say, is left off the page with a line saying why."""
+
+    workers: list[_WorkerShape] = []
 
 
 @dataclass
@@ -106,6 +140,7 @@ async def gather(sources: Sources) -> dict[str, Any]:
     app = sources.app
     members, problems = await _members(sources)
     fleet_failed = problems[0] if problems else None
+    members = _readable(members, problems)
     now = time.time()
     return {
         "app": app.name,
@@ -133,6 +168,23 @@ async def _members(sources: Sources) -> tuple[list[FleetMember], list[str]]:
     if sources.local is not None:
         return [FleetMember(sources.local.take(), gone=False)], []
     return [], []
+
+
+def _readable(members: list[FleetMember], problems: list[str]) -> list[FleetMember]:
+    """The members whose status the page can read; a line in `problems` for each other."""
+    readable = []
+    for member in members:
+        try:
+            msgspec.convert(member.snapshot.status, _StatusShape)
+        except msgspec.ValidationError as exc:
+            snapshot = member.snapshot
+            problems.append(
+                f"replica {snapshot.host}:{snapshot.pid} (taskflow {snapshot.version}) is not "
+                f"shown: its status cannot be read here: {exc}"
+            )
+        else:
+            readable.append(member)
+    return readable
 
 
 def _replica(member: FleetMember, now: float) -> dict[str, Any]:
