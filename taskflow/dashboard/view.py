@@ -337,7 +337,7 @@ async def _dead_letters(sources: Sources) -> list[dict[str, Any]]:
             row["count"] = found.read
             row["newest"] = [
                 {
-                    "time": _iso(letter.timestamp_ms / 1000),
+                    "time": _written(letter.timestamp_ms),
                     "where": f"{letter.topic}[{letter.partition}]@{letter.offset}",
                     "origin": (
                         f"{letter.original_topic}[{letter.original_partition}]"
@@ -357,6 +357,15 @@ async def _dead_letters(sources: Sources) -> list[dict[str, Any]]:
 
 def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
+
+
+def _written(timestamp_ms: int) -> str:
+    """When a record was written, or its timestamp as it is when no date can show it (a
+    record's timestamp is whatever its producer chose)."""
+    try:
+        return _iso(timestamp_ms / 1000)
+    except (ValueError, OverflowError, OSError):
+        return f"(timestamp {timestamp_ms} ms)"
 
 
 def _span(seconds: float) -> str:

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests._process import AppProcess
 from tests._tansu import create_topic
+from tests.kafka.test_dashboard_browser import free_port
 
 APP = "tests.apps.dashboard_fleet:app"
 ENDPOINT = r"operations endpoint on http://[^:]+:(\d+)"
@@ -60,3 +61,32 @@ async def test_the_replay_command_on_a_replicas_page_names_the_app_it_runs(
         commands = [await _replay_command(port) for port in ports]
 
     assert commands == [f"taskflow dlq replay {APP} {names['DASHBOARD_DLQ']}"] * processes
+
+
+async def test_a_dead_letter_stamped_past_the_year_9999_is_listed_with_its_timestamp(
+    app_env: dict[str, str], bootstrap: str, unique: str
+) -> None:
+    # A record's timestamp is whatever its producer chose, and the broker keeps it as it is.
+    dlq = f"{unique}-orders.dlq"
+    await create_topic(bootstrap, dlq, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        headers = [("taskflow-original-topic", b"orders"), ("taskflow-reason", b"rejected")]
+        await producer.send_and_wait(dlq, b"{}", headers=headers, timestamp_ms=2**62)
+    finally:
+        await producer.stop()
+    env = {**app_env, "DASHBOARD_TOPIC": f"{unique}-orders", "DASHBOARD_DLQ": dlq}
+    port = free_port()
+    with AppProcess(APP, "--port", str(port), env=env, command="dashboard") as dashboard:
+        await asyncio.to_thread(dashboard.wait_for, "dashboard of app dashboard-fleet on", WAIT)
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=WAIT) as client,
+            asyncio.timeout(WAIT),
+        ):
+            while f"{dlq}[0]@0" not in (panels := await client.get("/dashboard/panels")).text:
+                assert panels.status_code == 200, panels.text
+                await asyncio.sleep(0.2)
+
+    assert panels.status_code == 200
+    assert f'data-label="Written">(timestamp {2**62} ms)</td>' in panels.text
