@@ -1,6 +1,7 @@
 """A replica's own dashboard names its app in the replay command as ``taskflow run`` was given it,
 in each child of ``--processes`` too: a real ``taskflow run`` on the real broker, a dead letter,
-and the page fetched from the operations endpoint."""
+and the page fetched from the operations endpoint. And a dead letter stamped past the year 9999 is
+listed with its timestamp by the standalone dashboard."""
 
 from __future__ import annotations
 
