@@ -262,16 +262,21 @@ def record_from_text(
     codec's ``content-type`` header (a string as its UTF-8 text, without one). ``null`` is the
     codec's null, not a tombstone. Else, and always with `raw`, `text` itself is sent as UTF-8
     with `headers` as given; with `raw`, bytes that are not UTF-8 (which reach `text` as
-    surrogate escapes, as in ``sys.argv``) are sent as they were.
+    surrogate escapes, as in ``sys.argv``) are sent as they were, and with `content_type` too
+    they are labelled with it (they are already in that format: Protocol Buffers, say).
 
     Raises:
-        ConfigurationError: when the app has no codec of `content_type`, or `text` is not UTF-8
-            and `raw` is not set.
+        ConfigurationError: when the app has no codec of `content_type`, `text` is not UTF-8
+            and `raw` is not set, or `content_type` is given for a `text` that is not JSON
+            without `raw`.
         PublishError: when the codec cannot encode the value.
     """
     codec = app.codec if content_type is None else _codec_of(app, content_type)
     if raw:
-        return text.encode("utf-8", "surrogateescape"), tuple(headers)
+        given = text.encode("utf-8", "surrogateescape")
+        if content_type is None:
+            return given, tuple(headers)
+        return given, with_content_type(tuple(headers), codec)  # bytes already in that format
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -282,6 +287,11 @@ def record_from_text(
     try:
         value = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python reads
+        if content_type is not None:
+            raise ConfigurationError(
+                f"VALUE is not JSON, so there is nothing to encode as {content_type}: give it "
+                f"as JSON, or with --raw to send its bytes as they are, labelled {content_type}"
+            ) from None
         return encoded, tuple(headers)
     if value is not None:
         payload, sent = encode_record(value, tuple(headers), codec)

@@ -262,6 +262,30 @@ def test_a_value_whose_bytes_are_not_utf8_is_sent_as_given_only_with_raw() -> No
         record_from_text(App("ops"), text)
 
 
+def test_raw_bytes_with_a_content_type_are_sent_as_given_labelled_with_it() -> None:
+    app = App("ops")
+    packed = b"\x81\xa2id\x01".decode("utf-8", "surrogateescape")  # MessagePack, from stdin
+    given = [("source", b"cli"), ("Content-Type", b"text/plain")]
+
+    sent = record_from_text(
+        app, packed, raw=True, content_type="application/msgpack", headers=given
+    )
+
+    assert sent == (
+        b"\x81\xa2id\x01",
+        (("source", b"cli"), ("content-type", b"application/msgpack")),
+    )
+
+
+def test_a_content_type_for_a_value_that_is_not_json_is_refused_naming_raw() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        record_from_text(App("ops"), "plain text", content_type="application/msgpack")
+    assert str(refused.value) == (
+        "VALUE is not JSON, so there is nothing to encode as application/msgpack: give it as "
+        "JSON, or with --raw to send its bytes as they are, labelled application/msgpack"
+    )
+
+
 def test_a_value_the_apps_codec_cannot_write_is_refused_before_sending() -> None:
     with pytest.raises(PublishError, match="publish an instance of a generated message class"):
         record_from_text(App("ops", codec=ProtobufCodec()), '{"sensor": "s1"}')

@@ -120,6 +120,20 @@ async def test_send_with_a_content_type_the_app_has_no_codec_for_is_a_usage_erro
     )
 
 
+async def test_send_raw_with_a_content_type_labels_the_bytes_a_consumer_reads_with_it(
+    app_env: dict[str, str], bootstrap: str, topic: str
+) -> None:
+    # Bytes already in a format JSON cannot spell (MessagePack here; Protocol Buffers, Avro).
+    packed = b"\x81\xa2id\x07"
+    args: list[str | bytes] = [topic, "-", "--raw", "--content-type", "application/msgpack"]
+    result = await asyncio.to_thread(_send_bytes, app_env, args, packed)
+
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    record = await record_at(bootstrap, result.stdout.decode().strip())
+    assert record.value == packed
+    assert list(record.headers) == [("content-type", b"application/msgpack")]
+
+
 async def test_send_raw_from_standard_input_sends_the_bytes_as_given(
     app_env: dict[str, str], bootstrap: str, topic: str
 ) -> None:
