@@ -326,20 +326,31 @@ _READINGS: weakref.WeakKeyDictionary[Decoder, tuple[Fast, Slow, bytes, Other]] =
 )
 
 
+HEADER_VALUES = 64
+"""How many distinct ``content-type`` values a registration looks up as they are."""
+
+
 def _others(annotation: Any, codec: Codec, codecs: Codecs) -> Other:
     """How a registration reads records whose content type is not its codec's: with the app's
     codec of that type, its decoder made at the first such record.
 
     The decoders are kept by media type, of which there are as many as the app has codecs: by
     the header's whole value, a producer varying its parameters would grow them without end.
+    The first `HEADER_VALUES` values seen are looked up as they are, sparing each record of
+    theirs the parse of its header.
     """
-    known: dict[str, Parts] = {}
+    by_type: dict[str, Parts] = {}
+    by_value: dict[bytes, Parts] = {}
 
     def other(message: Message, found: bytes) -> Any:
-        kind = media_type(found)
-        parts = known.get(kind)
+        parts = by_value.get(found)
         if parts is None:
-            parts = known[kind] = _parts_by_type(message, found, annotation, codec, codecs)
+            kind = media_type(found)
+            parts = by_type.get(kind)
+            if parts is None:
+                parts = by_type[kind] = _parts_by_type(message, found, annotation, codec, codecs)
+            if len(by_value) < HEADER_VALUES:
+                by_value[found] = parts
         value = message.value
         if value is None:
             raise _tombstone(message)
