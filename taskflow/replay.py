@@ -46,7 +46,7 @@ from taskflow.exceptions import ConfigurationError, RecordRefused, RecordTooLarg
 from taskflow.middleware.ratelimit import smooth_limiter
 from taskflow.policy import DeadLetterReason
 from taskflow.runner import resolve_broker
-from taskflow.specs import retry_stage_spec
+from taskflow.specs import consumer_stages
 from taskflow.workers.dead_letter import HEADER_PREFIX, DeadLetterHeaders, read_dead_letter
 
 if TYPE_CHECKING:
@@ -285,8 +285,7 @@ async def replay(
 def _consumer_in(app: App, group: str) -> str | None:
     """The name of the app's consumer (or retry stage) that joins `group`, if one does."""
     for spec in app.consumers:
-        stages = [spec] if spec.retry_topics is None else [spec, retry_stage_spec(spec)]
-        for stage in stages:
+        for stage in consumer_stages(spec):
             if stage.consumer_group == group:
                 return stage.name
     return None

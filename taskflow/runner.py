@@ -44,7 +44,7 @@ from taskflow.manager import Manager, ShutdownReport
 from taskflow.middleware import BatchAware, build_stack
 from taskflow.middleware.builtin import Resources, layers_for
 from taskflow.middleware.timeout import Watchdog
-from taskflow.specs import retry_stage_spec
+from taskflow.specs import consumer_stages
 from taskflow.stores.connect import Stores, open_stores
 from taskflow.telemetry.instruments import observe
 from taskflow.workers import ConsumerWorker, FunctionWorker, ScheduledWorker
@@ -178,11 +178,7 @@ def build_workers(
     interval = app.settings.commit_interval if commit_interval is None else commit_interval
     resources = resources or Resources(app.name, _in_process(app))
     # One memory budget for every consumer of the process (`taskflow.workers.budget`).
-    consumers = [
-        stage
-        for spec in app.consumers
-        for stage in ((spec, retry_stage_spec(spec)) if spec.retry_topics else (spec,))
-    ]
+    consumers = [stage for spec in app.consumers for stage in consumer_stages(spec)]
     budget = BufferBudget(app.settings.buffer_bytes, consumers=len(consumers))
 
     def stack(

@@ -30,6 +30,7 @@ __all__ = [
     "RateLimitScope",
     "ScheduleSpec",
     "Start",
+    "consumer_stages",
     "retry_stage_spec",
 ]
 
@@ -120,6 +121,12 @@ def retry_stage_spec(spec: ConsumerSpec) -> ConsumerSpec:
         start="earliest",
         retrying=True,
     )
+
+
+def consumer_stages(spec: ConsumerSpec) -> tuple[ConsumerSpec, ...]:
+    """Every consumer `spec` runs as: itself, and its retry stage when it has retry topics (each
+    a worker of its own, with its own consumer group)."""
+    return (spec, retry_stage_spec(spec)) if spec.retry_topics else (spec,)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from taskflow.exceptions import ConfigurationError, StateError
 from taskflow.manager import ShutdownReport
 from taskflow.message import Headers, Message, TopicPartition
 from taskflow.runner import Runtime, open_runtime
-from taskflow.specs import ConsumerSpec, retry_stage_spec
+from taskflow.specs import ConsumerSpec, consumer_stages
 from taskflow.topic import Topic, topic_name
 from taskflow.types import Codec
 from taskflow.workers import ScheduledWorker
@@ -314,8 +314,7 @@ class TestClient:
     def _behind(self) -> dict[str, int]:
         lags: dict[str, int] = {}
         for spec in self.app.consumers:
-            stages = (spec, retry_stage_spec(spec)) if spec.retry_topics else (spec,)
-            for stage in stages:
+            for stage in consumer_stages(spec):
                 group = stage.consumer_group
                 lag = sum(self._lag(stage, topic) for topic in stage.topics)
                 if lag:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -89,7 +90,7 @@ class Snapshot:
         return snapshot
 
 
-_LATEST_TIME = 253402300799.0  # the last second of year 9999, the last a date can show
+_LATEST_TIME = datetime.max.replace(tzinfo=UTC).timestamp()  # the last moment a date can show
 
 
 @dataclass(frozen=True, slots=True)
