@@ -96,6 +96,29 @@ def group_of(lines: list[str]) -> str:
     return lines[0].split(" group ")[1].split(" ")[0]
 
 
+def rejected_headers(topic: str) -> list[tuple[str, bytes]]:
+    """The fewest headers a dead letter of `topic`[0] needs to be replayed: where it came from
+    and why."""
+    return [
+        ("taskflow-original-topic", topic.encode()),
+        ("taskflow-original-partition", b"0"),
+        ("taskflow-reason", b"rejected"),
+    ]
+
+
+async def rejected_by_hand(
+    bootstrap: str, producer: AIOKafkaProducer, dlq: str, topic: str, count: int
+) -> str:
+    """`dlq`, made with one partition and `count` dead letters of `topic`[0] written by hand
+    (values ``reject 0``, ``reject 1``…)."""
+    await create_topic(bootstrap, dlq, 1)
+    for number in range(count):
+        await producer.send_and_wait(
+            dlq, f"reject {number}".encode(), headers=rejected_headers(topic)
+        )
+    return dlq
+
+
 Record = tuple[int, bytes | None, bytes | None, dict[str, bytes]]
 
 
@@ -556,15 +579,7 @@ async def test_a_replay_refuses_a_group_the_apps_consumers_join(
 async def test_a_dry_run_stopped_by_its_limit_does_not_say_the_same_command_goes_on(
     app_env: dict[str, str], bootstrap: str, topic: str, unique: str, producer: AIOKafkaProducer
 ) -> None:
-    dlq = f"{unique}-dead"
-    await create_topic(bootstrap, dlq, 1)
-    headers = {
-        "taskflow-original-topic": topic.encode(),
-        "taskflow-original-partition": b"0",
-        "taskflow-reason": b"rejected",
-    }
-    for number in range(3):
-        await producer.send_and_wait(dlq, f"reject {number}".encode(), headers=[*headers.items()])
+    dlq = await rejected_by_hand(bootstrap, producer, f"{unique}-dead", topic, 3)
 
     for _ in range(2):  # a dry run commits nothing, so the next one lists the same
         code, lines, err = await run_replay(app_env, dlq, "--dry-run", "--limit", "2")
@@ -608,15 +623,7 @@ async def test_a_relative_since_cut_short_says_how_to_go_on_with_the_same_window
 ) -> None:
     # `--since 1h` counts from each run's start: a later rerun of the same command would leave
     # out what aged out of the window meanwhile. The run says how to go on with its own window.
-    dlq = f"{unique}-dead"
-    await create_topic(bootstrap, dlq, 1)
-    headers = {
-        "taskflow-original-topic": topic.encode(),
-        "taskflow-original-partition": b"0",
-        "taskflow-reason": b"rejected",
-    }
-    for number in range(3):
-        await producer.send_and_wait(dlq, f"reject {number}".encode(), headers=[*headers.items()])
+    dlq = await rejected_by_hand(bootstrap, producer, f"{unique}-dead", topic, 3)
 
     code, lines, err = await run_replay(app_env, dlq, "--since", "1h", "--limit", "1")
 
@@ -648,11 +655,7 @@ async def test_a_dead_letter_too_large_to_publish_stops_the_replay_naming_it_and
     # Written by a producer allowed larger records than the replay's default max_request_size.
     dlq = f"{unique}-dead"
     await create_topic(bootstrap, dlq, 1)
-    headers = [
-        ("taskflow-original-topic", topic.encode()),
-        ("taskflow-original-partition", b"0"),
-        ("taskflow-reason", b"rejected"),
-    ]
+    headers = rejected_headers(topic)
     large = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000)
     await large.start()
     try:
